@@ -1,0 +1,101 @@
+//! execd's configuration: command-line flags with environment fallbacks, read once at start.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Environment variables execd reads for itself and never passes on to children.
+pub const SECRET_VARS: &[&str] = &["EXECD_ACCESS_TOKEN"];
+
+/// Command line of `execd`.
+#[derive(Debug, Parser)]
+#[command(name = "execd", version, about = "In-sandbox execution agent (OpenSandbox wire contract)")]
+pub struct Cli {
+    /// Server settings.
+    #[command(flatten)]
+    pub config: Config,
+    /// Run as init (PID 1) in front of an entrypoint.
+    #[command(subcommand)]
+    pub mode: Option<Mode>,
+    /// Upstream's spelling of init mode: `execd --init <entrypoint...>`.
+    #[arg(long = "init", num_args = 1.., allow_hyphen_values = true, value_name = "ENTRYPOINT")]
+    pub init_argv: Option<Vec<String>>,
+}
+
+/// Alternative modes.
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// Serve the API, run ENTRYPOINT as a child, forward SIGTERM/SIGINT/SIGHUP to it, reap
+    /// orphans, and exit with its exit code.
+    Init {
+        /// The entrypoint and its arguments (after `--`).
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+        entrypoint: Vec<String>,
+    },
+}
+
+/// Server settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "EXECD_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Port to listen on; 0 picks any free port.
+    #[arg(long, env = "EXECD_PORT", default_value_t = 44772)]
+    pub port: u16,
+    /// Token required in `X-EXECD-ACCESS-TOKEN` on every request (none: no auth).
+    #[arg(long, env = "EXECD_ACCESS_TOKEN", hide_env_values = true)]
+    pub access_token: Option<String>,
+    /// File of KEY=VALUE lines added to every command's environment, re-read each time.
+    #[arg(long = "envs-file", env = "EXECD_ENVS")]
+    pub envs_file: Option<PathBuf>,
+    /// Write logs to this file instead of stderr.
+    #[arg(long, env = "EXECD_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Log filter (`info`, `execd=debug`, …); RUST_LOG wins when set.
+    #[arg(long, env = "EXECD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Directory for journals and logs [default: /var/lib/execd, else a temp dir].
+    #[arg(long, env = "EXECD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Accepted for compatibility with upstream; no stream ever waits on it.
+    #[arg(long = "graceful-shutdown-timeout", env = "EXECD_API_GRACE_SHUTDOWN", hide = true)]
+    pub grace_shutdown: Option<String>,
+}
+
+impl Config {
+    /// The state directory: the configured one, else `/var/lib/execd` when it can be created,
+    /// else `execd` under the temp dir.
+    pub fn state_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.state_dir {
+            return Ok(dir.clone());
+        }
+        let preferred = PathBuf::from("/var/lib/execd");
+        if std::fs::create_dir_all(&preferred).is_ok() && is_writable(&preferred) {
+            return Ok(preferred);
+        }
+        Ok(std::env::temp_dir().join(format!("execd-{}", nix::unistd::getuid())))
+    }
+}
+
+fn is_writable(dir: &std::path::Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_subcommand_takes_everything_after_double_dash() {
+        let cli = Cli::try_parse_from(["execd", "--port", "0", "init", "--", "sh", "-c", "exit 3"]).unwrap();
+        assert_eq!(cli.config.port, 0);
+        match cli.mode {
+            Some(Mode::Init { entrypoint }) => assert_eq!(entrypoint, ["sh", "-c", "exit 3"]),
+            None => panic!("init mode not parsed"),
+        }
+        let legacy = Cli::try_parse_from(["execd", "--init", "tail", "-f", "/dev/null"]).unwrap();
+        assert_eq!(legacy.init_argv.unwrap(), ["tail", "-f", "/dev/null"]);
+    }
+}

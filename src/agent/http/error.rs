@@ -1,0 +1,99 @@
+//! The HTTP error type of the agent: every failure becomes `{code, message}` with the
+//! contract's status code. Domain errors convert through `From`, so handlers use `?`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::agent::command::{CommandError, StdinError};
+use crate::agent::session::SessionError;
+use crate::wire::{ErrorBody, ErrorCode};
+
+/// An error answered to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with an explicit status and code.
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 `INVALID_REQUEST_BODY`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequestBody, message)
+    }
+
+    /// 400 `MISSING_QUERY`.
+    pub fn missing_query(name: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MissingQuery,
+            format!("missing query parameter {name}"),
+        )
+    }
+
+    /// 500 `RUNTIME_ERROR`. The message is for the client; details belong in the log.
+    pub fn runtime(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::RuntimeError, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, code = ?self.code, message = %self.message, "request failed");
+        }
+        let body = ErrorBody {
+            code: self.code,
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::CommandOrArgv
+            | CommandError::Argv(_)
+            | CommandError::GidWithoutUid
+            | CommandError::Timeout
+            | CommandError::Cwd { .. }
+            | CommandError::Envs(_) => Self::bad_request(e.to_string()),
+        }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            // The contract answers an unknown session on run with a 500 (sic).
+            SessionError::NotFound(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::RuntimeError,
+                e.to_string(),
+            ),
+            SessionError::Cwd { .. } | SessionError::Timeout | SessionError::EmptyCommand => {
+                Self::bad_request(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<StdinError> for ApiError {
+    fn from(e: StdinError) -> Self {
+        match e {
+            StdinError::NotOpen => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string()),
+            StdinError::Write(_) => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string()),
+        }
+    }
+}

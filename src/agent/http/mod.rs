@@ -1,0 +1,101 @@
+//! The agent's HTTP surface: the router, token check, and the SSE response shape. Each
+//! resource has its own file with a `routes()` next to its handlers; handlers extract, call a
+//! domain module, and map the result. Only this module tree sees axum.
+
+mod command;
+pub mod error;
+mod extract;
+mod session;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::stream::Cursor;
+use super::AppState;
+use crate::wire::{ErrorCode, UnauthorizedBody};
+use error::ApiError;
+
+pub(crate) use command::__path_create_command;
+
+pub(crate) use command::{__path_command_events, __path_command_logs, __path_command_status, __path_interrupt_command, __path_write_stdin};
+pub(crate) use session::{__path_create_session, __path_delete_session, __path_run_in_session};
+
+/// Header carrying the access token.
+pub const TOKEN_HEADER: &str = "x-execd-access-token";
+
+/// The complete router of the agent.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ping", get(ping))
+        .merge(command::routes())
+        .merge(session::routes())
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/ping", responses((status = 200, description = "execd is up")))]
+pub(crate) async fn ping() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::Unknown, "no such route")
+}
+
+/// Rejects requests without the right token, when one is configured. Applies to every route.
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(expected) = &state.token {
+        let given = req.headers().get(TOKEN_HEADER).map(HeaderValue::as_bytes);
+        if !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
+            let text = "Unauthorized: invalid or missing header X-EXECD-ACCESS-TOKEN".to_owned();
+            let body = UnauthorizedBody {
+                code: ErrorCode::Unauthorized,
+                message: text.clone(),
+                error: text,
+            };
+            return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares in time that depends only on `expected`'s length, never on where bytes differ.
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, &e) in expected.iter().enumerate() {
+        let g = given.get(i).copied().unwrap_or(!e);
+        diff |= usize::from(std::hint::black_box(g ^ e));
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// A standard SSE response over a journal cursor; it ends right after the terminal event.
+pub(crate) fn sse_response(cursor: Cursor) -> Response {
+    let mut resp = Response::new(Body::from_stream(cursor.into_stream()));
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secre", b"secret"));
+        assert!(!constant_time_eq(b"secrets", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+}

@@ -1,0 +1,203 @@
+//! The agent that runs inside a sandbox: configuration, the shared [`Runtime`] context,
+//! and [`serve`], which wires the domain modules to the HTTP router.
+//!
+//! Must not know about the orchestrator. Async at the edges; domain modules keep blocking work
+//! on their own threads.
+
+pub mod command;
+pub mod config;
+pub mod env;
+pub mod http;
+pub mod init;
+pub mod openapi;
+pub mod output;
+pub mod process;
+pub mod session;
+pub mod stream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+
+pub use config::Config;
+use env::EnvMap;
+use process::Reaper;
+
+/// What every execution needs from execd itself, built once at start.
+pub struct Runtime {
+    /// The one reaper of all children.
+    pub reaper: Arc<Reaper>,
+    /// execd's own environment, minus its secrets: the base of every child's environment.
+    base_env: EnvMap,
+    /// The `EXECD_ENVS` file, re-read for every command.
+    envs_file: Option<PathBuf>,
+    /// Where journals and logs live.
+    pub state_dir: PathBuf,
+    /// execd's working directory; relative paths resolve against it.
+    pub cwd: PathBuf,
+}
+
+impl Runtime {
+    /// Builds the runtime from the configuration and the process environment.
+    pub fn new(config: &Config, reaper: Arc<Reaper>) -> anyhow::Result<Self> {
+        let state_dir = config.state_dir()?;
+        for sub in ["journals", "commands", "sessions"] {
+            std::fs::create_dir_all(state_dir.join(sub))
+                .with_context(|| format!("cannot create {}", state_dir.join(sub).display()))?;
+        }
+        let base_env: EnvMap = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| !config::SECRET_VARS.contains(&k.as_str()))
+            .collect();
+        Ok(Self {
+            reaper,
+            base_env,
+            envs_file: config.envs_file.clone(),
+            state_dir,
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+        })
+    }
+
+    /// The environment of a new child: execd's own, then the `EXECD_ENVS` file (re-read now),
+    /// then the request's literal values.
+    pub fn child_env(&self, request: &std::collections::BTreeMap<String, String>) -> EnvMap {
+        let mut env = self.base_env.clone();
+        if let Some(path) = &self.envs_file {
+            match std::fs::read_to_string(path) {
+                Ok(content) => env::parse_env_file(&content, &mut env),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read EXECD_ENVS"),
+            }
+        }
+        env.extend(request.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    /// Expands `raw` against `env` and checks that it names a directory.
+    pub fn resolve_dir(&self, raw: &str, env: &EnvMap) -> Result<PathBuf, String> {
+        let expanded = env::expand_path(raw, |k| env.get(k).cloned()).map_err(|e| e.to_string())?;
+        let path = self.cwd.join(expanded);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => Ok(path),
+            Ok(_) => Err("not a directory".into()),
+            Err(e) => Err(e.to_string().to_lowercase()),
+        }
+    }
+
+    /// The shell for shell text: bash when the image has one, else sh.
+    pub fn shell(&self, env: &EnvMap) -> (PathBuf, &'static str) {
+        let path = env.get("PATH").map(String::as_str).unwrap_or("/usr/local/bin:/usr/bin:/bin");
+        for name in ["bash", "sh"] {
+            if let Some(p) = env::resolve_program(name, Some(path), Path::new("/")) {
+                return (p, name);
+            }
+        }
+        (PathBuf::from("/bin/sh"), "sh")
+    }
+
+    /// Where the journal of execution `id` spills.
+    pub fn journal_path(&self, id: &str) -> PathBuf {
+        self.state_dir.join("journals").join(format!("{id}.sse"))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// RFC 3339 in UTC with milliseconds, e.g. `2026-11-22T00:12:33.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm), proleptic Gregorian.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Shared state of the HTTP layer.
+#[derive(Clone)]
+pub struct AppState {
+    /// Access token, if one is required.
+    pub token: Option<Arc<str>>,
+    /// Commands.
+    pub commands: Arc<command::Commands>,
+    /// Bash sessions.
+    pub sessions: Arc<session::Sessions>,
+}
+
+/// Runs the agent until shutdown. In init mode (`entrypoint` given) execd also runs the
+/// entrypoint as its child, forwards signals to it, and returns its exit code.
+pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::Result<i32> {
+    process::become_subreaper();
+    let reaper = Reaper::start().context("cannot watch SIGCHLD")?;
+    let runtime = Arc::new(Runtime::new(&config, Arc::clone(&reaper))?);
+    let state = AppState {
+        token: config.access_token.as_deref().filter(|t| !t.is_empty()).map(Arc::from),
+        commands: command::Commands::new(Arc::clone(&runtime)),
+        sessions: session::Sessions::new(Arc::clone(&runtime)),
+    };
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    // The one line on stdout that scripts and tests wait for.
+    println!("listening on {local}");
+    tracing::info!(%local, auth = state.token.is_some(), "execd ready");
+
+    let app = http::router(state.clone());
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>());
+    let code = match entrypoint {
+        Some(argv) => {
+            let child = init::start_entrypoint(&runtime, &argv)?;
+            tokio::select! {
+                r = server => { r?; 0 }
+                code = init::supervise(child) => code,
+            }
+        }
+        None => {
+            // On SIGTERM/SIGINT: kill every command so their streams end with a terminal
+            // event, let connections drain, and give up on stragglers after a few seconds.
+            let drained = Arc::new(tokio::sync::Notify::new());
+            let graceful = server.with_graceful_shutdown({
+                let drained = Arc::clone(&drained);
+                async move { drained.notified().await }
+            });
+            tokio::select! {
+                r = graceful => r?,
+                () = async {
+                    init::shutdown_signal().await;
+                    state.commands.kill_all();
+                    state.sessions.kill_all();
+                    drained.notify_one();
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                } => {}
+            }
+            0
+        }
+    };
+    state.commands.kill_all();
+    state.sessions.kill_all();
+    Ok(code)
+}

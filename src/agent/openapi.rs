@@ -1,0 +1,65 @@
+//! The OpenAPI document of the agent, generated from the handlers' annotations and the wire
+//! types. `proto/execd.yaml` is this document; a test fails when the two drift apart
+//! (`UPDATE_PROTO=1 cargo test` rewrites the file).
+
+use utoipa::OpenApi;
+
+use super::http::{__path_ping,
+    __path_command_events, __path_command_logs, __path_command_status, __path_create_command, __path_create_session,
+    __path_delete_session, __path_interrupt_command, __path_run_in_session, __path_write_stdin,
+};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "execd",
+        description = "In-sandbox execution agent speaking the OpenSandbox execd contract. Streams are standard \
+                       SSE (`id: N`, `data: <StreamEvent JSON>`), resumable with Last-Event-ID.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        ping, create_command, interrupt_command, command_status, command_logs, command_events, write_stdin,
+        create_session, run_in_session, delete_session
+    ),
+    components(schemas(crate::wire::ErrorBody, crate::wire::UnauthorizedBody, crate::wire::StreamEvent, crate::wire::Usage)),
+    modifiers(&TokenAuth),
+    security(("access_token" = []))
+)]
+struct ApiDoc;
+
+struct TokenAuth;
+
+impl utoipa::Modify for TokenAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "access_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-EXECD-ACCESS-TOKEN"))),
+        );
+    }
+}
+
+/// The document as YAML.
+pub fn yaml() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.to_yaml().unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proto_matches_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/execd.yaml");
+        let generated = super::yaml();
+        if std::env::var_os("UPDATE_PROTO").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == generated,
+            "proto/execd.yaml is out of date; run `UPDATE_PROTO=1 cargo test proto_matches_code`"
+        );
+    }
+}

@@ -1,0 +1,381 @@
+//! Bash sessions: one persistent shell per session, so variables (exported or not), the
+//! working directory, functions, aliases, options and background jobs carry over between runs.
+//!
+//! Each run writes the command to a file and tells the shell, on its stdin, to `source` it
+//! with stdin from `/dev/null` and then report `$?` on a private control pipe (fd 3, closed
+//! for the user's code). `exit` is aliased to `return`, so `exit 7` ends the run with code 7
+//! and leaves the shell alive. stderr is merged into stdout, as upstream does. A pump thread
+//! per session routes output into the journal of the current run. If the shell dies (a
+//! timeout kills it, or the user's code ends it another way) the run reports it and the next
+//! run starts a fresh shell.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+
+use super::output::{read_some, set_nonblocking, LineSplitter, ReadOutcome};
+use super::process::{self, Input, Output, SpawnSpec};
+use super::stream::{Journal, OutputKind};
+use super::{now_ms, Runtime};
+use crate::wire::{CreateSessionRequest, RunInSessionRequest, StreamEvent};
+
+/// Set up once per shell: aliases must expand in a non-interactive bash for `exit` to become
+/// `return` inside sourced runs (and for the user's own aliases to work across runs).
+const SHELL_PRELUDE: &str = "shopt -s expand_aliases 2>/dev/null; alias exit=return; unset PROMPT_COMMAND\n";
+
+/// Why a session request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No session with that id.
+    #[error("session {0} not found")]
+    NotFound(String),
+    /// The cwd could not be expanded or is not a directory.
+    #[error("invalid cwd {cwd:?}: {reason}")]
+    Cwd {
+        /// The cwd as given.
+        cwd: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Negative timeout.
+    #[error("timeout must not be negative")]
+    Timeout,
+    /// The command is empty.
+    #[error("command must not be empty")]
+    EmptyCommand,
+}
+
+/// All sessions of this execd.
+pub struct Sessions {
+    runtime: Arc<Runtime>,
+    /// Sessions by id; lookups and inserts only.
+    map: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+/// One session.
+pub struct Session {
+    id: String,
+    cwd: Option<PathBuf>,
+    dir: PathBuf,
+    /// The live shell, or `None` before the first run and after it died. Held for the whole
+    /// run, which serializes runs of one session in arrival order.
+    shell: tokio::sync::Mutex<Option<Shell>>,
+    /// Process group of the live shell (0 if none), readable without the async lock.
+    pgid: Mutex<i32>,
+}
+
+struct Shell {
+    pid: i32,
+    stdin: std::fs::File,
+    events: mpsc::UnboundedReceiver<ShellEvent>,
+    /// The journal the pump writes to; swapped per run.
+    current: Arc<Mutex<Option<Arc<Journal>>>>,
+}
+
+enum ShellEvent {
+    Done(i32),
+    Died,
+}
+
+impl Sessions {
+    /// An empty registry.
+    pub fn new(runtime: Arc<Runtime>) -> Arc<Self> {
+        Arc::new(Self {
+            runtime,
+            map: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates a session; its shell starts with the first run.
+    pub fn create(&self, req: CreateSessionRequest) -> Result<String, SessionError> {
+        let cwd = match &req.cwd {
+            None => None,
+            Some(raw) => {
+                let env = self.runtime.child_env(&Default::default());
+                Some(self.runtime.resolve_dir(raw, &env).map_err(|reason| SessionError::Cwd {
+                    cwd: raw.clone(),
+                    reason,
+                })?)
+            }
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        let session = Arc::new(Session {
+            dir: self.runtime.state_dir.join("sessions").join(&id),
+            id: id.clone(),
+            cwd,
+            shell: tokio::sync::Mutex::new(None),
+            pgid: Mutex::new(0),
+        });
+        self.map().insert(id.clone(), session);
+        Ok(id)
+    }
+
+    /// Whether a session exists.
+    pub fn contains(&self, id: &str) -> bool {
+        self.map().contains_key(id)
+    }
+
+    /// Deletes a session and kills everything it started. Returns false for an unknown id.
+    pub fn delete(&self, id: &str) -> bool {
+        let Some(session) = self.map().remove(id) else {
+            return false;
+        };
+        session.kill();
+        let _ = std::fs::remove_dir_all(&session.dir);
+        true
+    }
+
+    /// Kills every session's shell (shutdown).
+    pub fn kill_all(&self) {
+        for session in self.map().values() {
+            session.kill();
+        }
+    }
+
+    /// Starts a run. The returned journal already holds `init`; the run proceeds in a task
+    /// (after any run already in progress in this session).
+    pub fn run(&self, id: &str, req: RunInSessionRequest) -> Result<Arc<Journal>, SessionError> {
+        let session = self.map().get(id).cloned().ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+        if req.command.trim().is_empty() {
+            return Err(SessionError::EmptyCommand);
+        }
+        let timeout = match req.timeout {
+            None | Some(0) => None,
+            Some(ms) if ms < 0 => return Err(SessionError::Timeout),
+            Some(ms) => Some(Duration::from_millis(ms as u64)),
+        };
+        let cwd = match &req.cwd {
+            None => None,
+            Some(raw) => {
+                let env = self.runtime.child_env(&Default::default());
+                Some(self.runtime.resolve_dir(raw, &env).map_err(|reason| SessionError::Cwd {
+                    cwd: raw.clone(),
+                    reason,
+                })?)
+            }
+        };
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        let journal = Journal::new(self.runtime.journal_path(&run_id));
+        journal.push(&StreamEvent::init(&session.id, now_ms()));
+        let runtime = Arc::clone(&self.runtime);
+        let j = Arc::clone(&journal);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let terminal = session.execute(&runtime, &j, &req.command, cwd, timeout).await;
+            let terminal = match terminal {
+                Ok(0) => StreamEvent::complete(started.elapsed().as_millis() as u64, now_ms()),
+                Ok(code) => StreamEvent::error(
+                    "CommandExecError",
+                    code.to_string(),
+                    vec![format!("command exited with code {code}")],
+                    now_ms(),
+                ),
+                Err(reason) => StreamEvent::error("CommandExecError", "-1".into(), vec![reason], now_ms()),
+            };
+            j.finish(&terminal);
+        });
+        Ok(journal)
+    }
+}
+
+impl Session {
+    fn kill(&self) {
+        let pgid = *self.pgid.lock().unwrap_or_else(|e| e.into_inner());
+        process::signal_group(pgid, Signal::SIGKILL);
+    }
+
+    /// Runs `command` in the shell (starting one if needed); returns its exit code, or why the
+    /// run ended without one.
+    async fn execute(
+        &self,
+        runtime: &Runtime,
+        journal: &Arc<Journal>,
+        command: &str,
+        cwd: Option<PathBuf>,
+        timeout: Option<Duration>,
+    ) -> Result<i32, String> {
+        let mut guard = self.shell.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.start_shell(runtime).map_err(|e| format!("cannot start session shell: {e}"))?);
+        }
+        let shell = guard.as_mut().expect("set above");
+        *shell.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(journal));
+        while shell.events.try_recv().is_ok() {} // stale reports from a previous run
+
+        let script = self.dir.join("run.sh");
+        let mut line = String::new();
+        if let Some(dir) = &cwd {
+            line.push_str(&format!("cd -- {} && ", shell_quote(&dir.to_string_lossy())));
+        }
+        line.push_str(&format!(
+            "source {} 3>&- </dev/null; printf '%s\\n' \"$?\" >&3\n",
+            shell_quote(&script.to_string_lossy())
+        ));
+        let sent = std::fs::write(&script, command).and_then(|()| shell.stdin.write_all(line.as_bytes()));
+        let outcome = match sent {
+            Err(e) => Err(format!("cannot hand the command to the session shell: {e}")),
+            Ok(()) => {
+                let wait = shell.events.recv();
+                let event = match timeout {
+                    Some(limit) => tokio::time::timeout(limit, wait).await.map_err(|_| limit),
+                    None => Ok(wait.await),
+                };
+                match event {
+                    Ok(Some(ShellEvent::Done(code))) => Ok(code),
+                    Ok(Some(ShellEvent::Died) | None) => Err("session shell exited; the next run starts a fresh shell".into()),
+                    Err(limit) => Err(format!(
+                        "timed out after {} ms; the session shell was killed and the next run starts a fresh shell",
+                        limit.as_millis()
+                    )),
+                }
+            }
+        };
+        *shell.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if outcome.is_err() {
+            process::signal_group(shell.pid, Signal::SIGKILL);
+            *guard = None;
+            *self.pgid.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+        }
+        outcome
+    }
+
+    fn start_shell(&self, runtime: &Runtime) -> std::io::Result<Shell> {
+        std::fs::create_dir_all(&self.dir)?;
+        let env = runtime.child_env(&Default::default());
+        let (program, name) = runtime.shell(&env);
+        let mut args = vec![name.into()];
+        if name == "bash" {
+            args.extend(["--noprofile".into(), "--norc".into()]);
+        }
+        let (ctrl_r, ctrl_w) = std::io::pipe()?;
+        let child = runtime
+            .reaper
+            .spawn(SpawnSpec {
+                env: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                cwd: self.cwd.clone(),
+                stdin: Input::Pipe,
+                stdout: Output::Pipe,
+                stderr: None,
+                fd3: Some(ctrl_w.into()),
+                ..SpawnSpec::new(program, args)
+            })
+            .map_err(std::io::Error::other)?;
+        let mut stdin = std::fs::File::from(child.stdin.ok_or_else(|| std::io::Error::other("no stdin pipe"))?);
+        stdin.write_all(SHELL_PRELUDE.as_bytes())?;
+        let output = child.stdout.ok_or_else(|| std::io::Error::other("no output pipe"))?;
+        let current: Arc<Mutex<Option<Arc<Journal>>>> = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pump_current = Arc::clone(&current);
+        std::thread::Builder::new()
+            .name(format!("session-{}", &self.id[..8]))
+            .spawn(move || session_pump(output, ctrl_r.into(), &pump_current, &tx))?;
+        // The reaper must still collect the shell; nobody needs its status beyond the pipes.
+        drop(child.exit);
+        *self.pgid.lock().unwrap_or_else(|e| e.into_inner()) = child.pid;
+        Ok(Shell {
+            pid: child.pid,
+            stdin,
+            events: rx,
+            current,
+        })
+    }
+}
+
+/// Reads the shell's merged output and its control pipe for the shell's whole life.
+fn session_pump(
+    output: OwnedFd,
+    ctrl: OwnedFd,
+    current: &Mutex<Option<Arc<Journal>>>,
+    events: &mpsc::UnboundedSender<ShellEvent>,
+) {
+    let _ = set_nonblocking(&output);
+    let mut splitter = LineSplitter::default();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut ctrl_text = Vec::new();
+    let mut output_open = true;
+    let write_lines = |splitter: &mut LineSplitter, data: &[u8], flush: bool| {
+        let journal = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let ts = now_ms();
+        let emit = |w: &mut super::stream::EventWriter<'_>, splitter: &mut LineSplitter| {
+            splitter.feed(data, |l| w.output_line(OutputKind::Stdout, l, ts));
+            if flush {
+                splitter.flush(|l| w.output_line(OutputKind::Stdout, l, ts));
+            }
+        };
+        match journal {
+            Some(j) => {
+                j.write(|w| emit(w, splitter));
+            }
+            // Output between runs (background jobs) has no run to belong to.
+            None => *splitter = LineSplitter::default(),
+        }
+    };
+    loop {
+        let mut fds = vec![PollFd::new(ctrl.as_fd(), PollFlags::POLLIN)];
+        if output_open {
+            fds.push(PollFd::new(output.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        let ctrl_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let out_ready = fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        if out_ready {
+            match read_some(&output, &mut buf) {
+                ReadOutcome::Data(n) => write_lines(&mut splitter, &buf[..n], false),
+                ReadOutcome::Eof => output_open = false,
+                ReadOutcome::WouldBlock => {}
+            }
+        }
+        if !ctrl_ready {
+            continue;
+        }
+        // The control pipe is blocking, but poll said it is readable.
+        let mut small = [0u8; 64];
+        let n = match nix::unistd::read(&ctrl, &mut small) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => 0,
+        };
+        // Output the run wrote before reporting is already in the pipe: take all of it.
+        while output_open {
+            match read_some(&output, &mut buf) {
+                ReadOutcome::Data(n) => write_lines(&mut splitter, &buf[..n], false),
+                ReadOutcome::Eof => output_open = false,
+                ReadOutcome::WouldBlock => break,
+            }
+        }
+        write_lines(&mut splitter, &[], true);
+        if n == 0 {
+            let _ = events.send(ShellEvent::Died);
+            return;
+        }
+        ctrl_text.extend_from_slice(&small[..n]);
+        while let Some(i) = ctrl_text.iter().position(|&b| b == b'\n') {
+            let code = std::str::from_utf8(&ctrl_text[..i])
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(-1);
+            ctrl_text.drain(..=i);
+            let _ = events.send(ShellEvent::Done(code));
+        }
+    }
+    let _ = events.send(ShellEvent::Died);
+}
+
+/// Single-quotes `s` for the shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}

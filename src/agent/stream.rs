@@ -1,0 +1,551 @@
+//! Execution journals and their SSE rendering.
+//!
+//! Every execution owns a [`Journal`]: an append-only sequence of events with ids 1, 2, 3…,
+//! stored already rendered as standard SSE (`id: N\ndata: <json>\n\n`). The newest bytes live
+//! in a bounded in-memory ring of segments; older segments spill to a file in the state dir, so
+//! a command that prints gigabytes keeps execd's memory flat. An HTTP stream is a [`Cursor`]
+//! over the journal: it can start at the beginning or after any event id (`Last-Event-ID`),
+//! reads spilled bytes from the file and live bytes from memory, and ends right after the
+//! terminal event. Writers are synchronous (pump threads and supervisors); readers are async.
+//!
+//! This module knows nothing about processes or HTTP.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::wire::StreamEvent;
+
+/// In-memory bytes a journal keeps before spilling its oldest segments to disk.
+const MEMORY_CAP: usize = 1 << 20;
+/// Most bytes a cursor reads from the spill file at once.
+const SPILL_READ: usize = 256 << 10;
+/// SSE comment sent when a stream has been quiet this long, so proxies keep it open.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+const KEEP_ALIVE_FRAME: &[u8] = b": keep-alive\n\n";
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl OutputKind {
+    fn json_prefix(self) -> &'static [u8] {
+        match self {
+            OutputKind::Stdout => br#"{"type":"stdout","text":""#,
+            OutputKind::Stderr => br#"{"type":"stderr","text":""#,
+        }
+    }
+}
+
+/// Renders events into SSE bytes; handed to the closure of [`Journal::write`].
+pub struct EventWriter<'a> {
+    buf: &'a mut Vec<u8>,
+    next_id: &'a mut u64,
+}
+
+impl EventWriter<'_> {
+    /// Appends an arbitrary event.
+    pub fn event(&mut self, event: &StreamEvent) {
+        self.frame_start();
+        // Serializing a struct of strings and integers into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *self.buf, event);
+        self.buf.extend_from_slice(b"\n\n");
+    }
+
+    /// Appends a `stdout`/`stderr` event whose text is `line`. An empty line is sent as `"\n"`,
+    /// as upstream does, so that blank lines stay visible. Bytes that are not UTF-8 become U+FFFD.
+    ///
+    /// This is the hot path of command streaming, so the JSON is written by hand; a unit test
+    /// checks that it parses to the same event serde would produce.
+    pub fn output_line(&mut self, kind: OutputKind, line: &[u8], timestamp: i64) {
+        self.frame_start();
+        self.buf.extend_from_slice(kind.json_prefix());
+        if line.is_empty() {
+            self.buf.extend_from_slice(b"\\n");
+        } else {
+            match std::str::from_utf8(line) {
+                Ok(text) => escape_json_into(self.buf, text),
+                Err(_) => escape_json_into(self.buf, &String::from_utf8_lossy(line)),
+            }
+        }
+        self.buf.extend_from_slice(b"\",\"timestamp\":");
+        self.buf
+            .extend_from_slice(itoa_i64(timestamp, &mut [0u8; 20]).as_bytes());
+        self.buf.extend_from_slice(b"}\n\n");
+    }
+
+    fn frame_start(&mut self) {
+        self.buf.extend_from_slice(b"id: ");
+        self.buf
+            .extend_from_slice(itoa_i64(*self.next_id as i64, &mut [0u8; 20]).as_bytes());
+        self.buf.extend_from_slice(b"\ndata: ");
+        *self.next_id += 1;
+    }
+}
+
+/// An append-only, replayable event log of one execution.
+pub struct Journal {
+    /// Everything mutable; held only for short, non-async sections (appending a rendered
+    /// batch, slicing a segment). Never held across `.await`.
+    inner: Mutex<Inner>,
+    /// Bumped on every append and on finish; cursors wait on it.
+    changed: watch::Sender<u64>,
+}
+
+struct Inner {
+    /// Id the next event gets.
+    next_id: u64,
+    /// Total rendered bytes ever appended.
+    len: u64,
+    /// Newest segments, oldest first; together they hold bytes `mem_start..len`.
+    mem: VecDeque<Bytes>,
+    mem_start: u64,
+    mem_bytes: usize,
+    /// Holds bytes `0..mem_start` once anything has spilled.
+    spill: Option<Arc<File>>,
+    spill_path: PathBuf,
+    /// `(first event id, byte offset)` of every appended batch, for resuming after an id.
+    batches: Vec<(u64, u64)>,
+    /// Set once the terminal event is in; later writes are dropped.
+    finished: bool,
+}
+
+impl Journal {
+    /// A new, empty journal that spills to `spill_path` if it outgrows memory.
+    pub fn new(spill_path: PathBuf) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                len: 0,
+                mem: VecDeque::new(),
+                mem_start: 0,
+                mem_bytes: 0,
+                spill: None,
+                spill_path,
+                batches: Vec::new(),
+                finished: false,
+            }),
+            changed: watch::Sender::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves only whole batches behind (bytes are pushed
+        // after rendering), so the data stays consistent and poisoning can be ignored.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends the events rendered by `render` as one batch. Returns false (and appends
+    /// nothing) when the journal is already finished.
+    pub fn write(&self, render: impl FnOnce(&mut EventWriter<'_>)) -> bool {
+        self.append(false, render)
+    }
+
+    /// Appends one event.
+    pub fn push(&self, event: &StreamEvent) -> bool {
+        self.write(|w| w.event(event))
+    }
+
+    /// Appends the terminal event and closes the journal. A second call does nothing.
+    pub fn finish(&self, terminal: &StreamEvent) -> bool {
+        self.append(true, |w| w.event(terminal))
+    }
+
+    /// Whether the terminal event is in.
+    pub fn is_finished(&self) -> bool {
+        self.lock().finished
+    }
+
+    fn append(&self, last: bool, render: impl FnOnce(&mut EventWriter<'_>)) -> bool {
+        let mut inner = self.lock();
+        if inner.finished {
+            return false;
+        }
+        let first_id = inner.next_id;
+        let mut buf = Vec::with_capacity(256);
+        render(&mut EventWriter {
+            buf: &mut buf,
+            next_id: &mut inner.next_id,
+        });
+        if !buf.is_empty() {
+            let offset = inner.len;
+            inner.batches.push((first_id, offset));
+            inner.len += buf.len() as u64;
+            inner.mem_bytes += buf.len();
+            inner.mem.push_back(Bytes::from(buf));
+            inner.spill_excess();
+        }
+        inner.finished = last;
+        drop(inner);
+        self.changed.send_modify(|v| *v += 1);
+        true
+    }
+
+    /// A cursor positioned at the start, or right after event `after` when given.
+    pub fn cursor(self: &Arc<Self>, after: Option<u64>) -> io::Result<Cursor> {
+        let pos = match after {
+            None | Some(0) => 0,
+            Some(id) => self.offset_of(id + 1)?,
+        };
+        Ok(Cursor {
+            journal: Arc::clone(self),
+            pos,
+            changed: self.changed.subscribe(),
+        })
+    }
+
+    /// Byte offset where event `id` starts (the end of the journal for ids not yet written).
+    fn offset_of(&self, id: u64) -> io::Result<u64> {
+        let (start, end, first, spill) = {
+            let inner = self.lock();
+            if id >= inner.next_id {
+                return Ok(inner.len);
+            }
+            // The batch holding `id` is the last one whose first id is <= id.
+            let i = inner.batches.partition_point(|&(first, _)| first <= id) - 1;
+            let (first, start) = inner.batches[i];
+            if first == id {
+                return Ok(start);
+            }
+            let end = inner
+                .batches
+                .get(i + 1)
+                .map_or(inner.len, |&(_, offset)| offset);
+            if start >= inner.mem_start {
+                let bytes = inner.slice(start, end);
+                return Ok(start + skip_events(&bytes, id - first));
+            }
+            (start, end, first, inner.spill.clone())
+        };
+        // The batch has spilled: read it back from the file.
+        let spill = spill.ok_or_else(|| io::Error::other("journal spill file missing"))?;
+        let mut bytes = vec![0u8; (end - start) as usize];
+        spill.read_exact_at(&mut bytes, start)?;
+        Ok(start + skip_events(&bytes, id - first))
+    }
+}
+
+impl Inner {
+    /// Moves the oldest segments to the spill file until memory is under the cap. If the file
+    /// cannot be written, memory is allowed to grow rather than losing bytes.
+    fn spill_excess(&mut self) {
+        while self.mem_bytes > MEMORY_CAP && self.mem.len() > 1 {
+            let file = match &self.spill {
+                Some(f) => Arc::clone(f),
+                None => match File::create(&self.spill_path) {
+                    Ok(f) => {
+                        let f = Arc::new(f);
+                        self.spill = Some(Arc::clone(&f));
+                        f
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %self.spill_path.display(), error = %e, "journal cannot spill; keeping it in memory");
+                        return;
+                    }
+                },
+            };
+            let segment = &self.mem[0];
+            if let Err(e) = (&*file).write_all(segment) {
+                tracing::warn!(error = %e, "journal spill write failed; keeping it in memory");
+                return;
+            }
+            let segment = self.mem.pop_front().expect("checked non-empty above");
+            self.mem_start += segment.len() as u64;
+            self.mem_bytes -= segment.len();
+        }
+    }
+
+    /// Bytes `from..to`, all of which are in memory.
+    fn slice(&self, from: u64, to: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity((to - from) as usize);
+        let mut seg_start = self.mem_start;
+        for seg in &self.mem {
+            let seg_end = seg_start + seg.len() as u64;
+            if seg_end > from && seg_start < to {
+                let a = from.saturating_sub(seg_start) as usize;
+                let b = (to.min(seg_end) - seg_start) as usize;
+                out.extend_from_slice(&seg[a..b]);
+            }
+            seg_start = seg_end;
+        }
+        out
+    }
+
+    /// The in-memory segment containing `pos`, sliced from `pos` to the segment's end.
+    fn live_from(&self, pos: u64) -> Option<Bytes> {
+        let mut seg_start = self.mem_start;
+        for seg in &self.mem {
+            let seg_end = seg_start + seg.len() as u64;
+            if pos < seg_end {
+                return Some(seg.slice((pos - seg_start) as usize..));
+            }
+            seg_start = seg_end;
+        }
+        None
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.spill.is_some() {
+            let _ = std::fs::remove_file(&self.spill_path);
+        }
+    }
+}
+
+/// Byte length of the first `n` events of `bytes` (each ends with a blank line, and event data
+/// is single-line JSON, so `\n\n` only occurs at event ends).
+fn skip_events(bytes: &[u8], n: u64) -> u64 {
+    let mut pos = 0usize;
+    for _ in 0..n {
+        match memchr::memmem::find(&bytes[pos..], b"\n\n") {
+            Some(i) => pos += i + 2,
+            None => return bytes.len() as u64,
+        }
+    }
+    pos as u64
+}
+
+/// A reader over a journal: yields SSE bytes from its position, waiting for live events, and
+/// ends after the terminal event.
+pub struct Cursor {
+    journal: Arc<Journal>,
+    pos: u64,
+    changed: watch::Receiver<u64>,
+}
+
+enum Next {
+    Live(Bytes),
+    Spilled(Arc<File>, u64, usize),
+    Wait,
+    End,
+}
+
+impl Cursor {
+    /// The next chunk of bytes, a keep-alive comment after a quiet [`KEEP_ALIVE`], or `None`
+    /// once the terminal event has been read.
+    pub async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            self.changed.borrow_and_update();
+            let next = {
+                let inner = self.journal.lock();
+                if self.pos >= inner.len {
+                    if inner.finished {
+                        Next::End
+                    } else {
+                        Next::Wait
+                    }
+                } else if self.pos >= inner.mem_start {
+                    match inner.live_from(self.pos) {
+                        Some(b) => Next::Live(b),
+                        None => Next::End,
+                    }
+                } else {
+                    let want = (inner.mem_start - self.pos).min(SPILL_READ as u64) as usize;
+                    match &inner.spill {
+                        Some(f) => Next::Spilled(Arc::clone(f), self.pos, want),
+                        None => Next::End,
+                    }
+                }
+            };
+            match next {
+                Next::Live(bytes) => {
+                    self.pos += bytes.len() as u64;
+                    return Some(Ok(bytes));
+                }
+                Next::Spilled(file, at, want) => {
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; want];
+                        file.read_exact_at(&mut buf, at).map(|()| buf)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e)));
+                    return Some(read.map(|buf| {
+                        self.pos += buf.len() as u64;
+                        Bytes::from(buf)
+                    }));
+                }
+                Next::End => return None,
+                Next::Wait => {
+                    match tokio::time::timeout(KEEP_ALIVE, self.changed.changed()).await {
+                        Ok(Ok(())) => continue,
+                        // The journal is gone (cannot happen while we hold an Arc) or quiet.
+                        Ok(Err(_)) => return None,
+                        Err(_) => return Some(Ok(Bytes::from_static(KEEP_ALIVE_FRAME))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The cursor as a stream of body chunks.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
+        futures_util::stream::unfold(self, |mut cursor| async move {
+            cursor.next_chunk().await.map(|chunk| (chunk, cursor))
+        })
+    }
+}
+
+/// Writes `s` as the inside of a JSON string.
+pub fn escape_json_into(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+fn itoa_i64(v: i64, buf: &mut [u8; 20]) -> &str {
+    let neg = v < 0;
+    let mut n = v.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if neg {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    // Only ASCII digits and '-' were written.
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::EventType;
+
+    fn journal() -> (tempfile::TempDir, Arc<Journal>) {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path().join("j.sse"));
+        (dir, j)
+    }
+
+    async fn drain(mut c: Cursor) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(chunk) = c.next_chunk().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    }
+
+    fn ids(bytes: &[u8]) -> Vec<u64> {
+        String::from_utf8_lossy(bytes)
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(|n| n.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn hand_written_output_event_matches_serde() {
+        for line in [&b"plain"[..], b"", b"q\"uote\\ tab\t ctl\x01\x1f", b"\xff\xfebad", "ünï".as_bytes()] {
+            let mut buf = Vec::new();
+            let mut id = 7;
+            EventWriter { buf: &mut buf, next_id: &mut id }.output_line(OutputKind::Stderr, line, -5);
+            let text = String::from_utf8(buf).unwrap();
+            let data = text.strip_prefix("id: 7\ndata: ").unwrap().strip_suffix("\n\n").unwrap();
+            let parsed: StreamEvent = serde_json::from_str(data).unwrap();
+            let expected_text = if line.is_empty() { "\n".to_owned() } else { String::from_utf8_lossy(line).into_owned() };
+            let expected = StreamEvent { text: Some(expected_text), ..StreamEvent::new(EventType::Stderr, -5) };
+            assert_eq!(parsed, expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn replay_after_each_id_yields_exactly_the_rest() {
+        let (_d, j) = journal();
+        j.write(|w| {
+            for i in 0..5 {
+                w.output_line(OutputKind::Stdout, format!("l{i}").as_bytes(), 1);
+            }
+        });
+        j.push(&StreamEvent::init("x", 1));
+        j.finish(&StreamEvent::complete(3, 2));
+        assert!(!j.push(&StreamEvent::init("late", 3)), "writes after finish are dropped");
+        for after in 0..=8 {
+            let got = ids(&drain(j.cursor(Some(after)).unwrap()).await);
+            let want: Vec<u64> = (after + 1..=7).collect();
+            assert_eq!(got, want, "after {after}");
+        }
+    }
+
+    #[tokio::test]
+    async fn spills_beyond_memory_cap_and_replays_from_disk() {
+        let (dir, j) = journal();
+        let line = vec![b'a'; 1000];
+        for _ in 0..3000 {
+            j.write(|w| w.output_line(OutputKind::Stdout, &line, 1));
+        }
+        j.finish(&StreamEvent::complete(1, 1));
+        assert!(dir.path().join("j.sse").exists(), "oldest segments spilled");
+        assert!(j.lock().mem_bytes <= MEMORY_CAP + 2000);
+        let all = drain(j.cursor(None).unwrap()).await;
+        assert_eq!(ids(&all), (1..=3001).collect::<Vec<_>>());
+        let tail = ids(&drain(j.cursor(Some(10)).unwrap()).await);
+        assert_eq!(tail.first(), Some(&11));
+        assert_eq!(tail.len(), 2991);
+        drop(j);
+        assert!(!dir.path().join("j.sse").exists(), "spill file removed with the journal");
+    }
+
+    #[tokio::test]
+    async fn live_reader_sees_events_as_they_arrive() {
+        let (_d, j) = journal();
+        let mut c = j.cursor(None).unwrap();
+        let writer = Arc::clone(&j);
+        let t = std::thread::spawn(move || {
+            for i in 0..100 {
+                writer.write(|w| w.output_line(OutputKind::Stdout, format!("{i}").as_bytes(), 1));
+            }
+            writer.finish(&StreamEvent::complete(1, 1));
+        });
+        let mut out = Vec::new();
+        while let Some(chunk) = c.next_chunk().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        t.join().unwrap();
+        assert_eq!(ids(&out), (1..=101).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,12 @@
+//! execd: an in-sandbox execution agent and a lightweight orchestrator, both speaking the
+//! OpenSandbox wire contract.
+//!
+//! - [`wire`]: API types shared by both sides and the tests.
+//! - [`agent`]: everything that runs inside the sandbox (binary `execd`).
+//! - [`orchestrator`]: the lifecycle server (binary `sandboxd`); never imports `agent`.
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod agent;
+pub mod orchestrator;
+pub mod wire;
