@@ -1,8 +1,3 @@
 //! The integration suite: every test starts the real `execd` binary on a loopback port.
 
-mod auth;
-mod command;
-mod init;
-mod replay;
-mod session;
 mod util;
