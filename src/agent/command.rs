@@ -128,7 +128,13 @@ impl CommandRecord {
             finished_at: None,
             usage: None,
         };
-        if let CommandState::Finished { status, usage, start_error, at } = &*self.state() {
+        if let CommandState::Finished {
+            status,
+            usage,
+            start_error,
+            at,
+        } = &*self.state()
+        {
             resp.running = false;
             resp.exit_code = Some(status.code());
             resp.error = start_error
@@ -217,9 +223,12 @@ impl Commands {
         let plan = self.plan(req)?;
         let id = CommandId::new();
         let journal = Journal::new(self.runtime.journal_path(id.as_str()));
-        let log_path = plan
-            .background
-            .then(|| self.runtime.state_dir.join("commands").join(format!("{}.log", id.as_str())));
+        let log_path = plan.background.then(|| {
+            self.runtime
+                .state_dir
+                .join("commands")
+                .join(format!("{}.log", id.as_str()))
+        });
         let started = Instant::now();
         let started_at = SystemTime::now();
 
@@ -252,10 +261,18 @@ impl Commands {
 
         let Some(mut child) = child else {
             let message = match &*record.state() {
-                CommandState::Finished { start_error: Some(m), .. } => m.clone(),
+                CommandState::Finished {
+                    start_error: Some(m),
+                    ..
+                } => m.clone(),
                 _ => String::new(),
             };
-            journal.finish(&StreamEvent::error("CommandExecError", "127".into(), vec![message], now_ms()));
+            journal.finish(&StreamEvent::error(
+                "CommandExecError",
+                "127".into(),
+                vec![message],
+                now_ms(),
+            ));
             return Ok(record);
         };
         if let Some(fd) = child.stdin.take() {
@@ -269,12 +286,25 @@ impl Commands {
         let pump = if plan.background {
             // The stream of a background command ends here; the supervisor's terminal event
             // is then dropped, and the outcome is read through status and logs.
-            journal.finish(&StreamEvent::complete(started.elapsed().as_millis() as u64, now_ms()));
+            journal.finish(&StreamEvent::complete(
+                started.elapsed().as_millis() as u64,
+                now_ms(),
+            ));
             None
         } else {
-            Some(start_pump(&record, child.stdout.take(), child.stderr.take()))
+            Some(start_pump(
+                &record,
+                child.stdout.take(),
+                child.stderr.take(),
+            ))
         };
-        tokio::spawn(supervise(Arc::clone(&record), child.exit, pump, plan.timeout, started));
+        tokio::spawn(supervise(
+            Arc::clone(&record),
+            child.exit,
+            pump,
+            plan.timeout,
+            started,
+        ));
         Ok(record)
     }
 
@@ -294,13 +324,16 @@ impl Commands {
             }
         }
         let env = self.runtime.child_env(&request_envs);
-        let cwd = match &req.cwd {
-            None => None,
-            Some(raw) => Some(self.runtime.resolve_dir(raw, &env).map_err(|reason| CommandError::Cwd {
-                cwd: raw.clone(),
-                reason,
-            })?),
-        };
+        let cwd =
+            match &req.cwd {
+                None => None,
+                Some(raw) => Some(self.runtime.resolve_dir(raw, &env).map_err(|reason| {
+                    CommandError::Cwd {
+                        cwd: raw.clone(),
+                        reason,
+                    }
+                })?),
+            };
         let (program, args, content) = match (req.command, req.argv) {
             (Some(text), None) => {
                 let (shell, name) = self.runtime.shell(&env);
@@ -317,10 +350,15 @@ impl Commands {
                 }
                 let base = cwd.clone().unwrap_or_else(|| self.runtime.cwd.clone());
                 // An unresolvable program is reported after init, like any start failure.
-                let program = super::env::resolve_program(first, env.get("PATH").map(String::as_str), &base)
-                    .unwrap_or_else(|| PathBuf::from(first));
+                let program =
+                    super::env::resolve_program(first, env.get("PATH").map(String::as_str), &base)
+                        .unwrap_or_else(|| PathBuf::from(first));
                 let content = argv.join(" ");
-                (program, argv.into_iter().map(OsString::from).collect(), content)
+                (
+                    program,
+                    argv.into_iter().map(OsString::from).collect(),
+                    content,
+                )
             }
             _ => return Err(CommandError::CommandOrArgv),
         };
@@ -375,7 +413,12 @@ impl Commands {
     }
 
     /// Appends `data` to the command's stdin, closing it afterwards when `eof` is set.
-    pub async fn write_stdin(&self, record: &CommandRecord, data: &[u8], eof: bool) -> Result<(), StdinError> {
+    pub async fn write_stdin(
+        &self,
+        record: &CommandRecord,
+        data: &[u8],
+        eof: bool,
+    ) -> Result<(), StdinError> {
         let mut slot = record.stdin.lock().await;
         let sender = slot.as_mut().ok_or(StdinError::NotOpen)?;
         if !data.is_empty() {
@@ -438,11 +481,19 @@ fn identity_for(uid: u32, gid: Option<u32>) -> Identity {
             if !groups.contains(&primary) {
                 groups.push(primary);
             }
-            Identity { uid, gid: primary, groups }
+            Identity {
+                uid,
+                gid: primary,
+                groups,
+            }
         }
         None => {
             let g = gid.unwrap_or(uid);
-            Identity { uid, gid: g, groups: vec![g] }
+            Identity {
+                uid,
+                gid: g,
+                groups: vec![g],
+            }
         }
     }
 }
@@ -522,9 +573,17 @@ async fn supervise(
     } else {
         let mut traceback = vec![exit.status.describe()];
         if timed_out {
-            traceback.push(format!("timed out after {} ms", timeout.unwrap_or_default().as_millis()));
+            traceback.push(format!(
+                "timed out after {} ms",
+                timeout.unwrap_or_default().as_millis()
+            ));
         }
-        StreamEvent::error("CommandExecError", exit.status.code().to_string(), traceback, now_ms())
+        StreamEvent::error(
+            "CommandExecError",
+            exit.status.code().to_string(),
+            traceback,
+            now_ms(),
+        )
     };
     record.journal.finish(&terminal);
 }

@@ -10,7 +10,11 @@ pub const SECRET_VARS: &[&str] = &["EXECD_ACCESS_TOKEN"];
 
 /// Command line of `execd`.
 #[derive(Debug, Parser)]
-#[command(name = "execd", version, about = "In-sandbox execution agent (OpenSandbox wire contract)")]
+#[command(
+    name = "execd",
+    version,
+    about = "In-sandbox execution agent (OpenSandbox wire contract)"
+)]
 pub struct Cli {
     /// Server settings.
     #[command(flatten)]
@@ -60,7 +64,11 @@ pub struct Config {
     #[arg(long, env = "EXECD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Accepted for compatibility with upstream; no stream ever waits on it.
-    #[arg(long = "graceful-shutdown-timeout", env = "EXECD_API_GRACE_SHUTDOWN", hide = true)]
+    #[arg(
+        long = "graceful-shutdown-timeout",
+        env = "EXECD_API_GRACE_SHUTDOWN",
+        hide = true
+    )]
     pub grace_shutdown: Option<String>,
 }
 
@@ -89,7 +97,8 @@ mod tests {
 
     #[test]
     fn init_subcommand_takes_everything_after_double_dash() {
-        let cli = Cli::try_parse_from(["execd", "--port", "0", "init", "--", "sh", "-c", "exit 3"]).unwrap();
+        let cli = Cli::try_parse_from(["execd", "--port", "0", "init", "--", "sh", "-c", "exit 3"])
+            .unwrap();
         assert_eq!(cli.config.port, 0);
         match cli.mode {
             Some(Mode::Init { entrypoint }) => assert_eq!(entrypoint, ["sh", "-c", "exit 3"]),

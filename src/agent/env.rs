@@ -25,7 +25,10 @@ pub enum ExpandError {
 
 /// Expands a leading `~` (from `HOME`) and every `$NAME`/`${NAME}` using `lookup`. A `$` not
 /// followed by a name is kept literally.
-pub fn expand_path(input: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, ExpandError> {
+pub fn expand_path(
+    input: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, ExpandError> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     if rest == "~" || rest.starts_with("~/") {
@@ -157,7 +160,8 @@ fn unescape_double(raw: &str) -> String {
 
 /// `$VAR` expansion where an undefined variable expands to nothing (shell behaviour).
 fn expand_lenient(s: &str, env: &EnvMap) -> String {
-    expand_path(s, |k| Some(env.get(k).cloned().unwrap_or_default())).unwrap_or_else(|_| s.to_owned())
+    expand_path(s, |k| Some(env.get(k).cloned().unwrap_or_default()))
+        .unwrap_or_else(|_| s.to_owned())
 }
 
 /// Whether `name` is a valid environment variable name.
@@ -192,7 +196,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: EnvMap = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: EnvMap = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -202,7 +209,10 @@ mod tests {
         assert_eq!(expand_path("~/d", &e).unwrap(), "/root/d");
         assert_eq!(expand_path("/$A/${B_2}/z", &e).unwrap(), "/x/y/z");
         assert_eq!(expand_path("/a$/b", &e).unwrap(), "/a$/b");
-        assert_eq!(expand_path("/$NOPE", &e), Err(ExpandError::Undefined("NOPE".into())));
+        assert_eq!(
+            expand_path("/$NOPE", &e),
+            Err(ExpandError::Undefined("NOPE".into()))
+        );
         assert_eq!(expand_path("/${A", &e), Err(ExpandError::Unterminated));
         assert_eq!(expand_path("/a~b", &e).unwrap(), "/a~b");
     }

@@ -69,7 +69,9 @@ impl Runtime {
             match std::fs::read_to_string(path) {
                 Ok(content) => env::parse_env_file(&content, &mut env),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read EXECD_ENVS"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read EXECD_ENVS")
+                }
             }
         }
         env.extend(request.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -89,7 +91,10 @@ impl Runtime {
 
     /// The shell for shell text: bash when the image has one, else sh.
     pub fn shell(&self, env: &EnvMap) -> (PathBuf, &'static str) {
-        let path = env.get("PATH").map(String::as_str).unwrap_or("/usr/local/bin:/usr/bin:/bin");
+        let path = env
+            .get("PATH")
+            .map(String::as_str)
+            .unwrap_or("/usr/local/bin:/usr/bin:/bin");
         for name in ["bash", "sh"] {
             if let Some(p) = env::resolve_program(name, Some(path), Path::new("/")) {
                 return (p, name);
@@ -153,7 +158,11 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
     let reaper = Reaper::start().context("cannot watch SIGCHLD")?;
     let runtime = Arc::new(Runtime::new(&config, Arc::clone(&reaper))?);
     let state = AppState {
-        token: config.access_token.as_deref().filter(|t| !t.is_empty()).map(Arc::from),
+        token: config
+            .access_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(Arc::from),
         commands: command::Commands::new(Arc::clone(&runtime)),
         sessions: session::Sessions::new(Arc::clone(&runtime)),
     };
@@ -167,7 +176,10 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
     tracing::info!(%local, auth = state.token.is_some(), "execd ready");
 
     let app = http::router(state.clone());
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>());
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    );
     let code = match entrypoint {
         Some(argv) => {
             let child = init::start_entrypoint(&runtime, &argv)?;

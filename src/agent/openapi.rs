@@ -4,9 +4,10 @@
 
 use utoipa::OpenApi;
 
-use super::http::{__path_ping,
-    __path_command_events, __path_command_logs, __path_command_status, __path_create_command, __path_create_session,
-    __path_delete_session, __path_interrupt_command, __path_run_in_session, __path_write_stdin,
+use super::http::{
+    __path_command_events, __path_command_logs, __path_command_status, __path_create_command,
+    __path_create_session, __path_delete_session, __path_interrupt_command, __path_ping,
+    __path_run_in_session, __path_write_stdin,
 };
 
 #[derive(OpenApi)]
@@ -44,7 +45,8 @@ impl utoipa::Modify for TokenAuth {
 pub fn yaml() -> String {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc.to_yaml().unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    doc.to_yaml()
+        .unwrap_or_else(|e| format!("# cannot render: {e}\n"))
 }
 
 #[cfg(test)]

@@ -88,8 +88,14 @@ pub struct Source {
 /// in which case whatever is already buffered is drained and the rest abandoned: grandchildren
 /// that keep a pipe open must not hold the stream hostage. Lines go to `journal` with
 /// `timestamp()` taken once per chunk.
-pub fn pump(sources: Vec<Source>, stop: Option<OwnedFd>, journal: &Arc<Journal>, now_ms: fn() -> i64) {
-    let mut splitters: Vec<LineSplitter> = sources.iter().map(|_| LineSplitter::default()).collect();
+pub fn pump(
+    sources: Vec<Source>,
+    stop: Option<OwnedFd>,
+    journal: &Arc<Journal>,
+    now_ms: fn() -> i64,
+) {
+    let mut splitters: Vec<LineSplitter> =
+        sources.iter().map(|_| LineSplitter::default()).collect();
     let mut open: Vec<bool> = sources.iter().map(|_| true).collect();
     for s in &sources {
         let _ = set_nonblocking(&s.fd);
@@ -200,7 +206,11 @@ mod tests {
     fn splits_like_upstream() {
         assert_eq!(split(&[b"a\n\nb\n\n\nc\n"]), ["a", "", "b", "", "", "c"]);
         assert_eq!(split(&[b"a\r\nb\rc"]), ["a", "b", "c"]);
-        assert_eq!(split(&[b"a\r", b"\nb"]), ["a", "b"], "CRLF split across chunks is one terminator");
+        assert_eq!(
+            split(&[b"a\r", b"\nb"]),
+            ["a", "b"],
+            "CRLF split across chunks is one terminator"
+        );
         assert_eq!(split(&[b"par", b"tial", b" line"]), ["partial line"]);
         assert_eq!(split(&[b"x\r", b"\r\n"]), ["x", ""]);
     }

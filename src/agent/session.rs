@@ -28,7 +28,8 @@ use crate::wire::{CreateSessionRequest, RunInSessionRequest, StreamEvent};
 
 /// Set up once per shell: aliases must expand in a non-interactive bash for `exit` to become
 /// `return` inside sourced runs (and for the user's own aliases to work across runs).
-const SHELL_PRELUDE: &str = "shopt -s expand_aliases 2>/dev/null; alias exit=return; unset PROMPT_COMMAND\n";
+const SHELL_PRELUDE: &str =
+    "shopt -s expand_aliases 2>/dev/null; alias exit=return; unset PROMPT_COMMAND\n";
 
 /// Why a session request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -99,16 +100,19 @@ impl Sessions {
 
     /// Creates a session; its shell starts with the first run.
     pub fn create(&self, req: CreateSessionRequest) -> Result<String, SessionError> {
-        let cwd = match &req.cwd {
-            None => None,
-            Some(raw) => {
-                let env = self.runtime.child_env(&Default::default());
-                Some(self.runtime.resolve_dir(raw, &env).map_err(|reason| SessionError::Cwd {
-                    cwd: raw.clone(),
-                    reason,
-                })?)
-            }
-        };
+        let cwd =
+            match &req.cwd {
+                None => None,
+                Some(raw) => {
+                    let env = self.runtime.child_env(&Default::default());
+                    Some(self.runtime.resolve_dir(raw, &env).map_err(|reason| {
+                        SessionError::Cwd {
+                            cwd: raw.clone(),
+                            reason,
+                        }
+                    })?)
+                }
+            };
         let id = uuid::Uuid::new_v4().to_string();
         let session = Arc::new(Session {
             dir: self.runtime.state_dir.join("sessions").join(&id),
@@ -146,7 +150,11 @@ impl Sessions {
     /// Starts a run. The returned journal already holds `init`; the run proceeds in a task
     /// (after any run already in progress in this session).
     pub fn run(&self, id: &str, req: RunInSessionRequest) -> Result<Arc<Journal>, SessionError> {
-        let session = self.map().get(id).cloned().ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+        let session = self
+            .map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
         if req.command.trim().is_empty() {
             return Err(SessionError::EmptyCommand);
         }
@@ -155,16 +163,19 @@ impl Sessions {
             Some(ms) if ms < 0 => return Err(SessionError::Timeout),
             Some(ms) => Some(Duration::from_millis(ms as u64)),
         };
-        let cwd = match &req.cwd {
-            None => None,
-            Some(raw) => {
-                let env = self.runtime.child_env(&Default::default());
-                Some(self.runtime.resolve_dir(raw, &env).map_err(|reason| SessionError::Cwd {
-                    cwd: raw.clone(),
-                    reason,
-                })?)
-            }
-        };
+        let cwd =
+            match &req.cwd {
+                None => None,
+                Some(raw) => {
+                    let env = self.runtime.child_env(&Default::default());
+                    Some(self.runtime.resolve_dir(raw, &env).map_err(|reason| {
+                        SessionError::Cwd {
+                            cwd: raw.clone(),
+                            reason,
+                        }
+                    })?)
+                }
+            };
         let run_id = uuid::Uuid::new_v4().simple().to_string();
         let journal = Journal::new(self.runtime.journal_path(&run_id));
         journal.push(&StreamEvent::init(&session.id, now_ms()));
@@ -172,7 +183,9 @@ impl Sessions {
         let j = Arc::clone(&journal);
         tokio::spawn(async move {
             let started = Instant::now();
-            let terminal = session.execute(&runtime, &j, &req.command, cwd, timeout).await;
+            let terminal = session
+                .execute(&runtime, &j, &req.command, cwd, timeout)
+                .await;
             let terminal = match terminal {
                 Ok(0) => StreamEvent::complete(started.elapsed().as_millis() as u64, now_ms()),
                 Ok(code) => StreamEvent::error(
@@ -181,7 +194,9 @@ impl Sessions {
                     vec![format!("command exited with code {code}")],
                     now_ms(),
                 ),
-                Err(reason) => StreamEvent::error("CommandExecError", "-1".into(), vec![reason], now_ms()),
+                Err(reason) => {
+                    StreamEvent::error("CommandExecError", "-1".into(), vec![reason], now_ms())
+                }
             };
             j.finish(&terminal);
         });
@@ -207,7 +222,10 @@ impl Session {
     ) -> Result<i32, String> {
         let mut guard = self.shell.lock().await;
         if guard.is_none() {
-            *guard = Some(self.start_shell(runtime).map_err(|e| format!("cannot start session shell: {e}"))?);
+            *guard = Some(
+                self.start_shell(runtime)
+                    .map_err(|e| format!("cannot start session shell: {e}"))?,
+            );
         }
         let shell = guard.as_mut().expect("set above");
         *shell.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(journal));
@@ -216,13 +234,17 @@ impl Session {
         let script = self.dir.join("run.sh");
         let mut line = String::new();
         if let Some(dir) = &cwd {
-            line.push_str(&format!("cd -- {} && ", shell_quote(&dir.to_string_lossy())));
+            line.push_str(&format!(
+                "cd -- {} && ",
+                shell_quote(&dir.to_string_lossy())
+            ));
         }
         line.push_str(&format!(
             "source {} 3>&- </dev/null; printf '%s\\n' \"$?\" >&3\n",
             shell_quote(&script.to_string_lossy())
         ));
-        let sent = std::fs::write(&script, command).and_then(|()| shell.stdin.write_all(line.as_bytes()));
+        let sent =
+            std::fs::write(&script, command).and_then(|()| shell.stdin.write_all(line.as_bytes()));
         let outcome = match sent {
             Err(e) => Err(format!("cannot hand the command to the session shell: {e}")),
             Ok(()) => {
@@ -271,9 +293,15 @@ impl Session {
                 ..SpawnSpec::new(program, args)
             })
             .map_err(std::io::Error::other)?;
-        let mut stdin = std::fs::File::from(child.stdin.ok_or_else(|| std::io::Error::other("no stdin pipe"))?);
+        let mut stdin = std::fs::File::from(
+            child
+                .stdin
+                .ok_or_else(|| std::io::Error::other("no stdin pipe"))?,
+        );
         stdin.write_all(SHELL_PRELUDE.as_bytes())?;
-        let output = child.stdout.ok_or_else(|| std::io::Error::other("no output pipe"))?;
+        let output = child
+            .stdout
+            .ok_or_else(|| std::io::Error::other("no output pipe"))?;
         let current: Arc<Mutex<Option<Arc<Journal>>>> = Arc::default();
         let (tx, rx) = mpsc::unbounded_channel();
         let pump_current = Arc::clone(&current);
@@ -331,7 +359,10 @@ fn session_pump(
             Err(_) => break,
         }
         let ctrl_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let out_ready = fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        let out_ready = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty());
         if out_ready {
             match read_some(&output, &mut buf) {
                 ReadOutcome::Data(n) => write_lines(&mut splitter, &buf[..n], false),

@@ -244,7 +244,13 @@ impl Inner {
         while self.mem_bytes > MEMORY_CAP && self.mem.len() > 1 {
             let file = match &self.spill {
                 Some(f) => Arc::clone(f),
-                None => match File::create(&self.spill_path) {
+                None => match std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&self.spill_path)
+                {
                     Ok(f) => {
                         let f = Arc::new(f);
                         self.spill = Some(Arc::clone(&f));
@@ -480,15 +486,36 @@ mod tests {
 
     #[test]
     fn hand_written_output_event_matches_serde() {
-        for line in [&b"plain"[..], b"", b"q\"uote\\ tab\t ctl\x01\x1f", b"\xff\xfebad", "ünï".as_bytes()] {
+        for line in [
+            &b"plain"[..],
+            b"",
+            b"q\"uote\\ tab\t ctl\x01\x1f",
+            b"\xff\xfebad",
+            "ünï".as_bytes(),
+        ] {
             let mut buf = Vec::new();
             let mut id = 7;
-            EventWriter { buf: &mut buf, next_id: &mut id }.output_line(OutputKind::Stderr, line, -5);
+            EventWriter {
+                buf: &mut buf,
+                next_id: &mut id,
+            }
+            .output_line(OutputKind::Stderr, line, -5);
             let text = String::from_utf8(buf).unwrap();
-            let data = text.strip_prefix("id: 7\ndata: ").unwrap().strip_suffix("\n\n").unwrap();
+            let data = text
+                .strip_prefix("id: 7\ndata: ")
+                .unwrap()
+                .strip_suffix("\n\n")
+                .unwrap();
             let parsed: StreamEvent = serde_json::from_str(data).unwrap();
-            let expected_text = if line.is_empty() { "\n".to_owned() } else { String::from_utf8_lossy(line).into_owned() };
-            let expected = StreamEvent { text: Some(expected_text), ..StreamEvent::new(EventType::Stderr, -5) };
+            let expected_text = if line.is_empty() {
+                "\n".to_owned()
+            } else {
+                String::from_utf8_lossy(line).into_owned()
+            };
+            let expected = StreamEvent {
+                text: Some(expected_text),
+                ..StreamEvent::new(EventType::Stderr, -5)
+            };
             assert_eq!(parsed, expected);
         }
     }
@@ -503,7 +530,10 @@ mod tests {
         });
         j.push(&StreamEvent::init("x", 1));
         j.finish(&StreamEvent::complete(3, 2));
-        assert!(!j.push(&StreamEvent::init("late", 3)), "writes after finish are dropped");
+        assert!(
+            !j.push(&StreamEvent::init("late", 3)),
+            "writes after finish are dropped"
+        );
         for after in 0..=8 {
             let got = ids(&drain(j.cursor(Some(after)).unwrap()).await);
             let want: Vec<u64> = (after + 1..=7).collect();
@@ -527,7 +557,10 @@ mod tests {
         assert_eq!(tail.first(), Some(&11));
         assert_eq!(tail.len(), 2991);
         drop(j);
-        assert!(!dir.path().join("j.sse").exists(), "spill file removed with the journal");
+        assert!(
+            !dir.path().join("j.sse").exists(),
+            "spill file removed with the journal"
+        );
     }
 
     #[tokio::test]

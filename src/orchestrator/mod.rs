@@ -3,5 +3,8 @@
 
 /// What `sandboxd` prints until it serves the lifecycle API.
 pub fn banner() -> String {
-    format!("sandboxd {} (lifecycle API not yet implemented)", env!("CARGO_PKG_VERSION"))
+    format!(
+        "sandboxd {} (lifecycle API not yet implemented)",
+        env!("CARGO_PKG_VERSION")
+    )
 }

@@ -59,7 +59,6 @@ pub struct UnauthorizedBody {
 
 /// `POST /command`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct RunCommandRequest {
     /// Shell text, run by `bash -c` (or `sh -c` when the image has no bash). Exactly one of
     /// `command` and `argv`.

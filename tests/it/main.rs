@@ -1,3 +1,8 @@
 //! The integration suite: every test starts the real `execd` binary on a loopback port.
 
+mod auth;
+mod command;
+mod init;
+mod replay;
+mod session;
 mod util;

@@ -26,6 +26,8 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
     /// Extra arguments after the flags (e.g. `["init", "--", "sh", "-c", "..."]`).
     pub tail: Vec<String>,
+    /// A command to run execd under (e.g. `unshare --pid --fork`).
+    pub wrapper: Vec<String>,
 }
 
 impl Agent {
@@ -35,7 +37,14 @@ impl Agent {
 
     pub fn start_with(opts: Opts) -> Self {
         let state_dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_execd"));
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_execd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_execd")),
+        };
         cmd.args(["--host", "127.0.0.1", "--port", "0", "--state-dir"])
             .arg(state_dir.path())
             .env_remove("EXECD_ACCESS_TOKEN")
@@ -109,7 +118,12 @@ impl Agent {
     /// POSTs JSON to a streaming route and collects every SSE event until the stream ends.
     pub async fn stream(&self, path: &str, body: Value) -> Vec<Event> {
         let resp = self.post(path).json(&body).send().await.expect("send");
-        assert_eq!(resp.status(), 200, "POST {path} {body}: {}", resp.text().await.unwrap_or_default());
+        assert_eq!(
+            resp.status(),
+            200,
+            "POST {path} {body}: {}",
+            resp.text().await.unwrap_or_default()
+        );
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
         collect_sse(resp).await
     }
@@ -161,8 +175,12 @@ pub fn parse_sse(body: &str) -> Vec<Event> {
             }
         }
         if !data.is_empty() {
-            let data: Value = serde_json::from_str(&data).unwrap_or_else(|e| panic!("bad event json {data:?}: {e}"));
-            assert!(data["timestamp"].is_i64(), "every event has a timestamp: {data}");
+            let data: Value = serde_json::from_str(&data)
+                .unwrap_or_else(|e| panic!("bad event json {data:?}: {e}"));
+            assert!(
+                data["timestamp"].is_i64(),
+                "every event has a timestamp: {data}"
+            );
             events.push(Event { id, data });
         }
     }
@@ -184,7 +202,11 @@ pub fn kinds(events: &[Event]) -> Vec<&str> {
 
 /// Texts of events of the given kind, in order.
 pub fn texts<'a>(events: &'a [Event], kind: &str) -> Vec<&'a str> {
-    events.iter().filter(|e| e.kind() == kind).map(Event::text).collect()
+    events
+        .iter()
+        .filter(|e| e.kind() == kind)
+        .map(Event::text)
+        .collect()
 }
 
 /// Polls `f` every 20 ms until it returns Some, or panics after `secs`.
@@ -194,7 +216,10 @@ pub async fn eventually<T>(secs: u64, what: &str, mut f: impl AsyncFnMut() -> Op
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -203,7 +228,9 @@ pub async fn eventually<T>(secs: u64, what: &str, mut f: impl AsyncFnMut() -> Op
 pub fn pids_matching(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             if cmdline.contains(needle) && pid != std::process::id() {
@@ -218,10 +245,16 @@ pub fn pids_matching(needle: &str) -> Vec<u32> {
 pub fn children_of(parent: u32) -> Vec<(u32, char)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         // pid (comm) state ppid ...; comm may contain spaces, so split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.trim_start()) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.trim_start()) else {
+            continue;
+        };
         let mut fields = rest.split_whitespace();
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let ppid: u32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);

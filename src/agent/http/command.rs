@@ -60,7 +60,9 @@ pub(crate) async fn interrupt_command(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<IdQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let id = q.id.filter(|s| !s.is_empty()).ok_or_else(|| ApiError::missing_query("id"))?;
+    let id =
+        q.id.filter(|s| !s.is_empty())
+            .ok_or_else(|| ApiError::missing_query("id"))?;
     if state.commands.interrupt(&id) || state.sessions.delete(&id) {
         Ok(StatusCode::OK)
     } else {
@@ -77,7 +79,11 @@ pub(crate) async fn command_status(
 ) -> Result<Json<CommandStatusResponse>, ApiError> {
     let record = state.commands.get(&id).ok_or_else(|| {
         // The contract pairs this 404 with INVALID_REQUEST_BODY.
-        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::InvalidRequestBody, format!("command not found: {id}"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::InvalidRequestBody,
+            format!("command not found: {id}"),
+        )
     })?;
     Ok(Json(record.status()))
 }
@@ -113,7 +119,10 @@ pub(crate) async fn command_logs(
     let body = Body::from_stream(read_range(file, start, end));
     let mut resp = (StatusCode::OK, body).into_response();
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     headers.insert(TAIL_CURSOR_HEADER, HeaderValue::from(end));
     Ok(resp)
 }
@@ -165,7 +174,10 @@ pub(crate) async fn command_events(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<AfterQuery>,
 ) -> Result<Response, ApiError> {
-    let record = state.commands.get(&id).ok_or_else(|| command_not_found(&id))?;
+    let record = state
+        .commands
+        .get(&id)
+        .ok_or_else(|| command_not_found(&id))?;
     let header_after = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(
@@ -199,16 +211,26 @@ pub(crate) async fn write_stdin(
     ApiQuery(q): ApiQuery<EofQuery>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let record = state.commands.get(&id).ok_or_else(|| command_not_found(&id))?;
+    let record = state
+        .commands
+        .get(&id)
+        .ok_or_else(|| command_not_found(&id))?;
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read body: {e}")))?;
         state.commands.write_stdin(&record, &chunk, false).await?;
     }
-    state.commands.write_stdin(&record, &[], q.eof.unwrap_or(false)).await?;
+    state
+        .commands
+        .write_stdin(&record, &[], q.eof.unwrap_or(false))
+        .await?;
     Ok(StatusCode::OK)
 }
 
 fn command_not_found(id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::CommandNotFound, format!("command not found: {id}"))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::CommandNotFound,
+        format!("command not found: {id}"),
+    )
 }

@@ -29,7 +29,11 @@ impl ApiError {
 
     /// 400 `INVALID_REQUEST_BODY`.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequestBody, message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequestBody,
+            message,
+        )
     }
 
     /// 400 `MISSING_QUERY`.
@@ -43,7 +47,11 @@ impl ApiError {
 
     /// 500 `RUNTIME_ERROR`. The message is for the client; details belong in the log.
     pub fn runtime(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::RuntimeError, message)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::RuntimeError,
+            message,
+        )
     }
 }
 
@@ -92,8 +100,12 @@ impl From<SessionError> for ApiError {
 impl From<StdinError> for ApiError {
     fn from(e: StdinError) -> Self {
         match e {
-            StdinError::NotOpen => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string()),
-            StdinError::Write(_) => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string()),
+            StdinError::NotOpen => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
+            }
+            StdinError::Write(_) => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
+            }
         }
     }
 }

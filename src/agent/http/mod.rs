@@ -22,7 +22,10 @@ use error::ApiError;
 
 pub(crate) use command::__path_create_command;
 
-pub(crate) use command::{__path_command_events, __path_command_logs, __path_command_status, __path_interrupt_command, __path_write_stdin};
+pub(crate) use command::{
+    __path_command_events, __path_command_logs, __path_command_status, __path_interrupt_command,
+    __path_write_stdin,
+};
 pub(crate) use session::{__path_create_session, __path_delete_session, __path_run_in_session};
 
 /// Header carrying the access token.
@@ -80,7 +83,10 @@ fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
 pub(crate) fn sse_response(cursor: Cursor) -> Response {
     let mut resp = Response::new(Body::from_stream(cursor.into_stream()));
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp

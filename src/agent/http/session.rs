@@ -10,7 +10,9 @@ use super::error::ApiError;
 use super::extract::{ApiJson, OptionalJson};
 use super::sse_response;
 use crate::agent::AppState;
-use crate::wire::{CreateSessionRequest, CreateSessionResponse, ErrorBody, ErrorCode, RunInSessionRequest};
+use crate::wire::{
+    CreateSessionRequest, CreateSessionResponse, ErrorBody, ErrorCode, RunInSessionRequest,
+};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -55,7 +57,10 @@ pub(crate) async fn run_in_session(
 /// Deletes a session and kills everything it started.
 #[utoipa::path(delete, path = "/session/{id}", params(("id" = String, Path)),
     responses((status = 200, description = "deleted"), (status = 404, body = ErrorBody)))]
-pub(crate) async fn delete_session(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn delete_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let sessions = state.sessions.clone();
     let id2 = id.clone();
     let found = tokio::task::spawn_blocking(move || sessions.delete(&id2))
@@ -64,6 +69,10 @@ pub(crate) async fn delete_session(State(state): State<AppState>, Path(id): Path
     if found {
         Ok(StatusCode::OK)
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::ContextNotFound, format!("session not found: {id}")))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ContextNotFound,
+            format!("session not found: {id}"),
+        ))
     }
 }

@@ -1,0 +1,135 @@
+//! Replay: a client that drops mid-stream loses nothing and sees nothing twice, and a
+//! disconnect never stops the execution.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::util::{collect_sse, eventually, parse_sse, Agent};
+
+#[tokio::test]
+async fn reconnect_with_last_event_id_loses_and_doubles_nothing() {
+    let agent = Agent::start();
+    let mut resp = agent
+        .post("/command")
+        .json(&json!({"command": "for i in 1 2 3 4 5 6 7 8; do echo line$i; sleep 0.05; done"}))
+        .send()
+        .await
+        .unwrap();
+    // Read until event 3 is complete, then drop the connection mid-stream.
+    let mut buf = String::new();
+    let seen = loop {
+        let chunk = resp.chunk().await.unwrap().expect("stream ended early");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        let complete = &buf[..buf.rfind("\n\n").map_or(0, |i| i + 2)];
+        let events = parse_sse(complete);
+        if events.len() >= 3 {
+            break events;
+        }
+    };
+    drop(resp);
+    let id = seen[0].text().to_owned();
+    let last = seen.last().unwrap().id.unwrap();
+
+    // Resume while the command is still running: the rest arrives live.
+    let resumed = agent
+        .get(&format!("/command/{id}/events"))
+        .header("Last-Event-ID", last.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let rest = collect_sse(resumed).await;
+    let all: Vec<_> = seen.iter().chain(&rest).collect();
+    let ids: Vec<u64> = all.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "contiguous, no gaps, no duplicates"
+    );
+    let lines: Vec<&str> = all
+        .iter()
+        .filter(|e| e.kind() == "stdout")
+        .map(|e| e.text())
+        .collect();
+    assert_eq!(
+        lines,
+        (1..=8).map(|i| format!("line{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(all.last().unwrap().kind(), "execution_complete");
+
+    // After the end, the whole journal replays from the start, or after any id via ?after=.
+    let full = collect_sse(
+        agent
+            .get(&format!("/command/{id}/events"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(full.len(), ids.len());
+    let tail = collect_sse(
+        agent
+            .get(&format!("/command/{id}/events?after=7"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(tail.first().unwrap().id, Some(8));
+    let none = collect_sse(
+        agent
+            .get(&format!("/command/{id}/events?after=999"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(none.is_empty());
+}
+
+#[tokio::test]
+async fn disconnect_does_not_stop_the_command() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("done");
+    let mut resp = agent
+        .post("/command")
+        .json(&json!({"command": format!("sleep 0.3; echo finished > {}", marker.display())}))
+        .send()
+        .await
+        .unwrap();
+    let _init = resp.chunk().await.unwrap();
+    drop(resp);
+    eventually(
+        5,
+        "the command to finish after the client left",
+        async || marker.exists().then_some(()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn large_output_replays_from_spilled_journal() {
+    let agent = Agent::start();
+    // ~6 MB of events: far more than a journal keeps in memory.
+    let events = agent
+        .run(json!({"command": "seq 1 300000 | sed 's/$/ padding-padding-padding/'"}))
+        .await;
+    let id = events[0].text().to_owned();
+    let replay = tokio::time::timeout(
+        Duration::from_secs(30),
+        collect_sse(
+            agent
+                .get(&format!("/command/{id}/events?after=1"))
+                .send()
+                .await
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replay.len(), events.len() - 1);
+    assert_eq!(replay[0].text(), "1 padding-padding-padding");
+    assert_eq!(replay.last().unwrap().kind(), "execution_complete");
+}
