@@ -75,6 +75,7 @@ async fn as_real_pid1_in_a_pid_namespace() {
         "--pid".into(),
         "--fork".into(),
         "--mount-proc".into(),
+        "--kill-child".into(),
     ];
     let agent = Agent::start_with(opts);
     let events = agent.run(json!({"command": "cat /proc/1/comm"})).await;
