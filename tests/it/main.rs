@@ -2,6 +2,7 @@
 
 mod auth;
 mod command;
+mod docker;
 mod init;
 mod replay;
 mod session;

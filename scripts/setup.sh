@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything the build, the tests and the benchmarks need. Idempotent: a second run
+# only checks. Needs root for apt-get (CI and the dev machines run as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'setup: %s\n' "$*"; }
+
+# Debian packages: `file` (build-agent's static check), util-linux (`unshare` for the PID 1
+# test), procps, and the Docker CLI/engine are expected on the machine image.
+packages=(file util-linux procps ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust: the musl target for the static agent, fmt and clippy for CI, nextest as the runner.
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+for c in rustfmt clippy; do
+  rustup component list --installed | grep -q "^$c" || rustup component add "$c"
+done
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+# Python venv for the test tools (SDK suites and Jupyter kernels join it with their issues).
+venv=.venv
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating $venv"
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c 'import pytest' 2>/dev/null; then
+  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
+fi
+
+# Dependencies, so the test run itself does not stall on the network.
+cargo fetch --locked >/dev/null
+log "ok"
