@@ -262,8 +262,7 @@ impl Commands {
         let Some(mut child) = child else {
             let message = match &*record.state() {
                 CommandState::Finished {
-                    start_error: Some(m),
-                    ..
+                    start_error: Some(m), ..
                 } => m.clone(),
                 _ => String::new(),
             };
@@ -292,11 +291,7 @@ impl Commands {
             ));
             None
         } else {
-            Some(start_pump(
-                &record,
-                child.stdout.take(),
-                child.stderr.take(),
-            ))
+            Some(start_pump(&record, child.stdout.take(), child.stderr.take()))
         };
         tokio::spawn(supervise(
             Arc::clone(&record),
@@ -324,16 +319,17 @@ impl Commands {
             }
         }
         let env = self.runtime.child_env(&request_envs);
-        let cwd =
-            match &req.cwd {
-                None => None,
-                Some(raw) => Some(self.runtime.resolve_dir(raw, &env).map_err(|reason| {
-                    CommandError::Cwd {
+        let cwd = match &req.cwd {
+            None => None,
+            Some(raw) => Some(
+                self.runtime
+                    .resolve_dir(raw, &env)
+                    .map_err(|reason| CommandError::Cwd {
                         cwd: raw.clone(),
                         reason,
-                    }
-                })?),
-            };
+                    })?,
+            ),
+        };
         let (program, args, content) = match (req.command, req.argv) {
             (Some(text), None) => {
                 let (shell, name) = self.runtime.shell(&env);
@@ -350,15 +346,10 @@ impl Commands {
                 }
                 let base = cwd.clone().unwrap_or_else(|| self.runtime.cwd.clone());
                 // An unresolvable program is reported after init, like any start failure.
-                let program =
-                    super::env::resolve_program(first, env.get("PATH").map(String::as_str), &base)
-                        .unwrap_or_else(|| PathBuf::from(first));
+                let program = super::env::resolve_program(first, env.get("PATH").map(String::as_str), &base)
+                    .unwrap_or_else(|| PathBuf::from(first));
                 let content = argv.join(" ");
-                (
-                    program,
-                    argv.into_iter().map(OsString::from).collect(),
-                    content,
-                )
+                (program, argv.into_iter().map(OsString::from).collect(), content)
             }
             _ => return Err(CommandError::CommandOrArgv),
         };

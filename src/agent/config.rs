@@ -97,8 +97,7 @@ mod tests {
 
     #[test]
     fn init_subcommand_takes_everything_after_double_dash() {
-        let cli = Cli::try_parse_from(["execd", "--port", "0", "init", "--", "sh", "-c", "exit 3"])
-            .unwrap();
+        let cli = Cli::try_parse_from(["execd", "--port", "0", "init", "--", "sh", "-c", "exit 3"]).unwrap();
         assert_eq!(cli.config.port, 0);
         match cli.mode {
             Some(Mode::Init { entrypoint }) => assert_eq!(entrypoint, ["sh", "-c", "exit 3"]),

@@ -25,10 +25,7 @@ pub enum ExpandError {
 
 /// Expands a leading `~` (from `HOME`) and every `$NAME`/`${NAME}` using `lookup`. A `$` not
 /// followed by a name is kept literally.
-pub fn expand_path(
-    input: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, ExpandError> {
+pub fn expand_path(input: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, ExpandError> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     if rest == "~" || rest.starts_with("~/") {
@@ -160,8 +157,7 @@ fn unescape_double(raw: &str) -> String {
 
 /// `$VAR` expansion where an undefined variable expands to nothing (shell behaviour).
 fn expand_lenient(s: &str, env: &EnvMap) -> String {
-    expand_path(s, |k| Some(env.get(k).cloned().unwrap_or_default()))
-        .unwrap_or_else(|_| s.to_owned())
+    expand_path(s, |k| Some(env.get(k).cloned().unwrap_or_default())).unwrap_or_else(|_| s.to_owned())
 }
 
 /// Whether `name` is a valid environment variable name.

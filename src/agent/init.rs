@@ -27,10 +27,9 @@ pub struct Entrypoint {
 pub fn start_entrypoint(runtime: &Runtime, argv: &[String]) -> anyhow::Result<Entrypoint> {
     let env = runtime.child_env(&Default::default());
     let first = argv.first().context("init needs an entrypoint")?;
-    let program =
-        super::env::resolve_program(first, env.get("PATH").map(String::as_str), &runtime.cwd)
-            .or_else(|| Some(PathBuf::from(first)).filter(|p| p.is_absolute() && Path::exists(p)))
-            .with_context(|| format!("entrypoint {first:?} not found"))?;
+    let program = super::env::resolve_program(first, env.get("PATH").map(String::as_str), &runtime.cwd)
+        .or_else(|| Some(PathBuf::from(first)).filter(|p| p.is_absolute() && Path::exists(p)))
+        .with_context(|| format!("entrypoint {first:?} not found"))?;
     let child = runtime
         .reaper
         .spawn(SpawnSpec {
@@ -82,10 +81,8 @@ fn exit_code(exit: Option<Exit>) -> i32 {
 
 /// Resolves on SIGTERM or SIGINT (execd not running as init).
 pub async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         std::future::pending::<()>().await;
         return;
     };

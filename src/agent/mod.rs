@@ -176,10 +176,7 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
     tracing::info!(%local, auth = state.token.is_some(), "execd ready");
 
     let app = http::router(state.clone());
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    );
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>());
     let code = match entrypoint {
         Some(argv) => {
             let child = init::start_entrypoint(&runtime, &argv)?;

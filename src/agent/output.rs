@@ -88,14 +88,8 @@ pub struct Source {
 /// in which case whatever is already buffered is drained and the rest abandoned: grandchildren
 /// that keep a pipe open must not hold the stream hostage. Lines go to `journal` with
 /// `timestamp()` taken once per chunk.
-pub fn pump(
-    sources: Vec<Source>,
-    stop: Option<OwnedFd>,
-    journal: &Arc<Journal>,
-    now_ms: fn() -> i64,
-) {
-    let mut splitters: Vec<LineSplitter> =
-        sources.iter().map(|_| LineSplitter::default()).collect();
+pub fn pump(sources: Vec<Source>, stop: Option<OwnedFd>, journal: &Arc<Journal>, now_ms: fn() -> i64) {
+    let mut splitters: Vec<LineSplitter> = sources.iter().map(|_| LineSplitter::default()).collect();
     let mut open: Vec<bool> = sources.iter().map(|_| true).collect();
     for s in &sources {
         let _ = set_nonblocking(&s.fd);

@@ -314,9 +314,7 @@ impl Reaper {
                     if let Some(fd) = fd3_raw {
                         if fd == 3 {
                             let flags = libc::fcntl(3, libc::F_GETFD);
-                            if flags < 0
-                                || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                            {
+                            if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                                 return Err(io::Error::last_os_error());
                             }
                         } else if libc::dup2(fd, 3) < 0 {

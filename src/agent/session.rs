@@ -28,8 +28,7 @@ use crate::wire::{CreateSessionRequest, RunInSessionRequest, StreamEvent};
 
 /// Set up once per shell: aliases must expand in a non-interactive bash for `exit` to become
 /// `return` inside sourced runs (and for the user's own aliases to work across runs).
-const SHELL_PRELUDE: &str =
-    "shopt -s expand_aliases 2>/dev/null; alias exit=return; unset PROMPT_COMMAND\n";
+const SHELL_PRELUDE: &str = "shopt -s expand_aliases 2>/dev/null; alias exit=return; unset PROMPT_COMMAND\n";
 
 /// Why a session request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -100,19 +99,20 @@ impl Sessions {
 
     /// Creates a session; its shell starts with the first run.
     pub fn create(&self, req: CreateSessionRequest) -> Result<String, SessionError> {
-        let cwd =
-            match &req.cwd {
-                None => None,
-                Some(raw) => {
-                    let env = self.runtime.child_env(&Default::default());
-                    Some(self.runtime.resolve_dir(raw, &env).map_err(|reason| {
-                        SessionError::Cwd {
+        let cwd = match &req.cwd {
+            None => None,
+            Some(raw) => {
+                let env = self.runtime.child_env(&Default::default());
+                Some(
+                    self.runtime
+                        .resolve_dir(raw, &env)
+                        .map_err(|reason| SessionError::Cwd {
                             cwd: raw.clone(),
                             reason,
-                        }
-                    })?)
-                }
-            };
+                        })?,
+                )
+            }
+        };
         let id = uuid::Uuid::new_v4().to_string();
         let session = Arc::new(Session {
             dir: self.runtime.state_dir.join("sessions").join(&id),
@@ -163,19 +163,20 @@ impl Sessions {
             Some(ms) if ms < 0 => return Err(SessionError::Timeout),
             Some(ms) => Some(Duration::from_millis(ms as u64)),
         };
-        let cwd =
-            match &req.cwd {
-                None => None,
-                Some(raw) => {
-                    let env = self.runtime.child_env(&Default::default());
-                    Some(self.runtime.resolve_dir(raw, &env).map_err(|reason| {
-                        SessionError::Cwd {
+        let cwd = match &req.cwd {
+            None => None,
+            Some(raw) => {
+                let env = self.runtime.child_env(&Default::default());
+                Some(
+                    self.runtime
+                        .resolve_dir(raw, &env)
+                        .map_err(|reason| SessionError::Cwd {
                             cwd: raw.clone(),
                             reason,
-                        }
-                    })?)
-                }
-            };
+                        })?,
+                )
+            }
+        };
         let run_id = uuid::Uuid::new_v4().simple().to_string();
         let journal = Journal::new(self.runtime.journal_path(&run_id));
         journal.push(&StreamEvent::init(&session.id, now_ms()));
@@ -183,9 +184,7 @@ impl Sessions {
         let j = Arc::clone(&journal);
         tokio::spawn(async move {
             let started = Instant::now();
-            let terminal = session
-                .execute(&runtime, &j, &req.command, cwd, timeout)
-                .await;
+            let terminal = session.execute(&runtime, &j, &req.command, cwd, timeout).await;
             let terminal = match terminal {
                 Ok(0) => StreamEvent::complete(started.elapsed().as_millis() as u64, now_ms()),
                 Ok(code) => StreamEvent::error(
@@ -194,9 +193,7 @@ impl Sessions {
                     vec![format!("command exited with code {code}")],
                     now_ms(),
                 ),
-                Err(reason) => {
-                    StreamEvent::error("CommandExecError", "-1".into(), vec![reason], now_ms())
-                }
+                Err(reason) => StreamEvent::error("CommandExecError", "-1".into(), vec![reason], now_ms()),
             };
             j.finish(&terminal);
         });
@@ -234,17 +231,13 @@ impl Session {
         let script = self.dir.join("run.sh");
         let mut line = String::new();
         if let Some(dir) = &cwd {
-            line.push_str(&format!(
-                "cd -- {} && ",
-                shell_quote(&dir.to_string_lossy())
-            ));
+            line.push_str(&format!("cd -- {} && ", shell_quote(&dir.to_string_lossy())));
         }
         line.push_str(&format!(
             "source {} 3>&- </dev/null; printf '%s\\n' \"$?\" >&3\n",
             shell_quote(&script.to_string_lossy())
         ));
-        let sent =
-            std::fs::write(&script, command).and_then(|()| shell.stdin.write_all(line.as_bytes()));
+        let sent = std::fs::write(&script, command).and_then(|()| shell.stdin.write_all(line.as_bytes()));
         let outcome = match sent {
             Err(e) => Err(format!("cannot hand the command to the session shell: {e}")),
             Ok(()) => {

@@ -219,10 +219,7 @@ impl Journal {
             if first == id {
                 return Ok(start);
             }
-            let end = inner
-                .batches
-                .get(i + 1)
-                .map_or(inner.len, |&(_, offset)| offset);
+            let end = inner.batches.get(i + 1).map_or(inner.len, |&(_, offset)| offset);
             if start >= inner.mem_start {
                 let bytes = inner.slice(start, end);
                 return Ok(start + skip_events(&bytes, id - first));

@@ -16,10 +16,7 @@ fn main() -> ExitCode {
         Some(Mode::Init { entrypoint }) => Some(entrypoint),
         None => cli.init_argv,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("execd: cannot start runtime: {e}");
@@ -41,17 +38,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(config: &execd::agent::Config) -> anyhow::Result<()> {
-    let filter =
-        EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log_level))?;
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
     match &config.log_file {
         Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
             builder
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(file))

@@ -33,17 +33,10 @@ async fn token_missing_wrong_and_right() {
     }
     // Unknown routes and sessions are guarded too (no information before auth).
     assert_eq!(
-        bare.post(agent.url("/session"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        bare.post(agent.url("/session")).send().await.unwrap().status(),
         401
     );
-    assert_eq!(
-        bare.get(agent.url("/nope")).send().await.unwrap().status(),
-        401
-    );
+    assert_eq!(bare.get(agent.url("/nope")).send().await.unwrap().status(), 401);
 
     assert_eq!(agent.get("/ping").send().await.unwrap().status(), 200);
     let events = agent.run(json!({"command": "echo authed"})).await;

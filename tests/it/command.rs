@@ -8,19 +8,12 @@ use serde_json::{json, Value};
 use crate::util::{eventually, kinds, pids_matching, texts, Agent, Event, Opts};
 
 /// Starts a streaming command and returns its id (from `init`) plus a task collecting the rest.
-pub async fn open_stream(
-    agent: &Agent,
-    body: Value,
-) -> (String, tokio::task::JoinHandle<Vec<Event>>) {
+pub async fn open_stream(agent: &Agent, body: Value) -> (String, tokio::task::JoinHandle<Vec<Event>>) {
     let mut resp = agent.post("/command").json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut buf = String::new();
     while !buf.contains("\n\n") {
-        let chunk = resp
-            .chunk()
-            .await
-            .unwrap()
-            .expect("stream ended before init");
+        let chunk = resp.chunk().await.unwrap().expect("stream ended before init");
         buf.push_str(&String::from_utf8_lossy(&chunk));
     }
     let first = crate::util::parse_sse(&buf);
@@ -36,11 +29,7 @@ pub async fn open_stream(
 }
 
 async fn status(agent: &Agent, id: &str) -> Value {
-    let resp = agent
-        .get(&format!("/command/status/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let resp = agent.get(&format!("/command/status/{id}")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.json().await.unwrap()
 }
@@ -91,9 +80,7 @@ async fn lines_blank_lines_and_terminators() {
         texts(&events, "stdout"),
         ["a", "\n", "b", "\n", "\n", "c", "x", "y", "z"]
     );
-    let events = agent
-        .run(json!({"command": "echo out; echo err >&2"}))
-        .await;
+    let events = agent.run(json!({"command": "echo out; echo err >&2"})).await;
     assert_eq!(texts(&events, "stdout"), ["out"]);
     assert_eq!(texts(&events, "stderr"), ["err"]);
 }
@@ -144,11 +131,7 @@ async fn timeout_kills_the_whole_tree() {
 async fn interrupt_foreground_and_background() {
     let agent = Agent::start();
     let (id, rest) = open_stream(&agent, json!({"command": "echo started; sleep 9991"})).await;
-    let resp = agent
-        .delete(&format!("/command?id={id}"))
-        .send()
-        .await
-        .unwrap();
+    let resp = agent.delete(&format!("/command?id={id}")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let events = tokio::time::timeout(Duration::from_secs(5), rest)
         .await
@@ -162,11 +145,7 @@ async fn interrupt_foreground_and_background() {
         .run(json!({"command": "trap '' TERM; sleep 9992", "background": true}))
         .await;
     let id = events[0].text().to_owned();
-    agent
-        .delete(&format!("/command?id={id}"))
-        .send()
-        .await
-        .unwrap();
+    agent.delete(&format!("/command?id={id}")).send().await.unwrap();
     let s = wait_finished(&agent, &id).await;
     assert_eq!(s["exit_code"], -1);
     assert!(pids_matching("sleep 9992").is_empty());
@@ -226,16 +205,11 @@ async fn environment_precedence_and_envs_file_reread() {
         ],
         ..Opts::default()
     });
-    let cmd =
-        json!({"command": "echo $A $B $C; echo $Q; echo $EXECD_ENVS", "envs": {"B": "request"}});
+    let cmd = json!({"command": "echo $A $B $C; echo $Q; echo $EXECD_ENVS", "envs": {"B": "request"}});
     let events = agent.run(cmd.clone()).await;
     assert_eq!(
         texts(&events, "stdout"),
-        [
-            "file request daemon",
-            "quoted value",
-            file.to_str().unwrap()
-        ]
+        ["file request daemon", "quoted value", file.to_str().unwrap()]
     );
     // Re-read on every command: what set_env appends is seen by the next command.
     std::fs::write(&file, "A=changed\n").unwrap();
@@ -247,9 +221,7 @@ async fn environment_precedence_and_envs_file_reread() {
 async fn runs_as_uid_and_gid() {
     assert!(nix::unistd::geteuid().is_root(), "this suite runs as root");
     let agent = Agent::start();
-    let events = agent
-        .run(json!({"command": "id -u; id -g", "uid": 65534}))
-        .await;
+    let events = agent.run(json!({"command": "id -u; id -g", "uid": 65534})).await;
     assert_eq!(texts(&events, "stdout"), ["65534", "65534"]);
     let events = agent
         .run(json!({"command": "id -u; id -g; id -G", "uid": 65534, "gid": 100}))
@@ -279,9 +251,7 @@ async fn argv_runs_without_a_shell() {
         .run(json!({"argv": ["./s.sh", "ok"], "cwd": dir.path()}))
         .await;
     assert_eq!(texts(&events, "stdout"), ["relative ok"]);
-    let events = agent
-        .run(json!({"argv": ["definitely-not-a-program-xyz"]}))
-        .await;
+    let events = agent.run(json!({"argv": ["definitely-not-a-program-xyz"]})).await;
     assert_eq!(kinds(&events), ["init", "error"]);
     assert_eq!(error_of(&events)["evalue"], "127");
 }
@@ -292,25 +262,16 @@ async fn cwd_is_expanded() {
         env: vec![("WORKDIR".into(), "/tmp".into())],
         ..Opts::default()
     });
-    let events = agent
-        .run(json!({"command": "pwd", "cwd": "${WORKDIR}"}))
-        .await;
+    let events = agent.run(json!({"command": "pwd", "cwd": "${WORKDIR}"})).await;
     assert_eq!(texts(&events, "stdout"), ["/tmp"]);
 }
 
 #[tokio::test]
 async fn stdin_pipe() {
     let agent = Agent::start();
-    let (id, rest) = open_stream(
-        &agent,
-        json!({"command": "cat; echo closed", "stdin": true}),
-    )
-    .await;
+    let (id, rest) = open_stream(&agent, json!({"command": "cat; echo closed", "stdin": true})).await;
     let post = |q: &'static str, body: &'static str| {
-        agent
-            .post(&format!("/command/{id}/stdin{q}"))
-            .body(body)
-            .send()
+        agent.post(&format!("/command/{id}/stdin{q}")).body(body).send()
     };
     assert_eq!(post("", "hello\nwor").await.unwrap().status(), 200);
     assert_eq!(post("?eof=true", "ld\n").await.unwrap().status(), 200);
@@ -354,30 +315,15 @@ async fn bad_input_is_a_clear_error() {
             .body(body.to_owned())
             .send()
     };
-    expect_error(
-        post("{not json").await.unwrap(),
-        400,
-        "INVALID_REQUEST_BODY",
-    )
-    .await;
+    expect_error(post("{not json").await.unwrap(), 400, "INVALID_REQUEST_BODY").await;
     expect_error(
         post(r#"{"command":"true","argv":["true"]}"#).await.unwrap(),
         400,
         "INVALID_REQUEST_BODY",
     )
     .await;
-    expect_error(
-        post(r#"{"cwd":"/"}"#).await.unwrap(),
-        400,
-        "INVALID_REQUEST_BODY",
-    )
-    .await;
-    expect_error(
-        post(r#"{"argv":[]}"#).await.unwrap(),
-        400,
-        "INVALID_REQUEST_BODY",
-    )
-    .await;
+    expect_error(post(r#"{"cwd":"/"}"#).await.unwrap(), 400, "INVALID_REQUEST_BODY").await;
+    expect_error(post(r#"{"argv":[]}"#).await.unwrap(), 400, "INVALID_REQUEST_BODY").await;
     expect_error(
         post(r#"{"argv":[""]}"#).await.unwrap(),
         400,
@@ -397,17 +343,13 @@ async fn bad_input_is_a_clear_error() {
     )
     .await;
     expect_error(
-        post(r#"{"command":"true","cwd":"/no/such/dir"}"#)
-            .await
-            .unwrap(),
+        post(r#"{"command":"true","cwd":"/no/such/dir"}"#).await.unwrap(),
         400,
         "INVALID_REQUEST_BODY",
     )
     .await;
     expect_error(
-        post(r#"{"command":"true","cwd":"/etc/hostname"}"#)
-            .await
-            .unwrap(),
+        post(r#"{"command":"true","cwd":"/etc/hostname"}"#).await.unwrap(),
         400,
         "INVALID_REQUEST_BODY",
     )
@@ -480,12 +422,7 @@ async fn bad_input_is_a_clear_error() {
     )
     .await;
     expect_error(
-        agent
-            .post("/command/nope/stdin")
-            .body("x")
-            .send()
-            .await
-            .unwrap(),
+        agent.post("/command/nope/stdin").body("x").send().await.unwrap(),
         404,
         "COMMAND_NOT_FOUND",
     )

@@ -43,9 +43,25 @@ fn docker(args: &[&str]) -> std::process::Output {
 /// Builds the agent image from the static binary (built by scripts/build-agent.sh).
 fn agent_image() -> &'static str {
     let bin = repo().join("target/x86_64-unknown-linux-musl/release/execd");
-    assert!(bin.exists(), "{} is missing: run scripts/build-agent.sh first", bin.display());
-    let out = docker(&["build", "-q", "-f", "Dockerfile.agent", "-t", IMAGE, repo().to_str().unwrap()]);
-    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/build-agent.sh first",
+        bin.display()
+    );
+    let out = docker(&[
+        "build",
+        "-q",
+        "-f",
+        "Dockerfile.agent",
+        "-t",
+        IMAGE,
+        repo().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     IMAGE
 }
 
@@ -64,25 +80,52 @@ async fn agent_image_serves_with_no_shell_in_the_image() {
         return;
     }
     let image = agent_image();
-    let out = docker(&["run", "-d", "-p", "127.0.0.1::44772", "-e", "EXECD_ACCESS_TOKEN=tok-123", image]);
-    assert!(out.status.success(), "docker run: {}", String::from_utf8_lossy(&out.stderr));
+    let out = docker(&[
+        "run",
+        "-d",
+        "-p",
+        "127.0.0.1::44772",
+        "-e",
+        "EXECD_ACCESS_TOKEN=tok-123",
+        image,
+    ]);
+    assert!(
+        out.status.success(),
+        "docker run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let container = Container(String::from_utf8_lossy(&out.stdout).trim().to_owned());
-    let port = String::from_utf8_lossy(&docker(&["port", &container.0, "44772"]).stdout).trim().to_owned();
+    let port = String::from_utf8_lossy(&docker(&["port", &container.0, "44772"]).stdout)
+        .trim()
+        .to_owned();
     let base = format!("http://{}", port.lines().next().unwrap());
     let client = reqwest::Client::new();
     eventually(10, "execd in the container to answer", async || {
-        let r = client.get(format!("{base}/ping")).header("X-EXECD-ACCESS-TOKEN", "tok-123").send().await;
+        let r = client
+            .get(format!("{base}/ping"))
+            .header("X-EXECD-ACCESS-TOKEN", "tok-123")
+            .send()
+            .await;
         r.ok().filter(|r| r.status() == 200)
     })
     .await;
-    assert_eq!(client.get(format!("{base}/ping")).send().await.unwrap().status(), 401);
+    assert_eq!(
+        client.get(format!("{base}/ping")).send().await.unwrap().status(),
+        401
+    );
 
     let run = |body: serde_json::Value| {
-        let req = client.post(format!("{base}/command")).header("X-EXECD-ACCESS-TOKEN", "tok-123").json(&body);
+        let req = client
+            .post(format!("{base}/command"))
+            .header("X-EXECD-ACCESS-TOKEN", "tok-123")
+            .json(&body);
         async move { parse_sse(&req.send().await.unwrap().text().await.unwrap()) }
     };
     let events = run(json!({"argv": ["/execd", "--version"]})).await;
-    assert_eq!(texts(&events, "stdout"), [format!("execd {}", env!("CARGO_PKG_VERSION"))]);
+    assert_eq!(
+        texts(&events, "stdout"),
+        [format!("execd {}", env!("CARGO_PKG_VERSION"))]
+    );
     // No shell in a scratch image: shell text fails cleanly after init instead of hanging.
     let events = run(json!({"command": "echo hi"})).await;
     assert_eq!(kinds(&events), ["init", "error"]);
@@ -99,7 +142,12 @@ async fn agent_image_as_pid1_exits_with_the_entrypoint_code() {
     let out = docker(&["run", "--name", &name, image, "init", "--", "/execd", "--version"]);
     let _container = Container(name);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("listening on 0.0.0.0:44772"));
     assert!(stdout.contains(&format!("execd {}", env!("CARGO_PKG_VERSION"))));
     let out = docker(&["run", "--rm", image, "init", "--", "/execd", "--no-such-flag"]);
@@ -135,9 +183,17 @@ fn bootstrap_script_runs_execd_beside_the_command() {
     // TERM reaches the command, and the script exits with its status.
     let mut child = bootstrap(&["sleep", "300"], &envs, dir.path());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.next().unwrap().unwrap().starts_with("listening on 127.0.0.1:"));
+    assert!(lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .starts_with("listening on 127.0.0.1:"));
     std::thread::sleep(Duration::from_millis(100));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143));
 }

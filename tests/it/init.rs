@@ -48,10 +48,7 @@ async fn forwards_sigterm_and_reaps_orphans() {
     ]));
     let pid = agent.pid();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let zombies: Vec<_> = children_of(pid)
-        .into_iter()
-        .filter(|(_, s)| *s == 'Z')
-        .collect();
+    let zombies: Vec<_> = children_of(pid).into_iter().filter(|(_, s)| *s == 'Z').collect();
     assert!(zombies.is_empty(), "orphans left as zombies: {zombies:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -59,11 +56,7 @@ async fn forwards_sigterm_and_reaps_orphans() {
     )
     .unwrap();
     let status = wait_exit(&mut agent, 10).await;
-    assert_eq!(
-        status.code(),
-        Some(143),
-        "128 + SIGTERM from the entrypoint"
-    );
+    assert_eq!(status.code(), Some(143), "128 + SIGTERM from the entrypoint");
 }
 
 #[tokio::test]
@@ -84,9 +77,7 @@ async fn as_real_pid1_in_a_pid_namespace() {
         let events = agent
             .run(json!({"command": "grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l"}))
             .await;
-        let n = texts(&events, "stdout")
-            .first()
-            .map(|s| s.trim().to_owned());
+        let n = texts(&events, "stdout").first().map(|s| s.trim().to_owned());
         (n.as_deref() == Some("0")).then_some(n)
     })
     .await;

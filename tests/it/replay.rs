@@ -52,21 +52,11 @@ async fn reconnect_with_last_event_id_loses_and_doubles_nothing() {
         .filter(|e| e.kind() == "stdout")
         .map(|e| e.text())
         .collect();
-    assert_eq!(
-        lines,
-        (1..=8).map(|i| format!("line{i}")).collect::<Vec<_>>()
-    );
+    assert_eq!(lines, (1..=8).map(|i| format!("line{i}")).collect::<Vec<_>>());
     assert_eq!(all.last().unwrap().kind(), "execution_complete");
 
     // After the end, the whole journal replays from the start, or after any id via ?after=.
-    let full = collect_sse(
-        agent
-            .get(&format!("/command/{id}/events"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let full = collect_sse(agent.get(&format!("/command/{id}/events")).send().await.unwrap()).await;
     assert_eq!(full.len(), ids.len());
     let tail = collect_sse(
         agent
@@ -101,11 +91,9 @@ async fn disconnect_does_not_stop_the_command() {
         .unwrap();
     let _init = resp.chunk().await.unwrap();
     drop(resp);
-    eventually(
-        5,
-        "the command to finish after the client left",
-        async || marker.exists().then_some(()),
-    )
+    eventually(5, "the command to finish after the client left", async || {
+        marker.exists().then_some(())
+    })
     .await;
 }
 

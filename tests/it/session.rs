@@ -41,7 +41,12 @@ async fn state_carries_over_and_survives_exit() {
     assert_eq!(kinds(&first), ["init", "execution_complete"]);
     assert_eq!(first[0].text(), id, "init carries the session id");
 
-    let second = run(&agent, &id, json!({"command": "echo $plain $EXP; pwd; greet you; shout; echo *; bash -c 'echo child sees $EXP'"})).await;
+    let second = run(
+        &agent,
+        &id,
+        json!({"command": "echo $plain $EXP; pwd; greet you; shout; echo *; bash -c 'echo child sees $EXP'"}),
+    )
+    .await;
     assert_eq!(
         texts(&second, "stdout"),
         ["p1 e1", "/tmp", "hi you", "LOUD", "*", "child sees e1"]
@@ -58,12 +63,7 @@ async fn state_carries_over_and_survives_exit() {
     assert_eq!(err["evalue"], "7");
     assert_eq!(err["ename"], "CommandExecError");
 
-    let after = run(
-        &agent,
-        &id,
-        json!({"command": "echo $plain; pwd; greet again"}),
-    )
-    .await;
+    let after = run(&agent, &id, json!({"command": "echo $plain; pwd; greet again"})).await;
     assert_eq!(texts(&after, "stdout"), ["p1", "/tmp", "hi again"]);
     assert_eq!(after.last().unwrap().kind(), "execution_complete");
 }
@@ -90,12 +90,7 @@ async fn stderr_is_merged_and_cwd_overrides() {
 async fn timeout_kills_the_run_and_the_session_recovers() {
     let agent = Agent::start();
     let id = create(&agent, None).await;
-    let events = run(
-        &agent,
-        &id,
-        json!({"command": "sleep 6661", "timeout": 300}),
-    )
-    .await;
+    let events = run(&agent, &id, json!({"command": "sleep 6661", "timeout": 300})).await;
     let err = &events.last().unwrap().data["error"];
     assert_eq!(err["evalue"], "-1");
     assert!(err["traceback"][0].as_str().unwrap().contains("timed out"));
@@ -112,11 +107,7 @@ async fn runs_are_serialized_in_order() {
     let agent = Agent::start();
     let id = create(&agent, None).await;
     let a = run(&agent, &id, json!({"command": "n=0"}));
-    let b = run(
-        &agent,
-        &id,
-        json!({"command": "sleep 0.2; n=$((n+1)); echo $n"}),
-    );
+    let b = run(&agent, &id, json!({"command": "sleep 0.2; n=$((n+1)); echo $n"}));
     let (_, b) = tokio::join!(a, b);
     assert_eq!(texts(&b, "stdout"), ["1"]);
 }
@@ -140,16 +131,9 @@ async fn delete_kills_everything_the_session_started() {
         pids_matching("sleep 555").is_empty().then_some(())
     })
     .await;
-    let again = agent
-        .delete(&format!("/session/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let again = agent.delete(&format!("/session/{id}")).send().await.unwrap();
     assert_eq!(again.status(), 404);
-    assert_eq!(
-        again.json::<Value>().await.unwrap()["code"],
-        "CONTEXT_NOT_FOUND"
-    );
+    assert_eq!(again.json::<Value>().await.unwrap()["code"], "CONTEXT_NOT_FOUND");
     let gone = agent
         .post(&format!("/session/{id}/run"))
         .json(&json!({"command": "true"}))

@@ -175,12 +175,9 @@ pub fn parse_sse(body: &str) -> Vec<Event> {
             }
         }
         if !data.is_empty() {
-            let data: Value = serde_json::from_str(&data)
-                .unwrap_or_else(|e| panic!("bad event json {data:?}: {e}"));
-            assert!(
-                data["timestamp"].is_i64(),
-                "every event has a timestamp: {data}"
-            );
+            let data: Value =
+                serde_json::from_str(&data).unwrap_or_else(|e| panic!("bad event json {data:?}: {e}"));
+            assert!(data["timestamp"].is_i64(), "every event has a timestamp: {data}");
             events.push(Event { id, data });
         }
     }

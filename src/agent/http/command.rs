@@ -174,10 +174,7 @@ pub(crate) async fn command_events(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<AfterQuery>,
 ) -> Result<Response, ApiError> {
-    let record = state
-        .commands
-        .get(&id)
-        .ok_or_else(|| command_not_found(&id))?;
+    let record = state.commands.get(&id).ok_or_else(|| command_not_found(&id))?;
     let header_after = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(
@@ -211,10 +208,7 @@ pub(crate) async fn write_stdin(
     ApiQuery(q): ApiQuery<EofQuery>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let record = state
-        .commands
-        .get(&id)
-        .ok_or_else(|| command_not_found(&id))?;
+    let record = state.commands.get(&id).ok_or_else(|| command_not_found(&id))?;
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read body: {e}")))?;

@@ -29,11 +29,7 @@ impl ApiError {
 
     /// 400 `INVALID_REQUEST_BODY`.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidRequestBody,
-            message,
-        )
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequestBody, message)
     }
 
     /// 400 `MISSING_QUERY`.
@@ -100,12 +96,8 @@ impl From<SessionError> for ApiError {
 impl From<StdinError> for ApiError {
     fn from(e: StdinError) -> Self {
         match e {
-            StdinError::NotOpen => {
-                Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
-            }
-            StdinError::Write(_) => {
-                Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
-            }
+            StdinError::NotOpen => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string()),
+            StdinError::Write(_) => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string()),
         }
     }
 }

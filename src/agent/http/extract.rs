@@ -56,9 +56,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 }
 
 fn serde_urlencoded_parse<T: DeserializeOwned>(query: &str) -> Result<T, String> {
-    axum::extract::Query::<T>::try_from_uri(
-        &format!("/?{query}").parse().map_err(|e| format!("{e}"))?,
-    )
-    .map(|q| q.0)
-    .map_err(|e| e.body_text())
+    axum::extract::Query::<T>::try_from_uri(&format!("/?{query}").parse().map_err(|e| format!("{e}"))?)
+        .map(|q| q.0)
+        .map_err(|e| e.body_text())
 }

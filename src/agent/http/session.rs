@@ -10,9 +10,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, OptionalJson};
 use super::sse_response;
 use crate::agent::AppState;
-use crate::wire::{
-    CreateSessionRequest, CreateSessionResponse, ErrorBody, ErrorCode, RunInSessionRequest,
-};
+use crate::wire::{CreateSessionRequest, CreateSessionResponse, ErrorBody, ErrorCode, RunInSessionRequest};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
