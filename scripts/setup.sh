@@ -27,13 +27,14 @@ for c in rustfmt clippy; do
 done
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
-# Python venv for the test tools (SDK suites and Jupyter kernels join it with their issues).
+# Python venv for the tests: real ipykernel (whose kernelspec lands in .venv/share/jupyter),
+# jupyter_client for the benchmark anchor, matplotlib for figure capture.
 venv=.venv
 if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c 'import pytest' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import pytest, ipykernel, jupyter_client, matplotlib' 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
 fi
 

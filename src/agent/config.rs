@@ -63,6 +63,12 @@ pub struct Config {
     /// Directory for journals and logs [default: /var/lib/execd, else a temp dir].
     #[arg(long, env = "EXECD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Never use Jupyter kernels; python and bash run on the built-in drivers.
+    #[arg(long, env = "EXECD_NO_JUPYTER", value_parser = clap::builder::FalseyValueParser::new(), default_value = "false")]
+    pub no_jupyter: bool,
+    /// Python kernels kept started so new contexts are instant (0 disables the pool).
+    #[arg(long, env = "EXECD_KERNEL_POOL", default_value_t = 1)]
+    pub kernel_pool: usize,
     /// Accepted for compatibility with upstream; no stream ever waits on it.
     #[arg(
         long = "graceful-shutdown-timeout",

@@ -9,6 +9,7 @@ pub mod config;
 pub mod env;
 pub mod http;
 pub mod init;
+pub mod kernel;
 pub mod openapi;
 pub mod output;
 pub mod process;
@@ -44,7 +45,7 @@ impl Runtime {
     /// Builds the runtime from the configuration and the process environment.
     pub fn new(config: &Config, reaper: Arc<Reaper>) -> anyhow::Result<Self> {
         let state_dir = config.state_dir()?;
-        for sub in ["journals", "commands", "sessions"] {
+        for sub in ["journals", "commands", "sessions", "kernels"] {
             std::fs::create_dir_all(state_dir.join(sub))
                 .with_context(|| format!("cannot create {}", state_dir.join(sub).display()))?;
         }
@@ -149,6 +150,24 @@ pub struct AppState {
     pub commands: Arc<command::Commands>,
     /// Bash sessions.
     pub sessions: Arc<session::Sessions>,
+    /// Code contexts.
+    pub contexts: Arc<kernel::Contexts>,
+}
+
+impl AppState {
+    /// Interrupts whatever `id` names, as upstream's `DELETE /command` and `DELETE /code` do:
+    /// a code context's running cell, a command's process group, or a bash session (closed).
+    /// Returns false when nothing has that id.
+    pub async fn interrupt(&self, id: &str) -> bool {
+        self.contexts.interrupt(id).await || self.commands.interrupt(id) || self.sessions.delete(id)
+    }
+
+    /// Kills every process execd started (shutdown).
+    pub fn kill_all(&self) {
+        self.commands.kill_all();
+        self.sessions.kill_all();
+        self.contexts.kill_all();
+    }
 }
 
 /// Runs the agent until shutdown. In init mode (`entrypoint` given) execd also runs the
@@ -157,14 +176,24 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
     process::become_subreaper();
     let reaper = Reaper::start().context("cannot watch SIGCHLD")?;
     let runtime = Arc::new(Runtime::new(&config, Arc::clone(&reaper))?);
+    let commands = command::Commands::new(Arc::clone(&runtime));
+    let sessions = session::Sessions::new(Arc::clone(&runtime));
+    let contexts = kernel::Contexts::new(
+        Arc::clone(&runtime),
+        Arc::clone(&commands),
+        Arc::clone(&sessions),
+        config.no_jupyter,
+        config.kernel_pool,
+    );
     let state = AppState {
         token: config
             .access_token
             .as_deref()
             .filter(|t| !t.is_empty())
             .map(Arc::from),
-        commands: command::Commands::new(Arc::clone(&runtime)),
-        sessions: session::Sessions::new(Arc::clone(&runtime)),
+        commands,
+        sessions,
+        contexts,
     };
     let addr = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -197,8 +226,7 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
                 r = graceful => r?,
                 () = async {
                     init::shutdown_signal().await;
-                    state.commands.kill_all();
-                    state.sessions.kill_all();
+                    state.kill_all();
                     drained.notify_one();
                     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 } => {}
@@ -206,7 +234,6 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
             0
         }
     };
-    state.commands.kill_all();
-    state.sessions.kill_all();
+    state.kill_all();
     Ok(code)
 }

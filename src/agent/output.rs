@@ -7,11 +7,12 @@
 //! thread per execution keeps the async workers free and is the fastest path for bulk output.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use super::now_ms;
 use super::stream::{EventWriter, Journal, OutputKind};
 
 /// A line longer than this is cut into several events, so one endless line cannot grow memory.
@@ -74,6 +75,175 @@ fn utf8_boundary(bytes: &[u8], max: usize) -> usize {
         .rev()
         .find(|&i| i == bytes.len() || (bytes[i] & 0xC0) != 0x80)
         .unwrap_or(max)
+}
+
+/// How output bytes become events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One event per line, terminator dropped, blank line as `"\n"` (commands, sessions).
+    Lines,
+    /// One event per read, bytes as they came (kernels); UTF-8 sequences are never split.
+    Chunks,
+}
+
+/// Turns one stream's bytes into events according to a [`Framing`].
+struct Framer {
+    framing: Framing,
+    lines: LineSplitter,
+    /// Bytes of an incomplete UTF-8 sequence held back until the next chunk.
+    carry: Vec<u8>,
+}
+
+impl Framer {
+    fn new(framing: Framing) -> Self {
+        Self {
+            framing,
+            lines: LineSplitter::default(),
+            carry: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, data: &[u8], kind: OutputKind, ts: i64, w: &mut EventWriter<'_>) {
+        match self.framing {
+            Framing::Lines => self.lines.feed(data, |line| w.output_line(kind, line, ts)),
+            Framing::Chunks => {
+                self.carry.extend_from_slice(data);
+                let keep = match std::str::from_utf8(&self.carry) {
+                    Ok(_) => 0,
+                    // An incomplete sequence at the end waits for its remaining bytes.
+                    Err(e) if e.error_len().is_none() => self.carry.len() - e.valid_up_to(),
+                    Err(_) => 0,
+                };
+                let cut = self.carry.len() - keep;
+                if cut > 0 {
+                    w.output_chunk(kind, &self.carry[..cut], ts);
+                    self.carry.drain(..cut);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, kind: OutputKind, ts: i64, w: &mut EventWriter<'_>) {
+        self.lines.flush(|line| w.output_line(kind, line, ts));
+        if !self.carry.is_empty() {
+            w.output_chunk(kind, &self.carry, ts);
+            self.carry.clear();
+        }
+    }
+}
+
+/// What a [`controlled_pump`] hands to its caller.
+pub enum Control<'a> {
+    /// A line written to the control pipe (without `\n`); all output written before it has
+    /// already been appended to the current journal.
+    Line(&'a [u8]),
+    /// The control pipe closed: the driver process is gone.
+    Closed,
+}
+
+/// The journal a long-lived driver's output currently belongs to (none between runs).
+pub type CurrentJournal = std::sync::Mutex<Option<Arc<Journal>>>;
+
+/// Pump for a long-lived driver process (bash session, built-in interpreter): output pipes
+/// feed the journal in `current`, and a control pipe carries one line per message. Before a
+/// control line is handed to `on_control`, every byte already in the output pipes is appended
+/// and partial lines are flushed, so a run's output always precedes its end. Runs until the
+/// control pipe closes.
+pub fn controlled_pump(
+    sources: Vec<Source>,
+    ctrl: OwnedFd,
+    framing: Framing,
+    current: &CurrentJournal,
+    mut on_control: impl FnMut(Control<'_>, Option<&Arc<Journal>>),
+) {
+    for s in &sources {
+        let _ = set_nonblocking(&s.fd);
+    }
+    let mut framers: Vec<Framer> = sources.iter().map(|_| Framer::new(framing)).collect();
+    let mut open: Vec<bool> = sources.iter().map(|_| true).collect();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut ctrl_text = Vec::new();
+    let journal = || current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+
+    // Reads whatever a source has; output between runs has no journal and is dropped.
+    let take = |i: usize, framers: &mut Vec<Framer>, open: &mut Vec<bool>, buf: &mut [u8]| -> bool {
+        match read_some(&sources[i].fd, buf) {
+            ReadOutcome::Data(n) => {
+                let kind = sources[i].kind;
+                match journal() {
+                    Some(j) => {
+                        j.write(|w| framers[i].feed(&buf[..n], kind, now_ms(), w));
+                    }
+                    None => framers[i] = Framer::new(framing),
+                }
+                true
+            }
+            ReadOutcome::Eof => {
+                open[i] = false;
+                false
+            }
+            ReadOutcome::WouldBlock => false,
+        }
+    };
+    loop {
+        let mut fds = vec![PollFd::new(ctrl.as_fd(), PollFlags::POLLIN)];
+        let polled: Vec<usize> = (0..sources.len()).filter(|&i| open[i]).collect();
+        fds.extend(
+            polled
+                .iter()
+                .map(|&i| PollFd::new(sources[i].fd.as_fd(), PollFlags::POLLIN)),
+        );
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+        let ctrl_ready = ready(&fds[0]);
+        let readable: Vec<usize> = polled
+            .iter()
+            .zip(&fds[1..])
+            .filter(|(_, f)| ready(f))
+            .map(|(&i, _)| i)
+            .collect();
+        drop(fds);
+        for i in readable {
+            take(i, &mut framers, &mut open, &mut buf);
+        }
+        if !ctrl_ready {
+            continue;
+        }
+        let mut small = [0u8; 4096];
+        let n = match nix::unistd::read(&ctrl, &mut small) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+            Err(_) => 0,
+        };
+        ctrl_text.extend_from_slice(&small[..n]);
+        if n > 0 && !ctrl_text.contains(&b'\n') {
+            continue;
+        }
+        // Everything the driver wrote before this control message is in the pipes now.
+        for i in 0..sources.len() {
+            while open[i] && take(i, &mut framers, &mut open, &mut buf) {}
+        }
+        let j = journal();
+        if let Some(j) = &j {
+            let ts = now_ms();
+            j.write(|w| {
+                for (framer, source) in framers.iter_mut().zip(&sources) {
+                    framer.flush(source.kind, ts, w);
+                }
+            });
+        }
+        while let Some(i) = ctrl_text.iter().position(|&b| b == b'\n') {
+            on_control(Control::Line(&ctrl_text[..i]), j.as_ref());
+            ctrl_text.drain(..=i);
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    on_control(Control::Closed, journal().as_ref());
 }
 
 /// One pipe the pump reads.
@@ -178,7 +348,6 @@ pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
-    let _ = fd.as_raw_fd();
     Ok(())
 }
 

@@ -11,16 +11,14 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
-use super::output::{read_some, set_nonblocking, LineSplitter, ReadOutcome};
+use super::output::{controlled_pump, Control, CurrentJournal, Framing, Source};
 use super::process::{self, Input, Output, SpawnSpec};
 use super::stream::{Journal, OutputKind};
 use super::{now_ms, Runtime};
@@ -76,7 +74,7 @@ struct Shell {
     stdin: std::fs::File,
     events: mpsc::UnboundedReceiver<ShellEvent>,
     /// The journal the pump writes to; swapped per run.
-    current: Arc<Mutex<Option<Arc<Journal>>>>,
+    current: Arc<CurrentJournal>,
 }
 
 enum ShellEvent {
@@ -137,6 +135,18 @@ impl Sessions {
         };
         session.kill();
         let _ = std::fs::remove_dir_all(&session.dir);
+        true
+    }
+
+    /// Sends SIGINT to a session's shell and everything it runs. A non-interactive bash
+    /// usually exits on it, so the interrupted run reports that the shell ended and the next
+    /// run starts a fresh one. Returns false for an unknown id.
+    pub fn interrupt(&self, id: &str) -> bool {
+        let Some(session) = self.map().get(id).cloned() else {
+            return false;
+        };
+        let pgid = *session.pgid.lock().unwrap_or_else(|e| e.into_inner());
+        process::signal_group(pgid, Signal::SIGINT);
         true
     }
 
@@ -295,12 +305,33 @@ impl Session {
         let output = child
             .stdout
             .ok_or_else(|| std::io::Error::other("no output pipe"))?;
-        let current: Arc<Mutex<Option<Arc<Journal>>>> = Arc::default();
+        let current: Arc<CurrentJournal> = Arc::default();
         let (tx, rx) = mpsc::unbounded_channel();
         let pump_current = Arc::clone(&current);
+        let sources = vec![Source {
+            fd: output,
+            kind: OutputKind::Stdout,
+        }];
         std::thread::Builder::new()
             .name(format!("session-{}", &self.id[..8]))
-            .spawn(move || session_pump(output, ctrl_r.into(), &pump_current, &tx))?;
+            .spawn(move || {
+                controlled_pump(
+                    sources,
+                    ctrl_r.into(),
+                    Framing::Lines,
+                    &pump_current,
+                    |control, _| {
+                        let event = match control {
+                            Control::Line(text) => {
+                                let code = std::str::from_utf8(text).ok().and_then(|s| s.trim().parse().ok());
+                                ShellEvent::Done(code.unwrap_or(-1))
+                            }
+                            Control::Closed => ShellEvent::Died,
+                        };
+                        let _ = tx.send(event);
+                    },
+                )
+            })?;
         // The reaper must still collect the shell; nobody needs its status beyond the pipes.
         drop(child.exit);
         *self.pgid.lock().unwrap_or_else(|e| e.into_inner()) = child.pid;
@@ -311,92 +342,6 @@ impl Session {
             current,
         })
     }
-}
-
-/// Reads the shell's merged output and its control pipe for the shell's whole life.
-fn session_pump(
-    output: OwnedFd,
-    ctrl: OwnedFd,
-    current: &Mutex<Option<Arc<Journal>>>,
-    events: &mpsc::UnboundedSender<ShellEvent>,
-) {
-    let _ = set_nonblocking(&output);
-    let mut splitter = LineSplitter::default();
-    let mut buf = vec![0u8; 64 << 10];
-    let mut ctrl_text = Vec::new();
-    let mut output_open = true;
-    let write_lines = |splitter: &mut LineSplitter, data: &[u8], flush: bool| {
-        let journal = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let ts = now_ms();
-        let emit = |w: &mut super::stream::EventWriter<'_>, splitter: &mut LineSplitter| {
-            splitter.feed(data, |l| w.output_line(OutputKind::Stdout, l, ts));
-            if flush {
-                splitter.flush(|l| w.output_line(OutputKind::Stdout, l, ts));
-            }
-        };
-        match journal {
-            Some(j) => {
-                j.write(|w| emit(w, splitter));
-            }
-            // Output between runs (background jobs) has no run to belong to.
-            None => *splitter = LineSplitter::default(),
-        }
-    };
-    loop {
-        let mut fds = vec![PollFd::new(ctrl.as_fd(), PollFlags::POLLIN)];
-        if output_open {
-            fds.push(PollFd::new(output.as_fd(), PollFlags::POLLIN));
-        }
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => break,
-        }
-        let ctrl_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let out_ready = fds
-            .get(1)
-            .and_then(|f| f.revents())
-            .is_some_and(|r| !r.is_empty());
-        if out_ready {
-            match read_some(&output, &mut buf) {
-                ReadOutcome::Data(n) => write_lines(&mut splitter, &buf[..n], false),
-                ReadOutcome::Eof => output_open = false,
-                ReadOutcome::WouldBlock => {}
-            }
-        }
-        if !ctrl_ready {
-            continue;
-        }
-        // The control pipe is blocking, but poll said it is readable.
-        let mut small = [0u8; 64];
-        let n = match nix::unistd::read(&ctrl, &mut small) {
-            Ok(n) => n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => 0,
-        };
-        // Output the run wrote before reporting is already in the pipe: take all of it.
-        while output_open {
-            match read_some(&output, &mut buf) {
-                ReadOutcome::Data(n) => write_lines(&mut splitter, &buf[..n], false),
-                ReadOutcome::Eof => output_open = false,
-                ReadOutcome::WouldBlock => break,
-            }
-        }
-        write_lines(&mut splitter, &[], true);
-        if n == 0 {
-            let _ = events.send(ShellEvent::Died);
-            return;
-        }
-        ctrl_text.extend_from_slice(&small[..n]);
-        while let Some(i) = ctrl_text.iter().position(|&b| b == b'\n') {
-            let code = std::str::from_utf8(&ctrl_text[..i])
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(-1);
-            ctrl_text.drain(..=i);
-            let _ = events.send(ShellEvent::Done(code));
-        }
-    }
-    let _ = events.send(ShellEvent::Died);
 }
 
 /// Single-quotes `s` for the shell.

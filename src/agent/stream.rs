@@ -70,15 +70,17 @@ impl EventWriter<'_> {
     /// This is the hot path of command streaming, so the JSON is written by hand; a unit test
     /// checks that it parses to the same event serde would produce.
     pub fn output_line(&mut self, kind: OutputKind, line: &[u8], timestamp: i64) {
+        self.output_chunk(kind, if line.is_empty() { b"\n" } else { line }, timestamp);
+    }
+
+    /// Appends a `stdout`/`stderr` event with `chunk` as its text, exactly as read (kernels
+    /// send raw chunks, newlines included). Bytes that are not UTF-8 become U+FFFD.
+    pub fn output_chunk(&mut self, kind: OutputKind, chunk: &[u8], timestamp: i64) {
         self.frame_start();
         self.buf.extend_from_slice(kind.json_prefix());
-        if line.is_empty() {
-            self.buf.extend_from_slice(b"\\n");
-        } else {
-            match std::str::from_utf8(line) {
-                Ok(text) => escape_json_into(self.buf, text),
-                Err(_) => escape_json_into(self.buf, &String::from_utf8_lossy(line)),
-            }
+        match std::str::from_utf8(chunk) {
+            Ok(text) => escape_json_into(self.buf, text),
+            Err(_) => escape_json_into(self.buf, &String::from_utf8_lossy(chunk)),
         }
         self.buf.extend_from_slice(b"\",\"timestamp\":");
         self.buf

@@ -4,6 +4,8 @@
 //!
 //! Pure data, no I/O, no async.
 
+pub mod code;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

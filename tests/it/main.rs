@@ -1,6 +1,7 @@
 //! The integration suite: every test starts the real `execd` binary on a loopback port.
 
 mod auth;
+mod code;
 mod command;
 mod docker;
 mod init;

@@ -63,7 +63,7 @@ pub(crate) async fn interrupt_command(
     let id =
         q.id.filter(|s| !s.is_empty())
             .ok_or_else(|| ApiError::missing_query("id"))?;
-    if state.commands.interrupt(&id) || state.sessions.delete(&id) {
+    if state.interrupt(&id).await {
         Ok(StatusCode::OK)
     } else {
         Err(ApiError::runtime(format!("no such session: {id}")))

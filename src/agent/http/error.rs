@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::agent::command::{CommandError, StdinError};
+use crate::agent::kernel::ContextError;
 use crate::agent::session::SessionError;
 use crate::wire::{ErrorBody, ErrorCode};
 
@@ -96,8 +97,23 @@ impl From<SessionError> for ApiError {
 impl From<StdinError> for ApiError {
     fn from(e: StdinError) -> Self {
         match e {
-            StdinError::NotOpen => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string()),
-            StdinError::Write(_) => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string()),
+            StdinError::NotOpen | StdinError::Write(_) => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
+            }
+        }
+    }
+}
+
+impl From<ContextError> for ApiError {
+    fn from(e: ContextError) -> Self {
+        match e {
+            ContextError::UnknownLanguage { .. } | ContextError::Cwd { .. } | ContextError::EmptyCode => {
+                Self::bad_request(e.to_string())
+            }
+            // The contract answers an unknown context on POST /code with a 500 before any event.
+            ContextError::NotFound(_) | ContextError::Start { .. } => Self::runtime(e.to_string()),
+            ContextError::Command(c) => c.into(),
+            ContextError::Session(s) => s.into(),
         }
     }
 }

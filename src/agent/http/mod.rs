@@ -2,6 +2,7 @@
 //! resource has its own file with a `routes()` next to its handlers; handlers extract, call a
 //! domain module, and map the result. Only this module tree sees axum.
 
+mod code;
 mod command;
 pub mod error;
 mod extract;
@@ -22,6 +23,10 @@ use error::ApiError;
 
 pub(crate) use command::__path_create_command;
 
+pub(crate) use code::{
+    __path_create_context, __path_delete_context, __path_delete_contexts_by_language, __path_get_context,
+    __path_interrupt_code, __path_list_contexts, __path_list_languages, __path_run_code,
+};
 pub(crate) use command::{
     __path_command_events, __path_command_logs, __path_command_status, __path_interrupt_command,
     __path_write_stdin,
@@ -36,6 +41,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ping", get(ping))
         .merge(command::routes())
+        .merge(code::routes())
         .merge(session::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
