@@ -71,4 +71,7 @@ pub struct LanguageInfo {
     /// Human-readable name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    /// Started kernels waiting in the warm pool (pooled languages only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<usize>,
 }

@@ -489,6 +489,24 @@ async fn builtin_huge_output_bounded_memory() {
 #[tokio::test]
 async fn warm_pool_hands_out_independent_kernels() {
     let agent = agent(true, 1);
+    let warm = crate::util::eventually(60, "a warm kernel", async || {
+        let langs: Value = agent
+            .get("/code/languages")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let python = langs
+            .as_array()?
+            .iter()
+            .find(|l| l["language"] == "python")?
+            .clone();
+        (python["warm"].as_u64()? >= 1).then_some(python["warm"].as_u64()?)
+    })
+    .await;
+    assert_eq!(warm, 1);
     let a = create(&agent, "python").await;
     let b = create(&agent, "python").await;
     run(&agent, &a, "only_in_a = 1").await;

@@ -228,6 +228,8 @@ impl Contexts {
 
     /// Languages this sandbox can run, and by what.
     pub fn languages(&self) -> Vec<LanguageInfo> {
+        let pooled = self.python_spec().map(|s| s.name);
+        let warm = self.pool.lock().unwrap_or_else(|e| e.into_inner()).len();
         self.engines
             .iter()
             .map(|(language, engine)| LanguageInfo {
@@ -241,6 +243,10 @@ impl Contexts {
                     Engine::Jupyter(s) => Some(s.display_name.clone()),
                     Engine::Python(p) => Some(format!("Python ({})", p.display())),
                     Engine::Bash => Some("Bash".into()),
+                },
+                warm: match engine {
+                    Engine::Jupyter(s) if pooled.as_ref() == Some(&s.name) => Some(warm),
+                    _ => None,
                 },
             })
             .collect()
