@@ -13,6 +13,8 @@ pub mod kernel;
 pub mod openapi;
 pub mod output;
 pub mod process;
+pub mod proxy;
+pub mod pty;
 pub mod session;
 pub mod stream;
 
@@ -152,6 +154,10 @@ pub struct AppState {
     pub sessions: Arc<session::Sessions>,
     /// Code contexts.
     pub contexts: Arc<kernel::Contexts>,
+    /// Interactive terminal sessions.
+    pub ptys: Arc<pty::Ptys>,
+    /// The port proxy into the sandbox.
+    pub proxy: Arc<proxy::Proxy>,
 }
 
 impl AppState {
@@ -167,6 +173,7 @@ impl AppState {
         self.commands.kill_all();
         self.sessions.kill_all();
         self.contexts.kill_all();
+        self.ptys.kill_all();
     }
 }
 
@@ -176,6 +183,11 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
     process::become_subreaper();
     let reaper = Reaper::start().context("cannot watch SIGCHLD")?;
     let runtime = Arc::new(Runtime::new(&config, Arc::clone(&reaper))?);
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
     let commands = command::Commands::new(Arc::clone(&runtime));
     let sessions = session::Sessions::new(Arc::clone(&runtime));
     let contexts = kernel::Contexts::new(
@@ -194,12 +206,12 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
         commands,
         sessions,
         contexts,
+        ptys: pty::Ptys::new(Arc::clone(&runtime)),
+        proxy: Arc::new(proxy::Proxy::new(
+            local.port(),
+            axum::http::HeaderName::from_static(http::TOKEN_HEADER),
+        )),
     };
-    let addr = SocketAddr::new(config.host, config.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener.local_addr()?;
     // The one line on stdout that scripts and tests wait for.
     println!("listening on {local}");
     tracing::info!(%local, auth = state.token.is_some(), "execd ready");

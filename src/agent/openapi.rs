@@ -5,11 +5,12 @@
 use utoipa::OpenApi;
 
 use super::http::{
-    __path_command_events, __path_command_logs, __path_command_status, __path_create_command,
-    __path_create_context, __path_create_session, __path_delete_context, __path_delete_contexts_by_language,
-    __path_delete_session, __path_get_context, __path_interrupt_code, __path_interrupt_command,
-    __path_list_contexts, __path_list_languages, __path_ping, __path_run_code, __path_run_in_session,
-    __path_write_stdin,
+    __path_command_events, __path_command_logs, __path_command_status, __path_connect_pty,
+    __path_create_command, __path_create_context, __path_create_pty, __path_create_session,
+    __path_delete_context, __path_delete_contexts_by_language, __path_delete_pty, __path_delete_session,
+    __path_get_context, __path_interrupt_code, __path_interrupt_command, __path_list_contexts,
+    __path_list_languages, __path_ping, __path_proxy_port, __path_pty_status, __path_run_code,
+    __path_run_in_session, __path_write_stdin,
 };
 
 #[derive(OpenApi)]
@@ -23,9 +24,11 @@ use super::http::{
     paths(
         ping, create_command, interrupt_command, command_status, command_logs, command_events, write_stdin,
         create_session, run_in_session, delete_session, create_context, list_contexts, delete_contexts_by_language,
-        get_context, delete_context, run_code, interrupt_code, list_languages
+        get_context, delete_context, run_code, interrupt_code, list_languages,
+        create_pty, pty_status, delete_pty, connect_pty, proxy_port
     ),
-    components(schemas(crate::wire::ErrorBody, crate::wire::UnauthorizedBody, crate::wire::StreamEvent, crate::wire::Usage)),
+    components(schemas(crate::wire::ErrorBody, crate::wire::UnauthorizedBody, crate::wire::StreamEvent, crate::wire::Usage,
+        crate::wire::pty::PtyClientFrame, crate::wire::pty::PtyServerFrame)),
     modifiers(&TokenAuth),
     security(("access_token" = []))
 )]

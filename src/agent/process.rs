@@ -167,6 +167,10 @@ pub struct SpawnSpec {
     pub identity: Option<Identity>,
     /// Extra fd to place at fd 3 in the child (session control pipe).
     pub fd3: Option<OwnedFd>,
+    /// A pseudo-terminal slave. When set, the child starts a new session (its process group id
+    /// is still its pid) with this terminal as its controlling terminal and as its stdin,
+    /// stdout and stderr, which override `stdin`, `stdout` and `stderr`.
+    pub terminal: Option<OwnedFd>,
 }
 
 impl SpawnSpec {
@@ -182,6 +186,7 @@ impl SpawnSpec {
             stderr: None,
             identity: None,
             fd3: None,
+            terminal: None,
         }
     }
 }
@@ -271,7 +276,12 @@ impl Reaper {
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
-        cmd.process_group(0);
+        let new_session = spec.terminal.is_some();
+        if !new_session {
+            // With a terminal, setsid in pre_exec makes the child a group leader instead (it
+            // would fail after setpgid).
+            cmd.process_group(0);
+        }
         cmd.stdin(match spec.stdin {
             Input::Null => Stdio::null(),
             Input::Pipe => Stdio::piped(),
@@ -301,16 +311,27 @@ impl Reaper {
                 cmd.stderr(to_stdio(err));
             }
         }
+        if let Some(tty) = spec.terminal {
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(SpawnError::Pipe);
+            cmd.stdin(dup(&tty)?).stdout(dup(&tty)?).stderr(tty);
+        }
         let identity = spec.identity.clone();
         let fd3 = spec.fd3;
-        if identity.is_some() || fd3.is_some() {
+        if identity.is_some() || fd3.is_some() || new_session {
             use std::os::fd::AsRawFd;
             let fd3_raw = fd3.as_ref().map(|f| f.as_raw_fd());
             // SAFETY: the closure runs in the child between fork and exec and only makes
-            // async-signal-safe system calls (dup2, fcntl, setgroups, setgid, setuid) on values
-            // computed before the fork; it allocates nothing and takes no locks.
+            // async-signal-safe system calls (setsid, ioctl, dup2, fcntl, setgroups, setgid,
+            // setuid) on values computed before the fork; it allocates nothing and takes no locks.
             unsafe {
                 cmd.pre_exec(move || {
+                    if new_session {
+                        // A new session has no controlling terminal; fd 0 (the slave, already
+                        // in place) becomes it, so ^C, job control and SIGWINCH work.
+                        if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
                     if let Some(fd) = fd3_raw {
                         if fd == 3 {
                             let flags = libc::fcntl(3, libc::F_GETFD);

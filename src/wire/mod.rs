@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub mod pty;
+
 /// Error codes of the execd plane. Serialized in the contract's SCREAMING_SNAKE_CASE so that
 /// clients written against upstream keep matching them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -32,6 +34,10 @@ pub enum ErrorCode {
     Conflict,
     /// The feature is not available here.
     NotSupported,
+    /// Another client holds the terminal session (PTY WebSocket).
+    AlreadyConnected,
+    /// The proxy could not reach the target port, or it broke off.
+    BadGateway,
     /// The access token is missing or wrong.
     Unauthorized,
     /// Anything else.

@@ -5,6 +5,8 @@ mod code;
 mod command;
 mod docker;
 mod init;
+mod proxy;
+mod pty;
 mod replay;
 mod session;
 mod util;

@@ -7,6 +7,8 @@ use axum::Json;
 
 use crate::agent::command::{CommandError, StdinError};
 use crate::agent::kernel::ContextError;
+use crate::agent::proxy::ProxyError;
+use crate::agent::pty::PtyError;
 use crate::agent::session::SessionError;
 use crate::wire::{ErrorBody, ErrorCode};
 
@@ -114,6 +116,43 @@ impl From<ContextError> for ApiError {
             ContextError::NotFound(_) | ContextError::Start { .. } => Self::runtime(e.to_string()),
             ContextError::Command(c) => c.into(),
             ContextError::Session(s) => s.into(),
+        }
+    }
+}
+
+impl From<PtyError> for ApiError {
+    fn from(e: PtyError) -> Self {
+        match e {
+            PtyError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, ErrorCode::ContextNotFound, e.to_string())
+            }
+            PtyError::AlreadyConnected(_) => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::AlreadyConnected, e.to_string())
+            }
+            PtyError::Cwd { .. }
+            | PtyError::CreateCwd { .. }
+            | PtyError::Size
+            | PtyError::NotATerminal
+            | PtyError::UnknownSignal(_) => Self::bad_request(e.to_string()),
+            PtyError::NotRunning | PtyError::ReadOnly | PtyError::StdinWrite(_) => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
+            }
+            PtyError::Start(_) | PtyError::Resize(_) => Self::runtime(e.to_string()),
+        }
+    }
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> Self {
+        match e {
+            ProxyError::MissingPort | ProxyError::InvalidPort(_) | ProxyError::Uri(_) => {
+                Self::bad_request(e.to_string())
+            }
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => {
+                // The details are for the log; the client learns the port did not answer.
+                tracing::debug!(error = %e, "proxy target failed");
+                Self::new(StatusCode::BAD_GATEWAY, ErrorCode::BadGateway, "bad gateway")
+            }
         }
     }
 }

@@ -6,6 +6,8 @@ mod code;
 mod command;
 pub mod error;
 mod extract;
+mod proxy;
+mod pty;
 mod session;
 
 use axum::body::Body;
@@ -31,6 +33,8 @@ pub(crate) use command::{
     __path_command_events, __path_command_logs, __path_command_status, __path_interrupt_command,
     __path_write_stdin,
 };
+pub(crate) use proxy::__path_proxy_port;
+pub(crate) use pty::{__path_connect_pty, __path_create_pty, __path_delete_pty, __path_pty_status};
 pub(crate) use session::{__path_create_session, __path_delete_session, __path_run_in_session};
 
 /// Header carrying the access token.
@@ -43,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .merge(command::routes())
         .merge(code::routes())
         .merge(session::routes())
+        .merge(pty::routes())
+        .merge(proxy::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
