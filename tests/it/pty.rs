@@ -550,3 +550,75 @@ async fn the_token_guards_the_terminal() {
     term.stdin("echo ok-$((1+2))\n").await;
     term.until("ok-3").await;
 }
+
+#[tokio::test]
+async fn a_client_that_falls_behind_learns_where_output_resumes() {
+    let agent = Agent::start();
+    // 48 MiB of output, far more than the 1 MiB ring plus the socket buffers, written while
+    // the client does not read.
+    let id = create(
+        &agent,
+        json!({"command": "head -c 50331648 /dev/zero | tr '\\0' x; echo; echo END-OF-FLOOD"}),
+    )
+    .await;
+    let (mut term, _, _) = Term::open(&agent, &format!("/pty/{id}/ws?pty=0")).await;
+    let total = eventually(60, "the flood to end", async || {
+        let st = status(&agent, &id).await;
+        (st["running"] == false).then(|| st["output_offset"].as_u64().unwrap())
+    })
+    .await;
+    assert!(total > 48 << 20);
+
+    // Now read everything: live frames continue from the previous one; a replay frame marks
+    // a gap and says exactly where the output resumes.
+    let (mut cursor, mut gaps) = (0u64, 0);
+    let exit = loop {
+        match term.frame().await {
+            Frame::Stdout(b) => cursor += b.len() as u64,
+            Frame::Replay(offset, b) => {
+                assert!(offset > cursor, "a resume frame skips ahead: {offset} vs {cursor}");
+                gaps += 1;
+                cursor = offset + b.len() as u64;
+            }
+            Frame::Json(v) => break v,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(exit["exit_code"], 0);
+    assert!(gaps >= 1, "the slow client must have lost bytes");
+    assert_eq!(cursor, total, "offsets add up to the session's output offset");
+    assert!(String::from_utf8_lossy(&term.out).ends_with("END-OF-FLOOD\n"));
+}
+
+#[tokio::test]
+async fn a_process_that_cannot_start_is_reported_on_the_socket() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().join("gone");
+    let id = create(&agent, json!({"cwd": cwd.to_str().unwrap()})).await;
+    std::fs::remove_dir(&cwd).unwrap();
+    let mut ws = ws_connect(&agent, &format!("/pty/{id}/ws"))
+        .await
+        .expect("upgrade");
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let err: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["code"], "START_FAILED", "{err}");
+    let close = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(close, Message::Close(Some(ref c)) if u16::from(c.code) == 1011));
+    let st = status(&agent, &id).await;
+    assert_eq!(st["running"], false);
+    // The failed attempt does not keep the session held.
+    std::fs::create_dir(&cwd).unwrap();
+    let (mut term, _, _) = Term::open(&agent, &format!("/pty/{id}/ws")).await;
+    term.stdin("echo retry-$((1+1))\n").await;
+    term.until("retry-2").await;
+}
