@@ -227,6 +227,10 @@ impl Reaper {
 
     fn reap_all(&self) {
         loop {
+            // Taken before wait4, not just to dispatch: `spawn` holds it while std forks, and
+            // when exec fails std waits for that child itself (and panics if it was reaped
+            // first). Spawning takes milliseconds, so the reaper waits at most that long.
+            let mut waiters = self.waiters();
             let mut status: libc::c_int = 0;
             // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -250,7 +254,8 @@ impl Reaper {
                     max_rss_kib: usage.ru_maxrss.max(0) as u64,
                 },
             };
-            let waiter = self.waiters().remove(&pid);
+            let waiter = waiters.remove(&pid);
+            drop(waiters);
             match waiter {
                 Some(tx) => {
                     let _ = tx.send(exit);

@@ -576,7 +576,10 @@ async fn a_client_that_falls_behind_learns_where_output_resumes() {
         match term.frame().await {
             Frame::Stdout(b) => cursor += b.len() as u64,
             Frame::Replay(offset, b) => {
-                assert!(offset > cursor, "a resume frame skips ahead: {offset} vs {cursor}");
+                assert!(
+                    offset > cursor,
+                    "a resume frame skips ahead: {offset} vs {cursor}"
+                );
                 gaps += 1;
                 cursor = offset + b.len() as u64;
             }
@@ -621,4 +624,28 @@ async fn a_process_that_cannot_start_is_reported_on_the_socket() {
     let (mut term, _, _) = Term::open(&agent, &format!("/pty/{id}/ws")).await;
     term.stdin("echo retry-$((1+1))\n").await;
     term.until("retry-2").await;
+}
+
+#[tokio::test]
+async fn failed_starts_never_race_the_reaper() {
+    // A start that fails after fork (here: the cwd vanished) goes through std's fork path,
+    // which waits for the failed child itself; the reaper must not steal that status (std
+    // would panic and the client would get RUNTIME_ERROR instead of START_FAILED).
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..40 {
+        let cwd = dir.path().join(format!("gone-{i}"));
+        let id = create(&agent, json!({"cwd": cwd.to_str().unwrap()})).await;
+        std::fs::remove_dir(&cwd).unwrap();
+        let mut ws = ws_connect(&agent, &format!("/pty/{id}/ws"))
+            .await
+            .expect("upgrade");
+        let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let err: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+        assert_eq!(err["code"], "START_FAILED", "attempt {i}: {err}");
+    }
 }

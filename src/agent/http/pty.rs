@@ -171,10 +171,8 @@ pub(crate) async fn connect_pty(
                 Ok(Ok(attachment)) => serve_connection(socket, attachment).await,
                 Ok(Err(e)) => refuse(socket, &e).await,
                 Err(e) => {
-                    let e = PtyError::Start(crate::agent::pty::StartError::Thread(std::io::Error::other(
-                        e.to_string(),
-                    )));
-                    refuse(socket, &e).await
+                    tracing::error!(error = %e, "pty attach panicked");
+                    refuse_with(socket, PtyErrorCode::RuntimeError, "attach failed".into()).await
                 }
             }
         }))
@@ -183,9 +181,14 @@ pub(crate) async fn connect_pty(
 type Sink = SplitSink<WebSocket, Message>;
 
 /// Tells the client why attaching failed, then closes with 1011.
-async fn refuse(mut socket: WebSocket, error: &PtyError) {
+async fn refuse(socket: WebSocket, error: &PtyError) {
     tracing::warn!(error = %error, "pty attach failed");
-    let frame = error_frame(error);
+    let (code, text) = error_parts(error);
+    refuse_with(socket, code, text).await
+}
+
+async fn refuse_with(mut socket: WebSocket, code: PtyErrorCode, error: String) {
+    let frame = json(&PtyServerFrame::Error { error, code });
     let close = Message::Close(Some(CloseFrame {
         code: 1011,
         reason: Utf8Bytes::from_static("attach failed"),
@@ -360,6 +363,11 @@ fn stdin_error(e: &PtyError) -> Message {
 }
 
 fn error_frame(e: &PtyError) -> Message {
+    let (code, error) = error_parts(e);
+    json(&PtyServerFrame::Error { error, code })
+}
+
+fn error_parts(e: &PtyError) -> (PtyErrorCode, String) {
     let code = match e {
         PtyError::Start(_) => PtyErrorCode::StartFailed,
         PtyError::StdinWrite(_) => PtyErrorCode::StdinWriteFailed,
@@ -372,8 +380,5 @@ fn error_frame(e: &PtyError) -> Message {
         | PtyError::NotRunning
         | PtyError::Resize(_) => PtyErrorCode::RuntimeError,
     };
-    json(&PtyServerFrame::Error {
-        error: e.to_string(),
-        code,
-    })
+    (code, e.to_string())
 }
