@@ -589,10 +589,7 @@ async fn a_client_that_falls_behind_learns_where_output_resumes() {
     };
     assert_eq!(exit["exit_code"], 0);
     assert!(gaps >= 1, "the slow client must have lost bytes");
-    assert_eq!(
-        cursor, total,
-        "offsets add up to the session's output offset"
-    );
+    assert_eq!(cursor, total, "offsets add up to the session's output offset");
     assert!(String::from_utf8_lossy(&term.out).ends_with("END-OF-FLOOD\n"));
 }
 
