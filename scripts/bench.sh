@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Benchmarks: builds the static agent (scripts/build-agent.sh) and the harness in
+# examples/bench (profile bench-tool: optimised, quick to compile), runs it against the agent,
+# prints a markdown table of each figure beside its anchor measured in the same run, and writes
+# it to target/bench/results.md. Everything talks to 127.0.0.1 only.
+#
+#   scripts/bench.sh                  # every figure (about a minute once built)
+#   scripts/bench.sh roundtrip stream # only sections whose area/section name matches
+#   scripts/bench.sh --list           # section names
+#   scripts/bench.sh --quick          # reduced counts, to check the harness itself
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+jobs="${CARGO_JOBS:-2}"
+agent=target/x86_64-unknown-linux-musl/release/execd
+out=target/bench/results.md
+
+bash scripts/build-agent.sh >&2
+cargo build --locked -j"$jobs" --profile bench-tool --example bench >&2
+
+mkdir -p target/bench
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  rev="$rev+dirty"
+fi
+{
+  echo "Benchmarks of execd $rev, $(date -u '+%Y-%m-%d %H:%M UTC')."
+  target/bench-tool/examples/bench --agent "$agent" "$@"
+} | tee "$out.partial"
+mv "$out.partial" "$out"
+echo "bench: table written to $out" >&2
