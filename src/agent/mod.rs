@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 
 pub use config::Config;
 use env::EnvMap;
@@ -216,6 +217,14 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
     println!("listening on {local}");
     tracing::info!(%local, auth = state.token.is_some(), "execd ready");
 
+    // Without TCP_NODELAY, the small frame that ends a response (terminal event, last chunk)
+    // waits for the client's delayed ACK of the previous one: ~40 ms per command on a
+    // keep-alive connection.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let app = http::router(state.clone());
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>());
     let code = match entrypoint {
