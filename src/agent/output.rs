@@ -307,7 +307,8 @@ pub fn pump(sources: Vec<Source>, stop: Option<OwnedFd>, journal: &Arc<Journal>,
                     let ts = now_ms();
                     let kind = source.kind;
                     let splitter = &mut splitters[i];
-                    journal.write(|w: &mut EventWriter<'_>| {
+                    // Rendered SSE is about twice the size of typical output (short lines).
+                    journal.write_bulk(2 * n + 1024, |w: &mut EventWriter<'_>| {
                         splitter.feed(&buf[..n], |line| w.output_line(kind, line, ts));
                     });
                 }

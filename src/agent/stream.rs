@@ -152,7 +152,13 @@ impl Journal {
     /// Appends the events rendered by `render` as one batch. Returns false (and appends
     /// nothing) when the journal is already finished.
     pub fn write(&self, render: impl FnOnce(&mut EventWriter<'_>)) -> bool {
-        self.append(false, render)
+        self.append(false, 256, render)
+    }
+
+    /// Like [`Journal::write`] for a batch expected to render to about `expected` bytes (bulk
+    /// output): the batch is rendered into a recycled buffer of that size.
+    pub fn write_bulk(&self, expected: usize, render: impl FnOnce(&mut EventWriter<'_>)) -> bool {
+        self.append(false, expected, render)
     }
 
     /// Appends one event.
@@ -162,7 +168,7 @@ impl Journal {
 
     /// Appends the terminal event and closes the journal. A second call does nothing.
     pub fn finish(&self, terminal: &StreamEvent) -> bool {
-        self.append(true, |w| w.event(terminal))
+        self.append(true, 256, |w| w.event(terminal))
     }
 
     /// Whether the terminal event is in.
@@ -170,13 +176,13 @@ impl Journal {
         self.lock().finished
     }
 
-    fn append(&self, last: bool, render: impl FnOnce(&mut EventWriter<'_>)) -> bool {
+    fn append(&self, last: bool, capacity: usize, render: impl FnOnce(&mut EventWriter<'_>)) -> bool {
         let mut inner = self.lock();
         if inner.finished {
             return false;
         }
         let first_id = inner.next_id;
-        let mut buf = Vec::with_capacity(256);
+        let mut buf = buffer(capacity);
         render(&mut EventWriter {
             buf: &mut buf,
             next_id: &mut inner.next_id,
@@ -186,7 +192,7 @@ impl Journal {
             inner.batches.push((first_id, offset));
             inner.len += buf.len() as u64;
             inner.mem_bytes += buf.len();
-            inner.mem.push_back(Bytes::from(buf));
+            inner.mem.push_back(into_bytes(buf));
             inner.spill_excess();
         }
         inner.finished = last;
@@ -372,14 +378,15 @@ impl Cursor {
                 }
                 Next::Spilled(file, at, want) => {
                     let read = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; want];
+                        let mut buf = buffer(want);
+                        buf.resize(want, 0);
                         file.read_exact_at(&mut buf, at).map(|()| buf)
                     })
                     .await
                     .unwrap_or_else(|e| Err(io::Error::other(e)));
                     return Some(read.map(|buf| {
                         self.pos += buf.len() as u64;
-                        Bytes::from(buf)
+                        into_bytes(buf)
                     }));
                 }
                 Next::End => return None,
@@ -400,6 +407,65 @@ impl Cursor {
         futures_util::stream::unfold(self, |mut cursor| async move {
             cursor.next_chunk().await.map(|chunk| (chunk, cursor))
         })
+    }
+}
+
+/// Buffers of at least this many bytes are recycled: the agent's allocator (musl) maps every
+/// allocation this large afresh and unmaps it when freed, so without reuse each bulk batch and
+/// each spill read would pay a page fault per 4 KiB it touches.
+const RECYCLE_MIN: usize = 64 << 10;
+/// Larger buffers are freed rather than kept.
+const RECYCLE_MAX: usize = 1 << 20;
+/// Most spare buffers kept, bounding the memory they hold.
+const SPARES: usize = 4;
+
+/// Spare large buffers, shared by every journal; taken and returned under a short lock.
+static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+fn spare() -> MutexGuard<'static, Vec<Vec<u8>>> {
+    // Holds plain Vecs pushed and popped whole; a poisoned lock still holds valid ones.
+    SPARE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An empty buffer of at least `capacity` bytes, recycled when it is large.
+fn buffer(capacity: usize) -> Vec<u8> {
+    if capacity >= RECYCLE_MIN {
+        if let Some(mut buf) = spare().pop() {
+            buf.clear();
+            buf.reserve(capacity);
+            return buf;
+        }
+    }
+    Vec::with_capacity(capacity)
+}
+
+/// `buf` as `Bytes`; a large one goes back to the spares once the last reference is dropped.
+fn into_bytes(buf: Vec<u8>) -> Bytes {
+    if buf.capacity() >= RECYCLE_MIN {
+        Bytes::from_owner(Recycled(buf))
+    } else {
+        Bytes::from(buf)
+    }
+}
+
+/// Owner of a large `Bytes` buffer that returns it to the spares when dropped.
+struct Recycled(Vec<u8>);
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        if buf.capacity() <= RECYCLE_MAX {
+            let mut spare = spare();
+            if spare.len() < SPARES {
+                spare.push(buf);
+            }
+        }
     }
 }
 
