@@ -3,7 +3,8 @@
 //! Every execution owns a [`Journal`]: an append-only sequence of events with ids 1, 2, 3…,
 //! stored already rendered as standard SSE (`id: N\ndata: <json>\n\n`). The newest bytes live
 //! in a bounded in-memory ring of segments; older segments spill to a file in the state dir, so
-//! a command that prints gigabytes keeps execd's memory flat. An HTTP stream is a [`Cursor`]
+//! a command that prints gigabytes keeps execd's memory flat; a finished journal over 64 KiB
+//! moves the rest of its ring there too, as records outlive their streams. An HTTP stream is a [`Cursor`]
 //! over the journal: it can start at the beginning or after any event id (`Last-Event-ID`),
 //! reads spilled bytes from the file and live bytes from memory, and ends right after the
 //! terminal event. Writers are synchronous (pump threads and supervisors); readers are async.
@@ -25,6 +26,8 @@ use crate::wire::StreamEvent;
 
 /// In-memory bytes a journal keeps before spilling its oldest segments to disk.
 const MEMORY_CAP: usize = 1 << 20;
+/// In-memory bytes a finished journal keeps; the rest goes to its spill file.
+const FINISHED_MEMORY_CAP: usize = 64 << 10;
 /// Most bytes a cursor reads from the spill file at once.
 const SPILL_READ: usize = 256 << 10;
 /// SSE comment sent when a stream has been quiet this long, so proxies keep it open.
@@ -195,6 +198,10 @@ impl Journal {
             inner.mem.push_back(into_bytes(buf));
             inner.spill_excess();
         }
+        if last && inner.mem_bytes > FINISHED_MEMORY_CAP {
+            // Finished records are kept for a day; their journals must not hold memory.
+            inner.spill_until(0, 0);
+        }
         inner.finished = last;
         drop(inner);
         self.changed.send_modify(|v| *v += 1);
@@ -246,7 +253,13 @@ impl Inner {
     /// Moves the oldest segments to the spill file until memory is under the cap. If the file
     /// cannot be written, memory is allowed to grow rather than losing bytes.
     fn spill_excess(&mut self) {
-        while self.mem_bytes > MEMORY_CAP && self.mem.len() > 1 {
+        self.spill_until(MEMORY_CAP, 1);
+    }
+
+    /// Moves the oldest segments to the spill file until at most `cap` bytes or `keep`
+    /// segments are left in memory.
+    fn spill_until(&mut self, cap: usize, keep: usize) {
+        while self.mem_bytes > cap && self.mem.len() > keep {
             let file = match &self.spill {
                 Some(f) => Arc::clone(f),
                 None => match std::fs::OpenOptions::new()
@@ -626,6 +639,46 @@ mod tests {
             !dir.path().join("j.sse").exists(),
             "spill file removed with the journal"
         );
+    }
+
+    #[tokio::test]
+    async fn finished_journal_moves_its_memory_to_the_spill_file() {
+        let (dir, j) = journal();
+        let line = vec![b'b'; 1000];
+        for _ in 0..1500 {
+            j.write(|w| w.output_line(OutputKind::Stdout, &line, 1));
+        }
+        let mut live = j.cursor(Some(1400)).unwrap();
+        let first = live.next_chunk().await.unwrap().unwrap();
+        assert!(j.lock().mem_bytes > FINISHED_MEMORY_CAP);
+        j.finish(&StreamEvent::complete(1, 1));
+        assert_eq!(
+            j.lock().mem_bytes,
+            0,
+            "a finished journal keeps nothing in memory"
+        );
+        assert!(dir.path().join("j.sse").exists());
+        let mut rest = first.to_vec();
+        rest.extend(drain(live).await);
+        assert_eq!(
+            ids(&rest),
+            (1401..=1501).collect::<Vec<_>>(),
+            "a reader mid-way carries on"
+        );
+        assert_eq!(
+            ids(&drain(j.cursor(None).unwrap()).await),
+            (1..=1501).collect::<Vec<_>>()
+        );
+        assert_eq!(ids(&drain(j.cursor(Some(1499)).unwrap()).await), [1500, 1501]);
+    }
+
+    #[tokio::test]
+    async fn small_finished_journal_stays_in_memory() {
+        let (dir, j) = journal();
+        j.write(|w| w.output_line(OutputKind::Stdout, b"hi", 1));
+        j.finish(&StreamEvent::complete(1, 1));
+        assert!(!dir.path().join("j.sse").exists(), "no file for a small journal");
+        assert_eq!(ids(&drain(j.cursor(None).unwrap()).await), [1, 2]);
     }
 
     #[tokio::test]
