@@ -486,7 +486,16 @@ impl Drop for Recycled {
 pub fn escape_json_into(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Most output needs no escaping: skip it eight bytes at a time.
+        if let Some(word) = bytes.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+            if !needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -494,7 +503,10 @@ pub fn escape_json_into(out: &mut Vec<u8>, s: &str) {
             b'\r' => b"\\r",
             b'\t' => b"\\t",
             0x00..=0x1f => b"",
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.extend_from_slice(&bytes[start..i]);
         if escape.is_empty() {
@@ -510,9 +522,23 @@ pub fn escape_json_into(out: &mut Vec<u8>, s: &str) {
         } else {
             out.extend_from_slice(escape);
         }
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
+}
+
+/// Whether any of the eight bytes in `w` is a control character, `"` or `\`. Uses the classic
+/// "some byte is below n" test, `(w - n * ONES) & !w & HIGH`, which never misses one (n <= 128);
+/// the caller checks flagged words byte by byte, so the answer only needs no false negatives.
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let control = below(w, 0x20);
+    let quote = below(w ^ (ONES * u64::from(b'"')), 1);
+    let backslash = below(w ^ (ONES * u64::from(b'\\')), 1);
+    control | quote | backslash != 0
 }
 
 fn itoa_i64(v: i64, buf: &mut [u8; 20]) -> &str {
@@ -595,6 +621,36 @@ mod tests {
                 ..StreamEvent::new(EventType::Stderr, -5)
             };
             assert_eq!(parsed, expected);
+        }
+    }
+
+    #[test]
+    fn escapes_every_ascii_byte_at_every_position_of_a_word() {
+        for b in 0u8..0x80 {
+            for pos in 0..17 {
+                let mut text = vec![b'a'; 17];
+                text[pos] = b;
+                let text = String::from_utf8(text).unwrap();
+                let mut json = vec![b'"'];
+                escape_json_into(&mut json, &text);
+                json.push(b'"');
+                let back: String = serde_json::from_slice(&json).unwrap();
+                assert_eq!(back, text, "byte {b:#x} at {pos}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn escaped_text_parses_back_to_itself(s in "(?s).{0,40}", noise in proptest::collection::vec(0u8..0x80, 0..40)) {
+            // Arbitrary text, and ASCII dense in control characters, quotes and backslashes.
+            for text in [s, String::from_utf8(noise).unwrap()] {
+                let mut json = vec![b'"'];
+                escape_json_into(&mut json, &text);
+                json.push(b'"');
+                let back: String = serde_json::from_slice(&json).unwrap();
+                proptest::prop_assert_eq!(back, text);
+            }
         }
     }
 
