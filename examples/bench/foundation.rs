@@ -352,7 +352,7 @@ async fn streaming(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     stream_command(&client, &url, cat(Some(small))).await?;
     let hwm_small = proc_status_bytes(agent.pid(), "VmHWM")?;
 
-    let runs = if ctx.quick { 1 } else { 3 };
+    let runs = if ctx.quick { 1 } else { 5 };
     let mut rate = Vec::new();
     let mut wire = Vec::new();
     let mut anchor_rate = Vec::new();
