@@ -351,7 +351,25 @@ pub fn machine_note() -> String {
             })
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cores} cores ({model}), load average {}", load_average())
+    format!("{cores} cores ({model}), {}", load_note())
+}
+
+/// Load average and CPU pressure: how much other work competed for the cores.
+pub fn load_note() -> String {
+    let mut note = format!("load average {}", load_average());
+    // PSI: share of time some runnable task waited for a CPU, over the last 60 s.
+    let psi = std::fs::read_to_string("/proc/pressure/cpu").ok().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("some "))?.to_owned();
+        let v = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("avg60="))?
+            .to_owned();
+        Some(v)
+    });
+    if let Some(v) = psi {
+        note.push_str(&format!(", CPU pressure {v}% (PSI some avg60)"));
+    }
+    note
 }
 
 /// The first three fields of `/proc/loadavg`.

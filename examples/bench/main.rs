@@ -130,9 +130,9 @@ async fn main() -> ExitCode {
     print!("{}", harness::table(&rows));
     println!();
     let mut note = format!(
-        "Took {:.0} s; load average at the end {}. MB = 10^6 bytes.",
+        "Took {:.0} s; at the end: {}. MB = 10^6 bytes.",
         started.elapsed().as_secs_f64(),
-        harness::load_average()
+        harness::load_note()
     );
     if ctx.quick {
         note.push_str(" **Quick mode: reduced counts, not for the README.**");
