@@ -25,6 +25,7 @@ if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
 fi
 {
   echo "Benchmarks of execd $rev, $(date -u '+%Y-%m-%d %H:%M UTC')."
+  echo
   target/bench-tool/examples/bench --agent "$agent" "$@"
 } | tee "$out.partial"
 mv "$out.partial" "$out"
