@@ -187,6 +187,11 @@ impl Agent {
     /// Starts `binary --host 127.0.0.1 --port 0 --state-dir <tmp>` and waits for its
     /// `listening on 127.0.0.1:<port>` line. The agent's logs are discarded.
     pub fn start(binary: &Path) -> anyhow::Result<Self> {
+        Self::start_env(binary, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables.
+    pub fn start_env(binary: &Path, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let state_dir = tempfile::tempdir().context("cannot create a state dir")?;
         let spawned = Instant::now();
         let mut child = Command::new(binary)
@@ -194,6 +199,7 @@ impl Agent {
             .arg(state_dir.path())
             .env_remove("EXECD_ACCESS_TOKEN")
             .env_remove("EXECD_ENVS")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -13,6 +13,7 @@
 //! `sections()` function returning [`Section`]s that produce [`harness::Row`]s, and list it in
 //! [`areas`].
 
+mod code;
 mod foundation;
 mod harness;
 
@@ -37,7 +38,7 @@ pub struct Section {
 
 /// Every area, in the order they run.
 fn areas() -> Vec<(&'static str, Vec<Section>)> {
-    vec![("foundation", foundation::sections())]
+    vec![("foundation", foundation::sections()), ("code", code::sections())]
 }
 
 const USAGE: &str = "usage: bench [--agent PATH] [--quick] [--list] [FILTER...]";
@@ -72,6 +73,19 @@ fn parse_args() -> Result<Args, String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // Child mode for the code area's raw-ZMQ figure (see `code::raw_zmq_main`).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--raw-zmq") {
+        let runs = argv.get(2).and_then(|n| n.parse().ok()).unwrap_or(200);
+        return match std::thread::spawn(move || code::raw_zmq_main(runs)).join() {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) => {
+                eprintln!("raw-zmq: {e:#}");
+                ExitCode::FAILURE
+            }
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
