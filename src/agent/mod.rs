@@ -7,9 +7,11 @@
 pub mod command;
 pub mod config;
 pub mod env;
+pub mod files;
 pub mod http;
 pub mod init;
 pub mod kernel;
+pub mod metrics;
 pub mod openapi;
 pub mod output;
 pub mod process;
@@ -17,6 +19,7 @@ pub mod proxy;
 pub mod pty;
 pub mod session;
 pub mod stream;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -93,6 +96,11 @@ impl Runtime {
         }
     }
 
+    /// execd's own environment (secrets removed), against which request paths expand.
+    pub fn env(&self) -> &EnvMap {
+        &self.base_env
+    }
+
     /// The shell for shell text: bash when the image has one, else sh.
     pub fn shell(&self, env: &EnvMap) -> (PathBuf, &'static str) {
         let path = env
@@ -144,6 +152,11 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Events a file watch keeps for clients that reconnect with `Last-Event-ID`.
+const WATCH_HISTORY: usize = 1024;
+/// How long a file watch without clients stays alive so that a reconnect can resume.
+const WATCH_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Shared state of the HTTP layer.
 #[derive(Clone)]
 pub struct AppState {
@@ -159,6 +172,12 @@ pub struct AppState {
     pub ptys: Arc<pty::Ptys>,
     /// The port proxy into the sandbox.
     pub proxy: Arc<proxy::Proxy>,
+    /// Path resolution for the file routes.
+    pub files: Arc<files::Files>,
+    /// Shared file watches.
+    pub watches: Arc<watch::Watches>,
+    /// The metrics sampler.
+    pub metrics: Arc<metrics::Monitor>,
 }
 
 impl AppState {
@@ -212,6 +231,9 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
             local.port(),
             axum::http::HeaderName::from_static(http::TOKEN_HEADER),
         )),
+        files: Arc::new(files::Files::new(runtime.env().clone(), runtime.cwd.clone())),
+        watches: watch::Watches::new(WATCH_HISTORY, WATCH_LINGER),
+        metrics: metrics::Monitor::start(metrics::Sampler::new(PathBuf::from("/"), runtime.cwd.clone())),
     };
     // The one line on stdout that scripts and tests wait for.
     println!("listening on {local}");

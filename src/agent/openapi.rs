@@ -8,9 +8,13 @@ use super::http::{
     __path_command_events, __path_command_logs, __path_command_status, __path_connect_pty,
     __path_create_command, __path_create_context, __path_create_pty, __path_create_session,
     __path_delete_context, __path_delete_contexts_by_language, __path_delete_pty, __path_delete_session,
-    __path_get_context, __path_interrupt_code, __path_interrupt_command, __path_list_contexts,
-    __path_list_languages, __path_ping, __path_proxy_port, __path_pty_status, __path_run_code,
-    __path_run_in_session, __path_write_stdin,
+    __path_download_archive, __path_download_file, __path_extract_archive, __path_file_info,
+    __path_get_context, __path_get_metrics, __path_interrupt_code, __path_interrupt_command,
+    __path_list_contexts, __path_list_directory, __path_list_languages, __path_make_dirs, __path_move_files,
+    __path_ping, __path_proxy_port, __path_pty_status, __path_remove_dirs, __path_remove_files,
+    __path_replace_content, __path_run_code, __path_run_in_session, __path_search_files,
+    __path_set_permissions, __path_upload_files, __path_watch_files, __path_watch_metrics,
+    __path_write_stdin,
 };
 
 #[derive(OpenApi)]
@@ -18,17 +22,23 @@ use super::http::{
     info(
         title = "execd",
         description = "In-sandbox execution agent speaking the OpenSandbox execd contract. Streams are standard \
-                       SSE (`id: N`, `data: <StreamEvent JSON>`), resumable with Last-Event-ID.",
+                       SSE (`id: N`, `data: <StreamEvent JSON>`), resumable with Last-Event-ID. Every /files* and \
+                       /directories* route is also served under /v1/filesystem/{uid}/{gid}, done with that fsuid/fsgid.",
         license(name = "Apache-2.0")
     ),
     paths(
         ping, create_command, interrupt_command, command_status, command_logs, command_events, write_stdin,
         create_session, run_in_session, delete_session, create_context, list_contexts, delete_contexts_by_language,
         get_context, delete_context, run_code, interrupt_code, list_languages,
-        create_pty, pty_status, delete_pty, connect_pty, proxy_port
+        create_pty, pty_status, delete_pty, connect_pty, proxy_port,
+        file_info, remove_files, set_permissions, move_files, search_files, replace_content, upload_files,
+        download_file, download_archive, extract_archive, watch_files, list_directory, make_dirs, remove_dirs,
+        get_metrics, watch_metrics
     ),
     components(schemas(crate::wire::ErrorBody, crate::wire::UnauthorizedBody, crate::wire::StreamEvent, crate::wire::Usage,
-        crate::wire::pty::PtyClientFrame, crate::wire::pty::PtyServerFrame)),
+        crate::wire::pty::PtyClientFrame, crate::wire::pty::PtyServerFrame,
+        crate::wire::files::FileInfo, crate::wire::files::FileMetadata, crate::wire::files::Permission,
+        crate::wire::files::WatchEvent, crate::wire::files::Metrics)),
     modifiers(&TokenAuth),
     security(("access_token" = []))
 )]

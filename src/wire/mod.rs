@@ -5,6 +5,7 @@
 //! Pure data, no I/O, no async.
 
 pub mod code;
+pub mod files;
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,16 @@ pub enum ErrorCode {
     RuntimeError,
     /// No file at the given path.
     FileNotFound,
+    /// An upload's `file` part is missing or unusable.
+    InvalidFile,
+    /// An upload's content could not be read or written.
+    InvalidFileContent,
+    /// An upload's `metadata` part is missing or not valid metadata JSON.
+    InvalidFileMetadata,
+    /// The filesystem has no room (or quota) left for the write (HTTP 507).
+    InsufficientStorage,
+    /// The kernel refused the operation for this identity (EACCES/EPERM; HTTP 403).
+    PermissionDenied,
     /// No session or code context with that id.
     ContextNotFound,
     /// No command with that id (routes beyond the contract).

@@ -6,10 +6,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::agent::command::{CommandError, StdinError};
+use crate::agent::files::FilesError;
 use crate::agent::kernel::ContextError;
 use crate::agent::proxy::ProxyError;
 use crate::agent::pty::PtyError;
 use crate::agent::session::SessionError;
+use crate::agent::watch::WatchError;
 use crate::wire::{ErrorBody, ErrorCode};
 
 /// An error answered to the client.
@@ -42,6 +44,18 @@ impl ApiError {
             ErrorCode::MissingQuery,
             format!("missing query parameter {name}"),
         )
+    }
+
+    /// The same error with `context: ` in front of its message (e.g. which upload part failed).
+    pub fn context(mut self, context: impl std::fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
+    /// The same error under another code, keeping the status.
+    pub fn with_code(mut self, code: ErrorCode) -> Self {
+        self.code = code;
+        self
     }
 
     /// 500 `RUNTIME_ERROR`. The message is for the client; details belong in the log.
@@ -153,6 +167,74 @@ impl From<ProxyError> for ApiError {
                 tracing::debug!(error = %e, "proxy target failed");
                 Self::new(StatusCode::BAD_GATEWAY, ErrorCode::BadGateway, "bad gateway")
             }
+        }
+    }
+}
+
+impl From<FilesError> for ApiError {
+    fn from(e: FilesError) -> Self {
+        let message = e.to_string();
+        match &e {
+            FilesError::EmptyPath
+            | FilesError::NulInPath
+            | FilesError::Expand { .. }
+            | FilesError::NotDirectory(_)
+            | FilesError::SymlinkRoot(_)
+            | FilesError::BadMode(_)
+            | FilesError::UnknownUser(_)
+            | FilesError::UnknownGroup(_)
+            | FilesError::Pattern { .. }
+            | FilesError::EmptyOld(_)
+            | FilesError::RemoveRoot
+            | FilesError::EntryEscapes(_)
+            | FilesError::Archive(_)
+            | FilesError::Body(_) => Self::bad_request(message),
+            FilesError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, ErrorCode::FileNotFound, message),
+            // The contract answers these two with a 500.
+            FilesError::IsDirectory(_) | FilesError::Exists(_) => Self::runtime(message),
+            FilesError::Identity { .. } => {
+                Self::new(StatusCode::FORBIDDEN, ErrorCode::PermissionDenied, message)
+            }
+            FilesError::Worker => Self::runtime(message),
+            FilesError::Io { source, .. } => {
+                let (status, code) = io_status(source);
+                Self::new(status, code, message)
+            }
+        }
+    }
+}
+
+/// Status and code for a kernel error: ENOENT 404, EACCES/EPERM/EROFS 403, ENOSPC/EDQUOT 507,
+/// bad names 400, anything else 500.
+pub fn io_status(e: &std::io::Error) -> (StatusCode, ErrorCode) {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => (StatusCode::NOT_FOUND, ErrorCode::FileNotFound),
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+            (StatusCode::FORBIDDEN, ErrorCode::PermissionDenied)
+        }
+        Some(libc::ENOSPC | libc::EDQUOT) => {
+            (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::InsufficientStorage)
+        }
+        Some(
+            libc::ENOTDIR
+            | libc::EISDIR
+            | libc::ENAMETOOLONG
+            | libc::EINVAL
+            | libc::ELOOP
+            | libc::EEXIST
+            | libc::ENOTEMPTY,
+        ) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequestBody),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::RuntimeError),
+    }
+}
+
+impl From<WatchError> for ApiError {
+    fn from(e: WatchError) -> Self {
+        match e {
+            WatchError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, ErrorCode::FileNotFound, e.to_string())
+            }
+            WatchError::Notify { .. } => Self::runtime(e.to_string()),
         }
     }
 }

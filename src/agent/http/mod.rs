@@ -6,9 +6,13 @@ mod code;
 mod command;
 pub mod error;
 mod extract;
+mod files;
+mod metrics;
 mod proxy;
 mod pty;
 mod session;
+mod transfer;
+mod watch;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -33,9 +37,18 @@ pub(crate) use command::{
     __path_command_events, __path_command_logs, __path_command_status, __path_interrupt_command,
     __path_write_stdin,
 };
+pub(crate) use files::{
+    __path_file_info, __path_list_directory, __path_make_dirs, __path_move_files, __path_remove_dirs,
+    __path_remove_files, __path_replace_content, __path_search_files, __path_set_permissions,
+};
+pub(crate) use metrics::{__path_get_metrics, __path_watch_metrics};
 pub(crate) use proxy::__path_proxy_port;
 pub(crate) use pty::{__path_connect_pty, __path_create_pty, __path_delete_pty, __path_pty_status};
 pub(crate) use session::{__path_create_session, __path_delete_session, __path_run_in_session};
+pub(crate) use transfer::{
+    __path_download_archive, __path_download_file, __path_extract_archive, __path_upload_files,
+};
+pub(crate) use watch::__path_watch_files;
 
 /// Header carrying the access token.
 pub const TOKEN_HEADER: &str = "x-execd-access-token";
@@ -49,6 +62,10 @@ pub fn router(state: AppState) -> Router {
         .merge(session::routes())
         .merge(pty::routes())
         .merge(proxy::routes())
+        .merge(files::routes())
+        // The same file routes, done with the fsuid/fsgid named in the path.
+        .nest("/v1/filesystem/{uid}/{gid}", files::routes())
+        .merge(metrics::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
@@ -94,14 +111,18 @@ fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
 /// A standard SSE response over a journal cursor; it ends right after the terminal event.
 pub(crate) fn sse_response(cursor: Cursor) -> Response {
     let mut resp = Response::new(Body::from_stream(cursor.into_stream()));
-    let headers = resp.headers_mut();
+    sse_headers(resp.headers_mut());
+    resp
+}
+
+/// The headers of every SSE response: the content type, and no caching or proxy buffering.
+pub(crate) fn sse_headers(headers: &mut axum::http::HeaderMap) {
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp
 }
 
 #[cfg(test)]
