@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use execd::agent::config::{Cli, Mode};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -38,19 +39,28 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(config: &execd::agent::Config) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log_level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    // RUST_LOG wins over --log-level when it parses; both are `level` or `target=level,...`.
+    // A `Targets` filter rather than `EnvFilter`, whose regex engine would cost the agent
+    // about 400 KB of its 5 MB budget.
+    let filter: Targets = match std::env::var("RUST_LOG").ok().map(|s| s.parse::<Targets>()) {
+        Some(Ok(filter)) => filter,
+        _ => config.log_level.parse()?,
+    };
+    let layer = tracing_subscriber::fmt::layer().with_target(false);
     match &config.log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
+            let layer = layer.with_ansi(false).with_writer(std::sync::Mutex::new(file));
+            tracing_subscriber::registry()
+                .with(layer.with_filter(filter))
                 .init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => {
+            let layer = layer.with_writer(std::io::stderr);
+            tracing_subscriber::registry()
+                .with(layer.with_filter(filter))
+                .init();
+        }
     }
     Ok(())
 }
