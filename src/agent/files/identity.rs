@@ -7,6 +7,8 @@
 //! file capabilities (CAP_DAC_OVERRIDE, CAP_CHOWN, CAP_FOWNER…), so ordinary permission checks
 //! apply and new files belong to the identity.
 
+use tokio::sync::oneshot;
+
 use super::FilesError;
 
 /// A uid and gid to act as.
@@ -18,33 +20,56 @@ pub struct Identity {
     pub gid: u32,
 }
 
+/// A job for a blocking thread: told whether the identity could be taken, it runs the work
+/// (or not) and sends the result. Boxed, so the thread-spawning code exists once rather than
+/// once per call site.
+type Job = Box<dyn FnOnce(Result<(), FilesError>) + Send>;
+
+/// The result of work started with [`start`].
+pub struct Pending<T>(oneshot::Receiver<Result<T, FilesError>>);
+
+impl<T> Pending<T> {
+    /// Waits for the work to finish.
+    pub async fn wait(self) -> Result<T, FilesError> {
+        self.0.await.unwrap_or_else(|_| {
+            tracing::error!("file worker died before answering");
+            Err(FilesError::Worker)
+        })
+    }
+}
+
+/// Starts `work` at once on a blocking thread, as `identity` when given.
+pub fn start<T: Send + 'static>(
+    identity: Option<Identity>,
+    work: impl FnOnce() -> Result<T, FilesError> + Send + 'static,
+) -> Pending<T> {
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move |ready| {
+        let _ = tx.send(ready.and_then(|()| work()));
+    });
+    dispatch(identity, job);
+    Pending(rx)
+}
+
 /// Runs `work` on a blocking thread, as `identity` when given, and returns its result.
 pub async fn run<T: Send + 'static>(
     identity: Option<Identity>,
     work: impl FnOnce() -> Result<T, FilesError> + Send + 'static,
 ) -> Result<T, FilesError> {
+    start(identity, work).wait().await
+}
+
+fn dispatch(identity: Option<Identity>, job: Job) {
     match identity {
-        None => tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "file worker panicked");
-            Err(FilesError::Worker)
-        }),
+        // A panic drops the job's sender, which `Pending::wait` reports.
+        None => drop(tokio::task::spawn_blocking(move || job(Ok(())))),
         Some(id) => {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("execd-fsid".into())
-                .spawn(move || {
-                    let result = become_identity(id).and_then(|()| work());
-                    let _ = tx.send(result);
-                })
-                .map_err(|source| FilesError::Io {
-                    op: "spawn a thread for",
-                    path: "identity".into(),
-                    source,
-                })?;
-            rx.await.unwrap_or_else(|_| {
-                tracing::error!("identity file worker panicked");
-                Err(FilesError::Worker)
-            })
+                .spawn(move || job(become_identity(id)));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a thread for an identity request");
+            }
         }
     }
 }

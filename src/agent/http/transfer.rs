@@ -19,7 +19,7 @@ use super::extract::{FsIdentity, Params};
 use crate::agent::files::archive::{self, ChannelReader, ChannelWriter};
 use crate::agent::files::buffers::Pool;
 use crate::agent::files::download::{self, RangeError};
-use crate::agent::files::identity::run;
+use crate::agent::files::identity::{run, start};
 use crate::agent::files::upload::{self, Chunk, Target};
 use crate::agent::files::FilesError;
 use crate::agent::AppState;
@@ -39,6 +39,25 @@ fn channel_body(capacity: usize) -> (mpsc::Sender<io::Result<Bytes>>, Body) {
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     (tx, Body::from_stream(stream))
+}
+
+/// What produces a streamed body: called with a sender that returns false once the client has
+/// gone. Boxed so that one copy of the plumbing serves every kind of download.
+type Producer = Box<dyn FnOnce(&mut dyn FnMut(Bytes) -> bool) -> io::Result<()> + Send>;
+
+/// A body fed by `produce` on a blocking thread; a failure mid-way ends it with an error, so
+/// the client sees a broken transfer rather than a short file.
+fn body_from(produce: Producer) -> Body {
+    let (tx, body) = channel_body(4);
+    let _ = start(None, move || {
+        let send_tx = tx.clone();
+        let mut send = |b: Bytes| send_tx.blocking_send(Ok(b)).is_ok();
+        if let Err(e) = produce(&mut send) {
+            let _ = tx.blocking_send(Err(e));
+        }
+        Ok(())
+    });
+    body
 }
 
 fn header_value(s: &str) -> HeaderValue {
@@ -154,7 +173,7 @@ async fn write_part(
     let (tx, mut rx) = mpsc::channel::<Chunk>(IN_FLIGHT);
     // The writer owns the receiver: if this request is dropped, the channel closes without
     // `End` and the writer removes what it wrote.
-    let writer = tokio::spawn(run(id, move || upload::write(&target, &mut rx)));
+    let writer = start(id, move || upload::write(&target, &mut rx));
     // Content is copied into pooled batch buffers, so the multipart parser's own buffer is free
     // to be reused at once and no batch costs fresh pages; the writer's drop of a batch returns
     // its buffer to the pool.
@@ -197,7 +216,7 @@ async fn write_part(
         }
     }
     drop(tx);
-    let result = writer.await.unwrap_or(Err(FilesError::Worker));
+    let result = writer.wait().await;
     if let Some(e) = broken {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -240,16 +259,10 @@ pub(crate) async fn download_file(
         if offset == Some(0) || limit == Some(0) {
             return Err(ApiError::bad_request("offset and limit start at 1"));
         }
-        let (tx, body) = channel_body(4);
-        let (start, count) = (offset.unwrap_or(1), limit);
-        tokio::task::spawn_blocking(move || {
-            let send_tx = tx.clone();
-            if let Err(e) =
-                download::pump_lines(file.file, start, count, |b| send_tx.blocking_send(Ok(b)).is_ok())
-            {
-                let _ = tx.blocking_send(Err(e));
-            }
-        });
+        let (first, count) = (offset.unwrap_or(1), limit);
+        let body = body_from(Box::new(move |send| {
+            download::pump_lines(file.file, first, count, send)
+        }));
         let mut resp = Response::new(body);
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -306,13 +319,7 @@ pub(crate) async fn download_file(
         HeaderValue::from_static("application/octet-stream"),
     );
     common.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    let (tx, body) = channel_body(4);
-    tokio::task::spawn_blocking(move || {
-        let send_tx = tx.clone();
-        if let Err(e) = download::pump(&file.file, start, len, |b| send_tx.blocking_send(Ok(b)).is_ok()) {
-            let _ = tx.blocking_send(Err(e));
-        }
-    });
+    let body = body_from(Box::new(move |send| download::pump(&file.file, start, len, send)));
     Ok((status, common, body).into_response())
 }
 
@@ -347,16 +354,13 @@ pub(crate) async fn download_archive(
     let producer_dir = dir.clone();
     // The producer ends on its own: when the tar is complete or when the client goes away
     // (the channel closes and the next write fails).
-    tokio::spawn(async move {
-        let err_tx = tx.clone();
-        let result = run(id, move || {
-            archive::create(&producer_dir, ChannelWriter::new(tx), gzip)
-        })
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(dir = %dir.display(), error = %e, "archive stream failed");
-            let _ = err_tx.send(Err(io::Error::other(e.to_string()))).await;
+    let err_tx = tx.clone();
+    let _ = start(id, move || {
+        if let Err(e) = archive::create(&producer_dir, ChannelWriter::new(tx), gzip) {
+            tracing::warn!(dir = %producer_dir.display(), error = %e, "archive stream failed");
+            let _ = err_tx.blocking_send(Err(io::Error::other(e.to_string())));
         }
+        Ok(())
     });
     let (content_type, ext) = if gzip {
         ("application/gzip", "tar.gz")
@@ -387,7 +391,7 @@ pub(crate) async fn extract_archive(
 ) -> Result<Json<ArchiveExtractResult>, ApiError> {
     let dir = state.files.resolve(q.required("path")?)?;
     let (tx, rx) = mpsc::channel::<Chunk>(16);
-    let extractor = tokio::spawn(run(id, move || archive::extract(&dir, ChannelReader::new(rx))));
+    let extractor = start(id, move || archive::extract(&dir, ChannelReader::new(rx)));
     let mut stream = body.into_data_stream();
     let mut broken = None;
     loop {
@@ -408,7 +412,7 @@ pub(crate) async fn extract_archive(
         }
     }
     drop(tx);
-    let result = extractor.await.unwrap_or(Err(FilesError::Worker));
+    let result = extractor.wait().await;
     if let Some(e) = broken {
         return Err(ApiError::bad_request(format!("request body broke off: {e}")));
     }

@@ -63,9 +63,7 @@ pub(crate) async fn watch_files(
     })
     .await?;
     let watches = state.watches.clone();
-    let subscription = tokio::task::spawn_blocking(move || watches.subscribe(path, recursive, after))
-        .await
-        .map_err(|_| ApiError::runtime("watch setup failed"))??;
+    let subscription = run(None, move || Ok(watches.subscribe(path, recursive, after))).await??;
     // An initial comment flushes the headers, so clients know the watch is live.
     let opening =
         futures_util::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b": watching\n\n")) });
