@@ -237,6 +237,17 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // SIGTERM first, so the agent kills what it started (kernels run in their own process
+        // groups and would outlive a SIGKILLed agent); SIGKILL if it lingers.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
