@@ -14,6 +14,7 @@
 //! [`areas`].
 
 mod code;
+mod files;
 mod foundation;
 mod harness;
 
@@ -38,7 +39,11 @@ pub struct Section {
 
 /// Every area, in the order they run.
 fn areas() -> Vec<(&'static str, Vec<Section>)> {
-    vec![("foundation", foundation::sections()), ("code", code::sections())]
+    vec![
+        ("foundation", foundation::sections()),
+        ("code", code::sections()),
+        ("files", files::sections()),
+    ]
 }
 
 const USAGE: &str = "usage: bench [--agent PATH] [--quick] [--list] [FILTER...]";
