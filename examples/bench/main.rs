@@ -17,6 +17,7 @@ mod code;
 mod files;
 mod foundation;
 mod harness;
+mod terminal;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -43,6 +44,7 @@ fn areas() -> Vec<(&'static str, Vec<Section>)> {
         ("foundation", foundation::sections()),
         ("code", code::sections()),
         ("files", files::sections()),
+        ("terminal", terminal::sections()),
     ]
 }
 
