@@ -115,26 +115,14 @@ pub(crate) async fn run_code(
     Ok(sse_response(cursor))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct IdQuery {
-    id: Option<String>,
-}
-
 /// Interrupts the running cell of a context (it stays usable), or a command, or closes a session.
 #[utoipa::path(delete, path = "/code", params(("id" = String, Query, description = "context, command or session id")),
     responses((status = 200, description = "interrupted"), (status = 400, body = ErrorBody), (status = 500, body = ErrorBody)))]
 pub(crate) async fn interrupt_code(
     State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<IdQuery>,
+    ApiQuery(q): ApiQuery<super::IdQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let id =
-        q.id.filter(|s| !s.is_empty())
-            .ok_or_else(|| ApiError::missing_query("id"))?;
-    if state.interrupt(&id).await {
-        Ok(StatusCode::OK)
-    } else {
-        Err(ApiError::runtime(format!("no such session: {id}")))
-    }
+    super::interrupt_by_id(&state, q).await
 }
 
 /// What this sandbox can run, and by which backend.

@@ -48,26 +48,14 @@ pub(crate) async fn create_command(
     Ok(sse_response(cursor))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct IdQuery {
-    id: Option<String>,
-}
-
 /// Interrupts a command (SIGTERM to its group, SIGKILL after 3 s) or closes a bash session.
 #[utoipa::path(delete, path = "/command", params(("id" = String, Query, description = "command or session id")),
     responses((status = 200, description = "interrupted"), (status = 400, body = ErrorBody), (status = 500, description = "no such command or session", body = ErrorBody)))]
 pub(crate) async fn interrupt_command(
     State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<IdQuery>,
+    ApiQuery(q): ApiQuery<super::IdQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let id =
-        q.id.filter(|s| !s.is_empty())
-            .ok_or_else(|| ApiError::missing_query("id"))?;
-    if state.interrupt(&id).await {
-        Ok(StatusCode::OK)
-    } else {
-        Err(ApiError::runtime(format!("no such session: {id}")))
-    }
+    super::interrupt_by_id(&state, q).await
 }
 
 /// Status of a command, foreground or background.

@@ -108,6 +108,26 @@ fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// `?id=` of `DELETE /command` and `DELETE /code`.
+#[derive(serde::Deserialize)]
+pub(crate) struct IdQuery {
+    id: Option<String>,
+}
+
+/// What `DELETE /command` and `DELETE /code` share: interrupt whatever the id names (a
+/// context's cell, a command, or a session, which is closed); the contract answers an unknown
+/// id with a 500.
+pub(crate) async fn interrupt_by_id(state: &AppState, q: IdQuery) -> Result<StatusCode, ApiError> {
+    let id =
+        q.id.filter(|s| !s.is_empty())
+            .ok_or_else(|| ApiError::missing_query("id"))?;
+    if state.interrupt(&id).await {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::runtime(format!("no such session: {id}")))
+    }
+}
+
 /// A standard SSE response over a journal cursor; it ends right after the terminal event.
 pub(crate) fn sse_response(cursor: Cursor) -> Response {
     let mut resp = Response::new(Body::from_stream(cursor.into_stream()));
