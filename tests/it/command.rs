@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::util::{eventually, kinds, pids_matching, texts, Agent, Event, Opts};
+use crate::util::{eventually, kinds, marker, pids_matching, texts, Agent, Event, Opts};
 
 /// Starts a streaming command and returns its id (from `init`) plus a task collecting the rest.
 pub async fn open_stream(agent: &Agent, body: Value) -> (String, tokio::task::JoinHandle<Vec<Event>>) {
@@ -109,11 +109,12 @@ async fn exit_codes_and_signals() {
 
 #[tokio::test]
 async fn timeout_kills_the_whole_tree() {
+    let m = marker();
     let agent = Agent::start();
     let started = std::time::Instant::now();
     let events = agent
         .run(json!({
-            "command": "sleep 7771 & (sleep 7772 &); sh -c 'sleep 7773' & sleep 7774",
+            "command": format!("sleep 7771.{m} & (sleep 7772.{m} &); sh -c 'sleep 7773.{m}' & sleep 7774.{m}"),
             "timeout": 400
         }))
         .await;
@@ -122,15 +123,20 @@ async fn timeout_kills_the_whole_tree() {
     assert_eq!(err["evalue"], "-1");
     assert_eq!(err["traceback"][0], "signal: killed");
     eventually(5, "no sleeper survives the timeout", async || {
-        pids_matching("sleep 777").is_empty().then_some(())
+        pids_matching(&format!(".{m}")).is_empty().then_some(())
     })
     .await;
 }
 
 #[tokio::test]
 async fn interrupt_foreground_and_background() {
+    let m = marker();
     let agent = Agent::start();
-    let (id, rest) = open_stream(&agent, json!({"command": "echo started; sleep 9991"})).await;
+    let (id, rest) = open_stream(
+        &agent,
+        json!({"command": format!("echo started; sleep 9991.{m}")}),
+    )
+    .await;
     let resp = agent.delete(&format!("/command?id={id}")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let events = tokio::time::timeout(Duration::from_secs(5), rest)
@@ -140,15 +146,29 @@ async fn interrupt_foreground_and_background() {
     assert_eq!(events.last().unwrap().kind(), "error");
     assert_eq!(error_of(&events)["evalue"], "-1");
 
-    // A process that ignores SIGTERM is killed after the grace period.
+    // A shell that ignores SIGTERM survives it and is killed by the SIGKILL after the grace.
     let events = agent
-        .run(json!({"command": "trap '' TERM; sleep 9992", "background": true}))
+        .run(json!({"command": format!("trap '' TERM; while :; do sleep 0.0{m}; done"), "background": true}))
         .await;
     let id = events[0].text().to_owned();
+    // Only once the loop runs has the shell installed its trap.
+    eventually(5, "the loop to run", async || {
+        (!pids_matching(&format!("sleep 0.0{m}")).is_empty()).then_some(())
+    })
+    .await;
+    let asked = std::time::Instant::now();
     agent.delete(&format!("/command?id={id}")).send().await.unwrap();
     let s = wait_finished(&agent, &id).await;
+    assert!(
+        asked.elapsed() >= Duration::from_millis(2500),
+        "SIGKILL only after the grace period"
+    );
     assert_eq!(s["exit_code"], -1);
-    assert!(pids_matching("sleep 9992").is_empty());
+    assert_eq!(s["error"], "signal: killed");
+    eventually(5, "the loop's children gone", async || {
+        pids_matching(&format!("sleep 0.0{m}")).is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

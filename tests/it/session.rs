@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::util::{eventually, kinds, pids_matching, texts, Agent, Event, Opts};
+use crate::util::{eventually, kinds, marker, pids_matching, texts, Agent, Event, Opts};
 
 async fn create(agent: &Agent, body: Option<Value>) -> String {
     let mut req = agent.post("/session");
@@ -88,14 +88,20 @@ async fn stderr_is_merged_and_cwd_overrides() {
 
 #[tokio::test]
 async fn timeout_kills_the_run_and_the_session_recovers() {
+    let m = marker();
     let agent = Agent::start();
     let id = create(&agent, None).await;
-    let events = run(&agent, &id, json!({"command": "sleep 6661", "timeout": 300})).await;
+    let events = run(
+        &agent,
+        &id,
+        json!({"command": format!("sleep 6661.{m}"), "timeout": 300}),
+    )
+    .await;
     let err = &events.last().unwrap().data["error"];
     assert_eq!(err["evalue"], "-1");
     assert!(err["traceback"][0].as_str().unwrap().contains("timed out"));
     eventually(5, "sleeper killed", async || {
-        pids_matching("sleep 6661").is_empty().then_some(())
+        pids_matching(&format!("sleep 6661.{m}")).is_empty().then_some(())
     })
     .await;
     let events = run(&agent, &id, json!({"command": "echo fresh"})).await;
@@ -114,10 +120,16 @@ async fn runs_are_serialized_in_order() {
 
 #[tokio::test]
 async fn delete_kills_everything_the_session_started() {
+    let m = marker();
     let agent = Agent::start();
     let id = create(&agent, None).await;
-    run(&agent, &id, json!({"command": "sleep 5551 & sleep 5552 &"})).await;
-    assert_eq!(pids_matching("sleep 555").len(), 2);
+    run(
+        &agent,
+        &id,
+        json!({"command": format!("sleep 5551.{m} & sleep 5552.{m} &")}),
+    )
+    .await;
+    assert_eq!(pids_matching(&format!(".{m}")).len(), 2);
     assert_eq!(
         agent
             .delete(&format!("/session/{id}"))
@@ -128,7 +140,7 @@ async fn delete_kills_everything_the_session_started() {
         200
     );
     eventually(5, "session processes gone", async || {
-        pids_matching("sleep 555").is_empty().then_some(())
+        pids_matching(&format!(".{m}")).is_empty().then_some(())
     })
     .await;
     let again = agent.delete(&format!("/session/{id}")).send().await.unwrap();

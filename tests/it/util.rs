@@ -232,6 +232,16 @@ pub async fn eventually<T>(secs: u64, what: &str, mut f: impl AsyncFnMut() -> Op
     }
 }
 
+/// Digits unique to this test run, to tag the processes a test counts (e.g. `sleep 5551.<marker>`)
+/// so that other runs of the suite on the same machine cannot disturb the count.
+pub fn marker() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!("{}{:06}", std::process::id(), nanos % 1_000_000)
+}
+
 /// Pids of processes whose command line contains `needle`.
 pub fn pids_matching(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
