@@ -129,7 +129,11 @@ async fn delete_kills_everything_the_session_started() {
         json!({"command": format!("sleep 5551.{m} & sleep 5552.{m} &")}),
     )
     .await;
-    assert_eq!(pids_matching(&format!(".{m}")).len(), 2);
+    // `&` returns before the child has exec'd `sleep`; wait until both are visible as sleeps.
+    eventually(5, "both sleepers running", async || {
+        (pids_matching(&format!(".{m}")).len() == 2).then_some(())
+    })
+    .await;
     assert_eq!(
         agent
             .delete(&format!("/session/{id}"))
