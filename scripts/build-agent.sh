@@ -9,7 +9,7 @@ target=x86_64-unknown-linux-musl
 bin="target/$target/release/execd"
 budget=$((5 * 1000 * 1000))
 
-cargo build --release --locked -j"${CARGO_JOBS:-2}" --target "$target" --bin execd
+cargo build --release --locked -j"${CARGO_JOBS:-2}" --target "$target" --no-default-features --bin execd
 
 if ! file "$bin" | grep -q 'static'; then
   echo "build-agent: $bin is not statically linked: $(file "$bin")" >&2
@@ -20,7 +20,7 @@ if (( size > budget )); then
   echo "build-agent: $bin is $size bytes, over the $budget byte budget" >&2
   exit 1
 fi
-forbidden=$(cargo tree --locked --target "$target" -e normal --prefix none 2>/dev/null \
+forbidden=$(cargo tree --locked --target "$target" --no-default-features -e normal --prefix none 2>/dev/null \
   | grep -E '^(bollard|kube|rusqlite|libsqlite3-sys|rustls|ring|aws-lc-rs|openssl|native-tls) ' || true)
 if [ -n "$forbidden" ]; then
   echo "build-agent: the agent links forbidden crates:" >&2

@@ -8,5 +8,6 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
+#[cfg(feature = "orchestrator")]
 pub mod orchestrator;
 pub mod wire;
