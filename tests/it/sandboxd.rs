@@ -981,3 +981,47 @@ async fn a_terminal_websocket_runs_through_the_server_proxy() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_isolation_extension_makes_isolated_sessions_available() {
+    if !docker_available() {
+        return;
+    }
+    let image = image("busybox");
+    let d = Sandboxd::start();
+    let mut body = sandbox_body(image, &["sleep", "100000"]);
+    body["extensions"] = json!({"bootstrap.execd.isolation": "enable"});
+    let isolated = d.create(body).await["id"].as_str().unwrap().to_owned();
+    let plain = d.create(sandbox_body(image, &["sleep", "100000"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client = reqwest::Client::new();
+    let caps = async |id: &str| -> Value {
+        let (base, token) = d.endpoint(id, 44772, false).await;
+        let resp = client
+            .get(format!("{base}/v1/isolated/capabilities"))
+            .header(TOKEN_HEADER, &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    };
+    let with = caps(&isolated).await;
+    assert_eq!(with["available"], true, "{with}");
+    assert_eq!(with["userns_available"], true, "{with}");
+    assert_eq!(with["hardening"]["namespaces"]["state"], "active", "{with}");
+    // Never privileged: the extension only swaps the seccomp profile and unmasks /proc.
+    let inspect: Value = serde_json::from_str(&docker(&["inspect", &format!("sandbox-{isolated}")])).unwrap();
+    assert_eq!(inspect[0]["HostConfig"]["Privileged"], false);
+    assert!(
+        inspect[0]["HostConfig"]["CapAdd"].is_null(),
+        "{}",
+        inspect[0]["HostConfig"]["CapAdd"]
+    );
+    // Without it, Docker's default profile denies user namespaces and execd says so.
+    let without = caps(&plain).await;
+    assert_eq!(without["userns_available"], false, "{without}");
+    assert_ne!(without["hardening"]["namespaces"]["state"], "active", "{without}");
+}
