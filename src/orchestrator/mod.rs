@@ -13,6 +13,7 @@ pub mod config;
 pub mod docker;
 pub mod error;
 pub mod http;
+pub mod openapi;
 pub mod sandboxes;
 pub mod store;
 pub mod validate;
