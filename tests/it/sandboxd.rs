@@ -717,20 +717,25 @@ async fn a_container_killed_behind_sandboxds_back_shows_failed() {
         .as_str()
         .unwrap()
         .to_owned();
-    let finished = d.create(sandbox_body(image, &["sleep", "1"])).await["id"]
+    // Long enough to outlive a create on a loaded machine, short enough to end soon after.
+    let finished = d.create(sandbox_body(image, &["sleep", "4"])).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
     docker(&["kill", &format!("sandbox-{killed}")]);
-    let (status, info) = d.info(&killed).await;
-    assert_eq!(status, 200);
+    let info = eventually(10, "the killed sandbox to stop running", async || {
+        let (status, info) = d.info(&killed).await;
+        assert_eq!(status, 200);
+        (info["status"]["state"] != "Running").then_some(info)
+    })
+    .await;
     assert_eq!(info["status"]["state"], "Failed", "{info}");
     assert!(
         info["status"]["message"].as_str().unwrap().contains("137"),
         "{info}"
     );
     // An entrypoint that ends with 0 ends the sandbox cleanly (execd as init exits with it).
-    let state = eventually(10, "the sandbox to finish", async || {
+    let state = eventually(20, "the sandbox to finish", async || {
         let state = d.state(&finished).await;
         (state != "Running").then_some(state)
     })
