@@ -21,7 +21,13 @@ python_packages=(python3 python3-ipykernel bash coreutils procps)
 path_env='PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 tmpdirs=()
-trap 'for d in "${tmpdirs[@]}"; do rm -rf "$d"; done' EXIT
+mounts=()
+cleanup() {
+  local m d
+  for m in "${mounts[@]}"; do mountpoint -q "$m" && umount "$m"; done
+  for d in "${tmpdirs[@]}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
 
 have_image() {
   [ "${EXECD_TEST_IMAGE_REBUILD:-0}" != 1 ] && docker image inspect "$1" >/dev/null 2>&1
@@ -75,15 +81,31 @@ build_python() {
     command -v debootstrap >/dev/null || die "debootstrap is not installed (scripts/setup.sh installs it)"
     [ "$(id -u)" = 0 ] || die "debootstrap needs root"
     mkdir -p "$cache"
+    local old # a failed earlier attempt, kept for inspection until now
+    for old in "$cache"/rootfs.*; do
+      [ -d "$old" ] || continue
+      mountpoint -q "$old/proc" && umount "$old/proc"
+      rm -rf "$old"
+    done
     root=$(mktemp -d "$cache/rootfs.XXXXXX")
-    tmpdirs+=("$root")
-    log "debootstrap $suite from $mirror (a few minutes; cached afterwards)"
-    local inc
-    inc=$(IFS=,; echo "${python_packages[*]}")
-    if ! debootstrap --variant=minbase --include="$inc" "$suite" "$root" "$mirror" >"$cache/debootstrap.log" 2>&1; then
+    log "debootstrap $suite from $mirror, then apt-get install ${python_packages[*]} (a few minutes; cached afterwards)"
+    if ! debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$cache/debootstrap.log" 2>&1; then
       tail -20 "$cache/debootstrap.log" >&2
-      die "debootstrap failed (log: $cache/debootstrap.log)"
+      die "debootstrap failed (log: $cache/debootstrap.log, tree: $root)"
     fi
+    # apt resolves the dependencies that debootstrap's --include orders badly (python3-zmq).
+    mount -t proc proc "$root/proc"
+    mounts+=("$root/proc")
+    local rc=0
+    chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive sh -c \
+      "apt-get update -qq && apt-get install -y -qq --no-install-recommends ${python_packages[*]} && apt-get clean" \
+      >>"$cache/debootstrap.log" 2>&1 || rc=$?
+    umount "$root/proc"
+    if ((rc)); then
+      tail -20 "$cache/debootstrap.log" >&2
+      die "apt-get install in the new tree failed (log: $cache/debootstrap.log, tree: $root)"
+    fi
+    tmpdirs+=("$root")
     # Keep it small: no package lists, no downloaded archives, no docs or man pages.
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
       "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/var/log/*.log \
