@@ -17,6 +17,7 @@ die() { printf 'build-test-image: %s\n' "$*" >&2; exit 1; }
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/execd-test"
 mirror="${EXECD_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 suite=bookworm
+recipe=2 # bump when the tree's recipe changes, so the cached tarball is rebuilt
 python_packages=(python3 python3-ipykernel bash coreutils procps)
 path_env='PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
@@ -75,7 +76,7 @@ build_python() {
   local tag=execd-test/python:bookworm start key tarball root
   if have_image "$tag"; then log "$tag exists"; return; fi
   start=$(date +%s)
-  key=$(printf '%s\n' "$suite" "$mirror" "${python_packages[@]}" | sha256sum | cut -c1-12)
+  key=$(printf '%s\n' "$recipe" "$suite" "$mirror" "${python_packages[@]}" | sha256sum | cut -c1-12)
   tarball="$cache/python-$suite-$key.tar"
   if [ ! -s "$tarball" ]; then
     command -v debootstrap >/dev/null || die "debootstrap is not installed (scripts/setup.sh installs it)"
@@ -108,14 +109,17 @@ build_python() {
     tmpdirs+=("$root")
     # Keep it small: no package lists, no downloaded archives, no docs or man pages.
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
-      "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/var/log/*.log \
+      "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/* "$root"/var/log/*.log \
       "$root"/debootstrap
     tar -C "$root" --numeric-owner -cf "$tarball.tmp" \
       --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' --exclude='./run/*' --exclude='./tmp/*' .
     mv "$tarball.tmp" "$tarball"
+    find "$cache" -maxdepth 1 -name "python-*.tar" ! -path "$tarball" -delete # older recipes
   else
     log "using cached $tarball"
   fi
+  local old_id
+  old_id=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
   docker import \
     --change "ENV $path_env" \
     --change 'ENV LANG=C.UTF-8' \
@@ -123,6 +127,10 @@ build_python() {
     --change 'CMD ["sleep", "infinity"]' \
     "$tarball" "$tag" >/dev/null
   docker run --rm "$tag" python3 -c 'import ipykernel' || die "$tag: python3 cannot import ipykernel"
+  # A forced rebuild leaves the previous image untagged: remove it (unless a container uses it).
+  if [ -n "$old_id" ] && [ "$old_id" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
+    docker rmi "$old_id" >/dev/null 2>&1 || true
+  fi
   report "$tag" "$start"
 }
 
