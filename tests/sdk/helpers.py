@@ -6,16 +6,17 @@ import time
 
 
 def out(execution) -> str:
-    """All stdout text of an Execution, in order."""
-    return "".join(m.text for m in execution.logs.stdout)
+    """An Execution's stdout lines joined by newlines (execd sends one event per line, without
+    its line terminator, as upstream does)."""
+    return "\n".join(m.text for m in execution.logs.stdout)
 
 
 def err(execution) -> str:
-    return "".join(m.text for m in execution.logs.stderr)
+    return "\n".join(m.text for m in execution.logs.stderr)
 
 
 def sh(sandbox, command: str) -> str:
-    """Runs a command that must succeed and returns its stdout."""
+    """Runs a command that must succeed and returns its stdout lines joined by newlines."""
     ex = sandbox.commands.run(command)
     assert ex.error is None, f"{command!r} failed: {ex.error} (stderr {err(ex)!r})"
     return out(ex)

@@ -9,7 +9,12 @@ import time
 from code_interpreter import CodeInterpreterSync, SupportedLanguage
 from opensandbox.models.execd_sync import ExecutionHandlersSync
 
-from helpers import out
+
+
+def out(execution) -> str:
+    """Code output is Jupyter's stream text, passed through as is (newlines included), unlike
+    commands, whose output comes one line per event."""
+    return "".join(m.text for m in execution.logs.stdout)
 
 
 def interpreter(sandbox) -> CodeInterpreterSync:

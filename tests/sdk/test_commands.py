@@ -17,12 +17,12 @@ def test_foreground_output_and_exit_code(shared):
     ex = shared.commands.run("echo out-line; echo err-line >&2; echo second")
     assert ex.error is None
     assert ex.exit_code == 0
-    assert out(ex) == "out-line\nsecond\n"
-    assert err(ex) == "err-line\n"
+    assert out(ex) == "out-line\nsecond"
+    assert err(ex) == "err-line"
     assert ex.id, "the init event carries the execution id"
 
     failed = shared.commands.run("echo before; exit 3")
-    assert out(failed) == "before\n"
+    assert out(failed) == "before"
     assert failed.error is not None
     assert failed.error.value == "3"
     assert failed.exit_code == 3
@@ -33,7 +33,7 @@ def test_streaming_handlers_see_every_line_in_order(shared):
     handlers = ExecutionHandlersSync(on_stdout=lambda m: seen.append(m.text))
     ex = shared.commands.run("for i in 1 2 3 4 5; do echo line-$i; done", handlers=handlers)
     assert ex.error is None
-    assert "".join(seen) == "".join(f"line-{i}\n" for i in range(1, 6))
+    assert seen == [f"line-{i}" for i in range(1, 6)]
 
 
 def test_envs_and_working_directory(shared):
@@ -42,14 +42,14 @@ def test_envs_and_working_directory(shared):
         opts=RunCommandOpts(envs={"FOO": "foo value", "BAR": "b=2"}, working_directory="/tmp"),
     )
     assert ex.error is None
-    assert out(ex) == "foo value|b=2|from-create\n/tmp\n"
+    assert out(ex) == "foo value|b=2|from-create\n/tmp"
 
 
 def test_command_timeout_kills_it(shared):
     start = time.monotonic()
     ex = shared.commands.run("echo begin; sleep 30; echo never", opts=RunCommandOpts(timeout=timedelta(seconds=2)))
     elapsed = time.monotonic() - start
-    assert out(ex) == "begin\n"
+    assert out(ex) == "begin"
     assert elapsed < 20, elapsed
     assert ex.error is not None or (ex.exit_code not in (None, 0)), (ex.error, ex.exit_code)
 
@@ -69,7 +69,7 @@ def test_background_status_and_logs(shared):
     assert status.finished_at is not None
 
     logs = shared.commands.get_background_command_logs(ex.id)
-    assert "started\n" in logs.content and "finished\n" in logs.content, logs.content
+    assert "started" in logs.content and "finished" in logs.content, logs.content
     assert logs.content.index("started") < logs.content.index("finished")
     # Reading again from the returned cursor yields nothing new.
     if logs.cursor is not None:
@@ -114,7 +114,7 @@ def test_interrupt_foreground_stream(shared):
     assert not t.is_alive(), "the foreground stream did not end after interrupt"
     assert time.monotonic() - start < 30
     ex = result["ex"]
-    assert out(ex) == "waiting\n"
+    assert out(ex) == "waiting"
     assert ex.exit_code != 0
 
 
@@ -123,15 +123,15 @@ def test_bash_session_keeps_state(shared):
     try:
         first = shared.commands.run_in_session(sid, "pwd; export KEPT=kept-value; cd /etc; X=5")
         assert first.error is None
-        assert out(first) == "/tmp\n"
+        assert out(first) == "/tmp"
         second = shared.commands.run_in_session(sid, 'echo "$KEPT $X"; pwd')
-        assert out(second) == "kept-value 5\n/etc\n"
+        assert out(second) == "kept-value 5\n/etc"
         failing = shared.commands.run_in_session(sid, "false")
         assert failing.error is not None and failing.error.value == "1"
         # The session survives a failing run.
-        assert out(shared.commands.run_in_session(sid, "echo $X")) == "5\n"
+        assert out(shared.commands.run_in_session(sid, "echo $X")) == "5"
         elsewhere = shared.commands.run_in_session(sid, "pwd", working_directory="/usr")
-        assert out(elsewhere) == "/usr\n"
+        assert out(elsewhere) == "/usr"
     finally:
         shared.commands.delete_session(sid)
     with pytest.raises(Exception):

@@ -32,14 +32,14 @@ def test_create_reports_image_metadata_entrypoint_and_expiry(sandboxes, config, 
     assert info.expires_at is not None
     assert close_to(info.expires_at, before + timedelta(minutes=7), 60), info.expires_at
     # The create's env reaches commands, and execd really runs inside that image.
-    assert sh(sb, "echo $GREETING") == "hello from create\n"
-    assert sh(sb, ". /etc/os-release && echo $VERSION_CODENAME") == "bookworm\n"
+    assert sh(sb, "echo $GREETING") == "hello from create"
+    assert sh(sb, ". /etc/os-release && echo $VERSION_CODENAME") == "bookworm"
 
 
 def test_entrypoint_runs_in_the_sandbox(sandboxes, config):
     sb = sandboxes.create(config, entrypoint=["sh", "-c", "echo started > /tmp/entrypoint-ran; exec sleep infinity"])
     assert sb.get_info().entrypoint == ["sh", "-c", "echo started > /tmp/entrypoint-ran; exec sleep infinity"]
-    assert sh(sb, "cat /tmp/entrypoint-ran") == "started\n"
+    assert sh(sb, "cat /tmp/entrypoint-ran") == "started"
     # The user entrypoint is alive next to execd.
     assert "sleep infinity" in sh(sb, "ps -eo args")
 
@@ -69,7 +69,7 @@ def test_connect_reaches_the_same_sandbox(sandboxes, config, sandboxd, mode):
     again = SandboxSync.connect(sb.id, connection_config=make_config(sandboxd, mode))
     try:
         assert again.id == sb.id
-        assert sh(again, "cat /tmp/connect-marker") == "marker-42\n"
+        assert sh(again, "cat /tmp/connect-marker") == "marker-42"
         assert again.get_info().id == sb.id
     finally:
         again.close()
@@ -121,7 +121,7 @@ def test_list_filters_by_state_and_metadata(sandboxes, config, sandboxd):
 
 def test_kill_removes_the_sandbox(sandboxes, config, sandboxd):
     sb = sandboxes.create(config, metadata={"role": "kill"})
-    assert sh(sb, "echo alive") == "alive\n"
+    assert sh(sb, "echo alive") == "alive"
     sb.kill()
     try:
         state = sb.get_info().status.state
@@ -178,7 +178,7 @@ def test_busybox_image_without_libc(sandboxes, config):
     ex = sb.commands.run("echo hi from busybox; ls /lib /lib64 /usr/lib 2>&1; exit 0")
     assert ex.error is None
     text = out(ex)
-    assert text.startswith("hi from busybox\n")
+    assert text.startswith("hi from busybox\n"), text
     # No loader or libc in that image: the listing fails for each directory.
     assert text.count("No such file or directory") == 3, text
     sb.files.write_file("/tmp/busybox.txt", "written through execd")

@@ -16,7 +16,7 @@ def test_argv_command_is_not_shell_expanded(shared):
 
 def test_set_env_reaches_later_commands(shared):
     shared.commands.set_env("SDK_SET_ENV", "set via set_env")
-    assert sh(shared, "echo $SDK_SET_ENV") == "set via set_env\n"
+    assert sh(shared, "echo $SDK_SET_ENV") == "set via set_env"
 
 
 def test_list_directory(shared):
