@@ -29,7 +29,7 @@ for v in 010 111; do
   out=target/sdk-tests/pytest-sdk$v.log
   "$pytest" -p no:cacheprovider -q -rfEsxX tests/sdk "$@" 2>&1 | tee "$out"
   status=${PIPESTATUS[0]}
-  summary=$(grep -E '^=+ .*(passed|failed|error|skipped|no tests ran).* =+$' "$out" | tail -1)
+  summary=$(grep -E '(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s' "$out" | tail -1)
   summaries+=("opensandbox $sdk: ${summary:-no summary (pytest exit $status)}")
   if ((status)); then
     rc=1
