@@ -6,6 +6,8 @@
 
 pub mod code;
 pub mod files;
+pub mod lifecycle;
+pub mod time;
 
 use std::collections::BTreeMap;
 
