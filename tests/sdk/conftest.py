@@ -66,10 +66,10 @@ class Sandboxd:
     run_id: str  # metadata value that marks this run's sandboxes
     log: Path
 
-    def request(self, method: str, path: str, body=None, key: str | None = None):
+    def request(self, method: str, path: str, body=None, key: str | None = None, headers=None):
         """A raw lifecycle request (status, headers, parsed JSON or None)."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
         req.add_header("OPEN-SANDBOX-API-KEY", self.api_key if key is None else key)
         if data is not None:
             req.add_header("Content-Type", "application/json")

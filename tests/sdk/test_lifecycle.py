@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import pytest
 from opensandbox import SandboxManagerSync, SandboxSync
 from opensandbox.exceptions import SandboxApiException, SandboxException
+from opensandbox.models.execd import RunCommandOpts
 from opensandbox.models.sandboxes import SandboxFilter
 
 from conftest import BUSYBOX_IMAGE, PYTHON_IMAGE, make_config
-from helpers import out, sh
+from helpers import out, sh, wait_for
 
 
 def close_to(a: datetime, b: datetime, seconds: float) -> bool:
@@ -183,3 +185,106 @@ def test_busybox_image_without_libc(sandboxes, config):
     assert text.count("No such file or directory") == 3, text
     sb.files.write_file("/tmp/busybox.txt", "written through execd")
     assert sh(sb, "cat /tmp/busybox.txt") == "written through execd"
+
+
+def test_renew_to_the_near_future_expires_the_sandbox(sandboxes, config, sandboxd):
+    """Expiry, without waiting out the 60 s minimum timeout: renew to now + 4 s."""
+    sb = sandboxes.create(config, metadata={"role": "expiry"})
+    now = datetime.now(timezone.utc)
+    renewed = sb.renew(timedelta(seconds=4))
+    assert close_to(renewed.expires_at, now + timedelta(seconds=4), 5), renewed.expires_at
+
+    def gone():
+        status, _, body = sandboxd.request("GET", f"/v1/sandboxes/{sb.id}")
+        return status == 404 or (status == 200 and body["status"]["state"] == "Terminated")
+
+    wait_for(gone, timeout=40, interval=0.5, what="the renewed-short sandbox to expire")
+    with pytest.raises(SandboxException):
+        sb.commands.run("echo still here")
+
+
+def test_pause_and_resume_keep_the_sandbox(sandboxes, config, sandboxd, mode):
+    sb = sandboxes.create(config)
+    sh(sb, "echo kept > /tmp/pause-marker")
+    bg = sb.commands.run("for i in $(seq 1 600); do echo tick-$i >> /tmp/ticks; sleep 0.1; done",
+                         opts=RunCommandOpts(background=True))
+    wait_for(lambda: "tick-3" in sh(sb, "cat /tmp/ticks 2>/dev/null || true"), what="ticks")
+    sb.pause()
+    assert wait_for(lambda: sb.get_info().status.state == "Paused", what="state Paused")
+    resumed = SandboxSync.resume(sb.id, connection_config=make_config(sandboxd, mode))
+    try:
+        assert resumed.get_info().status.state == "Running"
+        assert sh(resumed, "cat /tmp/pause-marker") == "kept"
+        # The background process survived the pause and goes on.
+        n1 = len(sh(resumed, "cat /tmp/ticks").split("\n"))
+        wait_for(lambda: len(sh(resumed, "cat /tmp/ticks").split("\n")) > n1 + 3, what="ticks after resume")
+        assert resumed.commands.get_command_status(bg.id).running is True
+    finally:
+        resumed.close()
+
+
+def test_patch_metadata(sandboxes, config, sandboxd):
+    sb = sandboxes.create(config, metadata={"role": "patch", "drop": "me"})
+    info = sb.patch_metadata({"added": "yes", "drop": None, "role": "patched"})
+    assert info.metadata == {"sdk-run": sandboxd.run_id, "added": "yes", "role": "patched"}
+    assert sb.get_info().metadata == info.metadata
+    manager = SandboxManagerSync.create(connection_config=config)
+    try:
+        found = manager.list_sandbox_infos(SandboxFilter(metadata={"sdk-run": sandboxd.run_id, "role": "patched"}))
+        assert [s.id for s in found.sandbox_infos] == [sb.id]
+    finally:
+        manager.close()
+
+
+def test_user_port_endpoint_reaches_a_server_in_the_sandbox(sandboxes, config, sandboxd, mode):
+    """`get_endpoint(port)` for a user's own server; through the server proxy the API key the
+    client sends must not reach the sandbox."""
+    sb = sandboxes.create(config)
+    sb.files.write_file("/tmp/echo_server.py", ECHO_SERVER)
+    sb.commands.run("python3 /tmp/echo_server.py 8000", opts=RunCommandOpts(background=True))
+    wait_for(lambda: sb.commands.run("bash -c 'exec 3<>/dev/tcp/127.0.0.1/8000'").error is None,
+             what="the echo server to listen")
+    ep = sb.get_endpoint(8000)
+    assert "://" not in ep.endpoint and not ep.endpoint.endswith("/"), ep.endpoint
+    headers = {**(ep.headers or {}), "X-Probe": "probe-value"}
+    if mode == "proxy":
+        headers["OPEN-SANDBOX-API-KEY"] = sandboxd.api_key
+    r = httpx.get(f"http://{ep.endpoint}/some/path?q=1", headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    echoed = r.json()
+    assert echoed["path"] == "/some/path?q=1"
+    seen = {k.lower(): v for k, v in echoed["headers"].items()}
+    assert seen["x-probe"] == "probe-value"
+    assert "open-sandbox-api-key" not in seen, seen
+
+
+def test_diagnostic_logs_show_the_entrypoint_output(sandboxes, config):
+    sb = sandboxes.create(config, entrypoint=["sh", "-c", "echo diag-from-entrypoint; exec sleep infinity"])
+    logs = wait_for(lambda: (c := sb.get_diagnostic_logs("container")) and "diag-from-entrypoint" in (c.content or "") and c,
+                    what="the entrypoint's output in the container logs")
+    assert logs.sandbox_id == sb.id
+    assert logs.kind == "logs"
+    assert logs.delivery == "inline"
+
+
+def test_request_id_is_echoed_when_sent(sandboxd):
+    status, headers, _ = sandboxd.request("GET", "/v1/sandboxes/no-such-sandbox", headers={"X-Request-ID": "sdk-suite-req-1"})
+    assert status == 404
+    assert {k.lower(): v for k, v in headers.items()}.get("x-request-id") == "sdk-suite-req-1"
+
+
+ECHO_SERVER = '''
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"path": self.path, "headers": dict(self.headers)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+HTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+'''
