@@ -256,6 +256,8 @@ def test_user_port_endpoint_reaches_a_server_in_the_sandbox(sandboxes, config, s
     seen = {k.lower(): v for k, v in echoed["headers"].items()}
     assert seen["x-probe"] == "probe-value"
     assert "open-sandbox-api-key" not in seen, seen
+    # Nor does execd's access token, which the endpoint's headers carry.
+    assert "x-execd-access-token" not in seen, seen
 
 
 def test_diagnostic_logs_show_the_entrypoint_output(sandboxes, config):
