@@ -106,53 +106,78 @@ def _preconditions():
         unavailable(f"{AGENT} is missing (scripts/build-agent.sh)")
 
 
+class Server:
+    """A running sandboxd process (stop() and start() again on the same port and data dir)."""
+
+    def __init__(self, data_dir: Path, log: Path, port: int, api_key: str, run_id: str):
+        self.data_dir, self.log, self.port = data_dir, log, port
+        self.d = Sandboxd(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", api_key, run_id, log)
+        self.proc = None
+        self.logf = None
+
+    def start(self):
+        self.logf = open(self.log, "ab")
+        cmd = [
+            str(SANDBOXD), "serve",
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--api-key", self.d.api_key,
+            "--agent", str(AGENT),
+            "--data-dir", str(self.data_dir),
+            "--public-host", "127.0.0.1",
+        ]
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")}
+        self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                self.logf.close()
+                pytest.fail(f"sandboxd exited with {self.proc.returncode} before /health answered:\n{self.d.log_tail()}", pytrace=False)
+            try:
+                with urllib.request.urlopen(self.d.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self.d
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"sandboxd did not answer GET /health within 30 s:\n{self.d.log_tail()}", pytrace=False)
+            time.sleep(0.1)
+
+    def stop(self) -> int | None:
+        """SIGTERM (then SIGKILL after 20 s); returns the exit status."""
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.logf.close()
+        rc, self.proc = self.proc.returncode, None
+        return rc
+
+
+def new_server(name: str, run_id: str | None = None) -> Server:
+    _preconditions()
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = LOG_DIR / f"{name}-sdk{SDK_VERSION[0]}{SDK_VERSION[1]}{SDK_VERSION[2]}.log"
+    log.write_bytes(b"")
+    data_dir = Path(tempfile.mkdtemp(prefix="sdk-sandboxd-"))
+    return Server(data_dir, log, free_port(), secrets.token_hex(16), run_id or uuid.uuid4().hex[:12])
+
+
 @pytest.fixture(scope="session")
 def sandboxd():
-    _preconditions()
-    port = free_port()
-    api_key = secrets.token_hex(16)
-    data_dir = Path(tempfile.mkdtemp(prefix="sdk-sandboxd-"))
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log = LOG_DIR / f"sandboxd-sdk{SDK_VERSION[0]}{SDK_VERSION[1]}{SDK_VERSION[2]}.log"
-    logf = open(log, "wb")
-    cmd = [
-        str(SANDBOXD), "serve",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--api-key", api_key,
-        "--agent", str(AGENT),
-        "--data-dir", str(data_dir),
-        "--public-host", "127.0.0.1",
-    ]
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")})
-    d = Sandboxd(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", api_key, uuid.uuid4().hex[:12], log)
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            logf.close()
-            pytest.fail(f"sandboxd exited with {proc.returncode} before /health answered:\n{d.log_tail()}", pytrace=False)
-        try:
-            with urllib.request.urlopen(d.url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"sandboxd did not answer GET /health within 30 s:\n{d.log_tail()}", pytrace=False)
-        time.sleep(0.1)
+    server = new_server("sandboxd")
+    d = server.start()
     try:
         yield d
     finally:
         _delete_leftovers(d)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        logf.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 def _delete_leftovers(d: Sandboxd):
