@@ -2,6 +2,11 @@
 //! negotiated so that old engines such as 20.10 / API 1.41 work), and the injection of the
 //! static execd into any image.
 //!
+//! Injection: the agent is copied (put_archive) once per sandboxd process into a named volume
+//! whose name carries the binary's hash, and every sandbox mounts that volume read-only at
+//! `/opt/opensandbox`. The image needs nothing (no shell, no libc), a sandbox cannot alter its
+//! own agent, and a create costs no 4 MB copy (about 55 ms on fuse-overlayfs).
+//!
 //! Knows containers, not sandboxes: the service (`sandboxes.rs`) decides what to create and how
 //! Docker's states map onto the contract's. Async.
 
@@ -11,13 +16,14 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
+use sha2::Digest as _;
 
 /// Where execd lands inside every sandbox.
 pub const AGENT_DIR: &str = "/opt/opensandbox";
@@ -34,6 +40,8 @@ pub const LABEL_EXPIRES: &str = "opensandbox.io/expires-at";
 pub const LABEL_MANUAL: &str = "opensandbox.io/manual-cleanup";
 /// Label: which sandboxd state file owns the container.
 pub const LABEL_INSTANCE: &str = "io.execd.sandboxd.instance";
+/// Label of the agent volumes.
+pub const LABEL_AGENT: &str = "io.execd.sandboxd.agent";
 
 /// A failure talking to the engine.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +120,12 @@ pub struct Live {
 /// The engine connection plus the agent, ready to upload.
 pub struct Docker {
     api: bollard::Docker,
-    /// A tar of `opt/opensandbox/execd`, made once at start.
+    /// A tar holding `execd`, made once at start.
     agent_tar: Bytes,
+    /// `sandboxd-execd-<hash>`: the volume every sandbox mounts at [`AGENT_DIR`].
+    agent_volume: String,
+    /// Set once this process has filled the volume.
+    agent_ready: tokio::sync::OnceCell<()>,
 }
 
 impl Docker {
@@ -136,10 +148,87 @@ impl Docker {
             .negotiate_version()
             .await
             .context("cannot reach the Docker engine")?;
+        let hash = hex::encode(&sha2::Sha256::digest(&binary)[..8]);
         Ok(Self {
             api,
             agent_tar: agent_tar(&binary)?,
+            agent_volume: format!("sandboxd-execd-{hash}"),
+            agent_ready: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Makes sure the agent volume holds this process's execd: the first call creates the
+    /// volume and copies the binary in through a container of `image` that is never started
+    /// (any image will do, so that injection never depends on what is in it); later calls
+    /// return at once.
+    pub async fn ensure_agent(&self, image: &str) -> Result<(), DockerError> {
+        self.agent_ready
+            .get_or_try_init(|| async {
+                let create = bollard::models::VolumeCreateRequest {
+                    name: Some(self.agent_volume.clone()),
+                    labels: Some(HashMap::from([(LABEL_AGENT.to_owned(), "true".to_owned())])),
+                    ..Default::default()
+                };
+                self.api.create_volume(create).await?;
+                let body = ContainerCreateBody {
+                    image: Some(image.to_owned()),
+                    entrypoint: Some(vec![format!("{AGENT_DIR}/execd")]),
+                    labels: Some(HashMap::from([(LABEL_AGENT.to_owned(), "filler".to_owned())])),
+                    host_config: Some(HostConfig {
+                        mounts: Some(vec![self.agent_mount(false)]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let filler = self.api.create_container(None, body).await?.id;
+                let options = UploadToContainerOptionsBuilder::default().path(AGENT_DIR).build();
+                let copied = self
+                    .api
+                    .upload_to_container(&filler, Some(options), bollard::body_full(self.agent_tar.clone()))
+                    .await;
+                let removed = self.remove(&filler).await;
+                copied?;
+                removed?;
+                tracing::info!(volume = %self.agent_volume, "agent volume filled");
+                Ok::<(), DockerError>(())
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Removes agent volumes of other execd builds that no container uses any more.
+    pub async fn prune_agent_volumes(&self) {
+        let filters = HashMap::from([("label".to_owned(), vec![LABEL_AGENT.to_owned()])]);
+        let options = bollard::query_parameters::ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let Ok(list) = self.api.list_volumes(Some(options)).await else {
+            return;
+        };
+        for volume in list.volumes.unwrap_or_default() {
+            if volume.name != self.agent_volume {
+                // Fails (and stays) while a sandbox still mounts it.
+                let none: Option<bollard::query_parameters::RemoveVolumeOptions> = None;
+                if self.api.remove_volume(&volume.name, none).await.is_ok() {
+                    tracing::info!(volume = %volume.name, "removed an old agent volume");
+                }
+            }
+        }
+    }
+
+    /// The agent volume mounted at [`AGENT_DIR`] (nothing from the image is copied into it).
+    fn agent_mount(&self, read_only: bool) -> Mount {
+        Mount {
+            target: Some(AGENT_DIR.to_owned()),
+            source: Some(self.agent_volume.clone()),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(read_only),
+            volume_options: Some(MountVolumeOptions {
+                no_copy: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     /// The negotiated API version, e.g. `1.41`.
@@ -177,7 +266,8 @@ impl Docker {
         Ok(())
     }
 
-    /// Creates (does not start) the container with execd as its init and returns its id.
+    /// Creates (does not start) the container with execd as its init and returns its id. Call
+    /// [`ensure_agent`](Self::ensure_agent) first.
     pub async fn create(&self, spec: ContainerSpec) -> Result<String, DockerError> {
         let execd = format!("{AGENT_DIR}/execd");
         let mut entrypoint = vec![execd, "init".to_owned(), "--".to_owned()];
@@ -210,6 +300,7 @@ impl Docker {
             masked_paths,
             readonly_paths,
             binds: (!spec.binds.is_empty()).then_some(spec.binds),
+            mounts: Some(vec![self.agent_mount(true)]),
             network_mode: Some(spec.network),
             ..Default::default()
         };
@@ -225,16 +316,6 @@ impl Docker {
         };
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         Ok(self.api.create_container(Some(options), body).await?.id)
-    }
-
-    /// Copies execd into the (created, not yet started) container.
-    pub async fn inject(&self, container: &str) -> Result<(), DockerError> {
-        let options = UploadToContainerOptionsBuilder::default().path("/").build();
-        let body = bollard::body_full(self.agent_tar.clone());
-        Ok(self
-            .api
-            .upload_to_container(container, Some(options), body)
-            .await?)
     }
 
     /// Starts a created container.
@@ -365,26 +446,14 @@ fn exit_code_of_status(status: &str) -> Option<i64> {
     rest[..rest.find(')')?].parse().ok()
 }
 
-/// A tar holding `opt/opensandbox/execd` (mode 0755) and its directories.
+/// A tar holding `execd` (mode 0755).
 fn agent_tar(binary: &[u8]) -> anyhow::Result<Bytes> {
     let mut tar = tar::Builder::new(Vec::with_capacity(binary.len() + 4096));
-    let dir = |path: &str| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        h.set_path(path).map(|()| h)
-    };
-    for path in ["opt/", "opt/opensandbox/"] {
-        let mut h = dir(path)?;
-        h.set_cksum();
-        tar.append(&h, std::io::empty())?;
-    }
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_mode(0o755);
     h.set_size(binary.len() as u64);
-    h.set_path("opt/opensandbox/execd")?;
+    h.set_path("execd")?;
     h.set_cksum();
     tar.append(&h, binary)?;
     Ok(Bytes::from(tar.into_inner()?))
@@ -416,13 +485,6 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(
-            entries,
-            [
-                ("opt/".to_owned(), 0o755),
-                ("opt/opensandbox/".to_owned(), 0o755),
-                ("opt/opensandbox/execd".to_owned(), 0o755)
-            ]
-        );
+        assert_eq!(entries, [("execd".to_owned(), 0o755)]);
     }
 }

@@ -212,6 +212,7 @@ impl Service {
             DockerError::NotFound(m) => Error::new(StatusCode::BAD_REQUEST, "SANDBOX::IMAGE_NOT_FOUND", m),
             other => other.into(),
         })?;
+        self.docker.ensure_agent(&plan.image).await?;
         let mut binds = plan.host_binds;
         for v in &plan.named_volumes {
             let mountpoint = self.docker.ensure_volume(&v.name).await?;
@@ -260,17 +261,21 @@ impl Service {
             network: self.settings.network.clone(),
             isolation_seccomp,
         };
+        let t = Instant::now();
         let container = self.docker.create(spec).await?;
         record.container = Some(container.clone());
         self.store.update(record)?;
-        self.docker.inject(&container).await?;
+        let created = t.elapsed();
         self.docker.start(&container).await?;
+        let started = t.elapsed();
         let (execd_port, http_port) = self.docker.host_ports(&container).await?;
         record.execd_port = execd_port;
         record.http_port = http_port;
         self.store.update(record)?;
         let port = execd_port.ok_or_else(|| Error::internal("docker published no port for execd"))?;
-        self.wait_ready(&container, port, &record.token).await
+        self.wait_ready(&container, port, &record.token).await?;
+        tracing::debug!(sandbox = %record.id, ?created, ?started, ready = ?t.elapsed(), "provisioned");
+        Ok(())
     }
 
     /// Polls execd's `/ping` until it answers 200, the container dies, or the deadline passes.
@@ -314,7 +319,7 @@ impl Service {
                 )));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
     }
 
@@ -592,6 +597,7 @@ impl Service {
                 removed += 1;
             }
         }
+        self.docker.prune_agent_volumes().await;
         tracing::info!(adopted, forgotten, removed, "reconciled with docker");
         self.expiry_changed.notify_one();
         Ok(())

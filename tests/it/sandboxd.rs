@@ -927,3 +927,57 @@ async fn bad_input_gets_clear_errors_and_leaves_nothing() {
     let (status, err) = d.json(Method::GET, "/v1/sandboxes/x/endpoints/99999", None).await;
     assert_eq!(status, 404, "unknown sandbox first: {err}");
 }
+
+#[tokio::test]
+async fn a_terminal_websocket_runs_through_the_server_proxy() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::Message;
+
+    if !docker_available() {
+        return;
+    }
+    let image = image("python");
+    let d = Sandboxd::start();
+    let created = d.create(sandbox_body(image, &["tail", "-f", "/dev/null"])).await;
+    let id = created["id"].as_str().unwrap();
+    let (proxied, token) = d.endpoint(id, 44772, true).await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{proxied}/pty"))
+        .header(TOKEN_HEADER, &token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let session: Value = resp.json().await.unwrap();
+    let url = format!(
+        "{}/pty/{}/ws",
+        proxied.replacen("http://", "ws://", 1),
+        session["session_id"].as_str().unwrap()
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(TOKEN_HEADER, token.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade through the proxy");
+    let mut input = vec![0x00];
+    input.extend_from_slice(b"echo $((6 * 7))-via-ws\n");
+    ws.send(Message::Binary(input.into())).await.unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&out).contains("42-via-ws") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, ws.next())
+            .await
+            .expect("terminal output in time")
+            .expect("socket open")
+            .unwrap();
+        if let Message::Binary(b) = frame {
+            if b.first() == Some(&0x01) {
+                out.extend_from_slice(&b[1..]);
+            }
+        }
+    }
+}
