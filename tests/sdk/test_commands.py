@@ -51,7 +51,9 @@ def test_command_timeout_kills_it(shared):
     elapsed = time.monotonic() - start
     assert out(ex) == "begin"
     assert elapsed < 20, elapsed
-    assert ex.error is not None or (ex.exit_code not in (None, 0)), (ex.error, ex.exit_code)
+    assert ex.error is not None, "a command killed by its timeout must end with an error event"
+    assert ex.exit_code != 0
+    assert any("timed out" in line for line in ex.error.traceback), ex.error
 
 
 def test_background_status_and_logs(shared):
