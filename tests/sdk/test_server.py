@@ -54,6 +54,15 @@ def test_create_with_a_missing_image_fails_fast_and_leaves_nothing(sandboxd, mod
     assert status == 200 and body["items"] == [], body
 
 
+def test_create_with_a_missing_entrypoint_fails_with_the_reason(sandboxd, mode):
+    with pytest.raises(SandboxApiException) as e:
+        SandboxSync.create(PYTHON_IMAGE, entrypoint=["/no/such/program"], connection_config=make_config(sandboxd, mode),
+                           metadata={"sdk-run": sandboxd.run_id, "role": "bad-entrypoint"})
+    assert "/no/such/program" in str(e.value), str(e.value)
+    status, _, body = sandboxd.request("GET", f"/v1/sandboxes?metadata=sdk-run%3D{sandboxd.run_id}%26role%3Dbad-entrypoint")
+    assert status == 200 and body["items"] == [], body
+
+
 def test_create_with_a_too_short_timeout_is_a_400(sandboxd, mode):
     with pytest.raises(SandboxApiException) as e:
         SandboxSync.create(PYTHON_IMAGE, connection_config=make_config(sandboxd, mode), timeout=timedelta(seconds=10),
