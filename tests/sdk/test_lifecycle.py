@@ -101,7 +101,8 @@ def test_list_filters_by_state_and_metadata(sandboxes, config, sandboxd):
         assert ids(metadata={**run, "role": "list-a", "tier": "silver"}) == set()
         assert {a.id, b.id} <= ids(states=["Running"], metadata={**run, "tier": "gold"})
         assert ids(states=["Paused"], metadata={**run, "tier": "gold"}) == set()
-        # Several states are ORed.
+        # States match case-insensitively, and several states are ORed.
+        assert {a.id, b.id} <= ids(states=["running"], metadata={**run, "tier": "gold"})
         assert {a.id, b.id} <= ids(states=["Paused", "Running"], metadata={**run, "tier": "gold"})
 
         listed = manager.list_sandbox_infos(SandboxFilter(metadata={**run, "role": "list-b"}))
@@ -290,3 +291,11 @@ class H(BaseHTTPRequestHandler):
 
 HTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
 '''
+
+
+def test_resource_limits_apply(sandboxes, config):
+    sb = sandboxes.create(config, resource={"cpu": "500m", "memory": "256Mi"})
+    m = sb.get_metrics()
+    assert abs(m.memory_total_in_mib - 256) < 1, m
+    limit = sh(sb, "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
+    assert limit == str(256 * 1024 * 1024), limit
