@@ -238,6 +238,11 @@ impl Service {
         // it declares itself ready; execd is the code plane here, so point it at execd.
         env.entry("JUPYTER_PORT".into())
             .or_insert_with(|| docker::EXECD_PORT.to_string());
+        // The file execd adds to every command's environment, and that the 1.1.1 SDK's
+        // `commands.set_env` appends to. Upstream keeps it in /opt/opensandbox, which is the
+        // read-only agent volume here, so it lives in a directory any user can create.
+        env.entry("EXECD_ENVS".into())
+            .or_insert_with(|| "/tmp/opensandbox/.env".into());
         let mut env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("OPENSANDBOX_ID={}", record.id));
         env.push(format!("EXECD_ACCESS_TOKEN={}", record.token));
