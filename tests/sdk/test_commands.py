@@ -139,3 +139,15 @@ def test_bash_session_keeps_state(shared):
     with pytest.raises(Exception):
         shared.commands.run_in_session(sid, "echo gone")
 
+
+
+def test_run_as_another_user(shared):
+    ex = shared.commands.run("id -u; id -g; echo $HOME", opts=RunCommandOpts(uid=65534, gid=65534))
+    assert ex.error is None, ex.error
+    assert out(ex).split("\n")[:2] == ["65534", "65534"]
+    shared.files.write_file("/tmp/owned-by-nobody.txt", "mine", owner="nobody", group="nogroup", mode=640)
+    assert sh(shared, "stat -c '%U:%G %a' /tmp/owned-by-nobody.txt") == "nobody:nogroup 640"
+    # That user can read it; another (uid 1234) cannot.
+    assert out(shared.commands.run("cat /tmp/owned-by-nobody.txt", opts=RunCommandOpts(uid=65534, gid=65534))) == "mine"
+    denied = shared.commands.run("cat /tmp/owned-by-nobody.txt", opts=RunCommandOpts(uid=1234, gid=1234))
+    assert denied.exit_code == 1 and "Permission denied" in err(denied)

@@ -27,3 +27,10 @@ def test_list_directory(shared):
     assert names == ["a.txt", "sub"], [e.path for e in entries]
     by_name = {e.path.rstrip("/").rsplit("/", 1)[-1]: e for e in entries}
     assert by_name["a.txt"].size == 1
+
+
+def test_read_lines_with_offset_and_limit(shared):
+    """`offset`/`limit` select lines (1-based start line), not bytes."""
+    shared.files.write_file("/tmp/v111-lines.txt", "l1\nl2\nl3\nl4\nl5\n")
+    assert shared.files.read_file("/tmp/v111-lines.txt", offset=2, limit=2) == "l2\nl3\n"
+    assert shared.files.read_bytes("/tmp/v111-lines.txt", offset=4) == b"l4\nl5\n"
