@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 log() { printf 'setup: %s\n' "$*"; }
 
 # Debian packages: `file` (build-agent's static check), util-linux (`unshare` for the PID 1
-# test), procps, and the Docker CLI/engine are expected on the machine image.
-packages=(file util-linux procps ca-certificates)
+# test), procps, debootstrap and busybox-static (the offline test images, see
+# scripts/build-test-image.sh); the Docker CLI/engine are expected on the machine image.
+packages=(file util-linux procps ca-certificates debootstrap busybox-static)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -37,6 +38,24 @@ fi
 if ! "$venv/bin/python" -c 'import pytest, ipykernel, jupyter_client, matplotlib' 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
 fi
+
+# The official OpenSandbox SDKs, one venv per supported version, for tests/sdk.
+for v in 010 111; do
+  venv=.venv-sdk$v
+  req=tests/sdk/requirements-$v.txt
+  if [ ! -x "$venv/bin/python" ]; then
+    log "creating $venv"
+    python3 -m venv "$venv"
+  fi
+  # Reinstall only when the pins changed (the stamp is the requirements file as installed).
+  if ! cmp -s "$req" "$venv/.requirements"; then
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+    cp "$req" "$venv/.requirements"
+  fi
+done
+
+# The offline images the SDK suites run sandboxes from (a no-op when they exist).
+scripts/build-test-image.sh all
 
 # Dependencies, so the test run itself does not stall on the network.
 cargo fetch --locked >/dev/null

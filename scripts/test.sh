@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The test suite: unit tests and the integration suite against the real binaries, including
-# the agent image on the Docker engine (so the static agent is built first; a no-op when fresh).
-set -euo pipefail
+# the agent image on the Docker engine (so the static agent is built first; a no-op when fresh),
+# then the SDK suites (scripts/test-sdk.sh). Both always run; the result fails if either failed.
+# Arguments go to nextest only.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/build-agent.sh
-exec cargo nextest run --locked -j2 --no-fail-fast "$@"
+scripts/build-agent.sh || exit 1
+rc=0
+cargo nextest run --locked -j2 --no-fail-fast "$@" || rc=$?
+scripts/test-sdk.sh || { sdk_rc=$?; ((rc)) || rc=$sdk_rc; }
+exit "$rc"
