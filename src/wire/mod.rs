@@ -6,6 +6,7 @@
 
 pub mod code;
 pub mod files;
+pub mod isolated;
 
 use std::collections::BTreeMap;
 
@@ -51,6 +52,10 @@ pub enum ErrorCode {
     BadGateway,
     /// The access token is missing or wrong.
     Unauthorized,
+    /// No isolated session with that id.
+    SessionNotFound,
+    /// Isolation is not available on this host (or not allowed degraded).
+    ServiceUnavailable,
     /// Anything else.
     Unknown,
 }
