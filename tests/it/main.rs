@@ -6,6 +6,7 @@ mod command;
 mod docker;
 mod files;
 mod init;
+mod isolated;
 mod metrics;
 mod proxy;
 mod pty;
