@@ -18,6 +18,13 @@ use super::http::{
     __path_search_files, __path_set_permissions, __path_upload_files, __path_watch_files,
     __path_watch_metrics, __path_write_stdin,
 };
+use super::http::{
+    __path_commit_isolated_session, __path_diff_isolated_session, __path_download_isolated_file,
+    __path_isolated_file_info, __path_list_isolated_directory, __path_make_isolated_dirs,
+    __path_move_isolated_files, __path_remove_isolated_dirs, __path_remove_isolated_files,
+    __path_replace_isolated_content, __path_search_isolated_files, __path_set_isolated_permissions,
+    __path_upload_isolated_files,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,7 +44,10 @@ use super::http::{
         download_file, download_archive, extract_archive, watch_files, list_directory, make_dirs, remove_dirs,
         get_metrics, watch_metrics,
         isolated_capabilities, list_isolated_sessions, create_isolated_session, get_isolated_session,
-        delete_isolated_session, run_isolated, isolated_run_status, isolated_run_logs
+        delete_isolated_session, run_isolated, isolated_run_status, isolated_run_logs,
+        isolated_file_info, download_isolated_file, upload_isolated_files, remove_isolated_files, move_isolated_files,
+        set_isolated_permissions, replace_isolated_content, search_isolated_files, make_isolated_dirs,
+        remove_isolated_dirs, list_isolated_directory, diff_isolated_session, commit_isolated_session
     ),
     components(schemas(crate::wire::ErrorBody, crate::wire::UnauthorizedBody, crate::wire::StreamEvent, crate::wire::Usage,
         crate::wire::pty::PtyClientFrame, crate::wire::pty::PtyServerFrame,

@@ -771,3 +771,308 @@ async fn bad_input_gets_the_contracts_status_and_body() {
     let (out, _) = run(&agent, &sid, "echo ok").await;
     assert_eq!(out.trim(), "ok");
 }
+
+/// Entries of a diff: (path, kind) where kind is `f` file, `d` dir, `w` whiteout.
+async fn diff_entries(agent: &Agent, sid: &str) -> Vec<(String, char)> {
+    let resp = agent
+        .get(&format!("/v1/isolated/session/{sid}/diff"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/gzip");
+    let bytes = resp.bytes().await.unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    let mut out = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        let h = entry.header();
+        let kind = match h.entry_type() {
+            tar::EntryType::Char
+                if h.device_major().unwrap() == Some(0) && h.device_minor().unwrap() == Some(0) =>
+            {
+                'w'
+            }
+            tar::EntryType::Directory => 'd',
+            _ => 'f',
+        };
+        out.push((
+            entry
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_owned(),
+            kind,
+        ));
+    }
+    out.sort();
+    out
+}
+
+async fn upload(agent: &Agent, sid: &str, path: &str, content: &str) -> reqwest::StatusCode {
+    use crate::files::Part;
+    let parts = [
+        Part::Metadata {
+            json: json!({ "path": path, "owner": null, "group": null, "mode": 644 }).to_string(),
+            filename: true,
+        },
+        Part::File {
+            name: path,
+            content: content.as_bytes(),
+        },
+    ];
+    crate::files::upload(agent, &format!("/v1/isolated/session/{sid}"), &parts)
+        .await
+        .status()
+}
+
+#[tokio::test]
+async fn overlay_changes_are_invisible_below_until_commit_and_diff_lists_exactly_them() {
+    let agent = Agent::start();
+    let ws = workspace();
+    let w = ws.path().to_str().unwrap().to_owned();
+    std::fs::write(ws.path().join("keep"), "k").unwrap();
+    std::fs::write(ws.path().join("edit"), "old").unwrap();
+    std::fs::write(ws.path().join("gone"), "g").unwrap();
+    std::fs::create_dir(ws.path().join("sub")).unwrap();
+    std::fs::write(ws.path().join("sub/inner"), "i").unwrap();
+    let sid = create(&agent, ws_body(&ws)).await;
+    // Changes from inside a run, and through the files API.
+    let (out, events) = run(
+        &agent,
+        &sid,
+        "echo new > edit; rm gone; mkdir made; echo n > made/file; echo made",
+    )
+    .await;
+    assert_eq!(exit_code(&events), 0, "{out}");
+    assert_eq!(
+        upload(&agent, &sid, &format!("{w}/sub/uploaded"), "up").await,
+        200
+    );
+    let resp = agent
+        .delete(&format!("/v1/isolated/session/{sid}/files?path={w}/keep"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The session sees the merged view, both in runs and through the API.
+    let (out, _) = run(&agent, &sid, "ls; cat edit sub/uploaded").await;
+    assert_eq!(out, "edit\nmade\nsub\nnew\nup\n");
+    let list: Value = agent
+        .get(&format!(
+            "/v1/isolated/session/{sid}/directories/list?path={w}&depth=2"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    let expect: Vec<String> = ["edit", "made", "made/file", "sub", "sub/inner", "sub/uploaded"]
+        .iter()
+        .map(|n| format!("{w}/{n}"))
+        .collect();
+    assert_eq!(names, expect);
+    let info: Value = agent
+        .get(&format!("/v1/isolated/session/{sid}/files/info?path={w}/edit"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info[format!("{w}/edit")]["size"], 4);
+    let resp = agent
+        .get(&format!("/v1/isolated/session/{sid}/files/info?path={w}/gone"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body = agent
+        .get(&format!(
+            "/v1/isolated/session/{sid}/files/download?path={w}/sub/uploaded"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "up");
+    // The lower is untouched.
+    assert_eq!(std::fs::read_to_string(ws.path().join("edit")).unwrap(), "old");
+    assert!(ws.path().join("gone").exists() && ws.path().join("keep").exists());
+    assert!(!ws.path().join("made").exists() && !ws.path().join("sub/uploaded").exists());
+    // The diff is exactly the changes.
+    let rel = |n: &str| format!("{}/{n}", w.trim_start_matches('/'));
+    let entries = diff_entries(&agent, &sid).await;
+    let expect: Vec<(String, char)> = vec![
+        (rel("edit"), 'f'),
+        (rel("gone"), 'w'),
+        (rel("keep"), 'w'),
+        (rel("made"), 'd'),
+        (rel("made/file"), 'f'),
+        (rel("sub"), 'd'),
+        (rel("sub/uploaded"), 'f'),
+    ];
+    assert_eq!(entries, expect);
+    // Commit applies them to the lower; the session's view does not change.
+    let resp = agent
+        .post(&format!("/v1/isolated/session/{sid}/commit"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(std::fs::read_to_string(ws.path().join("edit")).unwrap(), "new\n");
+    assert!(!ws.path().join("gone").exists() && !ws.path().join("keep").exists());
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("made/file")).unwrap(),
+        "n\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("sub/uploaded")).unwrap(),
+        "up"
+    );
+    assert_eq!(std::fs::read_to_string(ws.path().join("sub/inner")).unwrap(), "i");
+    let leftovers: Vec<_> = std::fs::read_dir(ws.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".execd-commit"))
+        .collect();
+    assert!(leftovers.is_empty());
+    let entries = diff_entries(&agent, &sid).await;
+    assert!(entries.is_empty(), "{entries:?}");
+    let (out, _) = run(&agent, &sid, "cat edit; ls").await;
+    assert_eq!(out, "new\nedit\nmade\nsub\n");
+}
+
+#[tokio::test]
+async fn files_api_refuses_writes_to_ro_and_ephemeral_mounts() {
+    let agent = Agent::start();
+    let ro = workspace();
+    let tmp = workspace();
+    std::fs::write(ro.path().join("f"), "lower").unwrap();
+    let (r, t) = (ro.path().to_str().unwrap(), tmp.path().to_str().unwrap());
+    let sid = create(
+        &agent,
+        json!({ "overlays": [{ "path": t, "persist": false }, { "path": r, "mode": "ro" }] }),
+    )
+    .await;
+    assert_eq!(upload(&agent, &sid, &format!("{r}/new"), "x").await, 403);
+    assert_eq!(upload(&agent, &sid, &format!("{t}/new"), "x").await, 403);
+    let resp = agent
+        .delete(&format!("/v1/isolated/session/{sid}/files?path={r}/f"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], "PERMISSION_DENIED");
+    let resp = agent
+        .post(&format!("/v1/isolated/session/{sid}/directories"))
+        .json(&json!({ format!("{r}/d"): { "mode": 755, "owner": null, "group": null } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = agent
+        .post(&format!("/v1/isolated/session/{sid}/files/replace"))
+        .json(&json!({ format!("{r}/f"): { "old": "lower", "new": "x" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // Reads still work; paths outside the mounts or unclean are 400.
+    let body = agent
+        .get(&format!("/v1/isolated/session/{sid}/files/download?path={r}/f"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "lower");
+    for bad in ["/etc/passwd", &format!("{r}/../x"), "relative"] {
+        let resp = agent
+            .get(&format!("/v1/isolated/session/{sid}/files/info?path={bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+    }
+    let resp = agent
+        .get(&format!("/v1/isolated/session/{sid}/files/info"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    // Nothing persisted: no diff, no commit.
+    let resp = agent
+        .get(&format!("/v1/isolated/session/{sid}/diff"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = agent
+        .post(&format!("/v1/isolated/session/{sid}/commit"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(std::fs::read_to_string(ro.path().join("f")).unwrap(), "lower");
+}
+
+#[tokio::test]
+async fn files_api_moves_replaces_and_searches_in_the_merged_view() {
+    let agent = Agent::start();
+    let ws = workspace();
+    let w = ws.path().to_str().unwrap().to_owned();
+    std::fs::write(ws.path().join("a.txt"), "hello world").unwrap();
+    let sid = create(&agent, ws_body(&ws)).await;
+    let resp = agent
+        .post(&format!("/v1/isolated/session/{sid}/files/replace"))
+        .json(&json!({ format!("{w}/a.txt"): { "old": "world", "new": "there" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v[format!("{w}/a.txt")]["replacedCount"], 1);
+    let resp = agent
+        .post(&format!("/v1/isolated/session/{sid}/files/mv"))
+        .json(&json!([{ "src": format!("{w}/a.txt"), "dest": format!("{w}/b.txt") }]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let found: Value = agent
+        .get(&format!(
+            "/v1/isolated/session/{sid}/files/search?path={w}&pattern=*.txt"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [format!("{w}/b.txt")]);
+    let (out, _) = run(&agent, &sid, "ls; cat b.txt").await;
+    assert_eq!(out, "b.txt\nhello there\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("a.txt")).unwrap(),
+        "hello world"
+    );
+}
