@@ -9,6 +9,9 @@ log() { printf 'setup: %s\n' "$*"; }
 # Debian packages: `file` (build-agent's static check), util-linux (`unshare` for the PID 1
 # test), procps, and the Docker CLI/engine are expected on the machine image.
 packages=(file util-linux procps ca-certificates)
+# Isolated sessions: bubblewrap is the benchmark anchor, busybox-static the Docker test image,
+# python3 (Debian's, /usr/bin) makes the raw-syscall escape attempts.
+packages+=(bubblewrap busybox-static python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

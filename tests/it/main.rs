@@ -7,6 +7,7 @@ mod docker;
 mod files;
 mod init;
 mod isolated;
+mod isolated_docker;
 mod metrics;
 mod proxy;
 mod pty;
