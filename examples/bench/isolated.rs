@@ -13,8 +13,19 @@ use crate::Section;
 
 const LOOP_BUDGET: Duration = Duration::from_secs(45);
 const BWRAP: &[&str] = &[
-    "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--unshare-all",
-    "--die-with-parent", "--", "/bin/true",
+    "--ro-bind",
+    "/",
+    "/",
+    "--dev",
+    "/dev",
+    "--proc",
+    "/proc",
+    "--tmpfs",
+    "/tmp",
+    "--unshare-all",
+    "--die-with-parent",
+    "--",
+    "/bin/true",
 ];
 
 /// The sections of this area.
@@ -26,7 +37,11 @@ pub fn sections() -> Vec<Section> {
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().no_proxy().tcp_nodelay(true).http1_only().build()?)
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .http1_only()
+        .build()?)
 }
 
 /// POSTs `body` to a streaming route and reads the SSE body to its end.
@@ -38,7 +53,11 @@ async fn stream(client: &reqwest::Client, url: &str, body: &'static str) -> anyh
         .body(body)
         .send()
         .await?;
-    ensure!(resp.status() == 200, "POST {url} {body} answered {}", resp.status());
+    ensure!(
+        resp.status() == 200,
+        "POST {url} {body} answered {}",
+        resp.status()
+    );
     let mut sse = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         sse.extend_from_slice(&chunk);
@@ -51,7 +70,11 @@ async fn stream(client: &reqwest::Client, url: &str, body: &'static str) -> anyh
     Ok(d)
 }
 
-async fn create_session(client: &reqwest::Client, agent: &Agent, ws: &str) -> anyhow::Result<(Duration, String)> {
+async fn create_session(
+    client: &reqwest::Client,
+    agent: &Agent,
+    ws: &str,
+) -> anyhow::Result<(Duration, String)> {
     let t = Instant::now();
     let resp = client
         .post(agent.url("/v1/isolated/session"))
@@ -68,10 +91,17 @@ async fn create_session(client: &reqwest::Client, agent: &Agent, ws: &str) -> an
 async fn round_trip(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let agent = Agent::start(&ctx.agent)?;
     let client = client()?;
-    let caps: serde_json::Value = client.get(agent.url("/v1/isolated/capabilities")).send().await?.json().await?;
+    let caps: serde_json::Value = client
+        .get(agent.url("/v1/isolated/capabilities"))
+        .send()
+        .await?
+        .json()
+        .await?;
     ensure!(caps["available"] == true, "isolation unavailable here: {caps}");
     spawn_wait("bwrap", BWRAP).context("bwrap (Debian's bubblewrap, installed by scripts/setup.sh)")?;
-    let ws = tempfile::Builder::new().prefix("bench-iso-").tempdir_in("/var/tmp")?;
+    let ws = tempfile::Builder::new()
+        .prefix("bench-iso-")
+        .tempdir_in("/var/tmp")?;
     let ws_path = ws.path().to_str().context("workspace path")?.to_owned();
     let (_, sid) = create_session(&client, &agent, &ws_path).await?;
     let run_url = agent.url(&format!("/v1/isolated/session/{sid}/run"));
@@ -114,12 +144,24 @@ async fn round_trip(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let jail = p50(iso) - p50(cmd);
     let bwrap_over = p50(bwrap) - p50(bare);
     Ok(vec![
-        Row::new(format!("isolated `{ISO}` round trip, p50 (n={n})"), p50(iso), "ms")
-            .anchor(format!("`{CMD}` via /command, p50"), p50(cmd)),
-        Row::new(format!("isolated `{ISO}` round trip, p99"), percentile_ms(iso, 99.0), "ms")
-            .anchor("`/command` p99", percentile_ms(cmd, 99.0)),
-        Row::new("`bwrap --unshare-all … /bin/true` spawn+wait, p50", p50(bwrap), "ms")
-            .anchor("spawn+wait `/bin/true`, p50", p50(bare)),
+        Row::new(
+            format!("isolated `{ISO}` round trip, p50 (n={n})"),
+            p50(iso),
+            "ms",
+        )
+        .anchor(format!("`{CMD}` via /command, p50"), p50(cmd)),
+        Row::new(
+            format!("isolated `{ISO}` round trip, p99"),
+            percentile_ms(iso, 99.0),
+            "ms",
+        )
+        .anchor("`/command` p99", percentile_ms(cmd, 99.0)),
+        Row::new(
+            "`bwrap --unshare-all … /bin/true` spawn+wait, p50",
+            p50(bwrap),
+            "ms",
+        )
+        .anchor("spawn+wait `/bin/true`, p50", p50(bare)),
         Row::new("jail overhead: isolated − /command, p50", jail, "ms")
             .anchor("bwrap overhead: bwrap − bare spawn, p50", bwrap_over)
             .goal(Goal::AtMost(2.0))

@@ -26,29 +26,37 @@ fn docker(args: &[&str]) -> std::process::Output {
 }
 
 /// A container running the static execd, removed on drop.
-struct Box {
+struct Sandbox {
     id: String,
     base: String,
     client: reqwest::Client,
 }
 
-impl Drop for Box {
+impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = docker(&["rm", "-f", &self.id]);
     }
 }
 
-impl Box {
+impl Sandbox {
     /// Starts execd in the busybox image with `security` options and extra execd flags.
     async fn start(security: &[&str], flags: &[&str]) -> Self {
         let bin = repo().join("target/x86_64-unknown-linux-musl/release/execd");
-        assert!(bin.exists(), "{} is missing: run scripts/build-agent.sh first", bin.display());
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/build-agent.sh first",
+            bin.display()
+        );
         if !docker(&["image", "inspect", IMAGE]).status.success() {
             let out = Command::new(repo().join("scripts/build-test-image.sh"))
                 .arg("busybox")
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "build-test-image: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "build-test-image: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let mut args: Vec<String> = ["create", "-p", "127.0.0.1::44772", "-e"]
             .iter()
@@ -63,22 +71,41 @@ impl Box {
         args.extend(flags.iter().map(|s| s.to_string()));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = docker(&argv);
-        assert!(out.status.success(), "docker create: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "docker create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let b = Box {
+        let mut b = Sandbox {
             id,
             base: String::new(),
             client: reqwest::Client::new(),
         };
         let out = docker(&["cp", bin.to_str().unwrap(), &format!("{}:/execd", b.id)]);
-        assert!(out.status.success(), "docker cp: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "docker cp: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = docker(&["start", &b.id]);
-        assert!(out.status.success(), "docker start: {}", String::from_utf8_lossy(&out.stderr));
-        let port = String::from_utf8_lossy(&docker(&["port", &b.id, "44772"]).stdout).trim().to_owned();
+        assert!(
+            out.status.success(),
+            "docker start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = String::from_utf8_lossy(&docker(&["port", &b.id, "44772"]).stdout)
+            .trim()
+            .to_owned();
         let base = format!("http://{}", port.lines().next().unwrap());
-        let b = Box { base, ..b };
+        b.base = base;
         eventually(10, "execd in the container", async || {
-            let r = b.client.get(format!("{}/ping", b.base)).header("X-EXECD-ACCESS-TOKEN", TOKEN).send().await;
+            let r = b
+                .client
+                .get(format!("{}/ping", b.base))
+                .header("X-EXECD-ACCESS-TOKEN", TOKEN)
+                .send()
+                .await;
             r.ok().filter(|r| r.status() == 200)
         })
         .await;
@@ -102,7 +129,11 @@ impl Box {
     }
 
     async fn create(&self, body: Value) -> reqwest::Response {
-        self.req(reqwest::Method::POST, "/v1/isolated/session").json(&body).send().await.unwrap()
+        self.req(reqwest::Method::POST, "/v1/isolated/session")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn session(&self, body: Value) -> String {
@@ -153,16 +184,34 @@ fn profile() -> String {
 }
 
 /// Checks shared by (b) and (c): what must hold in both modes.
-async fn common_escapes_blocked(b: &Box, sid: &str) {
+async fn common_escapes_blocked(b: &Sandbox, sid: &str) {
     // Secrets: the token and secret-looking variables never reach the session.
-    let (out, _) = b.run(sid, "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'").await;
-    assert!(!out.contains("sekrit") && !out.contains(TOKEN) && !out.contains("EXECD_"), "{out}");
+    let (out, _) = b
+        .run(sid, "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'")
+        .await;
+    assert!(
+        !out.contains("sekrit") && !out.contains(TOKEN) && !out.contains("EXECD_"),
+        "{out}"
+    );
     // Writes outside the mounts fail.
-    let (out, _) = b.run(sid, "echo x > /etc/escape && echo WROTE-ETC; echo x > /escape && echo WROTE-ROOT; true").await;
+    let (out, _) = b
+        .run(
+            sid,
+            "echo x > /etc/escape && echo WROTE-ETC; echo x > /escape && echo WROTE-ROOT; true",
+        )
+        .await;
     assert!(!out.contains("WROTE"), "{out}");
-    assert!(!b.command("ls /etc/escape /escape 2>&1").await.contains("/etc/escape\n"));
+    assert!(!b
+        .command("ls /etc/escape /escape 2>&1")
+        .await
+        .contains("/etc/escape\n"));
     // Namespaces and mounts cannot be made from inside.
-    let (out, _) = b.run(sid, "unshare -U true && echo UNSHARED; mount -t tmpfs x /tmp && echo MOUNTED; true").await;
+    let (out, _) = b
+        .run(
+            sid,
+            "unshare -U true && echo UNSHARED; mount -t tmpfs x /tmp && echo MOUNTED; true",
+        )
+        .await;
     assert!(!out.contains("UNSHARED") && !out.contains("MOUNTED"), "{out}");
     // execd's state (other sessions, logs) is not readable.
     let (out, _) = b.run(sid, "ls -A /var/lib/execd 2>/dev/null | wc -l").await;
@@ -174,7 +223,16 @@ async fn docker_userns_profile_gives_the_full_jail() {
     if !docker_available() {
         return;
     }
-    let b = Box::start(&["--security-opt", &profile(), "--security-opt", "systempaths=unconfined"], &[]).await;
+    let b = Sandbox::start(
+        &[
+            "--security-opt",
+            &profile(),
+            "--security-opt",
+            "systempaths=unconfined",
+        ],
+        &[],
+    )
+    .await;
     let caps = b.caps().await;
     assert_eq!(caps["available"], true, "{caps}");
     assert_eq!(caps["userns_available"], true, "{caps}");
@@ -184,28 +242,42 @@ async fn docker_userns_profile_gives_the_full_jail() {
     // cgroups are read-only in a container without SYS_ADMIN: reported, not pretended.
     assert_eq!(caps["hardening"]["cgroups"]["state"], "degraded", "{caps}");
 
-    b.command("mkdir -p /workspace && echo lower > /workspace/f").await;
-    let sid = b.session(json!({ "workspace": { "path": "/workspace" }, "share_net": false })).await;
+    b.command("mkdir -p /workspace && echo lower > /workspace/f")
+        .await;
+    let sid = b
+        .session(json!({ "workspace": { "path": "/workspace" }, "share_net": false }))
+        .await;
     common_escapes_blocked(&b, &sid).await;
     // Own pid namespace: only the jail's processes; execd (pid 1 of the container) is absent.
     let (out, _) = b.run(&sid, "ls /proc | grep -cE '^[0-9]+$'").await;
     let procs: u32 = out.lines().last().unwrap().trim().parse().unwrap();
     assert!(procs < 8, "{out}");
     // Network: the container's loopback listener is out of reach with share_net false.
-    b.command("(nc -l -p 9911 </dev/null >/dev/null 2>&1 &) ; sleep 0.2").await;
-    let (out, _) = b.run(&sid, "echo | nc -w 1 127.0.0.1 9911 && echo CONNECTED; true").await;
+    b.command("(nc -l -p 9911 </dev/null >/dev/null 2>&1 &) ; sleep 0.2")
+        .await;
+    let (out, _) = b
+        .run(&sid, "echo | nc -w 1 127.0.0.1 9911 && echo CONNECTED; true")
+        .await;
     assert!(!out.contains("CONNECTED"), "{out}");
     // Overlay: writes stay in the session until commit.
-    let (_, code) = b.run(&sid, "echo upper > /workspace/f; echo n > /workspace/new").await;
+    let (_, code) = b
+        .run(&sid, "echo upper > /workspace/f; echo n > /workspace/new")
+        .await;
     assert_eq!(code, 0);
     assert_eq!(b.command("cat /workspace/f; ls /workspace").await, "lower\nf\n");
     let resp = b
-        .req(reqwest::Method::POST, &format!("/v1/isolated/session/{sid}/commit"))
+        .req(
+            reqwest::Method::POST,
+            &format!("/v1/isolated/session/{sid}/commit"),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(b.command("cat /workspace/f; ls /workspace").await, "upper\nf\nnew\n");
+    assert_eq!(
+        b.command("cat /workspace/f; ls /workspace").await,
+        "upper\nf\nnew\n"
+    );
 }
 
 #[tokio::test]
@@ -214,45 +286,72 @@ async fn docker_default_container_reports_degraded_mode_and_keeps_what_remains()
         return;
     }
     // Without the operator's consent: truthfully unavailable, 503 on use.
-    let strict = Box::start(&[], &[]).await;
+    let strict = Sandbox::start(&[], &[]).await;
     let caps = strict.caps().await;
     assert_eq!(caps["available"], false, "{caps}");
     assert_eq!(caps["userns_available"], false);
     assert_eq!(caps["hardening"]["namespaces"]["state"], "degraded", "{caps}");
-    assert!(caps["message"].as_str().unwrap().contains("--isolated-allow-degraded"), "{caps}");
-    let resp = strict.create(json!({ "workspace": { "path": "/workspace" } })).await;
+    assert!(
+        caps["message"]
+            .as_str()
+            .unwrap()
+            .contains("--isolated-allow-degraded"),
+        "{caps}"
+    );
+    let resp = strict
+        .create(json!({ "workspace": { "path": "/workspace" } }))
+        .await;
     assert_eq!(resp.status(), 503);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["code"], "SERVICE_UNAVAILABLE");
     drop(strict);
 
     // With consent: sessions run with landlock, seccomp, no_new_privs and filtering.
-    let b = Box::start(&[], &["--isolated-allow-degraded"]).await;
+    let b = Sandbox::start(&[], &["--isolated-allow-degraded"]).await;
     let caps = b.caps().await;
     assert_eq!(caps["available"], true, "{caps}");
     assert_eq!(caps["userns_available"], false);
     assert_eq!(caps["diff_supported"], false);
     assert_eq!(caps["hardening"]["namespaces"]["state"], "degraded");
     assert_eq!(caps["hardening"]["landlock"]["state"], "active", "{caps}");
-    assert!(caps["message"].as_str().unwrap().contains("degraded mode"), "{caps}");
-    let resp = b.create(json!({ "workspace": { "path": "/workspace" }, "uid_mode": "userns" })).await;
+    assert!(
+        caps["message"].as_str().unwrap().contains("degraded mode"),
+        "{caps}"
+    );
+    let resp = b
+        .create(json!({ "workspace": { "path": "/workspace" }, "uid_mode": "userns" }))
+        .await;
     assert_eq!(resp.status(), 503, "userns cannot be promised here");
 
-    b.command("mkdir -p /workspace /data && echo lower > /workspace/f").await;
+    b.command("mkdir -p /workspace /data && echo lower > /workspace/f")
+        .await;
     let sid = b
         .session(json!({ "overlays": [{ "path": "/workspace" }, { "path": "/data", "mode": "rw" }], "share_net": false }))
         .await;
     common_escapes_blocked(&b, &sid).await;
     // Landlock: the rw mount is writable, the overlay (no copy-on-write without mounts) is not.
-    let (out, _) = b.run(&sid, "echo d > /data/d && echo DATA-OK; echo x > /workspace/f && echo WS-WROTE; true").await;
+    let (out, _) = b
+        .run(
+            &sid,
+            "echo d > /data/d && echo DATA-OK; echo x > /workspace/f && echo WS-WROTE; true",
+        )
+        .await;
     assert!(out.contains("DATA-OK") && !out.contains("WS-WROTE"), "{out}");
     assert_eq!(b.command("cat /workspace/f").await, "lower\n");
     // No pid namespace, but execd can be neither signalled nor inspected.
-    let (out, _) = b.run(&sid, "kill -0 1 && echo SIGNALLED; cat /proc/1/environ >/dev/null && echo READ-ENV; true").await;
+    let (out, _) = b
+        .run(
+            &sid,
+            "kill -0 1 && echo SIGNALLED; cat /proc/1/environ >/dev/null && echo READ-ENV; true",
+        )
+        .await;
     assert!(!out.contains("SIGNALLED") && !out.contains("READ-ENV"), "{out}");
     // No net namespace, but IP sockets are refused when share_net is false.
-    b.command("(nc -l -p 9912 </dev/null >/dev/null 2>&1 &) ; sleep 0.2").await;
-    let (out, _) = b.run(&sid, "echo | nc -w 1 127.0.0.1 9912 && echo CONNECTED; true").await;
+    b.command("(nc -l -p 9912 </dev/null >/dev/null 2>&1 &) ; sleep 0.2")
+        .await;
+    let (out, _) = b
+        .run(&sid, "echo | nc -w 1 127.0.0.1 9912 && echo CONNECTED; true")
+        .await;
     assert!(!out.contains("CONNECTED"), "{out}");
     // Background runs work, and deleting the session kills them (no pid namespace to do it).
     let resp = b

@@ -227,7 +227,7 @@ pub fn remove(session: &Session, raw: &str, dir: bool) -> Result<(), IsolatedErr
 fn whiteout(path: &Path) -> std::io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: mknod reads the C string; mode and dev are plain integers.
-    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o000, 0) };
+    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) };
     if rc < 0 {
         Err(std::io::Error::last_os_error())
     } else {
