@@ -220,11 +220,11 @@ fn loopback_up() -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
     unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) < 0 {
             return Err(io::Error::last_os_error());
         }
         req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) < 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -257,9 +257,15 @@ pub fn build_root(spec: &JailSpec) -> Result<(), JailError> {
     )
     .map_err(at("mount /proc"))?;
     minimal_dev(root)?;
-    tmpfs(&inside(root, "/run"), "mode=755").map_err(at("tmpfs /run"))?;
+    // An image without /run (or /tmp) gets none: the read-only root cannot grow one.
+    let run = inside(root, "/run");
+    if run.is_dir() {
+        tmpfs(&run, "mode=755").map_err(at("tmpfs /run"))?;
+    }
     let tmp = inside(root, "/tmp");
-    if spec.private_tmp {
+    if !tmp.is_dir() {
+        // Nothing to mount on.
+    } else if spec.private_tmp {
         tmpfs(&tmp, "mode=1777").map_err(at("tmpfs /tmp"))?;
     } else {
         mount(Some("/tmp"), &tmp, none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(at("bind /tmp"))?;
