@@ -16,7 +16,7 @@ agent=target/x86_64-unknown-linux-musl/release/execd
 out=target/bench/results.md
 
 bash scripts/build-agent.sh >&2
-cargo build --locked -j"$jobs" --profile bench-tool --example bench >&2
+cargo build --locked -j"$jobs" --profile bench-tool --example bench --bin sandboxd >&2
 
 mkdir -p target/bench
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)

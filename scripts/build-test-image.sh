@@ -17,11 +17,18 @@ die() { printf 'build-test-image: %s\n' "$*" >&2; exit 1; }
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/execd-test"
 mirror="${EXECD_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 suite=bookworm
+recipe=2 # bump when the tree's recipe changes, so the cached tarball is rebuilt
 python_packages=(python3 python3-ipykernel bash coreutils procps)
 path_env='PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 tmpdirs=()
-trap 'for d in "${tmpdirs[@]}"; do rm -rf "$d"; done' EXIT
+mounts=()
+cleanup() {
+  local m d
+  for m in "${mounts[@]}"; do mountpoint -q "$m" && umount "$m"; done
+  for d in "${tmpdirs[@]}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
 
 have_image() {
   [ "${EXECD_TEST_IMAGE_REBUILD:-0}" != 1 ] && docker image inspect "$1" >/dev/null 2>&1
@@ -69,31 +76,50 @@ build_python() {
   local tag=execd-test/python:bookworm start key tarball root
   if have_image "$tag"; then log "$tag exists"; return; fi
   start=$(date +%s)
-  key=$(printf '%s\n' "$suite" "$mirror" "${python_packages[@]}" | sha256sum | cut -c1-12)
+  key=$(printf '%s\n' "$recipe" "$suite" "$mirror" "${python_packages[@]}" | sha256sum | cut -c1-12)
   tarball="$cache/python-$suite-$key.tar"
   if [ ! -s "$tarball" ]; then
     command -v debootstrap >/dev/null || die "debootstrap is not installed (scripts/setup.sh installs it)"
     [ "$(id -u)" = 0 ] || die "debootstrap needs root"
     mkdir -p "$cache"
+    local old # a failed earlier attempt, kept for inspection until now
+    for old in "$cache"/rootfs.*; do
+      [ -d "$old" ] || continue
+      mountpoint -q "$old/proc" && umount "$old/proc"
+      rm -rf "$old"
+    done
     root=$(mktemp -d "$cache/rootfs.XXXXXX")
-    tmpdirs+=("$root")
-    log "debootstrap $suite from $mirror (a few minutes; cached afterwards)"
-    local inc
-    inc=$(IFS=,; echo "${python_packages[*]}")
-    if ! debootstrap --variant=minbase --include="$inc" "$suite" "$root" "$mirror" >"$cache/debootstrap.log" 2>&1; then
+    log "debootstrap $suite from $mirror, then apt-get install ${python_packages[*]} (a few minutes; cached afterwards)"
+    if ! debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$cache/debootstrap.log" 2>&1; then
       tail -20 "$cache/debootstrap.log" >&2
-      die "debootstrap failed (log: $cache/debootstrap.log)"
+      die "debootstrap failed (log: $cache/debootstrap.log, tree: $root)"
     fi
+    # apt resolves the dependencies that debootstrap's --include orders badly (python3-zmq).
+    mount -t proc proc "$root/proc"
+    mounts+=("$root/proc")
+    local rc=0
+    chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive sh -c \
+      "apt-get update -qq && apt-get install -y -qq --no-install-recommends ${python_packages[*]} && apt-get clean" \
+      >>"$cache/debootstrap.log" 2>&1 || rc=$?
+    umount "$root/proc"
+    if ((rc)); then
+      tail -20 "$cache/debootstrap.log" >&2
+      die "apt-get install in the new tree failed (log: $cache/debootstrap.log, tree: $root)"
+    fi
+    tmpdirs+=("$root")
     # Keep it small: no package lists, no downloaded archives, no docs or man pages.
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
-      "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/var/log/*.log \
+      "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/* "$root"/var/log/*.log \
       "$root"/debootstrap
     tar -C "$root" --numeric-owner -cf "$tarball.tmp" \
       --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' --exclude='./run/*' --exclude='./tmp/*' .
     mv "$tarball.tmp" "$tarball"
+    find "$cache" -maxdepth 1 -name "python-*.tar" ! -path "$tarball" -delete # older recipes
   else
     log "using cached $tarball"
   fi
+  local old_id
+  old_id=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
   docker import \
     --change "ENV $path_env" \
     --change 'ENV LANG=C.UTF-8' \
@@ -101,6 +127,10 @@ build_python() {
     --change 'CMD ["sleep", "infinity"]' \
     "$tarball" "$tag" >/dev/null
   docker run --rm "$tag" python3 -c 'import ipykernel' || die "$tag: python3 cannot import ipykernel"
+  # A forced rebuild leaves the previous image untagged: remove it (unless a container uses it).
+  if [ -n "$old_id" ] && [ "$old_id" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
+    docker rmi "$old_id" >/dev/null 2>&1 || true
+  fi
   report "$tag" "$start"
 }
 

@@ -4,10 +4,14 @@
 //! - [`wire`]: API types shared by both sides and the tests.
 //! - [`agent`]: everything that runs inside the sandbox (binary `execd`).
 //! - [`orchestrator`]: the lifecycle server (binary `sandboxd`); never imports `agent`.
+//! - [`auth`]: constant-time credential checks both servers use.
+//! - [`relay`]: the streaming reverse-proxy hop both sides use.
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
+pub mod auth;
 #[cfg(feature = "orchestrator")]
 pub mod orchestrator;
+pub mod relay;
 pub mod wire;

@@ -155,6 +155,8 @@ pub fn table(rows: &[Row]) -> String {
 pub struct Ctx {
     /// The agent binary under test.
     pub agent: PathBuf,
+    /// The orchestrator binary under test.
+    pub sandboxd: PathBuf,
     /// Fewer iterations and smaller payloads, for checking the harness itself.
     pub quick: bool,
 }

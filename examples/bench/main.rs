@@ -5,7 +5,7 @@
 //! table on stdout; progress goes to stderr.
 //!
 //! ```text
-//! bench [--agent PATH] [--quick] [--list] [FILTER...]
+//! bench [--agent PATH] [--sandboxd PATH] [--quick] [--list] [FILTER...]
 //! ```
 //!
 //! Each area (one module) contributes named sections; a FILTER runs only the sections whose
@@ -18,6 +18,7 @@ mod files;
 mod foundation;
 mod harness;
 mod isolated;
+mod lifecycle;
 mod terminal;
 
 use std::future::Future;
@@ -47,13 +48,15 @@ fn areas() -> Vec<(&'static str, Vec<Section>)> {
         ("files", files::sections()),
         ("terminal", terminal::sections()),
         ("isolated", isolated::sections()),
+        ("lifecycle", lifecycle::sections()),
     ]
 }
 
-const USAGE: &str = "usage: bench [--agent PATH] [--quick] [--list] [FILTER...]";
+const USAGE: &str = "usage: bench [--agent PATH] [--sandboxd PATH] [--quick] [--list] [FILTER...]";
 
 struct Args {
     agent: PathBuf,
+    sandboxd: PathBuf,
     quick: bool,
     list: bool,
     filters: Vec<String>,
@@ -62,6 +65,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         agent: PathBuf::from("target/x86_64-unknown-linux-musl/release/execd"),
+        sandboxd: PathBuf::from("target/bench-tool/sandboxd"),
         quick: false,
         list: false,
         filters: Vec::new(),
@@ -70,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--agent" => args.agent = it.next().ok_or("--agent needs a path")?.into(),
+            "--sandboxd" => args.sandboxd = it.next().ok_or("--sandboxd needs a path")?.into(),
             "--quick" => args.quick = true,
             "--list" => args.list = true,
             "-h" | "--help" => return Err(USAGE.into()),
@@ -131,6 +136,7 @@ async fn main() -> ExitCode {
 
     let ctx = Ctx {
         agent: args.agent,
+        sandboxd: args.sandboxd,
         quick: args.quick,
     };
     println!("Machine: {}.", harness::machine_note());

@@ -7,6 +7,8 @@
 pub mod code;
 pub mod files;
 pub mod isolated;
+pub mod lifecycle;
+pub mod time;
 
 use std::collections::BTreeMap;
 

@@ -513,3 +513,22 @@ async fn warm_pool_hands_out_independent_kernels() {
     let events = run(&agent, &b, "'only_in_a' in dir()").await;
     assert_eq!(results(&events)[0]["text"], "False");
 }
+
+/// A cell right after a failed one runs (ipykernel aborts it when asked to stop on errors).
+#[tokio::test]
+async fn jupyter_runs_the_cell_after_an_error() {
+    let agent = agent(true, 0);
+    let id = create(&agent, "python").await;
+    for n in 0..15 {
+        let failed = run(&agent, &id, "print('before')\n1/0").await;
+        assert!(kinds(&failed).contains(&"error"), "{:?}", kinds(&failed));
+        let next = run(&agent, &id, &format!("print({n} * 2)")).await;
+        assert_eq!(
+            stdout(&next),
+            format!("{}\n", n * 2),
+            "round {n}: {:?}",
+            kinds(&next)
+        );
+        assert!(!kinds(&next).contains(&"error"), "round {n}: {:?}", kinds(&next));
+    }
+}

@@ -1,4 +1,4 @@
-//! The integration suite: every test starts the real `execd` binary on a loopback port.
+//! The integration suite: every test starts the real `execd` (or `sandboxd`) binary.
 
 mod auth;
 mod code;
@@ -12,6 +12,7 @@ mod metrics;
 mod proxy;
 mod pty;
 mod replay;
+mod sandboxd;
 mod session;
 mod util;
 mod watch;

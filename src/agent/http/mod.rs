@@ -65,7 +65,7 @@ pub(crate) use transfer::{
 pub(crate) use watch::__path_watch_files;
 
 /// Header carrying the access token.
-pub const TOKEN_HEADER: &str = "x-execd-access-token";
+pub use crate::auth::TOKEN_HEADER;
 
 /// The complete router of the agent.
 pub fn router(state: AppState) -> Router {
@@ -100,7 +100,7 @@ async fn not_found() -> ApiError {
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(expected) = &state.token {
         let given = req.headers().get(TOKEN_HEADER).map(HeaderValue::as_bytes);
-        if !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
+        if !given.is_some_and(|g| crate::auth::constant_time_eq(g, expected.as_bytes())) {
             let text = "Unauthorized: invalid or missing header X-EXECD-ACCESS-TOKEN".to_owned();
             let body = UnauthorizedBody {
                 code: ErrorCode::Unauthorized,
@@ -111,16 +111,6 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         }
     }
     next.run(req).await
-}
-
-/// Compares in time that depends only on `expected`'s length, never on where bytes differ.
-fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
-    let mut diff = given.len() ^ expected.len();
-    for (i, &e) in expected.iter().enumerate() {
-        let g = given.get(i).copied().unwrap_or(!e);
-        diff |= usize::from(std::hint::black_box(g ^ e));
-    }
-    std::hint::black_box(diff) == 0
 }
 
 /// `?id=` of `DELETE /command` and `DELETE /code`.
@@ -158,18 +148,4 @@ pub(crate) fn sse_headers(headers: &mut axum::http::HeaderMap) {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secreT", b"secret"));
-        assert!(!constant_time_eq(b"secre", b"secret"));
-        assert!(!constant_time_eq(b"secrets", b"secret"));
-        assert!(!constant_time_eq(b"", b"secret"));
-    }
 }

@@ -267,7 +267,9 @@ impl JupyterKernel {
     pub async fn execute(&self, code: &str, journal: &Journal) -> Outcome {
         let content = json!({
             "code": code, "silent": false, "store_history": true, "user_expressions": {},
-            "allow_stdin": false, "stop_on_error": true,
+            // Every `/code` call is its own request: with stop_on_error, ipykernel aborts the
+            // requests that reach it soon after an error (or an interrupt), with no output.
+            "allow_stdin": false, "stop_on_error": false,
         });
         let (msg_id, msg) = self.build("execute_request", content);
         let mut rx = self.routes.register(&msg_id);
@@ -306,7 +308,18 @@ impl JupyterKernel {
                     journal.push(&error_event(&m.content, ts));
                 }
                 (true, "status") => idle |= m.content["execution_state"] == "idle",
-                (false, "execute_reply") => replied = true,
+                (false, "execute_reply") => {
+                    replied = true;
+                    if m.content["status"] == "aborted" && !failed {
+                        failed = true;
+                        let aborted = json!({
+                            "ename": "ExecutionAborted",
+                            "evalue": "the kernel aborted this request without running it",
+                            "traceback": [],
+                        });
+                        journal.push(&error_event(&aborted, ts));
+                    }
+                }
                 _ => {}
             }
         }

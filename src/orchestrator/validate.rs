@@ -1,0 +1,590 @@
+//! Turns a `CreateSandboxRequest` into a [`Plan`] the Docker runtime can carry out, or a 400
+//! naming the offending field. Pure: no I/O, so every rule is unit-tested here.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use super::error::Error;
+use crate::wire::lifecycle::{CreateSandboxRequest, PlatformSpec};
+
+/// The extension that asks for isolated sessions inside the sandbox.
+pub const ISOLATION_EXTENSION: &str = "bootstrap.execd.isolation";
+/// Label and metadata prefix reserved for sandboxd itself.
+const RESERVED_PREFIX: &str = "opensandbox.io/";
+/// At most this many volumes.
+const MAX_VOLUMES: usize = 32;
+
+/// A validated create request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Image reference.
+    pub image: String,
+    /// Entrypoint argv.
+    pub entrypoint: Vec<String>,
+    /// Seconds to live; `None` for manual cleanup.
+    pub timeout: Option<u64>,
+    /// Memory limit, bytes.
+    pub memory: Option<i64>,
+    /// CPU limit, billionths of a CPU.
+    pub nano_cpus: Option<i64>,
+    /// Process limit.
+    pub pids: Option<i64>,
+    /// Environment, null entries dropped.
+    pub env: BTreeMap<String, String>,
+    /// User labels.
+    pub metadata: BTreeMap<String, String>,
+    /// Extensions as given.
+    pub extensions: BTreeMap<String, String>,
+    /// Whether isolated sessions were asked for.
+    pub isolation: bool,
+    /// Host-path binds, `src:dst[:ro]`.
+    pub host_binds: Vec<String>,
+    /// Named volumes: (name, subPath, mountPath, read-only).
+    pub named_volumes: Vec<NamedVolume>,
+    /// Echo of the platform.
+    pub platform: Option<PlatformSpec>,
+}
+
+/// A named Docker volume to mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedVolume {
+    /// Volume name.
+    pub name: String,
+    /// Directory inside the volume, if not its root.
+    pub sub_path: Option<String>,
+    /// Where it appears in the sandbox.
+    pub mount_path: String,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// Limits that validation enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest timeout, seconds.
+    pub max_timeout: u64,
+    /// Host directories host volumes may come from.
+    pub allowed_host_paths: Vec<PathBuf>,
+}
+
+/// Validates `req`.
+pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
+    if req.snapshot_id.is_some() {
+        return Err(Error::unsupported(
+            "snapshotId: snapshots are not supported by the Docker runtime",
+        ));
+    }
+    if req.template_id.is_some() {
+        return Err(Error::unsupported(
+            "templateId: templates need the Kubernetes runtime",
+        ));
+    }
+    for (set, field) in [
+        (
+            req.network_policy.as_ref().is_some_and(|v| !v.is_null()),
+            "networkPolicy",
+        ),
+        (
+            req.credential_proxy.as_ref().is_some_and(|v| !v.is_null()),
+            "credentialProxy",
+        ),
+        (req.lifecycle.as_ref().is_some_and(|v| !v.is_null()), "lifecycle"),
+        (req.secure_access == Some(true), "secureAccess"),
+    ] {
+        if set {
+            return Err(Error::unsupported(format!(
+                "{field} is not supported by the Docker runtime"
+            )));
+        }
+    }
+    let image = req.image.ok_or_else(|| Error::invalid("image is required"))?;
+    let image = image.uri.trim().to_owned();
+    if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid("image.uri must be a non-empty image reference"));
+    }
+    let entrypoint = req
+        .entrypoint
+        .ok_or_else(|| Error::invalid("entrypoint is required with image"))?;
+    if entrypoint.first().is_none_or(|e| e.is_empty()) {
+        return Err(Error::invalid("entrypoint must name a program"));
+    }
+    if entrypoint.iter().any(|a| a.contains('\0')) {
+        return Err(Error::invalid("entrypoint must not contain NUL bytes"));
+    }
+    if let Some(p) = &req.platform {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        if p.os != "linux" || p.arch != arch {
+            return Err(Error::unsupported(format!(
+                "platform {}/{}: this host runs linux/{arch}",
+                p.os, p.arch
+            )));
+        }
+    }
+    let timeout = timeout(req.timeout.as_ref(), limits.max_timeout)?;
+    let (memory, nano_cpus, pids) = resource_limits(req.resource_limits.unwrap_or_default())?;
+    let mut env = BTreeMap::new();
+    for (k, v) in req.env.unwrap_or_default() {
+        if k.is_empty() || k.contains(['=', '\0']) {
+            return Err(Error::invalid(format!("env: invalid variable name {k:?}")));
+        }
+        if let Some(v) = v {
+            if v.contains('\0') {
+                return Err(Error::invalid(format!("env: {k} contains a NUL byte")));
+            }
+            env.insert(k, v);
+        }
+    }
+    let metadata = req.metadata.unwrap_or_default();
+    for (k, v) in &metadata {
+        check_label(k, v)?;
+    }
+    let extensions = req.extensions.unwrap_or_default();
+    let isolation = match extensions.get(ISOLATION_EXTENSION).map(String::as_str) {
+        None | Some("disable" | "disabled" | "false") => false,
+        Some("enable" | "enabled" | "true") => true,
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "extensions.{ISOLATION_EXTENSION}: expected \"enable\" or \"disable\", got {other:?}"
+            )))
+        }
+    };
+    let (host_binds, named_volumes) = volumes(req.volumes.unwrap_or_default(), limits)?;
+    Ok(Plan {
+        image,
+        entrypoint,
+        timeout,
+        memory,
+        nano_cpus,
+        pids,
+        env,
+        metadata,
+        extensions,
+        isolation,
+        host_binds,
+        named_volumes,
+        platform: req.platform,
+    })
+}
+
+fn timeout(value: Option<&serde_json::Value>, max: u64) -> Result<Option<u64>, Error> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let secs = value
+        .as_u64()
+        .or_else(|| {
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        })
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "timeout must be an integer number of seconds, got {value}"
+            ))
+        })?;
+    if secs < 60 {
+        return Err(Error::invalid(format!(
+            "timeout must be at least 60 seconds, got {secs}"
+        )));
+    }
+    if secs > max {
+        return Err(Error::invalid(format!(
+            "timeout must be at most {max} seconds, got {secs}"
+        )));
+    }
+    Ok(Some(secs))
+}
+
+/// `resourceLimits` → (memory bytes, nano CPUs, pids).
+type Resources = (Option<i64>, Option<i64>, Option<i64>);
+
+fn resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<Resources, Error> {
+    let (mut memory, mut cpus, mut pids) = (None, None, None);
+    for (key, value) in limits {
+        let text = match &value {
+            serde_json::Value::String(s) => s.trim().to_owned(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Null => continue,
+            other => {
+                return Err(Error::invalid(format!(
+                    "resourceLimits.{key}: expected a quantity, got {other}"
+                )))
+            }
+        };
+        let bad = || Error::invalid(format!("resourceLimits.{key}: invalid quantity {text:?}"));
+        match key.as_str() {
+            "cpu" => {
+                let nano = parse_cpu(&text).ok_or_else(bad)?;
+                if nano < 10_000_000 {
+                    return Err(Error::invalid(format!("resourceLimits.cpu: {text} is below 10m")));
+                }
+                cpus = Some(nano);
+            }
+            "memory" => {
+                let bytes = parse_bytes(&text).ok_or_else(bad)?;
+                if bytes < 6 * 1024 * 1024 {
+                    return Err(Error::invalid(format!(
+                        "resourceLimits.memory: {text} is below Docker's 6Mi minimum"
+                    )));
+                }
+                memory = Some(bytes);
+            }
+            "pids" => pids = Some(text.parse::<i64>().ok().filter(|&p| p > 0).ok_or_else(bad)?),
+            "gpu" => return Err(Error::unsupported("resourceLimits.gpu: GPUs are not supported")),
+            other => {
+                return Err(Error::invalid(format!(
+                    "resourceLimits.{other}: unknown resource (expected cpu, memory or pids)"
+                )))
+            }
+        }
+    }
+    Ok((memory, cpus, pids))
+}
+
+/// `500m`, `1`, `0.5`, `2` → billionths of a CPU.
+fn parse_cpu(text: &str) -> Option<i64> {
+    if let Some(milli) = text.strip_suffix('m') {
+        return milli
+            .parse::<i64>()
+            .ok()
+            .filter(|&m| m > 0)
+            .map(|m| m * 1_000_000);
+    }
+    let cpus: f64 = text.parse().ok().filter(|c: &f64| c.is_finite() && *c > 0.0)?;
+    Some((cpus * 1e9).round() as i64)
+}
+
+/// `512Mi`, `2Gi`, `64M`, `1G`, `1048576`, `1.5Gi` → bytes.
+fn parse_bytes(text: &str) -> Option<i64> {
+    const UNITS: [(&str, f64); 12] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("k", 1e3),
+        ("K", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("KB", 1e3),
+        ("MB", 1e6),
+        ("GB", 1e9),
+    ];
+    let (number, factor) = UNITS
+        .iter()
+        .rev()
+        .find_map(|(suffix, f)| text.strip_suffix(suffix).map(|n| (n, *f)))
+        .unwrap_or((text, 1.0));
+    let n: f64 = number.parse().ok().filter(|n: &f64| n.is_finite() && *n > 0.0)?;
+    let bytes = n * factor;
+    (bytes < i64::MAX as f64).then_some(bytes as i64)
+}
+
+/// A Kubernetes label: `[prefix/]name` where name is ≤ 63 of `[A-Za-z0-9._-]` starting and
+/// ending alphanumeric and the prefix a DNS subdomain; the value ≤ 63 of the same alphabet (or
+/// empty). The `opensandbox.io/` prefix is sandboxd's own.
+pub fn check_label(key: &str, value: &str) -> Result<(), Error> {
+    if key.starts_with(RESERVED_PREFIX) {
+        return Err(Error::invalid(format!(
+            "metadata key {key:?}: the {RESERVED_PREFIX} prefix is reserved"
+        )));
+    }
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let dns_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            })
+    };
+    if !prefix.is_none_or(dns_ok) || !label_word(name) || name.is_empty() {
+        return Err(Error::invalid(format!(
+            "metadata key {key:?} is not a valid label key ([prefix/]name, name ≤ 63 of A-Z a-z 0-9 . _ -)"
+        )));
+    }
+    if !(value.is_empty() || label_word(value)) {
+        return Err(Error::invalid(format!(
+            "metadata value {value:?} of {key:?} is not a valid label value (≤ 63 of A-Z a-z 0-9 . _ -)"
+        )));
+    }
+    Ok(())
+}
+
+fn label_word(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// An absolute path without `.`/`..` components or empty segments.
+fn clean_absolute(path: &str) -> bool {
+    let p = Path::new(path);
+    p.is_absolute()
+        && !path.contains("//")
+        && !path.contains('\0')
+        && !path.contains(':')
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
+
+/// A relative path inside a volume, without `..`.
+fn clean_relative(path: &str) -> bool {
+    let p = Path::new(path);
+    !path.is_empty()
+        && !path.contains('\0')
+        && !path.contains(':')
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+fn volumes(
+    volumes: Vec<crate::wire::lifecycle::Volume>,
+    limits: &Limits,
+) -> Result<(Vec<String>, Vec<NamedVolume>), Error> {
+    if volumes.len() > MAX_VOLUMES {
+        return Err(Error::invalid(format!(
+            "at most {MAX_VOLUMES} volumes, got {}",
+            volumes.len()
+        )));
+    }
+    let (mut binds, mut named) = (Vec::new(), Vec::new());
+    let mut seen = std::collections::BTreeSet::new();
+    for v in volumes {
+        let label = format!("volumes[{}]", v.name);
+        if !label_word(&v.name) || v.name.contains(['_', '.']) || v.name != v.name.to_ascii_lowercase() {
+            return Err(Error::invalid(format!("{label}: name must be a DNS label")));
+        }
+        if !clean_absolute(&v.mount_path) || v.mount_path == "/" {
+            return Err(Error::invalid(format!(
+                "{label}: mountPath {:?} must be a clean absolute path other than /",
+                v.mount_path
+            )));
+        }
+        if !seen.insert(v.mount_path.clone()) {
+            return Err(Error::invalid(format!(
+                "{label}: mountPath {} is used twice",
+                v.mount_path
+            )));
+        }
+        if let Some(sub) = &v.sub_path {
+            if !clean_relative(sub) {
+                return Err(Error::invalid(format!(
+                    "{label}: subPath {sub:?} must be a relative path without .."
+                )));
+            }
+        }
+        let ro = if v.read_only { ":ro" } else { "" };
+        match (&v.host, &v.pvc, &v.ossfs) {
+            (Some(host), None, None) => {
+                if !clean_absolute(&host.path) {
+                    return Err(Error::invalid(format!(
+                        "{label}: host.path {:?} must be a clean absolute path",
+                        host.path
+                    )));
+                }
+                let mut src = PathBuf::from(&host.path);
+                if let Some(sub) = &v.sub_path {
+                    src.push(sub);
+                }
+                if !limits
+                    .allowed_host_paths
+                    .iter()
+                    .any(|allowed| src.starts_with(allowed))
+                {
+                    return Err(Error::new(
+                        axum::http::StatusCode::FORBIDDEN,
+                        "SANDBOX::HOST_PATH_NOT_ALLOWED",
+                        format!(
+                            "{label}: host path {} is not under an allowed prefix (sandboxd --allow-host-path)",
+                            src.display()
+                        ),
+                    ));
+                }
+                binds.push(format!("{}:{}{ro}", src.display(), v.mount_path));
+            }
+            (None, Some(pvc), None) => {
+                let name = &pvc.claim_name;
+                let valid = !name.is_empty()
+                    && name.len() <= 128
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                    && name.as_bytes()[0].is_ascii_alphanumeric();
+                if !valid {
+                    return Err(Error::invalid(format!(
+                        "{label}: pvc.claimName {name:?} is not a valid volume name"
+                    )));
+                }
+                named.push(NamedVolume {
+                    name: name.clone(),
+                    sub_path: v.sub_path.clone(),
+                    mount_path: v.mount_path.clone(),
+                    read_only: v.read_only,
+                });
+            }
+            (None, None, Some(_)) => {
+                return Err(Error::unsupported(format!(
+                    "{label}: ossfs volumes are not supported"
+                )))
+            }
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{label}: exactly one of host, pvc or ossfs is required"
+                )))
+            }
+        }
+    }
+    Ok((binds, named))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn limits() -> Limits {
+        Limits {
+            max_timeout: 3600,
+            allowed_host_paths: vec![PathBuf::from("/srv/data")],
+        }
+    }
+
+    fn req(extra: serde_json::Value) -> CreateSandboxRequest {
+        let mut base = json!({"image": {"uri": "python:3"}, "entrypoint": ["sleep", "infinity"]});
+        base.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn err(extra: serde_json::Value) -> Error {
+        plan(req(extra), &limits()).unwrap_err()
+    }
+
+    #[test]
+    fn a_typical_sdk_request() {
+        let p = plan(
+            req(json!({
+                "timeout": 600,
+                "resourceLimits": {"cpu": "500m", "memory": "2Gi", "pids": "128"},
+                "env": {"A": "1", "B": null},
+                "metadata": {"team": "ml", "example.com/owner": "x_y"},
+                "extensions": {"bootstrap.execd.isolation": "enable"},
+                "volumes": [
+                    {"name": "data", "host": {"path": "/srv/data"}, "mountPath": "/data", "readOnly": true, "subPath": "a"},
+                    {"name": "cache", "pvc": {"claimName": "cache-1"}, "mountPath": "/cache"}
+                ]
+            })),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(p.timeout, Some(600));
+        assert_eq!(
+            (p.memory, p.nano_cpus, p.pids),
+            (Some(2 << 30), Some(500_000_000), Some(128))
+        );
+        assert_eq!(p.env.len(), 1);
+        assert!(p.isolation);
+        assert_eq!(p.host_binds, ["/srv/data/a:/data:ro"]);
+        assert_eq!(p.named_volumes[0].name, "cache-1");
+        let manual = plan(req(json!({"timeout": null})), &limits()).unwrap();
+        assert_eq!(manual.timeout, None);
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_cpu("1"), Some(1_000_000_000));
+        assert_eq!(parse_cpu("0.25"), Some(250_000_000));
+        assert_eq!(parse_cpu("100m"), Some(100_000_000));
+        assert_eq!(parse_cpu("-1"), None);
+        assert_eq!(parse_cpu("lots"), None);
+        assert_eq!(parse_bytes("64Mi"), Some(64 << 20));
+        assert_eq!(parse_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(parse_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("Mi"), None);
+        assert_eq!(parse_bytes("0"), None);
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let cases = [
+            (json!({"timeout": 59}), "at least 60"),
+            (json!({"timeout": 3601}), "at most 3600"),
+            (json!({"timeout": "soon"}), "integer"),
+            (json!({"entrypoint": []}), "entrypoint"),
+            (json!({"image": {"uri": " "}}), "image.uri"),
+            (json!({"resourceLimits": {"memory": "1Ki"}}), "6Mi"),
+            (json!({"resourceLimits": {"cpu": "fast"}}), "resourceLimits.cpu"),
+            (json!({"resourceLimits": {"disk": "1Gi"}}), "unknown resource"),
+            (json!({"env": {"A=B": "1"}}), "env"),
+            (json!({"metadata": {"opensandbox.io/id": "x"}}), "reserved"),
+            (json!({"metadata": {"bad key": "x"}}), "label key"),
+            (json!({"metadata": {"k": "v".repeat(64)}}), "label value"),
+            (
+                json!({"extensions": {"bootstrap.execd.isolation": "maybe"}}),
+                "enable",
+            ),
+            (
+                json!({"volumes": [{"name": "a", "host": {"path": "/etc"}, "mountPath": "/x"}]}),
+                "allowed prefix",
+            ),
+            (
+                json!({"volumes": [{"name": "a", "host": {"path": "/srv/data/../../etc"}, "mountPath": "/x"}]}),
+                "clean absolute",
+            ),
+            (
+                json!({"volumes": [{"name": "a", "pvc": {"claimName": "v"}, "mountPath": "rel"}]}),
+                "mountPath",
+            ),
+            (
+                json!({"volumes": [{"name": "a", "pvc": {"claimName": "v"}, "mountPath": "/x", "subPath": "../y"}]}),
+                "subPath",
+            ),
+            (
+                json!({"volumes": [{"name": "a", "mountPath": "/x"}]}),
+                "exactly one",
+            ),
+            (
+                json!({"volumes": [{"name": "A_b", "pvc": {"claimName": "v"}, "mountPath": "/x"}]}),
+                "DNS label",
+            ),
+            (
+                json!({"platform": {"os": "windows", "arch": "amd64"}}),
+                "platform",
+            ),
+            (json!({"snapshotId": "s"}), "snapshot"),
+            (
+                json!({"networkPolicy": {"defaultAction": "deny"}}),
+                "networkPolicy",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let e = err(extra.clone());
+            assert!(e.status.is_client_error(), "{extra}: {e:?}");
+            assert!(
+                e.message.contains(needle),
+                "{extra}: {:?} lacks {needle:?}",
+                e.message
+            );
+        }
+        let e = plan(CreateSandboxRequest::default(), &limits()).unwrap_err();
+        assert!(e.message.contains("image is required"));
+    }
+}

@@ -1,0 +1,258 @@
+//! The lifecycle plane (sandboxd): sandbox create/list/get/patch/renew, endpoints, diagnostics.
+//!
+//! Field names are the contract's camelCase; requests also accept the snake_case spellings the
+//! upstream server takes. Null and absent optional fields are omitted from responses, as
+//! upstream's `response_model_exclude_none` does. Timestamps are RFC 3339 UTC strings (see
+//! [`time`](super::time)).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /sandboxes`. Fields sandboxd does not implement on Docker are still parsed so that
+/// validation can reject them by name instead of silently ignoring them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSandboxRequest {
+    /// The container image.
+    pub image: Option<ImageSpec>,
+    /// Create from a snapshot (not supported on Docker).
+    #[serde(alias = "snapshot_id")]
+    pub snapshot_id: Option<String>,
+    /// Create from a template (Kubernetes only upstream).
+    #[serde(alias = "template_id")]
+    pub template_id: Option<String>,
+    /// Scheduling constraint `{os, arch}`.
+    pub platform: Option<PlatformSpec>,
+    /// Seconds until expiry (≥ 60); null or absent means manual cleanup.
+    pub timeout: Option<serde_json::Value>,
+    /// `{cpu, memory, pids, gpu}` as Kubernetes-style quantities.
+    #[serde(alias = "resource_limits")]
+    pub resource_limits: Option<BTreeMap<String, serde_json::Value>>,
+    /// Environment of the sandbox; null values are dropped.
+    pub env: Option<BTreeMap<String, Option<String>>>,
+    /// User labels, stored as container labels.
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// The sandbox's main process; required with `image`.
+    pub entrypoint: Option<Vec<String>>,
+    /// Egress policy (needs the egress sidecar, which sandboxd does not run).
+    #[serde(alias = "network_policy")]
+    pub network_policy: Option<serde_json::Value>,
+    /// Credential proxy (needs `networkPolicy`).
+    #[serde(alias = "credential_proxy")]
+    pub credential_proxy: Option<serde_json::Value>,
+    /// Gateway-signed access (Kubernetes only).
+    #[serde(alias = "secure_access")]
+    pub secure_access: Option<bool>,
+    /// Volumes to mount.
+    pub volumes: Option<Vec<Volume>>,
+    /// Free-form switches; `bootstrap.execd.isolation=enable` asks for isolated sessions.
+    pub extensions: Option<BTreeMap<String, String>>,
+    /// Lifecycle hooks (Kubernetes only upstream).
+    pub lifecycle: Option<serde_json::Value>,
+}
+
+/// `{uri, auth?}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImageSpec {
+    /// Image reference, e.g. `python:3.12`.
+    pub uri: String,
+    /// Registry credentials (accepted, never echoed).
+    #[serde(default, skip_serializing)]
+    pub auth: Option<serde_json::Value>,
+}
+
+/// `{os, arch}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformSpec {
+    /// `linux` or `windows`.
+    pub os: String,
+    /// `amd64` or `arm64`.
+    pub arch: String,
+}
+
+/// One volume of `CreateSandboxRequest.volumes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    /// A DNS label naming the volume.
+    pub name: String,
+    /// A bind of a host directory (must be under an allowed prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostVolume>,
+    /// A named Docker volume (created when missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcVolume>,
+    /// Object storage (not supported by sandboxd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ossfs: Option<serde_json::Value>,
+    /// Absolute path inside the sandbox.
+    #[serde(alias = "mount_path")]
+    pub mount_path: String,
+    /// Mount read-only.
+    #[serde(default, alias = "read_only")]
+    pub read_only: bool,
+    /// A relative path inside the volume to mount instead of its root.
+    #[serde(default, alias = "sub_path", skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+}
+
+/// `{path}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostVolume {
+    /// Absolute host path.
+    pub path: String,
+}
+
+/// `{claimName, ...}`; on Docker a named volume.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcVolume {
+    /// The volume name.
+    #[serde(alias = "claim_name")]
+    pub claim_name: String,
+}
+
+/// `{state, reason?, message?, lastTransitionAt?}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxStatus {
+    /// `Pending`, `Running`, `Paused`, `Stopping`, `Terminated`, `Failed`, ...
+    pub state: String,
+    /// Machine-readable cause, e.g. `CONTAINER_RUNNING`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the state last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_at: Option<String>,
+}
+
+/// A sandbox as `GET /sandboxes/{id}` and the list return it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sandbox {
+    /// UUID.
+    pub id: String,
+    /// The image it was created from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSpec>,
+    /// Echo of the requested platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformSpec>,
+    /// Current state.
+    pub status: SandboxStatus,
+    /// User labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// The entrypoint as requested.
+    pub entrypoint: Vec<String>,
+    /// When it expires; absent for manual cleanup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// When it was created.
+    pub created_at: String,
+    /// The extensions it was created with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<BTreeMap<String, String>>,
+}
+
+/// The 202 body of `POST /sandboxes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSandboxResponse {
+    /// UUID.
+    pub id: String,
+    /// State after create (normally `Running`: create returns once execd answers).
+    pub status: SandboxStatus,
+    /// User labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Echo of the requested platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformSpec>,
+    /// When it expires; absent for manual cleanup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// When it was created.
+    pub created_at: String,
+    /// The entrypoint as requested.
+    pub entrypoint: Vec<String>,
+}
+
+/// `GET /sandboxes` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListSandboxesResponse {
+    /// This page, newest first.
+    pub items: Vec<Sandbox>,
+    /// Where this page sits.
+    pub pagination: Pagination,
+}
+
+/// Pagination of list answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pagination {
+    /// 1-based page number.
+    pub page: u32,
+    /// Items per page.
+    pub page_size: u32,
+    /// Items matching the filter.
+    pub total_items: u64,
+    /// Pages at this page size.
+    pub total_pages: u64,
+    /// Whether a later page exists.
+    pub has_next_page: bool,
+}
+
+/// `POST /sandboxes/{id}/renew-expiration` body and answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenewExpiration {
+    /// The new expiry (RFC 3339), in the future.
+    #[serde(alias = "expires_at")]
+    pub expires_at: String,
+}
+
+/// `GET /sandboxes/{id}/endpoints/{port}` answer: `host:port[/path]` without a scheme, plus
+/// headers every request to it must carry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `host:port[/path]`.
+    pub endpoint: String,
+    /// Headers to send with every request (the sandbox's execd access token).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// The diagnostics answer (`diagnostic-api.yml`), always delivered inline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiagnosticContent {
+    /// The sandbox.
+    pub sandbox_id: String,
+    /// `logs` or `events`.
+    pub kind: String,
+    /// The scope asked for.
+    pub scope: String,
+    /// Always `inline`.
+    pub delivery: String,
+    /// `text/plain; charset=utf-8`.
+    pub content_type: String,
+    /// The text.
+    pub content: String,
+    /// Whether older content was cut off.
+    pub truncated: bool,
+}
+
+/// The lifecycle error body `{code, message}`. Codes are upstream's strings
+/// (`SANDBOX::NOT_FOUND`, `INVALID_API_KEY`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleError {
+    /// Machine-readable code.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}

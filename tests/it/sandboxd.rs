@@ -1,0 +1,983 @@
+//! sandboxd on the real Docker engine: the lifecycle API end to end, with the static execd
+//! injected into the offline test images (`scripts/build-test-image.sh`).
+//!
+//! Every sandbox a test creates carries the label `execd-test-run=<marker>`, and the harness
+//! removes whatever still carries it when the test ends, so a failed test leaves no container.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::docker::docker_available;
+use crate::util::{eventually, kinds, marker, parse_sse, texts};
+
+const BUSYBOX: &str = "execd-test/busybox";
+const PYTHON: &str = "execd-test/python:bookworm";
+const TOKEN_HEADER: &str = "X-EXECD-ACCESS-TOKEN";
+const RUN_LABEL: &str = "execd-test-run";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn agent_binary() -> PathBuf {
+    let bin = repo().join("target/x86_64-unknown-linux-musl/release/execd");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/build-agent.sh",
+        bin.display()
+    );
+    bin
+}
+
+/// Builds the test image when its tag is missing (a no-op otherwise).
+fn image(which: &str) -> &'static str {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let status = Command::new(repo().join("scripts/build-test-image.sh"))
+        .arg(which)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run build-test-image.sh");
+    assert!(status.success(), "scripts/build-test-image.sh {which} failed");
+    match which {
+        "busybox" => BUSYBOX,
+        _ => PYTHON,
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("run docker");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Containers carrying this run's label.
+fn containers_of(run: &str) -> Vec<String> {
+    docker(&["ps", "-aq", "--filter", &format!("label={RUN_LABEL}={run}")])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A running sandboxd on a free loopback port, stopped on drop (its containers removed).
+struct Sandboxd {
+    child: Option<Child>,
+    base: String,
+    key: String,
+    data_dir: PathBuf,
+    _data: Option<tempfile::TempDir>,
+    run: String,
+    client: reqwest::Client,
+}
+
+impl Sandboxd {
+    fn start() -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        let dir = data.path().to_owned();
+        let mut s = Self::start_on(&dir, &marker());
+        s._data = Some(data);
+        s
+    }
+
+    /// Starts on an existing data dir (a restart), tagging sandboxes with `run`.
+    fn start_on(data_dir: &Path, run: &str) -> Self {
+        let key = "test-key-0123456789".to_owned();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sandboxd"))
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--api-key", &key])
+            .arg("--agent")
+            .arg(agent_binary())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sandboxd");
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read listening line");
+        let base = line
+            .trim()
+            .strip_prefix("sandboxd listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            child: Some(child),
+            base,
+            key,
+            data_dir: data_dir.to_owned(),
+            _data: None,
+            run: run.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops the process (SIGTERM), leaving its containers and state for a restart.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .header("OPEN-SANDBOX-API-KEY", &self.key)
+    }
+
+    async fn json(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = self.req(method, path);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("send");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Creates a sandbox (tagged with this run) and returns its 202 body.
+    async fn create(&self, mut body: Value) -> Value {
+        body["metadata"][RUN_LABEL] = json!(self.run);
+        let (status, created) = self.json(Method::POST, "/v1/sandboxes", Some(body.clone())).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "create {body}: {created}");
+        created
+    }
+
+    async fn endpoint(&self, id: &str, port: u16, server_proxy: bool) -> (String, String) {
+        let (status, ep) = self
+            .json(
+                Method::GET,
+                &format!("/v1/sandboxes/{id}/endpoints/{port}?use_server_proxy={server_proxy}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{ep}");
+        let token = ep["headers"]["x-execd-access-token"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        (format!("http://{}", ep["endpoint"].as_str().unwrap()), token)
+    }
+
+    async fn state(&self, id: &str) -> String {
+        let (status, sb) = self.json(Method::GET, &format!("/v1/sandboxes/{id}"), None).await;
+        assert_eq!(status, 200, "{sb}");
+        sb["status"]["state"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Sandboxd {
+    fn drop(&mut self) {
+        self.stop();
+        for c in containers_of(&self.run) {
+            docker(&["rm", "-f", &c]);
+        }
+    }
+}
+
+/// Runs a foreground command through an execd endpoint; returns (stdout text, exit code).
+async fn run(client: &reqwest::Client, base: &str, token: &str, command: &str) -> (String, i64) {
+    let resp = client
+        .post(format!("{base}/command"))
+        .header(TOKEN_HEADER, token)
+        .json(&json!({ "command": command }))
+        .send()
+        .await
+        .expect("send command");
+    assert_eq!(
+        resp.status(),
+        200,
+        "{command}: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let events = parse_sse(&resp.text().await.unwrap());
+    let last = events.last().map(|e| e.kind());
+    assert!(
+        matches!(last, Some("execution_complete" | "error")),
+        "{command}: {:?}",
+        kinds(&events)
+    );
+    let code = events.iter().find(|e| e.kind() == "error").map_or(0, |e| {
+        e.data["error"]["evalue"].as_str().unwrap().parse().unwrap()
+    });
+    // One event per line, newline removed.
+    let out = texts(&events, "stdout")
+        .iter()
+        .map(|line| format!("{line}\n"))
+        .collect();
+    (out, code)
+}
+
+fn sandbox_body(image: &str, entrypoint: &[&str]) -> Value {
+    json!({
+        "image": {"uri": image},
+        "entrypoint": entrypoint,
+        "timeout": 600,
+        "resourceLimits": {"cpu": "1", "memory": "512Mi"},
+    })
+}
+
+#[tokio::test]
+async fn python_sandbox_full_lifecycle() {
+    if !docker_available() {
+        return;
+    }
+    let image = image("python");
+    let d = Sandboxd::start();
+    let created = d
+        .create(json!({
+            "image": {"uri": image},
+            "entrypoint": ["tail", "-f", "/dev/null"],
+            "timeout": 600,
+            "resourceLimits": {"cpu": "1", "memory": "1Gi"},
+            "env": {"GREETING": "hello from env", "DROPPED": null},
+            "metadata": {"team": "ml"},
+        }))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["status"]["state"], "Running", "{created}");
+    assert!(created["expiresAt"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(created["entrypoint"], json!(["tail", "-f", "/dev/null"]));
+
+    // The container: execd as PID 1 in front of the entrypoint, limits applied.
+    let inspect: Value = serde_json::from_str(&docker(&["inspect", &format!("sandbox-{id}")])).unwrap();
+    let c = &inspect[0];
+    assert_eq!(c["Config"]["Entrypoint"][0], "/opt/opensandbox/execd");
+    assert_eq!(c["HostConfig"]["Memory"], 1 << 30);
+    assert_eq!(c["HostConfig"]["PidsLimit"], 4096);
+    assert!(c["HostConfig"]["SecurityOpt"]
+        .to_string()
+        .contains("no-new-privileges"));
+    assert_eq!(c["Config"]["Labels"]["team"], "ml");
+
+    // Commands through the direct endpoint, with the token the endpoint hands out.
+    let (base, token) = d.endpoint(&id, 44772, false).await;
+    assert!(!token.is_empty());
+    let client = reqwest::Client::new();
+    let unauth = client.get(format!("{base}/ping")).send().await.unwrap();
+    assert_eq!(unauth.status(), 401, "execd must demand the sandbox token");
+    let (out, code) = run(
+        &client,
+        &base,
+        &token,
+        "echo $GREETING; cat /proc/1/comm; echo ${DROPPED-unset}",
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "hello from env\nexecd\nunset\n");
+    let (out, _) = run(
+        &client,
+        &base,
+        &token,
+        "printenv EXECD_ACCESS_TOKEN || echo hidden",
+    )
+    .await;
+    assert_eq!(out, "hidden\n", "the token never reaches commands");
+
+    // Files.
+    let body = crate::files::multipart(&[
+        crate::files::Part::Metadata {
+            json: r#"{"path":"/tmp/a.txt","mode":644}"#.to_owned(),
+            filename: false,
+        },
+        crate::files::Part::File {
+            name: "a.txt",
+            content: b"payload-123",
+        },
+    ]);
+    let resp = client
+        .post(format!("{base}/files/upload"))
+        .header(TOKEN_HEADER, &token)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={}", crate::files::BOUNDARY),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+    let got = client
+        .get(format!("{base}/files/download?path=/tmp/a.txt"))
+        .header(TOKEN_HEADER, &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.text().await.unwrap(), "payload-123");
+
+    // Code: a python context on the image's ipykernel.
+    let ctx: Value = client
+        .post(format!("{base}/code/context"))
+        .header(TOKEN_HEADER, &token)
+        .json(&json!({"language": "python"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = client
+        .post(format!("{base}/code"))
+        .header(TOKEN_HEADER, &token)
+        .json(&json!({"context": {"id": ctx["id"], "language": "python"}, "code": "x = 6 * 7\nprint(x)"}))
+        .send()
+        .await
+        .unwrap();
+    let events = parse_sse(&resp.text().await.unwrap());
+    assert_eq!(texts(&events, "stdout").concat(), "42\n", "{:?}", kinds(&events));
+
+    // Renew moves the expiry; renewing into the past is refused.
+    let later = execd::wire::time::format_ms(execd::wire::time::now_ms() + 3_600_000);
+    let (status, renewed) = d
+        .json(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/renew-expiration"),
+            Some(json!({"expiresAt": later})),
+        )
+        .await;
+    assert_eq!(status, 200, "{renewed}");
+    let (_, info) = d.json(Method::GET, &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(info["expiresAt"], renewed["expiresAt"]);
+    let (status, err) = d
+        .json(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/renew-expiration"),
+            Some(json!({"expiresAt": "2001-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+
+    // Pause freezes the sandbox; resume brings it back with its state.
+    let (status, _) = d
+        .json(Method::POST, &format!("/v1/sandboxes/{id}/pause"), None)
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(d.state(&id).await, "Paused");
+    let (status, err) = d
+        .json(Method::POST, &format!("/v1/sandboxes/{id}/pause"), None)
+        .await;
+    assert_eq!(status, 409, "pausing twice: {err}");
+    let (status, _) = d
+        .json(Method::POST, &format!("/v1/sandboxes/{id}/resume"), None)
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(d.state(&id).await, "Running");
+    let (out, _) = run(&client, &base, &token, "cat /tmp/a.txt").await;
+    assert_eq!(out, "payload-123\n");
+
+    // Diagnostics.
+    let (status, events) = d
+        .json(
+            Method::GET,
+            &format!("/v1/sandboxes/{id}/diagnostics/events?scope=lifecycle"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let content = events["content"].as_str().unwrap();
+    assert!(
+        content.contains("paused") && content.contains("resumed"),
+        "{content}"
+    );
+
+    // Delete: 204, then 404, and no container left.
+    let (status, _) = d.json(Method::DELETE, &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = d.json(Method::GET, &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(status, 404);
+    assert!(containers_of(&d.run).is_empty(), "container left after delete");
+}
+
+#[tokio::test]
+async fn busybox_image_without_libc_serves_commands_and_the_server_proxy() {
+    if !docker_available() {
+        return;
+    }
+    let image = image("busybox");
+    let d = Sandboxd::start();
+    let created = d.create(sandbox_body(image, &["sleep", "100000"])).await;
+    let id = created["id"].as_str().unwrap();
+    let client = reqwest::Client::new();
+
+    let (base, token) = d.endpoint(id, 44772, false).await;
+    let (out, code) = run(&client, &base, &token, "echo busy; exit 3").await;
+    assert_eq!((out.as_str(), code), ("busy\n", 3));
+
+    // The same through sandboxd's proxy, authenticated by the sandbox token the endpoint
+    // hands out (what SDK 0.1.10 sends) or by the API key (what 1.1.1 sends).
+    let (proxied, ptoken) = d.endpoint(id, 44772, true).await;
+    assert!(
+        proxied.contains(&format!("/v1/sandboxes/{id}/proxy/44772")),
+        "{proxied}"
+    );
+    let (out, code) = run(&client, &proxied, &ptoken, "echo via-proxy").await;
+    assert_eq!((out.as_str(), code), ("via-proxy\n", 0));
+    let by_key = client
+        .get(format!("{proxied}/ping"))
+        .header("OPEN-SANDBOX-API-KEY", &d.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_key.status(), 200);
+    let anonymous = client.get(format!("{proxied}/ping")).send().await.unwrap();
+    assert_eq!(
+        anonymous.status(),
+        401,
+        "the proxy needs the API key or the sandbox token"
+    );
+    let wrong = client
+        .get(format!("{proxied}/ping"))
+        .header(TOKEN_HEADER, "not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    // Direct endpoints for other ports go through execd's own /proxy.
+    let (direct_user, _) = d.endpoint(id, 9000, false).await;
+    assert!(direct_user.ends_with("/proxy/9000"), "{direct_user}");
+    // The 1.1.1 SDK asks for the egress port; it must answer even without a sidecar.
+    let (egress, _) = d.endpoint(id, 18080, false).await;
+    assert!(egress.ends_with("/proxy/18080"), "{egress}");
+}
+
+#[tokio::test]
+async fn the_proxy_strips_credentials_before_a_user_port() {
+    if !docker_available() {
+        return;
+    }
+    let image = image("python");
+    let d = Sandboxd::start();
+    let created = d.create(sandbox_body(image, &["tail", "-f", "/dev/null"])).await;
+    let id = created["id"].as_str().unwrap();
+    let client = reqwest::Client::new();
+    let (base, token) = d.endpoint(id, 44772, false).await;
+    // A server on port 9000 that answers every GET with the headers it received, as JSON.
+    let server = r#"
+import http.server, json
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        seen = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+        body = json.dumps(seen).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer(("127.0.0.1", 9000), Echo).serve_forever()
+"#;
+    let body = crate::files::multipart(&[
+        crate::files::Part::Metadata {
+            json: r#"{"path":"/tmp/echo.py","mode":644}"#.to_owned(),
+            filename: false,
+        },
+        crate::files::Part::File {
+            name: "echo.py",
+            content: server.as_bytes(),
+        },
+    ]);
+    let resp = client
+        .post(format!("{base}/files/upload"))
+        .header(TOKEN_HEADER, &token)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={}", crate::files::BOUNDARY),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = client
+        .post(format!("{base}/command"))
+        .header(TOKEN_HEADER, &token)
+        .json(&json!({"command": "python3 /tmp/echo.py", "background": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (proxied, ptoken) = d.endpoint(id, 9000, true).await;
+    let seen: Value = eventually(20, "the user server", async || {
+        let resp = client
+            .get(format!("{proxied}/echo/a%20b?x=1&y=2"))
+            .header(TOKEN_HEADER, &ptoken)
+            .header("Authorization", "Bearer secret")
+            .header("Cookie", "session=secret")
+            .header("OPEN-SANDBOX-API-KEY", &d.key)
+            .header("X-Custom", "kept")
+            .send()
+            .await
+            .ok()?;
+        (resp.status() == 200).then_some(())?;
+        resp.json().await.ok()
+    })
+    .await;
+    assert_eq!(seen["path"], "/echo/a%20b?x=1&y=2");
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-custom"], "kept");
+    for secret in [
+        "authorization",
+        "cookie",
+        "open-sandbox-api-key",
+        "x-execd-access-token",
+    ] {
+        assert!(
+            headers.get(secret).is_none(),
+            "{secret} leaked to the user port: {headers}"
+        );
+    }
+    assert!(headers["x-forwarded-for"].is_string(), "{headers}");
+}
+
+#[tokio::test]
+async fn list_filters_and_metadata_patch() {
+    if !docker_available() {
+        return;
+    }
+    let image = image("busybox");
+    let d = Sandboxd::start();
+    let mut ids = Vec::new();
+    for team in ["a", "a", "b"] {
+        let mut body = sandbox_body(image, &["sleep", "100000"]);
+        body["metadata"] = json!({ "team": team });
+        ids.push(d.create(body).await["id"].as_str().unwrap().to_owned());
+    }
+    let (_, paused) = d
+        .json(Method::POST, &format!("/v1/sandboxes/{}/pause", ids[1]), None)
+        .await;
+    assert_eq!(paused, Value::String(String::new()));
+
+    let list = async |query: &str| -> Vec<String> {
+        let (status, body) = d.json(Method::GET, &format!("/v1/sandboxes?{query}"), None).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut all = list("").await;
+    all.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(all, expected);
+    assert_eq!(list("state=running").await.len(), 2, "case-insensitive state");
+    assert_eq!(list("state=Paused").await, [ids[1].clone()]);
+    assert_eq!(list("state=Paused&state=RUNNING").await.len(), 3, "states OR");
+    let meta = format!("metadata=team%3Da%26{RUN_LABEL}%3D{}", d.run);
+    let mut team_a = list(&meta).await;
+    team_a.sort();
+    let mut want = vec![ids[0].clone(), ids[1].clone()];
+    want.sort();
+    assert_eq!(team_a, want, "metadata AND");
+    assert!(list("metadata=team%3Dc").await.is_empty());
+
+    let (status, page) = d.json(Method::GET, "/v1/sandboxes?pageSize=2&page=2", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        page["pagination"],
+        json!({"page": 2, "pageSize": 2, "totalItems": 3, "totalPages": 2, "hasNextPage": false})
+    );
+    let newest_first = list("").await;
+    assert_eq!(newest_first[0], ids[2]);
+
+    // Merge patch: set, change, delete with null.
+    let (status, patched) = d
+        .json(
+            Method::PATCH,
+            &format!("/v1/sandboxes/{}/metadata", ids[2]),
+            Some(json!({"team": "c", "tier": "gold"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["metadata"]["team"], "c");
+    assert_eq!(patched["metadata"]["tier"], "gold");
+    let (_, patched) = d
+        .json(
+            Method::PATCH,
+            &format!("/v1/sandboxes/{}/metadata", ids[2]),
+            Some(json!({"tier": null})),
+        )
+        .await;
+    assert!(patched["metadata"].get("tier").is_none(), "{patched}");
+    assert_eq!(list("metadata=team%3Dc").await, [ids[2].clone()]);
+    for bad in [json!({"opensandbox.io/x": "1"}), json!({"k": 1}), json!(["k"])] {
+        let (status, err) = d
+            .json(
+                Method::PATCH,
+                &format!("/v1/sandboxes/{}/metadata", ids[2]),
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn expiry_deletes_on_time_and_restart_reconciles() {
+    if !docker_available() {
+        return;
+    }
+    let image = image("busybox");
+    let mut d = Sandboxd::start();
+    let body = || sandbox_body(image, &["sleep", "100000"]);
+    let expiring = d.create(body()).await["id"].as_str().unwrap().to_owned();
+    let kept = d.create(body()).await["id"].as_str().unwrap().to_owned();
+    let vanishing = d.create(body()).await["id"].as_str().unwrap().to_owned();
+    let manual = d
+        .create(json!({"image": {"uri": image}, "entrypoint": ["sleep", "100000"], "timeout": null}))
+        .await;
+    assert!(
+        manual.get("expiresAt").is_none(),
+        "manual cleanup has no expiry: {manual}"
+    );
+    let manual = manual["id"].as_str().unwrap().to_owned();
+    let (status, _) = d
+        .json(
+            Method::POST,
+            &format!("/v1/sandboxes/{manual}/renew-expiration"),
+            Some(json!({"expiresAt": "2099-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 409, "manual-cleanup sandboxes have nothing to renew");
+
+    // Expiry: renew to 1.5 s from now; it must be gone (API and Docker) soon after.
+    let soon = execd::wire::time::format_ms(execd::wire::time::now_ms() + 1500);
+    let (status, _) = d
+        .json(
+            Method::POST,
+            &format!("/v1/sandboxes/{expiring}/renew-expiration"),
+            Some(json!({"expiresAt": soon})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    eventually(10, "the expired sandbox to go", async || {
+        let (status, _) = d
+            .json(Method::GET, &format!("/v1/sandboxes/{expiring}"), None)
+            .await;
+        (status == 404).then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1000), "expired early: {took:?}");
+    assert!(docker(&["ps", "-aq", "--filter", &format!("name=sandbox-{expiring}")]).is_empty());
+
+    // Restart: while sandboxd is down, one container is removed behind its back and one
+    // sandbox's expiry passes.
+    let (status, _) = d
+        .json(
+            Method::POST,
+            &format!("/v1/sandboxes/{kept}/renew-expiration"),
+            Some(json!({"expiresAt": execd::wire::time::format_ms(execd::wire::time::now_ms() + 3_600_000)})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let expiring = d.create(body()).await["id"].as_str().unwrap().to_owned();
+    let soon = execd::wire::time::format_ms(execd::wire::time::now_ms() + 500);
+    let (status, _) = d
+        .json(
+            Method::POST,
+            &format!("/v1/sandboxes/{expiring}/renew-expiration"),
+            Some(json!({"expiresAt": soon})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    d.stop();
+    docker(&["rm", "-f", &format!("sandbox-{vanishing}")]);
+    std::thread::sleep(Duration::from_millis(800));
+
+    let d2 = Sandboxd::start_on(&d.data_dir, &d.run);
+    let (status, info) = d2.json(Method::GET, &format!("/v1/sandboxes/{kept}"), None).await;
+    assert_eq!(status, 200, "a running sandbox is adopted: {info}");
+    assert_eq!(info["status"]["state"], "Running");
+    let (base, token) = d2.endpoint(&kept, 44772, false).await;
+    let (out, _) = run_cmd(&base, &token, "echo adopted").await;
+    assert_eq!(out, "adopted\n");
+    let (status, _) = d2
+        .json(Method::GET, &format!("/v1/sandboxes/{manual}"), None)
+        .await;
+    assert_eq!(status, 200, "manual-cleanup sandboxes survive restarts");
+    let (status, _) = d2
+        .json(Method::GET, &format!("/v1/sandboxes/{vanishing}"), None)
+        .await;
+    assert_eq!(status, 404, "a vanished container is forgotten");
+    let (status, _) = d2
+        .json(Method::GET, &format!("/v1/sandboxes/{expiring}"), None)
+        .await;
+    assert_eq!(status, 404, "an expired sandbox is removed at start");
+    assert!(docker(&["ps", "-aq", "--filter", &format!("name=sandbox-{expiring}")]).is_empty());
+    assert_eq!(
+        containers_of(&d.run).len(),
+        2,
+        "only the adopted sandboxes' containers are left"
+    );
+}
+
+async fn run_cmd(base: &str, token: &str, command: &str) -> (String, i64) {
+    run(&reqwest::Client::new(), base, token, command).await
+}
+
+#[tokio::test]
+async fn a_container_killed_behind_sandboxds_back_shows_failed() {
+    if !docker_available() {
+        return;
+    }
+    let image = image("busybox");
+    let d = Sandboxd::start();
+    let killed = d.create(sandbox_body(image, &["sleep", "100000"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let finished = d.create(sandbox_body(image, &["sleep", "1"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    docker(&["kill", &format!("sandbox-{killed}")]);
+    let (status, info) = d
+        .json(Method::GET, &format!("/v1/sandboxes/{killed}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(info["status"]["state"], "Failed", "{info}");
+    assert!(
+        info["status"]["message"].as_str().unwrap().contains("137"),
+        "{info}"
+    );
+    // An entrypoint that ends with 0 ends the sandbox cleanly (execd as init exits with it).
+    let state = eventually(10, "the sandbox to finish", async || {
+        let state = d.state(&finished).await;
+        (state != "Running").then_some(state)
+    })
+    .await;
+    assert_eq!(state, "Terminated");
+    // Removed outside sandboxd: Failed with a reason, and still deletable.
+    docker(&["rm", "-f", &format!("sandbox-{killed}")]);
+    let (_, info) = d
+        .json(Method::GET, &format!("/v1/sandboxes/{killed}"), None)
+        .await;
+    assert_eq!(info["status"]["state"], "Failed");
+    assert_eq!(info["status"]["reason"], "CONTAINER_GONE");
+    let (status, _) = d
+        .json(Method::DELETE, &format!("/v1/sandboxes/{killed}"), None)
+        .await;
+    assert_eq!(status, 204);
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_leaves_nothing() {
+    if !docker_available() {
+        return;
+    }
+    let image = image("busybox");
+    let d = Sandboxd::start();
+
+    // Auth.
+    let resp = d
+        .client
+        .get(format!("{}/v1/sandboxes", d.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.json::<Value>().await.unwrap()["code"], "MISSING_API_KEY");
+    let resp = d
+        .client
+        .get(format!("{}/v1/sandboxes", d.base))
+        .header("OPEN-SANDBOX-API-KEY", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap()["code"], "INVALID_API_KEY");
+    let health = d.client.get(format!("{}/health", d.base)).send().await.unwrap();
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "healthy"})
+    );
+
+    // Unknown id: 404 with the request id echoed, on both prefixes.
+    for prefix in ["", "/v1"] {
+        let resp = d
+            .req(Method::GET, &format!("{prefix}/sandboxes/no-such-id"))
+            .header("X-Request-ID", "req-123")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()["x-request-id"], "req-123");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "SANDBOX::NOT_FOUND");
+        assert!(body["message"].as_str().unwrap().contains("no-such-id"));
+    }
+    let resp = d.req(Method::GET, "/v1/sandboxes").send().await.unwrap();
+    assert_eq!(
+        resp.headers()["x-request-id"].len(),
+        32,
+        "a request id is made when none is sent"
+    );
+
+    let cases = [
+        (json!({}), "image is required"),
+        (json!({"image": {"uri": image}}), "entrypoint"),
+        (
+            json!({"image": {"uri": image}, "entrypoint": ["x"], "timeout": 10}),
+            "at least 60",
+        ),
+        (
+            json!({"image": {"uri": image}, "entrypoint": ["x"], "resourceLimits": {"memory": "lots"}}),
+            "memory",
+        ),
+        (
+            json!({"image": {"uri": image}, "entrypoint": ["x"], "metadata": {"opensandbox.io/id": "x"}}),
+            "reserved",
+        ),
+        (
+            json!({"image": "not-an-object", "entrypoint": ["x"]}),
+            "invalid JSON body",
+        ),
+    ];
+    for (body, needle) in cases {
+        let (status, err) = d.json(Method::POST, "/v1/sandboxes", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert!(err["message"].as_str().unwrap().contains(needle), "{body}: {err}");
+    }
+    let resp = d
+        .req(Method::POST, "/v1/sandboxes")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // Unknown image: a clear error and no container.
+    let (status, err) = d
+        .json(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"image": {"uri": "execd-test/no-such-image:1"}, "entrypoint": ["x"], "metadata": {RUN_LABEL: d.run}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["code"], "SANDBOX::IMAGE_NOT_FOUND");
+    // An entrypoint that does not exist: execd cannot start it, the create fails with the
+    // reason, and the container is removed.
+    let (status, err) = d
+        .json(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"image": {"uri": image}, "entrypoint": ["/no/such/program"], "metadata": {RUN_LABEL: d.run}})),
+        )
+        .await;
+    assert_eq!(status, 500, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("/no/such/program"),
+        "{err}"
+    );
+    assert!(
+        containers_of(&d.run).is_empty(),
+        "failed creates leave no container"
+    );
+    let (_, list) = d.json(Method::GET, "/v1/sandboxes", None).await;
+    assert_eq!(list["pagination"]["totalItems"], 0, "{list}");
+
+    // Routes of the 1.1.1 server that the Docker runtime does not offer: 501, not 404.
+    for path in [
+        "/v1/templates",
+        "/templates/x",
+        "/v1/sandboxes/x/networkpolicy",
+        "/v1/snapshots",
+    ] {
+        let (status, err) = d.json(Method::GET, path, None).await;
+        assert_eq!(status, 501, "{path}: {err}");
+        assert!(
+            err["code"].as_str().unwrap().ends_with("API_NOT_SUPPORTED"),
+            "{err}"
+        );
+    }
+    let (status, _) = d
+        .json(
+            Method::POST,
+            "/v1/metrics/events",
+            Some(json!({"eventType": "sandbox.create", "createDurationMs": 5, "success": true})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, err) = d.json(Method::GET, "/v1/sandboxes/x/endpoints/99999", None).await;
+    assert_eq!(status, 404, "unknown sandbox first: {err}");
+}
+
+#[tokio::test]
+async fn a_terminal_websocket_runs_through_the_server_proxy() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::Message;
+
+    if !docker_available() {
+        return;
+    }
+    let image = image("python");
+    let d = Sandboxd::start();
+    let created = d.create(sandbox_body(image, &["tail", "-f", "/dev/null"])).await;
+    let id = created["id"].as_str().unwrap();
+    let (proxied, token) = d.endpoint(id, 44772, true).await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{proxied}/pty"))
+        .header(TOKEN_HEADER, &token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let session: Value = resp.json().await.unwrap();
+    let url = format!(
+        "{}/pty/{}/ws",
+        proxied.replacen("http://", "ws://", 1),
+        session["session_id"].as_str().unwrap()
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(TOKEN_HEADER, token.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade through the proxy");
+    let mut input = vec![0x00];
+    input.extend_from_slice(b"echo $((6 * 7))-via-ws\n");
+    ws.send(Message::Binary(input.into())).await.unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&out).contains("42-via-ws") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, ws.next())
+            .await
+            .expect("terminal output in time")
+            .expect("socket open")
+            .unwrap();
+        if let Message::Binary(b) = frame {
+            if b.first() == Some(&0x01) {
+                out.extend_from_slice(&b[1..]);
+            }
+        }
+    }
+}
