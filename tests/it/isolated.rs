@@ -371,6 +371,8 @@ async fn escape_fork_bomb_and_memory_hog_are_contained_while_execd_answers() {
         env: vec![
             ("EXECD_ISOLATED_PIDS".into(), "64".into()),
             ("EXECD_ISOLATED_MEMORY_MB".into(), "64".into()),
+            // Half a CPU: the spinning bomb must leave execd a core on a 2-core machine.
+            ("EXECD_ISOLATED_CPU_MILLIS".into(), "500".into()),
         ],
         ..Opts::default()
     });
@@ -1075,4 +1077,29 @@ async fn files_api_moves_replaces_and_searches_in_the_merged_view() {
         std::fs::read_to_string(ws.path().join("a.txt")).unwrap(),
         "hello world"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_interrupts_its_foreground_run() {
+    let agent = Agent::start();
+    let ws = workspace();
+    let w = ws.path().to_str().unwrap().to_owned();
+    let sid = create(&agent, json!({ "workspace": { "path": w, "mode": "rw" } })).await;
+    let mut resp = agent
+        .post(&format!("/v1/isolated/session/{sid}/run"))
+        .json(&json!({ "code": "trap 'echo interrupted > got-int; exit 130' INT; echo started; sleep 30 & wait" }))
+        .send()
+        .await
+        .unwrap();
+    // Read until the run has started, then hang up.
+    let mut seen = String::new();
+    while !seen.contains("started") {
+        let chunk = resp.chunk().await.unwrap().expect("stream ended early");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(resp);
+    eventually(5, "the run to be interrupted", async || {
+        ws.path().join("got-int").exists().then_some(())
+    })
+    .await;
 }

@@ -10,7 +10,6 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
-use super::sse_response;
 use crate::agent::isolated::{Started, LOG_CAP};
 use crate::agent::AppState;
 use crate::wire::isolated::{
@@ -103,7 +102,8 @@ pub(crate) async fn run_isolated(
     ApiJson(req): ApiJson<IsolatedRunRequest>,
 ) -> Result<Response, ApiError> {
     let iso = state.isolation.clone();
-    let started = tokio::task::spawn_blocking(move || iso.start_run(&sid, req))
+    let run_sid = sid.clone();
+    let started = tokio::task::spawn_blocking(move || iso.start_run(&run_sid, req))
         .await
         .map_err(|e| ApiError::runtime(format!("run start failed: {e}")))??;
     match started {
@@ -111,9 +111,36 @@ pub(crate) async fn run_isolated(
             let cursor = journal
                 .cursor(None)
                 .map_err(|e| ApiError::runtime(format!("cannot read journal: {e}")))?;
-            Ok(sse_response(cursor))
+            // The contract: a client that goes away mid-run cancels it (SIGINT to the session).
+            let guard = DisconnectGuard {
+                state: state.clone(),
+                sid,
+                journal,
+            };
+            let stream = futures_util::StreamExt::map(cursor.into_stream(), move |chunk| {
+                let _ = &guard;
+                chunk
+            });
+            let mut resp = Response::new(Body::from_stream(stream));
+            super::sse_headers(resp.headers_mut());
+            Ok(resp)
         }
         Started::Background(resp) => Ok((StatusCode::ACCEPTED, Json(resp)).into_response()),
+    }
+}
+
+/// Interrupts the session when a foreground run's response is dropped before its end.
+struct DisconnectGuard {
+    state: AppState,
+    sid: String,
+    journal: std::sync::Arc<crate::agent::stream::Journal>,
+}
+
+impl Drop for DisconnectGuard {
+    fn drop(&mut self) {
+        if !self.journal.is_finished() {
+            self.state.isolation.interrupt(&self.sid);
+        }
     }
 }
 

@@ -715,6 +715,13 @@ impl Isolation {
         Ok(Started::Foreground(journal))
     }
 
+    /// SIGINT to every process of session `sid` (a foreground run's client went away).
+    pub fn interrupt(&self, sid: &str) {
+        if let Some(session) = self.map().get(sid).cloned() {
+            let _ = session.send(&ToJail::Interrupt, &[]);
+        }
+    }
+
     /// `GET …/runs/{rid}`.
     pub fn run_status(&self, sid: &str, rid: &str) -> Result<IsolatedRunStatus, IsolatedError> {
         let session = self.get(sid)?;
