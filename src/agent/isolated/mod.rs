@@ -290,6 +290,14 @@ impl Isolation {
         )
         .map(|cg| cg.remove())
         .map_err(|e| e.to_string());
+        // Sessions do not survive a restart: drop what a previous execd left behind.
+        if let Ok(entries) = std::fs::read_dir(settings.state_dir.join("isolated")) {
+            for e in entries.flatten() {
+                if e.file_name() != ".probe" {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let gc_interval = settings.gc_interval;
         let iso = Arc::new(Self {
             runtime,
@@ -793,10 +801,27 @@ impl Isolation {
         }
     }
 
-    /// Kills every session's processes (shutdown).
+    /// Kills every session's processes and, once they are gone, removes their cgroups and
+    /// directories (shutdown; sessions do not survive a restart).
     pub fn kill_all(&self) {
-        for s in self.map().values() {
+        let sessions: Vec<Arc<Session>> = self.map().drain().map(|(_, s)| s).collect();
+        for s in &sessions {
+            *lock(&s.status) = IsolatedSessionStatus::Destroyed;
             kill_session(s);
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for s in &sessions {
+            if let Some(cg) = &s.cgroup {
+                while Instant::now() < deadline {
+                    cg.kill_all();
+                    cg.remove();
+                    if cg.procs_files().iter().all(|p| !p.exists()) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            let _ = std::fs::remove_dir_all(&s.dir);
         }
     }
 }
