@@ -66,7 +66,11 @@ pub fn run(spec: &JailSpec, sock: OwnedFd) -> Result<(), InitError> {
             },
         )
     })?;
-    let landlock = probe_landlock(spec, &filters);
+    let landlock = if spec.probe_run {
+        probe_landlock(spec, &filters)
+    } else {
+        String::new()
+    };
     if proto::send(sock.as_fd(), &FromJail::Ready { landlock }, &[]).is_err() {
         return Ok(());
     }

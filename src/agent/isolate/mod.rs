@@ -98,6 +98,7 @@ pub fn probe(exe: &Path, state_dir: &Path) -> Probe {
             private_tmp: true,
             cgroup_procs: Vec::new(),
             run: probe_policy(landlock_abi),
+            probe_run: true,
         };
         run_probe(exe, &spec)
     })();
@@ -126,6 +127,7 @@ pub fn probe(exe: &Path, state_dir: &Path) -> Probe {
                     drop_caps: root,
                     ..probe_policy(landlock_abi)
                 },
+                probe_run: true,
             };
             let landlock_status = run_probe(exe, &spec).unwrap_or_else(|e| format!("error: {e}"));
             Probe {

@@ -41,6 +41,9 @@ pub struct JailSpec {
     pub cgroup_procs: Vec<PathBuf>,
     /// What every run gets.
     pub run: RunPolicy,
+    /// Apply the run policy once in a throwaway child and report landlock's verdict in
+    /// `Ready` (the start-up probe; sessions skip it).
+    pub probe_run: bool,
 }
 
 /// One mount of the session.

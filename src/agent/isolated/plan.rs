@@ -420,12 +420,93 @@ pub fn jail_spec(
         private_tmp: plan.profile == IsolationProfile::Strict,
         cgroup_procs,
         run,
+        probe_run: false,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(namespaces: bool, state: &Path) -> Settings {
+        Settings {
+            namespaces,
+            allow_degraded: true,
+            root: true,
+            landlock_abi: 6,
+            state_dir: state.to_path_buf(),
+            allowed_writable: vec![state.parent().unwrap().join("allowed")],
+            limits: Default::default(),
+            gc_interval: std::time::Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn jail_spec_orders_mounts_shallow_first_and_scopes_writes() {
+        let base = tempfile::tempdir().unwrap();
+        let b = base.path();
+        let (deep, shallow, ro) = (b.join("w/deep/er"), b.join("w"), b.join("ro"));
+        let req: CreateIsolatedSessionRequest = serde_json::from_value(serde_json::json!({
+            "overlays": [
+                { "path": deep, "mode": "overlay" },
+                { "path": shallow, "mode": "rw" },
+                { "path": ro, "mode": "ro" },
+            ],
+            "extra_writable": [b.join("allowed/x")],
+            "uid": 1000,
+        }))
+        .unwrap();
+        std::fs::create_dir_all(b.join("allowed/x")).unwrap();
+        let s = settings(true, &b.join("state"));
+        let mut plan = plan(&req, &s).unwrap();
+        let spec = jail_spec(&mut plan, &s, &b.join("state/isolated/s"), Vec::new()).unwrap();
+        let dests: Vec<PathBuf> = spec
+            .mounts
+            .iter()
+            .map(|m| match m {
+                MountStep::Overlay { path, .. } | MountStep::TmpOverlay { path, .. } => path.clone(),
+                MountStep::Bind { dest, .. } => dest.clone(),
+            })
+            .collect();
+        assert_eq!(
+            dests,
+            vec![shallow.clone(), ro.clone(), deep.clone(), b.join("allowed/x")]
+        );
+        assert!(deep.is_dir(), "mount points are created");
+        assert!(plan.mounts[0]
+            .upper
+            .as_ref()
+            .is_some_and(|u| u.ends_with("m0/upper") && u.is_dir()));
+        let ll = spec.run.landlock.unwrap();
+        assert!(ll.write.contains(&shallow) && ll.write.contains(&deep) && !ll.write.contains(&ro));
+        assert_eq!(ll.read, vec![PathBuf::from("/")]);
+        assert_eq!((spec.run.uid, spec.run.gid), (1000, 1000));
+        assert!(spec.run.switch_identity && spec.run.drop_caps && !spec.run.deny_inet);
+        assert_eq!(spec.masks, vec![b.join("state")]);
+    }
+
+    #[test]
+    fn degraded_spec_reads_everything_but_the_state_dir_and_writes_no_overlay() {
+        let base = tempfile::tempdir().unwrap();
+        let b = base.path();
+        let req: CreateIsolatedSessionRequest = serde_json::from_value(serde_json::json!({
+            "overlays": [{ "path": b.join("ov") }, { "path": b.join("rw"), "mode": "rw" }],
+            "share_net": false,
+        }))
+        .unwrap();
+        let s = settings(false, &b.join("state"));
+        let mut plan = plan(&req, &s).unwrap();
+        let spec = jail_spec(&mut plan, &s, &b.join("state/isolated/s"), Vec::new()).unwrap();
+        assert!(!spec.namespaces && spec.run.deny_inet);
+        let ll = spec.run.landlock.unwrap();
+        assert!(!ll
+            .read
+            .iter()
+            .any(|p| p.starts_with(b.join("state")) && !p.ends_with("tmp")));
+        assert!(!ll.read.contains(&PathBuf::from("/dev")));
+        assert!(ll.write.contains(&b.join("rw")) && !ll.write.contains(&b.join("ov")));
+        assert!(ll.write.contains(&b.join("state/isolated/s/tmp")));
+    }
 
     #[test]
     fn clean_paths() {
