@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use execd::orchestrator::{Cli, Command};
-use tracing_subscriber::filter::Targets;
+use tracing::Level;
+use tracing_subscriber::filter::{filter_fn, Targets};
 use tracing_subscriber::prelude::*;
 
 fn main() -> ExitCode {
@@ -20,11 +21,16 @@ fn main() -> ExitCode {
             }
         },
     };
+    // The Docker client traces request bodies, which carry each sandbox's access token in
+    // its environment: never let those lines out, whatever the filter asks for.
+    let no_secrets =
+        filter_fn(|meta| !(meta.target().starts_with("bollard") && *meta.level() == Level::TRACE));
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_filter(filter),
+                .with_filter(filter)
+                .with_filter(no_secrets),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

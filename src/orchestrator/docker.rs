@@ -29,6 +29,8 @@ use sha2::Digest as _;
 pub const AGENT_DIR: &str = "/opt/opensandbox";
 /// execd's port inside the sandbox.
 pub const EXECD_PORT: u16 = 44772;
+/// execd's state directory, a tmpfs in sandboxes with isolated sessions.
+pub const ISOLATION_STATE: &str = "/var/lib/execd";
 /// The conventional application port that is published too.
 pub const HTTP_PORT: u16 = 8080;
 
@@ -284,12 +286,17 @@ impl Docker {
             (format!("{HTTP_PORT}/tcp"), binding()),
         ]);
         let mut security_opt = vec!["no-new-privileges:true".to_owned()];
-        let (mut masked_paths, mut readonly_paths) = (None, None);
+        let (mut masked_paths, mut readonly_paths, mut tmpfs) = (None, None, None);
         if let Some(profile) = spec.isolation_seccomp {
             security_opt.push(format!("seccomp={profile}"));
             // What `--security-opt systempaths=unconfined` does: a fresh procfs can be mounted.
             masked_paths = Some(Vec::new());
             readonly_paths = Some(Vec::new());
+            // Overlay upper directories cannot live on the container's own overlay root.
+            tmpfs = Some(HashMap::from([(
+                ISOLATION_STATE.to_owned(),
+                "rw,nosuid,nodev,mode=0755".to_owned(),
+            )]));
         }
         let host_config = HostConfig {
             port_bindings: Some(port_bindings),
@@ -299,6 +306,7 @@ impl Docker {
             security_opt: Some(security_opt),
             masked_paths,
             readonly_paths,
+            tmpfs,
             binds: (!spec.binds.is_empty()).then_some(spec.binds),
             mounts: Some(vec![self.agent_mount(true)]),
             network_mode: Some(spec.network),

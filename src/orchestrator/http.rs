@@ -139,11 +139,13 @@ async fn json_body<T: DeserializeOwned>(req: Request) -> Result<T, Error> {
     serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))
 }
 
-async fn health() -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "`{\"status\": \"healthy\"}`")))]
+pub(crate) async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "healthy"}))
 }
 
-async fn version(State(app): State<App>) -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/version", responses((status = 200, description = "`{version, runtime, dockerApiVersion}` (bare path only)")))]
+pub(crate) async fn version(State(app): State<App>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "runtime": "docker",
@@ -151,11 +153,16 @@ async fn version(State(app): State<App>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn metrics_event() -> StatusCode {
+#[utoipa::path(post, path = "/v1/metrics/events", responses((status = 204, description = "accepted and ignored (the 1.1.1 SDK's fire-and-forget create metric)")))]
+pub(crate) async fn metrics_event() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn create(State(app): State<App>, req: Request) -> Result<Response, Error> {
+#[utoipa::path(post, path = "/sandboxes", request_body = crate::wire::lifecycle::CreateSandboxRequest,
+    responses((status = 202, description = "running: execd answered /ping", body = crate::wire::lifecycle::CreateSandboxResponse),
+        (status = 400, description = "invalid request, unsupported field, or an image that cannot be had", body = crate::wire::lifecycle::LifecycleError),
+        (status = 401, body = crate::wire::lifecycle::LifecycleError), (status = 500, description = "the sandbox failed to start (its last output in the message)", body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn create(State(app): State<App>, req: Request) -> Result<Response, Error> {
     let body: CreateSandboxRequest = json_body(req).await?;
     let created = app.service.create(body).await?;
     let location = HeaderValue::from_str(&format!("/v1/sandboxes/{}", created.id)).ok();
@@ -166,7 +173,10 @@ async fn create(State(app): State<App>, req: Request) -> Result<Response, Error>
     Ok(resp)
 }
 
-async fn list(State(app): State<App>, RawQuery(query): RawQuery) -> Result<Response, Error> {
+#[utoipa::path(get, path = "/sandboxes", params(("state" = Option<Vec<String>>, Query, description = "repeatable; OR; case-insensitive"),
+        ("metadata" = Option<String>, Query, description = "url-encoded `k=v&k2=v2`; AND"), ("page" = Option<u32>, Query), ("pageSize" = Option<u32>, Query)),
+    responses((status = 200, body = crate::wire::lifecycle::ListSandboxesResponse), (status = 400, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn list(State(app): State<App>, RawQuery(query): RawQuery) -> Result<Response, Error> {
     let filter = list_filter(query.as_deref().unwrap_or(""))?;
     Ok(Json(app.service.list(filter).await?).into_response())
 }
@@ -218,16 +228,22 @@ fn list_filter(query: &str) -> Result<ListFilter, Error> {
     Ok(filter)
 }
 
-async fn get_one(State(app): State<App>, Path(id): Path<String>) -> Result<Response, Error> {
+#[utoipa::path(get, path = "/sandboxes/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = crate::wire::lifecycle::Sandbox), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn get_one(State(app): State<App>, Path(id): Path<String>) -> Result<Response, Error> {
     Ok(Json(app.service.get(&id).await?).into_response())
 }
 
-async fn delete(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, Error> {
+#[utoipa::path(delete, path = "/sandboxes/{id}", params(("id" = String, Path)),
+    responses((status = 204, description = "container killed and removed"), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn delete(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, Error> {
     app.service.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn patch_metadata(
+#[utoipa::path(patch, path = "/sandboxes/{id}/metadata", params(("id" = String, Path)), request_body(content = Object, description = "JSON merge patch: string values set, null deletes"),
+    responses((status = 200, body = crate::wire::lifecycle::Sandbox), (status = 400, body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn patch_metadata(
     State(app): State<App>,
     Path(id): Path<String>,
     req: Request,
@@ -239,22 +255,36 @@ async fn patch_metadata(
     Ok(Json(app.service.patch_metadata(&id, patch).await?).into_response())
 }
 
-async fn pause(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, Error> {
+#[utoipa::path(post, path = "/sandboxes/{id}/pause", params(("id" = String, Path)),
+    responses((status = 202, description = "paused"), (status = 404, body = crate::wire::lifecycle::LifecycleError), (status = 409, description = "not running", body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn pause(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, Error> {
     app.service.pause_or_resume(&id, false).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn resume(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, Error> {
+#[utoipa::path(post, path = "/sandboxes/{id}/resume", params(("id" = String, Path)),
+    responses((status = 202, description = "resumed"), (status = 404, body = crate::wire::lifecycle::LifecycleError), (status = 409, description = "not paused", body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn resume(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, Error> {
     app.service.pause_or_resume(&id, true).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn renew(State(app): State<App>, Path(id): Path<String>, req: Request) -> Result<Response, Error> {
+#[utoipa::path(post, path = "/sandboxes/{id}/renew-expiration", params(("id" = String, Path)), request_body = crate::wire::lifecycle::RenewExpiration,
+    responses((status = 200, body = crate::wire::lifecycle::RenewExpiration), (status = 400, description = "not RFC 3339, or not in the future", body = crate::wire::lifecycle::LifecycleError),
+        (status = 404, body = crate::wire::lifecycle::LifecycleError), (status = 409, description = "manual-cleanup sandbox", body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn renew(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, Error> {
     let body: RenewExpiration = json_body(req).await?;
     Ok(Json(app.service.renew(&id, body).await?).into_response())
 }
 
-async fn endpoint(
+#[utoipa::path(get, path = "/sandboxes/{id}/endpoints/{port}", params(("id" = String, Path), ("port" = u16, Path),
+        ("use_server_proxy" = Option<bool>, Query), ("expires" = Option<i64>, Query, description = "refused: no signed endpoints on Docker")),
+    responses((status = 200, body = crate::wire::lifecycle::Endpoint), (status = 400, body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn endpoint(
     State(app): State<App>,
     Path((id, port)): Path<(String, String)>,
     RawQuery(query): RawQuery,
@@ -284,7 +314,9 @@ async fn endpoint(
     .into_response())
 }
 
-async fn diagnostics(
+#[utoipa::path(get, path = "/sandboxes/{id}/diagnostics/{kind}", params(("id" = String, Path), ("kind" = String, Path, description = "`logs` or `events`"), ("scope" = String, Query)),
+    responses((status = 200, body = crate::wire::lifecycle::DiagnosticContent), (status = 400, body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn diagnostics(
     State(app): State<App>,
     Path((id, kind)): Path<(String, String)>,
     RawQuery(query): RawQuery,
@@ -340,7 +372,11 @@ const STRIPPED: [HeaderName; 3] = [
 /// answer back (SSE unbuffered, WebSocket upgrades tunnelled). The caller proves itself with
 /// the API key or with the sandbox's own token (what the endpoint's `headers` hand out);
 /// either way the sandbox receives its token and none of the caller's credentials.
-async fn proxy(State(app): State<App>, req: Request) -> Result<Response, Error> {
+#[utoipa::path(method(get, post, put, patch, delete, head, options), path = "/sandboxes/{id}/proxy/{port}/{path}",
+    params(("id" = String, Path), ("port" = u16, Path), ("path" = String, Path, description = "path at the target, with the query")),
+    responses((status = 200, description = "whatever the sandbox port answers, streamed (WebSocket upgrades relayed)"),
+        (status = 401, description = "neither the API key nor the sandbox token", body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError), (status = 502, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn proxy(State(app): State<App>, req: Request) -> Result<Response, Error> {
     let path = req.uri().path().to_owned();
     if path
         .split('/')

@@ -13,6 +13,7 @@ pub mod config;
 pub mod docker;
 pub mod error;
 pub mod http;
+pub mod openapi;
 pub mod sandboxes;
 pub mod store;
 pub mod validate;
@@ -26,6 +27,10 @@ use axum::serve::ListenerExt as _;
 pub use config::{Cli, Command, Config};
 
 use crate::relay::Relay;
+
+/// The seccomp profile for sandboxes that ask for isolated sessions: Docker's defaults, plus
+/// the user namespaces execd's jail needs (see docs/isolation.md).
+const ISOLATION_SECCOMP: &str = include_str!("../../deploy/seccomp-userns.json");
 
 /// Serves until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -56,7 +61,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ready_timeout: config.ready_timeout(),
         pids_limit: config.pids_limit,
         network: config.network.clone(),
-        isolation_profile: None,
+        isolation_profile: Some(ISOLATION_SECCOMP.to_owned()),
     };
     let service = Arc::new(sandboxes::Service::new(store, docker, settings));
     service

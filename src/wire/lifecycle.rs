@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `POST /sandboxes`. Fields sandboxd does not implement on Docker are still parsed so that
 /// validation can reject them by name instead of silently ignoring them.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateSandboxRequest {
     /// The container image.
@@ -25,9 +26,11 @@ pub struct CreateSandboxRequest {
     /// Scheduling constraint `{os, arch}`.
     pub platform: Option<PlatformSpec>,
     /// Seconds until expiry (≥ 60); null or absent means manual cleanup.
+    #[schema(value_type = Option<u64>)]
     pub timeout: Option<serde_json::Value>,
     /// `{cpu, memory, pids, gpu}` as Kubernetes-style quantities.
     #[serde(alias = "resource_limits")]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     pub resource_limits: Option<BTreeMap<String, serde_json::Value>>,
     /// Environment of the sandbox; null values are dropped.
     pub env: Option<BTreeMap<String, Option<String>>>,
@@ -37,9 +40,11 @@ pub struct CreateSandboxRequest {
     pub entrypoint: Option<Vec<String>>,
     /// Egress policy (needs the egress sidecar, which sandboxd does not run).
     #[serde(alias = "network_policy")]
+    #[schema(value_type = Option<Object>)]
     pub network_policy: Option<serde_json::Value>,
     /// Credential proxy (needs `networkPolicy`).
     #[serde(alias = "credential_proxy")]
+    #[schema(value_type = Option<Object>)]
     pub credential_proxy: Option<serde_json::Value>,
     /// Gateway-signed access (Kubernetes only).
     #[serde(alias = "secure_access")]
@@ -49,21 +54,23 @@ pub struct CreateSandboxRequest {
     /// Free-form switches; `bootstrap.execd.isolation=enable` asks for isolated sessions.
     pub extensions: Option<BTreeMap<String, String>>,
     /// Lifecycle hooks (Kubernetes only upstream).
+    #[schema(value_type = Option<Object>)]
     pub lifecycle: Option<serde_json::Value>,
 }
 
 /// `{uri, auth?}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ImageSpec {
     /// Image reference, e.g. `python:3.12`.
     pub uri: String,
     /// Registry credentials (accepted, never echoed).
     #[serde(default, skip_serializing)]
+    #[schema(value_type = Option<Object>)]
     pub auth: Option<serde_json::Value>,
 }
 
 /// `{os, arch}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PlatformSpec {
     /// `linux` or `windows`.
     pub os: String,
@@ -72,7 +79,7 @@ pub struct PlatformSpec {
 }
 
 /// One volume of `CreateSandboxRequest.volumes`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Volume {
     /// A DNS label naming the volume.
@@ -85,6 +92,7 @@ pub struct Volume {
     pub pvc: Option<PvcVolume>,
     /// Object storage (not supported by sandboxd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub ossfs: Option<serde_json::Value>,
     /// Absolute path inside the sandbox.
     #[serde(alias = "mount_path")]
@@ -98,14 +106,14 @@ pub struct Volume {
 }
 
 /// `{path}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HostVolume {
     /// Absolute host path.
     pub path: String,
 }
 
 /// `{claimName, ...}`; on Docker a named volume.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PvcVolume {
     /// The volume name.
@@ -114,7 +122,7 @@ pub struct PvcVolume {
 }
 
 /// `{state, reason?, message?, lastTransitionAt?}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxStatus {
     /// `Pending`, `Running`, `Paused`, `Stopping`, `Terminated`, `Failed`, ...
@@ -131,7 +139,7 @@ pub struct SandboxStatus {
 }
 
 /// A sandbox as `GET /sandboxes/{id}` and the list return it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Sandbox {
     /// UUID.
@@ -160,7 +168,7 @@ pub struct Sandbox {
 }
 
 /// The 202 body of `POST /sandboxes`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateSandboxResponse {
     /// UUID.
@@ -183,7 +191,7 @@ pub struct CreateSandboxResponse {
 }
 
 /// `GET /sandboxes` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ListSandboxesResponse {
     /// This page, newest first.
     pub items: Vec<Sandbox>,
@@ -192,7 +200,7 @@ pub struct ListSandboxesResponse {
 }
 
 /// Pagination of list answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pagination {
     /// 1-based page number.
@@ -208,7 +216,7 @@ pub struct Pagination {
 }
 
 /// `POST /sandboxes/{id}/renew-expiration` body and answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RenewExpiration {
     /// The new expiry (RFC 3339), in the future.
@@ -218,7 +226,7 @@ pub struct RenewExpiration {
 
 /// `GET /sandboxes/{id}/endpoints/{port}` answer: `host:port[/path]` without a scheme, plus
 /// headers every request to it must carry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Endpoint {
     /// `host:port[/path]`.
     pub endpoint: String,
@@ -228,7 +236,7 @@ pub struct Endpoint {
 }
 
 /// The diagnostics answer (`diagnostic-api.yml`), always delivered inline.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DiagnosticContent {
     /// The sandbox.
@@ -249,7 +257,7 @@ pub struct DiagnosticContent {
 
 /// The lifecycle error body `{code, message}`. Codes are upstream's strings
 /// (`SANDBOX::NOT_FOUND`, `INVALID_API_KEY`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LifecycleError {
     /// Machine-readable code.
     pub code: String,

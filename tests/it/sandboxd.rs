@@ -158,7 +158,7 @@ impl Sandboxd {
         created
     }
 
-    async fn endpoint(&self, id: &str, port: u16, server_proxy: bool) -> (String, String) {
+    async fn endpoint(&self, id: &str, port: u16, server_proxy: bool) -> Execd {
         let (status, ep) = self
             .json(
                 Method::GET,
@@ -167,15 +167,40 @@ impl Sandboxd {
             )
             .await;
         assert_eq!(status, 200, "{ep}");
-        let token = ep["headers"]["x-execd-access-token"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        (format!("http://{}", ep["endpoint"].as_str().unwrap()), token)
+        Execd {
+            base: format!("http://{}", ep["endpoint"].as_str().unwrap()),
+            token: ep["headers"]["x-execd-access-token"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// `POST /v1/sandboxes/{id}/renew-expiration` to `at` (epoch ms).
+    async fn renew(&self, id: &str, at: i64) -> (StatusCode, Value) {
+        let body = json!({ "expiresAt": execd::wire::time::format_ms(at) });
+        self.json(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/renew-expiration"),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /v1/sandboxes/{id}`.
+    async fn info(&self, id: &str) -> (StatusCode, Value) {
+        self.json(Method::GET, &format!("/v1/sandboxes/{id}"), None).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/{action}` (pause, resume).
+    async fn act(&self, id: &str, action: &str) -> (StatusCode, Value) {
+        self.json(Method::POST, &format!("/v1/sandboxes/{id}/{action}"), None)
+            .await
     }
 
     async fn state(&self, id: &str) -> String {
-        let (status, sb) = self.json(Method::GET, &format!("/v1/sandboxes/{id}"), None).await;
+        let (status, sb) = self.info(id).await;
         assert_eq!(status, 200, "{sb}");
         sb["status"]["state"].as_str().unwrap().to_owned()
     }
@@ -190,38 +215,80 @@ impl Drop for Sandboxd {
     }
 }
 
-/// Runs a foreground command through an execd endpoint; returns (stdout text, exit code).
-async fn run(client: &reqwest::Client, base: &str, token: &str, command: &str) -> (String, i64) {
-    let resp = client
-        .post(format!("{base}/command"))
-        .header(TOKEN_HEADER, token)
-        .json(&json!({ "command": command }))
-        .send()
-        .await
-        .expect("send command");
-    assert_eq!(
-        resp.status(),
-        200,
-        "{command}: {}",
-        resp.text().await.unwrap_or_default()
-    );
-    assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let events = parse_sse(&resp.text().await.unwrap());
-    let last = events.last().map(|e| e.kind());
-    assert!(
-        matches!(last, Some("execution_complete" | "error")),
-        "{command}: {:?}",
-        kinds(&events)
-    );
-    let code = events.iter().find(|e| e.kind() == "error").map_or(0, |e| {
-        e.data["error"]["evalue"].as_str().unwrap().parse().unwrap()
-    });
-    // One event per line, newline removed.
-    let out = texts(&events, "stdout")
-        .iter()
-        .map(|line| format!("{line}\n"))
-        .collect();
-    (out, code)
+/// An execd endpoint as sandboxd hands it out: base URL and the headers' token.
+struct Execd {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl Execd {
+    /// A request with the endpoint's token.
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .header(TOKEN_HEADER, &self.token)
+    }
+
+    /// Runs a foreground command; returns (stdout, one line per event, and the exit code).
+    async fn run(&self, command: &str) -> (String, i64) {
+        let resp = self
+            .req(Method::POST, "/command")
+            .json(&json!({ "command": command }))
+            .send()
+            .await
+            .expect("send command");
+        assert_eq!(
+            resp.status(),
+            200,
+            "{command}: {}",
+            resp.text().await.unwrap_or_default()
+        );
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let events = parse_sse(&resp.text().await.unwrap());
+        let last = events.last().map(|e| e.kind());
+        assert!(
+            matches!(last, Some("execution_complete" | "error")),
+            "{command}: {:?}",
+            kinds(&events)
+        );
+        let code = events.iter().find(|e| e.kind() == "error").map_or(0, |e| {
+            e.data["error"]["evalue"].as_str().unwrap().parse().unwrap()
+        });
+        // One event per line, newline removed.
+        let out = texts(&events, "stdout")
+            .iter()
+            .map(|line| format!("{line}\n"))
+            .collect();
+        (out, code)
+    }
+
+    /// Uploads `content` to `path` (mode 644).
+    async fn upload(&self, path: &str, content: &[u8]) {
+        let body = crate::files::multipart(&[
+            crate::files::Part::Metadata {
+                json: json!({"path": path, "mode": 644}).to_string(),
+                filename: false,
+            },
+            crate::files::Part::File { name: "f", content },
+        ]);
+        let resp = self
+            .req(Method::POST, "/files/upload")
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={}", crate::files::BOUNDARY),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+    }
+}
+
+/// The test image and a fresh sandboxd, or `None` when Docker tests are skipped.
+fn setup(which: &str) -> Option<(&'static str, Sandboxd)> {
+    docker_available().then(|| (image(which), Sandboxd::start()))
 }
 
 fn sandbox_body(image: &str, entrypoint: &[&str]) -> Value {
@@ -235,11 +302,9 @@ fn sandbox_body(image: &str, entrypoint: &[&str]) -> Value {
 
 #[tokio::test]
 async fn python_sandbox_full_lifecycle() {
-    if !docker_available() {
+    let Some((image, d)) = setup("python") else {
         return;
-    }
-    let image = image("python");
-    let d = Sandboxd::start();
+    };
     let created = d
         .create(json!({
             "image": {"uri": image},
@@ -267,64 +332,46 @@ async fn python_sandbox_full_lifecycle() {
     assert_eq!(c["Config"]["Labels"]["team"], "ml");
 
     // Commands through the direct endpoint, with the token the endpoint hands out.
-    let (base, token) = d.endpoint(&id, 44772, false).await;
-    assert!(!token.is_empty());
-    let client = reqwest::Client::new();
-    let unauth = client.get(format!("{base}/ping")).send().await.unwrap();
-    assert_eq!(unauth.status(), 401, "execd must demand the sandbox token");
-    let (out, code) = run(
-        &client,
-        &base,
-        &token,
-        "echo $GREETING; cat /proc/1/comm; echo ${DROPPED-unset}",
-    )
-    .await;
-    assert_eq!(code, 0);
-    assert_eq!(out, "hello from env\nexecd\nunset\n");
-    let (out, _) = run(
-        &client,
-        &base,
-        &token,
-        "printenv EXECD_ACCESS_TOKEN || echo hidden",
-    )
-    .await;
-    assert_eq!(out, "hidden\n", "the token never reaches commands");
-
-    // Files.
-    let body = crate::files::multipart(&[
-        crate::files::Part::Metadata {
-            json: r#"{"path":"/tmp/a.txt","mode":644}"#.to_owned(),
-            filename: false,
-        },
-        crate::files::Part::File {
-            name: "a.txt",
-            content: b"payload-123",
-        },
-    ]);
-    let resp = client
-        .post(format!("{base}/files/upload"))
-        .header(TOKEN_HEADER, &token)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={}", crate::files::BOUNDARY),
-        )
-        .body(body)
+    let execd = d.endpoint(&id, 44772, false).await;
+    assert!(!execd.token.is_empty());
+    let unauth = execd
+        .client
+        .get(format!("{}/ping", execd.base))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
-    let got = client
-        .get(format!("{base}/files/download?path=/tmp/a.txt"))
-        .header(TOKEN_HEADER, &token)
+    assert_eq!(unauth.status(), 401, "execd must demand the sandbox token");
+    let (out, code) = execd
+        .run("echo $GREETING; cat /proc/1/comm; echo ${DROPPED-unset}")
+        .await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "hello from env\nexecd\nunset\n");
+    let (out, _) = execd.run("printenv EXECD_ACCESS_TOKEN || echo hidden").await;
+    assert_eq!(out, "hidden\n", "the token never reaches commands");
+    let (_, code) = execd.run("echo x > /opt/opensandbox/execd").await;
+    assert_ne!(
+        code, 0,
+        "the agent is mounted read-only: a sandbox cannot replace it"
+    );
+    // EXECD_ENVS names a writable file whose entries reach later commands (SDK 1.1.1 set_env).
+    let (_, code) = execd
+        .run(r#"mkdir -p "$(dirname "$EXECD_ENVS")" && echo LATER=set >> "$EXECD_ENVS""#)
+        .await;
+    assert_eq!(code, 0);
+    assert_eq!(execd.run("echo $LATER").await.0, "set\n");
+
+    // Files.
+    execd.upload("/tmp/a.txt", b"payload-123").await;
+    let got = execd
+        .req(Method::GET, "/files/download?path=/tmp/a.txt")
         .send()
         .await
         .unwrap();
     assert_eq!(got.text().await.unwrap(), "payload-123");
 
     // Code: a python context on the image's ipykernel.
-    let ctx: Value = client
-        .post(format!("{base}/code/context"))
-        .header(TOKEN_HEADER, &token)
+    let ctx: Value = execd
+        .req(Method::POST, "/code/context")
         .json(&json!({"language": "python"}))
         .send()
         .await
@@ -332,9 +379,8 @@ async fn python_sandbox_full_lifecycle() {
         .json()
         .await
         .unwrap();
-    let resp = client
-        .post(format!("{base}/code"))
-        .header(TOKEN_HEADER, &token)
+    let resp = execd
+        .req(Method::POST, "/code")
         .json(&json!({"context": {"id": ctx["id"], "language": "python"}, "code": "x = 6 * 7\nprint(x)"}))
         .send()
         .await
@@ -344,42 +390,25 @@ async fn python_sandbox_full_lifecycle() {
 
     // Renew moves the expiry; renewing into the past is refused.
     let later = execd::wire::time::format_ms(execd::wire::time::now_ms() + 3_600_000);
-    let (status, renewed) = d
-        .json(
-            Method::POST,
-            &format!("/v1/sandboxes/{id}/renew-expiration"),
-            Some(json!({"expiresAt": later})),
-        )
-        .await;
+    let (status, renewed) = d.renew(&id, execd::wire::time::parse_ms(&later).unwrap()).await;
     assert_eq!(status, 200, "{renewed}");
-    let (_, info) = d.json(Method::GET, &format!("/v1/sandboxes/{id}"), None).await;
+    let (_, info) = d.info(&id).await;
     assert_eq!(info["expiresAt"], renewed["expiresAt"]);
     let (status, err) = d
-        .json(
-            Method::POST,
-            &format!("/v1/sandboxes/{id}/renew-expiration"),
-            Some(json!({"expiresAt": "2001-01-01T00:00:00Z"})),
-        )
+        .renew(&id, execd::wire::time::parse_ms("2001-01-01T00:00:00Z").unwrap())
         .await;
     assert_eq!(status, 400, "{err}");
 
     // Pause freezes the sandbox; resume brings it back with its state.
-    let (status, _) = d
-        .json(Method::POST, &format!("/v1/sandboxes/{id}/pause"), None)
-        .await;
+    let (status, _) = d.act(&id, "pause").await;
     assert_eq!(status, 202);
     assert_eq!(d.state(&id).await, "Paused");
-    let (status, err) = d
-        .json(Method::POST, &format!("/v1/sandboxes/{id}/pause"), None)
-        .await;
+    let (status, err) = d.act(&id, "pause").await;
     assert_eq!(status, 409, "pausing twice: {err}");
-    let (status, _) = d
-        .json(Method::POST, &format!("/v1/sandboxes/{id}/resume"), None)
-        .await;
+    let (status, _) = d.act(&id, "resume").await;
     assert_eq!(status, 202);
     assert_eq!(d.state(&id).await, "Running");
-    let (out, _) = run(&client, &base, &token, "cat /tmp/a.txt").await;
-    assert_eq!(out, "payload-123\n");
+    assert_eq!(execd.run("cat /tmp/a.txt").await.0, "payload-123\n");
 
     // Diagnostics.
     let (status, events) = d
@@ -399,75 +428,69 @@ async fn python_sandbox_full_lifecycle() {
     // Delete: 204, then 404, and no container left.
     let (status, _) = d.json(Method::DELETE, &format!("/v1/sandboxes/{id}"), None).await;
     assert_eq!(status, 204);
-    let (status, _) = d.json(Method::GET, &format!("/v1/sandboxes/{id}"), None).await;
+    let (status, _) = d.info(&id).await;
     assert_eq!(status, 404);
     assert!(containers_of(&d.run).is_empty(), "container left after delete");
 }
 
 #[tokio::test]
 async fn busybox_image_without_libc_serves_commands_and_the_server_proxy() {
-    if !docker_available() {
+    let Some((image, d)) = setup("busybox") else {
         return;
-    }
-    let image = image("busybox");
-    let d = Sandboxd::start();
+    };
     let created = d.create(sandbox_body(image, &["sleep", "100000"])).await;
     let id = created["id"].as_str().unwrap();
-    let client = reqwest::Client::new();
-
-    let (base, token) = d.endpoint(id, 44772, false).await;
-    let (out, code) = run(&client, &base, &token, "echo busy; exit 3").await;
+    let execd = d.endpoint(id, 44772, false).await;
+    let (out, code) = execd.run("echo busy; exit 3").await;
     assert_eq!((out.as_str(), code), ("busy\n", 3));
 
     // The same through sandboxd's proxy, authenticated by the sandbox token the endpoint
     // hands out (what SDK 0.1.10 sends) or by the API key (what 1.1.1 sends).
-    let (proxied, ptoken) = d.endpoint(id, 44772, true).await;
+    let proxied = d.endpoint(id, 44772, true).await;
     assert!(
-        proxied.contains(&format!("/v1/sandboxes/{id}/proxy/44772")),
-        "{proxied}"
+        proxied.base.contains(&format!("/v1/sandboxes/{id}/proxy/44772")),
+        "{}",
+        proxied.base
     );
-    let (out, code) = run(&client, &proxied, &ptoken, "echo via-proxy").await;
+    let (out, code) = proxied.run("echo via-proxy").await;
     assert_eq!((out.as_str(), code), ("via-proxy\n", 0));
-    let by_key = client
-        .get(format!("{proxied}/ping"))
-        .header("OPEN-SANDBOX-API-KEY", &d.key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(by_key.status(), 200);
-    let anonymous = client.get(format!("{proxied}/ping")).send().await.unwrap();
+    let ping = |headers: &[(&str, &str)]| {
+        let mut r = proxied.client.get(format!("{}/ping", proxied.base));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send()
+    };
     assert_eq!(
-        anonymous.status(),
+        ping(&[("OPEN-SANDBOX-API-KEY", &d.key)]).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        ping(&[]).await.unwrap().status(),
         401,
         "the proxy needs the API key or the sandbox token"
     );
-    let wrong = client
-        .get(format!("{proxied}/ping"))
-        .header(TOKEN_HEADER, "not-the-token")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), 401);
+    assert_eq!(
+        ping(&[(TOKEN_HEADER, "not-the-token")]).await.unwrap().status(),
+        401
+    );
 
     // Direct endpoints for other ports go through execd's own /proxy.
-    let (direct_user, _) = d.endpoint(id, 9000, false).await;
+    let direct_user = d.endpoint(id, 9000, false).await.base;
     assert!(direct_user.ends_with("/proxy/9000"), "{direct_user}");
     // The 1.1.1 SDK asks for the egress port; it must answer even without a sidecar.
-    let (egress, _) = d.endpoint(id, 18080, false).await;
+    let egress = d.endpoint(id, 18080, false).await.base;
     assert!(egress.ends_with("/proxy/18080"), "{egress}");
 }
 
 #[tokio::test]
 async fn the_proxy_strips_credentials_before_a_user_port() {
-    if !docker_available() {
+    let Some((image, d)) = setup("python") else {
         return;
-    }
-    let image = image("python");
-    let d = Sandboxd::start();
+    };
     let created = d.create(sandbox_body(image, &["tail", "-f", "/dev/null"])).await;
     let id = created["id"].as_str().unwrap();
-    let client = reqwest::Client::new();
-    let (base, token) = d.endpoint(id, 44772, false).await;
+    let execd = d.endpoint(id, 44772, false).await;
     // A server on port 9000 that answers every GET with the headers it received, as JSON.
     let server = r#"
 import http.server, json
@@ -486,41 +509,18 @@ class Echo(http.server.BaseHTTPRequestHandler):
 
 http.server.HTTPServer(("127.0.0.1", 9000), Echo).serve_forever()
 "#;
-    let body = crate::files::multipart(&[
-        crate::files::Part::Metadata {
-            json: r#"{"path":"/tmp/echo.py","mode":644}"#.to_owned(),
-            filename: false,
-        },
-        crate::files::Part::File {
-            name: "echo.py",
-            content: server.as_bytes(),
-        },
-    ]);
-    let resp = client
-        .post(format!("{base}/files/upload"))
-        .header(TOKEN_HEADER, &token)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={}", crate::files::BOUNDARY),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let resp = client
-        .post(format!("{base}/command"))
-        .header(TOKEN_HEADER, &token)
+    execd.upload("/tmp/echo.py", server.as_bytes()).await;
+    let resp = execd
+        .req(Method::POST, "/command")
         .json(&json!({"command": "python3 /tmp/echo.py", "background": true}))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let (proxied, ptoken) = d.endpoint(id, 9000, true).await;
+    let proxied = d.endpoint(id, 9000, true).await;
     let seen: Value = eventually(20, "the user server", async || {
-        let resp = client
-            .get(format!("{proxied}/echo/a%20b?x=1&y=2"))
-            .header(TOKEN_HEADER, &ptoken)
+        let resp = proxied
+            .req(Method::GET, "/echo/a%20b?x=1&y=2")
             .header("Authorization", "Bearer secret")
             .header("Cookie", "session=secret")
             .header("OPEN-SANDBOX-API-KEY", &d.key)
@@ -551,11 +551,9 @@ http.server.HTTPServer(("127.0.0.1", 9000), Echo).serve_forever()
 
 #[tokio::test]
 async fn list_filters_and_metadata_patch() {
-    if !docker_available() {
+    let Some((image, d)) = setup("busybox") else {
         return;
-    }
-    let image = image("busybox");
-    let d = Sandboxd::start();
+    };
     let mut ids = Vec::new();
     for team in ["a", "a", "b"] {
         let mut body = sandbox_body(image, &["sleep", "100000"]);
@@ -637,11 +635,9 @@ async fn list_filters_and_metadata_patch() {
 
 #[tokio::test]
 async fn expiry_deletes_on_time_and_restart_reconciles() {
-    if !docker_available() {
+    let Some((image, mut d)) = setup("busybox") else {
         return;
-    }
-    let image = image("busybox");
-    let mut d = Sandboxd::start();
+    };
     let body = || sandbox_body(image, &["sleep", "100000"]);
     let expiring = d.create(body()).await["id"].as_str().unwrap().to_owned();
     let kept = d.create(body()).await["id"].as_str().unwrap().to_owned();
@@ -655,10 +651,9 @@ async fn expiry_deletes_on_time_and_restart_reconciles() {
     );
     let manual = manual["id"].as_str().unwrap().to_owned();
     let (status, _) = d
-        .json(
-            Method::POST,
-            &format!("/v1/sandboxes/{manual}/renew-expiration"),
-            Some(json!({"expiresAt": "2099-01-01T00:00:00Z"})),
+        .renew(
+            &manual,
+            execd::wire::time::parse_ms("2099-01-01T00:00:00Z").unwrap(),
         )
         .await;
     assert_eq!(status, 409, "manual-cleanup sandboxes have nothing to renew");
@@ -666,18 +661,12 @@ async fn expiry_deletes_on_time_and_restart_reconciles() {
     // Expiry: renew to 1.5 s from now; it must be gone (API and Docker) soon after.
     let soon = execd::wire::time::format_ms(execd::wire::time::now_ms() + 1500);
     let (status, _) = d
-        .json(
-            Method::POST,
-            &format!("/v1/sandboxes/{expiring}/renew-expiration"),
-            Some(json!({"expiresAt": soon})),
-        )
+        .renew(&expiring, execd::wire::time::parse_ms(&soon).unwrap())
         .await;
     assert_eq!(status, 200);
     let started = Instant::now();
     eventually(10, "the expired sandbox to go", async || {
-        let (status, _) = d
-            .json(Method::GET, &format!("/v1/sandboxes/{expiring}"), None)
-            .await;
+        let (status, _) = d.info(&expiring).await;
         (status == 404).then_some(())
     })
     .await;
@@ -687,22 +676,12 @@ async fn expiry_deletes_on_time_and_restart_reconciles() {
 
     // Restart: while sandboxd is down, one container is removed behind its back and one
     // sandbox's expiry passes.
-    let (status, _) = d
-        .json(
-            Method::POST,
-            &format!("/v1/sandboxes/{kept}/renew-expiration"),
-            Some(json!({"expiresAt": execd::wire::time::format_ms(execd::wire::time::now_ms() + 3_600_000)})),
-        )
-        .await;
+    let (status, _) = d.renew(&kept, execd::wire::time::now_ms() + 3_600_000).await;
     assert_eq!(status, 200);
     let expiring = d.create(body()).await["id"].as_str().unwrap().to_owned();
     let soon = execd::wire::time::format_ms(execd::wire::time::now_ms() + 500);
     let (status, _) = d
-        .json(
-            Method::POST,
-            &format!("/v1/sandboxes/{expiring}/renew-expiration"),
-            Some(json!({"expiresAt": soon})),
-        )
+        .renew(&expiring, execd::wire::time::parse_ms(&soon).unwrap())
         .await;
     assert_eq!(status, 200);
     d.stop();
@@ -710,23 +689,16 @@ async fn expiry_deletes_on_time_and_restart_reconciles() {
     std::thread::sleep(Duration::from_millis(800));
 
     let d2 = Sandboxd::start_on(&d.data_dir, &d.run);
-    let (status, info) = d2.json(Method::GET, &format!("/v1/sandboxes/{kept}"), None).await;
+    let (status, info) = d2.info(&kept).await;
     assert_eq!(status, 200, "a running sandbox is adopted: {info}");
     assert_eq!(info["status"]["state"], "Running");
-    let (base, token) = d2.endpoint(&kept, 44772, false).await;
-    let (out, _) = run_cmd(&base, &token, "echo adopted").await;
+    let (out, _) = d2.endpoint(&kept, 44772, false).await.run("echo adopted").await;
     assert_eq!(out, "adopted\n");
-    let (status, _) = d2
-        .json(Method::GET, &format!("/v1/sandboxes/{manual}"), None)
-        .await;
+    let (status, _) = d2.info(&manual).await;
     assert_eq!(status, 200, "manual-cleanup sandboxes survive restarts");
-    let (status, _) = d2
-        .json(Method::GET, &format!("/v1/sandboxes/{vanishing}"), None)
-        .await;
+    let (status, _) = d2.info(&vanishing).await;
     assert_eq!(status, 404, "a vanished container is forgotten");
-    let (status, _) = d2
-        .json(Method::GET, &format!("/v1/sandboxes/{expiring}"), None)
-        .await;
+    let (status, _) = d2.info(&expiring).await;
     assert_eq!(status, 404, "an expired sandbox is removed at start");
     assert!(docker(&["ps", "-aq", "--filter", &format!("name=sandbox-{expiring}")]).is_empty());
     assert_eq!(
@@ -736,17 +708,11 @@ async fn expiry_deletes_on_time_and_restart_reconciles() {
     );
 }
 
-async fn run_cmd(base: &str, token: &str, command: &str) -> (String, i64) {
-    run(&reqwest::Client::new(), base, token, command).await
-}
-
 #[tokio::test]
 async fn a_container_killed_behind_sandboxds_back_shows_failed() {
-    if !docker_available() {
+    let Some((image, d)) = setup("busybox") else {
         return;
-    }
-    let image = image("busybox");
-    let d = Sandboxd::start();
+    };
     let killed = d.create(sandbox_body(image, &["sleep", "100000"])).await["id"]
         .as_str()
         .unwrap()
@@ -756,9 +722,7 @@ async fn a_container_killed_behind_sandboxds_back_shows_failed() {
         .unwrap()
         .to_owned();
     docker(&["kill", &format!("sandbox-{killed}")]);
-    let (status, info) = d
-        .json(Method::GET, &format!("/v1/sandboxes/{killed}"), None)
-        .await;
+    let (status, info) = d.info(&killed).await;
     assert_eq!(status, 200);
     assert_eq!(info["status"]["state"], "Failed", "{info}");
     assert!(
@@ -774,9 +738,7 @@ async fn a_container_killed_behind_sandboxds_back_shows_failed() {
     assert_eq!(state, "Terminated");
     // Removed outside sandboxd: Failed with a reason, and still deletable.
     docker(&["rm", "-f", &format!("sandbox-{killed}")]);
-    let (_, info) = d
-        .json(Method::GET, &format!("/v1/sandboxes/{killed}"), None)
-        .await;
+    let (_, info) = d.info(&killed).await;
     assert_eq!(info["status"]["state"], "Failed");
     assert_eq!(info["status"]["reason"], "CONTAINER_GONE");
     let (status, _) = d
@@ -787,11 +749,9 @@ async fn a_container_killed_behind_sandboxds_back_shows_failed() {
 
 #[tokio::test]
 async fn bad_input_gets_clear_errors_and_leaves_nothing() {
-    if !docker_available() {
+    let Some((image, d)) = setup("busybox") else {
         return;
-    }
-    let image = image("busybox");
-    let d = Sandboxd::start();
+    };
 
     // Auth.
     let resp = d
@@ -934,18 +894,14 @@ async fn a_terminal_websocket_runs_through_the_server_proxy() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     use tokio_tungstenite::tungstenite::Message;
 
-    if !docker_available() {
+    let Some((image, d)) = setup("python") else {
         return;
-    }
-    let image = image("python");
-    let d = Sandboxd::start();
+    };
     let created = d.create(sandbox_body(image, &["tail", "-f", "/dev/null"])).await;
     let id = created["id"].as_str().unwrap();
-    let (proxied, token) = d.endpoint(id, 44772, true).await;
-    let client = reqwest::Client::new();
-    let resp = client
-        .post(format!("{proxied}/pty"))
-        .header(TOKEN_HEADER, &token)
+    let proxied = d.endpoint(id, 44772, true).await;
+    let resp = proxied
+        .req(Method::POST, "/pty")
         .json(&json!({}))
         .send()
         .await
@@ -954,11 +910,12 @@ async fn a_terminal_websocket_runs_through_the_server_proxy() {
     let session: Value = resp.json().await.unwrap();
     let url = format!(
         "{}/pty/{}/ws",
-        proxied.replacen("http://", "ws://", 1),
+        proxied.base.replacen("http://", "ws://", 1),
         session["session_id"].as_str().unwrap()
     );
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(TOKEN_HEADER, token.parse().unwrap());
+    req.headers_mut()
+        .insert(TOKEN_HEADER, proxied.token.parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req)
         .await
         .expect("upgrade through the proxy");
@@ -980,4 +937,44 @@ async fn a_terminal_websocket_runs_through_the_server_proxy() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn the_isolation_extension_makes_isolated_sessions_available() {
+    let Some((image, d)) = setup("busybox") else {
+        return;
+    };
+    let mut body = sandbox_body(image, &["sleep", "100000"]);
+    body["extensions"] = json!({"bootstrap.execd.isolation": "enable"});
+    let isolated = d.create(body).await["id"].as_str().unwrap().to_owned();
+    let plain = d.create(sandbox_body(image, &["sleep", "100000"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let caps = async |id: &str| -> Value {
+        let execd = d.endpoint(id, 44772, false).await;
+        let resp = execd
+            .req(Method::GET, "/v1/isolated/capabilities")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    };
+    let with = caps(&isolated).await;
+    assert_eq!(with["available"], true, "{with}");
+    assert_eq!(with["userns_available"], true, "{with}");
+    assert_eq!(with["hardening"]["namespaces"]["state"], "active", "{with}");
+    // Never privileged: the extension only swaps the seccomp profile and unmasks /proc.
+    let inspect: Value = serde_json::from_str(&docker(&["inspect", &format!("sandbox-{isolated}")])).unwrap();
+    assert_eq!(inspect[0]["HostConfig"]["Privileged"], false);
+    assert!(
+        inspect[0]["HostConfig"]["CapAdd"].is_null(),
+        "{}",
+        inspect[0]["HostConfig"]["CapAdd"]
+    );
+    // Without it, Docker's default profile denies user namespaces and execd says so.
+    let without = caps(&plain).await;
+    assert_eq!(without["userns_available"], false, "{without}");
+    assert_ne!(without["hardening"]["namespaces"]["state"], "active", "{without}");
 }

@@ -1,0 +1,71 @@
+//! The OpenAPI document of sandboxd, generated from the handlers' annotations and the wire
+//! types. `proto/sandboxd.yaml` is this document; a test fails when the two drift apart
+//! (`UPDATE_PROTO=1 cargo test proto_matches_code` rewrites it).
+
+use utoipa::OpenApi;
+
+use super::http::{
+    __path_create, __path_delete, __path_diagnostics, __path_endpoint, __path_get_one, __path_health,
+    __path_list, __path_metrics_event, __path_patch_metadata, __path_pause, __path_proxy, __path_renew,
+    __path_resume, __path_version,
+};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sandboxd",
+        description = "Sandbox lifecycle server on the Docker Engine, speaking the OpenSandbox lifecycle contract. \
+                       Every route is served at / and under /v1 (except /version, bare only, and /metrics/events, \
+                       at /v1/metrics/events only). Every response carries X-Request-ID. /templates, /snapshots, /pools and \
+                       /sandboxes/{id}/networkpolicy answer 501.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        health, version, metrics_event, create, list, get_one, delete, patch_metadata, pause, resume, renew,
+        endpoint, diagnostics, proxy
+    ),
+    components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
+        crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,
+        crate::wire::lifecycle::Pagination)),
+    modifiers(&ApiKeyAuth),
+    security(("api_key" = []))
+)]
+struct ApiDoc;
+
+struct ApiKeyAuth;
+
+impl utoipa::Modify for ApiKeyAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("OPEN-SANDBOX-API-KEY"))),
+        );
+    }
+}
+
+/// The document as YAML.
+pub fn yaml() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.to_yaml()
+        .unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proto_matches_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/sandboxd.yaml");
+        let generated = super::yaml();
+        if std::env::var_os("UPDATE_PROTO").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == generated,
+            "proto/sandboxd.yaml is out of date; run `UPDATE_PROTO=1 cargo test proto_matches_code`"
+        );
+    }
+}
