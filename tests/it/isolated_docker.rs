@@ -224,11 +224,14 @@ async fn docker_userns_profile_gives_the_full_jail() {
         return;
     }
     let b = Sandbox::start(
+        // Exactly what sandboxd asks Docker for when a sandbox wants isolated sessions.
         &[
             "--security-opt",
             &profile(),
             "--security-opt",
             "systempaths=unconfined",
+            "--security-opt",
+            "no-new-privileges:true",
         ],
         &[],
     )
