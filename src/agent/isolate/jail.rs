@@ -11,7 +11,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -355,11 +355,9 @@ fn apply_mount(root: &Path, m: &MountStep) -> Result<(), JailError> {
                 none,
             )
             .map_err(at(name.clone()))?;
+            // A fresh bind does not inherit the read-only flag of the root it lands on.
             if *readonly {
                 set_readonly(&target).map_err(at_io(name))?;
-            } else {
-                // The recursive read-only root below it does not apply to a fresh bind, but a
-                // bind of a path inside that root inherits nothing either: nothing to undo.
             }
             Ok(())
         }
@@ -475,9 +473,4 @@ fn pivot_root_here() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Keeps the borrow checker honest about the socket's lifetime in callers.
-pub fn borrowed(sock: &OwnedFd) -> BorrowedFd<'_> {
-    sock.as_fd()
 }
