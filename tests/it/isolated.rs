@@ -1103,3 +1103,112 @@ async fn a_client_that_goes_away_interrupts_its_foreground_run() {
     })
     .await;
 }
+
+/// An execd running as an unprivileged uid (1001), on a loopback port; killed on drop.
+struct Unprivileged {
+    child: std::process::Child,
+    base: String,
+    _state: tempfile::TempDir,
+}
+
+impl Drop for Unprivileged {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+fn start_unprivileged() -> Unprivileged {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let state = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(state.path(), Some(1001), Some(1001)).unwrap();
+    std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid", "1001", "--regid", "1001", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_execd"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--state-dir"])
+        .arg(state.path())
+        .env("RUST_LOG", "warn")
+        .env_remove("EXECD_ACCESS_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_owned();
+    Unprivileged {
+        child,
+        base: format!("http://{addr}"),
+        _state: state,
+    }
+}
+
+#[tokio::test]
+async fn an_unprivileged_execd_builds_the_full_jail_and_refuses_identity_switches() {
+    let agent = start_unprivileged();
+    let client = reqwest::Client::new();
+    let caps: Value = client
+        .get(format!("{}/v1/isolated/capabilities", agent.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(caps["available"], true, "{caps}");
+    assert_eq!(caps["hardening"]["namespaces"]["state"], "active", "{caps}");
+    let ws = tempfile::Builder::new()
+        .prefix("iso-ws-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::os::unix::fs::chown(ws.path(), Some(1001), Some(1001)).unwrap();
+    let create = |body: Value| {
+        client
+            .post(format!("{}/v1/isolated/session", agent.base))
+            .json(&body)
+            .send()
+    };
+    // Another identity needs root: 503 NOT_SUPPORTED, as the contract documents.
+    let resp = create(json!({ "workspace": { "path": ws.path() }, "uid": 0 }))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], "NOT_SUPPORTED");
+    let resp = create(json!({ "workspace": { "path": ws.path() }, "share_net": false }))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let sid = resp.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = client
+        .post(format!("{}/v1/isolated/session/{sid}/run", agent.base))
+        .json(&json!({ "code": "id -u; echo x > f && cat f; grep CapEff /proc/self/status; ls /proc | grep -cE '^[0-9]+$'" }))
+        .send()
+        .await
+        .unwrap();
+    let events = collect_sse(resp).await;
+    let out: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind() == "stdout")
+        .map(Event::text)
+        .collect();
+    assert_eq!(out[0], "1001");
+    assert_eq!(out[1], "x");
+    assert_eq!(out[2], "CapEff:\t0000000000000000");
+    assert!(out[3].parse::<u32>().unwrap() < 8, "{out:?}");
+    assert!(
+        !ws.path().join("f").exists(),
+        "overlay write reached the lower dir"
+    );
+}
