@@ -1212,3 +1212,51 @@ async fn an_unprivileged_execd_builds_the_full_jail_and_refuses_identity_switche
         "overlay write reached the lower dir"
     );
 }
+
+#[tokio::test]
+async fn a_jail_that_dies_on_its_own_marks_the_session_dead() {
+    let agent = Agent::start();
+    let ws = workspace();
+    let sid = create(&agent, ws_body(&ws)).await;
+    let jails: Vec<u32> = crate::util::children_of(agent.pid())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__jail"))
+        })
+        .collect();
+    assert_eq!(jails.len(), 1, "one jail per session");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(jails[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let state = eventually(5, "the session to be dead", async || {
+        let st: Value = agent
+            .get(&format!("/v1/isolated/session/{sid}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (st["status"] == "dead").then_some(st)
+    })
+    .await;
+    assert_eq!(state["status"], "dead");
+    let resp = agent
+        .post(&format!("/v1/isolated/session/{sid}/run"))
+        .json(&json!({ "code": "true" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    delete(&agent, &sid).await;
+    let resp = agent
+        .get(&format!("/v1/isolated/session/{sid}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
