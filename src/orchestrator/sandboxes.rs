@@ -277,10 +277,34 @@ impl Service {
         record.execd_port = execd_port;
         record.http_port = http_port;
         self.store.update(record)?;
-        let port = execd_port.ok_or_else(|| Error::internal("docker published no port for execd"))?;
+        let Some(port) = execd_port else {
+            // An exited container has no published ports: say why it exited.
+            return Err(match self.exit_error(&container).await? {
+                Some(e) => e,
+                None => Error::internal("docker published no port for execd"),
+            });
+        };
         self.wait_ready(&container, port, &record.token).await?;
         tracing::debug!(sandbox = %record.id, ?created, ?started, ready = ?t.elapsed(), "provisioned");
         Ok(())
+    }
+
+    /// When the container has already exited: an error with its exit code and last output.
+    async fn exit_error(&self, container: &str) -> Result<Option<Error>, Error> {
+        let Some(live) = self.docker.inspect(container).await? else {
+            return Ok(Some(Error::internal(
+                "the sandbox's container vanished while starting",
+            )));
+        };
+        if live.status != "exited" && live.status != "dead" {
+            return Ok(None);
+        }
+        let logs = self.docker.logs(container, 20).await.unwrap_or_default();
+        Ok(Some(Error::internal(format!(
+            "the sandbox exited with code {} before execd answered; last output:\n{}",
+            live.exit_code.unwrap_or(-1),
+            logs.trim_end()
+        ))))
     }
 
     /// Polls execd's `/ping` until it answers 200, the container dies, or the deadline passes.
@@ -304,15 +328,8 @@ impl Service {
             }
             attempts += 1;
             if attempts.is_multiple_of(16) {
-                if let Some(live) = self.docker.inspect(container).await? {
-                    if live.status == "exited" || live.status == "dead" {
-                        let logs = self.docker.logs(container, 20).await.unwrap_or_default();
-                        return Err(Error::internal(format!(
-                            "the sandbox exited with code {} before execd answered; last output:\n{}",
-                            live.exit_code.unwrap_or(-1),
-                            logs.trim_end()
-                        )));
-                    }
+                if let Some(e) = self.exit_error(container).await? {
+                    return Err(e);
                 }
             }
             if Instant::now() + pause > deadline {
