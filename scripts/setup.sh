@@ -10,6 +10,9 @@ log() { printf 'setup: %s\n' "$*"; }
 # test), procps, debootstrap and busybox-static (the offline test images, see
 # scripts/build-test-image.sh); the Docker CLI/engine are expected on the machine image.
 packages=(file util-linux procps ca-certificates debootstrap busybox-static)
+# Isolated sessions: bubblewrap is the benchmark anchor, python3 (Debian's, /usr/bin) makes the
+# raw-syscall escape attempts.
+packages+=(bubblewrap python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

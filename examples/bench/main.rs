@@ -17,6 +17,7 @@ mod code;
 mod files;
 mod foundation;
 mod harness;
+mod isolated;
 mod lifecycle;
 mod terminal;
 
@@ -46,6 +47,7 @@ fn areas() -> Vec<(&'static str, Vec<Section>)> {
         ("code", code::sections()),
         ("files", files::sections()),
         ("terminal", terminal::sections()),
+        ("isolated", isolated::sections()),
         ("lifecycle", lifecycle::sections()),
     ]
 }

@@ -69,6 +69,32 @@ pub struct Config {
     /// Python kernels kept started so new contexts are instant (0 disables the pool).
     #[arg(long, env = "EXECD_KERNEL_POOL", default_value_t = 1)]
     pub kernel_pool: usize,
+    /// Isolated sessions: when this host denies namespaces, still serve sessions with the
+    /// hardening that remains (landlock, seccomp, no_new_privs, rlimits, uid drop) instead of
+    /// answering 503. Capabilities report the degradation either way.
+    #[arg(long, env = "EXECD_ISOLATED_ALLOW_DEGRADED", value_parser = clap::builder::FalseyValueParser::new(), default_value = "false")]
+    pub isolated_allow_degraded: bool,
+    /// Isolated sessions: roots (comma-separated) under which `extra_writable` paths and bind
+    /// sources may lie; empty rejects them all.
+    #[arg(long, env = "EXECD_ISOLATED_ALLOWED_WRITABLE", value_delimiter = ',')]
+    pub isolated_allowed_writable: Vec<PathBuf>,
+    /// Isolated sessions: memory limit per session in MiB (cgroup; 0: none).
+    #[arg(long, env = "EXECD_ISOLATED_MEMORY_MB", default_value_t = 1024)]
+    pub isolated_memory_mb: u64,
+    /// Isolated sessions: task limit per session (cgroup; 0: none).
+    #[arg(long, env = "EXECD_ISOLATED_PIDS", default_value_t = 512)]
+    pub isolated_pids: u64,
+    /// Isolated sessions: CPU limit per session in thousandths of a CPU (cgroup; 0: none).
+    #[arg(long, env = "EXECD_ISOLATED_CPU_MILLIS", default_value_t = 0)]
+    pub isolated_cpu_millis: u64,
+    /// Isolated sessions: how often idle sessions are collected, in milliseconds.
+    #[arg(
+        long,
+        env = "EXECD_ISOLATED_GC_INTERVAL_MS",
+        default_value_t = 60_000,
+        hide = true
+    )]
+    pub isolated_gc_interval_ms: u64,
     /// Accepted for compatibility with upstream; no stream ever waits on it.
     #[arg(
         long = "graceful-shutdown-timeout",

@@ -10,6 +10,8 @@ pub mod env;
 pub mod files;
 pub mod http;
 pub mod init;
+pub mod isolate;
+pub mod isolated;
 pub mod kernel;
 pub mod metrics;
 pub mod openapi;
@@ -134,6 +136,28 @@ pub fn rfc3339(t: SystemTime) -> String {
     crate::wire::time::format_ms(d.as_millis() as i64)
 }
 
+/// execd's own binary, re-executed as the jail of isolated sessions (robust to the file being
+/// replaced on disk while execd runs).
+const SELF_EXE: &str = "/proc/self/exe";
+
+fn isolation_settings(config: &Config, state_dir: &Path) -> isolated::Settings {
+    let nonzero = |v: u64| (v > 0).then_some(v);
+    isolated::Settings {
+        namespaces: false,
+        allow_degraded: config.isolated_allow_degraded,
+        root: false,
+        landlock_abi: 0,
+        state_dir: state_dir.to_path_buf(),
+        allowed_writable: config.isolated_allowed_writable.clone(),
+        limits: isolate::cgroup::Limits {
+            memory_bytes: nonzero(config.isolated_memory_mb).map(|m| m << 20),
+            pids: nonzero(config.isolated_pids),
+            cpu_millis: nonzero(config.isolated_cpu_millis),
+        },
+        gc_interval: std::time::Duration::from_millis(config.isolated_gc_interval_ms.max(10)),
+    }
+}
+
 /// Events a file watch keeps for clients that reconnect with `Last-Event-ID`.
 const WATCH_HISTORY: usize = 1024;
 /// How long a file watch without clients stays alive so that a reconnect can resume.
@@ -160,6 +184,8 @@ pub struct AppState {
     pub watches: Arc<watch::Watches>,
     /// The metrics sampler.
     pub metrics: Arc<metrics::Monitor>,
+    /// Isolated sessions.
+    pub isolation: Arc<isolated::Isolation>,
 }
 
 impl AppState {
@@ -176,6 +202,7 @@ impl AppState {
         self.sessions.kill_all();
         self.contexts.kill_all();
         self.ptys.kill_all();
+        self.isolation.kill_all();
     }
 }
 
@@ -183,6 +210,8 @@ impl AppState {
 /// entrypoint as its child, forwards signals to it, and returns its exit code.
 pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::Result<i32> {
     process::become_subreaper();
+    // Before the reaper exists: the probe waits for its own child.
+    let probe = isolate::probe(std::path::Path::new(SELF_EXE), &config.state_dir()?);
     let reaper = Reaper::start().context("cannot watch SIGCHLD")?;
     let runtime = Arc::new(Runtime::new(&config, Arc::clone(&reaper))?);
     let addr = SocketAddr::new(config.host, config.port);
@@ -216,6 +245,17 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
         files: Arc::new(files::Files::new(runtime.env().clone(), runtime.cwd.clone())),
         watches: watch::Watches::new(WATCH_HISTORY, WATCH_LINGER),
         metrics: metrics::Monitor::start(metrics::Sampler::new(PathBuf::from("/"), runtime.cwd.clone())),
+        isolation: isolated::Isolation::new(
+            Arc::clone(&runtime),
+            PathBuf::from(SELF_EXE),
+            probe,
+            isolation_settings(&config, &runtime.state_dir),
+            match &entrypoint {
+                None => crate::wire::isolated::InitMode::None,
+                Some(_) if std::process::id() == 1 => crate::wire::isolated::InitMode::Pid1,
+                Some(_) => crate::wire::isolated::InitMode::Subreaper,
+            },
+        ),
     };
     // The one line on stdout that scripts and tests wait for.
     println!("listening on {local}");

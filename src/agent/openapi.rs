@@ -6,15 +6,24 @@ use utoipa::OpenApi;
 
 use super::http::{
     __path_command_events, __path_command_logs, __path_command_status, __path_connect_pty,
-    __path_create_command, __path_create_context, __path_create_pty, __path_create_session,
-    __path_delete_context, __path_delete_contexts_by_language, __path_delete_pty, __path_delete_session,
-    __path_download_archive, __path_download_file, __path_extract_archive, __path_file_info,
-    __path_get_context, __path_get_metrics, __path_interrupt_code, __path_interrupt_command,
-    __path_list_contexts, __path_list_directory, __path_list_languages, __path_make_dirs, __path_move_files,
-    __path_ping, __path_proxy_port, __path_pty_status, __path_remove_dirs, __path_remove_files,
-    __path_replace_content, __path_run_code, __path_run_in_session, __path_search_files,
-    __path_set_permissions, __path_upload_files, __path_watch_files, __path_watch_metrics,
-    __path_write_stdin,
+    __path_create_command, __path_create_context, __path_create_isolated_session, __path_create_pty,
+    __path_create_session, __path_delete_context, __path_delete_contexts_by_language,
+    __path_delete_isolated_session, __path_delete_pty, __path_delete_session, __path_download_archive,
+    __path_download_file, __path_extract_archive, __path_file_info, __path_get_context,
+    __path_get_isolated_session, __path_get_metrics, __path_interrupt_code, __path_interrupt_command,
+    __path_isolated_capabilities, __path_isolated_run_logs, __path_isolated_run_status, __path_list_contexts,
+    __path_list_directory, __path_list_isolated_sessions, __path_list_languages, __path_make_dirs,
+    __path_move_files, __path_ping, __path_proxy_port, __path_pty_status, __path_remove_dirs,
+    __path_remove_files, __path_replace_content, __path_run_code, __path_run_in_session, __path_run_isolated,
+    __path_search_files, __path_set_permissions, __path_upload_files, __path_watch_files,
+    __path_watch_metrics, __path_write_stdin,
+};
+use super::http::{
+    __path_commit_isolated_session, __path_diff_isolated_session, __path_download_isolated_file,
+    __path_isolated_file_info, __path_list_isolated_directory, __path_make_isolated_dirs,
+    __path_move_isolated_files, __path_remove_isolated_dirs, __path_remove_isolated_files,
+    __path_replace_isolated_content, __path_search_isolated_files, __path_set_isolated_permissions,
+    __path_upload_isolated_files,
 };
 
 #[derive(OpenApi)]
@@ -33,7 +42,12 @@ use super::http::{
         create_pty, pty_status, delete_pty, connect_pty, proxy_port,
         file_info, remove_files, set_permissions, move_files, search_files, replace_content, upload_files,
         download_file, download_archive, extract_archive, watch_files, list_directory, make_dirs, remove_dirs,
-        get_metrics, watch_metrics
+        get_metrics, watch_metrics,
+        isolated_capabilities, list_isolated_sessions, create_isolated_session, get_isolated_session,
+        delete_isolated_session, run_isolated, isolated_run_status, isolated_run_logs,
+        isolated_file_info, download_isolated_file, upload_isolated_files, remove_isolated_files, move_isolated_files,
+        set_isolated_permissions, replace_isolated_content, search_isolated_files, make_isolated_dirs,
+        remove_isolated_dirs, list_isolated_directory, diff_isolated_session, commit_isolated_session
     ),
     components(schemas(crate::wire::ErrorBody, crate::wire::UnauthorizedBody, crate::wire::StreamEvent, crate::wire::Usage,
         crate::wire::pty::PtyClientFrame, crate::wire::pty::PtyServerFrame,

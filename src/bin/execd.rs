@@ -8,6 +8,13 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 fn main() -> ExitCode {
+    // The jail of an isolated session: execd re-executed by itself, before any other setup.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == execd::agent::isolate::JAIL_ARG)
+    {
+        return ExitCode::from(execd::agent::isolate::jail::main().clamp(0, 255) as u8);
+    }
     let cli = Cli::parse();
     if let Err(e) = init_logging(&cli.config) {
         eprintln!("execd: {e:#}");

@@ -6,6 +6,7 @@
 
 pub mod code;
 pub mod files;
+pub mod isolated;
 pub mod lifecycle;
 pub mod time;
 
@@ -53,6 +54,10 @@ pub enum ErrorCode {
     BadGateway,
     /// The access token is missing or wrong.
     Unauthorized,
+    /// No isolated session with that id.
+    SessionNotFound,
+    /// Isolation is not available on this host (or not allowed degraded).
+    ServiceUnavailable,
     /// Anything else.
     Unknown,
 }

@@ -6,6 +6,8 @@ mod command;
 mod docker;
 mod files;
 mod init;
+mod isolated;
+mod isolated_docker;
 mod metrics;
 mod proxy;
 mod pty;

@@ -7,6 +7,7 @@ use axum::Json;
 
 use crate::agent::command::{CommandError, StdinError};
 use crate::agent::files::FilesError;
+use crate::agent::isolated::IsolatedError;
 use crate::agent::kernel::ContextError;
 use crate::agent::proxy::ProxyError;
 use crate::agent::pty::PtyError;
@@ -235,6 +236,38 @@ impl From<WatchError> for ApiError {
                 Self::new(StatusCode::NOT_FOUND, ErrorCode::FileNotFound, e.to_string())
             }
             WatchError::Notify { .. } => Self::runtime(e.to_string()),
+        }
+    }
+}
+
+impl From<IsolatedError> for ApiError {
+    fn from(e: IsolatedError) -> Self {
+        let message = e.to_string();
+        match e {
+            IsolatedError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ServiceUnavailable,
+                message,
+            ),
+            IsolatedError::NotSupported(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotSupported, message)
+            }
+            IsolatedError::Invalid(_) => Self::bad_request(message),
+            IsolatedError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, ErrorCode::SessionNotFound, message)
+            }
+            IsolatedError::RunNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, ErrorCode::CommandNotFound, message)
+            }
+            IsolatedError::NothingPersisted => {
+                Self::new(StatusCode::NOT_FOUND, ErrorCode::FileNotFound, message)
+            }
+            IsolatedError::NotActive(_) => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message),
+            IsolatedError::ReadOnly(_) => {
+                Self::new(StatusCode::FORBIDDEN, ErrorCode::PermissionDenied, message)
+            }
+            IsolatedError::Jail(_) => Self::runtime(message),
+            IsolatedError::Files(f) => f.into(),
         }
     }
 }

@@ -7,6 +7,8 @@ mod command;
 pub mod error;
 mod extract;
 mod files;
+mod isolated;
+mod isolated_files;
 mod metrics;
 mod proxy;
 mod pty;
@@ -41,6 +43,18 @@ pub(crate) use files::{
     __path_file_info, __path_list_directory, __path_make_dirs, __path_move_files, __path_remove_dirs,
     __path_remove_files, __path_replace_content, __path_search_files, __path_set_permissions,
 };
+pub(crate) use isolated::{
+    __path_create_isolated_session, __path_delete_isolated_session, __path_get_isolated_session,
+    __path_isolated_capabilities, __path_isolated_run_logs, __path_isolated_run_status,
+    __path_list_isolated_sessions, __path_run_isolated,
+};
+pub(crate) use isolated_files::{
+    __path_commit_isolated_session, __path_diff_isolated_session, __path_download_isolated_file,
+    __path_isolated_file_info, __path_list_isolated_directory, __path_make_isolated_dirs,
+    __path_move_isolated_files, __path_remove_isolated_dirs, __path_remove_isolated_files,
+    __path_replace_isolated_content, __path_search_isolated_files, __path_set_isolated_permissions,
+    __path_upload_isolated_files,
+};
 pub(crate) use metrics::{__path_get_metrics, __path_watch_metrics};
 pub(crate) use proxy::__path_proxy_port;
 pub(crate) use pty::{__path_connect_pty, __path_create_pty, __path_delete_pty, __path_pty_status};
@@ -66,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         // The same file routes, done with the fsuid/fsgid named in the path.
         .nest("/v1/filesystem/{uid}/{gid}", files::routes())
         .merge(metrics::routes())
+        .merge(isolated::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
