@@ -12,7 +12,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use futures_util::{SinkExt, StreamExt};
 
-use crate::util::{eventually, pids_matching, Agent, Opts};
+use crate::util::{descendants_matching, eventually, Agent, Opts};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -245,7 +245,7 @@ async fn sigint_stops_a_foreground_sleep() {
     let (mut term, _, _) = Term::open(&agent, &format!("/pty/{id}/ws")).await;
     term.stdin("sleep 100.5\n").await;
     eventually(10, "sleep to start", async || {
-        (!pids_matching("sleep 100.5").is_empty()).then_some(())
+        (!descendants_matching(agent.pid(), "sleep 100.5").is_empty()).then_some(())
     })
     .await;
     let started = std::time::Instant::now();
@@ -255,7 +255,9 @@ async fn sigint_stops_a_foreground_sleep() {
     term.until_after(mark, "back-5").await;
     assert!(started.elapsed() < Duration::from_secs(20));
     eventually(5, "sleep to be gone", async || {
-        pids_matching("sleep 100.5").is_empty().then_some(())
+        descendants_matching(agent.pid(), "sleep 100.5")
+            .is_empty()
+            .then_some(())
     })
     .await;
     // The shell itself survived the interrupt.
@@ -424,7 +426,9 @@ async fn a_tui_renders_and_quits() {
     term.stdin("q").await;
     // Typing ahead would go to top (which drops it on exit): wait until it is gone.
     eventually(10, "top to quit", async || {
-        pids_matching("top -d 0.5").is_empty().then_some(())
+        descendants_matching(agent.pid(), "top -d 0.5")
+            .is_empty()
+            .then_some(())
     })
     .await;
     term.stdin("echo quit-$((5+5))\n").await;
@@ -508,7 +512,10 @@ async fn delete_kills_every_process_and_the_client_sees_the_exit() {
     term.stdin("pwd; sleep 102.5 & sleep 103.5\n").await;
     term.until(cwd.to_str().unwrap()).await;
     eventually(10, "both sleeps", async || {
-        (pids_matching("sleep 102.5").len() + pids_matching("sleep 103.5").len() == 2).then_some(())
+        (descendants_matching(agent.pid(), "sleep 102.5").len()
+            + descendants_matching(agent.pid(), "sleep 103.5").len()
+            == 2)
+            .then_some(())
     })
     .await;
     let resp = agent.delete(&format!("/pty/{id}")).send().await.unwrap();
@@ -518,7 +525,9 @@ async fn delete_kills_every_process_and_the_client_sees_the_exit() {
     assert_eq!(exit["exit_code"], -1, "killed by a signal");
     assert_eq!(term.until_close().await.map(|c| c.0), Some(1000));
     eventually(10, "the background job to die too", async || {
-        (pids_matching("sleep 102.5").is_empty() && pids_matching("sleep 103.5").is_empty()).then_some(())
+        (descendants_matching(agent.pid(), "sleep 102.5").is_empty()
+            && descendants_matching(agent.pid(), "sleep 103.5").is_empty())
+        .then_some(())
     })
     .await;
     assert_eq!(

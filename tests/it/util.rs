@@ -282,3 +282,29 @@ pub fn children_of(parent: u32) -> Vec<(u32, char)> {
     }
     out
 }
+
+/// The parent of `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...; comm may contain spaces, so split after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// [`pids_matching`], restricted to descendants of `root` (so that other runs of the suite on
+/// the same machine cannot disturb a test).
+pub fn descendants_matching(root: u32, needle: &str) -> Vec<u32> {
+    pids_matching(needle)
+        .into_iter()
+        .filter(|&pid| {
+            let mut p = pid;
+            while let Some(parent) = parent_of(p).filter(|&q| q > 1) {
+                if parent == root {
+                    return true;
+                }
+                p = parent;
+            }
+            false
+        })
+        .collect()
+}
