@@ -185,7 +185,7 @@ pub struct AppState {
     /// The metrics sampler.
     pub metrics: Arc<metrics::Monitor>,
     /// Isolated sessions.
-    pub isolation: Arc<isolated::Isolation>,
+    pub isolation: isolated::Handle,
 }
 
 impl AppState {
@@ -202,7 +202,9 @@ impl AppState {
         self.sessions.kill_all();
         self.contexts.kill_all();
         self.ptys.kill_all();
-        self.isolation.kill_all();
+        if let Some(isolation) = self.isolation.now() {
+            isolation.kill_all();
+        }
     }
 }
 
@@ -210,8 +212,6 @@ impl AppState {
 /// entrypoint as its child, forwards signals to it, and returns its exit code.
 pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::Result<i32> {
     process::become_subreaper();
-    // Before the reaper exists: the probe waits for its own child.
-    let probe = isolate::probe(std::path::Path::new(SELF_EXE), &config.state_dir()?);
     let reaper = Reaper::start().context("cannot watch SIGCHLD")?;
     let runtime = Arc::new(Runtime::new(&config, Arc::clone(&reaper))?);
     let addr = SocketAddr::new(config.host, config.port);
@@ -245,17 +245,22 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
         files: Arc::new(files::Files::new(runtime.env().clone(), runtime.cwd.clone())),
         watches: watch::Watches::new(WATCH_HISTORY, WATCH_LINGER),
         metrics: metrics::Monitor::start(metrics::Sampler::new(PathBuf::from("/"), runtime.cwd.clone())),
-        isolation: isolated::Isolation::new(
-            Arc::clone(&runtime),
-            PathBuf::from(SELF_EXE),
-            probe,
-            isolation_settings(&config, &runtime.state_dir),
-            match &entrypoint {
+        isolation: {
+            let (runtime, state_dir) = (Arc::clone(&runtime), config.state_dir()?);
+            let settings = isolation_settings(&config, &runtime.state_dir);
+            let init_mode = match &entrypoint {
                 None => crate::wire::isolated::InitMode::None,
                 Some(_) if std::process::id() == 1 => crate::wire::isolated::InitMode::Pid1,
                 Some(_) => crate::wire::isolated::InitMode::Subreaper,
-            },
-        ),
+            };
+            // The probe's jail may be reaped by the reaper; it reads the result from its socket.
+            isolated::Handle::start(
+                move || isolate::probe(std::path::Path::new(SELF_EXE), &state_dir),
+                move |probe| {
+                    isolated::Isolation::new(runtime, PathBuf::from(SELF_EXE), probe, settings, init_mode)
+                },
+            )
+        },
     };
     // The one line on stdout that scripts and tests wait for.
     println!("listening on {local}");

@@ -42,8 +42,10 @@ pub(super) fn routes() -> Router<AppState> {
 /// What this host allows; always 200.
 #[utoipa::path(get, path = "/v1/isolated/capabilities",
     responses((status = 200, body = CapabilitiesResponse)))]
-pub(crate) async fn isolated_capabilities(State(state): State<AppState>) -> Json<CapabilitiesResponse> {
-    Json(state.isolation.capabilities())
+pub(crate) async fn isolated_capabilities(
+    State(state): State<AppState>,
+) -> Result<Json<CapabilitiesResponse>, ApiError> {
+    Ok(Json(state.isolation.ready().await?.capabilities()))
 }
 
 /// Every live session.
@@ -52,7 +54,7 @@ pub(crate) async fn isolated_capabilities(State(state): State<AppState>) -> Json
 pub(crate) async fn list_isolated_sessions(
     State(state): State<AppState>,
 ) -> Result<Json<IsolatedSessionList>, ApiError> {
-    Ok(Json(state.isolation.list()?))
+    Ok(Json(state.isolation.ready().await?.list()?))
 }
 
 /// Creates a session and builds its jail.
@@ -62,7 +64,7 @@ pub(crate) async fn create_isolated_session(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateIsolatedSessionRequest>,
 ) -> Result<(StatusCode, Json<IsolatedCreateSessionResponse>), ApiError> {
-    let iso = state.isolation.clone();
+    let iso = state.isolation.ready().await?;
     let resp = tokio::task::spawn_blocking(move || iso.create(req))
         .await
         .map_err(|e| ApiError::runtime(format!("session start failed: {e}")))??;
@@ -76,7 +78,7 @@ pub(crate) async fn get_isolated_session(
     State(state): State<AppState>,
     Path(sid): Path<String>,
 ) -> Result<Json<SessionState>, ApiError> {
-    Ok(Json(state.isolation.state(&sid)?))
+    Ok(Json(state.isolation.ready().await?.state(&sid)?))
 }
 
 /// Kills the session's processes and frees its upper directories.
@@ -86,7 +88,7 @@ pub(crate) async fn delete_isolated_session(
     State(state): State<AppState>,
     Path(sid): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.isolation.delete(&sid).await?;
+    state.isolation.ready().await?.delete(&sid).await?;
     Ok(StatusCode::OK)
 }
 
@@ -101,7 +103,7 @@ pub(crate) async fn run_isolated(
     Path(sid): Path<String>,
     ApiJson(req): ApiJson<IsolatedRunRequest>,
 ) -> Result<Response, ApiError> {
-    let iso = state.isolation.clone();
+    let iso = state.isolation.ready().await?;
     let run_sid = sid.clone();
     let started = tokio::task::spawn_blocking(move || iso.start_run(&run_sid, req))
         .await
@@ -139,7 +141,9 @@ struct DisconnectGuard {
 impl Drop for DisconnectGuard {
     fn drop(&mut self) {
         if !self.journal.is_finished() {
-            self.state.isolation.interrupt(&self.sid);
+            if let Some(isolation) = self.state.isolation.now() {
+                isolation.interrupt(&self.sid);
+            }
         }
     }
 }
@@ -151,7 +155,7 @@ pub(crate) async fn isolated_run_status(
     State(state): State<AppState>,
     Path((sid, rid)): Path<(String, String)>,
 ) -> Result<Json<IsolatedRunStatus>, ApiError> {
-    Ok(Json(state.isolation.run_status(&sid, &rid)?))
+    Ok(Json(state.isolation.ready().await?.run_status(&sid, &rid)?))
 }
 
 #[derive(Deserialize)]
@@ -175,7 +179,7 @@ pub(crate) async fn isolated_run_logs(
             .parse()
             .map_err(|_| ApiError::bad_request("cursor must be a non-negative byte offset"))?,
     };
-    let path = state.isolation.run_log(&sid, &rid)?;
+    let path = state.isolation.ready().await?.run_log(&sid, &rid)?;
     let (bytes, next) = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, u64)> {
         use std::os::unix::fs::FileExt;
         let file = std::fs::File::open(&path)?;

@@ -60,7 +60,7 @@ async fn with_session<T: Send + 'static>(
     sid: &str,
     f: impl FnOnce(&Session) -> Result<T, IsolatedError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let session: Arc<Session> = state.isolation.get(sid)?;
+    let session: Arc<Session> = state.isolation.ready().await?.get(sid)?;
     tokio::task::spawn_blocking(move || f(&session))
         .await
         .map_err(|e| ApiError::runtime(format!("file worker failed: {e}")))?
@@ -188,7 +188,7 @@ pub(crate) async fn upload_isolated_files(
     Path(sid): Path<String>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let session = state.isolation.get(&sid)?;
+    let session = state.isolation.ready().await?.get(&sid)?;
     let mut multipart = Multipart::from_request(req, &state).await.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -468,7 +468,7 @@ pub(crate) async fn diff_isolated_session(
     State(state): State<AppState>,
     Path(sid): Path<String>,
 ) -> Result<Response, ApiError> {
-    let session = state.isolation.get(&sid)?;
+    let session = state.isolation.ready().await?.get(&sid)?;
     if session.mounts().iter().all(|m| m.upper.is_none()) {
         return Err(IsolatedError::NothingPersisted.into());
     }
