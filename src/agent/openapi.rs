@@ -53,45 +53,25 @@ use super::http::{
         crate::wire::pty::PtyClientFrame, crate::wire::pty::PtyServerFrame,
         crate::wire::files::FileInfo, crate::wire::files::FileMetadata, crate::wire::files::Permission,
         crate::wire::files::WatchEvent, crate::wire::files::Metrics)),
-    modifiers(&TokenAuth),
+    modifiers(&AUTH),
     security(("access_token" = []))
 )]
 struct ApiDoc;
 
-struct TokenAuth;
-
-impl utoipa::Modify for TokenAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "access_token",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-EXECD-ACCESS-TOKEN"))),
-        );
-    }
-}
+const AUTH: crate::wire::openapi::HeaderKey = crate::wire::openapi::HeaderKey {
+    scheme: "access_token",
+    header: "X-EXECD-ACCESS-TOKEN",
+};
 
 /// The document as YAML.
 pub fn yaml() -> String {
-    let mut doc = ApiDoc::openapi();
-    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc.to_yaml()
-        .unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    crate::wire::openapi::yaml(ApiDoc::openapi())
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn proto_matches_code() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/execd.yaml");
-        let generated = super::yaml();
-        if std::env::var_os("UPDATE_PROTO").is_some() {
-            std::fs::write(&path, &generated).unwrap();
-        }
-        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            on_disk == generated,
-            "proto/execd.yaml is out of date; run `UPDATE_PROTO=1 cargo test proto_matches_code`"
-        );
+        crate::wire::openapi::assert_proto_matches("execd.yaml", &super::yaml());
     }
 }

@@ -27,45 +27,25 @@ use super::http::{
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,
         crate::wire::lifecycle::Pagination)),
-    modifiers(&ApiKeyAuth),
+    modifiers(&AUTH),
     security(("api_key" = []))
 )]
 struct ApiDoc;
 
-struct ApiKeyAuth;
-
-impl utoipa::Modify for ApiKeyAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "api_key",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("OPEN-SANDBOX-API-KEY"))),
-        );
-    }
-}
+const AUTH: crate::wire::openapi::HeaderKey = crate::wire::openapi::HeaderKey {
+    scheme: "api_key",
+    header: "OPEN-SANDBOX-API-KEY",
+};
 
 /// The document as YAML.
 pub fn yaml() -> String {
-    let mut doc = ApiDoc::openapi();
-    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc.to_yaml()
-        .unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    crate::wire::openapi::yaml(ApiDoc::openapi())
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn proto_matches_code() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/sandboxd.yaml");
-        let generated = super::yaml();
-        if std::env::var_os("UPDATE_PROTO").is_some() {
-            std::fs::write(&path, &generated).unwrap();
-        }
-        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            on_disk == generated,
-            "proto/sandboxd.yaml is out of date; run `UPDATE_PROTO=1 cargo test proto_matches_code`"
-        );
+        crate::wire::openapi::assert_proto_matches("sandboxd.yaml", &super::yaml());
     }
 }

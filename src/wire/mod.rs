@@ -8,6 +8,7 @@ pub mod code;
 pub mod files;
 pub mod isolated;
 pub mod lifecycle;
+pub mod openapi;
 pub mod time;
 
 use std::collections::BTreeMap;
