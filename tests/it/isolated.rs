@@ -8,6 +8,20 @@ use serde_json::{json, Value};
 
 use crate::util::{collect_sse, eventually, marker, Agent, Event, Opts};
 
+/// GETs `path` and parses the JSON answer.
+async fn get_json(agent: &Agent, path: &str) -> Value {
+    agent.get(path).send().await.unwrap().json().await.unwrap()
+}
+
+/// The `path` of every entry of a list answer.
+fn paths(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect()
+}
+
 /// The Python interpreter used to make raw syscalls from inside a session.
 const PY: &str = "/usr/bin/python3";
 
@@ -74,14 +88,7 @@ pub async fn delete(agent: &Agent, sid: &str) {
 }
 
 pub async fn capabilities(agent: &Agent) -> Value {
-    agent
-        .get("/v1/isolated/capabilities")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(&agent, "/v1/isolated/capabilities").await
 }
 
 fn workspace() -> tempfile::TempDir {
@@ -506,14 +513,7 @@ async fn background_run_logs_are_polled_to_completion_with_a_byte_cursor() {
         assert_eq!(next, cursor + body.len() as u64);
         cursor = next;
         log.push_str(&body);
-        let st: Value = agent
-            .get(&status_path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let st: Value = get_json(&agent, &status_path).await;
         (st["running"] == false).then_some(st)
     })
     .await;
@@ -618,14 +618,7 @@ async fn sessions_are_listed_echoed_and_collected_when_idle() {
         ..Opts::default()
     });
     let ws = workspace();
-    let list: Value = agent
-        .get("/v1/isolated/sessions")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&agent, "/v1/isolated/sessions").await;
     assert_eq!(list, json!({ "sessions": [] }));
     let keep = create(
         &agent,
@@ -637,14 +630,7 @@ async fn sessions_are_listed_echoed_and_collected_when_idle() {
         json!({ "workspace": { "path": ws.path() }, "idle_timeout_seconds": 1 }),
     )
     .await;
-    let st: Value = agent
-        .get(&format!("/v1/isolated/session/{keep}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: Value = get_json(&agent, &format!("/v1/isolated/session/{keep}")).await;
     assert_eq!(st["status"], "active");
     assert_eq!(st["idle_timeout_seconds"], 0);
     assert_eq!(st["idle_remaining_seconds"], Value::Null);
@@ -656,14 +642,7 @@ async fn sessions_are_listed_echoed_and_collected_when_idle() {
         json!([{ "path": ws.path(), "mode": "overlay", "persist": true }])
     );
     assert_eq!(st["last_run_at"], st["created_at"]);
-    let list: Value = agent
-        .get("/v1/isolated/sessions")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&agent, "/v1/isolated/sessions").await;
     assert_eq!(list["sessions"].as_array().unwrap().len(), 2);
     eventually(5, "idle session collected", async || {
         let r = agent
@@ -861,35 +840,22 @@ async fn overlay_changes_are_invisible_below_until_commit_and_diff_lists_exactly
     // The session sees the merged view, both in runs and through the API.
     let (out, _) = run(&agent, &sid, "ls; cat edit sub/uploaded").await;
     assert_eq!(out, "edit\nmade\nsub\nnew\nup\n");
-    let list: Value = agent
-        .get(&format!(
-            "/v1/isolated/session/{sid}/directories/list?path={w}&depth=2"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let names: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap())
-        .collect();
+    let list: Value = get_json(
+        &agent,
+        &format!("/v1/isolated/session/{sid}/directories/list?path={w}&depth=2"),
+    )
+    .await;
+    let names: Vec<&str> = paths(&list);
     let expect: Vec<String> = ["edit", "made", "made/file", "sub", "sub/inner", "sub/uploaded"]
         .iter()
         .map(|n| format!("{w}/{n}"))
         .collect();
     assert_eq!(names, expect);
-    let info: Value = agent
-        .get(&format!("/v1/isolated/session/{sid}/files/info?path={w}/edit"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(
+        &agent,
+        &format!("/v1/isolated/session/{sid}/files/info?path={w}/edit"),
+    )
+    .await;
     assert_eq!(info[format!("{w}/edit")]["size"], 4);
     let resp = agent
         .get(&format!("/v1/isolated/session/{sid}/files/info?path={w}/gone"))
@@ -1054,22 +1020,12 @@ async fn files_api_moves_replaces_and_searches_in_the_merged_view() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let found: Value = agent
-        .get(&format!(
-            "/v1/isolated/session/{sid}/files/search?path={w}&pattern=*.txt"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let names: Vec<&str> = found
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap())
-        .collect();
+    let found: Value = get_json(
+        &agent,
+        &format!("/v1/isolated/session/{sid}/files/search?path={w}&pattern=*.txt"),
+    )
+    .await;
+    let names: Vec<&str> = paths(&found);
     assert_eq!(names, [format!("{w}/b.txt")]);
     let (out, _) = run(&agent, &sid, "ls; cat b.txt").await;
     assert_eq!(out, "b.txt\nhello there\n");
@@ -1233,14 +1189,7 @@ async fn a_jail_that_dies_on_its_own_marks_the_session_dead() {
     )
     .unwrap();
     let state = eventually(5, "the session to be dead", async || {
-        let st: Value = agent
-            .get(&format!("/v1/isolated/session/{sid}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let st: Value = get_json(&agent, &format!("/v1/isolated/session/{sid}")).await;
         (st["status"] == "dead").then_some(st)
     })
     .await;
