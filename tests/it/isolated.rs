@@ -88,7 +88,7 @@ pub async fn delete(agent: &Agent, sid: &str) {
 }
 
 pub async fn capabilities(agent: &Agent) -> Value {
-    get_json(&agent, "/v1/isolated/capabilities").await
+    get_json(agent, "/v1/isolated/capabilities").await
 }
 
 fn workspace() -> tempfile::TempDir {
