@@ -265,6 +265,21 @@ pub(crate) async fn upload_isolated_files(
     Ok(StatusCode::OK)
 }
 
+/// Removes every `path` of the query (directories recursively when `recursive`).
+async fn remove_paths(
+    state: &AppState,
+    sid: &str,
+    q: &Params,
+    recursive: bool,
+) -> Result<StatusCode, ApiError> {
+    let given = paths(q)?;
+    with_session(state, sid, move |s| {
+        given.iter().try_for_each(|p| files::remove(s, p, recursive))
+    })
+    .await?;
+    Ok(StatusCode::OK)
+}
+
 /// Deletes files (whiteouts over lower entries).
 #[utoipa::path(delete, path = "/v1/isolated/session/{sid}/files", tag = "isolated",
     params(("sid" = String, Path), ("path" = Vec<String>, Query)),
@@ -274,12 +289,7 @@ pub(crate) async fn remove_isolated_files(
     Path(sid): Path<String>,
     q: Params,
 ) -> Result<StatusCode, ApiError> {
-    let given = paths(&q)?;
-    with_session(&state, &sid, move |s| {
-        given.iter().try_for_each(|p| files::remove(s, p, false))
-    })
-    .await?;
-    Ok(StatusCode::OK)
+    remove_paths(&state, &sid, &q, false).await
 }
 
 /// Deletes directories recursively (whiteouts over lower entries).
@@ -291,12 +301,7 @@ pub(crate) async fn remove_isolated_dirs(
     Path(sid): Path<String>,
     q: Params,
 ) -> Result<StatusCode, ApiError> {
-    let given = paths(&q)?;
-    with_session(&state, &sid, move |s| {
-        given.iter().try_for_each(|p| files::remove(s, p, true))
-    })
-    .await?;
-    Ok(StatusCode::OK)
+    remove_paths(&state, &sid, &q, true).await
 }
 
 /// Moves entries: copy up to the destination, whiteout at the source.
