@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context as _};
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{json, Value};
 
-use crate::harness::{percentile_ms, spawn_wait, Agent, Ctx, Goal, Row};
+use crate::harness::{client, percentile_ms, spawn_wait, Agent, Ctx, Goal, Row};
 use crate::Section;
 
 /// The sections of this area, in the order they run.
@@ -51,14 +51,6 @@ fn venv_path() -> anyhow::Result<String> {
         venv_bin()?.display(),
         std::env::var("PATH").unwrap_or_default()
     ))
-}
-
-fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .http1_only()
-        .build()?)
 }
 
 async fn create_context(client: &reqwest::Client, agent: &Agent) -> anyhow::Result<String> {

@@ -9,7 +9,7 @@ use anyhow::{ensure, Context as _};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 
-use crate::harness::{mb, percentile_ms, proc_status_bytes, Agent, Ctx, Goal, Row};
+use crate::harness::{client, mb, percentile_ms, proc_status_bytes, Agent, Ctx, Goal, Row};
 use crate::Section;
 
 /// The sections of this area, in the order they run.
@@ -27,14 +27,6 @@ pub fn sections() -> Vec<Section> {
 }
 
 const CHUNK: usize = 1 << 20;
-
-fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .http1_only()
-        .build()?)
-}
 
 /// Writes `size` bytes of incompressible data (a pseudo-random 1 MiB block, varied per MiB).
 fn make_file(path: &std::path::Path, size: usize) -> anyhow::Result<()> {

@@ -9,12 +9,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
 use reqwest::header::CONTENT_TYPE;
 
 use crate::harness::{
-    mb, median, percentile_ms, ping_raw, proc_cpu, proc_status_bytes, rusage_cpu, spawn_wait, time, Agent,
-    Ctx, Goal, Row,
+    check_completed, client, mb, median, percentile_ms, ping_raw, proc_cpu, proc_status_bytes, run_stream,
+    rusage_cpu, spawn_wait, time, Agent, Ctx, Goal, Row,
 };
 use crate::Section;
 
@@ -130,56 +130,6 @@ fn idle_rss(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     .goal(Goal::AtMost(5.0))])
 }
 
-/// A keep-alive HTTP/1.1 client for one agent.
-fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .http1_only()
-        .build()?)
-}
-
-/// Runs one command through `POST /command` and reads its SSE body to the end. Returns the
-/// wall time from sending the request to the end of the body.
-async fn run_command(client: &reqwest::Client, url: &str, body: &'static str) -> anyhow::Result<Duration> {
-    let t = Instant::now();
-    let mut resp = client
-        .post(url)
-        .header(CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await?;
-    ensure!(
-        resp.status() == 200,
-        "POST /command {body} answered {}",
-        resp.status()
-    );
-    let mut sse = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        sse.extend_from_slice(&chunk);
-    }
-    let d = t.elapsed();
-    check_completed(&sse).with_context(|| format!("POST /command {body}"))?;
-    Ok(d)
-}
-
-/// Fails unless the last SSE event in `tail` is `execution_complete`.
-fn check_completed(tail: &[u8]) -> anyhow::Result<()> {
-    let text = String::from_utf8_lossy(tail);
-    let data = text
-        .rfind("\ndata: ")
-        .map(|i| &text[i + 7..])
-        .or_else(|| text.strip_prefix("data: "))
-        .context("no SSE event in the response")?;
-    let data = data.split('\n').next().unwrap_or_default();
-    let event: serde_json::Value =
-        serde_json::from_str(data).with_context(|| format!("last event is not JSON: {data:?}"))?;
-    match event["type"].as_str() {
-        Some("execution_complete") => Ok(()),
-        _ => bail!("stream ended with {data}"),
-    }
-}
-
 /// `{"command":"true"}` and `{"argv":["/bin/true"]}` round trips over one keep-alive
 /// connection, interleaved with fork+exec+wait of `/bin/true` (the anchor) and of
 /// `bash -c true` (what the shell form costs by itself).
@@ -189,7 +139,7 @@ async fn round_trip(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let agent = Agent::start(&ctx.agent)?;
     let client = client()?;
     let url = agent.url("/command");
-    run_command(&client, &url, SHELL).await?;
+    run_stream(&client, &url, SHELL).await?;
     let rss_start = proc_status_bytes(agent.pid(), "VmRSS")?;
 
     let (warm, runs) = (ctx.count(50), ctx.count(300));
@@ -201,8 +151,8 @@ async fn round_trip(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             let which = (i + k) % 4;
             let d = match which {
                 0 => spawn_wait("/bin/true", &[])?,
-                1 => run_command(&client, &url, SHELL).await?,
-                2 => run_command(&client, &url, ARGV).await?,
+                1 => run_stream(&client, &url, SHELL).await?,
+                2 => run_stream(&client, &url, ARGV).await?,
                 _ => spawn_wait("bash", &["-c", "true"])?,
             };
             if i >= warm {

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::{bail, ensure, Context as _};
+use reqwest::header::CONTENT_TYPE;
 
 /// One line of the results table: a figure, the anchor it is compared with (measured in the
 /// same run), their ratio, and the goals it must meet.
@@ -396,4 +397,55 @@ pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A keep-alive HTTP/1.1 client for one agent.
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .http1_only()
+        .build()?)
+}
+
+/// POSTs `body` to a streaming route (`/command`, an isolated run) and reads the SSE body to
+/// the end, which must be `execution_complete`. Returns the wall time from sending the request
+/// to the end of the body.
+pub async fn run_stream(client: &reqwest::Client, url: &str, body: &'static str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut resp = client
+        .post(url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await?;
+    ensure!(
+        resp.status() == 200,
+        "POST {url} {body} answered {}",
+        resp.status()
+    );
+    let mut sse = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        sse.extend_from_slice(&chunk);
+    }
+    let d = t.elapsed();
+    check_completed(&sse).with_context(|| format!("POST {url} {body}"))?;
+    Ok(d)
+}
+
+/// Fails unless the last SSE event in `tail` is `execution_complete`.
+pub fn check_completed(tail: &[u8]) -> anyhow::Result<()> {
+    let text = String::from_utf8_lossy(tail);
+    let data = text
+        .rfind("\ndata: ")
+        .map(|i| &text[i + 7..])
+        .or_else(|| text.strip_prefix("data: "))
+        .context("no SSE event in the response")?;
+    let data = data.split('\n').next().unwrap_or_default();
+    let event: serde_json::Value =
+        serde_json::from_str(data).with_context(|| format!("last event is not JSON: {data:?}"))?;
+    match event["type"].as_str() {
+        Some("execution_complete") => Ok(()),
+        _ => bail!("stream ended with {data}"),
+    }
 }

@@ -6,9 +6,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
-use reqwest::header::CONTENT_TYPE;
 
-use crate::harness::{percentile_ms, spawn_wait, Agent, Ctx, Goal, Row};
+use crate::harness::{client, percentile_ms, run_stream, spawn_wait, Agent, Ctx, Goal, Row};
 use crate::Section;
 
 const LOOP_BUDGET: Duration = Duration::from_secs(45);
@@ -34,40 +33,6 @@ pub fn sections() -> Vec<Section> {
         name: "roundtrip",
         run: |ctx| Box::pin(round_trip(ctx)),
     }]
-}
-
-fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .http1_only()
-        .build()?)
-}
-
-/// POSTs `body` to a streaming route and reads the SSE body to its end.
-async fn stream(client: &reqwest::Client, url: &str, body: &'static str) -> anyhow::Result<Duration> {
-    let t = Instant::now();
-    let mut resp = client
-        .post(url)
-        .header(CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await?;
-    ensure!(
-        resp.status() == 200,
-        "POST {url} {body} answered {}",
-        resp.status()
-    );
-    let mut sse = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        sse.extend_from_slice(&chunk);
-    }
-    let d = t.elapsed();
-    ensure!(
-        String::from_utf8_lossy(&sse).contains("execution_complete"),
-        "POST {url} did not complete"
-    );
-    Ok(d)
 }
 
 async fn create_session(
@@ -116,8 +81,8 @@ async fn round_trip(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         for k in 0..4 {
             let which = (i + k) % 4;
             let d = match which {
-                0 => stream(&client, &run_url, ISO).await?,
-                1 => stream(&client, &cmd_url, CMD).await?,
+                0 => run_stream(&client, &run_url, ISO).await?,
+                1 => run_stream(&client, &cmd_url, CMD).await?,
                 2 => spawn_wait("bwrap", BWRAP)?,
                 _ => spawn_wait("/bin/true", &[])?,
             };
