@@ -509,23 +509,16 @@ impl Service {
                 headers: token_headers(),
             });
         }
-        let host = &self.settings.public_host;
-        let unpublished = || Error::conflict(format!("sandbox {id} has no published ports (not running)"));
-        Ok(match port {
-            docker::HTTP_PORT => Endpoint {
-                endpoint: format!("{host}:{}", record.http_port.ok_or_else(unpublished)?),
-                headers: BTreeMap::new(),
-            },
-            docker::EXECD_PORT => Endpoint {
-                endpoint: format!("{host}:{}", record.execd_port.ok_or_else(unpublished)?),
-                headers: token_headers(),
-            },
-            other => Endpoint {
-                endpoint: format!(
-                    "{host}:{}/proxy/{other}",
-                    record.execd_port.ok_or_else(unpublished)?
-                ),
-                headers: token_headers(),
+        let route = route(&record, port)?;
+        Ok(Endpoint {
+            endpoint: format!(
+                "{}:{}{}",
+                self.settings.public_host, route.host_port, route.prefix
+            ),
+            headers: if route.execd {
+                token_headers()
+            } else {
+                BTreeMap::new()
             },
         })
     }
@@ -534,24 +527,11 @@ impl Service {
     /// token (for the caller to check the client's credential against).
     pub fn proxy_target(&self, id: &str, port: u16) -> Result<(ProxyTarget, String), Error> {
         let record = self.record(id)?;
-        let unpublished = || Error::conflict(format!("sandbox {id} has no published ports (not running)"));
-        let ip = self.connect_ip();
-        let target = match port {
-            docker::HTTP_PORT => ProxyTarget {
-                addr: SocketAddr::new(ip, record.http_port.ok_or_else(unpublished)?),
-                prefix: String::new(),
-                token: None,
-            },
-            docker::EXECD_PORT => ProxyTarget {
-                addr: SocketAddr::new(ip, record.execd_port.ok_or_else(unpublished)?),
-                prefix: String::new(),
-                token: Some(record.token.clone()),
-            },
-            other => ProxyTarget {
-                addr: SocketAddr::new(ip, record.execd_port.ok_or_else(unpublished)?),
-                prefix: format!("/proxy/{other}"),
-                token: Some(record.token.clone()),
-            },
+        let route = route(&record, port)?;
+        let target = ProxyTarget {
+            addr: SocketAddr::new(self.connect_ip(), route.host_port),
+            prefix: route.prefix,
+            token: route.execd.then(|| record.token.clone()),
         };
         Ok((target, record.token))
     }
@@ -666,6 +646,44 @@ impl Service {
         let _ = self.store.remove(id);
         tracing::info!(sandbox = id, "sandbox expired and was removed");
     }
+}
+
+/// How a sandbox port is reached from the host.
+struct Route {
+    /// The published host port: execd's, or 8080's.
+    host_port: u16,
+    /// Path prefix there: `/proxy/<port>` when execd relays the port.
+    prefix: String,
+    /// Whether the target is execd (which needs the sandbox token).
+    execd: bool,
+}
+
+/// 8080 is published itself; 44772 is execd; any other port goes through execd's `/proxy`.
+fn route(record: &Record, port: u16) -> Result<Route, Error> {
+    let unpublished = || {
+        Error::conflict(format!(
+            "sandbox {} has no published ports (not running)",
+            record.id
+        ))
+    };
+    let execd_port = || record.execd_port.ok_or_else(unpublished);
+    Ok(match port {
+        docker::HTTP_PORT => Route {
+            host_port: record.http_port.ok_or_else(unpublished)?,
+            prefix: String::new(),
+            execd: false,
+        },
+        docker::EXECD_PORT => Route {
+            host_port: execd_port()?,
+            prefix: String::new(),
+            execd: true,
+        },
+        other => Route {
+            host_port: execd_port()?,
+            prefix: format!("/proxy/{other}"),
+            execd: true,
+        },
+    })
 }
 
 /// `1`..`65535`.
