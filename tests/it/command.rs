@@ -151,9 +151,10 @@ async fn interrupt_foreground_and_background() {
         .run(json!({"command": format!("trap '' TERM; while :; do sleep 0.0{m}; done"), "background": true}))
         .await;
     let id = events[0].text().to_owned();
-    // Only once the loop runs has the shell installed its trap.
+    // Only once the loop runs has the shell installed its trap. The trailing space matches
+    // the sleep child's argv ("sleep\00.0…\0") and not the shell's own command line.
     eventually(5, "the loop to run", async || {
-        (!pids_matching(&format!("sleep 0.0{m}")).is_empty()).then_some(())
+        (!pids_matching(&format!("sleep 0.0{m} ")).is_empty()).then_some(())
     })
     .await;
     let asked = std::time::Instant::now();
