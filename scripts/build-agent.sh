@@ -27,4 +27,26 @@ if [ -n "$forbidden" ]; then
   echo "$forbidden" >&2
   exit 1
 fi
-echo "build-agent: $bin ($size bytes, static)"
+
+# The `compat` image's extras (Dockerfile.agent): Debian's static busybox with the applets
+# upstream's Kubernetes init container calls, and its licence notice.
+stage=target/agent-image
+busybox=/bin/busybox
+if ! file -L "$busybox" 2>/dev/null | grep -q 'static'; then
+  echo "build-agent: $busybox is not a static busybox (apt-get install busybox-static)" >&2
+  exit 1
+fi
+rm -rf "$stage"
+mkdir -p "$stage/bin" "$stage/licenses/busybox"
+cp "$busybox" "$stage/bin/busybox"
+for applet in sh cp chmod mkdir ln ls cat rm mv; do
+  ln -s busybox "$stage/bin/$applet"
+done
+cp /usr/share/doc/busybox-static/copyright "$stage/licenses/busybox/copyright"
+version=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || echo unknown)
+cat > "$stage/licenses/busybox/NOTICE" <<NOTICE
+/bin/busybox is BusyBox from Debian's busybox-static package, version $version, distributed
+under the GNU General Public License version 2 (see copyright beside this file). Its complete
+corresponding source is Debian's busybox source package of that version.
+NOTICE
+echo "build-agent: $bin ($size bytes, static); compat extras staged in $stage"

@@ -6,11 +6,13 @@
 //! - [`orchestrator`]: the lifecycle server (binary `sandboxd`); never imports `agent`.
 //! - [`auth`]: constant-time credential checks both servers use.
 //! - [`relay`]: the streaming reverse-proxy hop both sides use.
+//! - [`logging`]: the log format and sink both binaries set up at start.
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
 pub mod auth;
+pub mod logging;
 #[cfg(feature = "orchestrator")]
 pub mod orchestrator;
 pub mod relay;

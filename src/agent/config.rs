@@ -60,6 +60,9 @@ pub struct Config {
     /// Log filter (`info`, `execd=debug`, …); RUST_LOG wins when set.
     #[arg(long, env = "EXECD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Log line format: `pretty` (coloured only on a terminal) or `json` (one object a line).
+    #[arg(long, env = "EXECD_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: crate::logging::LogFormat,
     /// Directory for journals and logs [default: /var/lib/execd, else a temp dir].
     #[arg(long, env = "EXECD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,

@@ -53,7 +53,7 @@ use super::http::{
         crate::wire::pty::PtyClientFrame, crate::wire::pty::PtyServerFrame,
         crate::wire::files::FileInfo, crate::wire::files::FileMetadata, crate::wire::files::Permission,
         crate::wire::files::WatchEvent, crate::wire::files::Metrics)),
-    modifiers(&AUTH),
+    modifiers(&AUTH, &FilesystemIdentity),
     security(("access_token" = []))
 )]
 struct ApiDoc;
@@ -62,6 +62,61 @@ const AUTH: crate::wire::openapi::HeaderKey = crate::wire::openapi::HeaderKey {
     scheme: "access_token",
     header: "X-EXECD-ACCESS-TOKEN",
 };
+
+/// Every `/files*` and `/directories*` route is served twice: as is, and under
+/// `/v1/filesystem/{uid}/{gid}` with that fsuid/fsgid (`http::router`). This adds the second
+/// set to the document, each operation with the two path parameters and its own id.
+struct FilesystemIdentity;
+
+/// The prefix of the identity-switched file routes.
+pub(crate) const FILESYSTEM_IDENTITY_PREFIX: &str = "/v1/filesystem/{uid}/{gid}";
+
+impl utoipa::Modify for FilesystemIdentity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::Required;
+
+        let id_param = |name: &str, what: &str| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some(format!("the {what} the operation runs with")))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0))))
+                .build()
+        };
+        let copies: Vec<_> = openapi
+            .paths
+            .paths
+            .iter()
+            .filter(|(path, _)| path.starts_with("/files") || path.starts_with("/directories"))
+            .map(|(path, item)| {
+                let mut item = item.clone();
+                for op in [
+                    &mut item.get,
+                    &mut item.put,
+                    &mut item.post,
+                    &mut item.delete,
+                    &mut item.options,
+                    &mut item.head,
+                    &mut item.patch,
+                    &mut item.trace,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    op.operation_id = op.operation_id.take().map(|id| format!("{id}_as_identity"));
+                    let params = op.parameters.get_or_insert_with(Vec::new);
+                    params.insert(0, id_param("gid", "filesystem group id (fsgid)").into());
+                    params.insert(0, id_param("uid", "filesystem user id (fsuid)").into());
+                }
+                (format!("{FILESYSTEM_IDENTITY_PREFIX}{path}"), item)
+            })
+            .collect();
+        openapi.paths.paths.extend(copies);
+    }
+}
 
 /// The document as YAML.
 pub fn yaml() -> String {

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use execd::agent::config::{Cli, Mode};
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::prelude::*;
+use execd::logging::{self, Sink};
+use tracing_subscriber::filter::{filter_fn, Targets};
 
 fn main() -> ExitCode {
     // The jail of an isolated session: execd re-executed by itself, before any other setup.
@@ -53,21 +53,10 @@ fn init_logging(config: &execd::agent::Config) -> anyhow::Result<()> {
         Some(Ok(filter)) => filter,
         _ => config.log_level.parse()?,
     };
-    let layer = tracing_subscriber::fmt::layer().with_target(false);
-    match &config.log_file {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            let layer = layer.with_ansi(false).with_writer(std::sync::Mutex::new(file));
-            tracing_subscriber::registry()
-                .with(layer.with_filter(filter))
-                .init();
-        }
-        None => {
-            let layer = layer.with_writer(std::io::stderr);
-            tracing_subscriber::registry()
-                .with(layer.with_filter(filter))
-                .init();
-        }
-    }
+    let sink = match &config.log_file {
+        Some(path) => Sink::File(path),
+        None => Sink::Stderr,
+    };
+    logging::init(config.log_format, sink, filter, filter_fn(|_| true))?;
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use execd::orchestrator::{Cli, Command};
 use tracing::Level;
+use execd::logging::{self, Sink};
 use tracing_subscriber::filter::{filter_fn, Targets};
-use tracing_subscriber::prelude::*;
 
 fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
@@ -25,14 +25,10 @@ fn main() -> ExitCode {
     // its environment: never let those lines out, whatever the filter asks for.
     let no_secrets =
         filter_fn(|meta| !(meta.target().starts_with("bollard") && *meta.level() == Level::TRACE));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter)
-                .with_filter(no_secrets),
-        )
-        .init();
+    if let Err(e) = logging::init(config.log_format, Sink::Stderr, filter, no_secrets) {
+        eprintln!("sandboxd: cannot set up logging: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -76,6 +76,9 @@ pub struct Config {
     /// Log filter (`info`, `execd::orchestrator=debug`, ...); RUST_LOG wins when set.
     #[arg(long, env = "SANDBOXD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Log line format: `pretty` (coloured only on a terminal) or `json` (one object a line).
+    #[arg(long, env = "SANDBOXD_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl Config {

@@ -65,6 +65,39 @@ fn agent_image() -> &'static str {
     IMAGE
 }
 
+/// Builds the `compat` target of `Dockerfile.agent` (the agent plus a static busybox).
+fn compat_image() -> &'static str {
+    agent_image();
+    let out = docker(&[
+        "build",
+        "-q",
+        "-f",
+        "Dockerfile.agent",
+        "--target",
+        "compat",
+        "-t",
+        COMPAT_IMAGE,
+        repo().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "docker build --target compat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    COMPAT_IMAGE
+}
+
+const COMPAT_IMAGE: &str = "execd-test/agent:compat";
+
+/// Removes the named volume when dropped.
+struct Volume(String);
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = docker(&["volume", "rm", "-f", &self.0]);
+    }
+}
+
 /// Removes the container when dropped.
 struct Container(String);
 
@@ -196,4 +229,100 @@ fn bootstrap_script_runs_execd_beside_the_command() {
     .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143));
+}
+
+/// Upstream's Kubernetes runtime installs execd with an init container that runs this exact
+/// command line in the agent image; then the copied execd runs in an image with no shell.
+const UPSTREAM_K8S_INSTALL: &str = "cp ./execd /opt/opensandbox/execd && cp ./bootstrap.sh /opt/opensandbox/bootstrap.sh && chmod +x /opt/opensandbox/execd && chmod +x /opt/opensandbox/bootstrap.sh";
+
+#[tokio::test]
+async fn issue19_compat_image_installs_like_upstreams_init_container() {
+    if !docker_available() {
+        return;
+    }
+    let compat = compat_image();
+    let volume = Volume(format!("execd-test-compat-{}", std::process::id()));
+    let mount = format!("{}:/opt/opensandbox", volume.0);
+
+    // The default image stays shell-less: upstream's init command cannot run in it.
+    let out = docker(&["run", "--rm", "-v", &mount, "--entrypoint", "/bin/sh", IMAGE, "-c", UPSTREAM_K8S_INSTALL]);
+    assert!(!out.status.success(), "the scratch image has no /bin/sh");
+
+    // The compat image runs it as upstream does: `/bin/sh -c` in the image's working directory.
+    let out = docker(&["run", "--rm", "-v", &mount, "--entrypoint", "/bin/sh", compat, "-c", UPSTREAM_K8S_INSTALL]);
+    assert!(
+        out.status.success(),
+        "init command: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = docker(&["run", "--rm", "--entrypoint", "/bin/cat", compat, "/usr/share/licenses/busybox/NOTICE"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("GNU General Public License version 2"),
+        "busybox's licence notice ships with it"
+    );
+
+    // A shell-less image with nothing but a licence file runs the copied agent.
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", "execd-test/empty:dev", "-f-"])
+        .arg(repo().join("target/agent-image"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"FROM scratch\nCOPY licenses/ /licenses/\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ro_mount = format!("{mount}:ro");
+    let out = docker(&[
+        "run",
+        "-d",
+        "-p",
+        "127.0.0.1::44772",
+        "-v",
+        &ro_mount,
+        "-e",
+        "EXECD_ACCESS_TOKEN=tok-compat",
+        "--entrypoint",
+        "/opt/opensandbox/execd",
+        "execd-test/empty:dev",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let container = Container(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let port = String::from_utf8_lossy(&docker(&["port", &container.0, "44772"]).stdout)
+        .trim()
+        .to_owned();
+    let base = format!("http://{}", port.lines().next().unwrap());
+    let client = reqwest::Client::new();
+    eventually(10, "the copied execd to answer", async || {
+        let r = client
+            .get(format!("{base}/ping"))
+            .header("X-EXECD-ACCESS-TOKEN", "tok-compat")
+            .send()
+            .await;
+        r.ok().filter(|r| r.status() == 200)
+    })
+    .await;
+    let body = client
+        .post(format!("{base}/command"))
+        .header("X-EXECD-ACCESS-TOKEN", "tok-compat")
+        .json(&json!({"argv": ["/opt/opensandbox/execd", "--version"]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&parse_sse(&body), "stdout"),
+        [format!("execd {}", env!("CARGO_PKG_VERSION"))]
+    );
+    drop(container);
 }

@@ -8,6 +8,7 @@ mod files;
 mod init;
 mod isolated;
 mod isolated_docker;
+mod logging;
 mod metrics;
 mod proxy;
 mod pty;
