@@ -1227,23 +1227,30 @@ async fn archive_refuses_entries_that_escape() {
             .send()
     };
     let regular = tar::EntryType::Regular;
-    for (entries, what) in [
-        (vec![("../evil", regular, &b"x"[..], None)], "dot-dot"),
+    for (entries, what, says) in [
+        (vec![("../evil", regular, &b"x"[..], None)], "dot-dot", "escapes"),
         (
             vec![("ok/../../evil", regular, &b"x"[..], None)],
             "nested dot-dot",
+            "escapes",
         ),
-        (vec![("/tmp/evil-abs", regular, &b"x"[..], None)], "absolute"),
+        (
+            vec![("/tmp/evil-abs", regular, &b"x"[..], None)],
+            "absolute",
+            "escapes",
+        ),
         (
             vec![
                 ("esc", tar::EntryType::Symlink, &b""[..], Some("..")),
                 ("esc/evil", regular, &b"x"[..], None),
             ],
             "through a symlink",
+            "below the symlink",
         ),
         (
             vec![("hard", tar::EntryType::Link, &b""[..], Some("../outside"))],
             "hard link out",
+            "escapes",
         ),
     ] {
         let msg = expect_error(
@@ -1252,7 +1259,7 @@ async fn archive_refuses_entries_that_escape() {
             "INVALID_REQUEST_BODY",
         )
         .await;
-        assert!(msg.contains("escapes"), "{what}: {msg}");
+        assert!(msg.contains(says), "{what}: {msg}");
         assert!(!outer.path().join("evil").exists(), "{what}");
         let leftovers: Vec<_> = walk(outer.path())
             .into_iter()
@@ -1265,6 +1272,329 @@ async fn archive_refuses_entries_that_escape() {
         .await
         .unwrap();
     assert_eq!(garbage.status(), 400);
+}
+
+/// One hand-written tar entry with the header fields the symlink tests vary.
+struct Raw<'a> {
+    name: &'a str,
+    kind: tar::EntryType,
+    data: &'a [u8],
+    link: Option<&'a str>,
+    mode: u32,
+    mtime: u64,
+    uid: u64,
+}
+
+impl<'a> Raw<'a> {
+    fn new(name: &'a str, kind: tar::EntryType) -> Self {
+        Raw {
+            name,
+            kind,
+            data: b"",
+            link: None,
+            mode: 0o644,
+            mtime: 0,
+            uid: 0,
+        }
+    }
+    fn dir(name: &'a str, mode: u32) -> Self {
+        Raw {
+            mode,
+            ..Raw::new(name, tar::EntryType::Directory)
+        }
+    }
+    fn file(name: &'a str, data: &'a [u8]) -> Self {
+        Raw {
+            data,
+            ..Raw::new(name, tar::EntryType::Regular)
+        }
+    }
+    fn symlink(name: &'a str, to: &'a str) -> Self {
+        Raw {
+            link: Some(to),
+            ..Raw::new(name, tar::EntryType::Symlink)
+        }
+    }
+    fn hard(name: &'a str, to: &'a str) -> Self {
+        Raw {
+            link: Some(to),
+            ..Raw::new(name, tar::EntryType::Link)
+        }
+    }
+}
+
+fn raw_tar_of(entries: &[Raw]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..e.name.len()].copy_from_slice(e.name.as_bytes());
+        if let Some(link) = e.link {
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        h.set_entry_type(e.kind);
+        h.set_size(e.data.len() as u64);
+        h.set_mode(e.mode);
+        h.set_mtime(e.mtime);
+        h.set_uid(e.uid);
+        h.set_gid(e.uid);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(e.data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// A directory beside the extraction target standing for "/etc": what the archive must not
+/// touch. Holds `file` ("precious", 0644) and is itself 0755.
+struct Outside {
+    _tmp: tempfile::TempDir,
+    target: PathBuf,
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl Outside {
+    fn new() -> Self {
+        let tmp = open_dir();
+        let target = tmp.path().join("target");
+        let dir = tmp.path().join("outside");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.join("file");
+        std::fs::write(&file, "precious").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Outside {
+            _tmp: tmp,
+            target,
+            dir,
+            file,
+        }
+    }
+
+    fn dir_str(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    fn file_str(&self) -> &str {
+        self.file.to_str().unwrap()
+    }
+
+    /// Asserts that nothing outside the target changed: the directory's mode, entries, and
+    /// the file's content, mode, owner, mtime and link count.
+    fn assert_untouched(&self, what: &str, file_mtime: i64) {
+        let d = std::fs::metadata(&self.dir).unwrap();
+        assert_eq!(d.mode() & 0o7777, 0o755, "{what}: outside dir mode");
+        assert_eq!(names_in(&self.dir), ["file"], "{what}: outside dir entries");
+        let f = std::fs::symlink_metadata(&self.file).unwrap();
+        assert!(f.is_file(), "{what}");
+        assert_eq!(f.mode() & 0o7777, 0o644, "{what}: outside file mode");
+        assert_eq!(f.nlink(), 1, "{what}: outside file link count");
+        assert_eq!(f.uid(), 0, "{what}: outside file owner");
+        assert_eq!(f.mtime(), file_mtime, "{what}: outside file mtime");
+        assert_eq!(std::fs::read_to_string(&self.file).unwrap(), "precious", "{what}");
+        let leftovers: Vec<_> = walk(self.target.parent().unwrap())
+            .into_iter()
+            .filter(|p| p.contains(".execd-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{what}: {leftovers:?}");
+    }
+}
+
+async fn post_tar(agent: &Agent, dir: &Path, entries: &[Raw<'_>]) -> reqwest::Response {
+    agent
+        .post(&format!("/files/archive?path={}", q(dir)))
+        .body(raw_tar_of(entries))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn issue19_archive_directory_entry_replaces_a_symlink_never_its_target() {
+    let agent = Agent::start();
+    // The reported case: a symlink to a directory outside, then a directory entry of the same
+    // name with mode 777. The mode must land on a real directory in the target.
+    let o = Outside::new();
+    let mtime = std::fs::metadata(&o.file).unwrap().mtime();
+    let resp = post_tar(
+        &agent,
+        &o.target,
+        &[Raw::symlink("d", o.dir_str()), Raw::dir("d", 0o777)],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let counts: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (counts["links"].as_u64(), counts["directories"].as_u64()),
+        (Some(1), Some(1)),
+        "{counts}"
+    );
+    o.assert_untouched("symlink then directory", mtime);
+    let d = std::fs::symlink_metadata(o.target.join("d")).unwrap();
+    assert!(d.is_dir(), "the link itself was replaced by a directory");
+    assert_eq!(d.mode() & 0o7777, 0o777);
+
+    // The same with a symlink that was already in the target (not from the archive), and a
+    // directory below it that the archive fills.
+    let o = Outside::new();
+    std::os::unix::fs::symlink(&o.dir, o.target.join("pre")).unwrap();
+    let resp = post_tar(
+        &agent,
+        &o.target,
+        &[
+            Raw::dir("pre", 0o700),
+            Raw::dir("pre/sub", 0o750),
+            Raw::file("pre/sub/x", b"inside"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    o.assert_untouched("pre-existing symlink then directory", mtime);
+    let pre = std::fs::symlink_metadata(o.target.join("pre")).unwrap();
+    assert!(pre.is_dir());
+    assert_eq!(pre.mode() & 0o7777, 0o700);
+    assert_eq!(
+        std::fs::metadata(o.target.join("pre/sub")).unwrap().mode() & 0o7777,
+        0o750
+    );
+    assert_eq!(
+        std::fs::read_to_string(o.target.join("pre/sub/x")).unwrap(),
+        "inside"
+    );
+}
+
+#[tokio::test]
+async fn issue19_archive_file_entry_replaces_a_symlink_never_writes_its_target() {
+    let agent = Agent::start();
+    let o = Outside::new();
+    let mtime = std::fs::metadata(&o.file).unwrap().mtime();
+    std::os::unix::fs::symlink(&o.file, o.target.join("pre")).unwrap();
+    // Mode, mtime and owner all differ from the outside file's, so any of them applied
+    // through the link would show.
+    let with_meta = |name| Raw {
+        mode: 0o600,
+        mtime: 1_000_000,
+        uid: 4242,
+        ..Raw::file(name, b"new")
+    };
+    let resp = post_tar(
+        &agent,
+        &o.target,
+        &[Raw::symlink("f", o.file_str()), with_meta("f"), with_meta("pre")],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    o.assert_untouched("symlink then file", mtime);
+    for name in ["f", "pre"] {
+        let m = std::fs::symlink_metadata(o.target.join(name)).unwrap();
+        assert!(m.is_file(), "{name} is a regular file now, not a link");
+        assert_eq!(m.mode() & 0o7777, 0o600, "{name}");
+        assert_eq!(m.mtime(), 1_000_000, "{name}");
+        assert_eq!(m.uid(), 0, "{name}: archive owners are not applied");
+        assert_eq!(std::fs::read(o.target.join(name)).unwrap(), b"new");
+    }
+}
+
+#[tokio::test]
+async fn issue19_archive_refuses_entries_through_a_symlink() {
+    let agent = Agent::start();
+    let o = Outside::new();
+    let mtime = std::fs::metadata(&o.file).unwrap().mtime();
+    std::os::unix::fs::symlink(&o.dir, o.target.join("pre")).unwrap();
+    for (entries, entry, what) in [
+        (
+            vec![Raw::symlink("d", o.dir_str()), Raw::file("d/x", b"evil")],
+            "d/x",
+            "archive symlink then a file below it",
+        ),
+        (
+            vec![Raw::symlink("e", o.dir_str()), Raw::dir("e/sub", 0o777)],
+            "e/sub",
+            "archive symlink then a directory below it",
+        ),
+        (
+            vec![Raw::symlink("g", o.dir_str()), Raw::file("g/new/deep", b"evil")],
+            "g/new/deep",
+            "archive symlink then a nested path whose parents are missing",
+        ),
+        (vec![Raw::file("pre/x", b"evil")], "pre/x", "pre-existing symlink"),
+        (
+            vec![Raw::symlink("s", o.dir_str()), Raw::hard("h", "s/file")],
+            "h",
+            "hard link through a symlink",
+        ),
+        (
+            vec![Raw::hard("h2", "pre/file")],
+            "h2",
+            "hard link through a pre-existing symlink",
+        ),
+    ] {
+        let msg = expect_error(
+            post_tar(&agent, &o.target, &entries).await,
+            400,
+            "INVALID_REQUEST_BODY",
+        )
+        .await;
+        assert!(
+            msg.contains(&format!("{entry:?}")),
+            "{what}: names the entry: {msg}"
+        );
+        assert!(msg.contains("symlink"), "{what}: says why: {msg}");
+        o.assert_untouched(what, mtime);
+    }
+    assert!(std::fs::symlink_metadata(o.target.join("pre"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[tokio::test]
+async fn issue19_archive_hard_links_never_reach_outside() {
+    let agent = Agent::start();
+    let o = Outside::new();
+    let mtime = std::fs::metadata(&o.file).unwrap().mtime();
+    let msg = expect_error(
+        post_tar(&agent, &o.target, &[Raw::hard("h", "../outside/file")]).await,
+        400,
+        "INVALID_REQUEST_BODY",
+    )
+    .await;
+    assert!(msg.contains("escapes"), "{msg}");
+    o.assert_untouched("hard link out with ..", mtime);
+
+    // A hard link to a symlink that points outside is a second symlink, not a second name of
+    // the outside file; writing a file of that name afterwards replaces the link.
+    std::os::unix::fs::symlink(&o.file, o.target.join("pre")).unwrap();
+    let resp = post_tar(
+        &agent,
+        &o.target,
+        &[
+            Raw::symlink("s", o.file_str()),
+            Raw::hard("h", "s"),
+            Raw::hard("h-pre", "pre"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    o.assert_untouched("hard link to a symlink", mtime);
+    for name in ["h", "h-pre"] {
+        assert_eq!(std::fs::read_link(o.target.join(name)).unwrap(), o.file, "{name}");
+    }
+    let resp = post_tar(
+        &agent,
+        &o.target,
+        &[Raw::file("h", b"new"), Raw::dir("h-pre", 0o777)],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    o.assert_untouched("entries over hard-linked symlinks", mtime);
+    assert_eq!(std::fs::read(o.target.join("h")).unwrap(), b"new");
+    assert!(std::fs::symlink_metadata(o.target.join("h-pre"))
+        .unwrap()
+        .is_dir());
 }
 
 #[tokio::test]

@@ -1,20 +1,26 @@
 //! Bulk transfer as tar streams (beyond the contract): [`extract`] unpacks a tar (gzip is
 //! detected) under a directory, each file atomically, refusing entries that would land outside
-//! it; [`create`] writes a tar of a directory. Both run on a blocking thread and exchange the
+//! it and never following a symlink below it; [`create`] writes a tar of a directory. Both run on a blocking thread and exchange the
 //! body with the async side in bounded chunks ([`ChannelReader`], [`ChannelWriter`]).
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::fs::{File, FileTimes};
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat, AtFlags, OFlag};
+use nix::sys::stat::{fchmod, fstatat, mkdirat, Mode};
+use nix::unistd::{linkat, symlinkat, unlinkat, UnlinkatFlags};
 use tokio::sync::mpsc;
 
-use super::atomic::{CreatedDirs, TempFile};
+use super::atomic::{CreatedDirs, TempFileAt};
 use super::buffers::Pool;
 use super::info::walk;
 use super::upload::Chunk;
@@ -25,11 +31,14 @@ use crate::wire::files::ArchiveExtractResult;
 const OUT_CHUNK: usize = 256 << 10;
 
 /// Unpacks the tar (optionally gzip-compressed) read from `body` under `dir`, creating `dir` if
-/// needed. Regular files are written to a temp file and renamed into place; an entry whose path
-/// is absolute, climbs out with `..`, or passes through a symlink is refused, and the
-/// extraction stops there. Ownership in the archive is not applied: files belong to the writer.
+/// needed. Regular files are written to a temp file and renamed into place. No step follows a
+/// symlink below `dir` (see [`Beneath`]): an entry replaces a symlink of its own name (the
+/// link, never its target), and an entry below a symlink, like one whose path is absolute or
+/// climbs out with `..`, is refused and the extraction stops there (earlier entries stay).
+/// Ownership in the archive is not applied: files belong to the writer.
 pub fn extract(dir: &Path, body: impl Read) -> Result<ArchiveExtractResult, FilesError> {
     CreatedDirs::create(dir)?.keep();
+    let root = Beneath::open(dir)?;
     let mut input = BufReader::with_capacity(256 << 10, body);
     let gzip = input.fill_buf().map_err(bad_archive)?.starts_with(&[0x1f, 0x8b]);
     let reader: Box<dyn Read> = if gzip {
@@ -39,8 +48,7 @@ pub fn extract(dir: &Path, body: impl Read) -> Result<ArchiveExtractResult, File
     };
     let mut archive = tar::Archive::new(reader);
     let mut result = ArchiveExtractResult::default();
-    // Directory modes are applied last, deepest first, so a read-only directory can still be
-    // filled.
+    // Directory modes are applied last, so a read-only directory can still be filled.
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
     for entry in archive.entries().map_err(bad_archive)? {
         let mut entry = entry.map_err(bad_archive)?;
@@ -49,29 +57,29 @@ pub fn extract(dir: &Path, body: impl Read) -> Result<ArchiveExtractResult, File
             return Err(FilesError::EntryEscapes(raw.to_string_lossy().into_owned()));
         };
         let kind = entry.header().entry_type();
-        if rel.as_os_str().is_empty() || kind.is_pax_global_extensions() {
+        let Some(name) = rel.file_name() else {
+            continue; // the target directory itself
+        };
+        if kind.is_pax_global_extensions() {
             continue;
         }
-        check_no_symlink_between(dir, &rel, &raw)?;
         let target = dir.join(&rel);
+        let parent_path = target.parent().unwrap_or(dir);
+        let parent = root.parent_of(&rel, &raw)?;
         let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
         if kind.is_dir() {
-            match std::fs::symlink_metadata(&target) {
-                Ok(m) if m.is_dir() => {}
-                _ => std::fs::create_dir_all(&target).map_err(FilesError::io("create directory", &target))?,
-            }
-            dir_modes.push((target, mode));
+            make_dir(&parent, name, &target)?;
+            dir_modes.push((rel, mode));
             result.directories += 1;
             continue;
         }
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(FilesError::io("create directory", parent))?;
-        }
-        if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+        if file_type_at(&parent, name) == Some(libc::S_IFDIR) {
             return Err(FilesError::IsDirectory(target));
         }
         if kind.is_file() || kind.is_contiguous() {
-            let temp = TempFile::create_beside(&target, 0o600)?;
+            // Mode and times go to the temp file's descriptor, so they land on the new file
+            // whatever the name held before.
+            let temp = TempFileAt::create(parent.as_fd(), parent_path, name, 0o600)?;
             let n = copy_entry(&mut entry, temp.file(), &target)?;
             temp.file()
                 .set_permissions(std::fs::Permissions::from_mode(mode))
@@ -82,41 +90,174 @@ pub fn extract(dir: &Path, body: impl Read) -> Result<ArchiveExtractResult, File
                     .file()
                     .set_times(FileTimes::new().set_modified(t).set_accessed(t));
             }
-            temp.commit(&target)?;
+            temp.commit(name, &target)?;
             result.files += 1;
             result.bytes += n;
         } else if kind.is_symlink() || kind.is_hard_link() {
             let link = entry.link_name().map_err(bad_archive)?.ok_or_else(|| {
                 FilesError::EntryEscapes(format!("{} (link without a target)", raw.display()))
             })?;
-            let temp = dir.join(format!(".execd-link-{}", uuid::Uuid::new_v4().simple()));
-            if kind.is_symlink() {
-                // A symlink may point anywhere: it is only data here, and no later entry is
-                // written through it (see check_no_symlink_between).
-                std::os::unix::fs::symlink(&link, &temp)
-                    .map_err(FilesError::io("create symlink", &target))?;
+            let temp = format!(".execd-link-{}", uuid::Uuid::new_v4().simple());
+            let made = if kind.is_symlink() {
+                // A symlink may point anywhere: it is only data here, and nothing is ever
+                // written through it (see Beneath).
+                symlinkat(link.as_os_str(), parent.as_fd(), temp.as_str())
             } else {
                 let Some(link_rel) = confined(&link) else {
                     return Err(FilesError::EntryEscapes(link.to_string_lossy().into_owned()));
                 };
-                check_no_symlink_between(dir, &link_rel, &link)?;
-                std::fs::hard_link(dir.join(&link_rel), &temp)
-                    .map_err(FilesError::io("create hard link", &target))?;
-            }
-            if let Err(e) = std::fs::rename(&temp, &target) {
-                let _ = std::fs::remove_file(&temp);
-                return Err(FilesError::io("rename into", &target)(e));
+                let Some(link_name) = link_rel.file_name() else {
+                    return Err(FilesError::EntryEscapes(format!(
+                        "{} (link to the target directory)",
+                        raw.display()
+                    )));
+                };
+                let link_parent = root.existing_parent_of(&link_rel, &raw)?;
+                // No AT_SYMLINK_FOLLOW: a hard link to a symlink is a second symlink, never a
+                // second name for whatever the symlink points to.
+                linkat(
+                    link_parent.as_fd(),
+                    link_name,
+                    parent.as_fd(),
+                    temp.as_str(),
+                    AtFlags::empty(),
+                )
+            };
+            let what = if kind.is_symlink() {
+                "create symlink"
+            } else {
+                "create hard link"
+            };
+            made.map_err(|e| FilesError::io(what, &target)(e.into()))?;
+            // rename replaces whatever has the name, a symlink included, without following it.
+            if let Err(e) = renameat(parent.as_fd(), temp.as_str(), parent.as_fd(), name) {
+                let _ = unlinkat(parent.as_fd(), temp.as_str(), UnlinkatFlags::NoRemoveDir);
+                return Err(FilesError::io("rename into", &target)(e.into()));
             }
             result.links += 1;
         } else {
             result.skipped += 1;
         }
     }
-    for (path, mode) in dir_modes.into_iter().rev() {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .map_err(FilesError::io("chmod", &path))?;
+    // Deepest first, so that a directory made read-only (or unsearchable) does not stop the
+    // ones below it; the sort is stable, so of two entries for one directory the later wins.
+    dir_modes.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
+    for (rel, mode) in dir_modes {
+        let fd = root.dir(&rel, Missing::Fail, &rel)?;
+        fchmod(&fd, Mode::from_bits_truncate(mode))
+            .map_err(|e| FilesError::io("chmod", &dir.join(&rel))(e.into()))?;
     }
     Ok(result)
+}
+
+/// The directory an archive is extracted into, opened once. Every entry is reached from it
+/// one path component at a time with `O_NOFOLLOW`, so no step of an extraction resolves a
+/// symlink: not one the archive made, not one that was already there, and not one swapped in
+/// meanwhile (each step holds the directory it found, not its path). Entry paths come from
+/// [`confined`], so they have no `..` either. The directory's own path is the caller's
+/// choice and may contain symlinks.
+struct Beneath<'p> {
+    root: OwnedFd,
+    path: &'p Path,
+}
+
+/// What [`Beneath::dir`] does about a missing directory.
+#[derive(Clone, Copy, PartialEq)]
+enum Missing {
+    /// Creates it (mode 0777, the umask applies), like `mkdir -p`.
+    Create,
+    /// Fails with ENOENT.
+    Fail,
+}
+
+impl<'p> Beneath<'p> {
+    fn open(path: &'p Path) -> Result<Self, FilesError> {
+        let root = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FilesError::io("open", path)(e.into()))?;
+        Ok(Self { root, path })
+    }
+
+    /// The directory holding `rel`, created if missing, open for reading.
+    fn parent_of(&self, rel: &Path, entry: &Path) -> Result<OwnedFd, FilesError> {
+        self.dir(rel.parent().unwrap_or(Path::new("")), Missing::Create, entry)
+    }
+
+    /// The directory holding `rel`, which must exist (a hard link's target).
+    fn existing_parent_of(&self, rel: &Path, entry: &Path) -> Result<OwnedFd, FilesError> {
+        self.dir(rel.parent().unwrap_or(Path::new("")), Missing::Fail, entry)
+    }
+
+    /// Opens the directory `rel` for reading, walking from the root one component at a time
+    /// and never through a symlink. `entry` is the archive entry asking, for messages.
+    fn dir(&self, rel: &Path, missing: Missing, entry: &Path) -> Result<OwnedFd, FilesError> {
+        let names: Vec<&OsStr> = rel.iter().collect();
+        let Some(last) = names.len().checked_sub(1) else {
+            return self.root.try_clone().map_err(FilesError::io("open", self.path));
+        };
+        let mut cur: Option<OwnedFd> = None;
+        for (i, name) in names.iter().enumerate() {
+            let at = cur.as_ref().map_or(self.root.as_fd(), |fd| fd.as_fd());
+            // Only the last directory is opened for reading (it is fsynced or chmodded);
+            // O_PATH is enough to pass through the others and needs only search permission.
+            let access = if i == last { OFlag::O_RDONLY } else { OFlag::O_PATH };
+            let flags = access | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let here = || names[..=i].iter().collect::<PathBuf>();
+            let mut opened = openat(at, *name, flags, Mode::empty());
+            if matches!(opened, Err(Errno::ENOENT)) && missing == Missing::Create {
+                match mkdirat(at, *name, Mode::from_bits_truncate(0o777)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => {
+                        let path = self.path.join(here());
+                        return Err(FilesError::io("create directory", &path)(e.into()));
+                    }
+                }
+                opened = openat(at, *name, flags, Mode::empty());
+            }
+            cur = Some(match opened {
+                Ok(fd) => fd,
+                // O_NOFOLLOW refuses a symlink with ELOOP, O_DIRECTORY with ENOTDIR (O_PATH);
+                // which it was decides the message.
+                Err(Errno::ELOOP | Errno::ENOTDIR) if file_type_at(&at, name) == Some(libc::S_IFLNK) => {
+                    return Err(FilesError::EntryThroughSymlink {
+                        entry: entry.to_string_lossy().into_owned(),
+                        link: here().to_string_lossy().into_owned(),
+                    });
+                }
+                Err(Errno::ENOTDIR) => return Err(FilesError::NotDirectory(self.path.join(here()))),
+                Err(e) => {
+                    let path = self.path.join(here());
+                    return Err(FilesError::io("open directory", &path)(e.into()));
+                }
+            });
+        }
+        cur.ok_or_else(|| FilesError::NotDirectory(self.path.to_owned()))
+    }
+}
+
+/// The file type bits (`S_IFDIR`, `S_IFLNK`, …) of `name` in `dir`, not following a symlink;
+/// `None` if it cannot be stat'ed (usually: it does not exist).
+fn file_type_at(dir: &impl AsFd, name: &OsStr) -> Option<libc::mode_t> {
+    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .ok()
+        .map(|st| st.st_mode & libc::S_IFMT)
+}
+
+/// Makes `name` in `parent` a directory. A symlink of that name is removed first, as tar's
+/// rule that a later entry replaces what has its name asks; its target is never touched.
+/// Anything else of that name is left alone and the creation fails.
+fn make_dir(parent: &OwnedFd, name: &OsStr, target: &Path) -> Result<(), FilesError> {
+    match file_type_at(parent, name) {
+        Some(libc::S_IFDIR) => return Ok(()),
+        Some(libc::S_IFLNK) => unlinkat(parent.as_fd(), name, UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| FilesError::io("replace the symlink", target)(e.into()))?,
+        _ => {}
+    }
+    mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o777))
+        .map_err(|e| FilesError::io("create directory", target)(e.into()))
 }
 
 /// Copies an entry's content, telling a broken archive (read) from a refused write.
@@ -151,29 +292,6 @@ pub fn confined(path: &Path) -> Option<PathBuf> {
         }
     }
     Some(out)
-}
-
-/// Refuses `rel` if any directory between `dir` and it is a symlink: writing through one
-/// could land anywhere.
-fn check_no_symlink_between(dir: &Path, rel: &Path, raw: &Path) -> Result<(), FilesError> {
-    let mut cur = dir.to_path_buf();
-    let mut parts = rel.components().peekable();
-    while let Some(c) = parts.next() {
-        if parts.peek().is_none() {
-            break;
-        }
-        cur.push(c);
-        match std::fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(FilesError::EntryEscapes(format!(
-                    "{} (through a symlink)",
-                    raw.display()
-                )));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Writes a tar of everything below `dir` (names relative to it, symlinks kept as links,
@@ -352,6 +470,65 @@ mod tests {
                 "top"
             );
         }
+    }
+
+    /// A tar of `(name, kind, content or link target, mode)` entries.
+    fn tar_of(entries: &[(&str, tar::EntryType, &str, u32)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data, mode) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(*mode);
+            if kind.is_symlink() || kind.is_hard_link() {
+                h.set_size(0);
+                b.append_link(&mut h, name, data).unwrap();
+            } else {
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, name, data.as_bytes()).unwrap();
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn issue19_symlinks_are_replaced_never_followed() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(outside.join("f"), "keep").unwrap();
+        let out = outside.to_str().unwrap();
+        let out_f = format!("{out}/f");
+        let (sym, dir, file) = (
+            tar::EntryType::Symlink,
+            tar::EntryType::Directory,
+            tar::EntryType::Regular,
+        );
+        let target = tmp.path().join("t");
+        let tar = tar_of(&[
+            ("d", sym, out, 0o777),
+            ("d", dir, "", 0o777),
+            ("f", sym, &out_f, 0o777),
+            ("f", file, "new", 0o600),
+        ]);
+        let r = extract(&target, &tar[..]).unwrap();
+        assert_eq!((r.files, r.directories, r.links), (1, 1, 2));
+        assert_eq!(std::fs::metadata(&outside).unwrap().mode() & 0o7777, 0o755);
+        assert_eq!(std::fs::read_to_string(outside.join("f")).unwrap(), "keep");
+        let d = std::fs::symlink_metadata(target.join("d")).unwrap();
+        assert!(d.is_dir());
+        assert_eq!(d.mode() & 0o7777, 0o777);
+        assert_eq!(std::fs::read_to_string(target.join("f")).unwrap(), "new");
+
+        let tar = tar_of(&[("l", sym, out, 0o777), ("l/x", file, "evil", 0o644)]);
+        match extract(&target, &tar[..]) {
+            Err(FilesError::EntryThroughSymlink { entry, link }) => {
+                assert_eq!((entry.as_str(), link.as_str()), ("l/x", "l"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!outside.join("x").exists());
     }
 
     #[test]

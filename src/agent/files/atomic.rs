@@ -2,11 +2,18 @@
 //! never a partial file: write a temp file beside the target, fsync it, set its owner and
 //! mode, rename it over the target, fsync the directory. A [`TempFile`] that is dropped
 //! without [`TempFile::commit`] removes itself, so no failure leaves a temp file behind.
-//! Synchronous.
+//! [`TempFileAt`] does the same relative to an open directory, for writers that must never
+//! resolve a path (archive extraction). Synchronous.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{openat, renameat, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use super::FilesError;
 
@@ -21,13 +28,7 @@ impl TempFile {
     /// Creates `.<name>.execd-<random>` beside `target` with `mode` (the umask applies).
     pub fn create_beside(target: &Path, mode: u32) -> Result<Self, FilesError> {
         let dir = target.parent().unwrap_or(Path::new("/"));
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        // Keep the name short enough for NAME_MAX whatever the target's length.
-        let stem: String = name.chars().take(64).collect();
-        let path = dir.join(format!(".{stem}.execd-{}", uuid::Uuid::new_v4().simple()));
+        let path = dir.join(temp_name(target.file_name().unwrap_or_default()));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -67,6 +68,78 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.committed {
             if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove temp file");
+            }
+        }
+    }
+}
+
+/// A hidden, recognisable, unique name for a temp file of `target_name`.
+fn temp_name(target_name: &OsStr) -> OsString {
+    // Keep the name short enough for NAME_MAX whatever the target's length.
+    let stem: String = target_name.to_string_lossy().chars().take(64).collect();
+    format!(".{stem}.execd-{}", uuid::Uuid::new_v4().simple()).into()
+}
+
+/// A [`TempFile`] named relative to an open directory: creating, renaming and removing it
+/// resolve no path, so a symlink swapped into the target's path cannot redirect them, and
+/// the rename replaces whatever has the target's name (a symlink itself, never its target).
+pub struct TempFileAt<'d> {
+    /// The directory, open for reading (not `O_PATH`: the commit fsyncs it).
+    dir: BorrowedFd<'d>,
+    name: OsString,
+    /// Where the temp file is, for messages only.
+    path: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl<'d> TempFileAt<'d> {
+    /// Creates a temp file for `target_name` in `dir` (whose path is `dir_path`, used only in
+    /// messages) with `mode` (the umask applies).
+    pub fn create(
+        dir: BorrowedFd<'d>,
+        dir_path: &Path,
+        target_name: &OsStr,
+        mode: u32,
+    ) -> Result<Self, FilesError> {
+        let name = temp_name(target_name);
+        let path = dir_path.join(&name);
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(dir, name.as_os_str(), flags, Mode::from_bits_truncate(mode))
+            .map_err(|e| FilesError::io("create a temp file in", dir_path)(e.into()))?;
+        Ok(Self {
+            dir,
+            name,
+            path,
+            file: File::from(fd),
+            committed: false,
+        })
+    }
+
+    /// The open temp file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Flushes the content, renames the temp file over `target_name` in the same directory
+    /// and flushes the directory. `target` is the target's path, for messages.
+    pub fn commit(mut self, target_name: &OsStr, target: &Path) -> Result<(), FilesError> {
+        self.file
+            .sync_all()
+            .map_err(FilesError::io("fsync", &self.path))?;
+        renameat(self.dir, self.name.as_os_str(), self.dir, target_name)
+            .map_err(|e| FilesError::io("rename into", target)(e.into()))?;
+        self.committed = true;
+        nix::unistd::fsync(self.dir)
+            .map_err(|e| FilesError::io("fsync directory", target.parent().unwrap_or(target))(e.into()))
+    }
+}
+
+impl Drop for TempFileAt<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            if let Err(e) = unlinkat(self.dir, self.name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot remove temp file");
             }
         }

@@ -128,6 +128,17 @@ pub enum FilesError {
     /// a symlink).
     #[error("archive entry {0:?} escapes the target directory")]
     EntryEscapes(String),
+    /// An archive entry (or a hard link's target) lies below a symlink in the target
+    /// directory; extraction never writes through one, and stops at that entry.
+    #[error(
+        "archive entry {entry:?} lies below the symlink {link:?}; extraction never follows symlinks and stopped there"
+    )]
+    EntryThroughSymlink {
+        /// The entry's name in the archive.
+        entry: String,
+        /// The symlink, relative to the target directory.
+        link: String,
+    },
     /// The archive is not a readable tar (or gzip) stream.
     #[error("invalid archive: {0}")]
     Archive(#[source] io::Error),

@@ -188,6 +188,7 @@ impl From<FilesError> for ApiError {
             | FilesError::EmptyOld(_)
             | FilesError::RemoveRoot
             | FilesError::EntryEscapes(_)
+            | FilesError::EntryThroughSymlink { .. }
             | FilesError::Archive(_)
             | FilesError::Body(_) => Self::bad_request(message),
             FilesError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, ErrorCode::FileNotFound, message),
