@@ -320,7 +320,10 @@ mod tests {
             .expect("a half-open tunnel is closed")
             .unwrap();
         assert_eq!(server.read(&mut buf).await.unwrap(), 0);
-        assert!(server.write_all(b"x").await.is_err(), "the tunnel dropped its end");
+        assert!(
+            server.write_all(b"x").await.is_err(),
+            "the tunnel dropped its end"
+        );
     }
 
     #[test]

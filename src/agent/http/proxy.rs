@@ -51,7 +51,7 @@ impl SelfRoutes {
 #[utoipa::path(method(get, post, put, patch, delete, head, options), path = "/proxy/{port}/{path}",
     params(("port" = u16, Path, description = "target port on 127.0.0.1"), ("path" = String, Path, description = "path at the target, with the query")),
     responses((status = 200, description = "whatever the target answers, streamed"),
-        (status = 400, description = "missing or invalid port", body = crate::wire::ErrorBody),
+        (status = 400, description = "missing or invalid port, or execd's own port a second time (a proxy loop)", body = crate::wire::ErrorBody),
         (status = 502, description = "nothing answers on that port", body = crate::wire::ErrorBody)))]
 pub(crate) async fn proxy_port(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     // The raw path, still percent-encoded, so the target sees exactly what the client sent.
