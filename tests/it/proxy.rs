@@ -567,7 +567,7 @@ async fn issue19_proxied_connections_are_released() {
         env: vec![("EXECD_KERNEL_POOL".into(), "0".into())],
         ..Opts::default()
     });
-    let (me, pid) = (agent.port, agent.pid());
+    let pid = agent.pid();
     let up = upstream().await;
     let client = unpooled();
     let (fds, rss_start) = (fd_count(pid), vm_rss_kib(pid));
@@ -618,7 +618,7 @@ async fn abandon_proxied_requests(
     client: &reqwest::Client,
     round: usize,
 ) -> impl Sized {
-    let (me, pid) = (agent.port, agent.pid());
+    let me = agent.port;
     // A deep chain through execd itself.
     let path = format!("{}/ping", chain(me, 5_000));
     let resp = with_token(agent, client.get(agent.url(&path)))
