@@ -6,6 +6,12 @@
 //! (WebSocket) are relayed as raw byte tunnels, and hop-by-hop headers are dropped while
 //! `X-Forwarded-For`/`-Proto` are set, as a reverse proxy should. The caller decides where a
 //! request goes and edits its headers (credentials) on the way; this module only carries it.
+//!
+//! Nothing it opens outlives its use: an abandoned response or request body closes the target
+//! connection (hyper does not pool a connection in mid-message), idle pooled connections are
+//! closed by a timer after [`POOL_IDLE`] and at most [`POOL_MAX_IDLE`] are kept per target, and
+//! a tunnel ends both connections once either side has finished (after [`HALF_CLOSE_LINGER`]
+//! for the other side's last bytes).
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -18,13 +24,26 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 /// The error type of bodies going through the relay.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body on its way to the target.
 pub type RelayBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// How long an idle pooled connection stays open. Reconnecting to a sandbox-local port costs
+/// a fraction of a millisecond; every idle connection holds a descriptor on both ends.
+pub const POOL_IDLE: Duration = Duration::from_secs(10);
+/// Idle pooled connections kept per target; more concurrent requests open more connections,
+/// which are closed when they finish instead of waiting in the pool.
+pub const POOL_MAX_IDLE: usize = 16;
+/// How long a tunnel stays open after one side has finished sending (EOF or error): time for
+/// the other side's last bytes, such as the answer to a WebSocket close, not for a half-open
+/// tunnel to live on. Without this bound a peer that never closes its side (or is gone without
+/// a FIN) would pin both connections forever.
+pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// Headers meaningful for one connection only (RFC 9110 §7.6.1), never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -79,13 +98,18 @@ impl Default for Relay {
 }
 
 impl Relay {
-    /// A relay with a pooled HTTP/1 client (TCP_NODELAY, 10 s connect timeout).
+    /// A relay with a pooled HTTP/1 client (TCP_NODELAY, 10 s connect timeout, idle connections
+    /// closed after [`POOL_IDLE`], at most [`POOL_MAX_IDLE`] per target).
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        // Without a timer hyper never expires idle connections (it only checks their age when
+        // one is taken out again), so every connection a burst opened stayed open for good.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
             .build(connector);
         Self {
             client,
@@ -165,11 +189,40 @@ impl Relay {
                     return;
                 }
             };
-            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                tracing::debug!(%dest, error = %e, "relay tunnel ended");
-            }
+            tunnel(TokioIo::new(down), TokioIo::new(up), HALF_CLOSE_LINGER).await;
+            tracing::debug!(%dest, "relay tunnel ended");
         });
+    }
+}
+
+/// Copies bytes both ways between `a` and `b` until one direction has finished (EOF or error),
+/// passes the end on (shuts the other side's write half), gives the other direction `linger`
+/// to finish, then drops both connections. Unlike `copy_bidirectional`, which waits for both
+/// directions without limit, this cannot be held open by a peer that never closes.
+async fn tunnel<A, B>(a: A, b: B, linger: Duration)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let a_to_b = async {
+        let copied = tokio::io::copy(&mut a_read, &mut b_write).await;
+        let _ = b_write.shutdown().await;
+        copied
+    };
+    let b_to_a = async {
+        let copied = tokio::io::copy(&mut b_read, &mut a_write).await;
+        let _ = a_write.shutdown().await;
+        copied
+    };
+    tokio::pin!(a_to_b, b_to_a);
+    let rest = tokio::select! {
+        _ = &mut a_to_b => tokio::time::timeout(linger, b_to_a).await,
+        _ = &mut b_to_a => tokio::time::timeout(linger, a_to_b).await,
+    };
+    if rest.is_err() {
+        tracing::debug!("relay tunnel half-open for too long; closing it");
     }
 }
 
@@ -226,6 +279,52 @@ fn set_forwarded(headers: &mut HeaderMap, client: Option<SocketAddr>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_tunnel_carries_bytes_both_ways() {
+        let (mut client, a) = tokio::io::duplex(64);
+        let (b, mut server) = tokio::io::duplex(64);
+        let tunnel = tokio::spawn(tunnel(a, b, Duration::from_secs(60)));
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        server.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        // A half-close is passed on, and the other side's last bytes still get through.
+        client.shutdown().await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0, "EOF passed on");
+        server.write_all(b"bye!").await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"bye!");
+        drop(server);
+        tokio::time::timeout(Duration::from_secs(10), tunnel)
+            .await
+            .expect("tunnel ends once both sides have")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_does_not_outlive_one_side_for_long() {
+        let (client, a) = tokio::io::duplex(64);
+        let (b, mut server) = tokio::io::duplex(64);
+        let tunnel = tokio::spawn(tunnel(a, b, Duration::from_millis(50)));
+        drop(client);
+        let mut buf = [0u8; 1];
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0, "EOF passed on");
+        // The server never closes its side: the tunnel still ends, after the linger.
+        tokio::time::timeout(Duration::from_secs(10), tunnel)
+            .await
+            .expect("a half-open tunnel is closed")
+            .unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+        assert!(
+            server.write_all(b"x").await.is_err(),
+            "the tunnel dropped its end"
+        );
+    }
 
     #[test]
     fn hop_by_hop_headers_go() {

@@ -1,5 +1,6 @@
 //! Figures of the foundation issue: binary size, start → ready, idle RSS, the `true` round
-//! trip of `POST /command`, and stdout streaming throughput with the agent's peak RSS.
+//! trip of `POST /command` (directly and through `/proxy/<execd's port>`, the endpoint shape
+//! sandboxd hands out), and stdout streaming throughput with the agent's peak RSS.
 //!
 //! Every figure is measured next to its anchor in the same loop (interleaved), so load from
 //! other processes on the machine hits both alike.
@@ -41,6 +42,10 @@ pub fn sections() -> Vec<Section> {
         Section {
             name: "roundtrip",
             run: |ctx| Box::pin(round_trip(ctx)),
+        },
+        Section {
+            name: "selfproxy",
+            run: |ctx| Box::pin(self_proxy(ctx)),
         },
         Section {
             name: "stream",
@@ -192,6 +197,63 @@ async fn round_trip(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             "MB",
         )
         .anchor("same agent after its first command", mb(rss_start)),
+    ])
+}
+
+/// `{"command":"true"}` through `/proxy/<execd's own port>/command` (served in-process)
+/// against the same command on `/command`, alternating over one keep-alive connection: what
+/// the self-proxy adds.
+async fn self_proxy(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    const SHELL: &str = r#"{"command":"true"}"#;
+    let agent = Agent::start(&ctx.agent)?;
+    let client = client()?;
+    let port = agent
+        .addr
+        .rsplit(':')
+        .next()
+        .context("agent address without a port")?;
+    let direct = agent.url("/command");
+    let proxied = agent.url(&format!("/proxy/{port}/command"));
+    run_stream(&client, &proxied, SHELL).await?;
+
+    let (warm, runs) = (ctx.count(50), ctx.count(300));
+    let mut samples: [Vec<Duration>; 2] = Default::default();
+    let deadline = Instant::now() + LOOP_BUDGET;
+    for i in 0..warm + runs {
+        for k in 0..2 {
+            let which = (i + k) % 2;
+            let url = if which == 0 { &direct } else { &proxied };
+            let d = run_stream(&client, url, SHELL).await?;
+            if i >= warm {
+                samples[which].push(d);
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    let [direct, proxied] = &samples;
+    let n = direct.len();
+    let p = |s: &[Duration], q| percentile_ms(s, q);
+    Ok(vec![
+        Row::new(
+            format!("`{SHELL}` round trip through `/proxy/<port>/command`, p50 (n={n})"),
+            p(proxied, 50.0),
+            "ms",
+        )
+        .anchor(format!("`{SHELL}` on `/command`, p50 (n={n})"), p(direct, 50.0)),
+        Row::new(
+            "context: latency the self-proxy adds, p50",
+            p(proxied, 50.0) - p(direct, 50.0),
+            "ms",
+        )
+        .goal(Goal::AtMost(0.05)),
+        Row::new(
+            format!("`{SHELL}` round trip through `/proxy/<port>/command`, p99"),
+            p(proxied, 99.0),
+            "ms",
+        )
+        .anchor(format!("`{SHELL}` on `/command`, p99"), p(direct, 99.0)),
     ])
 }
 

@@ -1,7 +1,10 @@
 //! The port proxy: `/proxy/{port}/{path}` reaches `http://127.0.0.1:{port}/{path}` inside the
 //! sandbox, through the shared streaming relay ([`crate::relay`]). Only ever dials 127.0.0.1,
-//! and the access token goes on only to execd itself. The HTTP edge (`http/proxy.rs`) turns
-//! its errors into responses. Async.
+//! never execd's own port, and never passes the access token on. `/proxy/{execd's own port}`
+//! is served by the HTTP edge (`http/proxy.rs`) in-process, once per request; this module says
+//! which targets those are and refuses to dial them, so that no request can make execd
+//! connect to itself (one such request used to chain through thousands of connections).
+//! The HTTP edge turns its errors into responses. Async.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -31,6 +34,13 @@ pub enum ProxyError {
         /// What the client reported.
         #[source]
         source: hyper_util::client::legacy::Error,
+    },
+    /// The target is execd itself, reached again from a request that execd is already serving
+    /// through its own port (`/proxy/{port}/proxy/{port}/…`).
+    #[error("proxy loop: /proxy/{port} is execd itself and may appear only once in a path")]
+    Loop {
+        /// execd's own port.
+        port: u16,
     },
     /// The target broke off before answering.
     #[error("port {port} did not answer: {source}")]
@@ -77,14 +87,19 @@ impl Target {
         }
         Ok(Self { port, path_and_query })
     }
+
+    /// The target's path and query as an origin-form URI, percent-encoding untouched.
+    pub fn uri(&self) -> Result<hyper::Uri, ProxyError> {
+        hyper::Uri::try_from(self.path_and_query.as_str()).map_err(|e| ProxyError::Uri(e.into()))
+    }
 }
 
 /// The proxy: the relay plus what it must know about execd itself.
 pub struct Proxy {
     relay: Relay,
-    /// execd's own port: requests looping back to execd keep the access token.
+    /// execd's own port: never dialled, served in-process by the HTTP edge instead.
     own_port: u16,
-    /// The access token header, removed from requests to every other port.
+    /// The access token header, removed from every proxied request.
     token_header: HeaderName,
 }
 
@@ -98,22 +113,34 @@ impl Proxy {
         }
     }
 
+    /// Whether `target` is execd itself, which is served in-process, not dialled.
+    pub fn is_execd(&self, target: &Target) -> bool {
+        target.port == self.own_port
+    }
+
+    /// The error for a request that reaches execd's own port a second time.
+    pub fn loop_error(&self) -> ProxyError {
+        ProxyError::Loop { port: self.own_port }
+    }
+
     /// Sends `req` to `target` and returns the target's answer with its body still streaming
-    /// (WebSocket upgrades become tunnels). `client` is the peer's address.
+    /// (WebSocket upgrades become tunnels). `client` is the peer's address. execd itself is
+    /// refused ([`ProxyError::Loop`]): a connection back to its own port would start a new
+    /// request that could proxy again, without limit.
     pub async fn forward(
         &self,
         req: Request<RelayBody>,
         target: &Target,
         client: Option<SocketAddr>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        if self.is_execd(target) {
+            return Err(self.loop_error());
+        }
         let port = target.port;
         let dest = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let keep_token = port == self.own_port;
         self.relay
             .forward(req, dest, &target.path_and_query, client, |headers| {
-                if !keep_token {
-                    headers.remove(&self.token_header);
-                }
+                headers.remove(&self.token_header);
             })
             .await
             .map_err(|e| match e {
@@ -155,5 +182,17 @@ mod tests {
             );
         }
         assert_eq!(Target::parse("/proxy/65535", None).unwrap().port, 65535);
+        let t = Target::parse("/proxy/1/pty/a%2Fb/ws", Some("since=0&x=%20")).unwrap();
+        assert_eq!(t.uri().unwrap(), "/pty/a%2Fb/ws?since=0&x=%20");
+    }
+
+    #[tokio::test]
+    async fn never_dials_itself() {
+        let proxy = Proxy::new(4242, HeaderName::from_static("x-token"));
+        let target = Target::parse("/proxy/4242/ping", None).unwrap();
+        assert!(proxy.is_execd(&target));
+        let req = Request::new(RelayBody::default());
+        let err = proxy.forward(req, &target, None).await.unwrap_err();
+        assert!(matches!(err, ProxyError::Loop { port: 4242 }), "{err}");
     }
 }

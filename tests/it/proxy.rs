@@ -1,5 +1,7 @@
 //! The port proxy against servers the test starts on 127.0.0.1: headers, 100 MB bodies both
-//! ways without buffering, SSE timing, a WebSocket echo, 400/502, the token, and execd itself.
+//! ways without buffering, SSE timing, a WebSocket echo, 400/502, the token, and execd itself
+//! (served in-process, once: nested self-proxies are refused, and no proxied connection
+//! outlives its use).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +19,7 @@ use serde_json::{json, Map, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::pty::ws_connect;
-use crate::util::{Agent, Opts};
+use crate::util::{eventually, Agent, Opts};
 
 const MB: u64 = 1 << 20;
 const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
@@ -87,6 +89,10 @@ async fn upstream() -> Upstream {
         .route("/sink", post(sink))
         .route("/sse", get(sse))
         .route("/ws", get(ws_echo))
+        .route("/forever", get(forever))
+        .route("/stall", get(stall))
+        .route("/hold", get(ws_hold))
+        .route("/bye", get(ws_bye))
         .with_state(Arc::clone(&hits));
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -132,11 +138,12 @@ async fn big(Query(size): Query<Size>) -> Response {
 }
 
 /// Hashes the body as it streams in.
-async fn sink(body: Body) -> Json<Value> {
+async fn sink(State(hits): State<Arc<AtomicUsize>>, body: Body) -> Json<Value> {
+    hits.fetch_add(1, Ordering::SeqCst);
     let mut stream = body.into_data_stream();
     let (mut len, mut h) = (0u64, FNV_START);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.expect("body chunk");
+    // An abandoned upload ends in an error: then the hash is of what came, and goes nowhere.
+    while let Some(Ok(chunk)) = stream.next().await {
         len += chunk.len() as u64;
         h = fnv(h, &chunk);
     }
@@ -177,6 +184,52 @@ async fn ws_echo(ws: WebSocketUpgrade) -> Response {
             }
         }
     })
+}
+
+/// An SSE stream that never ends: an event every 20 ms.
+async fn forever() -> Response {
+    let events = futures_util::stream::unfold(0u64, |i| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Some((Ok::<_, Infallible>(Bytes::from(format!("data: {i}\n\n"))), i + 1))
+    });
+    let mut resp = Body::from_stream(events).into_response();
+    resp.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    resp
+}
+
+/// Headers, then a body that never sends a byte and never ends.
+async fn stall() -> Response {
+    let silent = futures_util::stream::pending::<Result<Bytes, Infallible>>();
+    Body::from_stream(silent).into_response()
+}
+
+/// A WebSocket that neither reads nor closes: only the test's end drops it.
+async fn ws_hold(ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(|socket| async move {
+        let _socket = socket;
+        std::future::pending::<()>().await;
+    })
+}
+
+/// A WebSocket that the server closes (drops) at once.
+async fn ws_bye(ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(|socket| async move { drop(socket) })
+}
+
+/// Open file descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// Resident memory of a process now, in KiB.
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
 }
 
 /// Peak resident memory of a process, in KiB.
@@ -433,4 +486,367 @@ async fn reaches_execd_itself() {
         .unwrap();
     let connected: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
     assert_eq!(connected["type"], "connected");
+}
+
+/// `/proxy/{port}` repeated `depth` times.
+fn chain(port: u16, depth: usize) -> String {
+    format!("/proxy/{port}").repeat(depth)
+}
+
+/// A client that keeps no idle connections, so that every connection to execd it opened is
+/// closed once its request is done, and only execd's own descriptors stay.
+fn unpooled() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+fn with_token(agent: &Agent, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match &agent.token {
+        Some(t) => req.header("X-EXECD-ACCESS-TOKEN", t),
+        None => req,
+    }
+}
+
+#[tokio::test]
+async fn issue19_a_deep_self_proxy_chain_is_refused_cheaply() {
+    let agent = Agent::start_with(Opts {
+        token: Some("loop-secret".into()),
+        env: vec![("EXECD_KERNEL_POOL".into(), "0".into())],
+        ..Opts::default()
+    });
+    let (me, pid) = (agent.port, agent.pid());
+    let fds = fd_count(pid);
+    let client = unpooled();
+    for depth in [2, 3, 5_000] {
+        let path = format!("{}/ping", chain(me, depth));
+        let resp = tokio::time::timeout(
+            Duration::from_secs(30),
+            with_token(&agent, client.get(agent.url(&path))).send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("a {depth}-deep chain is answered at once"))
+        .unwrap();
+        assert_eq!(resp.status(), 400, "depth {depth}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "INVALID_REQUEST_BODY", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("proxy loop") && message.contains(&format!("/proxy/{me}")),
+            "{message}"
+        );
+    }
+    // The refusals held on to nothing (one level is served in-process, the second refused);
+    // execd closes its side of each finished connection as soon as it sees the client's.
+    eventually(10, "execd's descriptors back to where they started", async || {
+        (fd_count(pid) <= fds).then_some(())
+    })
+    .await;
+
+    // One level to execd itself, then on to another port, is fine; the token stays behind.
+    let up = upstream().await;
+    let path = format!("/proxy/{me}/proxy/{}/echo/x%2Fy?z=%20", up.port);
+    let resp = with_token(&agent, client.get(agent.url(&path)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (got["path"].as_str(), got["query"].as_str()),
+        (Some("/echo/x%2Fy"), Some("z=%20"))
+    );
+    assert!(got["headers"].get("x-execd-access-token").is_none(), "{got}");
+}
+
+#[tokio::test]
+async fn issue19_proxied_connections_are_released() {
+    let agent = Agent::start_with(Opts {
+        token: Some("leak-secret".into()),
+        env: vec![("EXECD_KERNEL_POOL".into(), "0".into())],
+        ..Opts::default()
+    });
+    let pid = agent.pid();
+    let up = upstream().await;
+    let client = unpooled();
+    let (fds, rss_start) = (fd_count(pid), vm_rss_kib(pid));
+    // Client ends of tunnels whose server side closed: held open, never read, until the end.
+    let mut idle_clients = Vec::new();
+
+    // The first round is a warm-up: the figures after it are the ones later rounds must keep
+    // (allocators keep some freed memory, so not the figure at start); then four rounds more.
+    let mut rss_after_first = 0;
+    for (rounds, what) in [(0..1, "after the first round"), (1..5, "after five rounds")] {
+        for round in rounds {
+            idle_clients.push(abandon_proxied_requests(&agent, &up, &client, round).await);
+        }
+        // Tunnels linger 5 s once one side ends, idle pooled connections 10 s.
+        let back = eventually(
+            60,
+            &format!("execd's descriptors back to where they started {what}"),
+            async || {
+                let now = fd_count(pid);
+                (now <= fds).then_some(now)
+            },
+        )
+        .await;
+        let rss = vm_rss_kib(pid);
+        eprintln!("{what}: {back} fds (started with {fds}), {rss} KiB RSS (started with {rss_start})");
+        if rss_after_first == 0 {
+            rss_after_first = rss;
+        }
+    }
+    // Rounds must not add up (one deep chain used to cost hundreds of MB).
+    let rss = vm_rss_kib(pid);
+    assert!(
+        rss <= rss_after_first + 8 * 1024,
+        "RSS grew from {rss_after_first} KiB after the first round to {rss} KiB"
+    );
+    drop(idle_clients);
+}
+
+/// One of each way a proxied request can be left behind, through execd itself and through the
+/// relay to `up`: a deep self-proxy chain, ten completed requests at once (pooled connections),
+/// abandoned SSE streams (proxied and in-process), an answer that never sends a byte, an
+/// upload abandoned mid-body, tunnels whose client or server side went away, and the PTY
+/// WebSocket in-process dropped without a close frame. Returns the client end of the tunnel
+/// whose server side closed, for the caller to hold (never read) until the end of the test.
+async fn abandon_proxied_requests(
+    agent: &Agent,
+    up: &Upstream,
+    client: &reqwest::Client,
+    round: usize,
+) -> impl Sized {
+    let me = agent.port;
+    // A deep chain through execd itself.
+    let path = format!("{}/ping", chain(me, 5_000));
+    let resp = with_token(agent, client.get(agent.url(&path)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // Requests that complete through the relay's pool (ten at once: ten connections).
+    let echoes = (0..10).map(|i| {
+        with_token(
+            agent,
+            client.post(agent.url(&format!("/proxy/{}/echo/{i}", up.port))),
+        )
+        .body("x")
+        .send()
+    });
+    for resp in futures_util::future::join_all(echoes).await {
+        assert_eq!(resp.unwrap().status(), 200);
+    }
+
+    // A proxied SSE stream (another port), abandoned after its first event.
+    let resp = with_token(
+        agent,
+        client.get(agent.url(&format!("/proxy/{}/forever", up.port))),
+    )
+    .send()
+    .await
+    .unwrap();
+    let mut body = resp.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    drop(body);
+
+    // A proxied answer that never sends a body byte, abandoned.
+    let resp = with_token(agent, client.get(agent.url(&format!("/proxy/{}/stall", up.port))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+
+    // An upload to another port, abandoned in the middle of its body.
+    let hits = up.hits.load(Ordering::SeqCst);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(1);
+    tx.send(Ok(Bytes::from(vec![b'u'; 64 << 10]))).await.unwrap();
+    let upload = tokio::spawn(
+        with_token(agent, client.post(agent.url(&format!("/proxy/{}/sink", up.port))))
+            .body(reqwest::Body::wrap_stream(tokio_stream_of(rx)))
+            .send(),
+    );
+    eventually(10, "the abandoned upload reaches the upstream", async || {
+        (up.hits.load(Ordering::SeqCst) > hits).then_some(())
+    })
+    .await;
+    upload.abort();
+    drop(tx);
+
+    // An in-process command stream, abandoned after its first line.
+    let script = format!("echo first; sleep 0.{round}1");
+    let resp = with_token(agent, client.post(agent.url(&format!("/proxy/{me}/command"))))
+        .json(&json!({"command": script}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("first") {
+        seen.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
+    }
+    drop(body);
+
+    // A tunnel whose client goes away while the server side never closes.
+    let ws = ws_connect(agent, &format!("/proxy/{}/hold", up.port))
+        .await
+        .unwrap();
+    drop(ws);
+    // A tunnel whose server side closes while the client never reads nor closes.
+    let idle_client = ws_connect(agent, &format!("/proxy/{}/bye", up.port))
+        .await
+        .unwrap();
+    // The PTY WebSocket in-process, dropped without a close frame.
+    let resp = with_token(agent, client.post(agent.url(&format!("/proxy/{me}/pty"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let id = resp.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ws = ws_connect(agent, &format!("/proxy/{me}/pty/{id}/ws"))
+        .await
+        .unwrap();
+    drop(ws);
+    let resp = with_token(agent, client.delete(agent.url(&format!("/proxy/{me}/pty/{id}"))))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    idle_client
+}
+
+/// A body stream from a channel.
+fn tokio_stream_of(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, Infallible>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn issue19_execd_serves_its_own_port_in_process() {
+    let agent = Agent::start_with(Opts {
+        token: Some("self-secret".into()),
+        env: vec![("EXECD_KERNEL_POOL".into(), "0".into())],
+        ..Opts::default()
+    });
+    let me = agent.port;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Without the token: refused by the one check, before anything is served.
+    let target = dir.path().join("not-created");
+    let resp = reqwest::Client::new()
+        .post(agent.url(&format!("/proxy/{me}/command")))
+        .json(&json!({"command": format!("touch '{}'", target.display())}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = reqwest::get(agent.url(&format!("/proxy/{me}/proxy/{me}/ping")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // SSE streams event by event: the first line arrives while the command still waits for
+    // the test to create a file.
+    let go = dir.path().join("go");
+    let script = format!(
+        "echo first; while [ ! -e '{}' ]; do sleep 0.02; done; echo second",
+        go.display()
+    );
+    let resp = agent
+        .post(&format!("/proxy/{me}/command"))
+        .json(&json!({"command": script}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("\"first\"") {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), body.next())
+            .await
+            .expect("the first event arrives before the command ends")
+            .expect("stream open")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!text.contains("second"), "{text}");
+    std::fs::write(&go, "").unwrap();
+    while let Some(chunk) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let events = crate::util::parse_sse(&text);
+    assert_eq!(crate::util::texts(&events, "stdout"), ["first", "second"]);
+    assert_eq!(events.last().unwrap().kind(), "execution_complete");
+    assert!(!target.exists());
+
+    // An upload through it, then a download whose query is percent-encoded.
+    let content: Vec<u8> = (0..(3 << 20)).map(|i: u32| (i % 253) as u8).collect();
+    let path = dir.path().join("a b%c.bin");
+    let meta = crate::files::meta(&path, Value::Null, Value::Null, 0o644);
+    let resp = crate::files::upload(
+        &agent,
+        &format!("/proxy/{me}"),
+        &[
+            crate::files::Part::Metadata {
+                json: meta,
+                filename: true,
+            },
+            crate::files::Part::File {
+                name: "a b%c.bin",
+                content: &content,
+            },
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+    assert_eq!(std::fs::read(&path).unwrap(), content);
+    let resp = agent
+        .get(&format!(
+            "/proxy/{me}/files/download?path={}",
+            crate::files::q(&path)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), content.as_slice());
+
+    // The PTY WebSocket through it: input goes in, output comes back.
+    let resp = agent.post(&format!("/proxy/{me}/pty")).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let id = resp.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = ws_connect(&agent, &format!("/proxy/{me}/pty/{id}/ws"))
+        .await
+        .expect("pty websocket in-process");
+    ws.send(Message::Text(
+        r#"{"type":"stdin","data":"echo in-pro$((1+1))cess\n"}"#.into(),
+    ))
+    .await
+    .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("in-pro2cess") {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("pty output in time")
+            .expect("open")
+            .expect("ok");
+        match msg {
+            Message::Text(t) => seen.push_str(t.as_str()),
+            Message::Binary(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+            _ => {}
+        }
+    }
+    ws.close(None).await.unwrap();
 }

@@ -160,9 +160,12 @@ impl From<PtyError> for ApiError {
 impl From<ProxyError> for ApiError {
     fn from(e: ProxyError) -> Self {
         match e {
-            ProxyError::MissingPort | ProxyError::InvalidPort(_) | ProxyError::Uri(_) => {
-                Self::bad_request(e.to_string())
-            }
+            // A loop is the request's own doing (its path names execd twice), and the same
+            // request always fails the same way: a 400, not a 5xx that clients might retry.
+            ProxyError::MissingPort
+            | ProxyError::InvalidPort(_)
+            | ProxyError::Uri(_)
+            | ProxyError::Loop { .. } => Self::bad_request(e.to_string()),
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => {
                 // The details are for the log; the client learns the port did not answer.
                 tracing::debug!(error = %e, "proxy target failed");

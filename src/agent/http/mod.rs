@@ -22,7 +22,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 
 use super::stream::Cursor;
 use super::AppState;
@@ -69,7 +69,7 @@ pub use crate::auth::TOKEN_HEADER;
 
 /// The complete router of the agent.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/ping", get(ping))
         .merge(command::routes())
         .merge(code::routes())
@@ -81,7 +81,12 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1/filesystem/{uid}/{gid}", files::routes())
         .merge(metrics::routes())
         .merge(isolated::routes())
-        .fallback(not_found)
+        .fallback(not_found);
+    // `/proxy/{own port}/…` is served in-process by the same routes, minus the token check
+    // that the request has passed already (see `proxy::SelfRoutes`).
+    let inner = proxy::SelfRoutes::new(routes.clone().with_state(state.clone()));
+    routes
+        .layer(Extension(inner))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
