@@ -127,8 +127,41 @@ pub fn yaml() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use utoipa::OpenApi;
+
     #[test]
     fn proto_matches_code() {
         crate::wire::openapi::assert_proto_matches("execd.yaml", &super::yaml());
+    }
+
+    /// The port proxy is routed three ways (axum needs the bare and trailing-slash forms
+    /// beside the wildcard) and documented once, as `/proxy/{port}/{path}`.
+    fn documented_as(served: &str) -> &str {
+        match served {
+            "/proxy" | "/proxy/" | "/proxy/{*rest}" => "/proxy/{port}/{path}",
+            other => other,
+        }
+    }
+
+    /// Issue 19: `/v1/filesystem/{uid}/{gid}/…` was served but missing from the document.
+    /// Every route the router serves is in the document, and the document names no route
+    /// that is not served.
+    #[test]
+    fn every_served_route_is_documented() {
+        let served: BTreeSet<String> = crate::agent::http::served_paths()
+            .iter()
+            .map(|p| documented_as(p).to_owned())
+            .collect();
+        let documented: BTreeSet<String> = super::ApiDoc::openapi().paths.paths.into_keys().collect();
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "served but not in proto/execd.yaml: {undocumented:?}"
+        );
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(unserved.is_empty(), "documented but not served: {unserved:?}");
+        assert!(served.len() > 60, "the walk saw only {} routes", served.len());
     }
 }

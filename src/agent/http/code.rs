@@ -4,18 +4,19 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::sse_response;
+use super::Routes;
 use crate::agent::AppState;
 use crate::wire::code::{CodeContext, CreateContextRequest, LanguageInfo, RunCodeRequest};
 use crate::wire::{ErrorBody, ErrorCode};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
+pub(super) fn routes() -> Routes {
+    Routes::new()
         .route("/code", post(run_code).delete(interrupt_code))
         .route("/code/context", post(create_context))
         .route(

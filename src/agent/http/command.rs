@@ -5,21 +5,22 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::sse_response;
+use super::Routes;
 use crate::agent::AppState;
 use crate::wire::{CommandStatusResponse, ErrorBody, ErrorCode, RunCommandRequest};
 
 /// Header carrying the byte offset to pass as the next `cursor`.
 pub const TAIL_CURSOR_HEADER: &str = "execd-commands-tail-cursor";
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
+pub(super) fn routes() -> Routes {
+    Routes::new()
         .route("/command", post(create_command).delete(interrupt_command))
         .route("/command/status/{id}", get(command_status))
         .route("/command/{id}/logs", get(command_logs))

@@ -9,10 +9,11 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, FsIdentity, Params};
+use super::Routes;
 use super::{transfer, watch};
 use crate::agent::files::identity::run;
 use crate::agent::files::info::{self, Pattern};
@@ -25,8 +26,8 @@ use crate::wire::files::{
 use crate::wire::ErrorBody;
 
 /// The file and directory routes, relative to `/` or to `/v1/filesystem/{uid}/{gid}`.
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
+pub(super) fn routes() -> Routes {
+    Routes::new()
         .route("/files", axum::routing::delete(remove_files))
         .route("/files/info", get(file_info))
         .route("/files/permissions", post(set_permissions))

@@ -5,11 +5,12 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
+use super::Routes;
 use crate::agent::isolated::{Started, LOG_CAP};
 use crate::agent::AppState;
 use crate::wire::isolated::{
@@ -21,8 +22,8 @@ use crate::wire::ErrorBody;
 /// Header carrying the byte offset to pass as the next `cursor` of an isolated run's logs.
 pub const ISOLATED_TAIL_CURSOR_HEADER: &str = "execd-isolated-tail-cursor";
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
+pub(super) fn routes() -> Routes {
+    Routes::new()
         .route("/v1/isolated/capabilities", get(isolated_capabilities))
         .route("/v1/isolated/sessions", get(list_isolated_sessions))
         .route("/v1/isolated/session", post(create_isolated_session))

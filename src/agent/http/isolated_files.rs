@@ -10,12 +10,13 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, Sta
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Params};
+use super::Routes;
 use crate::agent::files::archive::ChannelWriter;
 use crate::agent::files::identity::start;
 use crate::agent::files::info::Pattern;
@@ -28,9 +29,9 @@ use crate::wire::files::{
 };
 use crate::wire::{ErrorBody, ErrorCode};
 
-pub(super) fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Routes {
     let s = "/v1/isolated/session/{sid}";
-    Router::new()
+    Routes::new()
         .route(
             &format!("{s}/files"),
             axum::routing::delete(remove_isolated_files),

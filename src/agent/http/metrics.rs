@@ -6,18 +6,19 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 
 use super::error::ApiError;
 use super::extract::Params;
 use super::sse_headers;
+use super::Routes;
 use crate::agent::AppState;
 use crate::wire::files::Metrics;
 use crate::wire::ErrorBody;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
+pub(super) fn routes() -> Routes {
+    Routes::new()
         .route("/metrics", get(get_metrics))
         .route("/metrics/watch", get(watch_metrics))
 }

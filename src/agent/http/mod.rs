@@ -21,7 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::{Extension, Json, Router};
 
 use super::stream::Cursor;
@@ -67,9 +67,44 @@ pub(crate) use watch::__path_watch_files;
 /// Header carrying the access token.
 pub use crate::auth::TOKEN_HEADER;
 
-/// The complete router of the agent.
-pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
+/// A router that remembers the paths it serves, so that the OpenAPI document can be checked
+/// against what is really routed (`openapi::tests::every_served_route_is_documented`).
+pub(crate) struct Routes {
+    router: Router<AppState>,
+    paths: Vec<String>,
+}
+
+impl Routes {
+    pub(crate) fn new() -> Self {
+        Self {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    pub(crate) fn route(mut self, path: &str, method: MethodRouter<AppState>) -> Self {
+        self.paths.push(path.to_owned());
+        self.router = self.router.route(path, method);
+        self
+    }
+
+    pub(crate) fn merge(mut self, other: Routes) -> Self {
+        self.paths.extend(other.paths);
+        self.router = self.router.merge(other.router);
+        self
+    }
+
+    pub(crate) fn nest(mut self, prefix: &str, other: Routes) -> Self {
+        self.paths
+            .extend(other.paths.iter().map(|p| format!("{prefix}{p}")));
+        self.router = self.router.nest(prefix, other.router);
+        self
+    }
+}
+
+/// Every route of the agent, before state and layers.
+fn all_routes() -> Routes {
+    Routes::new()
         .route("/ping", get(ping))
         .merge(command::routes())
         .merge(code::routes())
@@ -78,10 +113,20 @@ pub fn router(state: AppState) -> Router {
         .merge(proxy::routes())
         .merge(files::routes())
         // The same file routes, done with the fsuid/fsgid named in the path.
-        .nest("/v1/filesystem/{uid}/{gid}", files::routes())
+        .nest(crate::agent::openapi::FILESYSTEM_IDENTITY_PREFIX, files::routes())
         .merge(metrics::routes())
         .merge(isolated::routes())
-        .fallback(not_found);
+}
+
+/// The paths the agent serves, as routed (axum's syntax: `{param}`, `{*rest}`).
+#[cfg(test)]
+pub(crate) fn served_paths() -> Vec<String> {
+    all_routes().paths
+}
+
+/// The complete router of the agent.
+pub fn router(state: AppState) -> Router {
+    let routes = all_routes().router.fallback(not_found);
     // `/proxy/{own port}/…` is served in-process by the same routes, minus the token check
     // that the request has passed already (see `proxy::SelfRoutes`).
     let inner = proxy::SelfRoutes::new(routes.clone().with_state(state.clone()));

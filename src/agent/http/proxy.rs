@@ -20,11 +20,12 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use super::error::ApiError;
+use super::Routes;
 use crate::agent::proxy::Target;
 use crate::agent::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
+pub(super) fn routes() -> Routes {
+    Routes::new()
         .route("/proxy", any(proxy_port))
         .route("/proxy/", any(proxy_port))
         .route("/proxy/{*rest}", any(proxy_port))

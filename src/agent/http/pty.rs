@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::extract::{ApiQuery, OptionalJson};
+use super::Routes;
 use crate::agent::pty::ring::Stream;
 use crate::agent::pty::{Attachment, Control, PtyError, PtyEvent, Role, Size};
 use crate::agent::AppState;
@@ -42,8 +43,8 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Largest client message accepted (stdin pastes included).
 const MAX_CLIENT_MESSAGE: usize = 4 << 20;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
+pub(super) fn routes() -> Routes {
+    Routes::new()
         .route("/pty", post(create_pty))
         .route("/pty/{id}", get(pty_status).delete(delete_pty))
         .route("/pty/{id}/ws", get(connect_pty))

@@ -4,16 +4,17 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, post};
-use axum::{Json, Router};
+use axum::Json;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, OptionalJson};
 use super::sse_response;
+use super::Routes;
 use crate::agent::AppState;
 use crate::wire::{CreateSessionRequest, CreateSessionResponse, ErrorBody, ErrorCode, RunInSessionRequest};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
+pub(super) fn routes() -> Routes {
+    Routes::new()
         .route("/session", post(create_session))
         .route("/session/{id}/run", post(run_in_session))
         .route("/session/{id}", delete(delete_session))
