@@ -677,9 +677,10 @@ async fn issue19_builtin_interrupt_at_any_moment_after_init() {
     interrupt_at_every_moment(&agent(false, 0), 3, 2).await;
 }
 
-/// Kills the interpreter of `id` in the middle of the ten-second cell: the stream must end
-/// with a `KernelDied` error instead of waiting for a reply that never comes, and the
-/// context must run its next cell on a fresh interpreter.
+/// Kills the interpreter of a context in the middle of the ten-second cell: the stream must
+/// end with a `KernelDied` error instead of waiting for a reply that never comes. The next
+/// run restarts the interpreter; an interrupt sent right after its `init` (while the Jupyter
+/// kernel is still starting) must end it too, and the run after that must work.
 async fn kill_interpreter_mid_cell(agent: &Agent, needle: &str) {
     let id = create(agent, "python").await;
     let mut stream = LiveStream::start(agent, &id, TEN_SECONDS).await;
@@ -699,6 +700,10 @@ async fn kill_interpreter_mid_cell(agent: &Agent, needle: &str) {
     let events = stream.finish(END_BOUND).await;
     assert_eq!(last(&events), "error", "{:?}", kinds(&events));
     assert_eq!(events.last().unwrap().data["error"]["ename"], "KernelDied");
+    let events = interrupt_after_init(agent, &id, Duration::ZERO).await;
+    let tail: Vec<&str> = kinds(&events).into_iter().rev().take(2).rev().collect();
+    assert_eq!(tail, ["error", "execution_complete"], "{:?}", kinds(&events));
+    assert_eq!(events[events.len() - 2].data["error"]["ename"], "KeyboardInterrupt");
     let events = tokio::time::timeout(Duration::from_secs(60), run(agent, &id, "print('again')"))
         .await
         .expect("the next cell ends in time");
