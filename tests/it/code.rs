@@ -703,7 +703,10 @@ async fn kill_interpreter_mid_cell(agent: &Agent, needle: &str) {
     let events = interrupt_after_init(agent, &id, Duration::ZERO).await;
     let tail: Vec<&str> = kinds(&events).into_iter().rev().take(2).rev().collect();
     assert_eq!(tail, ["error", "execution_complete"], "{:?}", kinds(&events));
-    assert_eq!(events[events.len() - 2].data["error"]["ename"], "KeyboardInterrupt");
+    assert_eq!(
+        events[events.len() - 2].data["error"]["ename"],
+        "KeyboardInterrupt"
+    );
     let events = tokio::time::timeout(Duration::from_secs(60), run(agent, &id, "print('again')"))
         .await
         .expect("the next cell ends in time");

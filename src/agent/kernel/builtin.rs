@@ -31,7 +31,9 @@ pub const DRIVER: &str = include_str!("driver.py");
 enum DriverEvent {
     /// The driver is inside the cell: SIGINT now interrupts it.
     Started,
+    /// The cell ended; `failed` if it reported an error.
     Done { failed: bool },
+    /// The driver is gone (its fd 3 closed).
     Died,
 }
 

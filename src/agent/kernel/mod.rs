@@ -699,3 +699,28 @@ pub(crate) fn error_event(content: &Value, ts: i64) -> StreamEvent {
         .unwrap_or_default();
     StreamEvent::error(&text("ename"), text("evalue"), traceback, ts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn interrupts_made_before_or_during_a_wait_are_both_seen() {
+        let interrupts = Arc::new(Interrupts::default());
+        // Made before anyone waits (before the engine started the cell): remembered.
+        interrupts.request();
+        assert_eq!(interrupts.more_than(0).await, 1);
+        // Made while the engine waits: wakes it.
+        let waiter = tokio::spawn({
+            let interrupts = Arc::clone(&interrupts);
+            async move { interrupts.more_than(1).await }
+        });
+        tokio::task::yield_now().await;
+        interrupts.request();
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter wakes")
+            .unwrap();
+        assert_eq!(seen, 2);
+    }
+}
