@@ -723,3 +723,23 @@ async fn issue19_jupyter_killed_kernel_ends_the_stream() {
 async fn issue19_builtin_killed_driver_ends_the_stream() {
     kill_interpreter_mid_cell(&agent(false, 0), "driver.py").await;
 }
+
+/// An exception whose traceback IPython fails to format is published as plain stderr text
+/// with no iopub `error`; the execute_reply still names it, and so must the stream. (An
+/// interrupt landing in user code occasionally takes this path.)
+#[tokio::test]
+async fn issue19_jupyter_error_named_only_in_the_reply() {
+    let agent = agent(true, 0);
+    let id = create(&agent, "python").await;
+    let events = run(
+        &agent,
+        &id,
+        "class Boom(Exception):\n    def _render_traceback_(self):\n        raise RuntimeError('cannot render')\nraise Boom('x')",
+    )
+    .await;
+    let tail: Vec<&str> = kinds(&events).into_iter().rev().take(2).rev().collect();
+    assert_eq!(tail, ["error", "execution_complete"], "{:?}", kinds(&events));
+    let error = &events[events.len() - 2].data["error"];
+    assert_eq!(error["ename"], "Boom", "{error}");
+    assert_eq!(error["evalue"], "x", "{error}");
+}

@@ -321,6 +321,8 @@ impl JupyterKernel {
         interrupts: &Interrupts,
     ) -> Outcome {
         let (mut started, mut idle, mut replied, mut failed) = (false, false, false, false);
+        // An error the reply reports; forwarded at the end unless iopub reported it.
+        let mut reply_error: Option<StreamEvent> = None;
         let mut delivered = 0;
         let mut give_up: Option<tokio::time::Instant> = None;
         let mut alive_check = tokio::time::interval(ALIVE_CHECK);
@@ -381,14 +383,27 @@ impl JupyterKernel {
                 (true, "status") => idle |= m.content["execution_state"] == "idle",
                 (false, "execute_reply") => {
                     replied = true;
-                    if m.content["status"] == "aborted" && !failed {
-                        failed = true;
-                        let aborted = json!({
-                            "ename": "ExecutionAborted",
-                            "evalue": "the kernel aborted this request without running it",
-                            "traceback": [],
-                        });
-                        journal.push(&error_event(&aborted, ts));
+                    match m.content["status"].as_str() {
+                        Some("aborted") if !failed => {
+                            failed = true;
+                            let aborted = json!({
+                                "ename": "ExecutionAborted",
+                                "evalue": "the kernel aborted this request without running it",
+                                "traceback": [],
+                            });
+                            journal.push(&error_event(&aborted, ts));
+                        }
+                        // IPython publishes no `error` when formatting the traceback fails
+                        // (it prints a fallback on stdout/stderr instead); a KeyboardInterrupt
+                        // landing in user code now and then goes that way. The reply still
+                        // names the exception. Its traceback may be a stale one, so it is left
+                        // out: the text went to stderr.
+                        Some("error") => {
+                            let text = |k: &str| m.content[k].as_str().unwrap_or_default().to_owned();
+                            reply_error =
+                                Some(StreamEvent::error(&text("ename"), text("evalue"), vec![], ts));
+                        }
+                        _ => {}
                     }
                 }
                 _ => {}
@@ -399,6 +414,11 @@ impl JupyterKernel {
                 (false, true) => Some(now + IDLE_GRACE),
                 _ => None,
             };
+        }
+        // iopub delivers the cell's `error` before its `idle`, so by now it has come or never will.
+        if let Some(error) = reply_error.filter(|_| !failed) {
+            failed = true;
+            journal.push(&error);
         }
         if !replied && !failed {
             // The kernel went idle without answering: an interrupt hit its own request
