@@ -743,3 +743,27 @@ async fn issue19_jupyter_error_named_only_in_the_reply() {
     assert_eq!(error["ename"], "Boom", "{error}");
     assert_eq!(error["evalue"], "x", "{error}");
 }
+
+/// IPython runs `pre_run_cell` callbacks under `except KeyboardInterrupt`, reports the
+/// interrupt as an `error` and then runs the cell anyway: an interrupt that lands there must
+/// be sent again, or the cell runs to its end.
+#[tokio::test]
+async fn issue19_jupyter_interrupt_swallowed_by_a_callback() {
+    let agent = agent(true, 0);
+    let id = create(&agent, "python").await;
+    run(
+        &agent,
+        &id,
+        "import time\nget_ipython().events.register('pre_run_cell', lambda info: time.sleep(0.5))",
+    )
+    .await;
+    // The interrupt goes out when the kernel publishes execute_input, just before the
+    // callback's half-second sleep.
+    let events = interrupt_after_init(&agent, &id, Duration::ZERO).await;
+    let tail: Vec<&str> = kinds(&events).into_iter().rev().take(2).rev().collect();
+    assert_eq!(tail, ["error", "execution_complete"], "{:?}", kinds(&events));
+    assert_eq!(
+        events[events.len() - 2].data["error"]["ename"],
+        "KeyboardInterrupt"
+    );
+}

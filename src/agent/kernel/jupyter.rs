@@ -50,6 +50,9 @@ const REPLY_GRACE: Duration = Duration::from_secs(1);
 /// How long iopub may stay quiet after the `execute_reply` before the cell ends without its
 /// `idle` (output is flushed before the reply, but travels on iopub, so it may trail it).
 const IDLE_GRACE: Duration = Duration::from_secs(5);
+/// How long a cell may go on after reporting the KeyboardInterrupt we caused before the
+/// interrupt counts as swallowed by IPython and is sent again.
+const SWALLOW_GRACE: Duration = Duration::from_secs(1);
 /// How often a running cell checks that its kernel is still alive, besides the exit watcher.
 const ALIVE_CHECK: Duration = Duration::from_secs(1);
 
@@ -314,6 +317,13 @@ impl JupyterKernel {
     /// `idle` and never sends the `execute_reply`. Waiting for both kept such a stream open for
     /// ever, with only keep-alive comments. Now `idle` ends the cell after [`REPLY_GRACE`], and
     /// a reply without `idle` after [`IDLE_GRACE`] of quiet.
+    ///
+    /// Issue 19, why an interrupt may be sent twice: IPython runs its `pre_execute` and
+    /// `pre_run_cell` callbacks under `except (Exception, KeyboardInterrupt)`, shows the
+    /// traceback (an `error` message) and then runs the cell anyway. A KeyboardInterrupt we
+    /// caused that is followed by [`SWALLOW_GRACE`] without the cell ending was swallowed
+    /// there, so the interrupt is sent again. (User code that catches KeyboardInterrupt itself
+    /// publishes no `error`, so its cleanup is not interrupted twice.)
     async fn follow(
         &self,
         rx: &mut mpsc::UnboundedReceiver<KernelMessage>,
@@ -325,6 +335,7 @@ impl JupyterKernel {
         let mut reply_error: Option<StreamEvent> = None;
         let mut delivered = 0;
         let mut give_up: Option<tokio::time::Instant> = None;
+        let mut swallowed_unless_done_by: Option<tokio::time::Instant> = None;
         let mut alive_check = tokio::time::interval(ALIVE_CHECK);
         while !(idle && replied) {
             let wanted = interrupts.requested();
@@ -332,16 +343,15 @@ impl JupyterKernel {
                 delivered = wanted;
                 self.interrupt().await;
             }
-            let grace = async move {
-                match give_up {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             let m = tokio::select! {
                 m = rx.recv() => m,
                 _ = interrupts.more_than(wanted) => continue,
-                _ = grace => break,
+                _ = sleep_until(give_up) => break,
+                _ = sleep_until(swallowed_unless_done_by) => {
+                    swallowed_unless_done_by = None;
+                    self.interrupt().await;
+                    continue;
+                }
                 _ = alive_check.tick() => {
                     if self.is_alive() {
                         continue;
@@ -378,6 +388,9 @@ impl JupyterKernel {
                 }
                 (true, "error") => {
                     (started, failed) = (true, true);
+                    if delivered > 0 && m.content["ename"] == "KeyboardInterrupt" {
+                        swallowed_unless_done_by = Some(tokio::time::Instant::now() + SWALLOW_GRACE);
+                    }
                     journal.push(&error_event(&m.content, ts));
                 }
                 (true, "status") => idle |= m.content["execution_state"] == "idle",
@@ -409,6 +422,9 @@ impl JupyterKernel {
                 _ => {}
             }
             let now = tokio::time::Instant::now();
+            if idle || replied {
+                swallowed_unless_done_by = None;
+            }
             give_up = match (idle, replied) {
                 (true, false) => Some(give_up.unwrap_or(now + REPLY_GRACE)),
                 (false, true) => Some(now + IDLE_GRACE),
@@ -506,6 +522,14 @@ fn annotate(e: KernelError, dir: &Path) -> KernelError {
     match e {
         KernelError::NoAnswer(m) if !tail.is_empty() => KernelError::NoAnswer(format!("{m}: {tail}")),
         other => other,
+    }
+}
+
+/// Sleeps until `at`, or for ever if there is no `at`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
