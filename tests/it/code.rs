@@ -644,15 +644,22 @@ async fn interrupt_at_every_moment(agent: &Agent, contexts: usize, rounds: u64) 
         let delays = (0..rounds).flat_map(|_| 0..=50u64).skip(n).step_by(contexts);
         for delay in delays {
             let events = interrupt_after_init(agent, id, Duration::from_millis(delay)).await;
-            let tail: Vec<&str> = kinds(&events).into_iter().rev().take(2).rev().collect();
+            // Output may trail the error (the kernel's stderr travels apart from its error
+            // message); what ends the stream must be the interrupt's error, then complete.
+            let ends: Vec<&Event> = events
+                .iter()
+                .filter(|e| !matches!(e.kind(), "stdout" | "stderr"))
+                .collect();
+            let tail: Vec<&str> = ends.iter().rev().take(2).rev().map(|e| e.kind()).collect();
             assert_eq!(
                 tail,
                 ["error", "execution_complete"],
-                "interrupt {delay} ms after init: {:?}, ending {}",
+                "interrupt {delay} ms after init: {:?}, ending {}, stderr {:?}",
                 kinds(&events),
-                events.last().map(|e| &e.data).unwrap_or(&Value::Null)
+                events.last().map(|e| &e.data).unwrap_or(&Value::Null),
+                texts(&events, "stderr")
             );
-            let error = &events[events.len() - 2].data["error"];
+            let error = &ends[ends.len() - 2].data["error"];
             assert_eq!(
                 error["ename"], "KeyboardInterrupt",
                 "interrupt {delay} ms after init: {error}"
