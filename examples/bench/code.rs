@@ -283,7 +283,7 @@ pub fn raw_zmq_main(runs: usize) -> anyhow::Result<()> {
         for i in 0..runs + 20 {
             let journal = execd::agent::stream::Journal::new(dir.path().join(format!("{i}.sse")));
             let t = Instant::now();
-            let outcome = kernel.execute("1+1", &journal).await;
+            let outcome = kernel.execute("1+1", &journal, &Default::default()).await;
             let d = t.elapsed();
             ensure!(
                 outcome == Outcome::Finished { failed: false },

@@ -532,3 +532,245 @@ async fn jupyter_runs_the_cell_after_an_error() {
         assert!(!kinds(&next).contains(&"error"), "round {n}: {:?}", kinds(&next));
     }
 }
+
+/// The issue-19 cell: ten seconds of printing unless it is interrupted.
+const TEN_SECONDS: &str = "import time\nfor i in range(50):\n    print(i)\n    time.sleep(0.2)\n";
+
+/// How long an interrupted or dead cell's stream may take to end. Far below the ten seconds
+/// the cell runs when an interrupt is lost, so a lost interrupt fails here too.
+const END_BOUND: Duration = Duration::from_secs(8);
+
+/// A `/code` response read event by event, every read under a deadline.
+struct LiveStream {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    pending: String,
+    events: Vec<Event>,
+    ended: bool,
+}
+
+impl LiveStream {
+    async fn start(agent: &Agent, id: &str, code: &str) -> Self {
+        let resp = tokio::time::timeout(
+            Duration::from_secs(30),
+            agent
+                .post("/code")
+                .json(&json!({"context": {"id": id}, "code": code}))
+                .send(),
+        )
+        .await
+        .expect("POST /code answered in time")
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        LiveStream {
+            body: Box::pin(resp.bytes_stream()),
+            pending: String::new(),
+            events: Vec::new(),
+            ended: false,
+        }
+    }
+
+    /// Reads until an event satisfies `stop` (true) or the stream ends (false); panics with
+    /// what arrived so far if `within` passes first.
+    async fn read_until(&mut self, within: Duration, what: &str, stop: impl Fn(&Event) -> bool) -> bool {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut checked = 0;
+        loop {
+            if self.events[checked..].iter().any(&stop) {
+                return true;
+            }
+            checked = self.events.len();
+            if self.ended {
+                return false;
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => panic!(
+                    "no {what} within {within:?}; events so far: {:?}",
+                    kinds(&self.events)
+                ),
+                Ok(None) => self.ended = true,
+                Ok(Some(chunk)) => {
+                    self.pending
+                        .push_str(&String::from_utf8_lossy(&chunk.expect("read body")));
+                    while let Some(at) = self.pending.find("\n\n") {
+                        let block: String = self.pending.drain(..at + 2).collect();
+                        self.events.extend(crate::util::parse_sse(&block));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads to the end of the stream.
+    async fn finish(mut self, within: Duration) -> Vec<Event> {
+        self.read_until(within, "end of stream", |_| false).await;
+        self.events
+    }
+}
+
+/// Starts the ten-second cell, interrupts it `delay` after `init` arrives and returns its
+/// events; the stream must end within [`END_BOUND`] of the interrupt.
+async fn interrupt_after_init(agent: &Agent, id: &str, delay: Duration) -> Vec<Event> {
+    let mut stream = LiveStream::start(agent, id, TEN_SECONDS).await;
+    assert!(
+        stream
+            .read_until(Duration::from_secs(30), "init", |e| e.kind() == "init")
+            .await,
+        "the stream starts with init"
+    );
+    // Not a wait for a condition: this delay is the race under test (the interrupt lands at
+    // every stage of the cell's start-up).
+    tokio::time::sleep(delay).await;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        agent.delete(&format!("/code?id={id}")).send(),
+    )
+    .await
+    .expect("DELETE /code answered in time")
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    stream.finish(END_BOUND).await
+}
+
+/// Interrupts at 0, 1, … 50 ms after `init`, `rounds` times each, spread over `contexts`
+/// contexts that run concurrently; every stream must end, interrupted, with `error`
+/// (KeyboardInterrupt) and `execution_complete`, and every context must stay usable.
+async fn interrupt_at_every_moment(agent: &Agent, contexts: usize, rounds: u64) {
+    let mut ids = Vec::new();
+    for _ in 0..contexts {
+        ids.push(create(agent, "python").await);
+    }
+    let workers = ids.iter().enumerate().map(|(n, id)| async move {
+        let delays = (0..rounds).flat_map(|_| 0..=50u64).skip(n).step_by(contexts);
+        for delay in delays {
+            let events = interrupt_after_init(agent, id, Duration::from_millis(delay)).await;
+            // Output may trail the error (the kernel's stderr travels apart from its error
+            // message); what ends the stream must be the interrupt's error, then complete.
+            let ends: Vec<&Event> = events
+                .iter()
+                .filter(|e| !matches!(e.kind(), "stdout" | "stderr"))
+                .collect();
+            let tail: Vec<&str> = ends.iter().rev().take(2).rev().map(|e| e.kind()).collect();
+            assert_eq!(
+                tail,
+                ["error", "execution_complete"],
+                "interrupt {delay} ms after init: {:?}, ending {}, stderr {:?}",
+                kinds(&events),
+                events.last().map(|e| &e.data).unwrap_or(&Value::Null),
+                texts(&events, "stderr")
+            );
+            let error = &ends[ends.len() - 2].data["error"];
+            assert_eq!(
+                error["ename"], "KeyboardInterrupt",
+                "interrupt {delay} ms after init: {error}"
+            );
+        }
+        // No interrupt is left over to hit the next cell.
+        let events = tokio::time::timeout(END_BOUND, run(agent, id, "print('after')")).await;
+        let events = events.expect("a cell after the interrupts ends in time");
+        assert_eq!(stdout(&events), "after\n", "{:?}", kinds(&events));
+        assert_eq!(last(&events), "execution_complete");
+    });
+    futures_util::future::join_all(workers).await;
+}
+
+#[tokio::test]
+async fn issue19_jupyter_interrupt_at_any_moment_after_init() {
+    interrupt_at_every_moment(&agent(true, 0), 3, 2).await;
+}
+
+#[tokio::test]
+async fn issue19_builtin_interrupt_at_any_moment_after_init() {
+    interrupt_at_every_moment(&agent(false, 0), 3, 2).await;
+}
+
+/// Kills the interpreter of a context in the middle of the ten-second cell: the stream must
+/// end with a `KernelDied` error instead of waiting for a reply that never comes. The next
+/// run restarts the interpreter; an interrupt sent right after its `init` (while the Jupyter
+/// kernel is still starting) must end it too, and the run after that must work.
+async fn kill_interpreter_mid_cell(agent: &Agent, needle: &str) {
+    let id = create(agent, "python").await;
+    let mut stream = LiveStream::start(agent, &id, TEN_SECONDS).await;
+    assert!(
+        stream
+            .read_until(Duration::from_secs(30), "output", |e| e.kind() == "stdout")
+            .await,
+        "the cell runs"
+    );
+    let pids = crate::util::descendants_matching(agent.pid(), needle);
+    assert_eq!(pids.len(), 1, "one interpreter ({needle}) under execd: {pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let events = stream.finish(END_BOUND).await;
+    assert_eq!(last(&events), "error", "{:?}", kinds(&events));
+    assert_eq!(events.last().unwrap().data["error"]["ename"], "KernelDied");
+    let events = interrupt_after_init(agent, &id, Duration::ZERO).await;
+    let tail: Vec<&str> = kinds(&events).into_iter().rev().take(2).rev().collect();
+    assert_eq!(tail, ["error", "execution_complete"], "{:?}", kinds(&events));
+    assert_eq!(
+        events[events.len() - 2].data["error"]["ename"],
+        "KeyboardInterrupt"
+    );
+    let events = tokio::time::timeout(Duration::from_secs(60), run(agent, &id, "print('again')"))
+        .await
+        .expect("the next cell ends in time");
+    assert!(stdout(&events).contains("again"), "{:?}", kinds(&events));
+    assert_eq!(last(&events), "execution_complete");
+}
+
+#[tokio::test]
+async fn issue19_jupyter_killed_kernel_ends_the_stream() {
+    kill_interpreter_mid_cell(&agent(true, 0), "ipykernel_launcher").await;
+}
+
+#[tokio::test]
+async fn issue19_builtin_killed_driver_ends_the_stream() {
+    kill_interpreter_mid_cell(&agent(false, 0), "driver.py").await;
+}
+
+/// An exception whose traceback IPython fails to format is published as plain stderr text
+/// with no iopub `error`; the execute_reply still names it, and so must the stream. (An
+/// interrupt landing in user code occasionally takes this path.)
+#[tokio::test]
+async fn issue19_jupyter_error_named_only_in_the_reply() {
+    let agent = agent(true, 0);
+    let id = create(&agent, "python").await;
+    let events = run(
+        &agent,
+        &id,
+        "class Boom(Exception):\n    def _render_traceback_(self):\n        raise RuntimeError('cannot render')\nraise Boom('x')",
+    )
+    .await;
+    let tail: Vec<&str> = kinds(&events).into_iter().rev().take(2).rev().collect();
+    assert_eq!(tail, ["error", "execution_complete"], "{:?}", kinds(&events));
+    let error = &events[events.len() - 2].data["error"];
+    assert_eq!(error["ename"], "Boom", "{error}");
+    assert_eq!(error["evalue"], "x", "{error}");
+}
+
+/// IPython runs `pre_run_cell` callbacks under `except KeyboardInterrupt`, reports the
+/// interrupt as an `error` and then runs the cell anyway: an interrupt that lands there must
+/// be sent again, or the cell runs to its end.
+#[tokio::test]
+async fn issue19_jupyter_interrupt_swallowed_by_a_callback() {
+    let agent = agent(true, 0);
+    let id = create(&agent, "python").await;
+    run(
+        &agent,
+        &id,
+        "import time\nget_ipython().events.register('pre_run_cell', lambda info: time.sleep(0.5))",
+    )
+    .await;
+    // The interrupt goes out when the kernel publishes execute_input, just before the
+    // callback's half-second sleep.
+    let events = interrupt_after_init(&agent, &id, Duration::ZERO).await;
+    let tail: Vec<&str> = kinds(&events).into_iter().rev().take(2).rev().collect();
+    assert_eq!(tail, ["error", "execution_complete"], "{:?}", kinds(&events));
+    assert_eq!(
+        events[events.len() - 2].data["error"]["ename"],
+        "KeyboardInterrupt"
+    );
+}

@@ -2,6 +2,10 @@
 //! execd, for images without Jupyter. Requests go to the driver's stdin as JSON lines; the
 //! cell's stdout/stderr stream as raw chunks through a pump thread; results, errors and the end
 //! of each cell come back as JSON lines on fd 3 (see `driver.py`).
+//!
+//! Issue 19: the driver reacts to SIGINT only inside a cell (elsewhere a KeyboardInterrupt
+//! would kill it, e.g. while it waits for its next request), and says `started` once it is
+//! inside; interrupts asked for before that are held back until it arrives.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +17,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{error_event, result_event, Outcome};
+use super::{error_event, result_event, Interrupts, Outcome};
 use crate::agent::env::EnvMap;
 use crate::agent::now_ms;
 use crate::agent::output::{controlled_pump, Control, CurrentJournal, Framing, Source};
@@ -25,7 +29,11 @@ use crate::wire::{EventType, StreamEvent};
 pub const DRIVER: &str = include_str!("driver.py");
 
 enum DriverEvent {
+    /// The driver is inside the cell: SIGINT now interrupts it.
+    Started,
+    /// The cell ended; `failed` if it reported an error.
     Done { failed: bool },
+    /// The driver is gone (its fd 3 closed).
     Died,
 }
 
@@ -90,6 +98,9 @@ impl BuiltinPython {
                                 return;
                             };
                             match msg["type"].as_str() {
+                                Some("started") => {
+                                    let _ = tx.send(DriverEvent::Started);
+                                }
                                 Some("done") => {
                                     let _ = tx.send(DriverEvent::Done {
                                         failed: std::mem::take(&mut failed),
@@ -127,8 +138,8 @@ impl BuiltinPython {
         self.alive.load(Ordering::SeqCst)
     }
 
-    /// Runs one cell.
-    pub async fn execute(&self, code: &str, journal: &Arc<Journal>) -> Outcome {
+    /// Runs one cell, interrupting it once for every request in `interrupts`.
+    pub async fn execute(&self, code: &str, journal: &Arc<Journal>, interrupts: &Interrupts) -> Outcome {
         let mut events = self.events.lock().await;
         while events.try_recv().is_ok() {}
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(journal));
@@ -142,18 +153,32 @@ impl BuiltinPython {
         })
         .await;
         let outcome = match sent {
-            Ok(Ok(())) => match events.recv().await {
-                Some(DriverEvent::Done { failed }) => Outcome::Finished { failed },
-                Some(DriverEvent::Died) | None => Outcome::Died,
-            },
+            Ok(Ok(())) => {
+                let (mut started, mut delivered) = (false, 0);
+                loop {
+                    let wanted = interrupts.requested();
+                    if started && wanted > delivered {
+                        delivered = wanted;
+                        self.interrupt();
+                    }
+                    tokio::select! {
+                        event = events.recv() => match event {
+                            Some(DriverEvent::Started) => started = true,
+                            Some(DriverEvent::Done { failed }) => break Outcome::Finished { failed },
+                            Some(DriverEvent::Died) | None => break Outcome::Died,
+                        },
+                        _ = interrupts.more_than(wanted) => {}
+                    }
+                }
+            }
             _ => Outcome::Died,
         };
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
         outcome
     }
 
-    /// SIGINT: KeyboardInterrupt in the running cell.
-    pub fn interrupt(&self) {
+    /// SIGINT: KeyboardInterrupt in the running cell (ignored between cells).
+    fn interrupt(&self) {
         let _ = kill(Pid::from_raw(self.pid), Signal::SIGINT);
     }
 }

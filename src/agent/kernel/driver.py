@@ -3,17 +3,20 @@
 Protocol (execd owns both ends; the user's code sees neither):
   * requests arrive as JSON lines on the original stdin, which is then replaced by /dev/null;
   * replies go as JSON lines to fd 3 (not inherited by subprocesses):
+      {"type": "started"}  once the cell runs and SIGINT can interrupt it
       {"type": "result", "data": {mime: value}, "execution_count": n}
       {"type": "error", "ename": ..., "evalue": ..., "traceback": [...]}
       {"type": "done", "execution_count": n}
   * the cell's stdout/stderr are the process's own, unbuffered, streamed as written.
-SIGINT raises KeyboardInterrupt in the running cell.
+SIGINT raises KeyboardInterrupt in the running cell, and is ignored between cells: a
+KeyboardInterrupt while waiting for a request would end the driver (issue 19).
 """
 import ast
 import base64
 import io
 import json
 import os
+import signal
 import sys
 import traceback
 
@@ -27,6 +30,14 @@ _replies = os.fdopen(3, "w", encoding="utf-8", buffering=1)
 
 _namespace = {"__name__": "__main__", "__builtins__": __builtins__}
 _count = 0
+# True while a cell runs: only then does SIGINT raise KeyboardInterrupt. execd interrupts
+# only after "started", which is sent once this is set.
+_armed = False
+
+
+def _on_sigint(signum, frame):
+    if _armed:
+        raise KeyboardInterrupt
 
 
 def _send(message):
@@ -79,9 +90,11 @@ _namespace["display"] = _display
 
 
 def _run(code):
-    global _count
+    global _count, _armed
     _count += 1
     try:
+        _armed = True
+        _send({"type": "started"})
         tree = ast.parse(code, "<cell>", "exec")
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
@@ -94,6 +107,7 @@ def _run(code):
                 _send({"type": "result", "data": _bundle(value), "execution_count": _count})
         _flush_figures()
     except BaseException as exc:  # noqa: BLE001 - report everything, including KeyboardInterrupt
+        _armed = False
         if isinstance(exc, SystemExit) and exc.code in (None, 0):
             pass
         else:
@@ -101,10 +115,14 @@ def _run(code):
             # Drop the driver's own frame from the traceback.
             tb = [line for line in tb if 'driver.py' not in line]
             _send({"type": "error", "ename": type(exc).__name__, "evalue": str(exc), "traceback": tb})
+    _armed = False
+    # The cell may have installed its own handler; like ipykernel, start each cell afresh.
+    signal.signal(signal.SIGINT, _on_sigint)
     _send({"type": "done", "execution_count": _count})
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+signal.signal(signal.SIGINT, _on_sigint)
 for _line in _requests:
     try:
         _request = json.loads(_line)
@@ -113,5 +131,8 @@ for _line in _requests:
     try:
         _run(_request.get("code", ""))
     except KeyboardInterrupt:
+        # Only a second interrupt landing as the cell reports the first gets here.
+        _armed = False
+        signal.signal(signal.SIGINT, _on_sigint)
         _send({"type": "error", "ename": "KeyboardInterrupt", "evalue": "", "traceback": []})
         _send({"type": "done", "execution_count": _count})

@@ -5,6 +5,11 @@
 //! socket to iopub and a REQ socket to the heartbeat, and signs every message it sends and
 //! verifies every message it receives. One task per socket reads and routes messages by their
 //! parent `msg_id` to the execution waiting for them. Async throughout.
+//!
+//! No execution waits on the kernel without an end: the kernel's death (its exit, or a lost
+//! heartbeat) ends it as [`Outcome::Died`], a send the kernel does not take within
+//! [`SEND_TIMEOUT`] too, and a cell whose `idle` or `execute_reply` never comes ends after a
+//! grace period.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +30,7 @@ use zeromq::{
 };
 
 use super::spec::{InterruptMode, KernelSpec};
-use super::{error_event, result_event, Outcome};
+use super::{error_event, interrupted_event, result_event, Interrupts, Outcome};
 use crate::agent::env::EnvMap;
 use crate::agent::process::{self, Output, Reaper, SpawnSpec};
 use crate::agent::stream::{Journal, OutputKind};
@@ -37,6 +42,19 @@ const DELIMITER: &[u8] = b"<IDS|MSG>";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a send to the kernel may wait for its socket before the kernel counts as dead.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the `execute_reply` of a cell whose `idle` came: ipykernel sends the
+/// reply first, on another socket, so it is late by microseconds unless it never comes.
+const REPLY_GRACE: Duration = Duration::from_secs(1);
+/// How long iopub may stay quiet after the `execute_reply` before the cell ends without its
+/// `idle` (output is flushed before the reply, but travels on iopub, so it may trail it).
+const IDLE_GRACE: Duration = Duration::from_secs(5);
+/// How long a cell may go on after reporting the KeyboardInterrupt we caused before the
+/// interrupt counts as swallowed by IPython and is sent again.
+const SWALLOW_GRACE: Duration = Duration::from_secs(1);
+/// How often a running cell checks that its kernel is still alive, besides the exit watcher.
+const ALIVE_CHECK: Duration = Duration::from_secs(1);
 
 /// Why a kernel could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -263,8 +281,9 @@ impl JupyterKernel {
         self.alive.load(Ordering::SeqCst)
     }
 
-    /// Runs `code`, writing its events to `journal`.
-    pub async fn execute(&self, code: &str, journal: &Journal) -> Outcome {
+    /// Runs `code`, writing its events to `journal`, and interrupts it once for every request
+    /// in `interrupts`.
+    pub async fn execute(&self, code: &str, journal: &Journal, interrupts: &Interrupts) -> Outcome {
         let content = json!({
             "code": code, "silent": false, "store_history": true, "user_expressions": {},
             // Every `/code` call is its own request: with stop_on_error, ipykernel aborts the
@@ -273,19 +292,81 @@ impl JupyterKernel {
         });
         let (msg_id, msg) = self.build("execute_request", content);
         let mut rx = self.routes.register(&msg_id);
-        if !self.is_alive() || self.shell.lock().await.send(msg).await.is_err() {
-            self.routes.lock().remove(&msg_id);
-            return Outcome::Died;
-        }
-        let (mut idle, mut replied) = (false, false);
-        let mut failed = false;
+        let outcome = if self.is_alive() && self.send(&self.shell, msg).await {
+            self.follow(&mut rx, journal, interrupts).await
+        } else {
+            Outcome::Died
+        };
+        self.routes.lock().remove(&msg_id);
+        outcome
+    }
+
+    /// Forwards the messages of one `execute_request` to `journal` until the cell is over.
+    ///
+    /// Issue 19, why interrupts wait for `execute_input`: ipykernel ignores SIGINT (SIG_IGN)
+    /// except while it handles a shell message, between `pre_handler_hook` and
+    /// `post_handler_hook`; `interrupt_request` on the control channel just makes it SIGINT
+    /// itself, so both interrupt modes behave alike. An interrupt sent the moment it was asked
+    /// for, before the kernel had picked up the request, was therefore ignored and the cell
+    /// ran to its end. `execute_input` is published inside the handler, after the hook, so an
+    /// interrupt sent once it arrived always lands while the kernel listens for it.
+    ///
+    /// Issue 19, why the cell may end without its reply: a KeyboardInterrupt that lands in the
+    /// handler outside the user's code (publishing `execute_input`, transforming the cell,
+    /// sending the reply) is caught by ipykernel's `dispatch_shell`, which logs it, publishes
+    /// `idle` and never sends the `execute_reply`. Waiting for both kept such a stream open for
+    /// ever, with only keep-alive comments. Now `idle` ends the cell after [`REPLY_GRACE`], and
+    /// a reply without `idle` after [`IDLE_GRACE`] of quiet.
+    ///
+    /// Issue 19, why an interrupt may be sent twice: IPython runs its `pre_execute` and
+    /// `pre_run_cell` callbacks under `except (Exception, KeyboardInterrupt)`, shows the
+    /// traceback (an `error` message) and then runs the cell anyway. A KeyboardInterrupt we
+    /// caused that is followed by [`SWALLOW_GRACE`] without the cell ending was swallowed
+    /// there, so the interrupt is sent again. (User code that catches KeyboardInterrupt itself
+    /// publishes no `error`, so its cleanup is not interrupted twice.)
+    async fn follow(
+        &self,
+        rx: &mut mpsc::UnboundedReceiver<KernelMessage>,
+        journal: &Journal,
+        interrupts: &Interrupts,
+    ) -> Outcome {
+        let (mut started, mut idle, mut replied, mut failed) = (false, false, false, false);
+        // An error the reply reports; forwarded at the end unless iopub reported it.
+        let mut reply_error: Option<StreamEvent> = None;
+        let mut delivered = 0;
+        let mut give_up: Option<tokio::time::Instant> = None;
+        let mut swallowed_unless_done_by: Option<tokio::time::Instant> = None;
+        let mut alive_check = tokio::time::interval(ALIVE_CHECK);
         while !(idle && replied) {
-            let Some(m) = rx.recv().await else {
+            let wanted = interrupts.requested();
+            if started && wanted > delivered {
+                delivered = wanted;
+                self.interrupt().await;
+            }
+            let m = tokio::select! {
+                m = rx.recv() => m,
+                _ = interrupts.more_than(wanted) => continue,
+                _ = sleep_until(give_up) => break,
+                _ = sleep_until(swallowed_unless_done_by) => {
+                    swallowed_unless_done_by = None;
+                    self.interrupt().await;
+                    continue;
+                }
+                _ = alive_check.tick() => {
+                    if self.is_alive() {
+                        continue;
+                    }
+                    None
+                }
+            };
+            let Some(m) = m else {
                 return Outcome::Died;
             };
             let ts = now_ms();
             match (m.iopub, m.msg_type.as_str()) {
+                (true, "execute_input") => started = true,
                 (true, "stream") => {
+                    started = true;
                     let kind = if m.content["name"] == "stderr" {
                         OutputKind::Stderr
                     } else {
@@ -294,6 +375,7 @@ impl JupyterKernel {
                     write_stream(journal, kind, m.content["text"].as_str().unwrap_or_default(), ts);
                 }
                 (true, "execute_result") => {
+                    started = true;
                     journal.push(&StreamEvent {
                         execution_count: m.content["execution_count"].as_i64(),
                         ..StreamEvent::new(EventType::ExecutionCount, ts)
@@ -301,43 +383,94 @@ impl JupyterKernel {
                     journal.push(&result_event(&m.content["data"], ts));
                 }
                 (true, "display_data" | "update_display_data") => {
+                    started = true;
                     journal.push(&result_event(&m.content["data"], ts));
                 }
                 (true, "error") => {
-                    failed = true;
+                    (started, failed) = (true, true);
+                    if delivered > 0 && m.content["ename"] == "KeyboardInterrupt" {
+                        swallowed_unless_done_by = Some(tokio::time::Instant::now() + SWALLOW_GRACE);
+                    }
                     journal.push(&error_event(&m.content, ts));
                 }
                 (true, "status") => idle |= m.content["execution_state"] == "idle",
                 (false, "execute_reply") => {
                     replied = true;
-                    if m.content["status"] == "aborted" && !failed {
-                        failed = true;
-                        let aborted = json!({
-                            "ename": "ExecutionAborted",
-                            "evalue": "the kernel aborted this request without running it",
-                            "traceback": [],
-                        });
-                        journal.push(&error_event(&aborted, ts));
+                    match m.content["status"].as_str() {
+                        Some("aborted") if !failed => {
+                            failed = true;
+                            let aborted = json!({
+                                "ename": "ExecutionAborted",
+                                "evalue": "the kernel aborted this request without running it",
+                                "traceback": [],
+                            });
+                            journal.push(&error_event(&aborted, ts));
+                        }
+                        // IPython publishes no `error` when formatting the traceback fails
+                        // (it prints a fallback on stdout/stderr instead); a KeyboardInterrupt
+                        // landing in user code now and then goes that way. The reply still
+                        // names the exception. Its traceback may be a stale one, so it is left
+                        // out: the text went to stderr.
+                        Some("error") => {
+                            let text = |k: &str| m.content[k].as_str().unwrap_or_default().to_owned();
+                            reply_error =
+                                Some(StreamEvent::error(&text("ename"), text("evalue"), vec![], ts));
+                        }
+                        _ => {}
                     }
                 }
                 _ => {}
             }
+            let now = tokio::time::Instant::now();
+            if idle || replied {
+                swallowed_unless_done_by = None;
+            }
+            give_up = match (idle, replied) {
+                (true, false) => Some(give_up.unwrap_or(now + REPLY_GRACE)),
+                (false, true) => Some(now + IDLE_GRACE),
+                _ => None,
+            };
         }
-        self.routes.lock().remove(&msg_id);
+        // iopub delivers the cell's `error` before its `idle`, so by now it has come or never will.
+        if let Some(error) = reply_error.filter(|_| !failed) {
+            failed = true;
+            journal.push(&error);
+        }
+        if !replied && !failed {
+            // The kernel went idle without answering: an interrupt hit its own request
+            // handling (see above), or it failed outside the cell.
+            failed = true;
+            journal.push(&if delivered > 0 {
+                interrupted_event("the kernel was interrupted outside the cell's code", now_ms())
+            } else {
+                StreamEvent::error(
+                    "KernelNoReply",
+                    "the kernel went idle without answering the execution".into(),
+                    vec![],
+                    now_ms(),
+                )
+            });
+        }
         Outcome::Finished { failed }
     }
 
     /// Interrupts the running execution, as the kernelspec asks.
-    pub async fn interrupt(&self) {
+    async fn interrupt(&self) {
         match self.interrupt_mode {
             InterruptMode::Signal => {
                 let _ = kill(Pid::from_raw(self.pid), Signal::SIGINT);
             }
             InterruptMode::Message => {
                 let (_, msg) = self.build("interrupt_request", json!({}));
-                let _ = self.control.lock().await.send(msg).await;
+                self.send(&self.control, msg).await;
             }
         }
+    }
+
+    /// Sends `msg` on `socket`; false if the kernel did not take it within [`SEND_TIMEOUT`].
+    async fn send(&self, socket: &tokio::sync::Mutex<DealerSendHalf>, msg: ZmqMessage) -> bool {
+        let send = async { socket.lock().await.send(msg).await.is_ok() };
+        tokio::time::timeout(SEND_TIMEOUT, send).await.unwrap_or(false)
     }
 
     /// Builds a signed message; returns its msg_id.
@@ -389,6 +522,14 @@ fn annotate(e: KernelError, dir: &Path) -> KernelError {
     match e {
         KernelError::NoAnswer(m) if !tail.is_empty() => KernelError::NoAnswer(format!("{m}: {tail}")),
         other => other,
+    }
+}
+
+/// Sleeps until `at`, or for ever if there is no `at`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -7,6 +7,10 @@
 //! streams behave exactly like command streams. One run at a time per context; a dead
 //! interpreter is replaced on the next run (its state is lost, and the run that saw it die
 //! says so). A warm pool of python kernels makes context creation instant.
+//!
+//! Interrupts (`DELETE /code`) are counted per run in [`Interrupts`] from the moment the run
+//! is accepted, before `init` reaches the client; the engine applies them once its interpreter
+//! can act on them, and a run interrupted before its cell was handed over never starts it.
 
 pub mod builtin;
 pub mod jupyter;
@@ -14,10 +18,12 @@ pub mod spec;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde_json::{Map, Value};
+use tokio::sync::{Notify, OwnedMutexGuard};
 
 use self::builtin::BuiltinPython;
 use self::jupyter::JupyterKernel;
@@ -39,6 +45,50 @@ pub enum Outcome {
     },
     /// The interpreter died during the cell.
     Died,
+}
+
+/// The interrupt requests of one run.
+///
+/// Issue 19: `DELETE /code` may come at any moment after `init`, including before the run's
+/// task has handed the cell to the interpreter, or before the interpreter has picked it up and
+/// can be interrupted at all. A request is therefore recorded here as soon as the run exists,
+/// never sent blindly: the engine delivers each request once its interpreter has started the
+/// cell (and the run ends without starting the cell if it was interrupted before that).
+#[derive(Default)]
+pub struct Interrupts {
+    /// Requests so far; an engine delivers one interrupt for each it has not delivered yet.
+    requested: AtomicU64,
+    /// Wakes the engine waiting for a new request.
+    notify: Notify,
+}
+
+impl Interrupts {
+    /// Records one request and wakes the engine.
+    pub fn request(&self) {
+        self.requested.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// How many requests were made so far.
+    pub fn requested(&self) -> u64 {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Waits until more than `seen` requests were made; returns how many.
+    pub async fn more_than(&self, seen: u64) -> u64 {
+        loop {
+            // Registered before the check, so a request between the check and the await
+            // still wakes us.
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = self.requested();
+            if now > seen {
+                return now;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Why a context request was refused.
@@ -113,20 +163,16 @@ impl Interpreter {
         }
     }
 
-    async fn execute(&self, code: &str, journal: &Arc<Journal>) -> Outcome {
+    async fn execute(&self, code: &str, journal: &Arc<Journal>, interrupts: &Interrupts) -> Outcome {
         match self {
-            Interpreter::Jupyter(k) => k.execute(code, journal).await,
-            Interpreter::Python(p) => p.execute(code, journal).await,
-        }
-    }
-
-    async fn interrupt(&self) {
-        match self {
-            Interpreter::Jupyter(k) => k.interrupt().await,
-            Interpreter::Python(p) => p.interrupt(),
+            Interpreter::Jupyter(k) => k.execute(code, journal, interrupts).await,
+            Interpreter::Python(p) => p.execute(code, journal, interrupts).await,
         }
     }
 }
+
+/// The interpreter slot of a context, held by a run for its whole length.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Interpreter>>>>;
 
 /// One context.
 pub struct Context {
@@ -134,12 +180,13 @@ pub struct Context {
     language: String,
     cwd: Option<PathBuf>,
     engine: Engine,
-    /// The interpreter; `None` until started and after it died. Held for a whole run: a
-    /// second run that cannot take it at once is refused as busy.
-    interpreter: tokio::sync::Mutex<Option<Arc<Interpreter>>>,
-    /// The interpreter of the run in progress, reachable for interrupts while the run holds
-    /// the lock above.
-    running: Mutex<Option<Arc<Interpreter>>>,
+    /// The interpreter; `None` until started and after it died. Taken by a run before its
+    /// `init` is written and held until its terminal event: a second run that cannot take it
+    /// at once is refused as busy.
+    interpreter: Slot,
+    /// The interrupt requests of the run holding the slot above; set before that run's `init`
+    /// is written, so no interrupt sent after `init` can miss it.
+    current: Mutex<Option<Arc<Interrupts>>>,
 }
 
 impl Context {
@@ -336,8 +383,8 @@ impl Contexts {
             language: language.to_lowercase(),
             cwd,
             engine,
-            interpreter: tokio::sync::Mutex::new(None),
-            running: Mutex::new(None),
+            interpreter: Arc::new(tokio::sync::Mutex::new(None)),
+            current: Mutex::new(None),
         });
         {
             let mut slot = context.interpreter.lock().await;
@@ -437,10 +484,10 @@ impl Contexts {
         if matches!(context.engine, Engine::Bash) {
             self.sessions.delete(id);
         }
-        // Dropping the last reference to the interpreter kills it.
-        let running = context.running.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(running) = running {
-            running.interrupt().await;
+        // Dropping the last reference to the interpreter kills it; a run in progress holds
+        // one until it ends, so end it.
+        if let Some(run) = context.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            run.request();
         }
         true
     }
@@ -463,9 +510,8 @@ impl Contexts {
             self.sessions.interrupt(id);
             return true;
         }
-        let running = context.running.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(interpreter) = running {
-            interpreter.interrupt().await;
+        if let Some(run) = context.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            run.request();
         }
         true
     }
@@ -515,11 +561,31 @@ impl Contexts {
             self.runtime
                 .journal_path(&uuid::Uuid::new_v4().simple().to_string()),
         );
+        // The slot is taken and the run's interrupts are reachable before `init` exists: a
+        // client reacting to `init` at once must find this run, not an empty context.
+        let Ok(slot) = Arc::clone(&context.interpreter).try_lock_owned() else {
+            journal.push(&StreamEvent::init(&context.id, now_ms()));
+            journal.finish(&StreamEvent::error(
+                "ContextBusy",
+                format!("context {} is running another execution", context.id),
+                vec!["one execution at a time per context; wait for it or interrupt it".into()],
+                now_ms(),
+            ));
+            return Ok(journal);
+        };
+        let interrupts = Arc::new(Interrupts::default());
+        *context.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&interrupts));
         journal.push(&StreamEvent::init(&context.id, now_ms()));
         let this = Arc::clone(self);
         let j = Arc::clone(&journal);
         tokio::spawn(async move {
-            let terminal = this.execute(&context, &code, &j).await;
+            let terminal = this.execute(&context, slot, &code, &j, &interrupts).await;
+            {
+                let mut current = context.current.lock().unwrap_or_else(|e| e.into_inner());
+                if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &interrupts)) {
+                    *current = None;
+                }
+            }
             j.finish(&terminal);
         });
         Ok(journal)
@@ -538,22 +604,16 @@ impl Contexts {
             .ok_or(ContextError::NotFound(created.id))
     }
 
-    /// Runs one cell and returns the terminal event.
+    /// Runs one cell in the interpreter of `slot` and returns the terminal event.
     async fn execute(
         self: &Arc<Self>,
         context: &Arc<Context>,
+        mut slot: OwnedMutexGuard<Option<Arc<Interpreter>>>,
         code: &str,
         journal: &Arc<Journal>,
+        interrupts: &Interrupts,
     ) -> StreamEvent {
         let started = Instant::now();
-        let Ok(mut slot) = context.interpreter.try_lock() else {
-            return StreamEvent::error(
-                "ContextBusy",
-                format!("context {} is running another execution", context.id),
-                vec!["one execution at a time per context; wait for it or interrupt it".into()],
-                now_ms(),
-            );
-        };
         let mut restarted = false;
         if !slot.as_ref().is_some_and(|i| i.is_alive()) {
             restarted = slot.is_some();
@@ -571,9 +631,17 @@ impl Contexts {
         let Some(interpreter) = slot.clone() else {
             return StreamEvent::error("KernelStartFailed", "no interpreter".into(), vec![], now_ms());
         };
-        *context.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&interpreter));
-        let outcome = interpreter.execute(code, journal).await;
-        *context.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Interrupted while waiting for a (re)started interpreter: the queued cell is dropped
+        // rather than started and interrupted half-way.
+        let outcome = if interrupts.requested() > 0 {
+            journal.push(&interrupted_event(
+                "the execution was interrupted before it started",
+                now_ms(),
+            ));
+            Outcome::Finished { failed: true }
+        } else {
+            interpreter.execute(code, journal, interrupts).await
+        };
         match outcome {
             // The contract lets complete follow an error on the kernel path, and clients
             // wait for complete; so every finished cell ends with it.
@@ -616,6 +684,12 @@ pub(crate) fn result_event(data: &Value, ts: i64) -> StreamEvent {
     }
 }
 
+/// The `error` event of a cell that was interrupted where the interpreter could not report it
+/// itself: named like the interpreter's own report, so clients need to match only one name.
+pub(crate) fn interrupted_event(why: &str, ts: i64) -> StreamEvent {
+    StreamEvent::error("KeyboardInterrupt", why.into(), vec![], ts)
+}
+
 /// `error` event from a Jupyter-style `{ename, evalue, traceback}` object.
 pub(crate) fn error_event(content: &Value, ts: i64) -> StreamEvent {
     let text = |k: &str| content[k].as_str().unwrap_or_default().to_owned();
@@ -624,4 +698,29 @@ pub(crate) fn error_event(content: &Value, ts: i64) -> StreamEvent {
         .map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
     StreamEvent::error(&text("ename"), text("evalue"), traceback, ts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn interrupts_made_before_or_during_a_wait_are_both_seen() {
+        let interrupts = Arc::new(Interrupts::default());
+        // Made before anyone waits (before the engine started the cell): remembered.
+        interrupts.request();
+        assert_eq!(interrupts.more_than(0).await, 1);
+        // Made while the engine waits: wakes it.
+        let waiter = tokio::spawn({
+            let interrupts = Arc::clone(&interrupts);
+            async move { interrupts.more_than(1).await }
+        });
+        tokio::task::yield_now().await;
+        interrupts.request();
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter wakes")
+            .unwrap();
+        assert_eq!(seen, 2);
+    }
 }
