@@ -389,11 +389,13 @@ fn diagnostics_query(query: &str, now_ms: i64) -> Result<DiagnosticsQuery, Error
                         })?,
                 )
             }
-            "since" => q.since = Some(parse_since(&value, now_ms).ok_or_else(|| {
-                Error::invalid(format!(
+            "since" => {
+                q.since = Some(parse_since(&value, now_ms).ok_or_else(|| {
+                    Error::invalid(format!(
                     "since must be a duration such as 10m (s, m, h or d) or an RFC 3339 time, got {value:?}"
                 ))
-            })?),
+                })?)
+            }
             _ => {}
         }
     }
