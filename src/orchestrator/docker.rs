@@ -3,9 +3,17 @@
 //! static execd into any image.
 //!
 //! Injection: the agent is copied (put_archive) once per sandboxd process into a named volume
-//! whose name carries the binary's hash, and every sandbox mounts that volume read-only at
-//! `/opt/opensandbox`. The image needs nothing (no shell, no libc), a sandbox cannot alter its
-//! own agent, and a create costs no 4 MB copy (about 55 ms on fuse-overlayfs).
+//! whose name carries the binary's hash. Every sandbox mounts that volume read-only at
+//! `/opt/sandboxd`, and the one file `execd` from it, read-only, at `/opt/opensandbox/execd`
+//! (a bind of the file inside the volume's directory on the engine's host). So whatever the
+//! image keeps in `/opt/opensandbox` (upstream's code-interpreter images keep their
+//! entrypoint there) stays visible beside the agent. The image needs nothing (no shell, no
+//! libc), a sandbox cannot alter its own agent, and a create costs no 4 MB copy (about 55 ms
+//! on fuse-overlayfs). The directory mount is what tells Docker the volume is in use (a bind
+//! of a file in it does not), so neither `docker volume prune` nor
+//! [`Docker::prune_agent_volumes`] removes the agent from under a live sandbox. Volume
+//! `subpath` mounts (API 1.45) would spare the host path, but sandboxd also serves engines as
+//! old as 20.10 (API 1.41), and a bind works on every version.
 //!
 //! Knows containers, not sandboxes: the service (`sandboxes.rs`) decides what to create and how
 //! Docker's states map onto the contract's. Async.
@@ -25,8 +33,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::Digest as _;
 
-/// Where execd lands inside every sandbox.
-pub const AGENT_DIR: &str = "/opt/opensandbox";
+/// Where the agent volume is mounted inside every sandbox (read-only).
+pub const AGENT_DIR: &str = "/opt/sandboxd";
+/// Where execd is run from inside every sandbox: upstream's path, a read-only bind of the
+/// single file, so that the rest of the image's `/opt/opensandbox` stays visible.
+pub const AGENT_PATH: &str = "/opt/opensandbox/execd";
 /// execd's port inside the sandbox.
 pub const EXECD_PORT: u16 = 44772;
 /// execd's state directory, a tmpfs in sandboxes with isolated sessions.
@@ -57,6 +68,11 @@ pub enum DockerError {
     /// The engine answered 409, e.g. pausing a paused container.
     #[error("{0}")]
     Conflict(String),
+    /// A failure that goes away when retried: on cgroup v1 the freezer cannot freeze (or
+    /// thaw) a container while processes in it are starting, and runc gives up with
+    /// "unable to freeze".
+    #[error("{0}")]
+    Transient(String),
     /// Anything else: the engine is down, or failed.
     #[error("docker: {0}")]
     Engine(String),
@@ -126,8 +142,9 @@ pub struct Docker {
     agent_tar: Bytes,
     /// `sandboxd-execd-<hash>`: the volume every sandbox mounts at [`AGENT_DIR`].
     agent_volume: String,
-    /// Set once this process has filled the volume.
-    agent_ready: tokio::sync::OnceCell<()>,
+    /// Set once this process has filled the volume: the host path of `execd` in it, the
+    /// source of the file bind at [`AGENT_PATH`].
+    agent_ready: tokio::sync::OnceCell<String>,
 }
 
 impl Docker {
@@ -159,11 +176,11 @@ impl Docker {
         })
     }
 
-    /// Makes sure the agent volume holds this process's execd: the first call creates the
-    /// volume and copies the binary in through a container of `image` that is never started
-    /// (any image will do, so that injection never depends on what is in it); later calls
-    /// return at once.
-    pub async fn ensure_agent(&self, image: &str) -> Result<(), DockerError> {
+    /// Makes sure the agent volume holds this process's execd and returns the host path of
+    /// the binary in it: the first call creates the volume and copies the binary in through a
+    /// container of `image` that is never started (any image will do, so that injection never
+    /// depends on what is in it); later calls return at once.
+    pub async fn ensure_agent(&self, image: &str) -> Result<String, DockerError> {
         self.agent_ready
             .get_or_try_init(|| async {
                 let create = bollard::models::VolumeCreateRequest {
@@ -171,7 +188,8 @@ impl Docker {
                     labels: Some(HashMap::from([(LABEL_AGENT.to_owned(), "true".to_owned())])),
                     ..Default::default()
                 };
-                self.api.create_volume(create).await?;
+                // Creating an existing volume (another sandboxd with the same build) returns it.
+                let volume = self.api.create_volume(create).await?;
                 let body = ContainerCreateBody {
                     image: Some(image.to_owned()),
                     entrypoint: Some(vec![format!("{AGENT_DIR}/execd")]),
@@ -192,10 +210,10 @@ impl Docker {
                 copied?;
                 removed?;
                 tracing::info!(volume = %self.agent_volume, "agent volume filled");
-                Ok::<(), DockerError>(())
+                Ok::<String, DockerError>(format!("{}/execd", volume.mountpoint.trim_end_matches('/')))
             })
             .await
-            .map(drop)
+            .cloned()
     }
 
     /// Removes agent volumes of other execd builds that no container uses any more.
@@ -268,11 +286,10 @@ impl Docker {
         Ok(())
     }
 
-    /// Creates (does not start) the container with execd as its init and returns its id. Call
-    /// [`ensure_agent`](Self::ensure_agent) first.
-    pub async fn create(&self, spec: ContainerSpec) -> Result<String, DockerError> {
-        let execd = format!("{AGENT_DIR}/execd");
-        let mut entrypoint = vec![execd, "init".to_owned(), "--".to_owned()];
+    /// Creates (does not start) the container with execd as its init and returns its id.
+    /// `agent` is the host path [`ensure_agent`](Self::ensure_agent) returned.
+    pub async fn create(&self, spec: ContainerSpec, agent: &str) -> Result<String, DockerError> {
+        let mut entrypoint = vec![AGENT_PATH.to_owned(), "init".to_owned(), "--".to_owned()];
         entrypoint.extend(spec.entrypoint);
         let publish_ip = spec.publish_ip.map(|ip| ip.to_string());
         let binding = || {
@@ -308,7 +325,16 @@ impl Docker {
             readonly_paths,
             tmpfs,
             binds: (!spec.binds.is_empty()).then_some(spec.binds),
-            mounts: Some(vec![self.agent_mount(true)]),
+            mounts: Some(vec![
+                self.agent_mount(true),
+                Mount {
+                    target: Some(AGENT_PATH.to_owned()),
+                    source: Some(agent.to_owned()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+            ]),
             network_mode: Some(spec.network),
             ..Default::default()
         };
@@ -388,14 +414,22 @@ impl Docker {
             .collect())
     }
 
-    /// Freezes every process of the container.
+    /// Freezes every process of the container. A freezer that could not freeze yet is
+    /// [`DockerError::Transient`].
     pub async fn pause(&self, container: &str) -> Result<(), DockerError> {
-        Ok(self.api.pause_container(container).await?)
+        self.api
+            .pause_container(container)
+            .await
+            .map_err(|e| freezer_error(e.into()))
     }
 
-    /// Thaws a paused container.
+    /// Thaws a paused container. A freezer that could not thaw yet is
+    /// [`DockerError::Transient`].
     pub async fn unpause(&self, container: &str) -> Result<(), DockerError> {
-        Ok(self.api.unpause_container(container).await?)
+        self.api
+            .unpause_container(container)
+            .await
+            .map_err(|e| freezer_error(e.into()))
     }
 
     /// Kills and removes the container (with its anonymous volumes). Already gone is fine.
@@ -415,13 +449,23 @@ impl Docker {
         }
     }
 
-    /// The last `tail` lines of the container's output (stdout and stderr, interleaved).
-    pub async fn logs(&self, container: &str, tail: usize) -> Result<String, DockerError> {
-        let options = LogsOptionsBuilder::default()
+    /// The last `tail` lines of the container's output (stdout and stderr, interleaved),
+    /// written at or after `since` (epoch seconds) when given.
+    pub async fn logs(
+        &self,
+        container: &str,
+        tail: usize,
+        since: Option<i64>,
+    ) -> Result<String, DockerError> {
+        let mut options = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
-            .tail(&tail.to_string())
-            .build();
+            .tail(&tail.to_string());
+        if let Some(since) = since {
+            // The engine's parameter is 32-bit seconds; clamp rather than wrap.
+            options = options.since(since.clamp(0, i64::from(i32::MAX)) as i32);
+        }
+        let options = options.build();
         let mut stream = self.api.logs(container, Some(options));
         let mut text = Vec::new();
         while let Some(chunk) = stream.next().await {
@@ -445,6 +489,18 @@ impl Docker {
                 other => Err(other),
             },
         }
+    }
+}
+
+/// The engine's 500 for a freeze that the cgroup v1 freezer gave up on while processes were
+/// starting (runc: "unable to freeze"; the thaw side says "unable to thaw") is transient;
+/// every other error stays what it was.
+fn freezer_error(e: DockerError) -> DockerError {
+    match e {
+        DockerError::Engine(m) if m.contains("unable to freeze") || m.contains("unable to thaw") => {
+            DockerError::Transient(m)
+        }
+        other => other,
     }
 }
 
@@ -476,6 +532,25 @@ mod tests {
         assert_eq!(exit_code_of_status("Exited (137) 5 seconds ago"), Some(137));
         assert_eq!(exit_code_of_status("Exited (0) About a minute ago"), Some(0));
         assert_eq!(exit_code_of_status("Up 3 seconds"), None);
+    }
+
+    #[test]
+    fn only_freezer_give_ups_are_transient() {
+        let engine = |m: &str| DockerError::Engine(m.to_owned());
+        let frozen = "500: Cannot pause container 1f2e: OCI runtime pause failed: unable to freeze: unknown";
+        assert!(matches!(freezer_error(engine(frozen)), DockerError::Transient(_)));
+        assert!(matches!(
+            freezer_error(engine("500: OCI runtime resume failed: unable to thaw: unknown")),
+            DockerError::Transient(_)
+        ));
+        assert!(matches!(
+            freezer_error(engine("500: container 1f2e is not running")),
+            DockerError::Engine(_)
+        ));
+        assert!(matches!(
+            freezer_error(DockerError::Conflict("is already paused".into())),
+            DockerError::Conflict(_)
+        ));
     }
 
     #[test]

@@ -52,6 +52,25 @@ impl Error {
         Self::new(StatusCode::CONFLICT, "SANDBOX::INVALID_STATE", message)
     }
 
+    /// 409 (upstream's code): pause, or the server proxy, on a sandbox that is not running.
+    /// `state` is the contract's state name, e.g. `Paused`.
+    pub fn not_running(id: &str, state: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "DOCKER::SANDBOX_NOT_RUNNING",
+            format!("sandbox {id} is {state}"),
+        )
+    }
+
+    /// 409 (upstream's code): resume on a sandbox that is not paused.
+    pub fn not_paused(id: &str, state: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "DOCKER::SANDBOX_NOT_PAUSED",
+            format!("sandbox {id} is {state}, not Paused"),
+        )
+    }
+
     /// 501: a route of the 1.1.1 server that the Docker runtime does not offer.
     pub fn not_implemented(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_IMPLEMENTED, code, message)
@@ -73,7 +92,7 @@ impl From<DockerError> for Error {
             DockerError::Rejected(m) => Self::invalid(format!("docker rejected the request: {m}")),
             DockerError::Conflict(m) => Self::conflict(m),
             DockerError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "SANDBOX::NOT_FOUND", m),
-            DockerError::Engine(m) => Self::internal(m),
+            DockerError::Engine(m) | DockerError::Transient(m) => Self::internal(m),
         }
     }
 }

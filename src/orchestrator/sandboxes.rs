@@ -6,6 +6,7 @@
 //! removed behind sandboxd's back shows up as `Failed`/`Terminated` at once. Async.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -29,8 +30,22 @@ use crate::wire::lifecycle::{
 };
 use crate::wire::time::{format_ms, now_ms, parse_ms};
 
-/// Lines of container output the logs diagnostic returns at most.
+/// Lines of container output the scoped logs diagnostic returns by default.
 const LOG_LINES: usize = 2000;
+/// Events the scoped events diagnostic returns by default: all that are kept.
+const EVENT_LINES: usize = 10_000;
+/// The deprecated plain-text diagnostics' defaults: upstream's Docker runtime's 100 lines of
+/// logs and 50 events.
+const PLAIN_LOG_LINES: usize = 100;
+const PLAIN_EVENT_LINES: usize = 50;
+/// Pauses between the tries of a freeze or thaw that the cgroup v1 freezer gave up on:
+/// 5 tries in all, about 1.5 s of waiting (the design's "5 tries over about 2 s").
+const FREEZER_BACKOFF: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+];
 
 /// Settings the service needs from the configuration.
 #[derive(Debug, Clone)]
@@ -212,7 +227,7 @@ impl Service {
             DockerError::NotFound(m) => Error::new(StatusCode::BAD_REQUEST, "SANDBOX::IMAGE_NOT_FOUND", m),
             other => other.into(),
         })?;
-        self.docker.ensure_agent(&plan.image).await?;
+        let agent = self.docker.ensure_agent(&plan.image).await?;
         let mut binds = plan.host_binds;
         for v in &plan.named_volumes {
             let mountpoint = self.docker.ensure_volume(&v.name).await?;
@@ -239,8 +254,9 @@ impl Service {
         env.entry("JUPYTER_PORT".into())
             .or_insert_with(|| docker::EXECD_PORT.to_string());
         // The file execd adds to every command's environment, and that the 1.1.1 SDK's
-        // `commands.set_env` appends to. Upstream keeps it in /opt/opensandbox, which is the
-        // read-only agent volume here, so it lives in a directory any user can create.
+        // `commands.set_env` appends to. Upstream keeps it in /opt/opensandbox, which here may
+        // exist only as the mount point of the agent (root's, 0755), so it lives in a
+        // directory any user can create.
         env.entry("EXECD_ENVS".into())
             .or_insert_with(|| "/tmp/opensandbox/.env".into());
         let mut env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -267,7 +283,7 @@ impl Service {
             isolation_seccomp,
         };
         let t = Instant::now();
-        let container = self.docker.create(spec).await?;
+        let container = self.docker.create(spec, &agent).await?;
         record.container = Some(container.clone());
         self.store.update(record)?;
         let created = t.elapsed();
@@ -299,7 +315,7 @@ impl Service {
         if live.status != "exited" && live.status != "dead" {
             return Ok(None);
         }
-        let logs = self.docker.logs(container, 20).await.unwrap_or_default();
+        let logs = self.docker.logs(container, 20, None).await.unwrap_or_default();
         Ok(Some(Error::internal(format!(
             "the sandbox exited with code {} before execd answered; last output:\n{}",
             live.exit_code.unwrap_or(-1),
@@ -333,7 +349,7 @@ impl Service {
                 }
             }
             if Instant::now() + pause > deadline {
-                let logs = self.docker.logs(container, 20).await.unwrap_or_default();
+                let logs = self.docker.logs(container, 20, None).await.unwrap_or_default();
                 return Err(Error::internal(format!(
                     "execd did not answer /ping within {:?}; last output:\n{}",
                     self.settings.ready_timeout,
@@ -352,7 +368,25 @@ impl Service {
             Some(c) => self.docker.inspect(c).await?,
             None => None,
         };
+        self.observe(&record, live.as_ref());
         Ok(view(&record, live.as_ref()))
+    }
+
+    /// Keeps the record's phase in step with a pause or thaw the engine reports and sandboxd
+    /// did not make (`docker pause` by hand), so that the server proxy, which asks no engine,
+    /// knows about it from the next read on.
+    fn observe(&self, record: &Record, live: Option<&Live>) {
+        let paused = live.is_some_and(|l| l.status == "paused");
+        let phase = match record.phase {
+            Phase::Ready if paused => Phase::Paused,
+            Phase::Paused if !paused => Phase::Ready,
+            _ => return,
+        };
+        let mut changed = record.clone();
+        changed.phase = phase;
+        if let Err(e) = self.store.update(&changed) {
+            tracing::warn!(sandbox = %record.id, error = %e, "cannot record the observed phase");
+        }
     }
 
     /// `GET /sandboxes`: filtered, newest first, one page.
@@ -360,6 +394,9 @@ impl Service {
         let records = self.store.all()?;
         let live = self.docker.list(&self.store.instance).await?;
         let wanted: Vec<String> = filter.states.iter().map(|s| s.to_ascii_lowercase()).collect();
+        for r in &records {
+            self.observe(r, live.get(&r.id).map(|(_, l)| l));
+        }
         let matching: Vec<Sandbox> = records
             .iter()
             .filter(|r| filter.metadata.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
@@ -428,28 +465,82 @@ impl Service {
         self.get(id).await
     }
 
-    /// `POST /sandboxes/{id}/pause` (`resume: false`) and `/resume` (`resume: true`).
-    pub async fn pause_or_resume(&self, id: &str, resume: bool) -> Result<(), Error> {
-        let record = self.record(id)?;
-        let container = record
-            .container
-            .as_deref()
-            .filter(|_| record.phase == Phase::Ready)
-            .ok_or_else(|| Error::conflict(format!("sandbox {id} is still starting")))?;
-        let result = if resume {
-            self.docker.unpause(container).await
-        } else {
-            self.docker.pause(container).await
-        };
-        result.map_err(|e| match e {
-            DockerError::Conflict(m) | DockerError::Engine(m) if !m.is_empty() => Error::conflict(format!(
-                "cannot {} sandbox {id}: {m}",
-                if resume { "resume" } else { "pause" }
-            )),
-            other => other.into(),
-        })?;
-        self.event(id, if resume { "resumed" } else { "paused" });
+    /// `POST /sandboxes/{id}/pause`: freezes a running sandbox. 409 when it is not running.
+    pub async fn pause(&self, id: &str) -> Result<(), Error> {
+        let (mut record, container) = self.freezer_target(id, "Running", Error::not_running).await?;
+        let (result, tries) = retry_transient(|| self.docker.pause(&container), tokio::time::sleep).await;
+        self.freezer_result(id, "pause", result, tries, Error::not_running)?;
+        record.phase = Phase::Paused;
+        record.transition_at = now_ms();
+        self.store.update(&record)?;
+        self.event(id, &with_tries("paused", tries));
         Ok(())
+    }
+
+    /// `POST /sandboxes/{id}/resume`: thaws a paused sandbox. 409 when it is not paused.
+    pub async fn resume(&self, id: &str) -> Result<(), Error> {
+        let (mut record, container) = self.freezer_target(id, "Paused", Error::not_paused).await?;
+        let (result, tries) = retry_transient(|| self.docker.unpause(&container), tokio::time::sleep).await;
+        self.freezer_result(id, "resume", result, tries, Error::not_paused)?;
+        record.phase = Phase::Ready;
+        record.transition_at = now_ms();
+        self.store.update(&record)?;
+        self.event(id, &with_tries("resumed", tries));
+        Ok(())
+    }
+
+    /// The record and container of a sandbox that is in `wanted` state now (asked of the
+    /// engine), or `refused(id, state)`.
+    async fn freezer_target(
+        &self,
+        id: &str,
+        wanted: &str,
+        refused: fn(&str, &str) -> Error,
+    ) -> Result<(Record, String), Error> {
+        let record = self.record(id)?;
+        let container = match (&record.container, record.phase) {
+            (Some(c), Phase::Ready | Phase::Paused) => c.clone(),
+            _ => return Err(refused(id, "Pending")),
+        };
+        let live = self.docker.inspect(&container).await?;
+        let state = status(&record, live.as_ref()).state;
+        if state != wanted {
+            self.observe(&record, live.as_ref());
+            return Err(refused(id, &state));
+        }
+        Ok((record, container))
+    }
+
+    /// Maps the outcome of a freeze or thaw: a freezer that kept giving up is a 500 (and an
+    /// event; the sandbox stays as it was), an engine that says the state changed meanwhile
+    /// is `refused`'s 409.
+    fn freezer_result(
+        &self,
+        id: &str,
+        verb: &str,
+        result: Result<(), DockerError>,
+        tries: usize,
+        refused: fn(&str, &str) -> Error,
+    ) -> Result<(), Error> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(DockerError::Transient(m)) => {
+                let failed = format!("{verb} failed after {tries} tries");
+                self.event(id, &format!("{failed}: {m}"));
+                tracing::warn!(sandbox = id, error = %m, "{failed}");
+                Err(Error::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "SANDBOX::INTERNAL_ERROR",
+                    failed,
+                ))
+            }
+            // The state changed between the check and the call.
+            Err(DockerError::Conflict(m)) => Err(Error {
+                message: format!("cannot {verb} sandbox {id}: {m}"),
+                ..refused(id, "")
+            }),
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// `POST /sandboxes/{id}/renew-expiration`.
@@ -510,11 +601,17 @@ impl Service {
             });
         }
         let route = route(&record, port)?;
+        // As upstream's Docker runtime: every port but 8080 goes through execd's `/proxy`,
+        // execd's own included (`host:P/proxy/44772`; upstream's e2e asserts that form, and
+        // every SDK appends its paths to the endpoint). The server proxy reaches 44772
+        // directly (`route.prefix` is empty there).
+        let path = if route.execd {
+            format!("/proxy/{port}")
+        } else {
+            String::new()
+        };
         Ok(Endpoint {
-            endpoint: format!(
-                "{}:{}{}",
-                self.settings.public_host, route.host_port, route.prefix
-            ),
+            endpoint: format!("{}:{}{path}", self.settings.public_host, route.host_port),
             headers: if route.execd {
                 token_headers()
             } else {
@@ -524,9 +621,16 @@ impl Service {
     }
 
     /// Where the server proxy sends requests for `port` of sandbox `id`, and the sandbox's
-    /// token (for the caller to check the client's credential against).
+    /// token (for the caller to check the client's credential against). A sandbox that is
+    /// starting or paused is refused at once from its record (a frozen container accepts the
+    /// connection and never answers), without a round trip to the engine.
     pub fn proxy_target(&self, id: &str, port: u16) -> Result<(ProxyTarget, String), Error> {
         let record = self.record(id)?;
+        match record.phase {
+            Phase::Pending => return Err(Error::not_running(id, "Pending")),
+            Phase::Paused => return Err(Error::not_running(id, "Paused")),
+            Phase::Ready => {}
+        }
         let route = route(&record, port)?;
         let target = ProxyTarget {
             addr: SocketAddr::new(self.connect_ip(), route.host_port),
@@ -536,27 +640,34 @@ impl Service {
         Ok((target, record.token))
     }
 
-    /// `GET /sandboxes/{id}/diagnostics/{logs|events}`.
-    pub async fn diagnostics(&self, id: &str, kind: &str, scope: &str) -> Result<DiagnosticContent, Error> {
-        let record = self.record(id)?;
-        let (content, truncated) = match kind {
-            "logs" => match &record.container {
-                Some(c) => {
-                    let text = self.docker.logs(c, LOG_LINES).await?;
-                    let truncated = text.lines().count() >= LOG_LINES;
-                    (text, truncated)
-                }
-                None => (String::new(), false),
-            },
-            "events" => {
-                let mut text = String::new();
-                for (at, message) in self.store.events(id)? {
-                    text.push_str(&format!("{} {message}\n", format_ms(at)));
-                }
-                (text, false)
-            }
-            other => return Err(Error::not_found(&format!("{id}/diagnostics/{other}"))),
+    /// Why the server proxy could not reach sandbox `id`, when the reason is its state: the
+    /// container has exited or vanished since sandboxd last looked. Asks the engine, but
+    /// only after a connection failed.
+    pub async fn unreachable(&self, id: &str) -> Option<Error> {
+        let record = self.store.get(id).ok()??;
+        let live = match &record.container {
+            Some(c) => self.docker.inspect(c).await.ok()?,
+            None => None,
         };
+        self.observe(&record, live.as_ref());
+        let state = status(&record, live.as_ref()).state;
+        (state != "Running").then(|| Error::not_running(id, &state))
+    }
+
+    /// `GET /sandboxes/{id}/diagnostics/{logs|events}?scope=`: the last `tail` lines (by
+    /// default all that are kept, or 2000 lines of logs) since `since` (epoch ms).
+    pub async fn diagnostics(
+        &self,
+        id: &str,
+        kind: &str,
+        scope: &str,
+        tail: Option<usize>,
+        since: Option<i64>,
+    ) -> Result<DiagnosticContent, Error> {
+        let default = if kind == "logs" { LOG_LINES } else { EVENT_LINES };
+        let (content, truncated) = self
+            .diagnostic_text(id, kind, tail.unwrap_or(default), since)
+            .await?;
         Ok(DiagnosticContent {
             sandbox_id: id.to_owned(),
             kind: kind.to_owned(),
@@ -566,6 +677,66 @@ impl Service {
             content,
             truncated,
         })
+    }
+
+    /// The deprecated `GET /sandboxes/{id}/diagnostics/{logs|events}` without `scope`: the
+    /// plain text, by default the last 100 lines of logs or 50 events (upstream's Docker
+    /// runtime's amounts).
+    pub async fn plain_diagnostics(
+        &self,
+        id: &str,
+        kind: &str,
+        tail: Option<usize>,
+        since: Option<i64>,
+    ) -> Result<String, Error> {
+        let default = if kind == "logs" {
+            PLAIN_LOG_LINES
+        } else {
+            PLAIN_EVENT_LINES
+        };
+        Ok(self
+            .diagnostic_text(id, kind, tail.unwrap_or(default), since)
+            .await?
+            .0)
+    }
+
+    /// Logs (the container's output) or events (sandboxd's event log for the sandbox): the
+    /// last `tail` lines at or after `since`, and whether earlier ones were left out.
+    async fn diagnostic_text(
+        &self,
+        id: &str,
+        kind: &str,
+        tail: usize,
+        since: Option<i64>,
+    ) -> Result<(String, bool), Error> {
+        let record = self.record(id)?;
+        match kind {
+            "logs" => match &record.container {
+                Some(c) => {
+                    // Docker takes whole seconds: round down, so nothing at `since` is lost.
+                    let since = since.map(|ms| ms.div_euclid(1000));
+                    let text = self.docker.logs(c, tail, since).await?;
+                    let truncated = text.lines().count() >= tail;
+                    Ok((text, truncated))
+                }
+                None => Ok((String::new(), false)),
+            },
+            "events" => {
+                let events: Vec<(i64, String)> = self
+                    .store
+                    .events(id)?
+                    .into_iter()
+                    .filter(|(at, _)| since.is_none_or(|s| *at >= s))
+                    .collect();
+                let skip = events.len().saturating_sub(tail);
+                let mut text = String::new();
+                for (at, message) in &events[skip..] {
+                    text.push_str(&format!("{} {message}\n", format_ms(*at)));
+                }
+                Ok((text, skip > 0))
+            }
+            other => Err(Error::not_found(&format!("{id}/diagnostics/{other}"))),
+        }
     }
 
     /// At start: adopt sandboxes whose containers still exist, forget those whose containers
@@ -590,6 +761,7 @@ impl Service {
                 self.store.remove(&record.id)?;
                 removed += 1;
             } else {
+                self.observe(&record, live.get(&record.id).map(|(_, l)| l));
                 adopted += 1;
             }
         }
@@ -692,6 +864,43 @@ pub fn parse_port(text: &str) -> Result<u16, Error> {
         .ok()
         .filter(|&p| p != 0 && text.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| Error::invalid(format!("port must be a number from 1 to 65535, got {text:?}")))
+}
+
+/// Runs `op` until it succeeds, fails for good, or has failed transiently
+/// ([`DockerError::Transient`]) on each of its 5 tries, sleeping [`FREEZER_BACKOFF`] between
+/// them (through `sleep`, so that tests need not wait). Returns the last outcome and the
+/// number of tries.
+async fn retry_transient<Op, Tried, Sleep, Slept>(
+    mut op: Op,
+    mut sleep: Sleep,
+) -> (Result<(), DockerError>, usize)
+where
+    Op: FnMut() -> Tried,
+    Tried: Future<Output = Result<(), DockerError>>,
+    Sleep: FnMut(Duration) -> Slept,
+    Slept: Future<Output = ()>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let result = op().await;
+        match (&result, FREEZER_BACKOFF.get(tries - 1)) {
+            (Err(DockerError::Transient(m)), Some(&pause)) => {
+                tracing::debug!(tries, error = %m, "transient freezer failure; retrying");
+                sleep(pause).await;
+            }
+            _ => return (result, tries),
+        }
+    }
+}
+
+/// `paused`, or `paused (after 3 tries)`.
+fn with_tries(what: &str, tries: usize) -> String {
+    if tries == 1 {
+        what.to_owned()
+    } else {
+        format!("{what} (after {tries} tries)")
+    }
 }
 
 fn running() -> Live {
@@ -812,6 +1021,56 @@ mod tests {
         let failed = status(&ready, Some(&live("exited", Some(137))));
         assert_eq!(failed.reason.as_deref(), Some("CONTAINER_EXITED_ERROR"));
         assert!(failed.message.unwrap().contains("137"));
+    }
+
+    /// Retries a pause that fails with `error` `failures` times and then succeeds; returns
+    /// the outcome, the tries and the pauses slept between them.
+    async fn retried(
+        failures: usize,
+        error: fn() -> DockerError,
+    ) -> (Result<(), DockerError>, usize, Vec<u64>) {
+        let mut calls = 0;
+        let mut slept = Vec::new();
+        let (result, tries) = retry_transient(
+            || {
+                calls += 1;
+                let outcome = if calls <= failures { Err(error()) } else { Ok(()) };
+                std::future::ready(outcome)
+            },
+            |pause: Duration| {
+                slept.push(pause.as_millis() as u64);
+                std::future::ready(())
+            },
+        )
+        .await;
+        assert_eq!(calls, tries);
+        (result, tries, slept)
+    }
+
+    fn unable_to_freeze() -> DockerError {
+        DockerError::Transient("OCI runtime pause failed: unable to freeze".into())
+    }
+
+    #[tokio::test]
+    async fn issue19_a_transient_freeze_failure_is_retried_with_backoff() {
+        let (result, tries, slept) = retried(2, unable_to_freeze).await;
+        assert!(result.is_ok());
+        assert_eq!((tries, slept), (3, vec![100, 200]));
+    }
+
+    #[tokio::test]
+    async fn issue19_a_freeze_that_keeps_failing_gives_up_after_5_tries() {
+        let (result, tries, slept) = retried(usize::MAX, unable_to_freeze).await;
+        assert!(matches!(result, Err(DockerError::Transient(_))));
+        assert_eq!((tries, slept), (5, vec![100, 200, 400, 800]));
+    }
+
+    #[tokio::test]
+    async fn other_freezer_errors_are_not_retried() {
+        let (result, tries, slept) =
+            retried(usize::MAX, || DockerError::Engine("no such container".into())).await;
+        assert!(matches!(result, Err(DockerError::Engine(_))));
+        assert_eq!((tries, slept), (1, vec![]));
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub enum Phase {
     Pending,
     /// Created and answered `/ping`; Docker's state is the truth from here on.
     Ready,
+    /// Paused by sandboxd (or seen paused by the engine on the last read). Kept so that the
+    /// server proxy can refuse a frozen sandbox without asking the engine on every request;
+    /// a frozen container accepts connections and never answers them.
+    Paused,
 }
 
 impl Phase {
@@ -29,14 +33,15 @@ impl Phase {
         match self {
             Phase::Pending => "pending",
             Phase::Ready => "ready",
+            Phase::Paused => "paused",
         }
     }
 
     fn parse(s: &str) -> Self {
-        if s == "ready" {
-            Phase::Ready
-        } else {
-            Phase::Pending
+        match s {
+            "ready" => Phase::Ready,
+            "paused" => Phase::Paused,
+            _ => Phase::Pending,
         }
     }
 }
@@ -337,8 +342,12 @@ mod tests {
         assert_eq!(store.instance, instance);
         let ids: Vec<_> = store.all().unwrap().into_iter().map(|r| r.id).collect();
         assert_eq!(ids, ["b", "a"], "newest first");
-        let a = store.get("a").unwrap().unwrap();
+        let mut a = store.get("a").unwrap().unwrap();
         assert_eq!((a.phase, a.execd_port), (Phase::Ready, Some(40000)));
+        a.phase = Phase::Paused;
+        assert!(store.update(&a).unwrap());
+        let a = store.get("a").unwrap().unwrap();
+        assert_eq!(a.phase, Phase::Paused);
         assert_eq!(a.metadata.get("k").map(String::as_str), Some("v"));
         assert_eq!(a.entrypoint, ["sleep", "infinity"]);
         assert_eq!(store.next_expiry().unwrap(), Some(100));

@@ -405,9 +405,15 @@ async fn python_sandbox_full_lifecycle() {
     assert_eq!(d.state(&id).await, "Paused");
     let (status, err) = d.act(&id, "pause").await;
     assert_eq!(status, 409, "pausing twice: {err}");
+    // Upstream's codes (issue 19), with the state named.
+    assert_eq!(err["code"], "DOCKER::SANDBOX_NOT_RUNNING", "{err}");
+    assert!(err["message"].as_str().unwrap().contains("Paused"), "{err}");
     let (status, _) = d.act(&id, "resume").await;
     assert_eq!(status, 202);
     assert_eq!(d.state(&id).await, "Running");
+    let (status, err) = d.act(&id, "resume").await;
+    assert_eq!(status, 409, "resuming twice: {err}");
+    assert_eq!(err["code"], "DOCKER::SANDBOX_NOT_PAUSED", "{err}");
     assert_eq!(execd.run("cat /tmp/a.txt").await.0, "payload-123\n");
 
     // Diagnostics.
@@ -441,6 +447,9 @@ async fn busybox_image_without_libc_serves_commands_and_the_server_proxy() {
     let created = d.create(sandbox_body(image, &["sleep", "100000"])).await;
     let id = created["id"].as_str().unwrap();
     let execd = d.endpoint(id, 44772, false).await;
+    // Issue 19: execd's own endpoint has upstream's form, `host:<mapped 44772>/proxy/44772`
+    // (upstream's e2e accepts only that or `host:44772`), and works as an SDK uses it.
+    assert!(execd.base.ends_with("/proxy/44772"), "{}", execd.base);
     let (out, code) = execd.run("echo busy; exit 3").await;
     assert_eq!((out.as_str(), code), ("busy\n", 3));
 
@@ -982,4 +991,233 @@ async fn the_isolation_extension_makes_isolated_sessions_available() {
     let without = caps(&plain).await;
     assert_eq!(without["userns_available"], false, "{without}");
     assert_ne!(without["hardening"]["namespaces"]["state"], "active", "{without}");
+}
+
+/// A sandbox's state after a pause: waits out nothing, the pause answered already.
+async fn pause_right_after_create(d: &Sandboxd, image: &str) {
+    let id = d.create(sandbox_body(image, &["tail", "-f", "/dev/null"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, err) = d.act(&id, "pause").await;
+    assert_eq!(status, 202, "pause right after create: {err}");
+    assert_eq!(d.state(&id).await, "Paused");
+    let (status, err) = d.act(&id, "resume").await;
+    assert_eq!(status, 202, "{err}");
+    assert_eq!(d.state(&id).await, "Running");
+    let execd = d.endpoint(&id, 44772, false).await;
+    assert_eq!(execd.run("echo thawed").await.0, "thawed\n");
+    let (status, _) = d.json(Method::DELETE, &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(status, 204);
+}
+
+#[tokio::test]
+async fn issue19_pause_right_after_create_ends_paused_every_time() {
+    // execd warms a python kernel as the sandbox starts: on cgroup v1 the freezer can give up
+    // ("unable to freeze") while those processes start, and sandboxd retries.
+    let Some((image, d)) = setup("python") else {
+        return;
+    };
+    for _ in 0..8 {
+        pause_right_after_create(&d, image).await;
+    }
+}
+
+#[tokio::test]
+async fn issue19_diagnostics_without_scope_answer_deprecated_plain_text() {
+    let Some((image, d)) = setup("busybox") else {
+        return;
+    };
+    let id = d
+        .create(sandbox_body(
+            image,
+            &[
+                "sh",
+                "-c",
+                "for i in 1 2 3 4 5; do echo line$i; done; exec sleep 100000",
+            ],
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = async |path: &str| {
+        let resp = d
+            .req(Method::GET, &format!("/v1/sandboxes/{id}/diagnostics/{path}"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let content_type = resp.headers().get("content-type").cloned();
+        let deprecation = resp.headers().get("deprecation").cloned();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "{path}: {text}");
+        (content_type, deprecation, text)
+    };
+    let (content_type, deprecation, logs) = eventually(10, "the entrypoint's output", async || {
+        let got = get("logs").await;
+        got.2.contains("line5").then_some(got)
+    })
+    .await;
+    assert_eq!(content_type.unwrap(), "text/plain; charset=utf-8");
+    assert_eq!(deprecation.unwrap(), "true");
+    assert!(logs.contains("line1\n"), "{logs}");
+    assert_eq!(get("logs?tail=1").await.2.lines().count(), 1);
+    assert!(get("logs?since=10m").await.2.contains("line5"));
+    let later = execd::wire::time::format_ms(execd::wire::time::now_ms() + 3_600_000);
+    assert_eq!(
+        get(&format!("logs?since={later}")).await.2,
+        "",
+        "nothing after an hour from now"
+    );
+
+    let (content_type, deprecation, events) = get("events").await;
+    assert_eq!(content_type.unwrap(), "text/plain; charset=utf-8");
+    assert_eq!(deprecation.unwrap(), "true");
+    assert!(events.contains("create requested"), "{events}");
+    let last = get("events?tail=1").await.2;
+    assert_eq!(last.lines().count(), 1, "{last}");
+    assert!(last.contains("running"), "{last}");
+
+    // The scoped form stays the JSON descriptor; tail applies there too.
+    let (status, scoped) = d
+        .json(
+            Method::GET,
+            &format!("/v1/sandboxes/{id}/diagnostics/events?scope=lifecycle&tail=1"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{scoped}");
+    assert_eq!(scoped["content"], json!(last));
+    assert_eq!(scoped["truncated"], true);
+
+    for (query, field) in [("tail=0", "tail"), ("tail=many", "tail"), ("since=soon", "since")] {
+        for kind in ["logs", "events"] {
+            let (status, err) = d
+                .json(
+                    Method::GET,
+                    &format!("/v1/sandboxes/{id}/diagnostics/{kind}?{query}"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 400, "{kind}?{query}: {err}");
+            assert!(err["message"].as_str().unwrap().starts_with(field), "{err}");
+        }
+    }
+}
+
+/// An image tag removed when the test ends.
+struct TempImage(String);
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        docker(&["rmi", "-f", &self.0]);
+    }
+}
+
+#[tokio::test]
+async fn issue19_an_image_keeping_its_entrypoint_in_opt_opensandbox_runs() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let Some((base, d)) = setup("busybox") else {
+        return;
+    };
+    // Upstream's code-interpreter images keep their entrypoint under /opt/opensandbox.
+    let context = tempfile::tempdir().unwrap();
+    let script = context.path().join("start.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho from-the-image > /tmp/started\nexec sleep 100000\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {base}\nCOPY start.sh /opt/opensandbox/start.sh\n"),
+    )
+    .unwrap();
+    let image = TempImage(format!("execd-test/opt-opensandbox:{}", d.run));
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", &image.0])
+        .arg(context.path())
+        .output()
+        .expect("run docker build");
+    assert!(
+        built.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    let created = d
+        .create(sandbox_body(&image.0, &["/opt/opensandbox/start.sh"]))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let execd = d.endpoint(id, 44772, false).await;
+    let started = eventually(10, "the image's entrypoint to run", async || {
+        let (out, code) = execd.run("cat /tmp/started").await;
+        (code == 0).then_some(out)
+    })
+    .await;
+    assert_eq!(started, "from-the-image\n");
+    // Both stay visible: the image's script and the agent at upstream's path, read-only.
+    let (out, code) = execd
+        .run("ls /opt/opensandbox; test -x /opt/opensandbox/execd && echo agent-ok")
+        .await;
+    assert_eq!((out.as_str(), code), ("execd\nstart.sh\nagent-ok\n", 0));
+    let (_, code) = execd.run("echo x > /opt/opensandbox/execd").await;
+    assert_ne!(code, 0, "a sandbox cannot replace its agent");
+    let (_, code) = execd.run("echo x > /opt/sandboxd/execd").await;
+    assert_ne!(code, 0, "nor through the volume's own mount");
+}
+
+#[tokio::test]
+async fn issue19_the_server_proxy_refuses_a_sandbox_that_is_not_running() {
+    let Some((image, d)) = setup("busybox") else {
+        return;
+    };
+    let id = d.create(sandbox_body(image, &["sleep", "100000"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let proxied = d.endpoint(&id, 44772, true).await;
+    // A frozen container accepts the connection and never answers; the bounded client
+    // timeout only keeps a regression from hanging the suite.
+    let ping = async || {
+        let resp = proxied
+            .req(Method::GET, "/ping")
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .expect("the server proxy answers a paused sandbox");
+        let status = resp.status();
+        (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let refused = |(status, err): (StatusCode, Value), state: &str| {
+        assert_eq!(status, 409, "{err}");
+        assert_eq!(err["code"], "DOCKER::SANDBOX_NOT_RUNNING", "{err}");
+        assert_eq!(err["message"], format!("sandbox {id} is {state}"), "{err}");
+    };
+    assert_eq!(ping().await.0, 200);
+
+    assert_eq!(d.act(&id, "pause").await.0, 202);
+    refused(ping().await, "Paused");
+    assert_eq!(d.act(&id, "resume").await.0, 202);
+    assert_eq!(ping().await.0, 200);
+
+    // Paused behind sandboxd's back: known from the next read of the sandbox on.
+    docker(&["pause", &format!("sandbox-{id}")]);
+    assert_eq!(d.state(&id).await, "Paused");
+    refused(ping().await, "Paused");
+    docker(&["unpause", &format!("sandbox-{id}")]);
+    assert_eq!(d.state(&id).await, "Running");
+    assert_eq!(ping().await.0, 200);
+
+    // Killed: the port refuses, and the answer says why.
+    docker(&["kill", &format!("sandbox-{id}")]);
+    let answer = eventually(10, "the proxy to see the sandbox stopped", async || {
+        let answer = ping().await;
+        (answer.0 != 200).then_some(answer)
+    })
+    .await;
+    refused(answer, "Failed");
 }
