@@ -245,17 +245,44 @@ async fn issue19_compat_image_installs_like_upstreams_init_container() {
     let mount = format!("{}:/opt/opensandbox", volume.0);
 
     // The default image stays shell-less: upstream's init command cannot run in it.
-    let out = docker(&["run", "--rm", "-v", &mount, "--entrypoint", "/bin/sh", IMAGE, "-c", UPSTREAM_K8S_INSTALL]);
+    let out = docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &mount,
+        "--entrypoint",
+        "/bin/sh",
+        IMAGE,
+        "-c",
+        UPSTREAM_K8S_INSTALL,
+    ]);
     assert!(!out.status.success(), "the scratch image has no /bin/sh");
 
     // The compat image runs it as upstream does: `/bin/sh -c` in the image's working directory.
-    let out = docker(&["run", "--rm", "-v", &mount, "--entrypoint", "/bin/sh", compat, "-c", UPSTREAM_K8S_INSTALL]);
+    let out = docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &mount,
+        "--entrypoint",
+        "/bin/sh",
+        compat,
+        "-c",
+        UPSTREAM_K8S_INSTALL,
+    ]);
     assert!(
         out.status.success(),
         "init command: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = docker(&["run", "--rm", "--entrypoint", "/bin/cat", compat, "/usr/share/licenses/busybox/NOTICE"]);
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/cat",
+        compat,
+        "/usr/share/licenses/busybox/NOTICE",
+    ]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("GNU General Public License version 2"),
         "busybox's licence notice ships with it"
