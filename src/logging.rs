@@ -55,17 +55,11 @@ where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
     G: Filter<tracing_subscriber::Registry> + Send + Sync + 'static,
 {
-    let layer = tracing_subscriber::fmt::layer()
-        .with_target(false)
-        .with_writer(writer);
+    let layer = tracing_subscriber::fmt::layer().with_target(false).with_writer(writer);
     let layer: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match format {
         LogFormat::Pretty => boxed(layer.with_ansi(colour), filter, guard),
         LogFormat::Json => boxed(
-            layer
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_ansi(false),
+            layer.json().flatten_event(true).with_current_span(false).with_ansi(false),
             filter,
             guard,
         ),

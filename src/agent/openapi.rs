@@ -83,9 +83,7 @@ impl utoipa::Modify for FilesystemIdentity {
                 .parameter_in(ParameterIn::Path)
                 .required(Required::True)
                 .description(Some(format!("the {what} the operation runs with")))
-                .schema(Some(
-                    ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)),
-                ))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0))))
                 .build()
         };
         let copies: Vec<_> = openapi

@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use execd::logging::{self, Sink};
 use execd::orchestrator::{Cli, Command};
 use tracing::Level;
+use execd::logging::{self, Sink};
 use tracing_subscriber::filter::{filter_fn, Targets};
 
 fn main() -> ExitCode {

@@ -13,15 +13,7 @@ async fn log_of_a_busy_execd(format: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stderr.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_execd"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--log-format",
-            format,
-            "--state-dir",
-        ])
+        .args(["--host", "127.0.0.1", "--port", "0", "--log-format", format, "--state-dir"])
         .arg(dir.path())
         .env_remove("EXECD_LOG_FORMAT")
         .env("RUST_LOG", "trace")
@@ -31,19 +23,13 @@ async fn log_of_a_busy_execd(format: &str) -> String {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let base = format!("http://{}", line.trim().strip_prefix("listening on ").unwrap());
     let client = reqwest::Client::new();
 
-    let ok = client
-        .get(format!("{base}/ping"))
-        .header("X-EXECD-ACCESS-TOKEN", token);
+    let ok = client.get(format!("{base}/ping")).header("X-EXECD-ACCESS-TOKEN", token);
     assert_eq!(ok.send().await.unwrap().status(), 200);
-    let wrong = client
-        .get(format!("{base}/ping"))
-        .header("X-EXECD-ACCESS-TOKEN", "tok-WRONG-guess");
+    let wrong = client.get(format!("{base}/ping")).header("X-EXECD-ACCESS-TOKEN", "tok-WRONG-guess");
     assert_eq!(wrong.send().await.unwrap().status(), 401);
     // A command that fails, so its error is logged; the token is in execd's own environment.
     let run = client
@@ -79,29 +65,16 @@ async fn log_of_a_busy_execd(format: &str) -> String {
     child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("execd ready"), "the log was written: {text}");
-    assert!(
-        !text.contains(token),
-        "the token appears in the {format} log:\n{text}"
-    );
-    assert!(
-        !text.contains("tok-WRONG-guess"),
-        "a rejected token appears in the {format} log"
-    );
-    assert!(
-        !text.contains('\u{1b}'),
-        "colour codes in a {format} log that is not a terminal"
-    );
+    assert!(!text.contains(token), "the token appears in the {format} log:\n{text}");
+    assert!(!text.contains("tok-WRONG-guess"), "a rejected token appears in the {format} log");
+    assert!(!text.contains('\u{1b}'), "colour codes in a {format} log that is not a terminal");
     text
 }
 
 #[tokio::test]
 async fn issue19_pretty_logs_have_no_colour_off_a_terminal_and_no_token() {
     let text = log_of_a_busy_execd("pretty").await;
-    assert!(
-        text.lines()
-            .any(|l| l.contains(" INFO ") && l.contains("execd ready")),
-        "{text}"
-    );
+    assert!(text.lines().any(|l| l.contains(" INFO ") && l.contains("execd ready")), "{text}");
 }
 
 #[tokio::test]
