@@ -180,7 +180,6 @@ pub fn controlled_pump(
                 let kind = sources[i].kind;
                 match journal() {
                     Some(j) => {
-                        // A pump thread may wait for the spill thread (bounded memory).
                         j.write_bulk(2 * n + 1024, |w| framers[i].feed(&buf[..n], kind, now_ms(), w));
                     }
                     None => framers[i] = Framer::new(framing),

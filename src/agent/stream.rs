@@ -12,10 +12,10 @@
 //! Appends never touch the disk: writers (pump threads, but also supervisors and kernel tasks
 //! on the async workers) only push rendered bytes into memory. One `journal-spill` thread,
 //! shared by every journal, writes the excess to the spill files and then drops it from
-//! memory; bytes stay readable from memory until they are on disk. Bulk writers (pump
-//! threads) wait for that thread when it falls [`BACKLOG_CAP`] behind, which bounds memory
-//! without ever blocking an async worker. Cursors are async and read the spill file on the
-//! blocking pool.
+//! memory; bytes stay readable from memory until they are on disk. A writer waits for that
+//! thread only when it has fallen [`BACKLOG_CAP`] behind, which bounds memory; on an async
+//! worker that wait goes through `block_in_place`, so the runtime keeps serving. Cursors are
+//! async and read the spill file on the blocking pool.
 //!
 //! This module knows nothing about processes or HTTP.
 
@@ -182,29 +182,16 @@ impl Journal {
     }
 
     /// Appends the events rendered by `render` as one batch. Returns false (and appends
-    /// nothing) when the journal is already finished. Never blocks on the disk, so any thread
-    /// or task may call it.
+    /// nothing) when the journal is already finished. Never touches the disk; waits only while
+    /// the spill thread is more than [`BACKLOG_CAP`] behind (see [`Journal::wait_for_room`]).
     pub fn write(&self, render: impl FnOnce(&mut EventWriter<'_>)) -> bool {
         self.append(false, 256, render)
     }
 
     /// Like [`Journal::write`] for a batch expected to render to about `expected` bytes (bulk
-    /// output): the batch is rendered into a recycled buffer of that size. When the spill
-    /// thread has fallen more than [`BACKLOG_CAP`] behind, waits for it, so call this only
-    /// from a thread that may block (pump threads), never from an async task.
+    /// output): the batch is rendered into a recycled buffer of that size.
     pub fn write_bulk(&self, expected: usize, render: impl FnOnce(&mut EventWriter<'_>)) -> bool {
-        let appended = self.append(false, expected, render);
-        if appended {
-            // Pump threads may block; this is what bounds memory when the disk is slower
-            // than the output.
-            let inner = self.lock();
-            drop(
-                self.room
-                    .wait_while(inner, |i| i.mem_bytes > BACKLOG_CAP && i.spilling)
-                    .unwrap_or_else(|e| e.into_inner()),
-            );
-        }
-        appended
+        self.append(false, expected, render)
     }
 
     /// Appends one event.
@@ -245,6 +232,7 @@ impl Journal {
         if queue {
             inner.spilling = true;
         }
+        let behind = inner.behind();
         drop(inner);
         self.changed.send_modify(|v| *v += 1);
         if queue && !spill_queue(Job::Spill(self.me.clone())) {
@@ -252,8 +240,32 @@ impl Journal {
             let mut inner = self.lock();
             inner.spilling = false;
             inner.spill_failed = true;
+        } else if behind && !last {
+            self.wait_for_room();
         }
         true
+    }
+
+    /// Waits until the spill thread is no more than [`BACKLOG_CAP`] behind: what bounds
+    /// memory when output comes faster than the disk takes it. A plain thread (pump threads)
+    /// simply blocks. A task on a worker of the multi-threaded runtime (kernel message
+    /// handlers) blocks through `block_in_place`, which first hands that worker's other tasks
+    /// to another worker, so the runtime keeps serving. On a single-threaded runtime nothing
+    /// can wait, and memory grows until the spill thread catches up.
+    fn wait_for_room(&self) {
+        let wait = || {
+            let inner = self.lock();
+            drop(
+                self.room
+                    .wait_while(inner, |i| i.behind())
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) => wait(),
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            Ok(_) => {}
+        }
     }
 
     /// One step of the spill thread: writes the oldest in-memory segments that are over the
@@ -385,6 +397,11 @@ impl Journal {
 }
 
 impl Inner {
+    /// Whether the spill thread has fallen more than [`BACKLOG_CAP`] behind.
+    fn behind(&self) -> bool {
+        self.spilling && self.mem_bytes > BACKLOG_CAP
+    }
+
     /// How many of the oldest segments should move to disk now, and their total size: those
     /// over [`MEMORY_CAP`] (the newest segment always stays), or every segment of a finished
     /// journal over [`FINISHED_MEMORY_CAP`] or with a spill file already (finished records
