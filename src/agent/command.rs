@@ -9,8 +9,6 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,10 +18,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
-use super::output::{pump, Source};
+use super::output::{exit_event, PumpThread, Source};
 use super::process::{self, Exit, ExitStatus, Identity, Input, Output, SpawnError, SpawnSpec};
 use super::stream::{Journal, OutputKind};
-use super::{now_ms, rfc3339, Runtime};
+use super::{now_ms, rfc3339, CwdError, Runtime};
 use crate::wire::{CommandStatusResponse, RunCommandRequest, StreamEvent, Usage};
 
 /// How long a finished command's record, journal and log are kept.
@@ -62,13 +60,8 @@ pub enum CommandError {
     #[error("timeout must be a positive number of milliseconds")]
     Timeout,
     /// The cwd could not be expanded or is not a directory.
-    #[error("invalid cwd {cwd:?}: {reason}")]
-    Cwd {
-        /// The cwd as given.
-        cwd: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error(transparent)]
+    Cwd(#[from] CwdError),
     /// An environment variable name or value is invalid.
     #[error("invalid envs: {0}")]
     Envs(String),
@@ -291,7 +284,18 @@ impl Commands {
             ));
             None
         } else {
-            Some(start_pump(&record, child.stdout.take(), child.stderr.take()))
+            let sources = [
+                (child.stdout.take(), OutputKind::Stdout),
+                (child.stderr.take(), OutputKind::Stderr),
+            ]
+            .into_iter()
+            .filter_map(|(fd, kind)| fd.map(|fd| Source { fd, kind }))
+            .collect();
+            Some(PumpThread::start(
+                format!("pump-{}", &record.id.0[..8]),
+                sources,
+                Arc::clone(&journal),
+            ))
         };
         tokio::spawn(supervise(
             Arc::clone(&record),
@@ -319,17 +323,11 @@ impl Commands {
             }
         }
         let env = self.runtime.child_env(&request_envs);
-        let cwd = match &req.cwd {
-            None => None,
-            Some(raw) => Some(
-                self.runtime
-                    .resolve_dir(raw, &env)
-                    .map_err(|reason| CommandError::Cwd {
-                        cwd: raw.clone(),
-                        reason,
-                    })?,
-            ),
-        };
+        let cwd = req
+            .cwd
+            .as_deref()
+            .map(|raw| self.runtime.resolve_cwd(raw, &env))
+            .transpose()?;
         let (program, args, content) = match (req.command, req.argv) {
             (Some(text), None) => {
                 let (shell, name) = self.runtime.shell(&env);
@@ -489,56 +487,18 @@ fn identity_for(uid: u32, gid: Option<u32>) -> Identity {
     }
 }
 
-/// The pump thread for a foreground command. Returns the stop handle (dropping it tells the
-/// pump the process has exited) and a receiver that fires when the pump is done.
-fn start_pump(
-    record: &Arc<CommandRecord>,
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
-) -> (Option<UnixStream>, oneshot::Receiver<()>) {
-    let (done_tx, done_rx) = oneshot::channel();
-    let sources: Vec<Source> = [(stdout, OutputKind::Stdout), (stderr, OutputKind::Stderr)]
-        .into_iter()
-        .filter_map(|(fd, kind)| fd.map(|fd| Source { fd, kind }))
-        .collect();
-    let (stop_tx, stop_rx) = match UnixStream::pair() {
-        Ok((a, b)) => (Some(a), Some(OwnedFd::from(b))),
-        Err(_) => (None, None),
-    };
-    let journal = Arc::clone(&record.journal);
-    let spawned = std::thread::Builder::new()
-        .name(format!("pump-{}", &record.id.0[..8]))
-        .spawn(move || {
-            pump(sources, stop_rx, &journal, now_ms);
-            let _ = done_tx.send(());
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start output thread");
-    }
-    (stop_tx, done_rx)
-}
-
 /// Owns a started command until it is reaped: enforces the timeout, waits for its output to
 /// drain, records the exit, and writes the terminal event.
 async fn supervise(
     record: Arc<CommandRecord>,
-    mut exit: oneshot::Receiver<Exit>,
-    pump: Option<(Option<UnixStream>, oneshot::Receiver<()>)>,
+    exit: oneshot::Receiver<Exit>,
+    pump: Option<PumpThread>,
     timeout: Option<Duration>,
     started: Instant,
 ) {
-    let mut timed_out = false;
-    let exit = match timeout {
-        Some(limit) => tokio::select! {
-            e = &mut exit => e,
-            () = tokio::time::sleep(limit) => {
-                timed_out = true;
-                process::signal_group(record.pgid, Signal::SIGKILL);
-                exit.await
-            }
-        },
-        None => exit.await,
-    };
+    let pgid = record.pgid;
+    let kill = async move { process::signal_group(pgid, Signal::SIGKILL) };
+    let (exit, timed_out) = process::wait_exit(exit, timeout, kill).await;
     let exit = exit.unwrap_or(Exit {
         status: ExitStatus::Signal(libc::SIGKILL),
         usage: Usage::default(),
@@ -547,9 +507,8 @@ async fn supervise(
         // Anything the group left behind dies with it.
         process::signal_group(record.pgid, Signal::SIGKILL);
     }
-    if let Some((stop, done)) = pump {
-        drop(stop);
-        let _ = done.await;
+    if let Some(pump) = pump {
+        pump.drain().await;
     }
     *record.state() = CommandState::Finished {
         status: exit.status,
@@ -558,23 +517,9 @@ async fn supervise(
         at: SystemTime::now(),
     };
     *record.stdin.lock().await = None;
+    let note = timed_out.then(|| format!("timed out after {} ms", timeout.unwrap_or_default().as_millis()));
     let elapsed = started.elapsed().as_millis() as u64;
-    let terminal = if exit.status.success() {
-        StreamEvent::complete(elapsed, now_ms())
-    } else {
-        let mut traceback = vec![exit.status.describe()];
-        if timed_out {
-            traceback.push(format!(
-                "timed out after {} ms",
-                timeout.unwrap_or_default().as_millis()
-            ));
-        }
-        StreamEvent::error(
-            "CommandExecError",
-            exit.status.code().to_string(),
-            traceback,
-            now_ms(),
-        )
-    };
-    record.journal.finish(&terminal);
+    record
+        .journal
+        .finish(&exit_event(exit.status, exit.status.code(), elapsed, note));
 }

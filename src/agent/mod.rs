@@ -87,14 +87,19 @@ impl Runtime {
         env
     }
 
-    /// Expands `raw` against `env` and checks that it names a directory.
-    pub fn resolve_dir(&self, raw: &str, env: &EnvMap) -> Result<PathBuf, String> {
-        let expanded = env::expand_path(raw, |k| env.get(k).cloned()).map_err(|e| e.to_string())?;
+    /// The working directory a request names: `raw` expanded against `env`, relative to
+    /// execd's own cwd, and an existing directory (commands and sessions). Blocking (stat).
+    pub fn resolve_cwd(&self, raw: &str, env: &EnvMap) -> Result<PathBuf, CwdError> {
+        let invalid = |reason: String| CwdError {
+            cwd: raw.to_owned(),
+            reason,
+        };
+        let expanded = env::expand_path(raw, |k| env.get(k).cloned()).map_err(|e| invalid(e.to_string()))?;
         let path = self.cwd.join(expanded);
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => Ok(path),
-            Ok(_) => Err("not a directory".into()),
-            Err(e) => Err(e.to_string().to_lowercase()),
+            Ok(_) => Err(invalid("not a directory".into())),
+            Err(e) => Err(invalid(e.to_string().to_lowercase())),
         }
     }
 
@@ -121,6 +126,16 @@ impl Runtime {
     pub fn journal_path(&self, id: &str) -> PathBuf {
         self.state_dir.join("journals").join(format!("{id}.sse"))
     }
+}
+
+/// A request's working directory that cannot be used (a 400).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid cwd {cwd:?}: {reason}")]
+pub struct CwdError {
+    /// The cwd as given.
+    pub cwd: String,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -5,15 +5,21 @@
 //! dedicated thread runs per execution: it polls the pipes, reads in large chunks, and appends
 //! each chunk's lines to the journal as one batch. Synchronous code on purpose: a blocking
 //! thread per execution keeps the async workers free and is the fastest path for bulk output.
+//! [`PumpThread`] owns such a thread for a supervisor (commands, isolated runs), and
+//! [`exit_event`] is the terminal event their supervisors write.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tokio::sync::oneshot;
 
 use super::now_ms;
+use super::process::ExitStatus;
 use super::stream::{EventWriter, Journal, OutputKind};
+use crate::wire::StreamEvent;
 
 /// A line longer than this is cut into several events, so one endless line cannot grow memory.
 const MAX_LINE: usize = 1 << 20;
@@ -174,7 +180,7 @@ pub fn controlled_pump(
                 let kind = sources[i].kind;
                 match journal() {
                     Some(j) => {
-                        j.write(|w| framers[i].feed(&buf[..n], kind, now_ms(), w));
+                        j.write_bulk(2 * n + 1024, |w| framers[i].feed(&buf[..n], kind, now_ms(), w));
                     }
                     None => framers[i] = Framer::new(framing),
                 }
@@ -324,6 +330,53 @@ pub fn pump(sources: Vec<Source>, stop: Option<OwnedFd>, journal: &Arc<Journal>,
     for (source, splitter) in sources.iter().zip(&mut splitters) {
         journal.write(|w| splitter.flush(|line| w.output_line(source.kind, line, ts)));
     }
+}
+
+/// A [`pump`] running on its own thread, and the means to stop it.
+pub struct PumpThread {
+    /// Dropping this end makes its peer readable, which tells the pump the process has exited.
+    stop: Option<UnixStream>,
+    /// Fires (or errors, if the thread never started) once the pump has returned.
+    done: oneshot::Receiver<()>,
+}
+
+impl PumpThread {
+    /// Starts a pump over `sources` into `journal` on a thread called `name`.
+    pub fn start(name: String, sources: Vec<Source>, journal: Arc<Journal>) -> Self {
+        let (done_tx, done) = oneshot::channel();
+        let (stop, stop_rx) = match UnixStream::pair() {
+            Ok((a, b)) => (Some(a), Some(OwnedFd::from(b))),
+            // Without a stop signal the pump reads until every pipe closes.
+            Err(_) => (None, None),
+        };
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            pump(sources, stop_rx, &journal, now_ms);
+            let _ = done_tx.send(());
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start output thread");
+        }
+        Self { stop, done }
+    }
+
+    /// Tells the pump the process has exited and waits until it has appended what was
+    /// already buffered in the pipes.
+    pub async fn drain(self) {
+        drop(self.stop);
+        let _ = self.done.await;
+    }
+}
+
+/// The terminal event of a process that exited with `status`: `execution_complete` on
+/// success, else an `error` with `code` as its value and `note` (why it was stopped, if it
+/// was) after the status in the traceback.
+pub fn exit_event(status: ExitStatus, code: i32, elapsed_ms: u64, note: Option<String>) -> StreamEvent {
+    if status.success() {
+        return StreamEvent::complete(elapsed_ms, now_ms());
+    }
+    let mut traceback = vec![status.describe()];
+    traceback.extend(note);
+    StreamEvent::error("CommandExecError", code.to_string(), traceback, now_ms())
 }
 
 /// Result of one non-blocking read.

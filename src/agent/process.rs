@@ -418,6 +418,29 @@ pub async fn terminate_group(pgid: i32, grace: Duration) {
     signal_group(pgid, Signal::SIGKILL);
 }
 
+/// Waits for a process's `exit` report. If `timeout` passes first, runs `escalate` (which must
+/// make the process end, e.g. by killing its group) while still waiting; the exit may arrive
+/// before `escalate` completes, which then stops where it is. Returns the report (`None` if
+/// its sender went away) and whether the timeout fired. Shared by every supervisor.
+pub async fn wait_exit<T>(
+    mut exit: oneshot::Receiver<T>,
+    timeout: Option<Duration>,
+    escalate: impl std::future::Future<Output = ()>,
+) -> (Option<T>, bool) {
+    let Some(limit) = timeout else {
+        return (exit.await.ok(), false);
+    };
+    tokio::select! {
+        e = &mut exit => return (e.ok(), false),
+        () = tokio::time::sleep(limit) => {}
+    }
+    let exited = tokio::select! {
+        e = &mut exit => e,
+        () = escalate => exit.await,
+    };
+    (exited.ok(), true)
+}
+
 /// Marks execd as a child subreaper so orphans of its commands are re-parented to it.
 pub fn become_subreaper() {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {

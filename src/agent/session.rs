@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::output::{controlled_pump, Control, CurrentJournal, Framing, Source};
 use super::process::{self, Input, Output, SpawnSpec};
 use super::stream::{Journal, OutputKind};
-use super::{now_ms, Runtime};
+use super::{now_ms, CwdError, Runtime};
 use crate::wire::{CreateSessionRequest, RunInSessionRequest, StreamEvent};
 
 /// Set up once per shell: aliases must expand in a non-interactive bash for `exit` to become
@@ -35,13 +35,8 @@ pub enum SessionError {
     #[error("session {0} not found")]
     NotFound(String),
     /// The cwd could not be expanded or is not a directory.
-    #[error("invalid cwd {cwd:?}: {reason}")]
-    Cwd {
-        /// The cwd as given.
-        cwd: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error(transparent)]
+    Cwd(#[from] CwdError),
     /// Negative timeout.
     #[error("timeout must not be negative")]
     Timeout,
@@ -97,20 +92,7 @@ impl Sessions {
 
     /// Creates a session; its shell starts with the first run.
     pub fn create(&self, req: CreateSessionRequest) -> Result<String, SessionError> {
-        let cwd = match &req.cwd {
-            None => None,
-            Some(raw) => {
-                let env = self.runtime.child_env(&Default::default());
-                Some(
-                    self.runtime
-                        .resolve_dir(raw, &env)
-                        .map_err(|reason| SessionError::Cwd {
-                            cwd: raw.clone(),
-                            reason,
-                        })?,
-                )
-            }
-        };
+        let cwd = self.cwd(req.cwd.as_deref())?;
         let id = uuid::Uuid::new_v4().to_string();
         let session = Arc::new(Session {
             dir: self.runtime.state_dir.join("sessions").join(&id),
@@ -121,6 +103,16 @@ impl Sessions {
         });
         self.map().insert(id.clone(), session);
         Ok(id)
+    }
+
+    /// The directory a request's `cwd` names, expanded against the environment a session
+    /// shell gets. Blocking (reads `EXECD_ENVS`, stat).
+    fn cwd(&self, raw: Option<&str>) -> Result<Option<PathBuf>, CwdError> {
+        raw.map(|raw| {
+            let env = self.runtime.child_env(&Default::default());
+            self.runtime.resolve_cwd(raw, &env)
+        })
+        .transpose()
     }
 
     /// Whether a session exists.
@@ -173,20 +165,7 @@ impl Sessions {
             Some(ms) if ms < 0 => return Err(SessionError::Timeout),
             Some(ms) => Some(Duration::from_millis(ms as u64)),
         };
-        let cwd = match &req.cwd {
-            None => None,
-            Some(raw) => {
-                let env = self.runtime.child_env(&Default::default());
-                Some(
-                    self.runtime
-                        .resolve_dir(raw, &env)
-                        .map_err(|reason| SessionError::Cwd {
-                            cwd: raw.clone(),
-                            reason,
-                        })?,
-                )
-            }
-        };
+        let cwd = self.cwd(req.cwd.as_deref())?;
         let run_id = uuid::Uuid::new_v4().simple().to_string();
         let journal = Journal::new(self.runtime.journal_path(&run_id));
         journal.push(&StreamEvent::init(&session.id, now_ms()));

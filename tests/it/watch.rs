@@ -116,8 +116,12 @@ fn summary(events: &[Ev], root: &Path) -> Vec<String> {
         .collect()
 }
 
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+impl Reader {
+    /// The next event, which must come (each change of these tests is waited for before the
+    /// next is made, so that separate changes are never coalesced into one event).
+    async fn next(&mut self) -> Ev {
+        self.event(Duration::from_secs(5)).await.expect("an event")
+    }
 }
 
 #[tokio::test]
@@ -127,18 +131,19 @@ async fn watch_reports_create_modify_rename_delete_and_resumes() {
     let agent = Agent::start();
     let mut r = Reader::open(&agent, &root, None).await;
 
+    let mut events = Vec::new();
     std::fs::write(root.join("a.txt"), "one").unwrap();
-    settle().await;
+    events.push(r.next().await);
     std::fs::write(root.join("a.txt"), "two").unwrap();
-    settle().await;
+    events.push(r.next().await);
     std::fs::rename(root.join("a.txt"), root.join("b.txt")).unwrap();
-    settle().await;
+    events.push(r.next().await);
     std::fs::create_dir(root.join("sub")).unwrap();
-    settle().await;
+    events.push(r.next().await);
     std::fs::write(root.join("sub/inner"), "x").unwrap();
-    settle().await;
+    events.push(r.next().await);
     std::fs::remove_file(root.join("b.txt")).unwrap();
-    let events = r.events(6).await;
+    events.push(r.next().await);
     assert_eq!(
         summary(&events, &root),
         [
@@ -161,13 +166,15 @@ async fn watch_reports_create_modify_rename_delete_and_resumes() {
         "consecutive ids: {ids:?}"
     );
 
-    // Disconnect, change things, and resume: exactly the missed events, once.
+    // Disconnect, change things, and resume: exactly the missed events, once. Another
+    // subscriber tells when each change has been recorded.
     drop(r);
+    let mut probe = Reader::open(&agent, &root, None).await;
     let last = ids[3];
     std::fs::write(root.join("c.txt"), "c").unwrap();
-    settle().await;
+    probe.next().await;
     std::fs::remove_file(root.join("sub/inner")).unwrap();
-    settle().await;
+    probe.next().await;
     let mut resumed = Reader::open(&agent, &root, Some(last)).await;
     let events = resumed.events(4).await;
     assert_eq!(
@@ -180,10 +187,10 @@ async fn watch_reports_create_modify_rename_delete_and_resumes() {
         ]
     );
     assert_eq!(events[0].id, Some(last + 1));
-    assert!(
-        resumed.event(Duration::from_millis(500)).await.is_none(),
-        "nothing doubled"
-    );
+    // Nothing doubled: the next event after them is a new change.
+    std::fs::write(root.join("end"), "e").unwrap();
+    let next = resumed.next().await;
+    assert_eq!(summary(&[next], &root), ["created end"], "nothing doubled");
 
     // A resume from before the kept history is reported, not silently skipped.
     let mut stale = Reader::open(&agent, &root, Some(1)).await;

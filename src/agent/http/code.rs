@@ -110,9 +110,7 @@ pub(crate) async fn run_code(
 ) -> Result<Response, ApiError> {
     let context = req.context.unwrap_or_default();
     let journal = state.contexts.run(context.id, context.language, req.code).await?;
-    let cursor = journal
-        .cursor(None)
-        .map_err(|e| ApiError::runtime(format!("cannot read journal: {e}")))?;
+    let cursor = journal.cursor(None);
     Ok(sse_response(cursor))
 }
 

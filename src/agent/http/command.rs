@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiQuery, LastEventId};
 use super::sse_response;
 use super::Routes;
 use crate::agent::AppState;
@@ -42,11 +42,7 @@ pub(crate) async fn create_command(
     let record = tokio::task::spawn_blocking(move || commands.start(req))
         .await
         .map_err(|e| ApiError::runtime(format!("command start failed: {e}")))??;
-    let cursor = record
-        .journal
-        .cursor(None)
-        .map_err(|e| ApiError::runtime(format!("cannot read journal: {e}")))?;
-    Ok(sse_response(cursor))
+    Ok(sse_response(record.journal.cursor(None)))
 }
 
 /// Interrupts a command (SIGTERM to its group, SIGKILL after 3 s) or closes a bash session.
@@ -160,23 +156,17 @@ pub(crate) struct AfterQuery {
 pub(crate) async fn command_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    last_event_id: Result<LastEventId, ApiError>,
     ApiQuery(q): ApiQuery<AfterQuery>,
 ) -> Result<Response, ApiError> {
     let record = state.commands.get(&id).ok_or_else(|| command_not_found(&id))?;
-    let header_after = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event id"))?,
-        ),
-    };
-    let after = header_after.or(q.after);
-    let cursor = record
-        .journal
-        .cursor(after)
+    // An unknown id is a 404 even when the header is malformed too.
+    let LastEventId(header_after) = last_event_id?;
+    let mut cursor = record.journal.cursor(header_after.or(q.after));
+    // Finding a resume point inside spilled bytes reads the spill file (off the workers).
+    cursor
+        .seek()
+        .await
         .map_err(|e| ApiError::runtime(format!("cannot read journal: {e}")))?;
     Ok(sse_response(cursor))
 }

@@ -158,6 +158,26 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
     String::from_utf8(out).map_err(|_| ApiError::bad_request("query is not valid UTF-8"))
 }
 
+/// The `Last-Event-ID` header of a resuming SSE client: the id of the last event it has, or
+/// `None` when absent. Anything but a decimal event id is a 400.
+pub struct LastEventId(pub Option<u64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for LastEventId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        match parts.headers.get("last-event-id") {
+            None => Ok(LastEventId(None)),
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(|id| LastEventId(Some(id)))
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event id")),
+        }
+    }
+}
+
 /// The identity of a `/v1/filesystem/{uid}/{gid}/…` request, or `None` on the classic routes.
 pub struct FsIdentity(pub Option<Identity>);
 

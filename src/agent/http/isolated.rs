@@ -111,9 +111,7 @@ pub(crate) async fn run_isolated(
         .map_err(|e| ApiError::runtime(format!("run start failed: {e}")))??;
     match started {
         Started::Foreground(journal) => {
-            let cursor = journal
-                .cursor(None)
-                .map_err(|e| ApiError::runtime(format!("cannot read journal: {e}")))?;
+            let cursor = journal.cursor(None);
             // The contract: a client that goes away mid-run cancels it (SIGINT to the session).
             let guard = DisconnectGuard {
                 state: state.clone(),

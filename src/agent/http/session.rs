@@ -47,9 +47,7 @@ pub(crate) async fn run_in_session(
     let journal = tokio::task::spawn_blocking(move || sessions.run(&id, req))
         .await
         .map_err(|e| ApiError::runtime(e.to_string()))??;
-    let cursor = journal
-        .cursor(None)
-        .map_err(|e| ApiError::runtime(format!("cannot read journal: {e}")))?;
+    let cursor = journal.cursor(None);
     Ok(sse_response(cursor))
 }
 

@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 
 use super::error::ApiError;
-use super::extract::{FsIdentity, Params};
+use super::extract::{FsIdentity, LastEventId, Params};
 use super::sse_headers;
 use crate::agent::files::identity::run;
 use crate::agent::files::FilesError;
@@ -30,21 +29,14 @@ pub(crate) async fn watch_files(
     State(state): State<AppState>,
     FsIdentity(id): FsIdentity,
     q: Params,
-    headers: HeaderMap,
+    last_event_id: Result<LastEventId, ApiError>,
 ) -> Result<Response, ApiError> {
     let path = state.files.resolve(q.required("path")?)?;
     let recursive = q
         .get("recursive")
         .is_none_or(|v| matches!(v, "true" | "1" | "yes"));
-    let after = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event id"))?,
-        ),
-    };
+    // Checked after the path, so a missing path is reported first.
+    let LastEventId(after) = last_event_id?;
     // The identity must be able to read what it watches; the watch itself is shared.
     let check = path.clone();
     run(id, move || {

@@ -12,7 +12,6 @@ pub mod plan;
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,7 +22,7 @@ use tokio::sync::oneshot;
 use super::isolate::cgroup::{Limits, SessionCgroup};
 use super::isolate::proto::{self, FromJail, ToJail};
 use super::isolate::{self, Probe};
-use super::output::{pump, Source};
+use super::output::{exit_event, PumpThread, Source};
 use super::process::{self, ExitStatus, Output, SpawnSpec};
 use super::stream::{Journal, OutputKind};
 use super::{now_ms, rfc3339, Runtime};
@@ -762,7 +761,14 @@ impl Isolation {
         drop(write);
         session.busy.fetch_add(1, Ordering::SeqCst);
         session.touch();
-        let pump = start_pump(&journal, read, &run_id);
+        let pump = PumpThread::start(
+            format!("iso-pump-{}", &run_id[..8]),
+            vec![Source {
+                fd: read,
+                kind: OutputKind::Stdout,
+            }],
+            Arc::clone(&journal),
+        );
         let supervised = Arc::clone(&journal);
         rt.spawn(supervise(
             session, handle, exit_rx, pump, timeout, started, supervised,
@@ -982,90 +988,37 @@ fn cap_log(path: &Path) {
     }
 }
 
-fn start_pump(
-    journal: &Arc<Journal>,
-    read: OwnedFd,
-    run_id: &str,
-) -> (Option<UnixStream>, oneshot::Receiver<()>) {
-    let (done_tx, done_rx) = oneshot::channel();
-    let (stop_tx, stop_rx) = match UnixStream::pair() {
-        Ok((a, b)) => (Some(a), Some(OwnedFd::from(b))),
-        Err(_) => (None, None),
-    };
-    let journal = Arc::clone(journal);
-    let spawned = std::thread::Builder::new()
-        .name(format!("iso-pump-{}", &run_id[..8]))
-        .spawn(move || {
-            pump(
-                vec![Source {
-                    fd: read,
-                    kind: OutputKind::Stdout,
-                }],
-                stop_rx,
-                &journal,
-                now_ms,
-            );
-            let _ = done_tx.send(());
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start output thread");
-    }
-    (stop_tx, done_rx)
-}
-
 /// Owns a foreground run until it ends: timeout (SIGINT to the session, SIGKILL of the run's
 /// group after a grace), output drain, terminal event.
 async fn supervise(
     session: Arc<Session>,
     handle: u64,
-    mut exit: oneshot::Receiver<RunEnd>,
-    pump: (Option<UnixStream>, oneshot::Receiver<()>),
+    exit: oneshot::Receiver<RunEnd>,
+    pump: PumpThread,
     timeout: Option<Duration>,
     started: Instant,
     journal: Arc<Journal>,
 ) {
-    let mut timed_out = false;
-    let end = match timeout {
-        Some(limit) => tokio::select! {
-            e = &mut exit => e,
-            () = tokio::time::sleep(limit) => {
-                timed_out = true;
-                let _ = session.send(&ToJail::Interrupt, &[]);
-                tokio::select! {
-                    e = &mut exit => e,
-                    () = tokio::time::sleep(INTERRUPT_GRACE) => {
-                        let _ = session.send(&ToJail::Kill { run: handle }, &[]);
-                        exit.await
-                    }
-                }
-            }
-        },
-        None => exit.await,
-    }
-    .unwrap_or(RunEnd::SessionGone);
-    let (stop, done) = pump;
-    drop(stop);
-    let _ = done.await;
+    let escalate = {
+        let session = Arc::clone(&session);
+        async move {
+            send_blocking(&session, ToJail::Interrupt).await;
+            tokio::time::sleep(INTERRUPT_GRACE).await;
+            send_blocking(&session, ToJail::Kill { run: handle }).await;
+        }
+    };
+    let (end, timed_out) = process::wait_exit(exit, timeout, escalate).await;
+    let end = end.unwrap_or(RunEnd::SessionGone);
+    pump.drain().await;
     *lock(&session.last_run_at) = Some(SystemTime::now());
     session.busy.fetch_sub(1, Ordering::SeqCst);
     session.touch();
     let elapsed = started.elapsed().as_millis() as u64;
     let terminal = match end {
-        RunEnd::Exited(status) if status.success() => StreamEvent::complete(elapsed, now_ms()),
         RunEnd::Exited(status) => {
-            let mut traceback = vec![status.describe()];
-            if timed_out {
-                traceback.push(format!(
-                    "interrupted after {} s",
-                    timeout.unwrap_or_default().as_secs()
-                ));
-            }
-            StreamEvent::error(
-                "CommandExecError",
-                status.shell_code().to_string(),
-                traceback,
-                now_ms(),
-            )
+            let note =
+                timed_out.then(|| format!("interrupted after {} s", timeout.unwrap_or_default().as_secs()));
+            exit_event(status, status.shell_code(), elapsed, note)
         }
         RunEnd::Failed(e) => StreamEvent::error("CommandExecError", "127".into(), vec![e], now_ms()),
         RunEnd::SessionGone => StreamEvent::error(
@@ -1076,4 +1029,11 @@ async fn supervise(
         ),
     };
     journal.finish(&terminal);
+}
+
+/// Sends `msg` to the jail from the blocking pool (the socket send may block). Best effort:
+/// a session that is gone needs no message.
+async fn send_blocking(session: &Arc<Session>, msg: ToJail) {
+    let session = Arc::clone(session);
+    let _ = tokio::task::spawn_blocking(move || session.send(&msg, &[])).await;
 }
