@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the static agent: target/x86_64-unknown-linux-musl/release/execd.
-# Fails if the result is not statically linked, exceeds the 5 MB budget, or links a crate the
+# Fails if the result is not statically linked, exceeds the 6 MB cap (5 MB is the goal), or links a crate the
 # agent must never carry (orchestrator-only or TLS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target=x86_64-unknown-linux-musl
 bin="target/$target/release/execd"
-budget=$((5 * 1000 * 1000))
+# The hard cap is 6 MB; the goal is 5 MB (warned about here, reported by scripts/bench.sh).
+budget=$((6 * 1000 * 1000))
+goal=$((5 * 1000 * 1000))
 
 cargo build --release --locked -j"${CARGO_JOBS:-2}" --target "$target" --no-default-features --bin execd
 
@@ -19,6 +21,9 @@ size=$(stat -c %s "$bin")
 if (( size > budget )); then
   echo "build-agent: $bin is $size bytes, over the $budget byte budget" >&2
   exit 1
+fi
+if (( size > goal )); then
+  echo "build-agent: warning: $bin is $size bytes, over the $goal byte goal" >&2
 fi
 forbidden=$(cargo tree --locked --target "$target" --no-default-features -e normal --prefix none 2>/dev/null \
   | grep -E '^(bollard|kube|rusqlite|libsqlite3-sys|rustls|ring|aws-lc-rs|openssl|native-tls) ' || true)
