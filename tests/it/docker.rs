@@ -98,6 +98,26 @@ impl Drop for Volume {
     }
 }
 
+/// The base URL of the execd in `container` (port 44772 published on loopback), once it
+/// answers `/ping` with `token`.
+async fn serving_base(container: &Container, token: &str) -> String {
+    let port = String::from_utf8_lossy(&docker(&["port", &container.0, "44772"]).stdout)
+        .trim()
+        .to_owned();
+    let base = format!("http://{}", port.lines().next().unwrap());
+    let client = reqwest::Client::new();
+    eventually(10, "execd in the container to answer", async || {
+        let r = client
+            .get(format!("{base}/ping"))
+            .header("X-EXECD-ACCESS-TOKEN", token)
+            .send()
+            .await;
+        r.ok().filter(|r| r.status() == 200)
+    })
+    .await;
+    base
+}
+
 /// Removes the container when dropped.
 struct Container(String);
 
@@ -128,20 +148,8 @@ async fn agent_image_serves_with_no_shell_in_the_image() {
         String::from_utf8_lossy(&out.stderr)
     );
     let container = Container(String::from_utf8_lossy(&out.stdout).trim().to_owned());
-    let port = String::from_utf8_lossy(&docker(&["port", &container.0, "44772"]).stdout)
-        .trim()
-        .to_owned();
-    let base = format!("http://{}", port.lines().next().unwrap());
+    let base = serving_base(&container, "tok-123").await;
     let client = reqwest::Client::new();
-    eventually(10, "execd in the container to answer", async || {
-        let r = client
-            .get(format!("{base}/ping"))
-            .header("X-EXECD-ACCESS-TOKEN", "tok-123")
-            .send()
-            .await;
-        r.ok().filter(|r| r.status() == 200)
-    })
-    .await;
     assert_eq!(
         client.get(format!("{base}/ping")).send().await.unwrap().status(),
         401
@@ -341,20 +349,8 @@ async fn issue19_compat_image_installs_like_upstreams_init_container() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let container = Container(String::from_utf8_lossy(&out.stdout).trim().to_owned());
-    let port = String::from_utf8_lossy(&docker(&["port", &container.0, "44772"]).stdout)
-        .trim()
-        .to_owned();
-    let base = format!("http://{}", port.lines().next().unwrap());
+    let base = serving_base(&container, "tok-compat").await;
     let client = reqwest::Client::new();
-    eventually(10, "the copied execd to answer", async || {
-        let r = client
-            .get(format!("{base}/ping"))
-            .header("X-EXECD-ACCESS-TOKEN", "tok-compat")
-            .send()
-            .await;
-        r.ok().filter(|r| r.status() == 200)
-    })
-    .await;
     let body = client
         .post(format!("{base}/command"))
         .header("X-EXECD-ACCESS-TOKEN", "tok-compat")
