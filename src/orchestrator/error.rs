@@ -1,117 +1,229 @@
-//! Lifecycle errors: an HTTP status plus the contract's `{code, message}` body.
+//! The domain's errors: what went wrong, in sandboxd's terms, with no HTTP in them.
+//! `http/error.rs` maps each variant to exactly one status and catalogued code; background
+//! work logs them or records them in a resource's status.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use std::fmt;
 
-use super::docker::DockerError;
-use crate::wire::lifecycle::LifecycleError;
+use super::runtime::RuntimeError;
+use super::store::StoreError;
 
-/// A failed lifecycle request.
+/// A failed request or step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such resource (someone else's is not found either).
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// What was looked for.
+        kind: Kind,
+        /// Its id as given.
+        id: String,
+    },
+    /// The request is malformed or asks for something invalid; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// The list's `metadata` filter is not `k=v` pairs.
+    #[error("{0}")]
+    InvalidMetadataFilter(String),
+    /// A request field that is valid but not something this runtime does.
+    #[error("{0}")]
+    UnsupportedField(String),
+    /// A route of the contract that this runtime does not offer.
+    #[error("{}", .0.message())]
+    Unsupported(Feature),
+    /// A host path outside the configured prefixes.
+    #[error("{0}")]
+    HostPathNotAllowed(String),
+    /// A body over the limit.
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
+    /// The resource's state forbids the operation.
+    #[error("{0}")]
+    Conflict(Conflict),
+    /// No credential, or a wrong one.
+    #[error("{}", .0.message())]
+    Unauthenticated(AuthFailure),
+    /// The sandbox did not come up; the message holds its exit and last output (the user's
+    /// own program's words, never sandboxd's internals).
+    #[error("{0}")]
+    StartFailed(String),
+    /// A freeze or thaw the runtime kept giving up on.
+    #[error("{verb} failed after {tries} tries")]
+    FreezerGaveUp {
+        /// `pause` or `resume`.
+        verb: &'static str,
+        /// How many tries.
+        tries: usize,
+    },
+    /// The server proxy could not reach the sandbox port.
+    #[error("cannot reach port {port} of sandbox {id}: {reason}")]
+    Unreachable {
+        /// Sandbox id.
+        id: String,
+        /// Sandbox port.
+        port: u16,
+        /// The connection's failure.
+        reason: String,
+    },
+    /// No route matches the request.
+    #[error("no such route")]
+    NoRoute,
+    /// The runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something sandboxd itself could not do (no randomness, a bad internal URI).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What kind of resource was not found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A sandbox.
+    Sandbox,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Sandbox => "sandbox",
+        })
+    }
+}
+
+/// A state conflict, named exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Upstream-style code, e.g. `SANDBOX::NOT_FOUND`.
-    pub code: &'static str,
-    /// What went wrong, for people.
-    pub message: String,
+pub enum Conflict {
+    /// Pause, or the server proxy, on a sandbox that is not running (`state` is the
+    /// contract's state name, or what the runtime said).
+    NotRunning {
+        /// Sandbox id.
+        id: String,
+        /// Its state.
+        state: String,
+    },
+    /// Resume on a sandbox that is not paused.
+    NotPaused {
+        /// Sandbox id.
+        id: String,
+        /// Its state.
+        state: String,
+    },
+    /// Deleted while create was waiting for it.
+    DeletedWhileStarting(String),
+    /// Renew on a sandbox made for manual cleanup.
+    NoExpiry(String),
+    /// The runtime has no route to the sandbox's ports (not running).
+    NoRoute(String),
+    /// The runtime says the state changed under the call.
+    Runtime(String),
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Conflict::NotRunning { id, state } => write!(f, "sandbox {id} is {state}"),
+            Conflict::NotPaused { id, state } => write!(f, "sandbox {id} is {state}, not Paused"),
+            Conflict::DeletedWhileStarting(id) => write!(f, "sandbox {id} was deleted while starting"),
+            Conflict::NoExpiry(id) => write!(
+                f,
+                "sandbox {id} was created for manual cleanup and has no expiry to renew"
+            ),
+            Conflict::NoRoute(id) => write!(f, "sandbox {id} has no published ports (not running)"),
+            Conflict::Runtime(message) => f.write_str(message),
+        }
+    }
+}
+
+/// A contract route this runtime does not serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    /// `/snapshots`, `/sandboxes/{id}/snapshots`.
+    Snapshots,
+    /// `/sandboxes/{id}/networkpolicy`.
+    NetworkPolicy,
+    /// `/templates`.
+    Templates,
+    /// `/pools`.
+    Pools,
+}
+
+impl Feature {
+    fn message(self) -> &'static str {
+        match self {
+            Feature::Snapshots => "snapshots are not supported by sandboxd's Docker runtime",
+            Feature::NetworkPolicy => {
+                "network policies need the egress sidecar, which sandboxd's Docker runtime does not run"
+            }
+            Feature::Templates => "template management requires the kubernetes runtime",
+            Feature::Pools => "pools require the kubernetes runtime",
+        }
+    }
+}
+
+/// Why a caller is not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credential.
+    Missing,
+    /// A credential that is not valid.
+    Invalid,
+}
+
+impl AuthFailure {
+    fn message(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "the OPEN-SANDBOX-API-KEY header is required",
+            AuthFailure::Invalid => "the OPEN-SANDBOX-API-KEY header is not valid",
+        }
+    }
 }
 
 impl Error {
-    /// Any status and code.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
+    /// A sandbox that does not exist.
+    pub fn no_sandbox(id: &str) -> Self {
+        Error::NotFound {
+            kind: Kind::Sandbox,
+            id: id.to_owned(),
         }
     }
 
-    /// 400: the request is malformed or asks for something invalid.
+    /// 400 naming what was wrong.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "SANDBOX::INVALID_PARAMETER", message)
+        Error::Invalid(message.into())
     }
 
-    /// 400: valid, but not something the Docker runtime does.
-    pub fn unsupported(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "SANDBOX::API_NOT_SUPPORTED", message)
-    }
-
-    /// 404 for a sandbox id.
-    pub fn not_found(id: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "SANDBOX::NOT_FOUND",
-            format!("sandbox {id} not found"),
-        )
-    }
-
-    /// 409: the sandbox's state forbids the operation.
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "SANDBOX::INVALID_STATE", message)
-    }
-
-    /// 409 (upstream's code): pause, or the server proxy, on a sandbox that is not running.
-    /// `state` is the contract's state name, e.g. `Paused`.
-    pub fn not_running(id: &str, state: &str) -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "DOCKER::SANDBOX_NOT_RUNNING",
-            format!("sandbox {id} is {state}"),
-        )
-    }
-
-    /// 409 (upstream's code): resume on a sandbox that is not paused.
-    pub fn not_paused(id: &str, state: &str) -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "DOCKER::SANDBOX_NOT_PAUSED",
-            format!("sandbox {id} is {state}, not Paused"),
-        )
-    }
-
-    /// 501: a route of the 1.1.1 server that the Docker runtime does not offer.
-    pub fn not_implemented(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_IMPLEMENTED, code, message)
-    }
-
-    /// 500: sandboxd or the engine failed.
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "SANDBOX::RUNTIME_ERROR",
-            message,
-        )
-    }
-}
-
-impl From<DockerError> for Error {
-    fn from(e: DockerError) -> Self {
-        match e {
-            DockerError::Rejected(m) => Self::invalid(format!("docker rejected the request: {m}")),
-            DockerError::Conflict(m) => Self::conflict(m),
-            DockerError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "SANDBOX::NOT_FOUND", m),
-            DockerError::Engine(m) | DockerError::Transient(m) => Self::internal(m),
+    /// Whether this error is the caller's to fix (logged quietly) rather than sandboxd's or
+    /// the runtime's.
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            Error::NotFound { .. }
+            | Error::Invalid(_)
+            | Error::InvalidMetadataFilter(_)
+            | Error::UnsupportedField(_)
+            | Error::Unsupported(_)
+            | Error::HostPathNotAllowed(_)
+            | Error::TooLarge { .. }
+            | Error::Conflict(_)
+            | Error::Unauthenticated(_)
+            | Error::NoRoute => true,
+            Error::Runtime(e) => matches!(
+                e,
+                RuntimeError::NotFound(_)
+                    | RuntimeError::ImageNotFound(_)
+                    | RuntimeError::Rejected(_)
+                    | RuntimeError::Conflict(_)
+            ),
+            Error::StartFailed(_)
+            | Error::FreezerGaveUp { .. }
+            | Error::Unreachable { .. }
+            | Error::Store(_)
+            | Error::Internal(_) => false,
         }
-    }
-}
-
-impl From<anyhow::Error> for Error {
-    fn from(e: anyhow::Error) -> Self {
-        Self::internal(format!("{e:#}"))
-    }
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(code = self.code, message = %self.message, "request failed");
-        }
-        let body = LifecycleError {
-            code: self.code.to_owned(),
-            message: self.message,
-        };
-        (self.status, Json(body)).into_response()
     }
 }

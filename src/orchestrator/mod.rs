@@ -1,22 +1,24 @@
-//! The lifecycle orchestrator (`sandboxd`): the OpenSandbox lifecycle API on the Docker
-//! Engine, execd injected into any image, SQLite state, expiry, and a streaming proxy to each
-//! sandbox. Must never import `agent`: the two meet only on the wire.
+//! The lifecycle orchestrator (`sandboxd`): the OpenSandbox lifecycle API over a runtime (the
+//! Docker Engine today), execd injected into any image, SQLite state, expiry, and a streaming
+//! proxy to each sandbox. Must never import `agent`: the two meet only on the wire.
 //!
 //! - `config`: flags and environment.
-//! - `http`: routes, API key, request ids, the server proxy.
-//! - `sandboxes`: the service (state mapping, readiness, expiry, reconciliation).
-//! - `validate`: create requests → plans, or 400s.
-//! - `docker`: the engine (bollard) and injection.
-//! - `store`: the SQLite state file.
+//! - `http`: the edge (the only part that sees axum): routes, auth, request ids, the proxy.
+//! - `service`: what each route does, over the store and `dyn Runtime` (no axum, no bollard).
+//! - `runtime`: the `Runtime` trait; `docker` (the only bollard user) and a test fake.
+//! - `store`: the versioned SQLite state file, on its own thread.
+//! - `spec`: create requests → runtime-neutral plans, or errors naming the field.
+//! - `error`: the domain's errors; `execd_client`: sandboxd's only execd HTTP client.
 
 pub mod config;
-pub mod docker;
 pub mod error;
+pub mod execd_client;
 pub mod http;
 pub mod openapi;
-pub mod sandboxes;
+pub mod runtime;
+pub mod service;
+pub mod spec;
 pub mod store;
-pub mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,30 +46,34 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     let store = store::Store::open(&data_dir)?;
     let agent = config.agent_path();
-    let docker = docker::Docker::connect(&agent).await?;
+    let docker = runtime::docker::Docker::connect(runtime::docker::Settings {
+        agent: agent.clone(),
+        instance: store.instance.clone(),
+        publish_ip: config.publish_ip,
+        public_host: config.public_host(),
+        network: config.network.clone(),
+        isolation_profile: Some(ISOLATION_SECCOMP.to_owned()),
+    })
+    .await?;
     tracing::info!(
         data_dir = %data_dir.display(),
         agent = %agent.display(),
-        docker_api = %docker.api_version(),
+        docker_api = %runtime::Runtime::version(&docker),
         "starting"
     );
-    let settings = sandboxes::Settings {
-        publish_ip: config.publish_ip,
-        public_host: config.public_host(),
-        limits: validate::Limits {
+    let settings = service::Settings {
+        limits: spec::Limits {
             max_timeout: config.max_timeout,
             allowed_host_paths: config.allowed_host_paths.clone(),
         },
         ready_timeout: config.ready_timeout(),
         pids_limit: config.pids_limit,
-        network: config.network.clone(),
-        isolation_profile: Some(ISOLATION_SECCOMP.to_owned()),
     };
-    let service = Arc::new(sandboxes::Service::new(store, docker, settings));
+    let service = Arc::new(service::Service::new(store, Arc::new(docker), settings));
     service
         .reconcile()
         .await
-        .context("cannot reconcile with docker")?;
+        .map_err(|e| anyhow::anyhow!("cannot reconcile with the runtime: {e}"))?;
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await

@@ -4,11 +4,13 @@
 
 use utoipa::OpenApi;
 
-use super::http::{
-    __path_create, __path_delete, __path_diagnostics, __path_endpoint, __path_get_one, __path_health,
-    __path_list, __path_metrics_event, __path_patch_metadata, __path_pause, __path_proxy, __path_renew,
-    __path_resume, __path_version,
+use super::http::diagnostics::__path_diagnostics;
+use super::http::proxy::__path_proxy;
+use super::http::sandboxes::{
+    __path_create, __path_delete, __path_endpoint, __path_get_one, __path_list, __path_patch_metadata,
+    __path_pause, __path_renew, __path_resume,
 };
+use super::http::system::{__path_health, __path_metrics_event, __path_version};
 
 #[derive(OpenApi)]
 #[openapi(

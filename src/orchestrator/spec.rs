@@ -1,10 +1,12 @@
-//! Turns a `CreateSandboxRequest` into a [`Plan`] the Docker runtime can carry out, or a 400
-//! naming the offending field. Pure: no I/O, so every rule is unit-tested here.
+//! Turns a `CreateSandboxRequest` into a [`Plan`] any runtime can carry out, or an error
+//! naming the offending field. Pure: no I/O and no runtime's syntax (volumes are
+//! [`Mount`]s), so every rule is unit-tested here.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use super::error::Error;
+use super::runtime::{Mount, Resources};
 use crate::wire::lifecycle::{CreateSandboxRequest, PlatformSpec};
 
 /// The extension that asks for isolated sessions inside the sandbox.
@@ -23,12 +25,8 @@ pub struct Plan {
     pub entrypoint: Vec<String>,
     /// Seconds to live; `None` for manual cleanup.
     pub timeout: Option<u64>,
-    /// Memory limit, bytes.
-    pub memory: Option<i64>,
-    /// CPU limit, billionths of a CPU.
-    pub nano_cpus: Option<i64>,
-    /// Process limit.
-    pub pids: Option<i64>,
+    /// Resource limits; `pids` is 0 when the request set none (the service's default then).
+    pub resources: Resources,
     /// Environment, null entries dropped.
     pub env: BTreeMap<String, String>,
     /// User labels.
@@ -37,25 +35,10 @@ pub struct Plan {
     pub extensions: BTreeMap<String, String>,
     /// Whether isolated sessions were asked for.
     pub isolation: bool,
-    /// Host-path binds, `src:dst[:ro]`.
-    pub host_binds: Vec<String>,
-    /// Named volumes: (name, subPath, mountPath, read-only).
-    pub named_volumes: Vec<NamedVolume>,
+    /// Volumes, in request order.
+    pub mounts: Vec<Mount>,
     /// Echo of the platform.
     pub platform: Option<PlatformSpec>,
-}
-
-/// A named Docker volume to mount.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamedVolume {
-    /// Volume name.
-    pub name: String,
-    /// Directory inside the volume, if not its root.
-    pub sub_path: Option<String>,
-    /// Where it appears in the sandbox.
-    pub mount_path: String,
-    /// Mount read-only.
-    pub read_only: bool,
 }
 
 /// Limits that validation enforces.
@@ -70,13 +53,13 @@ pub struct Limits {
 /// Validates `req`.
 pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
     if req.snapshot_id.is_some() {
-        return Err(Error::unsupported(
-            "snapshotId: snapshots are not supported by the Docker runtime",
+        return Err(Error::UnsupportedField(
+            "snapshotId: snapshots are not supported by the Docker runtime".into(),
         ));
     }
     if req.template_id.is_some() {
-        return Err(Error::unsupported(
-            "templateId: templates need the Kubernetes runtime",
+        return Err(Error::UnsupportedField(
+            "templateId: templates need the Kubernetes runtime".into(),
         ));
     }
     for (set, field) in [
@@ -92,7 +75,7 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
         (req.secure_access == Some(true), "secureAccess"),
     ] {
         if set {
-            return Err(Error::unsupported(format!(
+            return Err(Error::UnsupportedField(format!(
                 "{field} is not supported by the Docker runtime"
             )));
         }
@@ -118,7 +101,7 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
             other => other,
         };
         if p.os != "linux" || p.arch != arch {
-            return Err(Error::unsupported(format!(
+            return Err(Error::UnsupportedField(format!(
                 "platform {}/{}: this host runs linux/{arch}",
                 p.os, p.arch
             )));
@@ -152,20 +135,21 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
             )))
         }
     };
-    let (host_binds, named_volumes) = volumes(req.volumes.unwrap_or_default(), limits)?;
+    let mounts = volumes(req.volumes.unwrap_or_default(), limits)?;
     Ok(Plan {
         image,
         entrypoint,
         timeout,
-        memory,
-        nano_cpus,
-        pids,
+        resources: Resources {
+            nano_cpus,
+            memory,
+            pids: pids.unwrap_or(0),
+        },
         env,
         metadata,
         extensions,
         isolation,
-        host_binds,
-        named_volumes,
+        mounts,
         platform: req.platform,
     })
 }
@@ -201,9 +185,9 @@ fn timeout(value: Option<&serde_json::Value>, max: u64) -> Result<Option<u64>, E
 }
 
 /// `resourceLimits` → (memory bytes, nano CPUs, pids).
-type Resources = (Option<i64>, Option<i64>, Option<i64>);
+type Limited = (Option<i64>, Option<i64>, Option<i64>);
 
-fn resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<Resources, Error> {
+fn resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<Limited, Error> {
     let (mut memory, mut cpus, mut pids) = (None, None, None);
     for (key, value) in limits {
         let text = match &value {
@@ -235,7 +219,11 @@ fn resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<Resour
                 memory = Some(bytes);
             }
             "pids" => pids = Some(text.parse::<i64>().ok().filter(|&p| p > 0).ok_or_else(bad)?),
-            "gpu" => return Err(Error::unsupported("resourceLimits.gpu: GPUs are not supported")),
+            "gpu" => {
+                return Err(Error::UnsupportedField(
+                    "resourceLimits.gpu: GPUs are not supported".into(),
+                ))
+            }
             other => {
                 return Err(Error::invalid(format!(
                     "resourceLimits.{other}: unknown resource (expected cpu, memory or pids)"
@@ -283,6 +271,14 @@ fn parse_bytes(text: &str) -> Option<i64> {
     let n: f64 = number.parse().ok().filter(|n: &f64| n.is_finite() && *n > 0.0)?;
     let bytes = n * factor;
     (bytes < i64::MAX as f64).then_some(bytes as i64)
+}
+
+/// A sandbox port: `1`..`65535`, digits only.
+pub fn parse_port(text: &str) -> Result<u16, Error> {
+    text.parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0 && text.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| Error::invalid(format!("port must be a number from 1 to 65535, got {text:?}")))
 }
 
 /// A Kubernetes label: `[prefix/]name` where name is ≤ 63 of `[A-Za-z0-9._-]` starting and
@@ -353,17 +349,14 @@ fn clean_relative(path: &str) -> bool {
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
-fn volumes(
-    volumes: Vec<crate::wire::lifecycle::Volume>,
-    limits: &Limits,
-) -> Result<(Vec<String>, Vec<NamedVolume>), Error> {
+fn volumes(volumes: Vec<crate::wire::lifecycle::Volume>, limits: &Limits) -> Result<Vec<Mount>, Error> {
     if volumes.len() > MAX_VOLUMES {
         return Err(Error::invalid(format!(
             "at most {MAX_VOLUMES} volumes, got {}",
             volumes.len()
         )));
     }
-    let (mut binds, mut named) = (Vec::new(), Vec::new());
+    let mut mounts = Vec::with_capacity(volumes.len());
     let mut seen = std::collections::BTreeSet::new();
     for v in volumes {
         let label = format!("volumes[{}]", v.name);
@@ -389,7 +382,6 @@ fn volumes(
                 )));
             }
         }
-        let ro = if v.read_only { ":ro" } else { "" };
         match (&v.host, &v.pvc, &v.ossfs) {
             (Some(host), None, None) => {
                 if !clean_absolute(&host.path) {
@@ -407,16 +399,16 @@ fn volumes(
                     .iter()
                     .any(|allowed| src.starts_with(allowed))
                 {
-                    return Err(Error::new(
-                        axum::http::StatusCode::FORBIDDEN,
-                        "SANDBOX::HOST_PATH_NOT_ALLOWED",
-                        format!(
-                            "{label}: host path {} is not under an allowed prefix (sandboxd --allow-host-path)",
-                            src.display()
-                        ),
-                    ));
+                    return Err(Error::HostPathNotAllowed(format!(
+                        "{label}: host path {} is not under an allowed prefix (sandboxd --allow-host-path)",
+                        src.display()
+                    )));
                 }
-                binds.push(format!("{}:{}{ro}", src.display(), v.mount_path));
+                mounts.push(Mount::HostPath {
+                    path: src.display().to_string(),
+                    mount_path: v.mount_path.clone(),
+                    read_only: v.read_only,
+                });
             }
             (None, Some(pvc), None) => {
                 let name = &pvc.claim_name;
@@ -431,7 +423,7 @@ fn volumes(
                         "{label}: pvc.claimName {name:?} is not a valid volume name"
                     )));
                 }
-                named.push(NamedVolume {
+                mounts.push(Mount::Volume {
                     name: name.clone(),
                     sub_path: v.sub_path.clone(),
                     mount_path: v.mount_path.clone(),
@@ -439,7 +431,7 @@ fn volumes(
                 });
             }
             (None, None, Some(_)) => {
-                return Err(Error::unsupported(format!(
+                return Err(Error::UnsupportedField(format!(
                     "{label}: ossfs volumes are not supported"
                 )))
             }
@@ -450,7 +442,7 @@ fn volumes(
             }
         }
     }
-    Ok((binds, named))
+    Ok(mounts)
 }
 
 #[cfg(test)]
@@ -496,15 +488,41 @@ mod tests {
         .unwrap();
         assert_eq!(p.timeout, Some(600));
         assert_eq!(
-            (p.memory, p.nano_cpus, p.pids),
-            (Some(2 << 30), Some(500_000_000), Some(128))
+            p.resources,
+            Resources {
+                memory: Some(2 << 30),
+                nano_cpus: Some(500_000_000),
+                pids: 128
+            }
         );
         assert_eq!(p.env.len(), 1);
         assert!(p.isolation);
-        assert_eq!(p.host_binds, ["/srv/data/a:/data:ro"]);
-        assert_eq!(p.named_volumes[0].name, "cache-1");
+        assert_eq!(
+            p.mounts,
+            [
+                Mount::HostPath {
+                    path: "/srv/data/a".into(),
+                    mount_path: "/data".into(),
+                    read_only: true
+                },
+                Mount::Volume {
+                    name: "cache-1".into(),
+                    sub_path: None,
+                    mount_path: "/cache".into(),
+                    read_only: false
+                }
+            ]
+        );
         let manual = plan(req(json!({"timeout": null})), &limits()).unwrap();
         assert_eq!(manual.timeout, None);
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port("44772").unwrap(), 44772);
+        for bad in ["0", "65536", "+80", "", "http"] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -577,14 +595,10 @@ mod tests {
         ];
         for (extra, needle) in cases {
             let e = err(extra.clone());
-            assert!(e.status.is_client_error(), "{extra}: {e:?}");
-            assert!(
-                e.message.contains(needle),
-                "{extra}: {:?} lacks {needle:?}",
-                e.message
-            );
+            assert!(e.is_client_error(), "{extra}: {e:?}");
+            assert!(e.to_string().contains(needle), "{extra}: {e:?} lacks {needle:?}");
         }
         let e = plan(CreateSandboxRequest::default(), &limits()).unwrap_err();
-        assert!(e.message.contains("image is required"));
+        assert!(e.to_string().contains("image is required"));
     }
 }

@@ -1,0 +1,160 @@
+//! `GET /sandboxes/{id}/diagnostics/{logs|events}`: the scoped JSON descriptor, or the
+//! deprecated plain text without `scope`.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::App;
+use crate::orchestrator::error::Error;
+
+/// The routes of this resource (behind auth).
+pub(super) fn routes() -> Router<App> {
+    Router::new().route("/sandboxes/{id}/diagnostics/{kind}", get(diagnostics))
+}
+
+#[utoipa::path(get, path = "/sandboxes/{id}/diagnostics/{kind}", params(("id" = String, Path), ("kind" = String, Path, description = "`logs` (the container's output) or `events` (sandboxd's event log for the sandbox)"),
+        ("scope" = Option<String>, Query, description = "with it: the JSON descriptor; without it: the deprecated plain text (`osb devops`, older clients)"),
+        ("tail" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "the last N lines, 1–10000; default: scoped 2000 log lines / every kept event, plain 100 log lines / 50 events"),
+        ("since" = Option<String>, Query, description = "lines at or after: a duration back from now (`30s`, `10m`, `2h`, `1d`) or an RFC 3339 time; logs to the second")),
+    responses((status = 200, description = "with `scope`: the descriptor (JSON); without: the text itself, with the header `Deprecation: true`",
+            content((crate::wire::lifecycle::DiagnosticContent = "application/json"), (String = "text/plain; charset=utf-8")),
+            headers(("Deprecation" = String, description = "`true` on the plain-text form"))),
+        (status = 400, description = "bad `tail` or `since` (the message names it)", body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn diagnostics(
+    State(app): State<App>,
+    Path((id, kind)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Error> {
+    let q = diagnostics_query(query.as_deref().unwrap_or(""), crate::wire::time::now_ms())?;
+    match q.scope {
+        Some(scope) => Ok(Json(
+            app.service
+                .diagnostics(&id, &kind, &scope, q.tail, q.since)
+                .await?,
+        )
+        .into_response()),
+        None => {
+            let text = app.service.plain_diagnostics(&id, &kind, q.tail, q.since).await?;
+            Ok((
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    ),
+                    (
+                        HeaderName::from_static("deprecation"),
+                        HeaderValue::from_static("true"),
+                    ),
+                ],
+                text,
+            )
+                .into_response())
+        }
+    }
+}
+
+/// The diagnostics query: `scope` (absent or empty: the plain form), `tail`, `since`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct DiagnosticsQuery {
+    scope: Option<String>,
+    tail: Option<usize>,
+    /// Epoch ms.
+    since: Option<i64>,
+}
+
+/// Most lines a diagnostics request may ask for.
+const MAX_TAIL: usize = 10_000;
+
+fn diagnostics_query(query: &str, now_ms: i64) -> Result<DiagnosticsQuery, Error> {
+    let mut q = DiagnosticsQuery::default();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "scope" => q.scope = Some(value.into_owned()).filter(|s| !s.is_empty()),
+            "tail" => {
+                q.tail = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_TAIL).contains(n))
+                        .ok_or_else(|| {
+                            Error::invalid(format!(
+                                "tail must be a number of lines from 1 to {MAX_TAIL}, got {value:?}"
+                            ))
+                        })?,
+                )
+            }
+            "since" => {
+                q.since = Some(parse_since(&value, now_ms).ok_or_else(|| {
+                    Error::invalid(format!(
+                    "since must be a duration such as 10m (s, m, h or d) or an RFC 3339 time, got {value:?}"
+                ))
+                })?)
+            }
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// `10m` (back from `now_ms`; units s, m, h, d) or an RFC 3339 time → epoch ms.
+fn parse_since(text: &str, now_ms: i64) -> Option<i64> {
+    let unit_ms = match text.as_bytes().last()? {
+        b's' => 1_000,
+        b'm' => 60_000,
+        b'h' => 3_600_000,
+        b'd' => 86_400_000,
+        _ => return crate::wire::time::parse_ms(text),
+    };
+    let digits = &text[..text.len() - 1];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let back = digits.parse::<i64>().ok()?.checked_mul(unit_ms)?;
+    now_ms.checked_sub(back)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue19_diagnostics_queries() {
+        let now = 1_000_000_000;
+        assert_eq!(diagnostics_query("", now).unwrap(), DiagnosticsQuery::default());
+        let q = diagnostics_query("scope=container&tail=5&since=10m", now).unwrap();
+        assert_eq!(
+            q,
+            DiagnosticsQuery {
+                scope: Some("container".into()),
+                tail: Some(5),
+                since: Some(now - 600_000),
+            }
+        );
+        assert_eq!(diagnostics_query("scope=", now).unwrap().scope, None);
+        let at = diagnostics_query("since=2026-03-25T10:01:13Z", now)
+            .unwrap()
+            .since;
+        assert_eq!(at, crate::wire::time::parse_ms("2026-03-25T10:01:13Z"));
+        assert_eq!(parse_since("30s", now), Some(now - 30_000));
+        assert_eq!(parse_since("2h", now), Some(now - 7_200_000));
+        assert_eq!(parse_since("1d", now), Some(now - 86_400_000));
+        for bad in ["tail=0", "tail=10001", "tail=x", "tail=-1"] {
+            let e = diagnostics_query(bad, now).unwrap_err();
+            assert!(e.to_string().starts_with("tail"), "{bad}: {e}");
+        }
+        for bad in [
+            "since=10",
+            "since=m",
+            "since=-5m",
+            "since=10w",
+            "since=yesterday",
+            "since=",
+        ] {
+            let e = diagnostics_query(bad, now).unwrap_err();
+            assert!(e.to_string().starts_with("since"), "{bad}: {e}");
+        }
+    }
+}

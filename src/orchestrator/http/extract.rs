@@ -1,0 +1,91 @@
+//! Extractors and the auth layer: `JsonBody<T>` (size limit, empty and malformed bodies as
+//! clear 4xx), `Principal` (who is calling, resolved once by [`authenticate`]).
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
+use serde::de::DeserializeOwned;
+
+use super::App;
+use crate::auth::constant_time_eq;
+use crate::orchestrator::error::{AuthFailure, Error};
+
+/// The API key header (upstream's name).
+pub const API_KEY_HEADER: &str = "open-sandbox-api-key";
+/// Largest JSON body accepted on lifecycle routes.
+const MAX_BODY: usize = 1 << 20;
+
+/// Who is calling, as the auth layer resolved it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// No API key is configured: every caller is let in (sandboxd warns at start).
+    Anonymous,
+    /// The caller presented the server's API key.
+    ApiKey,
+}
+
+/// Resolves the caller's credentials, or says why they are not good enough.
+pub(super) fn principal(app: &App, headers: &HeaderMap) -> Result<Principal, Error> {
+    let Some(expected) = &app.api_key else {
+        return Ok(Principal::Anonymous);
+    };
+    match headers.get(API_KEY_HEADER) {
+        None => Err(Error::Unauthenticated(AuthFailure::Missing)),
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(Principal::ApiKey),
+        Some(_) => Err(Error::Unauthenticated(AuthFailure::Invalid)),
+    }
+}
+
+/// The auth route layer of the api router: puts the [`Principal`] in the request's
+/// extensions, or answers 401.
+pub(super) async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    match principal(&app, req.headers()) {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .copied()
+            .ok_or(Error::Unauthenticated(AuthFailure::Missing))
+    }
+}
+
+/// A JSON body of at most 1 MiB: empty is 400, too large 413, malformed 400 naming the
+/// problem.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Error> {
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+            .await
+            .map_err(|e| {
+                let too_large =
+                    std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                if too_large {
+                    Error::TooLarge { limit: MAX_BODY }
+                } else {
+                    Error::invalid(format!("cannot read the body: {e}"))
+                }
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::invalid("a JSON body is required"));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))
+    }
+}

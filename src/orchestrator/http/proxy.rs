@@ -1,0 +1,116 @@
+//! The server proxy `ANY /sandboxes/{id}/proxy/{port}/...`: streams a request to a sandbox
+//! port and the answer back. Its own credential check: the sandbox's token, or a caller the
+//! auth layer would let in. Not rate limited.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, RawPathParams, Request, State};
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
+use http_body_util::BodyExt;
+
+use super::extract::{self, API_KEY_HEADER};
+use super::App;
+use crate::auth::{constant_time_eq, TOKEN_HEADER};
+use crate::orchestrator::error::Error;
+use crate::orchestrator::spec;
+use crate::relay::RelayError;
+
+/// The proxy's routes (mounted at `/` and `/v1`, outside the auth layer).
+pub(super) fn routes() -> Router<App> {
+    Router::new()
+        .route("/sandboxes/{id}/proxy/{port}", any(proxy))
+        .route("/sandboxes/{id}/proxy/{port}/", any(proxy))
+        .route("/sandboxes/{id}/proxy/{port}/{*rest}", any(proxy))
+}
+
+/// Headers that must never reach a sandbox: sandboxd's own credentials and the caller's.
+const STRIPPED: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    HeaderName::from_static(API_KEY_HEADER),
+];
+
+/// `ANY /sandboxes/{id}/proxy/{port}/...`: streams the request to the sandbox port and the
+/// answer back (SSE unbuffered, WebSocket upgrades tunnelled). The caller proves itself with
+/// the API key or with the sandbox's own token (what the endpoint's `headers` hand out);
+/// either way the sandbox receives its token and none of the caller's credentials.
+#[utoipa::path(method(get, post, put, patch, delete, head, options), path = "/sandboxes/{id}/proxy/{port}/{path}",
+    params(("id" = String, Path), ("port" = u16, Path), ("path" = String, Path, description = "path at the target, with the query")),
+    responses((status = 200, description = "whatever the sandbox port answers, streamed (WebSocket upgrades relayed)"),
+        (status = 401, description = "neither the API key nor the sandbox token", body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError),
+        (status = 409, description = "`DOCKER::SANDBOX_NOT_RUNNING`: the sandbox is Pending, Paused, Failed or Terminated (the message names it); answered at once", body = crate::wire::lifecycle::LifecycleError), (status = 502, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn proxy(
+    State(app): State<App>,
+    params: RawPathParams,
+    req: Request,
+) -> Result<Response, Error> {
+    // Raw (still percent-encoded) values: the rest of the path is passed on as it came.
+    let param = |name: &str| params.iter().find_map(|(k, v)| (k == name).then_some(v));
+    let (id, port, rest) = (
+        param("id").unwrap_or_default(),
+        param("port").unwrap_or_default(),
+        param("rest").unwrap_or_default(),
+    );
+    if rest
+        .split('/')
+        .any(|seg| seg == ".." || seg.eq_ignore_ascii_case("%2e%2e"))
+    {
+        return Err(Error::invalid("the proxy path must not contain .."));
+    }
+    let port = spec::parse_port(port)?;
+    let caller = extract::principal(&app, req.headers());
+    let (token, target) = match app.service.proxy_target(id, port).await {
+        Ok(found) => found,
+        // Without a credential, an unknown sandbox is a 401 like any other: existence is
+        // not told to strangers.
+        Err(e) => return Err(caller.err().unwrap_or(e)),
+    };
+    let by_token = req
+        .headers()
+        .get(TOKEN_HEADER)
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+    if !by_token {
+        caller?;
+    }
+    let target = target?;
+    let mut path_and_query = format!("{}/{rest}", target.prefix);
+    if let Some(q) = req.uri().query() {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let req = req.map(|body: Body| body.map_err(Into::into).boxed_unsync());
+    let sandbox_token = target.execd.then_some(token);
+    let resp = app
+        .relay
+        .forward(req, target.dial, &path_and_query, client, |headers| {
+            for name in &STRIPPED {
+                headers.remove(name);
+            }
+            headers.remove(TOKEN_HEADER);
+            if let Some(token) = sandbox_token
+                .as_deref()
+                .and_then(|t| HeaderValue::from_str(t).ok())
+            {
+                headers.insert(TOKEN_HEADER, token);
+            }
+        })
+        .await;
+    match resp {
+        Ok(resp) => Ok(resp.map(Body::new)),
+        Err(RelayError::Uri(e)) => Err(Error::invalid(format!("invalid proxy path: {e}"))),
+        // An exited container's port refuses at once: say so by its state, not as a 502.
+        Err(other) => match app.service.unreachable(id).await {
+            Some(state) => Err(state),
+            None => Err(Error::Unreachable {
+                id: id.to_owned(),
+                port,
+                reason: other.to_string(),
+            }),
+        },
+    }
+}

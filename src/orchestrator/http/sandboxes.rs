@@ -1,0 +1,208 @@
+//! The sandbox resource: create, list, read, delete, metadata, pause, resume, renew and
+//! endpoints.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+
+use super::extract::JsonBody;
+use super::App;
+use crate::orchestrator::error::Error;
+use crate::orchestrator::service::ListFilter;
+use crate::wire::lifecycle::{CreateSandboxRequest, RenewExpiration};
+
+/// The routes of this resource (mounted at `/` and `/v1`, behind auth).
+pub(super) fn routes() -> Router<App> {
+    Router::new()
+        .route("/sandboxes", post(create).get(list))
+        .route("/sandboxes/{id}", get(get_one).delete(delete))
+        .route("/sandboxes/{id}/metadata", patch(patch_metadata))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/renew-expiration", post(renew))
+        .route("/sandboxes/{id}/endpoints/{port}", get(endpoint))
+}
+
+#[utoipa::path(post, path = "/sandboxes", request_body = crate::wire::lifecycle::CreateSandboxRequest,
+    responses((status = 202, description = "running: execd answered /ping", body = crate::wire::lifecycle::CreateSandboxResponse),
+        (status = 400, description = "invalid request, unsupported field, or an image that cannot be had", body = crate::wire::lifecycle::LifecycleError),
+        (status = 401, body = crate::wire::lifecycle::LifecycleError), (status = 500, description = "the sandbox failed to start (its last output in the message)", body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn create(
+    State(app): State<App>,
+    JsonBody(body): JsonBody<CreateSandboxRequest>,
+) -> Result<Response, Error> {
+    let created = app.service.create(body).await?;
+    let location = HeaderValue::from_str(&format!("/v1/sandboxes/{}", created.id)).ok();
+    let mut resp = (StatusCode::ACCEPTED, Json(created)).into_response();
+    if let Some(location) = location {
+        resp.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(resp)
+}
+
+#[utoipa::path(get, path = "/sandboxes", params(("state" = Option<Vec<String>>, Query, description = "repeatable; OR; case-insensitive"),
+        ("metadata" = Option<String>, Query, description = "url-encoded `k=v&k2=v2`; AND"), ("page" = Option<u32>, Query), ("pageSize" = Option<u32>, Query)),
+    responses((status = 200, body = crate::wire::lifecycle::ListSandboxesResponse), (status = 400, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn list(State(app): State<App>, RawQuery(query): RawQuery) -> Result<Response, Error> {
+    let filter = list_filter(query.as_deref().unwrap_or(""))?;
+    Ok(Json(app.service.list(filter).await?).into_response())
+}
+
+/// `?state=a&state=b&metadata=k%3Dv%26k2%3Dv2&page=1&pageSize=20`.
+fn list_filter(query: &str) -> Result<ListFilter, Error> {
+    let mut filter = ListFilter {
+        page: 1,
+        page_size: 20,
+        ..Default::default()
+    };
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "state" => filter.states.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            ),
+            "metadata" => {
+                for (k, v) in form_urlencoded::parse(value.as_bytes()) {
+                    if k.is_empty() {
+                        return Err(Error::InvalidMetadataFilter(format!(
+                            "metadata filter {value:?} must be k=v pairs joined by &"
+                        )));
+                    }
+                    filter.metadata.push((k.into_owned(), v.into_owned()));
+                }
+            }
+            "page" => {
+                filter.page =
+                    value.parse().ok().filter(|&p| p >= 1).ok_or_else(|| {
+                        Error::invalid(format!("page must be an integer ≥ 1, got {value:?}"))
+                    })?
+            }
+            "pageSize" | "page_size" => {
+                filter.page_size = value
+                    .parse()
+                    .ok()
+                    .filter(|p| (1..=200).contains(p))
+                    .ok_or_else(|| Error::invalid(format!("pageSize must be from 1 to 200, got {value:?}")))?
+            }
+            _ => {}
+        }
+    }
+    Ok(filter)
+}
+
+#[utoipa::path(get, path = "/sandboxes/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = crate::wire::lifecycle::Sandbox), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn get_one(State(app): State<App>, Path(id): Path<String>) -> Result<Response, Error> {
+    Ok(Json(app.service.get(&id).await?).into_response())
+}
+
+#[utoipa::path(delete, path = "/sandboxes/{id}", params(("id" = String, Path)),
+    responses((status = 204, description = "container killed and removed"), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn delete(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, Error> {
+    app.service.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(patch, path = "/sandboxes/{id}/metadata", params(("id" = String, Path)), request_body(content = Object, description = "JSON merge patch: string values set, null deletes"),
+    responses((status = 200, body = crate::wire::lifecycle::Sandbox), (status = 400, body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn patch_metadata(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    JsonBody(patch): JsonBody<serde_json::Value>,
+) -> Result<Response, Error> {
+    let serde_json::Value::Object(patch) = patch else {
+        return Err(Error::invalid("the metadata patch must be a JSON object"));
+    };
+    Ok(Json(app.service.patch_metadata(&id, patch).await?).into_response())
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/pause", params(("id" = String, Path)),
+    responses((status = 202, description = "paused (a freeze the cgroup v1 freezer gives up on while processes start is retried: 5 tries over about 2 s)"),
+        (status = 404, body = crate::wire::lifecycle::LifecycleError), (status = 409, description = "`DOCKER::SANDBOX_NOT_RUNNING`: not running (the message names the state)", body = crate::wire::lifecycle::LifecycleError),
+        (status = 500, description = "`SANDBOX::INTERNAL_ERROR`: the freezer failed on every try; the sandbox stays Running", body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn pause(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, Error> {
+    app.service.pause(&id).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/resume", params(("id" = String, Path)),
+    responses((status = 202, description = "resumed (retried as pause is)"), (status = 404, body = crate::wire::lifecycle::LifecycleError),
+        (status = 409, description = "`DOCKER::SANDBOX_NOT_PAUSED`: not paused (the message names the state)", body = crate::wire::lifecycle::LifecycleError),
+        (status = 500, description = "`SANDBOX::INTERNAL_ERROR`: the freezer failed on every try; the sandbox stays Paused", body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn resume(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, Error> {
+    app.service.resume(&id).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/renew-expiration", params(("id" = String, Path)), request_body = crate::wire::lifecycle::RenewExpiration,
+    responses((status = 200, body = crate::wire::lifecycle::RenewExpiration), (status = 400, description = "not RFC 3339, or not in the future", body = crate::wire::lifecycle::LifecycleError),
+        (status = 404, body = crate::wire::lifecycle::LifecycleError), (status = 409, description = "manual-cleanup sandbox", body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn renew(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<RenewExpiration>,
+) -> Result<Response, Error> {
+    Ok(Json(app.service.renew(&id, body).await?).into_response())
+}
+
+#[utoipa::path(get, path = "/sandboxes/{id}/endpoints/{port}", params(("id" = String, Path), ("port" = u16, Path),
+        ("use_server_proxy" = Option<bool>, Query), ("expires" = Option<i64>, Query, description = "refused: no signed endpoints on Docker")),
+    responses((status = 200, body = crate::wire::lifecycle::Endpoint), (status = 400, body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn endpoint(
+    State(app): State<App>,
+    Path((id, port)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Error> {
+    let (mut use_server_proxy, mut expires) = (false, None);
+    for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "use_server_proxy" | "useServerProxy" => {
+                use_server_proxy = match v.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" | "" => false,
+                    other => {
+                        return Err(Error::invalid(format!(
+                            "use_server_proxy must be a boolean, got {other:?}"
+                        )))
+                    }
+                }
+            }
+            "expires" => expires = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    Ok(Json(
+        app.service
+            .endpoint(&id, &port, use_server_proxy, expires.as_deref())
+            .await?,
+    )
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_filters() {
+        let f = list_filter("state=Running&state=paused&metadata=team%3Dml%26env%3Dprod&page=2&pageSize=5")
+            .unwrap();
+        assert_eq!(f.states, ["Running", "paused"]);
+        assert_eq!(
+            f.metadata,
+            [("team".into(), "ml".into()), ("env".into(), "prod".into())]
+        );
+        assert_eq!((f.page, f.page_size), (2, 5));
+        assert!(list_filter("page=0").is_err());
+        assert!(list_filter("pageSize=201").is_err());
+        assert!(matches!(
+            list_filter("metadata=%3Dx").unwrap_err(),
+            Error::InvalidMetadataFilter(_)
+        ));
+    }
+}

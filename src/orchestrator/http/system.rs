@@ -1,0 +1,79 @@
+//! The public routes (`/health`, `/version`), the 1.1.1 SDK's metrics event, the 501s of
+//! contract routes this runtime does not serve, and the 404 of everything else.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+
+use super::App;
+use crate::orchestrator::error::{Error, Feature};
+
+/// `/health`: no credential (mounted at `/` and `/v1`).
+pub(super) fn public_routes() -> Router<App> {
+    Router::new().route("/health", get(health))
+}
+
+/// `/version`: no credential, bare path only.
+pub(super) fn version_routes() -> Router<App> {
+    Router::new().route("/version", get(version))
+}
+
+/// `/metrics/events` (mounted under `/v1` only, behind auth).
+pub(super) fn metrics_routes() -> Router<App> {
+    Router::new().route("/metrics/events", post(metrics_event))
+}
+
+/// Contract routes this runtime answers with 501 (behind auth).
+pub(super) fn unsupported_routes() -> Router<App> {
+    Router::new()
+        .route("/sandboxes/{id}/snapshots", any(no_snapshots))
+        .route("/snapshots", any(no_snapshots))
+        .route("/snapshots/{id}", any(no_snapshots))
+        .route("/sandboxes/{id}/networkpolicy", any(no_network_policy))
+        .route("/templates", any(no_templates))
+        .route("/templates/{id}", any(no_templates))
+        .route("/pools", any(no_pools))
+        .route("/pools/{name}", any(no_pools))
+}
+
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "`{\"status\": \"healthy\"}`")))]
+pub(crate) async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "healthy"}))
+}
+
+#[utoipa::path(get, path = "/version", responses((status = 200, description = "`{version, runtime, dockerApiVersion}` (bare path only)")))]
+pub(crate) async fn version(State(app): State<App>) -> Json<serde_json::Value> {
+    let (kind, version) = app.service.runtime_version();
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "runtime": kind.as_str(),
+        "dockerApiVersion": version,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/metrics/events", responses((status = 204, description = "accepted and ignored (the 1.1.1 SDK's fire-and-forget create metric)")))]
+pub(crate) async fn metrics_event() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+async fn no_snapshots() -> Error {
+    Error::Unsupported(Feature::Snapshots)
+}
+
+async fn no_network_policy() -> Error {
+    Error::Unsupported(Feature::NetworkPolicy)
+}
+
+async fn no_templates() -> Error {
+    Error::Unsupported(Feature::Templates)
+}
+
+async fn no_pools() -> Error {
+    Error::Unsupported(Feature::Pools)
+}
+
+/// 404 for a path no router serves.
+pub(super) async fn no_route() -> Error {
+    Error::NoRoute
+}

@@ -1,0 +1,794 @@
+//! The Docker runtime: containers through the Engine API (bollard, unix socket, version
+//! negotiated so that old engines such as 20.10 / API 1.41 work), and the injection of the
+//! static execd into any image. The only module that sees bollard.
+//!
+//! Injection: the agent is copied (put_archive) once per sandboxd process into a named volume
+//! whose name carries the binary's hash. Every sandbox mounts that volume read-only at
+//! `/opt/sandboxd`, and the one file `execd` from it, read-only, at `/opt/opensandbox/execd`
+//! (a bind of the file inside the volume's directory on the engine's host). So whatever the
+//! image keeps in `/opt/opensandbox` (upstream's code-interpreter images keep their
+//! entrypoint there) stays visible beside the agent. The image needs nothing (no shell, no
+//! libc), a sandbox cannot alter its own agent, and a create costs no 4 MB copy (about 55 ms
+//! on fuse-overlayfs). The directory mount is what tells Docker the volume is in use (a bind
+//! of a file in it does not), so neither `docker volume prune` nor
+//! [`Docker::prune_agent_volumes`] removes the agent from under a live sandbox. Volume
+//! `subpath` mounts (API 1.45) would spare the host path, but sandboxd also serves engines as
+//! old as 20.10 (API 1.41), and a bind works on every version.
+//!
+//! Knows containers, not sandboxes: container states become [`Observed`] here, published
+//! ports become [`Target`]s, and the service decides the rest. Async.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::Context as _;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig, MountType, MountVolumeOptions, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt as _, StreamExt};
+use sha2::Digest as _;
+
+use super::{
+    Capabilities, Fut, Instance, Mount, Observed, Runtime, RuntimeError, RuntimeKind, SandboxSpec, Target,
+    EXECD_PORT,
+};
+use crate::wire::time::format_ms;
+
+/// Where the agent volume is mounted inside every sandbox (read-only).
+pub const AGENT_DIR: &str = "/opt/sandboxd";
+/// Where execd is run from inside every sandbox: upstream's path, a read-only bind of the
+/// single file, so that the rest of the image's `/opt/opensandbox` stays visible.
+pub const AGENT_PATH: &str = "/opt/opensandbox/execd";
+/// execd's state directory, a tmpfs in sandboxes with isolated sessions.
+pub const ISOLATION_STATE: &str = "/var/lib/execd";
+/// The conventional application port that is published too.
+pub const HTTP_PORT: u16 = 8080;
+
+/// Label: the sandbox id (upstream's name).
+pub const LABEL_ID: &str = "opensandbox.io/id";
+/// Label: expiry (RFC 3339), or absent.
+pub const LABEL_EXPIRES: &str = "opensandbox.io/expires-at";
+/// Label: set to `true` for manual-cleanup sandboxes.
+pub const LABEL_MANUAL: &str = "opensandbox.io/manual-cleanup";
+/// Label: which sandboxd state file owns the container.
+pub const LABEL_INSTANCE: &str = "io.execd.sandboxd.instance";
+/// Label of the agent volumes.
+pub const LABEL_AGENT: &str = "io.execd.sandboxd.agent";
+
+/// What the Docker runtime is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The static execd to inject.
+    pub agent: std::path::PathBuf,
+    /// This sandboxd's state-file identity, labelled on every container it creates, so that
+    /// several sandboxd instances can share one engine without touching each other's.
+    pub instance: String,
+    /// Host address sandbox ports are published on.
+    pub publish_ip: IpAddr,
+    /// Host that endpoints advertise.
+    pub public_host: String,
+    /// Docker network mode of sandboxes.
+    pub network: String,
+    /// The seccomp profile (JSON) for sandboxes that ask for isolation; `None` refuses them.
+    pub isolation_profile: Option<String>,
+}
+
+/// The engine's error, classified.
+fn classify(op: &'static str, e: BollardError) -> RuntimeError {
+    match e {
+        BollardError::DockerResponseServerError { status_code, message } => match status_code {
+            404 => RuntimeError::NotFound(message),
+            400 => RuntimeError::Rejected(format!("docker rejected the request: {message}")),
+            409 => RuntimeError::Conflict(message),
+            _ => RuntimeError::Engine {
+                op,
+                message: format!("{status_code}: {message}"),
+            },
+        },
+        BollardError::IOError { err } => RuntimeError::Unavailable(err.to_string()),
+        other => RuntimeError::Engine {
+            op,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// The host ports published for execd and for 8080: a Docker [`Instance`]'s data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Ports {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    execd: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http: Option<u16>,
+}
+
+impl Ports {
+    fn of(instance: &Instance) -> Self {
+        serde_json::from_str(&instance.data).unwrap_or_default()
+    }
+
+    fn instance(self, container: String) -> Instance {
+        Instance {
+            kind: RuntimeKind::Docker,
+            reference: container,
+            data: serde_json::to_string(&self).unwrap_or_default(),
+        }
+    }
+}
+
+/// The engine connection plus the agent, ready to upload.
+pub struct Docker {
+    api: bollard::Docker,
+    settings: Settings,
+    /// A tar holding `execd`, made once at start.
+    agent_tar: Bytes,
+    /// `sandboxd-execd-<hash>`: the volume every sandbox mounts at [`AGENT_DIR`].
+    agent_volume: String,
+    /// Set once this process has filled the volume: the host path of `execd` in it, the
+    /// source of the file bind at [`AGENT_PATH`].
+    agent_ready: tokio::sync::OnceCell<String>,
+}
+
+impl Docker {
+    /// Connects to the local engine (DOCKER_HOST or the default socket), negotiates the API
+    /// version, and packs the agent for injection.
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        let agent = &settings.agent;
+        let binary = std::fs::read(agent).with_context(|| {
+            format!(
+                "cannot read the agent {} (build it with scripts/build-agent.sh or pass --agent)",
+                agent.display()
+            )
+        })?;
+        anyhow::ensure!(
+            binary.starts_with(b"\x7fELF"),
+            "{} is not an ELF binary",
+            agent.display()
+        );
+        let api = bollard::Docker::connect_with_local_defaults()
+            .context("cannot reach the Docker engine")?
+            .negotiate_version()
+            .await
+            .context("cannot reach the Docker engine")?;
+        let hash = hex::encode(&sha2::Sha256::digest(&binary)[..8]);
+        Ok(Self {
+            api,
+            agent_tar: agent_tar(&binary)?,
+            agent_volume: format!("sandboxd-execd-{hash}"),
+            agent_ready: tokio::sync::OnceCell::new(),
+            settings,
+        })
+    }
+
+    /// Makes sure the agent volume holds this process's execd and returns the host path of
+    /// the binary in it: the first call creates the volume and copies the binary in through a
+    /// container of `image` that is never started (any image will do, so that injection never
+    /// depends on what is in it); later calls return at once.
+    async fn ensure_agent(&self, image: &str) -> Result<String, RuntimeError> {
+        self.agent_ready
+            .get_or_try_init(|| async {
+                let create = bollard::models::VolumeCreateRequest {
+                    name: Some(self.agent_volume.clone()),
+                    labels: Some(HashMap::from([(LABEL_AGENT.to_owned(), "true".to_owned())])),
+                    ..Default::default()
+                };
+                // Creating an existing volume (another sandboxd with the same build) returns it.
+                let volume = self
+                    .api
+                    .create_volume(create)
+                    .await
+                    .map_err(|e| classify("create the agent volume", e))?;
+                let body = ContainerCreateBody {
+                    image: Some(image.to_owned()),
+                    entrypoint: Some(vec![format!("{AGENT_DIR}/execd")]),
+                    labels: Some(HashMap::from([(LABEL_AGENT.to_owned(), "filler".to_owned())])),
+                    host_config: Some(HostConfig {
+                        mounts: Some(vec![self.agent_mount(false)]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let filler = self
+                    .api
+                    .create_container(None, body)
+                    .await
+                    .map_err(|e| classify("create the agent filler", e))?
+                    .id;
+                let options = UploadToContainerOptionsBuilder::default().path(AGENT_DIR).build();
+                let copied = self
+                    .api
+                    .upload_to_container(&filler, Some(options), bollard::body_full(self.agent_tar.clone()))
+                    .await
+                    .map_err(|e| classify("copy the agent", e));
+                let removed = self.remove_container(&filler).await;
+                copied?;
+                removed?;
+                tracing::info!(volume = %self.agent_volume, "agent volume filled");
+                Ok::<String, RuntimeError>(format!("{}/execd", volume.mountpoint.trim_end_matches('/')))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Removes agent volumes of other execd builds that no container uses any more.
+    pub async fn prune_agent_volumes(&self) {
+        let filters = HashMap::from([("label".to_owned(), vec![LABEL_AGENT.to_owned()])]);
+        let options = bollard::query_parameters::ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let Ok(list) = self.api.list_volumes(Some(options)).await else {
+            return;
+        };
+        for volume in list.volumes.unwrap_or_default() {
+            if volume.name != self.agent_volume {
+                // Fails (and stays) while a sandbox still mounts it.
+                let none: Option<bollard::query_parameters::RemoveVolumeOptions> = None;
+                if self.api.remove_volume(&volume.name, none).await.is_ok() {
+                    tracing::info!(volume = %volume.name, "removed an old agent volume");
+                }
+            }
+        }
+    }
+
+    /// The agent volume mounted at [`AGENT_DIR`] (nothing from the image is copied into it).
+    fn agent_mount(&self, read_only: bool) -> bollard::models::Mount {
+        bollard::models::Mount {
+            target: Some(AGENT_DIR.to_owned()),
+            source: Some(self.agent_volume.clone()),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(read_only),
+            volume_options: Some(MountVolumeOptions {
+                no_copy: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Makes sure the image is present, pulling it when it is not. The error says why the
+    /// image cannot be had.
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        match self.api.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) => match classify("inspect the image", e) {
+                RuntimeError::NotFound(_) => {}
+                other => return Err(other),
+            },
+        }
+        let options = CreateImageOptionsBuilder::default().from_image(image).build();
+        let mut pull = self.api.create_image(Some(options), None, None);
+        let cannot = |m: &str| {
+            RuntimeError::ImageNotFound(format!(
+                "image {image:?} is not present and cannot be pulled: {m}"
+            ))
+        };
+        while let Some(progress) = pull.next().await {
+            let progress = progress.map_err(|e| match classify("pull the image", e) {
+                RuntimeError::Unavailable(m) => RuntimeError::Unavailable(m),
+                RuntimeError::NotFound(m)
+                | RuntimeError::Rejected(m)
+                | RuntimeError::Conflict(m)
+                | RuntimeError::Transient(m)
+                | RuntimeError::ImageNotFound(m)
+                | RuntimeError::Engine { message: m, .. } => cannot(&m),
+            })?;
+            if let Some(detail) = progress.error_detail.and_then(|d| d.message) {
+                return Err(cannot(&detail));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a named volume when it does not exist; returns its mount point on the host.
+    async fn ensure_volume(&self, name: &str) -> Result<String, RuntimeError> {
+        match self.api.inspect_volume(name).await {
+            Ok(v) => Ok(v.mountpoint),
+            Err(e) => match classify("inspect a volume", e) {
+                RuntimeError::NotFound(_) => {
+                    let create = bollard::models::VolumeCreateRequest {
+                        name: Some(name.to_owned()),
+                        ..Default::default()
+                    };
+                    Ok(self
+                        .api
+                        .create_volume(create)
+                        .await
+                        .map_err(|e| classify("create a volume", e))?
+                        .mountpoint)
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    /// `src:dst[:ro]` binds for the spec's mounts (named volumes created when missing).
+    async fn binds(&self, mounts: &[Mount]) -> Result<Vec<String>, RuntimeError> {
+        let mut binds = Vec::with_capacity(mounts.len());
+        for mount in mounts {
+            let (source, mount_path, read_only) = match mount {
+                Mount::HostPath {
+                    path,
+                    mount_path,
+                    read_only,
+                } => (path.clone(), mount_path, *read_only),
+                Mount::Volume {
+                    name,
+                    sub_path,
+                    mount_path,
+                    read_only,
+                } => {
+                    let mountpoint = self.ensure_volume(name).await?;
+                    let source = match sub_path {
+                        Some(sub) => format!("{mountpoint}/{sub}"),
+                        None => name.clone(),
+                    };
+                    (source, mount_path, *read_only)
+                }
+            };
+            binds.push(format!(
+                "{source}:{mount_path}{}",
+                if read_only { ":ro" } else { "" }
+            ));
+        }
+        Ok(binds)
+    }
+
+    /// Creates (does not start) the container with execd as its init and returns its id.
+    async fn create_container(&self, spec: SandboxSpec, agent: &str) -> Result<String, RuntimeError> {
+        if spec.isolation && self.settings.isolation_profile.is_none() {
+            return Err(RuntimeError::Rejected(
+                "isolation: sandboxd has no seccomp profile for isolated sessions".into(),
+            ));
+        }
+        let binds = self.binds(&spec.mounts).await?;
+        let mut labels: HashMap<String, String> = spec.labels.into_iter().collect();
+        labels.insert(LABEL_ID.into(), spec.id.clone());
+        labels.insert(LABEL_INSTANCE.into(), self.settings.instance.clone());
+        match spec.expires_at {
+            Some(at) => labels.insert(LABEL_EXPIRES.into(), format_ms(at)),
+            None => labels.insert(LABEL_MANUAL.into(), "true".into()),
+        };
+        let mut entrypoint = vec![AGENT_PATH.to_owned(), "init".to_owned(), "--".to_owned()];
+        entrypoint.extend(spec.entrypoint);
+        let publish_ip = Some(self.settings.publish_ip.to_string());
+        let binding = || {
+            Some(vec![PortBinding {
+                host_ip: publish_ip.clone(),
+                host_port: Some(String::new()), // any free port
+            }])
+        };
+        let port_bindings = HashMap::from([
+            (format!("{EXECD_PORT}/tcp"), binding()),
+            (format!("{HTTP_PORT}/tcp"), binding()),
+        ]);
+        let mut security_opt = vec!["no-new-privileges:true".to_owned()];
+        let (mut masked_paths, mut readonly_paths, mut tmpfs) = (None, None, None);
+        if let (true, Some(profile)) = (spec.isolation, &self.settings.isolation_profile) {
+            security_opt.push(format!("seccomp={profile}"));
+            // What `--security-opt systempaths=unconfined` does: a fresh procfs can be mounted.
+            masked_paths = Some(Vec::new());
+            readonly_paths = Some(Vec::new());
+            // Overlay upper directories cannot live on the container's own overlay root.
+            tmpfs = Some(HashMap::from([(
+                ISOLATION_STATE.to_owned(),
+                "rw,nosuid,nodev,mode=0755".to_owned(),
+            )]));
+        }
+        let host_config = HostConfig {
+            port_bindings: Some(port_bindings),
+            memory: spec.resources.memory,
+            nano_cpus: spec.resources.nano_cpus,
+            pids_limit: Some(spec.resources.pids),
+            security_opt: Some(security_opt),
+            masked_paths,
+            readonly_paths,
+            tmpfs,
+            binds: (!binds.is_empty()).then_some(binds),
+            mounts: Some(vec![
+                self.agent_mount(true),
+                bollard::models::Mount {
+                    target: Some(AGENT_PATH.to_owned()),
+                    source: Some(agent.to_owned()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+            ]),
+            network_mode: Some(self.settings.network.clone()),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image),
+            entrypoint: Some(entrypoint),
+            cmd: Some(Vec::new()),
+            env: Some(spec.env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            exposed_ports: Some(vec![format!("{EXECD_PORT}/tcp"), format!("{HTTP_PORT}/tcp")]),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&format!("sandbox-{}", spec.id))
+            .build();
+        Ok(self
+            .api
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| classify("create the container", e))?
+            .id)
+    }
+
+    /// Starts the container and reads its published ports (none when it has already exited).
+    async fn start_container(&self, container: &str) -> Result<Ports, RuntimeError> {
+        self.api
+            .start_container(container, None)
+            .await
+            .map_err(|e| classify("start the container", e))?;
+        let info = self
+            .api
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| classify("inspect the container", e))?;
+        let ports = info.network_settings.and_then(|n| n.ports).unwrap_or_default();
+        let host_port = |port: u16| {
+            ports
+                .get(&format!("{port}/tcp"))
+                .and_then(|b| b.as_ref())
+                .and_then(|b| b.iter().find_map(|b| b.host_port.as_deref()?.parse().ok()))
+        };
+        Ok(Ports {
+            execd: host_port(EXECD_PORT),
+            http: host_port(HTTP_PORT),
+        })
+    }
+
+    /// Kills and removes the container (with its anonymous volumes). Already gone is fine.
+    async fn remove_container(&self, container: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.api.remove_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match classify("remove the container", e) {
+                RuntimeError::NotFound(_) => Ok(()),
+                // "removal already in progress"
+                RuntimeError::Conflict(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    fn connect_ip(&self) -> IpAddr {
+        if self.settings.publish_ip.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.settings.publish_ip
+        }
+    }
+}
+
+impl Runtime for Docker {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Docker
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            freeze: true,
+            isolation: self.settings.isolation_profile.is_some(),
+        }
+    }
+
+    fn version(&self) -> String {
+        self.api.client_version().to_string()
+    }
+
+    fn create(&self, spec: SandboxSpec) -> Fut<'_, Instance> {
+        async move {
+            self.ensure_image(&spec.image).await?;
+            let agent = self.ensure_agent(&spec.image).await?;
+            let container = self.create_container(spec, &agent).await?;
+            match self.start_container(&container).await {
+                Ok(ports) => Ok(ports.instance(container)),
+                Err(e) => {
+                    if let Err(removal) = self.remove_container(&container).await {
+                        tracing::error!(%container, error = %removal, "cannot remove a container that failed to start; reconciliation will retry");
+                    }
+                    Err(e)
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn observe<'a>(&'a self, instance: &'a Instance) -> Fut<'a, Observed> {
+        async move {
+            match self.api.inspect_container(&instance.reference, None).await {
+                Ok(info) => {
+                    let state = info.state.unwrap_or_default();
+                    let status = state.status.map(|s| s.to_string()).unwrap_or_default();
+                    Ok(observed(
+                        &status,
+                        state.exit_code,
+                        state.oom_killed.unwrap_or(false),
+                        state.error.filter(|e| !e.is_empty()),
+                    ))
+                }
+                Err(e) => match classify("inspect the container", e) {
+                    RuntimeError::NotFound(_) => Ok(Observed::Gone),
+                    other => Err(other),
+                },
+            }
+        }
+        .boxed()
+    }
+
+    fn observe_all(&self) -> Fut<'_, BTreeMap<String, (Instance, Observed)>> {
+        async move {
+            let filters = HashMap::from([(
+                "label".to_owned(),
+                vec![format!("{LABEL_INSTANCE}={}", self.settings.instance)],
+            )]);
+            let options = ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build();
+            let containers = self
+                .api
+                .list_containers(Some(options))
+                .await
+                .map_err(|e| classify("list containers", e))?;
+            Ok(containers
+                .into_iter()
+                .filter_map(|c| {
+                    let id = c.labels.as_ref()?.get(LABEL_ID)?.clone();
+                    let status = c.state.map(|s| s.to_string()).unwrap_or_default();
+                    let exit_code = c.status.as_deref().and_then(exit_code_of_status);
+                    let published = |port: u16| {
+                        c.ports
+                            .as_ref()?
+                            .iter()
+                            .find_map(|p| (p.private_port == port).then_some(p.public_port).flatten())
+                    };
+                    let ports = Ports {
+                        execd: published(EXECD_PORT),
+                        http: published(HTTP_PORT),
+                    };
+                    Some((
+                        id,
+                        (ports.instance(c.id?), observed(&status, exit_code, false, None)),
+                    ))
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn pause<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()> {
+        async move {
+            self.api
+                .pause_container(&instance.reference)
+                .await
+                .map_err(|e| freezer_error(classify("pause", e)))
+        }
+        .boxed()
+    }
+
+    fn unpause<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()> {
+        async move {
+            self.api
+                .unpause_container(&instance.reference)
+                .await
+                .map_err(|e| freezer_error(classify("resume", e)))
+        }
+        .boxed()
+    }
+
+    fn remove<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()> {
+        self.remove_container(&instance.reference).boxed()
+    }
+
+    fn logs<'a>(&'a self, instance: &'a Instance, tail: usize, since: Option<i64>) -> Fut<'a, String> {
+        async move {
+            let mut options = LogsOptionsBuilder::default()
+                .stdout(true)
+                .stderr(true)
+                .tail(&tail.to_string());
+            if let Some(since) = since {
+                // The engine's parameter is 32-bit seconds; clamp rather than wrap.
+                options = options.since(since.clamp(0, i64::from(i32::MAX)) as i32);
+            }
+            let options = options.build();
+            let mut stream = self.api.logs(&instance.reference, Some(options));
+            let mut text = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                text.extend_from_slice(&chunk.map_err(|e| classify("read logs", e))?.into_bytes());
+            }
+            Ok(String::from_utf8_lossy(&text).into_owned())
+        }
+        .boxed()
+    }
+
+    fn tidy(&self) -> BoxFuture<'_, ()> {
+        self.prune_agent_volumes().boxed()
+    }
+
+    /// 8080 is published itself; 44772 is execd; any other port goes through execd's `/proxy`.
+    fn target(&self, instance: &Instance, port: u16) -> Option<Target> {
+        let ports = Ports::of(instance);
+        let (host_port, prefix, execd) = match port {
+            HTTP_PORT => (ports.http?, String::new(), false),
+            EXECD_PORT => (ports.execd?, String::new(), true),
+            other => (ports.execd?, format!("/proxy/{other}"), true),
+        };
+        Some(Target {
+            dial: SocketAddr::new(self.connect_ip(), host_port),
+            public: format!("{}:{host_port}", self.settings.public_host),
+            prefix,
+            execd,
+        })
+    }
+}
+
+/// Docker's container state → [`Observed`].
+fn observed(status: &str, exit_code: Option<i64>, oom: bool, error: Option<String>) -> Observed {
+    match status {
+        "running" | "restarting" => Observed::Running,
+        "paused" => Observed::Paused,
+        "created" => Observed::Starting,
+        "removing" => Observed::Stopping,
+        "exited" => Observed::Exited {
+            code: exit_code,
+            oom,
+            message: error,
+        },
+        // A container the engine could not stop or remove cleanly has failed, whatever code
+        // it recorded.
+        "dead" => Observed::Exited {
+            code: Some(exit_code.filter(|&c| c != 0).unwrap_or(-1)),
+            oom,
+            message: error,
+        },
+        other => Observed::Unknown(format!("docker reports {other:?}")),
+    }
+}
+
+/// The engine's 500 for a freeze that the cgroup v1 freezer gave up on while processes were
+/// starting (runc: "unable to freeze"; the thaw side says "unable to thaw") is transient;
+/// every other error stays what it was.
+fn freezer_error(e: RuntimeError) -> RuntimeError {
+    match e {
+        RuntimeError::Engine { message, .. }
+            if message.contains("unable to freeze") || message.contains("unable to thaw") =>
+        {
+            RuntimeError::Transient(message)
+        }
+        other => other,
+    }
+}
+
+/// `Exited (137) 5 seconds ago` → 137.
+fn exit_code_of_status(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest[..rest.find(')')?].parse().ok()
+}
+
+/// A tar holding `execd` (mode 0755).
+fn agent_tar(binary: &[u8]) -> anyhow::Result<Bytes> {
+    let mut tar = tar::Builder::new(Vec::with_capacity(binary.len() + 4096));
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(binary.len() as u64);
+    h.set_path("execd")?;
+    h.set_cksum();
+    tar.append(&h, binary)?;
+    Ok(Bytes::from(tar.into_inner()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_from_list_status() {
+        assert_eq!(exit_code_of_status("Exited (137) 5 seconds ago"), Some(137));
+        assert_eq!(exit_code_of_status("Exited (0) About a minute ago"), Some(0));
+        assert_eq!(exit_code_of_status("Up 3 seconds"), None);
+    }
+
+    #[test]
+    fn only_freezer_give_ups_are_transient() {
+        let engine = |m: &str| RuntimeError::Engine {
+            op: "pause",
+            message: m.to_owned(),
+        };
+        let frozen = "500: Cannot pause container 1f2e: OCI runtime pause failed: unable to freeze: unknown";
+        assert!(matches!(
+            freezer_error(engine(frozen)),
+            RuntimeError::Transient(_)
+        ));
+        assert!(matches!(
+            freezer_error(engine("500: OCI runtime resume failed: unable to thaw: unknown")),
+            RuntimeError::Transient(_)
+        ));
+        assert!(matches!(
+            freezer_error(engine("500: container 1f2e is not running")),
+            RuntimeError::Engine { .. }
+        ));
+        assert!(matches!(
+            freezer_error(RuntimeError::Conflict("is already paused".into())),
+            RuntimeError::Conflict(_)
+        ));
+    }
+
+    #[test]
+    fn container_states_become_observed_states() {
+        assert_eq!(observed("running", None, false, None), Observed::Running);
+        assert_eq!(observed("restarting", None, false, None), Observed::Running);
+        assert_eq!(observed("paused", None, false, None), Observed::Paused);
+        assert_eq!(observed("created", None, false, None), Observed::Starting);
+        assert_eq!(observed("removing", None, false, None), Observed::Stopping);
+        assert_eq!(
+            observed("exited", Some(0), false, None),
+            Observed::Exited {
+                code: Some(0),
+                oom: false,
+                message: None
+            }
+        );
+        assert_eq!(
+            observed("dead", Some(0), false, None),
+            Observed::Exited {
+                code: Some(-1),
+                oom: false,
+                message: None
+            }
+        );
+        assert!(matches!(
+            observed("hibernating", None, false, None),
+            Observed::Unknown(_)
+        ));
+    }
+
+    #[test]
+    fn instance_data_round_trips_and_targets_follow_the_ports() {
+        let ports = Ports {
+            execd: Some(40001),
+            http: None,
+        };
+        let instance = ports.instance("c1".into());
+        assert_eq!(Ports::of(&instance), ports);
+        assert_eq!(
+            Ports::of(&Instance {
+                data: "garbage".into(),
+                ..instance.clone()
+            }),
+            Ports::default()
+        );
+    }
+
+    #[test]
+    fn the_agent_tar_holds_an_executable() {
+        let tar = agent_tar(b"\x7fELF fake").unwrap();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let entries: Vec<(String, u32)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().mode().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(entries, [("execd".to_owned(), 0o755)]);
+    }
+}

@@ -1,0 +1,323 @@
+//! An in-memory runtime for unit tests of the service: sandboxes are map entries, failures are
+//! scripted per operation ("`pause` fails twice with `Transient`"), and execd's `/ping` is
+//! served for real over loopback HTTP, so readiness goes through the real execd client.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
+
+use super::{Capabilities, Fut, Instance, Observed, Runtime, RuntimeError, RuntimeKind, SandboxSpec, Target};
+
+/// The application port that is not execd's.
+const HTTP_PORT: u16 = 8080;
+
+/// An operation a failure can be scripted for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// [`Runtime::create`].
+    Create,
+    /// [`Runtime::observe`].
+    Observe,
+    /// [`Runtime::observe_all`].
+    ObserveAll,
+    /// [`Runtime::pause`].
+    Pause,
+    /// [`Runtime::unpause`].
+    Unpause,
+    /// [`Runtime::remove`].
+    Remove,
+}
+
+/// How a created sandbox behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Behaviour {
+    /// Runs, and execd answers `/ping`.
+    #[default]
+    Healthy,
+    /// Runs, but execd never answers 200.
+    Silent,
+    /// Exits at once with this code (no published port).
+    Exits(i64),
+}
+
+/// One sandbox the fake holds.
+#[derive(Debug, Clone)]
+pub struct FakeSandbox {
+    /// The spec it was created from.
+    pub spec: SandboxSpec,
+    /// What `observe` says.
+    pub observed: Observed,
+    /// Whether its execd answers `/ping` with 200.
+    pub answers: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// By reference.
+    sandboxes: BTreeMap<String, FakeSandbox>,
+    failures: HashMap<Op, VecDeque<RuntimeError>>,
+    behaviour: Behaviour,
+    calls: Vec<Op>,
+    next: u64,
+}
+
+/// The fake.
+#[derive(Clone)]
+pub struct FakeRuntime {
+    inner: Arc<Mutex<Inner>>,
+    ping: SocketAddr,
+}
+
+impl FakeRuntime {
+    /// A fake with its `/ping` server on a loopback port.
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = axum::Router::new()
+            .route("/{reference}/ping", axum::routing::get(ping))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake ping server");
+        let ping = listener.local_addr().expect("local address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { inner, ping }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next `times` calls of `op` fail with what `error` makes.
+    pub fn fail(&self, op: Op, times: usize, error: fn() -> RuntimeError) {
+        let mut inner = self.lock();
+        let queue = inner.failures.entry(op).or_default();
+        queue.extend((0..times).map(|_| error()));
+    }
+
+    /// How sandboxes created from now on behave.
+    pub fn behave(&self, behaviour: Behaviour) {
+        self.lock().behaviour = behaviour;
+    }
+
+    /// Every sandbox the fake holds, by reference.
+    pub fn sandboxes(&self) -> BTreeMap<String, FakeSandbox> {
+        self.lock().sandboxes.clone()
+    }
+
+    /// Sets what `observe` says of the sandbox with id `id` (as if changed behind sandboxd's
+    /// back).
+    pub fn set_observed(&self, id: &str, observed: Observed) {
+        let mut inner = self.lock();
+        for s in inner.sandboxes.values_mut() {
+            if s.spec.id == id {
+                s.observed = observed.clone();
+            }
+        }
+    }
+
+    /// Adds a sandbox labelled `id` that sandboxd did not create through this fake (as found
+    /// in the runtime at start-up); returns its instance.
+    pub fn plant(&self, id: &str, observed: Observed) -> Instance {
+        let mut inner = self.lock();
+        inner.next += 1;
+        let reference = format!("planted-{}", inner.next);
+        inner.sandboxes.insert(
+            reference.clone(),
+            FakeSandbox {
+                spec: SandboxSpec {
+                    id: id.to_owned(),
+                    image: "planted".into(),
+                    entrypoint: vec!["sleep".into()],
+                    env: BTreeMap::new(),
+                    labels: BTreeMap::new(),
+                    expires_at: None,
+                    resources: Default::default(),
+                    mounts: Vec::new(),
+                    isolation: false,
+                },
+                observed,
+                answers: true,
+            },
+        );
+        instance(reference)
+    }
+
+    /// How many times `op` was called.
+    pub fn calls(&self, op: Op) -> usize {
+        self.lock().calls.iter().filter(|&&c| c == op).count()
+    }
+
+    /// Records the call; returns the scripted failure, if one is due.
+    fn enter(&self, op: Op) -> Result<(), RuntimeError> {
+        let mut inner = self.lock();
+        inner.calls.push(op);
+        match inner.failures.get_mut(&op).and_then(VecDeque::pop_front) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn instance(reference: String) -> Instance {
+    Instance {
+        kind: RuntimeKind::Fake,
+        reference,
+        data: String::new(),
+    }
+}
+
+async fn ping(State(inner): State<Arc<Mutex<Inner>>>, Path(reference): Path<String>) -> StatusCode {
+    let inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+    match inner.sandboxes.get(&reference) {
+        Some(s) if s.answers && s.observed == Observed::Running => StatusCode::OK,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Fake
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            freeze: true,
+            isolation: false,
+        }
+    }
+
+    fn version(&self) -> String {
+        "fake".into()
+    }
+
+    fn create(&self, spec: SandboxSpec) -> Fut<'_, Instance> {
+        async move {
+            self.enter(Op::Create)?;
+            let mut inner = self.lock();
+            inner.next += 1;
+            let reference = format!("fake-{}", inner.next);
+            let (observed, answers) = match inner.behaviour {
+                Behaviour::Healthy => (Observed::Running, true),
+                Behaviour::Silent => (Observed::Running, false),
+                Behaviour::Exits(code) => (
+                    Observed::Exited {
+                        code: Some(code),
+                        oom: false,
+                        message: None,
+                    },
+                    false,
+                ),
+            };
+            inner.sandboxes.insert(
+                reference.clone(),
+                FakeSandbox {
+                    spec,
+                    observed,
+                    answers,
+                },
+            );
+            Ok(instance(reference))
+        }
+        .boxed()
+    }
+
+    fn observe<'a>(&'a self, instance: &'a Instance) -> Fut<'a, Observed> {
+        async move {
+            self.enter(Op::Observe)?;
+            Ok(self
+                .lock()
+                .sandboxes
+                .get(&instance.reference)
+                .map_or(Observed::Gone, |s| s.observed.clone()))
+        }
+        .boxed()
+    }
+
+    fn observe_all(&self) -> Fut<'_, BTreeMap<String, (Instance, Observed)>> {
+        async move {
+            self.enter(Op::ObserveAll)?;
+            Ok(self
+                .lock()
+                .sandboxes
+                .iter()
+                .map(|(reference, s)| {
+                    (
+                        s.spec.id.clone(),
+                        (instance(reference.clone()), s.observed.clone()),
+                    )
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn pause<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()> {
+        async move {
+            self.enter(Op::Pause)?;
+            let mut inner = self.lock();
+            let s = inner
+                .sandboxes
+                .get_mut(&instance.reference)
+                .ok_or_else(|| RuntimeError::NotFound(instance.reference.clone()))?;
+            if s.observed != Observed::Running {
+                return Err(RuntimeError::Conflict("not running".into()));
+            }
+            s.observed = Observed::Paused;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn unpause<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()> {
+        async move {
+            self.enter(Op::Unpause)?;
+            let mut inner = self.lock();
+            let s = inner
+                .sandboxes
+                .get_mut(&instance.reference)
+                .ok_or_else(|| RuntimeError::NotFound(instance.reference.clone()))?;
+            if s.observed != Observed::Paused {
+                return Err(RuntimeError::Conflict("not paused".into()));
+            }
+            s.observed = Observed::Running;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn remove<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()> {
+        async move {
+            self.enter(Op::Remove)?;
+            self.lock().sandboxes.remove(&instance.reference);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn logs<'a>(&'a self, instance: &'a Instance, _tail: usize, _since: Option<i64>) -> Fut<'a, String> {
+        async move { Ok(format!("output of {}\n", instance.reference)) }.boxed()
+    }
+
+    fn tidy(&self) -> BoxFuture<'_, ()> {
+        async {}.boxed()
+    }
+
+    fn target(&self, instance: &Instance, port: u16) -> Option<Target> {
+        let inner = self.lock();
+        let s = inner.sandboxes.get(&instance.reference)?;
+        if matches!(s.observed, Observed::Exited { .. } | Observed::Gone) {
+            return None;
+        }
+        Some(Target {
+            dial: self.ping,
+            public: self.ping.to_string(),
+            prefix: format!("/{}", instance.reference),
+            execd: port != HTTP_PORT,
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! The runtime seam: what sandboxd asks of whatever runs sandboxes (the Docker Engine today, a
+//! Kubernetes cluster later), in runtime-neutral terms. The service holds an
+//! `Arc<dyn Runtime>` and never sees bollard, container status strings or published ports;
+//! each runtime turns its own states into [`Observed`] and its own addressing into a
+//! [`Target`].
+//!
+//! - `docker`: the Docker Engine (bollard), execd injected through a shared volume.
+//! - `fake` (tests only): an in-memory runtime with scriptable failures and a real HTTP
+//!   `/ping`, so the lifecycle service is unit-tested without an engine.
+
+pub mod docker;
+#[cfg(test)]
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use futures_util::future::BoxFuture;
+
+/// execd's port inside every sandbox.
+pub const EXECD_PORT: u16 = 44772;
+
+/// What a runtime call returns.
+pub type Fut<'a, T> = BoxFuture<'a, Result<T, RuntimeError>>;
+
+/// Which runtime serves the sandboxes (`/version` says it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// The Docker Engine API.
+    Docker,
+    /// The in-memory test runtime.
+    #[cfg(test)]
+    Fake,
+}
+
+impl RuntimeKind {
+    /// The name stored with each sandbox and shown by `/version`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Docker => "docker",
+            #[cfg(test)]
+            RuntimeKind::Fake => "fake",
+        }
+    }
+}
+
+/// What a runtime can do beyond create, observe and remove. The service checks these, so an
+/// unsupported feature is refused in one place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Pause by freezing every process (memory kept).
+    pub freeze: bool,
+    /// Isolated sessions inside sandboxes (user namespaces allowed by the runtime's profile).
+    pub isolation: bool,
+}
+
+/// Everything a runtime needs to start one sandbox. No runtime's syntax in it: mounts are
+/// [`Mount`]s, limits are numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSpec {
+    /// The sandbox id (labelled on what the runtime creates).
+    pub id: String,
+    /// Image reference.
+    pub image: String,
+    /// The user's entrypoint; execd's init goes in front of it.
+    pub entrypoint: Vec<String>,
+    /// Environment of the entrypoint (and of execd).
+    pub env: BTreeMap<String, String>,
+    /// User labels.
+    pub labels: BTreeMap<String, String>,
+    /// Expiry, epoch ms (a label, so that the runtime's own tools show it); `None` for manual
+    /// cleanup.
+    pub expires_at: Option<i64>,
+    /// Resource limits.
+    pub resources: Resources,
+    /// Volumes.
+    pub mounts: Vec<Mount>,
+    /// Whether isolated sessions were asked for.
+    pub isolation: bool,
+}
+
+/// Resource limits of one sandbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// CPU, in billionths of a CPU.
+    pub nano_cpus: Option<i64>,
+    /// Memory, bytes.
+    pub memory: Option<i64>,
+    /// Process limit.
+    pub pids: i64,
+}
+
+/// A volume in a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mount {
+    /// A directory of the host (already checked against the allowed prefixes).
+    HostPath {
+        /// Host path, `subPath` included.
+        path: String,
+        /// Where it appears in the sandbox.
+        mount_path: String,
+        /// Mounted read-only.
+        read_only: bool,
+    },
+    /// A named volume of the runtime, created when missing.
+    Volume {
+        /// Volume name.
+        name: String,
+        /// Directory inside the volume, if not its root.
+        sub_path: Option<String>,
+        /// Where it appears in the sandbox.
+        mount_path: String,
+        /// Mounted read-only.
+        read_only: bool,
+    },
+}
+
+/// A runtime's handle on one sandbox: opaque to the service, stored in the neutral columns
+/// `runtime`, `runtime_ref`, `runtime_data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Which runtime made it.
+    pub kind: RuntimeKind,
+    /// The runtime's name for it (a container id).
+    pub reference: String,
+    /// What else the runtime needs to reach it (published ports), in its own format.
+    pub data: String,
+}
+
+/// What the runtime says a sandbox is doing now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// Created, not yet running.
+    Starting,
+    /// Running (or restarting).
+    Running,
+    /// Frozen.
+    Paused,
+    /// Being removed.
+    Stopping,
+    /// Ended.
+    Exited {
+        /// Exit code, when known.
+        code: Option<i64>,
+        /// Ended by the kernel's OOM killer.
+        oom: bool,
+        /// The runtime's own account, if any.
+        message: Option<String>,
+    },
+    /// No longer exists.
+    Gone,
+    /// A state this build does not know; shown as such, never acted on destructively.
+    Unknown(String),
+}
+
+/// Where to dial one port of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The address sandboxd dials.
+    pub dial: SocketAddr,
+    /// `host:port` as clients reach it directly (endpoints without the server proxy).
+    pub public: String,
+    /// Path prefix at the target: `/proxy/<port>` when execd relays the port.
+    pub prefix: String,
+    /// Whether the target is execd, which takes the sandbox's token (and nothing else may).
+    pub execd: bool,
+}
+
+/// A failed runtime call.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No such sandbox, volume or image.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The image is not present and cannot be pulled.
+    #[error("{0}")]
+    ImageNotFound(String),
+    /// The runtime refused the request as invalid (a bad limit or mount): the user's to fix.
+    #[error("{0}")]
+    Rejected(String),
+    /// The state changed under the call (pausing a paused container).
+    #[error("{0}")]
+    Conflict(String),
+    /// A failure that goes away when retried: on cgroup v1 the freezer cannot freeze (or thaw)
+    /// a container while processes in it are starting.
+    #[error("{0}")]
+    Transient(String),
+    /// The runtime cannot be reached.
+    #[error("runtime unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the runtime failed at.
+    #[error("{op}: {message}")]
+    Engine {
+        /// What sandboxd asked for.
+        op: &'static str,
+        /// The runtime's account.
+        message: String,
+    },
+}
+
+/// Whatever runs sandboxes.
+pub trait Runtime: Send + Sync + 'static {
+    /// Which runtime this is.
+    fn kind(&self) -> RuntimeKind;
+    /// What it can do.
+    fn capabilities(&self) -> Capabilities;
+    /// A version line for `/version` (Docker: the negotiated API version).
+    fn version(&self) -> String;
+    /// Creates and starts a sandbox. On failure it leaves nothing behind.
+    fn create(&self, spec: SandboxSpec) -> Fut<'_, Instance>;
+    /// What the sandbox is doing now.
+    fn observe<'a>(&'a self, instance: &'a Instance) -> Fut<'a, Observed>;
+    /// Every sandbox of this sandboxd instance the runtime holds, by sandbox id.
+    fn observe_all(&self) -> Fut<'_, BTreeMap<String, (Instance, Observed)>>;
+    /// Freezes every process ([`RuntimeError::Transient`] when worth a retry).
+    fn pause<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()>;
+    /// Thaws a frozen sandbox.
+    fn unpause<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()>;
+    /// Kills and removes the sandbox. Already gone is fine.
+    fn remove<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()>;
+    /// The last `tail` lines of the sandbox's output, at or after `since` (epoch seconds).
+    fn logs<'a>(&'a self, instance: &'a Instance, tail: usize, since: Option<i64>) -> Fut<'a, String>;
+    /// Housekeeping after start-up reconciliation (Docker: agent volumes of older builds).
+    fn tidy(&self) -> BoxFuture<'_, ()>;
+    /// Where to dial `port`; `None` when the sandbox has no route to it now (not running).
+    fn target(&self, instance: &Instance, port: u16) -> Option<Target>;
+}

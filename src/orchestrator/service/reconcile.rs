@@ -1,0 +1,116 @@
+//! Start-up recovery: the store holds what sandboxd meant, the runtime what exists. Adopts
+//! sandboxes that still run, forgets records whose sandbox is gone, removes expired and
+//! half-created ones and sandboxes of this instance that have no record at all. A row this
+//! build cannot read, or a sandbox in a state it does not know, is logged and left alone:
+//! nothing is deleted that was not positively classified as sandboxd's own and dead.
+
+use std::collections::BTreeSet;
+
+use super::Service;
+use crate::orchestrator::error::Error;
+use crate::orchestrator::runtime::Observed;
+use crate::orchestrator::store::Phase;
+use crate::wire::time::now_ms;
+
+/// What one reconciliation did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Records whose sandbox still runs.
+    pub adopted: usize,
+    /// Records whose sandbox no longer exists.
+    pub forgotten: usize,
+    /// Sandboxes removed: expired, half-created, or without a record.
+    pub removed: usize,
+    /// Rows or sandboxes left alone because they could not be classified.
+    pub left_alone: usize,
+    /// Removals the runtime refused (tried again at the next start, or by expiry).
+    pub failed: usize,
+}
+
+impl Service {
+    /// Merges the store with what the runtime holds. Only reading the runtime can fail it;
+    /// a failure on one sandbox is logged and counted.
+    pub async fn reconcile(&self) -> Result<Reconciled, Error> {
+        let live = self.runtime.observe_all().await?;
+        let now = now_ms();
+        let mut done = Reconciled::default();
+        let mut recorded = BTreeSet::new();
+        for row in self.store.all().await? {
+            let record = match row {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::warn!(sandbox = %e.id, error = %e.error, "unreadable sandbox row left alone");
+                    recorded.insert(e.id);
+                    done.left_alone += 1;
+                    continue;
+                }
+            };
+            recorded.insert(record.id.clone());
+            if record
+                .instance
+                .as_ref()
+                .is_some_and(|i| i.kind != self.runtime.kind())
+            {
+                // Another runtime's sandbox: this one cannot see it, let alone judge it.
+                done.left_alone += 1;
+                continue;
+            }
+            let Some((instance, observed)) = live.get(&record.id) else {
+                match self.store.remove(&record.id).await {
+                    Ok(_) => done.forgotten += 1,
+                    Err(e) => {
+                        tracing::error!(sandbox = %record.id, error = %e, "cannot forget a sandbox that is gone");
+                        done.failed += 1;
+                    }
+                }
+                continue;
+            };
+            if let Observed::Unknown(what) = observed {
+                tracing::warn!(sandbox = %record.id, state = %what, "sandbox in an unknown state left alone");
+                done.left_alone += 1;
+                continue;
+            }
+            let half_created = record.phase == Phase::Pending;
+            let expired = record.expires_at.is_some_and(|t| t <= now);
+            if half_created || expired {
+                let removal = match self.runtime.remove(instance).await {
+                    Ok(()) => self.store.remove(&record.id).await.map(drop).map_err(Error::from),
+                    Err(e) => Err(e.into()),
+                };
+                match removal {
+                    Ok(()) => done.removed += 1,
+                    Err(e) => {
+                        tracing::error!(sandbox = %record.id, error = %e, half_created, expired, "cannot remove sandbox");
+                        done.failed += 1;
+                    }
+                }
+            } else {
+                self.note_observed(&record, observed).await;
+                done.adopted += 1;
+            }
+        }
+        for (id, (instance, _)) in &live {
+            if recorded.contains(id) {
+                continue;
+            }
+            match self.runtime.remove(instance).await {
+                Ok(()) => done.removed += 1,
+                Err(e) => {
+                    tracing::error!(sandbox = %id, error = %e, "cannot remove an orphaned sandbox");
+                    done.failed += 1;
+                }
+            }
+        }
+        self.runtime.tidy().await;
+        tracing::info!(
+            adopted = done.adopted,
+            forgotten = done.forgotten,
+            removed = done.removed,
+            left_alone = done.left_alone,
+            failed = done.failed,
+            "reconciled with the runtime"
+        );
+        self.expiry_changed.notify_one();
+        Ok(done)
+    }
+}

@@ -1,0 +1,520 @@
+//! Create, read, list, delete, metadata, renew, endpoints and the server proxy's target, and
+//! the contract's view of a sandbox.
+//!
+//! The store says which sandboxes exist and what sandboxd last did to them; the runtime says
+//! what they are doing now. Every read merges the two, so a sandbox killed or removed behind
+//! sandboxd's back shows up as `Failed`/`Terminated` at once.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::Service;
+use crate::auth::TOKEN_HEADER;
+use crate::orchestrator::error::{Conflict, Error};
+use crate::orchestrator::execd_client::Ping;
+use crate::orchestrator::runtime::{Instance, Observed, Resources, SandboxSpec, Target, EXECD_PORT};
+use crate::orchestrator::spec::{self, Plan};
+use crate::orchestrator::store::{Phase, Record};
+use crate::wire::lifecycle::{
+    CreateSandboxRequest, CreateSandboxResponse, Endpoint, ImageSpec, ListSandboxesResponse, Pagination,
+    RenewExpiration, Sandbox, SandboxStatus,
+};
+use crate::wire::time::{format_ms, now_ms, parse_ms};
+
+/// Probes of `/ping` between two looks at whether the sandbox has already exited.
+const PINGS_PER_LOOK: u32 = 16;
+/// Lines of output an error about a sandbox that did not come up carries.
+const START_LOG_LINES: usize = 20;
+
+/// The list filter of `GET /sandboxes`.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    /// States to keep (OR, case-insensitive); empty keeps all.
+    pub states: Vec<String>,
+    /// Metadata pairs that must all match.
+    pub metadata: Vec<(String, String)>,
+    /// 1-based page.
+    pub page: u32,
+    /// Items per page.
+    pub page_size: u32,
+}
+
+impl Service {
+    /// `POST /sandboxes`: validates, has the runtime create and start the sandbox with execd
+    /// injected, and returns once execd answers `/ping`. On any failure nothing is left behind.
+    pub async fn create(&self, req: CreateSandboxRequest) -> Result<CreateSandboxResponse, Error> {
+        let plan = spec::plan(req, &self.settings.limits)?;
+        if plan.isolation && !self.runtime.capabilities().isolation {
+            return Err(Error::UnsupportedField(
+                "isolation: sandboxd has no seccomp profile for isolated sessions".into(),
+            ));
+        }
+        let started = Instant::now();
+        let now = now_ms();
+        let mut token = [0u8; 24];
+        getrandom::fill(&mut token).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+        let mut record = Record {
+            id: uuid::Uuid::new_v4().to_string(),
+            instance: None,
+            image: plan.image.clone(),
+            entrypoint: plan.entrypoint.clone(),
+            metadata: plan.metadata.clone(),
+            extensions: plan.extensions.clone(),
+            platform: plan.platform.clone(),
+            token: hex::encode(token),
+            created_at: now,
+            expires_at: plan.timeout.map(|t| now + t as i64 * 1000),
+            phase: Phase::Pending,
+            transition_at: now,
+        };
+        self.store.insert(&record).await?;
+        self.event(&record.id, &format!("create requested: image {}", plan.image))
+            .await;
+        match self.provision(&mut record, plan).await {
+            Ok(()) => {
+                record.phase = Phase::Ready;
+                record.transition_at = now_ms();
+                if !self.store.update(&record).await? {
+                    // Deleted while it was starting.
+                    self.discard(&record).await;
+                    return Err(Error::Conflict(Conflict::DeletedWhileStarting(record.id)));
+                }
+                let ms = started.elapsed().as_millis();
+                self.event(&record.id, &format!("running: execd answered after {ms} ms"))
+                    .await;
+                tracing::info!(sandbox = %record.id, image = %record.image, ms, "sandbox running");
+                self.expiry_changed.notify_one();
+                Ok(CreateSandboxResponse {
+                    id: record.id.clone(),
+                    status: status(&record, &Observed::Running),
+                    metadata: Some(record.metadata.clone()).filter(|m| !m.is_empty()),
+                    platform: record.platform.clone(),
+                    expires_at: record.expires_at.map(format_ms),
+                    created_at: format_ms(record.created_at),
+                    entrypoint: record.entrypoint.clone(),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %record.id, error = %e, "create failed");
+                self.discard(&record).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a sandbox's instance (if any) and its record. When the runtime cannot remove
+    /// it, the record stays, so that reconciliation or expiry finds it again.
+    pub(super) async fn discard(&self, record: &Record) {
+        if let Some(instance) = &record.instance {
+            if let Err(e) = self.runtime.remove(instance).await {
+                tracing::error!(sandbox = %record.id, error = %e, "cannot remove the sandbox; reconciliation will retry");
+                return;
+            }
+        }
+        if let Err(e) = self.store.remove(&record.id).await {
+            tracing::error!(sandbox = %record.id, error = %e, "cannot forget sandbox");
+        }
+    }
+
+    async fn provision(&self, record: &mut Record, plan: Plan) -> Result<(), Error> {
+        let mut env = plan.env;
+        // The 1.1.1 code interpreter probes `/dev/tcp/127.0.0.1/${JUPYTER_PORT:-44771}` before
+        // it declares itself ready; execd is the code plane here, so point it at execd.
+        env.entry("JUPYTER_PORT".into())
+            .or_insert_with(|| EXECD_PORT.to_string());
+        // The file execd adds to every command's environment, and that the 1.1.1 SDK's
+        // `commands.set_env` appends to. Upstream keeps it in /opt/opensandbox, which here may
+        // exist only as the mount point of the agent (root's, 0755), so it lives in a
+        // directory any user can create.
+        env.entry("EXECD_ENVS".into())
+            .or_insert_with(|| "/tmp/opensandbox/.env".into());
+        env.insert("OPENSANDBOX_ID".into(), record.id.clone());
+        env.insert("EXECD_ACCESS_TOKEN".into(), record.token.clone());
+        let resources = Resources {
+            pids: match plan.resources.pids {
+                0 => self.settings.pids_limit,
+                set => set,
+            },
+            ..plan.resources
+        };
+        let spec = SandboxSpec {
+            id: record.id.clone(),
+            image: plan.image,
+            entrypoint: plan.entrypoint,
+            env,
+            labels: plan.metadata,
+            expires_at: record.expires_at,
+            resources,
+            mounts: plan.mounts,
+            isolation: plan.isolation,
+        };
+        let t = Instant::now();
+        let instance = self.runtime.create(spec).await?;
+        record.instance = Some(instance.clone());
+        self.store.update(record).await?;
+        let created = t.elapsed();
+        let Some(target) = self.runtime.target(&instance, EXECD_PORT) else {
+            // An exited container has no published ports: say why it exited.
+            return Err(self
+                .exit_error(&instance)
+                .await?
+                .unwrap_or_else(|| Error::StartFailed("the runtime published no port for execd".into())));
+        };
+        self.wait_ready(&instance, &target, &record.token).await?;
+        tracing::debug!(sandbox = %record.id, ?created, ready = ?t.elapsed(), "provisioned");
+        Ok(())
+    }
+
+    /// When the sandbox has already ended: an error with its exit code and last output.
+    async fn exit_error(&self, instance: &Instance) -> Result<Option<Error>, Error> {
+        let code = match self.runtime.observe(instance).await? {
+            Observed::Exited { code, .. } => code,
+            Observed::Gone => {
+                return Ok(Some(Error::StartFailed(
+                    "the sandbox's container vanished while starting".into(),
+                )))
+            }
+            _ => return Ok(None),
+        };
+        let logs = self.last_output(instance).await;
+        Ok(Some(Error::StartFailed(format!(
+            "the sandbox exited with code {} before execd answered; last output:\n{}",
+            code.unwrap_or(-1),
+            logs.trim_end()
+        ))))
+    }
+
+    async fn last_output(&self, instance: &Instance) -> String {
+        self.runtime
+            .logs(instance, START_LOG_LINES, None)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Polls execd's `/ping` until it answers 200, the sandbox dies, or the deadline passes.
+    async fn wait_ready(&self, instance: &Instance, target: &Target, token: &str) -> Result<(), Error> {
+        let deadline = Instant::now() + self.settings.ready_timeout;
+        let mut pause = Duration::from_millis(1);
+        let mut attempts = 0u32;
+        loop {
+            if self.execd.ping(target, token).await == Ping::Ready {
+                return Ok(());
+            }
+            attempts += 1;
+            if attempts.is_multiple_of(PINGS_PER_LOOK) {
+                if let Some(e) = self.exit_error(instance).await? {
+                    return Err(e);
+                }
+            }
+            if Instant::now() + pause > deadline {
+                let logs = self.last_output(instance).await;
+                return Err(Error::StartFailed(format!(
+                    "execd did not answer /ping within {:?}; last output:\n{}",
+                    self.settings.ready_timeout,
+                    logs.trim_end()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// What the runtime says the sandbox is doing (`Gone` when it never got an instance).
+    pub(super) async fn observed(&self, record: &Record) -> Result<Observed, Error> {
+        Ok(match &record.instance {
+            Some(i) => self.runtime.observe(i).await?,
+            None => Observed::Gone,
+        })
+    }
+
+    /// `GET /sandboxes/{id}`.
+    pub async fn get(&self, id: &str) -> Result<Sandbox, Error> {
+        let record = self.record(id).await?;
+        let observed = self.observed(&record).await?;
+        self.note_observed(&record, &observed).await;
+        Ok(view(&record, &observed))
+    }
+
+    /// Keeps the record's phase in step with a pause or thaw the runtime reports and sandboxd
+    /// did not make (`docker pause` by hand), so that the server proxy, which asks no runtime,
+    /// knows about it from the next read on.
+    pub(super) async fn note_observed(&self, record: &Record, observed: &Observed) {
+        let paused = *observed == Observed::Paused;
+        let phase = match record.phase {
+            Phase::Ready if paused => Phase::Paused,
+            Phase::Paused if !paused => Phase::Ready,
+            _ => return,
+        };
+        let mut changed = record.clone();
+        changed.phase = phase;
+        if let Err(e) = self.store.update(&changed).await {
+            tracing::warn!(sandbox = %record.id, error = %e, "cannot record the observed phase");
+        }
+    }
+
+    /// `GET /sandboxes`: filtered, newest first, one page. Rows this build cannot read are
+    /// left out (and logged), never guessed at.
+    pub async fn list(&self, filter: ListFilter) -> Result<ListSandboxesResponse, Error> {
+        let mut records = Vec::new();
+        for row in self.store.all().await? {
+            match row {
+                Ok(record) => records.push(record),
+                Err(e) => {
+                    tracing::warn!(sandbox = %e.id, error = %e.error, "unreadable sandbox row left out of the list")
+                }
+            }
+        }
+        let live = self.runtime.observe_all().await?;
+        let observed = |r: &Record| match live.get(&r.id) {
+            Some((_, o)) => o.clone(),
+            None => Observed::Gone,
+        };
+        let wanted: Vec<String> = filter.states.iter().map(|s| s.to_ascii_lowercase()).collect();
+        for r in &records {
+            self.note_observed(r, &observed(r)).await;
+        }
+        let matching: Vec<Sandbox> = records
+            .iter()
+            .filter(|r| filter.metadata.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
+            .map(|r| view(r, &observed(r)))
+            .filter(|s| wanted.is_empty() || wanted.contains(&s.status.state.to_ascii_lowercase()))
+            .collect();
+        let total = matching.len() as u64;
+        let size = u64::from(filter.page_size);
+        let skip = u64::from(filter.page - 1) * size;
+        let items = matching
+            .into_iter()
+            .skip(skip as usize)
+            .take(size as usize)
+            .collect();
+        Ok(ListSandboxesResponse {
+            items,
+            pagination: Pagination {
+                page: filter.page,
+                page_size: filter.page_size,
+                total_items: total,
+                total_pages: total.div_ceil(size),
+                has_next_page: skip + size < total,
+            },
+        })
+    }
+
+    /// `DELETE /sandboxes/{id}`: kills and removes the sandbox, forgets it.
+    pub async fn delete(&self, id: &str) -> Result<(), Error> {
+        let record = self.record(id).await?;
+        if let Some(instance) = &record.instance {
+            self.runtime.remove(instance).await?;
+        }
+        self.store.remove(id).await?;
+        self.expiry_changed.notify_one();
+        tracing::info!(sandbox = id, "sandbox deleted");
+        Ok(())
+    }
+
+    /// `PATCH /sandboxes/{id}/metadata`: a JSON merge patch; null deletes a key.
+    pub async fn patch_metadata(
+        &self,
+        id: &str,
+        patch: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Sandbox, Error> {
+        let mut record = self.record(id).await?;
+        for (k, v) in patch {
+            match v {
+                serde_json::Value::Null => {
+                    record.metadata.remove(&k);
+                }
+                serde_json::Value::String(v) => {
+                    spec::check_label(&k, &v)?;
+                    record.metadata.insert(k, v);
+                }
+                other => {
+                    return Err(Error::invalid(format!(
+                        "metadata {k:?}: values must be strings or null, got {other}"
+                    )))
+                }
+            }
+        }
+        if !self.store.update(&record).await? {
+            return Err(Error::no_sandbox(id));
+        }
+        self.event(id, "metadata updated").await;
+        self.get(id).await
+    }
+
+    /// `POST /sandboxes/{id}/renew-expiration`.
+    pub async fn renew(&self, id: &str, body: RenewExpiration) -> Result<RenewExpiration, Error> {
+        let mut record = self.record(id).await?;
+        let at = parse_ms(&body.expires_at).ok_or_else(|| {
+            Error::invalid(format!(
+                "expiresAt {:?} is not an RFC 3339 date-time",
+                body.expires_at
+            ))
+        })?;
+        if at <= now_ms() {
+            return Err(Error::invalid(format!(
+                "expiresAt {} is not in the future",
+                body.expires_at
+            )));
+        }
+        if record.expires_at.is_none() {
+            return Err(Error::Conflict(Conflict::NoExpiry(id.to_owned())));
+        }
+        record.expires_at = Some(at);
+        if !self.store.update(&record).await? {
+            return Err(Error::no_sandbox(id));
+        }
+        self.expiry_changed.notify_one();
+        self.event(id, &format!("expiry renewed to {}", format_ms(at)))
+            .await;
+        Ok(RenewExpiration {
+            expires_at: format_ms(at),
+        })
+    }
+
+    /// `GET /sandboxes/{id}/endpoints/{port}`.
+    pub async fn endpoint(
+        &self,
+        id: &str,
+        port: &str,
+        use_server_proxy: bool,
+        expires: Option<&str>,
+    ) -> Result<Endpoint, Error> {
+        let record = self.record(id).await?;
+        let port = spec::parse_port(port)?;
+        if expires.is_some() {
+            return Err(Error::UnsupportedField(
+                "expires: signed endpoints need the Kubernetes gateway; the Docker runtime has none".into(),
+            ));
+        }
+        let token_headers = || BTreeMap::from([(TOKEN_HEADER.to_owned(), record.token.clone())]);
+        if use_server_proxy {
+            let server = self
+                .server_endpoint
+                .get()
+                .ok_or_else(|| Error::Internal("the server's own endpoint is not known yet".into()))?;
+            return Ok(Endpoint {
+                endpoint: format!("{server}/v1/sandboxes/{id}/proxy/{port}"),
+                headers: token_headers(),
+            });
+        }
+        let target = self.target(&record, port)?;
+        // As upstream's Docker runtime: every port but 8080 goes through execd's `/proxy`,
+        // execd's own included (`host:P/proxy/44772`; upstream's e2e asserts that form, and
+        // every SDK appends its paths to the endpoint). The server proxy reaches 44772
+        // directly (`target.prefix` is empty there).
+        let path = if target.execd {
+            format!("/proxy/{port}")
+        } else {
+            String::new()
+        };
+        Ok(Endpoint {
+            endpoint: format!("{}{path}", target.public),
+            headers: if target.execd {
+                token_headers()
+            } else {
+                BTreeMap::new()
+            },
+        })
+    }
+
+    fn target(&self, record: &Record, port: u16) -> Result<Target, Error> {
+        record
+            .instance
+            .as_ref()
+            .and_then(|i| self.runtime.target(i, port))
+            .ok_or_else(|| Error::Conflict(Conflict::NoRoute(record.id.clone())))
+    }
+
+    /// The sandbox's token (for the caller to check the client's credential against), and
+    /// where the server proxy sends requests for its `port`, or why it cannot: a sandbox that
+    /// is starting or paused is refused at once from its record (a frozen container accepts
+    /// the connection and never answers), without a round trip to the runtime. Only a
+    /// sandbox that does not exist fails the whole call.
+    pub async fn proxy_target(&self, id: &str, port: u16) -> Result<(String, Result<Target, Error>), Error> {
+        let record = self.record(id).await?;
+        let not_running = |state: &str| {
+            Error::Conflict(Conflict::NotRunning {
+                id: id.to_owned(),
+                state: state.to_owned(),
+            })
+        };
+        let target = match record.phase {
+            Phase::Pending => Err(not_running("Pending")),
+            Phase::Paused => Err(not_running("Paused")),
+            Phase::Ready => self.target(&record, port),
+        };
+        Ok((record.token, target))
+    }
+
+    /// Why the server proxy could not reach sandbox `id`, when the reason is its state: it
+    /// has exited or vanished since sandboxd last looked. Asks the runtime, but only after a
+    /// connection failed.
+    pub async fn unreachable(&self, id: &str) -> Option<Error> {
+        let record = self.store.get(id).await.ok()??;
+        let observed = self.observed(&record).await.ok()?;
+        self.note_observed(&record, &observed).await;
+        let state = status(&record, &observed).state;
+        (state != "Running").then(|| {
+            Error::Conflict(Conflict::NotRunning {
+                id: id.to_owned(),
+                state,
+            })
+        })
+    }
+}
+
+/// The API view of a sandbox.
+pub(super) fn view(record: &Record, observed: &Observed) -> Sandbox {
+    Sandbox {
+        id: record.id.clone(),
+        image: Some(ImageSpec {
+            uri: record.image.clone(),
+            auth: None,
+        }),
+        platform: record.platform.clone(),
+        status: status(record, observed),
+        metadata: Some(record.metadata.clone()),
+        entrypoint: record.entrypoint.clone(),
+        expires_at: record.expires_at.map(format_ms),
+        created_at: format_ms(record.created_at),
+        extensions: Some(record.extensions.clone()).filter(|e| !e.is_empty()),
+    }
+}
+
+/// The runtime's state → the contract's sandbox state. The reasons keep the names clients
+/// already see (`CONTAINER_*`).
+pub(super) fn status(record: &Record, observed: &Observed) -> SandboxStatus {
+    let at = Some(format_ms(record.transition_at));
+    let s = |state: &str, reason: &str, message: Option<String>| SandboxStatus {
+        state: state.to_owned(),
+        reason: Some(reason.to_owned()),
+        message,
+        last_transition_at: at.clone(),
+    };
+    if record.phase == Phase::Pending {
+        return s("Pending", "SANDBOX_STARTING", None);
+    }
+    match observed {
+        Observed::Running => s("Running", "CONTAINER_RUNNING", None),
+        Observed::Paused => s("Paused", "CONTAINER_PAUSED", None),
+        Observed::Starting => s("Pending", "CONTAINER_CREATED", None),
+        Observed::Stopping => s("Stopping", "CONTAINER_REMOVING", None),
+        Observed::Exited { code: Some(0), .. } => s("Terminated", "CONTAINER_EXITED", None),
+        Observed::Exited { code, oom, message } => {
+            let mut text = format!("the container exited with code {}", code.unwrap_or(-1));
+            if *oom {
+                text.push_str(" (killed for exceeding its memory limit)");
+            }
+            if let Some(e) = message {
+                text.push_str(&format!(": {e}"));
+            }
+            s("Failed", "CONTAINER_EXITED_ERROR", Some(text))
+        }
+        Observed::Gone => s(
+            "Failed",
+            "CONTAINER_GONE",
+            Some("the container was removed outside sandboxd".into()),
+        ),
+        Observed::Unknown(what) => s("Unknown", "CONTAINER_STATE_UNKNOWN", Some(what.clone())),
+    }
+}

@@ -1,0 +1,476 @@
+//! The lifecycle service over the fake runtime: create cleanup at every step, reconciliation,
+//! expiry, renew and pause, with no engine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::orchestrator::error::Conflict;
+use crate::orchestrator::runtime::fake::{Behaviour, FakeRuntime, Op};
+use crate::orchestrator::runtime::{Observed, RuntimeError};
+use crate::orchestrator::store::{Phase, StoreError};
+use crate::wire::lifecycle::{CreateSandboxRequest, RenewExpiration};
+use crate::wire::time::format_ms;
+
+struct Rig {
+    service: Arc<Service>,
+    fake: FakeRuntime,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig() -> Rig {
+    rig_with_timeout(Duration::from_secs(10)).await
+}
+
+async fn rig_with_timeout(ready_timeout: Duration) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fake = FakeRuntime::start().await;
+    let settings = Settings {
+        limits: Limits {
+            max_timeout: 86_400,
+            allowed_host_paths: Vec::new(),
+        },
+        ready_timeout,
+        pids_limit: 99,
+    };
+    let service = Arc::new(Service::new(store, Arc::new(fake.clone()), settings));
+    Rig {
+        service,
+        fake,
+        _dir: dir,
+    }
+}
+
+fn request(timeout: Option<u64>) -> CreateSandboxRequest {
+    serde_json::from_value(serde_json::json!({
+        "image": {"uri": "busybox"},
+        "entrypoint": ["sleep", "infinity"],
+        "timeout": timeout,
+        "metadata": {"team": "ml"},
+    }))
+    .unwrap()
+}
+
+/// Waits (with a generous deadline) until `check` holds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+impl Rig {
+    async fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .service
+            .store
+            .all()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| match r {
+                Ok(r) => r.id,
+                Err(e) => e.id,
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn live_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .fake
+            .sandboxes()
+            .values()
+            .map(|s| s.spec.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    async fn assert_nothing_left(&self) {
+        assert_eq!(self.ids().await, Vec::<String>::new(), "records left");
+        assert_eq!(self.live_ids(), Vec::<String>::new(), "sandboxes left");
+    }
+
+    async fn sql(&self, text: String) {
+        self.service
+            .store
+            .call(move |c| {
+                c.execute_batch(&text)
+                    .map_err(|source| StoreError::Sqlite { op: "test", source })
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn create_hands_the_runtime_a_neutral_spec_and_records_the_instance() {
+    let rig = rig().await;
+    let created = rig.service.create(request(Some(600))).await.unwrap();
+    assert_eq!(created.status.state, "Running");
+    let sandboxes = rig.fake.sandboxes();
+    let (reference, sandbox) = sandboxes.iter().next().unwrap();
+    assert_eq!(sandbox.spec.id, created.id);
+    assert_eq!(sandbox.spec.resources.pids, 99, "the default pids limit");
+    assert_eq!(sandbox.spec.labels.get("team").map(String::as_str), Some("ml"));
+    assert_eq!(sandbox.spec.env.get("OPENSANDBOX_ID"), Some(&created.id));
+    let record = rig.service.store.get(&created.id).await.unwrap().unwrap();
+    assert_eq!(record.phase, Phase::Ready);
+    assert_eq!(record.instance.unwrap().reference, *reference);
+    assert_eq!(sandbox.spec.env.get("EXECD_ACCESS_TOKEN"), Some(&record.token));
+    assert_eq!(sandbox.spec.expires_at, record.expires_at);
+}
+
+#[tokio::test]
+async fn a_create_the_runtime_refuses_leaves_nothing() {
+    let rig = rig().await;
+    rig.fake.fail(Op::Create, 1, || RuntimeError::Engine {
+        op: "create the container",
+        message: "disk full".into(),
+    });
+    let e = rig.service.create(request(None)).await.unwrap_err();
+    assert!(matches!(e, Error::Runtime(RuntimeError::Engine { .. })), "{e:?}");
+    rig.assert_nothing_left().await;
+
+    rig.fake.fail(Op::Create, 1, || {
+        RuntimeError::ImageNotFound("no such image".into())
+    });
+    let e = rig.service.create(request(None)).await.unwrap_err();
+    assert!(e.is_client_error(), "{e:?}");
+    rig.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn a_sandbox_that_exits_at_start_is_removed_and_its_output_reported() {
+    let rig = rig().await;
+    rig.fake.behave(Behaviour::Exits(3));
+    let e = rig.service.create(request(None)).await.unwrap_err();
+    let Error::StartFailed(message) = &e else {
+        panic!("{e:?}");
+    };
+    assert!(message.contains("code 3"), "{message}");
+    assert!(message.contains("output of fake-"), "{message}");
+    rig.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn an_execd_that_never_answers_times_out_and_leaves_nothing() {
+    let rig = rig_with_timeout(Duration::from_millis(300)).await;
+    rig.fake.behave(Behaviour::Silent);
+    let e = rig.service.create(request(None)).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::StartFailed(m) if m.contains("did not answer /ping")),
+        "{e:?}"
+    );
+    rig.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn a_failed_cleanup_keeps_the_record_so_reconciliation_finishes_it() {
+    let rig = rig().await;
+    rig.fake.behave(Behaviour::Exits(1));
+    rig.fake.fail(Op::Remove, 1, || {
+        RuntimeError::Unavailable("engine restarting".into())
+    });
+    rig.service.create(request(None)).await.unwrap_err();
+    assert_eq!(
+        rig.ids().await.len(),
+        1,
+        "the record stays while its sandbox does"
+    );
+    assert_eq!(rig.live_ids().len(), 1);
+
+    let done = rig.service.reconcile().await.unwrap();
+    assert_eq!((done.removed, done.failed), (1, 0));
+    rig.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn reconcile_adopts_forgets_removes_and_never_touches_what_it_cannot_classify() {
+    let rig = rig().await;
+    let running = rig.service.create(request(Some(600))).await.unwrap().id;
+    let vanished = rig.service.create(request(Some(600))).await.unwrap().id;
+    let expired = rig.service.create(request(Some(600))).await.unwrap().id;
+    let half = rig.service.create(request(None)).await.unwrap().id;
+    let future = rig.service.create(request(None)).await.unwrap().id;
+    let corrupt = rig.service.create(request(None)).await.unwrap().id;
+    let strange = rig.service.create(request(None)).await.unwrap().id;
+    rig.fake.plant("orphan", Observed::Running);
+
+    // The sandbox of `vanished` is gone behind sandboxd's back.
+    let reference = rig
+        .fake
+        .sandboxes()
+        .into_iter()
+        .find(|(_, s)| s.spec.id == vanished)
+        .unwrap()
+        .0;
+    rig.fake
+        .remove(&crate::orchestrator::runtime::Instance {
+            kind: crate::orchestrator::runtime::RuntimeKind::Fake,
+            reference,
+            data: String::new(),
+        })
+        .await
+        .unwrap();
+    rig.sql(format!(
+        "UPDATE sandboxes SET expires_at = 1 WHERE id = '{expired}'"
+    ))
+    .await;
+    rig.sql(format!(
+        "UPDATE sandboxes SET phase = 'pending' WHERE id = '{half}'"
+    ))
+    .await;
+    // A newer sandboxd's phase, and a damaged row: neither may be read as anything else.
+    rig.sql(format!(
+        "UPDATE sandboxes SET phase = 'hibernating' WHERE id = '{future}'"
+    ))
+    .await;
+    rig.sql(format!(
+        "UPDATE sandboxes SET entrypoint = '[' WHERE id = '{corrupt}'"
+    ))
+    .await;
+    // A half-created record whose sandbox is in a state this build does not know.
+    rig.sql(format!(
+        "UPDATE sandboxes SET phase = 'pending' WHERE id = '{strange}'"
+    ))
+    .await;
+    rig.fake.set_observed(
+        &strange,
+        Observed::Unknown("docker reports \"hibernating\"".into()),
+    );
+
+    let done = rig.service.reconcile().await.unwrap();
+    assert_eq!(
+        (
+            done.adopted,
+            done.forgotten,
+            done.removed,
+            done.left_alone,
+            done.failed
+        ),
+        (1, 1, 3, 3, 0),
+        "{done:?}"
+    );
+    let mut kept = vec![running.clone(), future.clone(), corrupt.clone(), strange.clone()];
+    kept.sort();
+    assert_eq!(rig.ids().await, kept, "records");
+    assert_eq!(rig.live_ids(), kept, "sandboxes");
+}
+
+#[tokio::test]
+async fn reconcile_fails_only_when_the_runtime_cannot_be_read() {
+    let rig = rig().await;
+    rig.service.create(request(None)).await.unwrap();
+    rig.fake.fail(Op::ObserveAll, 1, || {
+        RuntimeError::Unavailable("no engine".into())
+    });
+    let e = rig.service.reconcile().await.unwrap_err();
+    assert!(matches!(e, Error::Runtime(RuntimeError::Unavailable(_))), "{e:?}");
+    assert_eq!(rig.ids().await.len(), 1, "nothing forgotten on a failed read");
+    assert_eq!(rig.live_ids().len(), 1);
+}
+
+#[tokio::test]
+async fn expiry_removes_a_sandbox_when_its_time_comes_and_skips_unreadable_rows() {
+    let rig = rig().await;
+    let doomed = rig.service.create(request(Some(600))).await.unwrap().id;
+    let kept = rig.service.create(request(Some(600))).await.unwrap().id;
+    let unreadable = rig.service.create(request(Some(600))).await.unwrap().id;
+    rig.sql(format!(
+        "UPDATE sandboxes SET expires_at = 1 WHERE id IN ('{doomed}', '{unreadable}');
+         UPDATE sandboxes SET phase = 'hibernating' WHERE id = '{unreadable}'"
+    ))
+    .await;
+    let task = tokio::spawn({
+        let service = rig.service.clone();
+        async move { service.run_expiry().await }
+    });
+    eventually("the expired sandbox is removed", || async {
+        rig.service.store.get(&doomed).await.unwrap().is_none()
+    })
+    .await;
+    task.abort();
+    let mut left = vec![kept, unreadable];
+    left.sort();
+    assert_eq!(rig.live_ids(), left);
+    assert_eq!(rig.ids().await, left);
+}
+
+#[tokio::test]
+async fn renew_extends_only_what_has_an_expiry() {
+    let rig = rig().await;
+    let id = rig.service.create(request(Some(600))).await.unwrap().id;
+    let later = now_ms() + 7_200_000;
+    let renewed = rig
+        .service
+        .renew(
+            &id,
+            RenewExpiration {
+                expires_at: format_ms(later),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(renewed.expires_at, format_ms(later));
+    let record = rig.service.store.get(&id).await.unwrap().unwrap();
+    assert_eq!(record.expires_at, Some(later));
+
+    let past = rig
+        .service
+        .renew(
+            &id,
+            RenewExpiration {
+                expires_at: format_ms(now_ms() - 1000),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(past, Error::Invalid(_)), "{past:?}");
+    let manual = rig.service.create(request(None)).await.unwrap().id;
+    let e = rig
+        .service
+        .renew(
+            &manual,
+            RenewExpiration {
+                expires_at: format_ms(later),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Conflict(Conflict::NoExpiry(_))), "{e:?}");
+    let e = rig
+        .service
+        .renew(
+            "nope",
+            RenewExpiration {
+                expires_at: format_ms(later),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn pause_retries_the_freezer_and_resume_thaws() {
+    let rig = rig().await;
+    let id = rig.service.create(request(None)).await.unwrap().id;
+    rig.fake.fail(Op::Pause, 2, || {
+        RuntimeError::Transient("unable to freeze".into())
+    });
+    rig.service.pause(&id).await.unwrap();
+    assert_eq!(rig.fake.calls(Op::Pause), 3);
+    assert_eq!(rig.service.get(&id).await.unwrap().status.state, "Paused");
+    let events = rig.service.store.events(&id).await.unwrap();
+    assert!(
+        events.iter().any(|(_, m)| m == "paused (after 3 tries)"),
+        "{events:?}"
+    );
+    // The proxy refuses a paused sandbox from its record alone.
+    let e = rig.service.proxy_target(&id, 44772).await.unwrap().1.unwrap_err();
+    assert!(matches!(&e, Error::Conflict(Conflict::NotRunning { state, .. }) if state == "Paused"));
+
+    let e = rig.service.pause(&id).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Conflict(Conflict::NotRunning { state, .. }) if state == "Paused"),
+        "{e:?}"
+    );
+    rig.service.resume(&id).await.unwrap();
+    assert_eq!(rig.service.get(&id).await.unwrap().status.state, "Running");
+    let e = rig.service.resume(&id).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Conflict(Conflict::NotPaused { state, .. }) if state == "Running"),
+        "{e:?}"
+    );
+    assert!(rig.service.proxy_target(&id, 44772).await.unwrap().1.is_ok());
+}
+
+#[tokio::test]
+async fn a_freezer_that_keeps_failing_leaves_the_sandbox_running() {
+    let rig = rig().await;
+    let id = rig.service.create(request(None)).await.unwrap().id;
+    rig.fake.fail(Op::Pause, 5, || {
+        RuntimeError::Transient("unable to freeze".into())
+    });
+    let e = rig.service.pause(&id).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::FreezerGaveUp {
+                verb: "pause",
+                tries: 5
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(rig.service.get(&id).await.unwrap().status.state, "Running");
+    let record = rig.service.store.get(&id).await.unwrap().unwrap();
+    assert_eq!(record.phase, Phase::Ready);
+}
+
+#[tokio::test]
+async fn a_pause_behind_sandboxds_back_reaches_the_proxy_at_the_next_read() {
+    let rig = rig().await;
+    let id = rig.service.create(request(None)).await.unwrap().id;
+    rig.fake.set_observed(&id, Observed::Paused);
+    assert_eq!(rig.service.get(&id).await.unwrap().status.state, "Paused");
+    assert!(rig.service.proxy_target(&id, 8080).await.unwrap().1.is_err());
+    rig.fake.set_observed(
+        &id,
+        Observed::Exited {
+            code: Some(137),
+            oom: true,
+            message: None,
+        },
+    );
+    let status = rig.service.get(&id).await.unwrap().status;
+    assert_eq!(status.state, "Failed");
+    assert!(status.message.unwrap().contains("memory limit"));
+}
+
+#[tokio::test]
+async fn delete_removes_both_and_a_second_delete_is_not_found() {
+    let rig = rig().await;
+    let id = rig.service.create(request(None)).await.unwrap().id;
+    rig.service.delete(&id).await.unwrap();
+    rig.assert_nothing_left().await;
+    let e = rig.service.delete(&id).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn states_map_as_the_contract_says() {
+    use super::sandboxes::status;
+    let rig = rig().await;
+    let id = rig.service.create(request(None)).await.unwrap().id;
+    let mut record = rig.service.store.get(&id).await.unwrap().unwrap();
+    let state = |r: &crate::orchestrator::store::Record, o: Observed| status(r, &o).state;
+    assert_eq!(state(&record, Observed::Running), "Running");
+    assert_eq!(state(&record, Observed::Paused), "Paused");
+    assert_eq!(state(&record, Observed::Starting), "Pending");
+    assert_eq!(state(&record, Observed::Stopping), "Stopping");
+    let exited = |code| Observed::Exited {
+        code,
+        oom: false,
+        message: None,
+    };
+    assert_eq!(state(&record, exited(Some(0))), "Terminated");
+    assert_eq!(state(&record, exited(Some(137))), "Failed");
+    assert_eq!(state(&record, exited(None)), "Failed");
+    assert_eq!(state(&record, Observed::Gone), "Failed");
+    assert_eq!(state(&record, Observed::Unknown("?".into())), "Unknown");
+    record.phase = Phase::Pending;
+    assert_eq!(state(&record, Observed::Gone), "Pending");
+}

@@ -1,0 +1,304 @@
+//! The state file: one SQLite database (WAL) holding every sandbox sandboxd owns, its access
+//! token and expiry, and a short event log per sandbox for the diagnostics route.
+//!
+//! - Versioned: `PRAGMA user_version` numbers the schema; [`MIGRATIONS`] are forward-only,
+//!   one transaction each, applied at open. A file newer than this build is refused.
+//! - Off the async workers: one `sandboxd-store` thread owns the connection; callers send it
+//!   a closure and await the reply. sandboxd is the only writer.
+//! - Typed: a row this build cannot read (a phase it does not know, JSON that does not parse)
+//!   is a [`StoreError`], never a default, so that nothing acts on a guess.
+//! - Private: the directory is made 0700 when sandboxd creates it and the file is 0600,
+//!   whatever the umask (it holds every sandbox's execd token).
+//!
+//! The runtime stays the truth about what runs; start-up reconciliation merges the two
+//! (`service::reconcile`).
+
+mod sandboxes;
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+pub use sandboxes::{Phase, Record, RowError, EVENTS_KEPT};
+
+/// A failed store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("state store: cannot {op}: {source}")]
+    Sqlite {
+        /// What was being done.
+        op: &'static str,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// A row holds a value this build cannot read.
+    #[error("state store: {table} row {id}: field {field} is corrupt")]
+    Corrupt {
+        /// Table.
+        table: &'static str,
+        /// Row id.
+        id: String,
+        /// Column.
+        field: &'static str,
+    },
+    /// A row's phase is not one this build knows (a newer sandboxd wrote it, or the row is
+    /// damaged). Such a row is left alone.
+    #[error("state store: {table} row {id}: unknown phase {value:?}")]
+    UnknownPhase {
+        /// Table.
+        table: &'static str,
+        /// Row id.
+        id: String,
+        /// The stored phase.
+        value: String,
+    },
+    /// The file was written by a newer sandboxd.
+    #[error("the state file has schema version {found}, newer than this sandboxd's {supported}; run a newer sandboxd or point --data-dir elsewhere")]
+    SchemaTooNew {
+        /// The file's version.
+        found: i64,
+        /// This build's.
+        supported: i64,
+    },
+    /// The state directory or file cannot be prepared.
+    #[error("state store: {0}")]
+    Io(String),
+    /// The store thread is gone (sandboxd is shutting down).
+    #[error("state store: closed")]
+    Closed,
+}
+
+/// `Sqlite{op}` for `?` on rusqlite calls.
+fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sqlite { op, source }
+}
+
+/// The schema, one step per version: `MIGRATIONS[n]` takes version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the schema sandboxd wrote before versions were numbered.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE sandboxes (
+        id TEXT PRIMARY KEY,
+        container TEXT,
+        image TEXT NOT NULL,
+        entrypoint TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        extensions TEXT NOT NULL,
+        platform TEXT,
+        token TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        execd_port INTEGER,
+        http_port INTEGER,
+        phase TEXT NOT NULL,
+        transition_at INTEGER NOT NULL
+     );
+     CREATE INDEX sandboxes_expiry ON sandboxes (expires_at);
+     CREATE TABLE events (sandbox_id TEXT NOT NULL, at INTEGER NOT NULL, message TEXT NOT NULL);
+     CREATE INDEX events_sandbox ON events (sandbox_id, at);",
+    // 2: runtime-neutral handles. The Docker columns become the Docker runtime's own data.
+    "ALTER TABLE sandboxes ADD COLUMN runtime TEXT;
+     ALTER TABLE sandboxes ADD COLUMN runtime_ref TEXT;
+     ALTER TABLE sandboxes ADD COLUMN runtime_data TEXT;
+     UPDATE sandboxes SET runtime = 'docker', runtime_ref = container,
+        runtime_data = json_object('execd', execd_port, 'http', http_port)
+        WHERE container IS NOT NULL;
+     ALTER TABLE sandboxes DROP COLUMN container;
+     ALTER TABLE sandboxes DROP COLUMN execd_port;
+     ALTER TABLE sandboxes DROP COLUMN http_port;",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The database, through its thread.
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+    /// This state file's identity, labelled on every sandbox it owns, so that several
+    /// sandboxd instances can share one runtime without touching each other's sandboxes.
+    pub instance: String,
+}
+
+impl Store {
+    /// Opens (creating when missing) `sandboxd.db` in `dir`, migrates it, and starts its
+    /// thread.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = prepare(dir)?;
+        let mut conn = Connection::open(&path).map_err(sql("open the state file"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql("set WAL mode"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql("set synchronous"))?;
+        // Only another process on the same file (a second sandboxd on one --data-dir) makes
+        // SQLite wait.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql("set the busy timeout"))?;
+        migrate(&mut conn)?;
+        let instance: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| r.get(0))
+            .optional()
+            .map_err(sql("read the instance id"))?;
+        let instance = match instance {
+            Some(id) => id,
+            None => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                conn.execute("INSERT INTO meta (key, value) VALUES ('instance', ?1)", [&id])
+                    .map_err(sql("write the instance id"))?;
+                id
+            }
+        };
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sandboxd-store".into())
+            .spawn(move || {
+                // Ends when the last `Store` handle is dropped.
+                for job in queue {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
+        Ok(Self { jobs, instance })
+    }
+
+    /// Runs `f` on the store thread and returns its result.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |conn| {
+                let _ = reply.send(f(conn));
+            }))
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Makes the directory (0700 when created here) and the file (0600, also when it existed
+/// with laxer modes); returns the file's path.
+fn prepare(dir: &Path) -> Result<std::path::PathBuf, StoreError> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let path = dir.join("sandboxd.db");
+    // SQLite gives the -wal and -shm files the database file's mode.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+        .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", path.display())))?;
+    for suffix in ["-wal", "-shm"] {
+        let side = dir.join(format!("sandboxd.db{suffix}"));
+        if side.exists() {
+            std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Io(format!("cannot restrict {}: {e}", side.display())))?;
+        }
+    }
+    Ok(path)
+}
+
+/// Brings the file to [`SCHEMA_VERSION`], one transaction per step.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let mut version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql("read the schema version"))?;
+    if version == 0 && has_table(conn, "sandboxes")? {
+        // Written before versions were numbered: that schema is version 1.
+        version = 1;
+        conn.pragma_update(None, "user_version", 1)
+            .map_err(sql("number the schema"))?;
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (from, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let to = from as i64 + 1;
+        let tx = conn.transaction().map_err(sql("begin a migration"))?;
+        tx.execute_batch(step).map_err(sql("migrate the schema"))?;
+        tx.pragma_update(None, "user_version", to)
+            .map_err(sql("number the schema"))?;
+        tx.commit().map_err(sql("commit a migration"))?;
+        tracing::info!(from, to, "state file migrated");
+    }
+    Ok(())
+}
+
+fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+    .map_err(sql("read the schema"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_fresh_file_is_private_and_at_the_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Store::open(&state).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("sandboxd.db")), 0o600);
+        let version = store
+            .call(|c| {
+                c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+                    .map_err(sql("read"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn an_existing_file_with_lax_modes_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sandboxd.db");
+        std::fs::write(&file, b"").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_file_from_a_newer_sandboxd_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join("sandboxd.db")).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let Err(e) = Store::open(dir.path()) else {
+            panic!("a newer schema was accepted");
+        };
+        assert!(matches!(e, StoreError::SchemaTooNew { found, supported }
+            if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION));
+        assert!(e.to_string().contains("newer"), "{e}");
+    }
+}

@@ -1,0 +1,563 @@
+//! The `sandboxes` and `events` tables.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{sql, Store, StoreError};
+use crate::orchestrator::runtime::{Instance, RuntimeKind};
+use crate::wire::lifecycle::PlatformSpec;
+
+/// Events kept per sandbox; older ones are dropped.
+pub const EVENTS_KEPT: i64 = 200;
+
+const TABLE: &str = "sandboxes";
+
+/// What sandboxd itself last did to a sandbox; the live state comes from the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Being created: not yet answering.
+    Pending,
+    /// Created and answered `/ping`; the runtime's state is the truth from here on.
+    Ready,
+    /// Paused by sandboxd (or seen paused on the last read). Kept so that the server proxy
+    /// can refuse a frozen sandbox without asking the runtime on every request; a frozen
+    /// container accepts connections and never answers them.
+    Paused,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Ready => "ready",
+            Phase::Paused => "paused",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Phase::Pending),
+            "ready" => Some(Phase::Ready),
+            "paused" => Some(Phase::Paused),
+            _ => None,
+        }
+    }
+}
+
+/// One sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// UUID, also labelled on what the runtime made.
+    pub id: String,
+    /// The runtime's handle, once created.
+    pub instance: Option<Instance>,
+    /// Image reference.
+    pub image: String,
+    /// Entrypoint as requested.
+    pub entrypoint: Vec<String>,
+    /// User labels.
+    pub metadata: BTreeMap<String, String>,
+    /// Extensions as requested.
+    pub extensions: BTreeMap<String, String>,
+    /// Requested platform.
+    pub platform: Option<PlatformSpec>,
+    /// The sandbox's execd access token.
+    pub token: String,
+    /// Creation time, epoch ms.
+    pub created_at: i64,
+    /// Expiry, epoch ms; `None` for manual cleanup.
+    pub expires_at: Option<i64>,
+    /// What sandboxd last did.
+    pub phase: Phase,
+    /// When `phase` last changed, epoch ms.
+    pub transition_at: i64,
+}
+
+/// A row that could not be read: its id (when even that was readable) and why.
+#[derive(Debug)]
+pub struct RowError {
+    /// The row's id.
+    pub id: String,
+    /// What is wrong with it.
+    pub error: StoreError,
+}
+
+const COLUMNS: &str = "id, runtime, runtime_ref, runtime_data, image, entrypoint, metadata, \
+     extensions, platform, token, created_at, expires_at, phase, transition_at";
+
+impl Store {
+    /// Adds a new sandbox.
+    pub async fn insert(&self, r: &Record) -> Result<(), StoreError> {
+        let r = r.clone();
+        self.call(move |c| {
+            let (runtime, reference, data) = instance_columns(&r);
+            c.execute(
+                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                params![
+                    r.id,
+                    runtime,
+                    reference,
+                    data,
+                    r.image,
+                    json(&r.entrypoint),
+                    json(&r.metadata),
+                    json(&r.extensions),
+                    r.platform.as_ref().map(json),
+                    r.token,
+                    r.created_at,
+                    r.expires_at,
+                    r.phase.as_str(),
+                    r.transition_at,
+                ],
+            )
+            .map(drop)
+            .map_err(sql("insert a sandbox"))
+        })
+        .await
+    }
+
+    /// Writes back every mutable column of `r`. Returns false when the sandbox is gone.
+    pub async fn update(&self, r: &Record) -> Result<bool, StoreError> {
+        let r = r.clone();
+        self.call(move |c| {
+            let (runtime, reference, data) = instance_columns(&r);
+            c.execute(
+                "UPDATE sandboxes SET runtime = ?2, runtime_ref = ?3, runtime_data = ?4,
+                 metadata = ?5, expires_at = ?6, phase = ?7, transition_at = ?8 WHERE id = ?1",
+                params![
+                    r.id,
+                    runtime,
+                    reference,
+                    data,
+                    json(&r.metadata),
+                    r.expires_at,
+                    r.phase.as_str(),
+                    r.transition_at
+                ],
+            )
+            .map(|n| n == 1)
+            .map_err(sql("update a sandbox"))
+        })
+        .await
+    }
+
+    /// One sandbox; a row that cannot be read is an error.
+    pub async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            let row = c
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
+                    [&id],
+                    raw,
+                )
+                .optional()
+                .map_err(sql("read a sandbox"))?;
+            row.map(|raw| record(raw).map_err(|e| e.error)).transpose()
+        })
+        .await
+    }
+
+    /// Every sandbox, newest first: each readable row, or why it is not.
+    pub async fn all(&self) -> Result<Vec<Result<Record, RowError>>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {COLUMNS} FROM sandboxes ORDER BY created_at DESC, id"
+                ))
+                .map_err(sql("list sandboxes"))?;
+            let rows = stmt
+                .query_map([], raw)
+                .map_err(sql("list sandboxes"))?
+                .collect::<rusqlite::Result<Vec<Raw>>>()
+                .map_err(sql("list sandboxes"))?;
+            Ok(rows.into_iter().map(record).collect())
+        })
+        .await
+    }
+
+    /// Forgets a sandbox and its events. Returns false when it was not there.
+    pub async fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction().map_err(sql("remove a sandbox"))?;
+            tx.execute("DELETE FROM events WHERE sandbox_id = ?1", [&id])
+                .map_err(sql("remove a sandbox's events"))?;
+            let removed = tx
+                .execute("DELETE FROM sandboxes WHERE id = ?1", [&id])
+                .map_err(sql("remove a sandbox"))?;
+            tx.commit().map_err(sql("remove a sandbox"))?;
+            Ok(removed == 1)
+        })
+        .await
+    }
+
+    /// The earliest expiry after `after` among all sandboxes, epoch ms.
+    pub async fn next_expiry(&self, after: i64) -> Result<Option<i64>, StoreError> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT MIN(expires_at) FROM sandboxes WHERE expires_at > ?1",
+                [after],
+                |r| r.get(0),
+            )
+            .map_err(sql("read the next expiry"))
+        })
+        .await
+    }
+
+    /// Ids of sandboxes whose expiry is at or before `now`.
+    pub async fn expired(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare("SELECT id FROM sandboxes WHERE expires_at <= ?1")
+                .map_err(sql("read expiries"))?;
+            let rows = stmt
+                .query_map([now], |r| r.get(0))
+                .map_err(sql("read expiries"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(sql("read expiries"))
+        })
+        .await
+    }
+
+    /// Appends to a sandbox's event log (keeping the last [`EVENTS_KEPT`]).
+    pub async fn event(&self, id: &str, at: i64, message: &str) -> Result<(), StoreError> {
+        let (id, message) = (id.to_owned(), message.to_owned());
+        self.call(move |c| append_event(c, &id, at, &message).map_err(sql("record an event")))
+            .await
+    }
+
+    /// A sandbox's events, oldest first.
+    pub async fn events(&self, id: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare("SELECT at, message FROM events WHERE sandbox_id = ?1 ORDER BY at, rowid")
+                .map_err(sql("read events"))?;
+            let rows = stmt
+                .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql("read events"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(sql("read events"))
+        })
+        .await
+    }
+}
+
+fn append_event(c: &Connection, id: &str, at: i64, message: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO events (sandbox_id, at, message) VALUES (?1, ?2, ?3)",
+        params![id, at, message],
+    )?;
+    c.execute(
+        "DELETE FROM events WHERE sandbox_id = ?1 AND rowid NOT IN
+         (SELECT rowid FROM events WHERE sandbox_id = ?1 ORDER BY at DESC, rowid DESC LIMIT ?2)",
+        params![id, EVENTS_KEPT],
+    )
+    .map(drop)
+}
+
+fn instance_columns(r: &Record) -> (Option<&'static str>, Option<String>, Option<String>) {
+    match &r.instance {
+        Some(i) => (
+            Some(i.kind.as_str()),
+            Some(i.reference.clone()),
+            Some(i.data.clone()),
+        ),
+        None => (None, None, None),
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// A row as stored, before its values are interpreted.
+struct Raw {
+    id: String,
+    runtime: Option<String>,
+    runtime_ref: Option<String>,
+    runtime_data: Option<String>,
+    image: String,
+    entrypoint: String,
+    metadata: String,
+    extensions: String,
+    platform: Option<String>,
+    token: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    phase: String,
+    transition_at: i64,
+}
+
+fn raw(r: &Row<'_>) -> rusqlite::Result<Raw> {
+    Ok(Raw {
+        id: r.get(0)?,
+        runtime: r.get(1)?,
+        runtime_ref: r.get(2)?,
+        runtime_data: r.get(3)?,
+        image: r.get(4)?,
+        entrypoint: r.get(5)?,
+        metadata: r.get(6)?,
+        extensions: r.get(7)?,
+        platform: r.get(8)?,
+        token: r.get(9)?,
+        created_at: r.get(10)?,
+        expires_at: r.get(11)?,
+        phase: r.get(12)?,
+        transition_at: r.get(13)?,
+    })
+}
+
+/// Interprets a stored row; anything unreadable is an error naming the field.
+fn record(raw: Raw) -> Result<Record, RowError> {
+    let id = raw.id;
+    let corrupt = |field: &'static str| RowError {
+        id: id.clone(),
+        error: StoreError::Corrupt {
+            table: TABLE,
+            id: id.clone(),
+            field,
+        },
+    };
+    let Some(phase) = Phase::parse(&raw.phase) else {
+        return Err(RowError {
+            id: id.clone(),
+            error: StoreError::UnknownPhase {
+                table: TABLE,
+                id: id.clone(),
+                value: raw.phase,
+            },
+        });
+    };
+    let instance = match (raw.runtime.as_deref(), raw.runtime_ref, raw.runtime_data) {
+        (None, None, _) => None,
+        (Some(kind), Some(reference), data) => Some(Instance {
+            kind: runtime_kind(kind).ok_or_else(|| corrupt("runtime"))?,
+            reference,
+            data: data.unwrap_or_default(),
+        }),
+        _ => return Err(corrupt("runtime_ref")),
+    };
+    let entrypoint = serde_json::from_str(&raw.entrypoint).map_err(|_| corrupt("entrypoint"))?;
+    let metadata = serde_json::from_str(&raw.metadata).map_err(|_| corrupt("metadata"))?;
+    let extensions = serde_json::from_str(&raw.extensions).map_err(|_| corrupt("extensions"))?;
+    let platform = raw
+        .platform
+        .map(|p| serde_json::from_str(&p))
+        .transpose()
+        .map_err(|_| corrupt("platform"))?;
+    Ok(Record {
+        id: id.clone(),
+        instance,
+        image: raw.image,
+        entrypoint,
+        metadata,
+        extensions,
+        platform,
+        token: raw.token,
+        created_at: raw.created_at,
+        expires_at: raw.expires_at,
+        phase,
+        transition_at: raw.transition_at,
+    })
+}
+
+fn runtime_kind(name: &str) -> Option<RuntimeKind> {
+    match name {
+        "docker" => Some(RuntimeKind::Docker),
+        #[cfg(test)]
+        "fake" => Some(RuntimeKind::Fake),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample(id: &str, created_at: i64, expires_at: Option<i64>) -> Record {
+        Record {
+            id: id.to_owned(),
+            instance: None,
+            image: "img".into(),
+            entrypoint: vec!["sleep".into(), "infinity".into()],
+            metadata: BTreeMap::from([("team".into(), "a".into())]),
+            extensions: BTreeMap::new(),
+            platform: None,
+            token: "t".into(),
+            created_at,
+            expires_at,
+            phase: Phase::Pending,
+            transition_at: created_at,
+        }
+    }
+
+    async fn exec(store: &Store, sql_text: &'static str) {
+        store
+            .call(move |c| c.execute_batch(sql_text).map_err(sql("test")))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_and_keeps_its_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let instance = store.instance.clone();
+        store.insert(&sample("a", 1, Some(100))).await.unwrap();
+        store.insert(&sample("b", 2, None)).await.unwrap();
+        let mut a = store.get("a").await.unwrap().unwrap();
+        a.phase = Phase::Ready;
+        a.instance = Some(Instance {
+            kind: RuntimeKind::Docker,
+            reference: "c1".into(),
+            data: r#"{"execd":40000}"#.into(),
+        });
+        a.metadata.insert("k".into(), "v".into());
+        assert!(store.update(&a).await.unwrap());
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.instance, instance);
+        let ids: Vec<_> = store
+            .all()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().id)
+            .collect();
+        assert_eq!(ids, ["b", "a"], "newest first");
+        let mut got = store.get("a").await.unwrap().unwrap();
+        assert_eq!(got, a);
+        got.phase = Phase::Paused;
+        assert!(store.update(&got).await.unwrap());
+        let got = store.get("a").await.unwrap().unwrap();
+        assert_eq!(got.phase, Phase::Paused);
+        assert_eq!(got.metadata.get("k").map(String::as_str), Some("v"));
+        assert_eq!(got.entrypoint, ["sleep", "infinity"]);
+        assert_eq!(store.next_expiry(0).await.unwrap(), Some(100));
+        assert_eq!(store.next_expiry(100).await.unwrap(), None);
+        assert_eq!(store.expired(99).await.unwrap(), Vec::<String>::new());
+        assert_eq!(store.expired(100).await.unwrap(), ["a"]);
+        assert!(store.remove("a").await.unwrap());
+        assert!(!store.remove("a").await.unwrap());
+        assert_eq!(store.next_expiry(0).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn event_log_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..(EVENTS_KEPT + 10) {
+            store.event("a", i, &format!("e{i}")).await.unwrap();
+        }
+        let events = store.events("a").await.unwrap();
+        assert_eq!(events.len() as i64, EVENTS_KEPT);
+        assert_eq!(events.last().unwrap().1, format!("e{}", EVENTS_KEPT + 9));
+        assert_eq!(events[0].1, "e10");
+    }
+
+    /// A state file exactly as sandboxd wrote it before schema versions (version 0 on disk,
+    /// the Docker columns), with one running sandbox in it.
+    fn write_unversioned_file(dir: &std::path::Path) {
+        let conn = Connection::open(dir.join("sandboxd.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(super::super::MIGRATIONS[0]).unwrap();
+        conn.execute("INSERT INTO meta (key, value) VALUES ('instance', 'inst-1')", [])
+            .unwrap();
+        conn.execute(
+            "INSERT INTO sandboxes (id, container, image, entrypoint, metadata, extensions, platform,
+             token, created_at, expires_at, execd_port, http_port, phase, transition_at)
+             VALUES ('s1', 'c0ffee', 'busybox', '[\"sleep\",\"infinity\"]', '{\"team\":\"ml\"}', '{}',
+             NULL, 'tok', 10, 20, 40001, 40002, 'ready', 11)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO sandboxes (id, container, image, entrypoint, metadata, extensions, platform,
+             token, created_at, expires_at, execd_port, http_port, phase, transition_at)
+             VALUES ('s2', NULL, 'busybox', '[\"sh\"]', '{}', '{}', NULL, 'tok2', 12, NULL, NULL, NULL,
+             'pending', 12)",
+            [],
+        )
+        .unwrap();
+        conn.execute("INSERT INTO events VALUES ('s1', 11, 'running')", [])
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_from_before_versions_migrates_without_losing_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        write_unversioned_file(dir.path());
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.instance, "inst-1");
+        let s1 = store.get("s1").await.unwrap().unwrap();
+        assert_eq!(s1.phase, Phase::Ready);
+        assert_eq!(
+            (s1.created_at, s1.expires_at, s1.transition_at),
+            (10, Some(20), 11)
+        );
+        assert_eq!(s1.metadata.get("team").map(String::as_str), Some("ml"));
+        let instance = s1.instance.expect("the container became the instance");
+        assert_eq!(
+            (instance.kind, instance.reference.as_str()),
+            (RuntimeKind::Docker, "c0ffee")
+        );
+        let ports: serde_json::Value = serde_json::from_str(&instance.data).unwrap();
+        assert_eq!(ports, serde_json::json!({"execd": 40001, "http": 40002}));
+        let s2 = store.get("s2").await.unwrap().unwrap();
+        assert_eq!((s2.phase, s2.instance), (Phase::Pending, None));
+        assert_eq!(store.events("s1").await.unwrap(), [(11, "running".to_owned())]);
+        drop(store);
+        // Opening again is a no-op.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.all().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_phase_or_a_corrupt_field_is_an_error_not_a_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (id, at) in [("good", 1), ("future", 2), ("broken", 3)] {
+            store.insert(&sample(id, at, None)).await.unwrap();
+        }
+        exec(
+            &store,
+            "UPDATE sandboxes SET phase = 'hibernating' WHERE id = 'future'",
+        )
+        .await;
+        exec(
+            &store,
+            "UPDATE sandboxes SET metadata = '{not json' WHERE id = 'broken'",
+        )
+        .await;
+
+        let e = store.get("future").await.unwrap_err();
+        assert!(
+            matches!(&e, StoreError::UnknownPhase { id, value, .. } if id == "future" && value == "hibernating"),
+            "{e}"
+        );
+        let e = store.get("broken").await.unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Corrupt { id, field: "metadata", .. } if id == "broken"),
+            "{e}"
+        );
+        let rows = store.all().await.unwrap();
+        let summary: Vec<(String, bool)> = rows
+            .iter()
+            .map(|r| match r {
+                Ok(r) => (r.id.clone(), true),
+                Err(e) => (e.id.clone(), false),
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("broken".to_owned(), false),
+                ("future".to_owned(), false),
+                ("good".to_owned(), true)
+            ]
+        );
+    }
+}
