@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, RawPathParams, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::Response;
 use axum::routing::any;
@@ -27,6 +27,13 @@ pub(super) fn routes() -> Router<App> {
         .route("/sandboxes/{id}/proxy/{port}/{*rest}", any(proxy))
 }
 
+/// The sandbox and port of a proxied request.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ProxyPath {
+    id: String,
+    port: String,
+}
+
 /// Headers that must never reach a sandbox: sandboxd's own credentials and the caller's.
 const STRIPPED: [HeaderName; 3] = [
     header::AUTHORIZATION,
@@ -45,23 +52,22 @@ const STRIPPED: [HeaderName; 3] = [
         (status = 409, description = "`DOCKER::SANDBOX_NOT_RUNNING`: the sandbox is Pending, Paused, Failed or Terminated (the message names it); answered at once", body = crate::wire::lifecycle::LifecycleError), (status = 502, body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn proxy(
     State(app): State<App>,
-    params: RawPathParams,
+    Path(at): Path<ProxyPath>,
     req: Request,
 ) -> Result<Response, Error> {
-    // Raw (still percent-encoded) values: the rest of the path is passed on as it came.
-    let param = |name: &str| params.iter().find_map(|(k, v)| (k == name).then_some(v));
-    let (id, port, rest) = (
-        param("id").unwrap_or_default(),
-        param("port").unwrap_or_default(),
-        param("rest").unwrap_or_default(),
-    );
+    // The rest of the path goes on exactly as it came, still percent-encoded (`Path` would
+    // decode it): it is what follows `/sandboxes/{id}/proxy/{port}` in the raw path, which is
+    // relative to this router's mount point (`/v1` is already stripped).
+    let raw = req.uri().path().to_owned();
+    let rest = raw.splitn(6, '/').nth(5).unwrap_or("");
+    let id = at.id.as_str();
     if rest
         .split('/')
         .any(|seg| seg == ".." || seg.eq_ignore_ascii_case("%2e%2e"))
     {
         return Err(Error::invalid("the proxy path must not contain .."));
     }
-    let port = spec::parse_port(port)?;
+    let port = spec::parse_port(&at.port)?;
     let caller = extract::principal(&app, req.headers());
     let (token, target) = match app.service.proxy_target(id, port).await {
         Ok(found) => found,
