@@ -45,6 +45,9 @@ pub enum Error {
     /// No credential, or a wrong one.
     #[error("{}", .0.message())]
     Unauthenticated(AuthFailure),
+    /// Authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(Denial),
     /// The sandbox did not come up; the message holds its exit and last output (the user's
     /// own program's words, never sandboxd's internals).
     #[error("{0}")]
@@ -166,6 +169,28 @@ impl Feature {
     }
 }
 
+/// Why an authenticated caller is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// The role is below what the action needs.
+    Role {
+        /// The caller's role.
+        role: super::auth::Role,
+        /// The least role that may.
+        needed: super::auth::Role,
+    },
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Denial::Role { role, needed } => {
+                write!(f, "this needs the {needed} role; the caller is {role}")
+            }
+        }
+    }
+}
+
 /// Why a caller is not authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
@@ -211,6 +236,7 @@ impl Error {
             | Error::TooLarge { .. }
             | Error::Conflict(_)
             | Error::Unauthenticated(_)
+            | Error::Forbidden(_)
             | Error::NoRoute => true,
             Error::Runtime(e) => matches!(
                 e,

@@ -10,6 +10,7 @@
 //! - `spec`: create requests → runtime-neutral plans, or errors naming the field.
 //! - `error`: the domain's errors; `execd_client`: sandboxd's only execd HTTP client.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod execd_client;

@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use super::extract::Caller;
 use super::App;
+use crate::orchestrator::auth::Perm;
 use crate::orchestrator::error::Error;
 
 /// The routes of this resource (behind auth).
@@ -25,9 +27,11 @@ pub(super) fn routes() -> Router<App> {
         (status = 400, description = "bad `tail` or `since` (the message names it)", body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn diagnostics(
     State(app): State<App>,
+    Caller(caller): Caller,
     Path((id, kind)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Error> {
+    caller.require(Perm::Read)?;
     let q = diagnostics_query(query.as_deref().unwrap_or(""), crate::wire::time::now_ms())?;
     match q.scope {
         Some(scope) => Ok(Json(

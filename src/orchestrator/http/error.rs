@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::orchestrator::error::{AuthFailure, Conflict, Error, Feature};
+use crate::orchestrator::error::{AuthFailure, Conflict, Denial, Error, Feature};
 use crate::orchestrator::runtime::RuntimeError;
 use crate::wire::lifecycle::LifecycleError;
 
@@ -65,6 +65,12 @@ impl From<&Error> for ApiError {
                 match failure {
                     AuthFailure::Missing => "MISSING_API_KEY",
                     AuthFailure::Invalid => "INVALID_API_KEY",
+                },
+            ),
+            Error::Forbidden(denial) => said(
+                StatusCode::FORBIDDEN,
+                match denial {
+                    Denial::Role { .. } => "AUTH::FORBIDDEN",
                 },
             ),
             // The sandbox's own exit and output: the user's program, not sandboxd's internals.

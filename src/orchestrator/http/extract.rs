@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::App;
 use crate::auth::constant_time_eq;
+use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::{AuthFailure, Error};
 
 /// The API key header (upstream's name).
@@ -17,23 +18,14 @@ pub const API_KEY_HEADER: &str = "open-sandbox-api-key";
 /// Largest JSON body accepted on lifecycle routes.
 const MAX_BODY: usize = 1 << 20;
 
-/// Who is calling, as the auth layer resolved it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Principal {
-    /// No API key is configured: every caller is let in (sandboxd warns at start).
-    Anonymous,
-    /// The caller presented the server's API key.
-    ApiKey,
-}
-
 /// Resolves the caller's credentials, or says why they are not good enough.
 pub(super) fn principal(app: &App, headers: &HeaderMap) -> Result<Principal, Error> {
     let Some(expected) = &app.api_key else {
-        return Ok(Principal::Anonymous);
+        return Ok(Principal::anonymous());
     };
     match headers.get(API_KEY_HEADER) {
         None => Err(Error::Unauthenticated(AuthFailure::Missing)),
-        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(Principal::ApiKey),
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(Principal::root()),
         Some(_) => Err(Error::Unauthenticated(AuthFailure::Invalid)),
     }
 }
@@ -50,14 +42,18 @@ pub(super) async fn authenticate(State(app): State<App>, mut req: Request, next:
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Principal {
+/// The caller, as the auth layer resolved it (a route outside that layer has none: 401).
+pub struct Caller(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
         parts
             .extensions
             .get::<Principal>()
-            .copied()
+            .cloned()
+            .map(Caller)
             .ok_or(Error::Unauthenticated(AuthFailure::Missing))
     }
 }

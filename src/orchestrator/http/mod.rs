@@ -25,7 +25,7 @@ pub(super) mod system;
 
 use std::sync::Arc;
 
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -69,8 +69,28 @@ pub fn router(app: App) -> Router {
         .merge(lifecycle.clone())
         .nest("/v1", lifecycle)
         .fallback(system::no_route)
+        .layer(middleware::from_fn(route_log))
         .layer(middleware::from_fn(request_id))
         .with_state(app)
+}
+
+/// One debug line per request, keyed by the matched route template (`/sandboxes/{id}`, never
+/// the raw path, so ids do not multiply the keys): where the request metrics of the tokens
+/// issue attach.
+async fn route_log(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "(no route)".to_owned(), |m| m.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    tracing::debug!(
+        %route,
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "answered"
+    );
+    resp
 }
 
 /// Echoes `X-Request-ID` (or makes one) on every response, errors included, and runs the

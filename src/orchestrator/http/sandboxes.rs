@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 
-use super::extract::JsonBody;
+use super::extract::{Caller, JsonBody};
 use super::App;
+use crate::orchestrator::auth::Perm;
 use crate::orchestrator::error::Error;
 use crate::orchestrator::service::ListFilter;
 use crate::wire::lifecycle::{CreateSandboxRequest, RenewExpiration};
@@ -31,8 +32,10 @@ pub(super) fn routes() -> Router<App> {
         (status = 401, body = crate::wire::lifecycle::LifecycleError), (status = 500, description = "the sandbox failed to start (its last output in the message)", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn create(
     State(app): State<App>,
+    Caller(caller): Caller,
     JsonBody(body): JsonBody<CreateSandboxRequest>,
 ) -> Result<Response, Error> {
+    caller.require(Perm::Write)?;
     let created = app.service.create(body).await?;
     let location = HeaderValue::from_str(&format!("/v1/sandboxes/{}", created.id)).ok();
     let mut resp = (StatusCode::ACCEPTED, Json(created)).into_response();
@@ -45,7 +48,12 @@ pub(crate) async fn create(
 #[utoipa::path(get, path = "/sandboxes", params(("state" = Option<Vec<String>>, Query, description = "repeatable; OR; case-insensitive"),
         ("metadata" = Option<String>, Query, description = "url-encoded `k=v&k2=v2`; AND"), ("page" = Option<u32>, Query), ("pageSize" = Option<u32>, Query)),
     responses((status = 200, body = crate::wire::lifecycle::ListSandboxesResponse), (status = 400, body = crate::wire::lifecycle::LifecycleError)))]
-pub(crate) async fn list(State(app): State<App>, RawQuery(query): RawQuery) -> Result<Response, Error> {
+pub(crate) async fn list(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Error> {
+    caller.require(Perm::Read)?;
     let filter = list_filter(query.as_deref().unwrap_or(""))?;
     Ok(Json(app.service.list(filter).await?).into_response())
 }
@@ -97,13 +105,23 @@ fn list_filter(query: &str) -> Result<ListFilter, Error> {
 
 #[utoipa::path(get, path = "/sandboxes/{id}", params(("id" = String, Path)),
     responses((status = 200, body = crate::wire::lifecycle::Sandbox), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
-pub(crate) async fn get_one(State(app): State<App>, Path(id): Path<String>) -> Result<Response, Error> {
+pub(crate) async fn get_one(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    caller.require(Perm::Read)?;
     Ok(Json(app.service.get(&id).await?).into_response())
 }
 
 #[utoipa::path(delete, path = "/sandboxes/{id}", params(("id" = String, Path)),
     responses((status = 204, description = "container killed and removed"), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
-pub(crate) async fn delete(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, Error> {
+pub(crate) async fn delete(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    caller.require(Perm::Write)?;
     app.service.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -112,9 +130,11 @@ pub(crate) async fn delete(State(app): State<App>, Path(id): Path<String>) -> Re
     responses((status = 200, body = crate::wire::lifecycle::Sandbox), (status = 400, body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn patch_metadata(
     State(app): State<App>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     JsonBody(patch): JsonBody<serde_json::Value>,
 ) -> Result<Response, Error> {
+    caller.require(Perm::Write)?;
     let serde_json::Value::Object(patch) = patch else {
         return Err(Error::invalid("the metadata patch must be a JSON object"));
     };
@@ -125,7 +145,12 @@ pub(crate) async fn patch_metadata(
     responses((status = 202, description = "paused (a freeze the cgroup v1 freezer gives up on while processes start is retried: 5 tries over about 2 s)"),
         (status = 404, body = crate::wire::lifecycle::LifecycleError), (status = 409, description = "`DOCKER::SANDBOX_NOT_RUNNING`: not running (the message names the state)", body = crate::wire::lifecycle::LifecycleError),
         (status = 500, description = "`SANDBOX::INTERNAL_ERROR`: the freezer failed on every try; the sandbox stays Running", body = crate::wire::lifecycle::LifecycleError)))]
-pub(crate) async fn pause(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, Error> {
+pub(crate) async fn pause(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    caller.require(Perm::Write)?;
     app.service.pause(&id).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -134,7 +159,12 @@ pub(crate) async fn pause(State(app): State<App>, Path(id): Path<String>) -> Res
     responses((status = 202, description = "resumed (retried as pause is)"), (status = 404, body = crate::wire::lifecycle::LifecycleError),
         (status = 409, description = "`DOCKER::SANDBOX_NOT_PAUSED`: not paused (the message names the state)", body = crate::wire::lifecycle::LifecycleError),
         (status = 500, description = "`SANDBOX::INTERNAL_ERROR`: the freezer failed on every try; the sandbox stays Paused", body = crate::wire::lifecycle::LifecycleError)))]
-pub(crate) async fn resume(State(app): State<App>, Path(id): Path<String>) -> Result<StatusCode, Error> {
+pub(crate) async fn resume(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    caller.require(Perm::Write)?;
     app.service.resume(&id).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -144,9 +174,11 @@ pub(crate) async fn resume(State(app): State<App>, Path(id): Path<String>) -> Re
         (status = 404, body = crate::wire::lifecycle::LifecycleError), (status = 409, description = "manual-cleanup sandbox", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn renew(
     State(app): State<App>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RenewExpiration>,
 ) -> Result<Response, Error> {
+    caller.require(Perm::Write)?;
     Ok(Json(app.service.renew(&id, body).await?).into_response())
 }
 
@@ -155,9 +187,11 @@ pub(crate) async fn renew(
     responses((status = 200, body = crate::wire::lifecycle::Endpoint), (status = 400, body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn endpoint(
     State(app): State<App>,
+    Caller(caller): Caller,
     Path((id, port)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Error> {
+    caller.require(Perm::Read)?;
     let (mut use_server_proxy, mut expires) = (false, None);
     for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         match k.as_ref() {
