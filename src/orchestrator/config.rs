@@ -38,6 +38,21 @@ pub struct Config {
     /// Key required in `OPEN-SANDBOX-API-KEY` (none: no authentication, with a warning).
     #[arg(long, env = "SANDBOXD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Secret that signs user tokens (at least 32 bytes) [default: generated once into
+    /// `jwt.secret` in the data directory, mode 0600].
+    #[arg(long, env = "SANDBOXD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Earlier signing secrets whose tokens are still accepted (comma-separated; rotation).
+    #[arg(
+        long = "jwt-previous-secret",
+        env = "SANDBOXD_JWT_PREVIOUS_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub jwt_previous_secrets: Vec<String>,
+    /// Most sandboxes one non-admin user may own at once (beyond: 403 `QUOTA::EXCEEDED`).
+    #[arg(long, env = "SANDBOXD_MAX_SANDBOXES_PER_USER", default_value_t = 50)]
+    pub max_sandboxes_per_user: u64,
     /// The static execd to inject [default: `execd` next to sandboxd, then
     /// target/x86_64-unknown-linux-musl/release/execd].
     #[arg(long, env = "SANDBOXD_AGENT")]
@@ -117,6 +132,34 @@ impl Config {
             None if self.publish_ip.is_unspecified() => "127.0.0.1".to_owned(),
             None => self.publish_ip.to_string(),
         }
+    }
+
+    /// The secret that signs tokens: the configured one, else the one generated into
+    /// `jwt.secret` in `data_dir` on the first start (32 random bytes, hex, mode 0600).
+    pub fn jwt_secret(&self, data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        if let Some(secret) = &self.jwt_secret {
+            return Ok(secret.clone().into_bytes());
+        }
+        let path = data_dir.join("jwt.secret");
+        match std::fs::read(&path) {
+            Ok(secret) => return Ok(secret.trim_ascii().to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+        }
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let secret = hex::encode(raw);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        file.write_all(secret.as_bytes())?;
+        file.sync_all()?;
+        Ok(secret.into_bytes())
     }
 
     /// How long create waits for execd.

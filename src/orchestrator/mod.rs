@@ -62,6 +62,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         docker_api = %runtime::Runtime::version(&docker),
         "starting"
     );
+    let keys = auth::jwt::Keys::new(
+        &config.jwt_secret(&data_dir)?,
+        &config
+            .jwt_previous_secrets
+            .iter()
+            .map(|s| s.clone().into_bytes())
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| anyhow::anyhow!("--jwt-secret: {e}"))?;
+    let revoked = store.revoked_tokens(crate::wire::time::now_ms()).await?;
+    let authority = Arc::new(auth::Authority::new(config.api_key.clone(), keys, revoked));
     let settings = service::Settings {
         limits: spec::Limits {
             max_timeout: config.max_timeout,
@@ -69,8 +80,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         },
         ready_timeout: config.ready_timeout(),
         pids_limit: config.pids_limit,
+        max_sandboxes_per_user: config.max_sandboxes_per_user,
     };
-    let service = Arc::new(service::Service::new(store, Arc::new(docker), settings));
+    let service = Arc::new(service::Service::new(
+        store,
+        Arc::new(docker),
+        authority,
+        settings,
+    ));
     service
         .reconcile()
         .await
@@ -93,7 +110,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let app = http::router(http::App {
         service,
-        api_key: config.api_key.filter(|k| !k.is_empty()).map(Into::into),
         relay: Arc::new(Relay::new()),
     });
     // The one line scripts and tests wait for.

@@ -11,6 +11,7 @@ use super::http::sandboxes::{
     __path_pause, __path_renew, __path_resume,
 };
 use super::http::system::{__path_health, __path_metrics_event, __path_version};
+use super::http::tokens::{__path_current, __path_mint, __path_revoke};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,7 +25,7 @@ use super::http::system::{__path_health, __path_metrics_event, __path_version};
     ),
     paths(
         health, version, metrics_event, create, list, get_one, delete, patch_metadata, pause, resume, renew,
-        endpoint, diagnostics, proxy
+        endpoint, diagnostics, proxy, mint, current, revoke
     ),
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,

@@ -6,6 +6,7 @@
 
 pub mod code;
 pub mod files;
+pub mod identity;
 pub mod isolated;
 pub mod lifecycle;
 pub mod openapi;

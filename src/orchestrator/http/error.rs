@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::orchestrator::error::{AuthFailure, Conflict, Denial, Error, Feature};
+use crate::orchestrator::error::{AuthFailure, Conflict, Denial, Error, Feature, Kind};
 use crate::orchestrator::runtime::RuntimeError;
 use crate::wire::lifecycle::LifecycleError;
 
@@ -34,7 +34,13 @@ impl From<&Error> for ApiError {
         };
         let said = |status, code| told(status, code, e.to_string());
         match e {
-            Error::NotFound { .. } => said(StatusCode::NOT_FOUND, "SANDBOX::NOT_FOUND"),
+            Error::NotFound { kind, .. } => said(
+                StatusCode::NOT_FOUND,
+                match kind {
+                    Kind::Sandbox => "SANDBOX::NOT_FOUND",
+                    Kind::Token => "AUTH::TOKEN_NOT_FOUND",
+                },
+            ),
             Error::Invalid(_) => said(StatusCode::BAD_REQUEST, "SANDBOX::INVALID_PARAMETER"),
             Error::InvalidMetadataFilter(_) => said(StatusCode::BAD_REQUEST, "INVALID_METADATA_FORMAT"),
             Error::UnsupportedField(_) => said(StatusCode::BAD_REQUEST, "SANDBOX::API_NOT_SUPPORTED"),
@@ -64,13 +70,17 @@ impl From<&Error> for ApiError {
                 StatusCode::UNAUTHORIZED,
                 match failure {
                     AuthFailure::Missing => "MISSING_API_KEY",
-                    AuthFailure::Invalid => "INVALID_API_KEY",
+                    AuthFailure::InvalidApiKey => "INVALID_API_KEY",
+                    AuthFailure::InvalidToken => "AUTH::INVALID_TOKEN",
+                    AuthFailure::TokenExpired => "AUTH::TOKEN_EXPIRED",
+                    AuthFailure::TokenRevoked => "AUTH::TOKEN_REVOKED",
                 },
             ),
             Error::Forbidden(denial) => said(
                 StatusCode::FORBIDDEN,
                 match denial {
-                    Denial::Role { .. } => "AUTH::FORBIDDEN",
+                    Denial::Role { .. } | Denial::Mint(_) => "AUTH::FORBIDDEN",
+                    Denial::Quota { .. } => "QUOTA::EXCEEDED",
                 },
             ),
             // The sandbox's own exit and output: the user's program, not sandboxd's internals.
@@ -130,7 +140,15 @@ impl IntoResponse for Error {
         } else if !self.is_client_error() {
             tracing::warn!(code = api.code, error = %self, "request refused");
         }
-        api.into_response()
+        let unauthenticated = matches!(self, Error::Unauthenticated(_));
+        let mut resp = api.into_response();
+        if unauthenticated {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
 }
 

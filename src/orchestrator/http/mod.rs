@@ -13,8 +13,8 @@
 //!
 //! - `error`: the domain error → status, catalogued code and body.
 //! - `extract`: `JsonBody`, `Principal` and the auth layer.
-//! - `sandboxes`, `diagnostics`, `proxy`, `system`: one file per resource, each with its
-//!   `routes()`.
+//! - `sandboxes`, `diagnostics`, `proxy`, `tokens`, `system`: one file per resource, each
+//!   with its `routes()`.
 
 pub(super) mod diagnostics;
 pub(super) mod error;
@@ -22,6 +22,7 @@ mod extract;
 pub(super) mod proxy;
 pub(super) mod sandboxes;
 pub(super) mod system;
+pub(super) mod tokens;
 
 use std::sync::Arc;
 
@@ -34,18 +35,16 @@ use tracing::Instrument as _;
 
 pub use extract::API_KEY_HEADER;
 
-use super::service::Service;
+use super::service::{Service, REQUEST_ID};
 use crate::relay::Relay;
 
-const REQUEST_ID: &str = "x-request-id";
+const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct App {
-    /// The service.
+    /// The service (and through it the authority that checks credentials).
     pub service: Arc<Service>,
-    /// The API key, when one is required.
-    pub api_key: Option<Arc<str>>,
     /// The server proxy's connection pool.
     pub relay: Arc<Relay>,
 }
@@ -55,6 +54,7 @@ pub fn router(app: App) -> Router {
     let api = Router::new()
         .merge(sandboxes::routes())
         .merge(diagnostics::routes())
+        .merge(tokens::routes())
         .merge(system::unsupported_routes())
         .route_layer(middleware::from_fn_with_state(app.clone(), extract::authenticate));
     let lifecycle = Router::new()
@@ -98,7 +98,7 @@ async fn route_log(req: Request, next: Next) -> Response {
 async fn request_id(req: Request, next: Next) -> Response {
     let id = req
         .headers()
-        .get(REQUEST_ID)
+        .get(REQUEST_ID_HEADER)
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .cloned()
         .unwrap_or_else(|| {
@@ -109,7 +109,8 @@ async fn request_id(req: Request, next: Next) -> Response {
         id = %String::from_utf8_lossy(id.as_bytes()),
         method = %req.method(),
     );
-    let mut resp = next.run(req).instrument(span).await;
-    resp.headers_mut().insert(REQUEST_ID, id);
+    let scoped = REQUEST_ID.scope(String::from_utf8_lossy(id.as_bytes()).into_owned(), next.run(req));
+    let mut resp = scoped.instrument(span).await;
+    resp.headers_mut().insert(REQUEST_ID_HEADER, id);
     resp
 }

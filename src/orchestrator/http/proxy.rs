@@ -69,20 +69,22 @@ pub(crate) async fn proxy(
     }
     let port = spec::parse_port(&at.port)?;
     let caller = extract::principal(&app, req.headers());
-    let (token, target) = match app.service.proxy_target(id, port).await {
+    let route = match app.service.proxy_target(id, port).await {
         Ok(found) => found,
         // Without a credential, an unknown sandbox is a 401 like any other: existence is
         // not told to strangers.
         Err(e) => return Err(caller.err().unwrap_or(e)),
     };
+    let token = route.token;
     let by_token = req
         .headers()
         .get(TOKEN_HEADER)
         .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-    if !by_token {
-        caller?;
+    if !by_token && !caller?.may_see(&route.owner) {
+        // Someone else's sandbox is not found, as on every other route.
+        return Err(Error::no_sandbox(id));
     }
-    let target = target?;
+    let target = route.target?;
     let mut path_and_query = format!("{}/{rest}", target.prefix);
     if let Some(q) = req.uri().query() {
         path_and_query.push('?');

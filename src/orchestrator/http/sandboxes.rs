@@ -2,7 +2,7 @@
 //! endpoints.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
@@ -12,6 +12,10 @@ use super::App;
 use crate::orchestrator::auth::Perm;
 use crate::orchestrator::error::Error;
 use crate::orchestrator::service::ListFilter;
+use crate::orchestrator::spec;
+
+/// The header a create is attributed to a business domain by (seed 004).
+const BUSINESS_DOMAIN: &str = "x-business-domain";
 use crate::wire::lifecycle::{CreateSandboxRequest, RenewExpiration};
 
 /// The routes of this resource (mounted at `/` and `/v1`, behind auth).
@@ -33,10 +37,15 @@ pub(super) fn routes() -> Router<App> {
 pub(crate) async fn create(
     State(app): State<App>,
     Caller(caller): Caller,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<CreateSandboxRequest>,
 ) -> Result<Response, Error> {
     caller.require(Perm::Write)?;
-    let created = app.service.create(body).await?;
+    let domain = headers
+        .get(BUSINESS_DOMAIN)
+        .map(|v| spec::business_domain(v.to_str().unwrap_or("\u{fffd}")))
+        .transpose()?;
+    let created = app.service.create(body, &caller, domain).await?;
     let location = HeaderValue::from_str(&format!("/v1/sandboxes/{}", created.id)).ok();
     let mut resp = (StatusCode::ACCEPTED, Json(created)).into_response();
     if let Some(location) = location {
@@ -55,7 +64,7 @@ pub(crate) async fn list(
 ) -> Result<Response, Error> {
     caller.require(Perm::Read)?;
     let filter = list_filter(query.as_deref().unwrap_or(""))?;
-    Ok(Json(app.service.list(filter).await?).into_response())
+    Ok(Json(app.service.list(filter, &caller).await?).into_response())
 }
 
 /// `?state=a&state=b&metadata=k%3Dv%26k2%3Dv2&page=1&pageSize=20`.
@@ -90,6 +99,10 @@ fn list_filter(query: &str) -> Result<ListFilter, Error> {
                         Error::invalid(format!("page must be an integer ≥ 1, got {value:?}"))
                     })?
             }
+            "owner" => filter.owner = Some(value.into_owned()),
+            "businessDomain" | "business_domain" => {
+                filter.business_domain = Some(spec::business_domain(&value)?)
+            }
             "pageSize" | "page_size" => {
                 filter.page_size = value
                     .parse()
@@ -111,7 +124,7 @@ pub(crate) async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     caller.require(Perm::Read)?;
-    Ok(Json(app.service.get(&id).await?).into_response())
+    Ok(Json(app.service.get(&id, &caller).await?).into_response())
 }
 
 #[utoipa::path(delete, path = "/sandboxes/{id}", params(("id" = String, Path)),
@@ -122,7 +135,7 @@ pub(crate) async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
     caller.require(Perm::Write)?;
-    app.service.delete(&id).await?;
+    app.service.delete(&id, &caller).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -138,7 +151,7 @@ pub(crate) async fn patch_metadata(
     let serde_json::Value::Object(patch) = patch else {
         return Err(Error::invalid("the metadata patch must be a JSON object"));
     };
-    Ok(Json(app.service.patch_metadata(&id, patch).await?).into_response())
+    Ok(Json(app.service.patch_metadata(&id, patch, &caller).await?).into_response())
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/pause", params(("id" = String, Path)),
@@ -151,7 +164,7 @@ pub(crate) async fn pause(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
     caller.require(Perm::Write)?;
-    app.service.pause(&id).await?;
+    app.service.pause(&id, &caller).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -165,7 +178,7 @@ pub(crate) async fn resume(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
     caller.require(Perm::Write)?;
-    app.service.resume(&id).await?;
+    app.service.resume(&id, &caller).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -179,7 +192,7 @@ pub(crate) async fn renew(
     JsonBody(body): JsonBody<RenewExpiration>,
 ) -> Result<Response, Error> {
     caller.require(Perm::Write)?;
-    Ok(Json(app.service.renew(&id, body).await?).into_response())
+    Ok(Json(app.service.renew(&id, body, &caller).await?).into_response())
 }
 
 #[utoipa::path(get, path = "/sandboxes/{id}/endpoints/{port}", params(("id" = String, Path), ("port" = u16, Path),
@@ -212,7 +225,7 @@ pub(crate) async fn endpoint(
     }
     Ok(Json(
         app.service
-            .endpoint(&id, &port, use_server_proxy, expires.as_deref())
+            .endpoint(&id, &port, use_server_proxy, expires.as_deref(), &caller)
             .await?,
     )
     .into_response())

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::sandboxes::status;
 use super::Service;
+use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::{Conflict, Error};
 use crate::orchestrator::runtime::{Instance, RuntimeError};
 use crate::orchestrator::store::{Phase, Record};
@@ -69,17 +70,17 @@ impl Freeze {
 
 impl Service {
     /// `POST /sandboxes/{id}/pause`: freezes a running sandbox. 409 when it is not running.
-    pub async fn pause(&self, id: &str) -> Result<(), Error> {
-        self.freeze(id, Freeze::Pause).await
+    pub async fn pause(&self, id: &str, caller: &Principal) -> Result<(), Error> {
+        self.freeze(id, Freeze::Pause, caller).await
     }
 
     /// `POST /sandboxes/{id}/resume`: thaws a paused sandbox. 409 when it is not paused.
-    pub async fn resume(&self, id: &str) -> Result<(), Error> {
-        self.freeze(id, Freeze::Resume).await
+    pub async fn resume(&self, id: &str, caller: &Principal) -> Result<(), Error> {
+        self.freeze(id, Freeze::Resume, caller).await
     }
 
-    async fn freeze(&self, id: &str, way: Freeze) -> Result<(), Error> {
-        let (mut record, instance) = self.freezer_target(id, way).await?;
+    async fn freeze(&self, id: &str, way: Freeze, caller: &Principal) -> Result<(), Error> {
+        let (mut record, instance) = self.freezer_target(id, way, caller).await?;
         let call = || async {
             match way {
                 Freeze::Pause => self.runtime.pause(&instance).await,
@@ -113,8 +114,13 @@ impl Service {
 
     /// The record and instance of a sandbox that is in `way`'s starting state now (asked of
     /// the runtime), or `way`'s 409.
-    async fn freezer_target(&self, id: &str, way: Freeze) -> Result<(Record, Instance), Error> {
-        let record = self.record(id).await?;
+    async fn freezer_target(
+        &self,
+        id: &str,
+        way: Freeze,
+        caller: &Principal,
+    ) -> Result<(Record, Instance), Error> {
+        let record = self.owned(id, caller).await?;
         let instance = match (&record.instance, record.phase) {
             (Some(i), Phase::Ready | Phase::Paused) => i.clone(),
             _ => return Err(way.refused(id, "Pending".into())),
