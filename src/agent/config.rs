@@ -147,7 +147,8 @@ impl Config {
 
     /// How long an unused bash session or code context lives (`None`: for ever).
     pub fn session_idle_timeout(&self) -> Option<std::time::Duration> {
-        (self.session_idle_timeout_ms > 0).then(|| std::time::Duration::from_millis(self.session_idle_timeout_ms))
+        (self.session_idle_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.session_idle_timeout_ms))
     }
 
     /// What the HTTP server tolerates from its clients.
@@ -204,13 +205,45 @@ mod tests {
         let loopback: IpAddr = [127, 0, 0, 1].into();
         let any: IpAddr = [0, 0, 0, 0].into();
         // Flags only: EXECD_HOST / EXECD_ACCESS_TOKEN in the test's environment would win.
-        let open = Config { host: None, access_token: None, ..config(&[]) };
+        let open = Config {
+            host: None,
+            access_token: None,
+            ..config(&[])
+        };
         assert_eq!(open.listen_host(false), loopback);
-        assert_eq!(Config { access_token: Some(String::new()), ..open.clone() }.listen_host(false), loopback);
+        assert_eq!(
+            Config {
+                access_token: Some(String::new()),
+                ..open.clone()
+            }
+            .listen_host(false),
+            loopback
+        );
         // A container's init: the orchestrator publishes the port and must reach it.
         assert_eq!(open.listen_host(true), any);
-        assert_eq!(Config { access_token: Some("t".into()), ..open.clone() }.listen_host(false), any);
-        assert_eq!(Config { host: Some(any), ..open.clone() }.listen_host(false), any);
-        assert_eq!(Config { host: Some(loopback), ..open }.listen_host(true), loopback);
+        assert_eq!(
+            Config {
+                access_token: Some("t".into()),
+                ..open.clone()
+            }
+            .listen_host(false),
+            any
+        );
+        assert_eq!(
+            Config {
+                host: Some(any),
+                ..open.clone()
+            }
+            .listen_host(false),
+            any
+        );
+        assert_eq!(
+            Config {
+                host: Some(loopback),
+                ..open
+            }
+            .listen_host(true),
+            loopback
+        );
     }
 }

@@ -282,9 +282,6 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
             )
         },
     };
-    // The one line on stdout that scripts and tests wait for.
-    println!("listening on {local}");
-    tracing::info!(%local, auth = state.token.is_some(), "execd ready");
     if state.token.is_none() && !local.ip().is_loopback() {
         tracing::warn!(
             %local,
@@ -292,6 +289,9 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
              set EXECD_ACCESS_TOKEN, or EXECD_HOST=127.0.0.1"
         );
     }
+    // The one line on stdout that scripts and tests wait for.
+    println!("listening on {local}");
+    tracing::info!(%local, auth = state.token.is_some(), "execd ready");
 
     let app = http::router(state.clone());
     let limits = config.serve_limits();

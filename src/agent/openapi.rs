@@ -113,15 +113,27 @@ impl utoipa::Modify for ClientErrors {
                         .entry(status.to_owned())
                         .or_insert_with(|| error(description, schema));
                 };
-                add("401", "UNAUTHORIZED: the access token is missing or wrong", "UnauthorizedBody");
+                add(
+                    "401",
+                    "UNAUTHORIZED: the access token is missing or wrong",
+                    "UnauthorizedBody",
+                );
                 if has_params || json_body.is_some() {
-                    add("400", "INVALID_REQUEST_BODY or MISSING_QUERY: input that does not parse", "ErrorBody");
+                    add(
+                        "400",
+                        "INVALID_REQUEST_BODY or MISSING_QUERY: input that does not parse",
+                        "ErrorBody",
+                    );
                 }
                 if path.contains('{') {
                     add("404", "no such resource (or an empty path segment)", "ErrorBody");
                 }
                 if let Some(json) = json_body {
-                    add("408", "REQUEST_TIMEOUT: the client stopped sending the body", "ErrorBody");
+                    add(
+                        "408",
+                        "REQUEST_TIMEOUT: the client stopped sending the body",
+                        "ErrorBody",
+                    );
                     if json {
                         add("413", "PAYLOAD_TOO_LARGE: a JSON body over 2 MiB", "ErrorBody");
                     }
@@ -232,11 +244,18 @@ mod tests {
         let yaml = super::yaml();
         let doc: serde_json::Value = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
         let port = &doc["paths"]["/proxy/{port}/{path}"]["get"]["parameters"][0]["schema"];
-        assert_eq!((port["minimum"].as_f64(), port["maximum"].as_f64()), (Some(1.0), Some(65535.0)), "{port}");
+        assert_eq!(
+            (port["minimum"].as_f64(), port["maximum"].as_f64()),
+            (Some(1.0), Some(65535.0)),
+            "{port}"
+        );
         let archive = &doc["paths"]["/files/archive"]["get"]["responses"]["200"]["content"];
         assert!(archive.get("application/gzip").is_some(), "{archive}");
         let replace = &doc["paths"]["/files/replace"]["post"]["responses"]["200"]["content"];
-        assert!(replace.get("text/plain").is_some() && replace.get("application/json").is_some(), "{replace}");
+        assert!(
+            replace.get("text/plain").is_some() && replace.get("application/json").is_some(),
+            "{replace}"
+        );
         assert!(yaml.contains("TOO_MANY_SESSIONS"));
     }
 

@@ -1,7 +1,7 @@
 //! Issue 20, item 6: what execd tolerates from its clients. Slow or half-sent requests are
 //! closed before authentication, without cutting long streams or slow uploads that keep
 //! sending; bash sessions and code contexts are capped and reaped when idle; client mistakes
-//! are 4xx answers.
+//! are 4xx answers; without a token execd keeps to loopback unless told otherwise.
 
 use std::time::Duration;
 
@@ -68,7 +68,11 @@ async fn issue20_slowloris_connections_are_closed_and_ping_still_answers() {
         conns.push(("body never sent", half_sent(agent.port, head).await));
     }
     // 200 connections hang; the server still answers others at once.
-    let ping = agent.get("/ping").send().await.expect("ping during the slowloris");
+    let ping = agent
+        .get("/ping")
+        .send()
+        .await
+        .expect("ping during the slowloris");
     assert_eq!(ping.status(), 200);
 
     // Every one of them is closed by the server; none is left waiting.
@@ -84,7 +88,12 @@ async fn issue20_slowloris_connections_are_closed_and_ping_still_answers() {
         .filter(|(_, sent)| sent.starts_with("HTTP/1.1 408"))
         .count();
     // The 50 authenticated bodies were waited for, then answered 408.
-    assert_eq!(timeouts, 50, "{:?}", closed.iter().map(|(_, s)| s.lines().next()).collect::<Vec<_>>());
+    assert_eq!(
+        timeouts,
+        50,
+        "{:?}",
+        closed.iter().map(|(_, s)| s.lines().next()).collect::<Vec<_>>()
+    );
     assert!(
         closed.iter().any(|(_, sent)| sent.contains("REQUEST_TIMEOUT")),
         "the 408 names its code"
@@ -99,11 +108,13 @@ async fn issue20_long_streams_and_slow_but_steady_bodies_are_never_cut() {
         ("EXECD_BODY_IDLE_TIMEOUT_MS", "300"),
     ]);
     // An SSE stream that stays quiet for longer than both timeouts.
-    let events = agent
-        .run(json!({"command": "sleep 1.2; echo still-here"}))
-        .await;
+    let events = agent.run(json!({"command": "sleep 1.2; echo still-here"})).await;
     assert_eq!(texts(&events, "stdout"), ["still-here"], "{:?}", kinds(&events));
-    assert!(kinds(&events).contains(&"execution_complete"), "{:?}", kinds(&events));
+    assert!(
+        kinds(&events).contains(&"execution_complete"),
+        "{:?}",
+        kinds(&events)
+    );
 
     // A request body trickling in for longer than the idle timeout, never idle that long.
     let body = r#"{"command": "echo trickled"}"#.as_bytes().to_vec();
@@ -177,7 +188,11 @@ async fn issue20_sessions_and_contexts_are_capped() {
         .await
         .unwrap();
     expect_too_many(run, "a default context beyond the cap").await;
-    let del = agent.delete(&format!("/code/contexts/{ctx}")).send().await.unwrap();
+    let del = agent
+        .delete(&format!("/code/contexts/{ctx}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(del.status(), 200);
     id_of(create_context(&agent, "bash").await, "id").await;
 }
@@ -201,7 +216,10 @@ async fn issue20_idle_sessions_and_contexts_are_reaped_but_never_mid_run() {
     // Then, unused, it goes: its directory (and shell) with it.
     let dir = agent.state_dir.path().join("sessions").join(&session);
     assert!(dir.exists(), "the session's shell ran in {}", dir.display());
-    eventually(10, "the idle session to be deleted", async || (!dir.exists()).then_some(())).await;
+    eventually(10, "the idle session to be deleted", async || {
+        (!dir.exists()).then_some(())
+    })
+    .await;
     let run = agent
         .post(&format!("/session/{session}/run"))
         .json(&json!({"command": "true"}))
@@ -248,7 +266,11 @@ async fn issue20_idle_python_contexts_are_reaped() {
             json!({"context": {"id": ctx}, "code": "import time; time.sleep(1.2); print('survived')"}),
         )
         .await;
-    assert!(texts(&events, "stdout").concat().contains("survived"), "{:?}", kinds(&events));
+    assert!(
+        texts(&events, "stdout").concat().contains("survived"),
+        "{:?}",
+        kinds(&events)
+    );
     eventually(10, "the idle context to be deleted", async || {
         let resp = agent.get(&format!("/code/contexts/{ctx}")).send().await.unwrap();
         (resp.status() == 404).then_some(())
@@ -284,14 +306,22 @@ async fn issue20_client_mistakes_are_4xx_not_500() {
     );
     let resp = agent
         .post("/files/upload")
-        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
         .body(body)
         .send()
         .await
         .unwrap();
     expect(resp, 400, "IS_A_DIRECTORY").await;
     // Removing a directory with DELETE /files stays the contract's 500.
-    let resp = agent.delete("/files").query(&[("path", &path)]).send().await.unwrap();
+    let resp = agent
+        .delete("/files")
+        .query(&[("path", &path)])
+        .send()
+        .await
+        .unwrap();
     expect(resp, 500, "RUNTIME_ERROR").await;
     // A JSON body over the limit (last: the server closes a connection whose body it refused
     // to read, and the client's pool may not know yet).
@@ -311,7 +341,10 @@ async fn issue20_plain_replace_answers_what_its_document_says() {
     let body = json!({ file.to_str().unwrap(): {"old": "old", "new": "new"} });
     let resp = agent.post("/files/replace").json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     assert_eq!(resp.text().await.unwrap(), "");
     let resp = agent
         .post("/files/replace?verbose=true")
@@ -322,4 +355,60 @@ async fn issue20_plain_replace_answers_what_its_document_says() {
     assert_eq!(resp.headers()["content-type"], "application/json");
     let counts: Value = resp.json().await.unwrap();
     assert_eq!(counts[file.to_str().unwrap()]["replacedCount"], 1);
+}
+
+/// Starts execd with `args` and no host or token from the environment; returns the address
+/// it listens on and what it logged up to the first warning (or the end of its log).
+fn listen_address(token: Option<&str>, tail: &[&str]) -> (String, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_execd"));
+    cmd.args(["--port", "0", "--state-dir"])
+        .arg(state.path())
+        .env_remove("EXECD_HOST")
+        .env_remove("EXECD_ACCESS_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(t) = token {
+        cmd.env("EXECD_ACCESS_TOKEN", t);
+    }
+    cmd.args(tail);
+    let mut child = cmd.spawn().expect("spawn execd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or(&line)
+        .to_owned();
+    // Stopped now, so the log ends (the warning comes before the listening line). SIGTERM:
+    // in init mode execd passes it to the entrypoint, whose end closes the log pipe too.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    (addr, log)
+}
+
+#[test]
+fn issue20_without_a_token_execd_listens_on_loopback_unless_told_otherwise() {
+    let (addr, log) = listen_address(None, &[]);
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    assert!(!log.contains("NO ACCESS TOKEN"), "{log}");
+    // With a token: every interface, as before.
+    let (addr, _) = listen_address(Some("t"), &[]);
+    assert!(addr.starts_with("0.0.0.0:"), "{addr}");
+    // Told explicitly: obeyed, with a loud warning.
+    let (addr, log) = listen_address(None, &["--host", "0.0.0.0"]);
+    assert!(addr.starts_with("0.0.0.0:"), "{addr}");
+    assert!(log.contains("NO ACCESS TOKEN"), "{log}");
+    // A container's init: the orchestrator publishes the port and must reach execd.
+    let (addr, log) = listen_address(None, &["init", "--", "true"]);
+    assert!(addr.starts_with("0.0.0.0:"), "{addr}");
+    assert!(log.contains("NO ACCESS TOKEN"), "{log}");
 }

@@ -48,8 +48,8 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
 /// Why a body could not be read: too large (413), its client went quiet (408), or broken
 /// off (400).
 pub fn body_error(e: BytesRejection) -> ApiError {
-    use axum::http::StatusCode;
     use axum::extract::rejection::FailedToBufferBody;
+    use axum::http::StatusCode;
     match &e {
         BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
