@@ -88,6 +88,15 @@ pub struct Config {
     /// Docker network mode of sandboxes.
     #[arg(long, env = "SANDBOXD_NETWORK", default_value = "bridge")]
     pub network: String,
+    /// How long a client may take to send a request head (also the idle keep-alive time), ms.
+    #[arg(long, env = "SANDBOXD_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// How long a handler waits for the next bytes of a request body before answering 408, ms.
+    #[arg(long, env = "SANDBOXD_BODY_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_idle_timeout_ms: u64,
+    /// Connections served at once (lowered to the file-descriptor limit minus a reserve).
+    #[arg(long, env = "SANDBOXD_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
     /// Log filter (`info`, `execd::orchestrator=debug`, ...); RUST_LOG wins when set.
     #[arg(long, env = "SANDBOXD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -160,6 +169,15 @@ impl Config {
         file.write_all(secret.as_bytes())?;
         file.sync_all()?;
         Ok(secret.into_bytes())
+    }
+
+    /// What the server tolerates from slow or many clients.
+    pub fn client_limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            body_idle_timeout: Duration::from_millis(self.body_idle_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+        }
     }
 
     /// How long create waits for execd.

@@ -33,6 +33,9 @@ pub enum Error {
     /// A host path outside the configured prefixes.
     #[error("{0}")]
     HostPathNotAllowed(String),
+    /// The client stopped sending its body.
+    #[error("the request body stalled (no bytes for the body idle timeout)")]
+    BodyTimeout,
     /// A body over the limit.
     #[error("the body is larger than {limit} bytes")]
     TooLarge {
@@ -260,6 +263,7 @@ impl Error {
             | Error::Unsupported(_)
             | Error::HostPathNotAllowed(_)
             | Error::TooLarge { .. }
+            | Error::BodyTimeout
             | Error::Conflict(_)
             | Error::Unauthenticated(_)
             | Error::Forbidden(_)

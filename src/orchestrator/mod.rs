@@ -25,7 +25,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 
 pub use config::{Cli, Command, Config};
 
@@ -115,16 +114,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // The one line scripts and tests wait for.
     println!("sandboxd listening on http://{local}");
     tracing::info!(%local, "listening");
-    // As in execd: without TCP_NODELAY the last small frame of each proxied response waits
-    // for the client's delayed ACK (~40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    // Header and body timeouts and a connection cap apply before any route or credential.
+    crate::serve::serve(listener, app, config.client_limits(), shutdown()).await?;
     expiry.abort();
     Ok(())
 }

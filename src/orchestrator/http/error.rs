@@ -55,6 +55,7 @@ impl From<&Error> for ApiError {
             ),
             Error::HostPathNotAllowed(_) => said(StatusCode::FORBIDDEN, "SANDBOX::HOST_PATH_NOT_ALLOWED"),
             Error::TooLarge { .. } => said(StatusCode::PAYLOAD_TOO_LARGE, "SANDBOX::PAYLOAD_TOO_LARGE"),
+            Error::BodyTimeout => said(StatusCode::REQUEST_TIMEOUT, "SANDBOX::REQUEST_TIMEOUT"),
             Error::Conflict(conflict) => said(
                 StatusCode::CONFLICT,
                 match conflict {

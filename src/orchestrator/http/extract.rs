@@ -81,6 +81,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
                 if too_large {
                     Error::TooLarge { limit: MAX_BODY }
+                } else if crate::serve::is_body_idle_timeout(&e) {
+                    Error::BodyTimeout
                 } else {
                     Error::invalid(format!("cannot read the body: {e}"))
                 }
