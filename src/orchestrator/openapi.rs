@@ -20,7 +20,10 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
         description = "Sandbox lifecycle server on the Docker Engine, speaking the OpenSandbox lifecycle contract. \
                        Every route is served at / and under /v1 (except /version, bare only, and /metrics/events, \
                        at /v1/metrics/events only). Every response carries X-Request-ID. /templates, /snapshots, /pools and \
-                       /sandboxes/{id}/networkpolicy answer 501.",
+                       /sandboxes/{id}/networkpolicy answer 501. Callers authenticate with the server's API key \
+                       (OPEN-SANDBOX-API-KEY: the admin `root`) or a user token from POST /v1/tokens \
+                       (Authorization: Bearer); a sandbox belongs to its creator, and someone else's is 404 to \
+                       everyone but admins.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -30,8 +33,8 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,
         crate::wire::lifecycle::Pagination)),
-    modifiers(&AUTH),
-    security(("api_key" = []))
+    modifiers(&AUTH, &BEARER),
+    security(("api_key" = []), ("bearer" = []))
 )]
 struct ApiDoc;
 
@@ -39,6 +42,28 @@ const AUTH: crate::wire::openapi::HeaderKey = crate::wire::openapi::HeaderKey {
     scheme: "api_key",
     header: "OPEN-SANDBOX-API-KEY",
 };
+
+/// `Authorization: Bearer <JWT>` (user tokens from `POST /v1/tokens`).
+struct Bearer;
+
+const BEARER: Bearer = Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("a sandboxd user token (HS256), from POST /v1/tokens"))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The document as YAML.
 pub fn yaml() -> String {

@@ -31,9 +31,12 @@ pub(super) fn routes() -> Router<App> {
 }
 
 #[utoipa::path(post, path = "/sandboxes", request_body = crate::wire::lifecycle::CreateSandboxRequest,
-    responses((status = 202, description = "running: execd answered /ping", body = crate::wire::lifecycle::CreateSandboxResponse),
-        (status = 400, description = "invalid request, unsupported field, or an image that cannot be had", body = crate::wire::lifecycle::LifecycleError),
-        (status = 401, body = crate::wire::lifecycle::LifecycleError), (status = 500, description = "the sandbox failed to start (its last output in the message)", body = crate::wire::lifecycle::LifecycleError)))]
+    params(("X-Business-Domain" = Option<String>, Header, description = "recorded as the sandbox's `businessDomain` (1–63 of `a-z 0-9 -`) and filterable")),
+    responses((status = 202, description = "running: execd answered /ping; owned by the caller", body = crate::wire::lifecycle::CreateSandboxResponse),
+        (status = 400, description = "invalid request, unsupported field, a bad `X-Business-Domain`, or an image that cannot be had", body = crate::wire::lifecycle::LifecycleError),
+        (status = 401, body = crate::wire::lifecycle::LifecycleError),
+        (status = 403, description = "`AUTH::FORBIDDEN` (a viewer) or `QUOTA::EXCEEDED` (the user owns as many sandboxes as it may)", body = crate::wire::lifecycle::LifecycleError),
+        (status = 500, description = "the sandbox failed to start (its last output in the message)", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn create(
     State(app): State<App>,
     Caller(caller): Caller,
@@ -55,8 +58,11 @@ pub(crate) async fn create(
 }
 
 #[utoipa::path(get, path = "/sandboxes", params(("state" = Option<Vec<String>>, Query, description = "repeatable; OR; case-insensitive"),
-        ("metadata" = Option<String>, Query, description = "url-encoded `k=v&k2=v2`; AND"), ("page" = Option<u32>, Query), ("pageSize" = Option<u32>, Query)),
-    responses((status = 200, body = crate::wire::lifecycle::ListSandboxesResponse), (status = 400, body = crate::wire::lifecycle::LifecycleError)))]
+        ("metadata" = Option<String>, Query, description = "url-encoded `k=v&k2=v2`; AND"), ("page" = Option<u32>, Query), ("pageSize" = Option<u32>, Query),
+        ("owner" = Option<String>, Query, description = "admins only: one owner's sandboxes (`*`: everyone's, the admin default); others see only their own"),
+        ("businessDomain" = Option<String>, Query, description = "only sandboxes created under this `X-Business-Domain`")),
+    responses((status = 200, description = "the caller's sandboxes (an admin's: everyone's)", body = crate::wire::lifecycle::ListSandboxesResponse), (status = 400, body = crate::wire::lifecycle::LifecycleError),
+        (status = 403, description = "`owner` of someone else, asked by a non-admin", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn list(
     State(app): State<App>,
     Caller(caller): Caller,
