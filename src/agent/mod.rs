@@ -93,13 +93,22 @@ impl Runtime {
             cwd: raw.to_owned(),
             reason,
         };
-        let expanded = env::expand_path(raw, |k| env.get(k).cloned()).map_err(|e| invalid(e.to_string()))?;
-        let path = self.cwd.join(expanded);
+        let path = self.expand_cwd(raw, env)?;
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => Ok(path),
             Ok(_) => Err(invalid("not a directory".into())),
             Err(e) => Err(invalid(e.to_string().to_lowercase())),
         }
+    }
+
+    /// `raw` expanded against `env` (`$VAR`, `~`) and made absolute against execd's own cwd,
+    /// without looking at the filesystem: the one way every request's cwd is read.
+    pub fn expand_cwd(&self, raw: &str, env: &EnvMap) -> Result<PathBuf, CwdError> {
+        let expanded = env::expand_path(raw, |k| env.get(k).cloned()).map_err(|e| CwdError {
+            cwd: raw.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(self.cwd.join(expanded))
     }
 
     /// execd's own environment (secrets removed), against which request paths expand.

@@ -470,14 +470,16 @@ impl Contexts {
         ids.len()
     }
 
+    /// A context's cwd, created when missing (unlike a command's, which must exist).
     fn prepare_cwd(&self, raw: &str) -> Result<PathBuf, ContextError> {
         let env = self.runtime.child_env(&Default::default());
-        let expanded =
-            super::env::expand_path(raw, |k| env.get(k).cloned()).map_err(|e| ContextError::Cwd {
-                cwd: raw.into(),
-                reason: e.to_string(),
+        let path = self
+            .runtime
+            .expand_cwd(raw, &env)
+            .map_err(|e| ContextError::Cwd {
+                cwd: e.cwd,
+                reason: e.reason,
             })?;
-        let path = self.runtime.cwd.join(expanded);
         std::fs::create_dir_all(&path).map_err(|e| ContextError::Cwd {
             cwd: raw.into(),
             reason: e.to_string(),
