@@ -95,6 +95,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         service,
         api_key: config.api_key.filter(|k| !k.is_empty()).map(Into::into),
         relay: Arc::new(Relay::new()),
+        errors_docs_base_url: config.errors_docs_base_url.map(Into::into),
     });
     // The one line scripts and tests wait for.
     println!("sandboxd listening on http://{local}");
