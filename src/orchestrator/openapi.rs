@@ -28,8 +28,8 @@ use super::http::system::{__path_health, __path_metrics_event, __path_version};
     ),
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,
-        crate::wire::lifecycle::Pagination)),
-    modifiers(&AUTH),
+        crate::wire::lifecycle::Pagination, crate::wire::errors::DetailedError)),
+    modifiers(&AUTH, &ErrorCatalog),
     security(("api_key" = []))
 )]
 struct ApiDoc;
@@ -38,6 +38,21 @@ const AUTH: crate::wire::openapi::HeaderKey = crate::wire::openapi::HeaderKey {
     scheme: "api_key",
     header: "OPEN-SANDBOX-API-KEY",
 };
+
+/// Appends the error catalog to the description: the detailed body and the codes by status.
+struct ErrorCatalog;
+
+impl utoipa::Modify for ErrorCatalog {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let description = openapi.info.description.get_or_insert_with(String::new);
+        description.push_str(
+            "\n\nErrors are `{code, message}` (`LifecycleError`). A request with the header `X-Error-Format: detailed` \
+             gets `DetailedError` instead, the same two fields plus seed 004's (any other value: the default body). \
+             The catalogued codes by status (docs/errors.md has each one's meaning, seed-004 alias and solution):\n\n",
+        );
+        description.push_str(&crate::wire::errors::by_status());
+    }
+}
 
 /// The document as YAML.
 pub fn yaml() -> String {
