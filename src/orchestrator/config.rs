@@ -161,7 +161,13 @@ mod tests {
             Ok("https://docs.example.com/sandboxd")
         );
         assert!(docs_base_url("http://localhost:8000").is_ok());
-        for bad in ["docs.example.com", "ftp://x", "https://", "https://x/errors#top", "https://x y"] {
+        for bad in [
+            "docs.example.com",
+            "ftp://x",
+            "https://",
+            "https://x/errors#top",
+            "https://x y",
+        ] {
             assert!(docs_base_url(bad).is_err(), "{bad}");
         }
     }

@@ -765,7 +765,9 @@ mod tests {
 
     #[test]
     fn every_status_has_a_general_code_of_that_status() {
-        for s in [400, 401, 403, 404, 405, 409, 413, 418, 429, 500, 501, 502, 503, 504] {
+        for s in [
+            400, 401, 403, 404, 405, 409, 413, 418, 429, 500, 501, 502, 503, 504,
+        ] {
             let e = for_status(s);
             assert!(
                 e.has_status(s) || (s == 418 && e.status == 400) || (s == 504 && e.status == 500),
@@ -793,7 +795,10 @@ mod tests {
             "solution",
             "request_id",
         ] {
-            assert!(json.get(field).is_some_and(|v| v.is_string()), "{field} in {json}");
+            assert!(
+                json.get(field).is_some_and(|v| v.is_string()),
+                "{field} in {json}"
+            );
         }
         assert_eq!(json["error_code"], "Sandbox.InvalidParameter");
         assert_eq!(

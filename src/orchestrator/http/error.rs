@@ -33,7 +33,11 @@ impl ApiError {
 
     /// The entry with one of its other statuses.
     fn with_status(entry: &'static ErrorCode, status: u16, message: String) -> Self {
-        debug_assert!(entry.has_status(status), "{} is not sent with {status}", entry.code);
+        debug_assert!(
+            entry.has_status(status),
+            "{} is not sent with {status}",
+            entry.code
+        );
         Self {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             entry,
@@ -54,19 +58,24 @@ impl From<&Error> for ApiError {
             Error::Invalid(_) => said(&codes::SANDBOX_INVALID_PARAMETER),
             Error::InvalidMetadataFilter(_) => said(&codes::INVALID_METADATA_FORMAT),
             // Upstream's code for a field this runtime does not do, with upstream's 400.
-            Error::UnsupportedField(_) => ApiError::with_status(&codes::SANDBOX_API_NOT_SUPPORTED, 400, e.to_string()),
+            Error::UnsupportedField(_) => {
+                ApiError::with_status(&codes::SANDBOX_API_NOT_SUPPORTED, 400, e.to_string())
+            }
             Error::Unsupported(feature) => said(match feature {
                 Feature::Templates => &codes::FSB_API_NOT_SUPPORTED,
-                Feature::Snapshots | Feature::NetworkPolicy | Feature::Pools => &codes::SANDBOX_API_NOT_SUPPORTED,
+                Feature::Snapshots | Feature::NetworkPolicy | Feature::Pools => {
+                    &codes::SANDBOX_API_NOT_SUPPORTED
+                }
             }),
             Error::HostPathNotAllowed(_) => said(&codes::SANDBOX_HOST_PATH_NOT_ALLOWED),
             Error::TooLarge { .. } => said(&codes::SANDBOX_PAYLOAD_TOO_LARGE),
             Error::Conflict(conflict) => said(match conflict {
                 Conflict::NotRunning { .. } => &codes::DOCKER_SANDBOX_NOT_RUNNING,
                 Conflict::NotPaused { .. } => &codes::DOCKER_SANDBOX_NOT_PAUSED,
-                Conflict::DeletedWhileStarting(_) | Conflict::NoExpiry(_) | Conflict::NoRoute(_) | Conflict::Runtime(_) => {
-                    &codes::SANDBOX_INVALID_STATE
-                }
+                Conflict::DeletedWhileStarting(_)
+                | Conflict::NoExpiry(_)
+                | Conflict::NoRoute(_)
+                | Conflict::Runtime(_) => &codes::SANDBOX_INVALID_STATE,
             }),
             Error::Unauthenticated(failure) => said(match failure {
                 AuthFailure::Missing => &codes::MISSING_API_KEY,
@@ -101,7 +110,10 @@ impl From<&Error> for ApiError {
                 &codes::SANDBOX_INTERNAL_ERROR,
                 format!("sandboxd's state store failed; {SEE_LOG}"),
             ),
-            Error::Internal(_) => told(&codes::SANDBOX_INTERNAL_ERROR, format!("sandboxd failed; {SEE_LOG}")),
+            Error::Internal(_) => told(
+                &codes::SANDBOX_INTERNAL_ERROR,
+                format!("sandboxd failed; {SEE_LOG}"),
+            ),
         }
     }
 }
@@ -193,46 +205,151 @@ mod tests {
             (Error::invalid("x"), 400, "SANDBOX::INVALID_PARAMETER"),
             (Error::InvalidMetadataFilter(s()), 400, "INVALID_METADATA_FORMAT"),
             (Error::UnsupportedField(s()), 400, "SANDBOX::API_NOT_SUPPORTED"),
-            (Error::Unsupported(Feature::Templates), 501, "FSB::API_NOT_SUPPORTED"),
-            (Error::Unsupported(Feature::Snapshots), 501, "SANDBOX::API_NOT_SUPPORTED"),
-            (Error::Unsupported(Feature::NetworkPolicy), 501, "SANDBOX::API_NOT_SUPPORTED"),
-            (Error::Unsupported(Feature::Pools), 501, "SANDBOX::API_NOT_SUPPORTED"),
-            (Error::HostPathNotAllowed(s()), 403, "SANDBOX::HOST_PATH_NOT_ALLOWED"),
-            (Error::TooLarge { limit: 1 }, 413, "SANDBOX::PAYLOAD_TOO_LARGE"),
-            (Error::Conflict(Conflict::NotRunning { id: s(), state: s() }), 409, "DOCKER::SANDBOX_NOT_RUNNING"),
-            (Error::Conflict(Conflict::NotPaused { id: s(), state: s() }), 409, "DOCKER::SANDBOX_NOT_PAUSED"),
-            (Error::Conflict(Conflict::DeletedWhileStarting(s())), 409, "SANDBOX::INVALID_STATE"),
-            (Error::Conflict(Conflict::NoExpiry(s())), 409, "SANDBOX::INVALID_STATE"),
-            (Error::Conflict(Conflict::NoRoute(s())), 409, "SANDBOX::INVALID_STATE"),
-            (Error::Conflict(Conflict::Runtime(s())), 409, "SANDBOX::INVALID_STATE"),
-            (Error::Unauthenticated(AuthFailure::Missing), 401, "MISSING_API_KEY"),
-            (Error::Unauthenticated(AuthFailure::Invalid), 401, "INVALID_API_KEY"),
             (
-                Error::Forbidden(Denial::Role { role: Role::Viewer, needed: Role::User }),
+                Error::Unsupported(Feature::Templates),
+                501,
+                "FSB::API_NOT_SUPPORTED",
+            ),
+            (
+                Error::Unsupported(Feature::Snapshots),
+                501,
+                "SANDBOX::API_NOT_SUPPORTED",
+            ),
+            (
+                Error::Unsupported(Feature::NetworkPolicy),
+                501,
+                "SANDBOX::API_NOT_SUPPORTED",
+            ),
+            (
+                Error::Unsupported(Feature::Pools),
+                501,
+                "SANDBOX::API_NOT_SUPPORTED",
+            ),
+            (
+                Error::HostPathNotAllowed(s()),
+                403,
+                "SANDBOX::HOST_PATH_NOT_ALLOWED",
+            ),
+            (Error::TooLarge { limit: 1 }, 413, "SANDBOX::PAYLOAD_TOO_LARGE"),
+            (
+                Error::Conflict(Conflict::NotRunning { id: s(), state: s() }),
+                409,
+                "DOCKER::SANDBOX_NOT_RUNNING",
+            ),
+            (
+                Error::Conflict(Conflict::NotPaused { id: s(), state: s() }),
+                409,
+                "DOCKER::SANDBOX_NOT_PAUSED",
+            ),
+            (
+                Error::Conflict(Conflict::DeletedWhileStarting(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
+            (
+                Error::Conflict(Conflict::NoExpiry(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
+            (
+                Error::Conflict(Conflict::NoRoute(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
+            (
+                Error::Conflict(Conflict::Runtime(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
+            (
+                Error::Unauthenticated(AuthFailure::Missing),
+                401,
+                "MISSING_API_KEY",
+            ),
+            (
+                Error::Unauthenticated(AuthFailure::Invalid),
+                401,
+                "INVALID_API_KEY",
+            ),
+            (
+                Error::Forbidden(Denial::Role {
+                    role: Role::Viewer,
+                    needed: Role::User,
+                }),
                 403,
                 "AUTH::FORBIDDEN",
             ),
             (Error::StartFailed(s()), 500, "SANDBOX::RUNTIME_ERROR"),
-            (Error::FreezerGaveUp { verb: "pause", tries: 5 }, 500, "SANDBOX::INTERNAL_ERROR"),
-            (Error::Unreachable { id: s(), port: 1, reason: s() }, 502, "SANDBOX::PROXY_ERROR"),
+            (
+                Error::FreezerGaveUp {
+                    verb: "pause",
+                    tries: 5,
+                },
+                500,
+                "SANDBOX::INTERNAL_ERROR",
+            ),
+            (
+                Error::Unreachable {
+                    id: s(),
+                    port: 1,
+                    reason: s(),
+                },
+                502,
+                "SANDBOX::PROXY_ERROR",
+            ),
             (Error::NoRoute, 404, "GENERAL::NOT_FOUND"),
-            (Error::Runtime(RuntimeError::NotFound(s())), 404, "SANDBOX::NOT_FOUND"),
-            (Error::Runtime(RuntimeError::ImageNotFound(s())), 400, "SANDBOX::IMAGE_NOT_FOUND"),
-            (Error::Runtime(RuntimeError::Rejected(s())), 400, "SANDBOX::INVALID_PARAMETER"),
-            (Error::Runtime(RuntimeError::Conflict(s())), 409, "SANDBOX::INVALID_STATE"),
-            (Error::Runtime(RuntimeError::Transient(s())), 500, "SANDBOX::RUNTIME_ERROR"),
+            (
+                Error::Runtime(RuntimeError::NotFound(s())),
+                404,
+                "SANDBOX::NOT_FOUND",
+            ),
+            (
+                Error::Runtime(RuntimeError::ImageNotFound(s())),
+                400,
+                "SANDBOX::IMAGE_NOT_FOUND",
+            ),
+            (
+                Error::Runtime(RuntimeError::Rejected(s())),
+                400,
+                "SANDBOX::INVALID_PARAMETER",
+            ),
+            (
+                Error::Runtime(RuntimeError::Conflict(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
+            (
+                Error::Runtime(RuntimeError::Transient(s())),
+                500,
+                "SANDBOX::RUNTIME_ERROR",
+            ),
             (Error::Runtime(engine("x")), 500, "SANDBOX::RUNTIME_ERROR"),
-            (Error::Runtime(RuntimeError::Unavailable(s())), 503, "SANDBOX::RUNTIME_UNAVAILABLE"),
+            (
+                Error::Runtime(RuntimeError::Unavailable(s())),
+                503,
+                "SANDBOX::RUNTIME_UNAVAILABLE",
+            ),
             (Error::Store(StoreError::Closed), 500, "SANDBOX::INTERNAL_ERROR"),
             (Error::Internal(s()), 500, "SANDBOX::INTERNAL_ERROR"),
         ];
         for (e, status, code) in cases {
             let api = ApiError::from(&e);
             assert_eq!((api.status.as_u16(), api.entry.code), (status, code), "{e:?}");
-            assert_eq!(codes::lookup(code), Some(api.entry), "{code} is not in the catalog's list");
-            assert!(api.entry.has_status(status), "{code} is catalogued without {status}");
+            assert_eq!(
+                codes::lookup(code),
+                Some(api.entry),
+                "{code} is not in the catalog's list"
+            );
+            assert!(
+                api.entry.has_status(status),
+                "{code} is catalogued without {status}"
+            );
             let resp = api.clone().into_response();
-            assert_eq!(resp.extensions().get::<ApiError>(), Some(&api), "error_format needs it");
+            assert_eq!(
+                resp.extensions().get::<ApiError>(),
+                Some(&api),
+                "error_format needs it"
+            );
         }
     }
 

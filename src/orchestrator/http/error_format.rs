@@ -44,7 +44,8 @@ pub(super) async fn error_format(State(app): State<App>, req: Request, next: Nex
         .unwrap_or_default();
     let resp = next.run(req).await;
     let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) || resp.extensions().get::<Relayed>().is_some() {
+    if !(status.is_client_error() || status.is_server_error()) || resp.extensions().get::<Relayed>().is_some()
+    {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
@@ -156,7 +157,10 @@ mod tests {
         b.body(body.into()).unwrap()
     }
 
-    async fn send(app: &App, req: HttpRequest<Body>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    async fn send(
+        app: &App,
+        req: HttpRequest<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
         let resp = router(app.clone()).oneshot(req).await.unwrap();
         let (parts, body) = resp.into_parts();
         let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
@@ -166,7 +170,8 @@ mod tests {
 
     /// Asserts the detailed body: every field, the catalog's words for `code`, this request's id.
     fn assert_detailed(json: &serde_json::Value, code: &str, alias: &str) -> DetailedError {
-        let body: DetailedError = serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("{e}: {json}"));
+        let body: DetailedError =
+            serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("{e}: {json}"));
         let entry = errors::lookup(code).unwrap();
         assert_eq!(body.code, code, "{json}");
         assert_eq!(body.error_code, alias);
@@ -174,7 +179,10 @@ mod tests {
         assert_eq!(body.solution, entry.solution);
         assert_eq!(body.error_detail, body.message);
         assert!(!body.message.is_empty());
-        assert_eq!(body.error_link.as_deref(), Some(&*format!("{DOCS}/errors#{code}")));
+        assert_eq!(
+            body.error_link.as_deref(),
+            Some(&*format!("{DOCS}/errors#{code}"))
+        );
         assert_eq!(body.request_id, "req-42");
         body
     }
@@ -203,26 +211,40 @@ mod tests {
         assert_eq!(headers["content-type"], "application/json");
 
         for format in [None, Some("compact"), Some("")] {
-            let (status, _, json) = send(&rig.app, request("POST", "/v1/sandboxes", format, create_body(5))).await;
+            let (status, _, json) =
+                send(&rig.app, request("POST", "/v1/sandboxes", format, create_body(5))).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{format:?}");
             let fields: Vec<&String> = json.as_object().unwrap().keys().collect();
             assert_eq!(fields, ["code", "message"], "{format:?}: {json}");
             assert_eq!(json["code"], "SANDBOX::INVALID_PARAMETER");
         }
         // Case and padding do not matter.
-        let (_, _, json) = send(&rig.app, request("POST", "/v1/sandboxes", Some(" Detailed "), create_body(5))).await;
+        let (_, _, json) = send(
+            &rig.app,
+            request("POST", "/v1/sandboxes", Some(" Detailed "), create_body(5)),
+        )
+        .await;
         assert_detailed(&json, "SANDBOX::INVALID_PARAMETER", "Sandbox.InvalidParameter");
     }
 
     #[tokio::test]
     async fn extractor_rejections_are_detailed() {
         let rig = rig().await;
-        let (status, _, json) = send(&rig.app, request("POST", "/v1/sandboxes", Some("detailed"), "{not json")).await;
+        let (status, _, json) = send(
+            &rig.app,
+            request("POST", "/v1/sandboxes", Some("detailed"), "{not json"),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_detailed(&json, "SANDBOX::INVALID_PARAMETER", "Sandbox.InvalidParameter");
         let (status, _, json) = send(
             &rig.app,
-            request("GET", "/v1/sandboxes?metadata=%3Dx", Some("detailed"), Body::empty()),
+            request(
+                "GET",
+                "/v1/sandboxes?metadata=%3Dx",
+                Some("detailed"),
+                Body::empty(),
+            ),
         )
         .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -233,7 +255,8 @@ mod tests {
     async fn the_auth_layers_401_is_detailed() {
         let rig = rig().await;
         let mut req = request("GET", "/v1/sandboxes", Some("detailed"), Body::empty());
-        req.headers_mut().insert(API_KEY_HEADER, HeaderValue::from_static("wrong"));
+        req.headers_mut()
+            .insert(API_KEY_HEADER, HeaderValue::from_static("wrong"));
         let (status, _, json) = send(&rig.app, req).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_detailed(&json, "INVALID_API_KEY", "Sandbox.Unauthorized");
@@ -247,10 +270,18 @@ mod tests {
     #[tokio::test]
     async fn not_found_sandboxes_and_routes_are_detailed() {
         let rig = rig().await;
-        let (status, _, json) = send(&rig.app, request("GET", "/v1/sandboxes/nope", Some("detailed"), Body::empty())).await;
+        let (status, _, json) = send(
+            &rig.app,
+            request("GET", "/v1/sandboxes/nope", Some("detailed"), Body::empty()),
+        )
+        .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_detailed(&json, "SANDBOX::NOT_FOUND", "Sandbox.SessionNotFound");
-        let (status, _, json) = send(&rig.app, request("GET", "/v1/no/such/route", Some("detailed"), Body::empty())).await;
+        let (status, _, json) = send(
+            &rig.app,
+            request("GET", "/v1/no/such/route", Some("detailed"), Body::empty()),
+        )
+        .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_detailed(&json, "GENERAL::NOT_FOUND", "Sandbox.ResourceNotFound");
     }
@@ -285,7 +316,11 @@ mod tests {
     #[tokio::test]
     async fn axums_own_405_gets_a_catalogued_code() {
         let rig = rig().await;
-        let (status, headers, json) = send(&rig.app, request("PUT", "/v1/sandboxes", Some("detailed"), Body::empty())).await;
+        let (status, headers, json) = send(
+            &rig.app,
+            request("PUT", "/v1/sandboxes", Some("detailed"), Body::empty()),
+        )
+        .await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert!(headers.contains_key("allow"));
         assert_detailed(&json, "GENERAL::METHOD_NOT_ALLOWED", "Sandbox.InvalidParameter");
@@ -294,7 +329,11 @@ mod tests {
     #[tokio::test]
     async fn successes_are_untouched() {
         let rig = rig().await;
-        let (status, _, json) = send(&rig.app, request("GET", "/v1/sandboxes", Some("detailed"), Body::empty())).await;
+        let (status, _, json) = send(
+            &rig.app,
+            request("GET", "/v1/sandboxes", Some("detailed"), Body::empty()),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         assert!(json.get("items").is_some(), "{json}");
     }
@@ -306,13 +345,16 @@ mod tests {
         let rig = rig().await;
         let limited = || async {
             let mut resp = ApiError::new(&errors::RATE_LIMIT_EXCEEDED, "slow down".into()).into_response();
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
             resp
         };
         let foreign = || async {
             (
                 StatusCode::TOO_MANY_REQUESTS,
-                axum::Json(serde_json::json!({"code": "POOL::CAPACITY_EXHAUSTED", "message": "pool p is empty"})),
+                axum::Json(
+                    serde_json::json!({"code": "POOL::CAPACITY_EXHAUSTED", "message": "pool p is empty"}),
+                ),
             )
         };
         let relayed = || async {
@@ -324,16 +366,27 @@ mod tests {
             .route("/limited", get(limited))
             .route("/foreign", get(foreign))
             .route("/relayed", get(relayed))
-            .layer(axum::middleware::from_fn_with_state(rig.app.clone(), error_format))
-            .layer(axum::middleware::from_fn(|mut req: Request, next: Next| async move {
-                req.extensions_mut().insert(RequestId(HeaderValue::from_static("req-42")));
-                next.run(req).await
-            }));
+            .layer(axum::middleware::from_fn_with_state(
+                rig.app.clone(),
+                error_format,
+            ))
+            .layer(axum::middleware::from_fn(
+                |mut req: Request, next: Next| async move {
+                    req.extensions_mut()
+                        .insert(RequestId(HeaderValue::from_static("req-42")));
+                    next.run(req).await
+                },
+            ));
         let call = |uri: &'static str| {
             let svc = svc.clone();
             async move {
                 let resp = svc
-                    .oneshot(HttpRequest::get(uri).header(HEADER, "detailed").body(Body::empty()).unwrap())
+                    .oneshot(
+                        HttpRequest::get(uri)
+                            .header(HEADER, "detailed")
+                            .body(Body::empty())
+                            .unwrap(),
+                    )
                     .await
                     .unwrap();
                 let (parts, body) = resp.into_parts();
@@ -351,12 +404,20 @@ mod tests {
         let (parts, bytes) = call("/foreign").await;
         assert_eq!(parts.status, StatusCode::TOO_MANY_REQUESTS);
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        let body = assert_detailed(&json, "POOL::CAPACITY_EXHAUSTED", "Sandbox.TooManyRequestsExection");
+        let body = assert_detailed(
+            &json,
+            "POOL::CAPACITY_EXHAUSTED",
+            "Sandbox.TooManyRequestsExection",
+        );
         assert_eq!(body.message, "pool p is empty");
 
         let (parts, bytes) = call("/relayed").await;
         assert_eq!(parts.status, StatusCode::NOT_FOUND);
-        assert_eq!(&bytes[..], b"the sandbox's own 404", "a sandbox's answer is its own");
+        assert_eq!(
+            &bytes[..],
+            b"the sandbox's own 404",
+            "a sandbox's answer is its own"
+        );
     }
 
     #[test]

@@ -78,7 +78,10 @@ pub fn router(app: App) -> Router {
         .nest("/v1", lifecycle)
         .fallback(system::no_route)
         .layer(middleware::from_fn(route_log))
-        .layer(middleware::from_fn_with_state(app.clone(), error_format::error_format))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            error_format::error_format,
+        ))
         .layer(middleware::from_fn(request_id))
         .with_state(app)
 }
