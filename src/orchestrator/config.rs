@@ -97,6 +97,10 @@ pub struct Config {
     /// Connections served at once (lowered to the file-descriptor limit minus a reserve).
     #[arg(long, env = "SANDBOXD_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Base URL where docs/errors.md is served: the detailed error body's `error_link` is
+    /// `<base>/errors#<code>` (none: no `error_link`).
+    #[arg(long, env = "SANDBOXD_ERRORS_DOCS_BASE_URL", value_parser = docs_base_url)]
+    pub errors_docs_base_url: Option<String>,
     /// Log filter (`info`, `execd::orchestrator=debug`, ...); RUST_LOG wins when set.
     #[arg(long, env = "SANDBOXD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -186,6 +190,17 @@ impl Config {
     }
 }
 
+/// An `http(s)://` URL without a fragment (the code is appended as one).
+fn docs_base_url(text: &str) -> Result<String, String> {
+    let scheme_ok = text.starts_with("https://") || text.starts_with("http://");
+    if !scheme_ok || text.contains(['#', ' ']) || text.split("://").nth(1).is_none_or(str::is_empty) {
+        return Err(format!(
+            "{text:?} is not an http(s) URL without a fragment (e.g. https://docs.example.com/sandboxd)"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
 /// Whether `path` looks like a static execd: a dev build of execd beside sandboxd is dynamic and
 /// would not run in an image without libc, so it does not count.
 fn is_static_execd(path: &std::path::Path) -> bool {
@@ -194,4 +209,27 @@ fn is_static_execd(path: &std::path::Path) -> bool {
     };
     // A dynamically linked ELF names its interpreter (PT_INTERP, `/lib64/ld-linux...`).
     bytes.starts_with(b"\x7fELF") && memchr::memmem::find(&bytes, b"/ld-linux").is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_docs_base_url_is_an_http_url_without_a_fragment() {
+        assert_eq!(
+            docs_base_url("https://docs.example.com/sandboxd/").as_deref(),
+            Ok("https://docs.example.com/sandboxd")
+        );
+        assert!(docs_base_url("http://localhost:8000").is_ok());
+        for bad in [
+            "docs.example.com",
+            "ftp://x",
+            "https://",
+            "https://x/errors#top",
+            "https://x y",
+        ] {
+            assert!(docs_base_url(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -110,6 +110,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let app = http::router(http::App {
         service,
         relay: Arc::new(Relay::new()),
+        errors_docs_base_url: config.errors_docs_base_url.clone().map(Into::into),
     });
     // The one line scripts and tests wait for.
     println!("sandboxd listening on http://{local}");

@@ -32,8 +32,8 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
     ),
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,
-        crate::wire::lifecycle::Pagination)),
-    modifiers(&AUTH, &BEARER),
+        crate::wire::lifecycle::Pagination, crate::wire::errors::DetailedError)),
+    modifiers(&AUTH, &BEARER, &ErrorCatalog),
     security(("api_key" = []), ("bearer" = []))
 )]
 struct ApiDoc;
@@ -62,6 +62,21 @@ impl utoipa::Modify for Bearer {
                     .build(),
             ),
         );
+    }
+}
+
+/// Appends the error catalog to the description: the detailed body and the codes by status.
+struct ErrorCatalog;
+
+impl utoipa::Modify for ErrorCatalog {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let description = openapi.info.description.get_or_insert_with(String::new);
+        description.push_str(
+            "\n\nErrors are `{code, message}` (`LifecycleError`). A request with the header `X-Error-Format: detailed` \
+             gets `DetailedError` instead, the same two fields plus seed 004's (any other value: the default body). \
+             The catalogued codes by status (docs/errors.md has each one's meaning, seed-004 alias and solution):\n\n",
+        );
+        description.push_str(&crate::wire::errors::by_status());
     }
 }
 

@@ -5,6 +5,9 @@
 //! Pure data, no I/O, no async.
 
 pub mod code;
+// sandboxd's error catalog: the agent never links it.
+#[cfg(feature = "orchestrator")]
+pub mod errors;
 pub mod files;
 pub mod identity;
 pub mod isolated;

@@ -11,13 +11,15 @@
 //! in a span holding it, so a 5xx logged anywhere below names its request. Handlers only
 //! translate; the service decides.
 //!
-//! - `error`: the domain error → status, catalogued code and body.
+//! - `error`: the domain error → status, catalogued code and body; `error_format`: the
+//!   detailed body on `X-Error-Format: detailed`.
 //! - `extract`: `JsonBody`, `Principal` and the auth layer.
 //! - `sandboxes`, `diagnostics`, `proxy`, `tokens`, `system`: one file per resource, each
 //!   with its `routes()`.
 
 pub(super) mod diagnostics;
 pub(super) mod error;
+mod error_format;
 mod extract;
 pub(super) mod proxy;
 pub(super) mod sandboxes;
@@ -47,7 +49,13 @@ pub struct App {
     pub service: Arc<Service>,
     /// The server proxy's connection pool.
     pub relay: Arc<Relay>,
+    /// Where `docs/errors.md` is served (`error_link` of the detailed error body).
+    pub errors_docs_base_url: Option<Arc<str>>,
 }
+
+/// The request's `X-Request-ID` (echoed or made), in its extensions.
+#[derive(Clone)]
+pub(super) struct RequestId(pub HeaderValue);
 
 /// The complete router.
 pub fn router(app: App) -> Router {
@@ -70,6 +78,10 @@ pub fn router(app: App) -> Router {
         .nest("/v1", lifecycle)
         .fallback(system::no_route)
         .layer(middleware::from_fn(route_log))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            error_format::error_format,
+        ))
         .layer(middleware::from_fn(request_id))
         .with_state(app)
 }
@@ -95,7 +107,7 @@ async fn route_log(req: Request, next: Next) -> Response {
 
 /// Echoes `X-Request-ID` (or makes one) on every response, errors included, and runs the
 /// request in a span that carries it.
-async fn request_id(req: Request, next: Next) -> Response {
+async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -109,6 +121,7 @@ async fn request_id(req: Request, next: Next) -> Response {
         id = %String::from_utf8_lossy(id.as_bytes()),
         method = %req.method(),
     );
+    req.extensions_mut().insert(RequestId(id.clone()));
     let scoped = REQUEST_ID.scope(String::from_utf8_lossy(id.as_bytes()).into_owned(), next.run(req));
     let mut resp = scoped.instrument(span).await;
     resp.headers_mut().insert(REQUEST_ID_HEADER, id);

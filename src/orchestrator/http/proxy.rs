@@ -34,6 +34,10 @@ pub(crate) struct ProxyPath {
     port: String,
 }
 
+/// Marks a response that is the sandbox's own answer, which `error_format` leaves alone.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Relayed;
+
 /// Headers that must never reach a sandbox: sandboxd's own credentials and the caller's.
 const STRIPPED: [HeaderName; 3] = [
     header::AUTHORIZATION,
@@ -109,7 +113,11 @@ pub(crate) async fn proxy(
         })
         .await;
     match resp {
-        Ok(resp) => Ok(resp.map(Body::new)),
+        Ok(resp) => {
+            let mut resp = resp.map(Body::new);
+            resp.extensions_mut().insert(Relayed);
+            Ok(resp)
+        }
         Err(RelayError::Uri(e)) => Err(Error::invalid(format!("invalid proxy path: {e}"))),
         // An exited container's port refuses at once: say so by its state, not as a 502.
         Err(other) => match app.service.unreachable(id).await {

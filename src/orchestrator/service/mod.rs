@@ -126,3 +126,31 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+impl Service {
+    /// A service for tests: a store in `dir`, the fake runtime, API key `api_key`, creates
+    /// allowed up to `max_timeout` seconds, 2 sandboxes per user.
+    pub(crate) fn for_tests(
+        dir: &std::path::Path,
+        fake: &super::runtime::fake::FakeRuntime,
+        api_key: &str,
+        max_timeout: u64,
+        ready_timeout: Duration,
+    ) -> Arc<Self> {
+        let keys =
+            super::auth::jwt::Keys::new(b"0123456789abcdef0123456789abcdef", &[]).expect("a 32-byte secret");
+        let authority = Arc::new(Authority::new(Some(api_key.into()), keys, Vec::new()));
+        let settings = Settings {
+            limits: Limits {
+                max_timeout,
+                allowed_host_paths: Vec::new(),
+            },
+            ready_timeout,
+            pids_limit: 99,
+            max_sandboxes_per_user: 2,
+        };
+        let store = Store::open(dir).expect("open a test store");
+        Arc::new(Self::new(store, Arc::new(fake.clone()), authority, settings))
+    }
+}

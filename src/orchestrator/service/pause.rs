@@ -37,7 +37,7 @@ impl Freeze {
     }
 
     /// The contract state the sandbox must be in.
-    fn from_state(self) -> &'static str {
+    fn starting_state(self) -> &'static str {
         match self {
             Freeze::Pause => "Running",
             Freeze::Resume => "Paused",
@@ -101,7 +101,7 @@ impl Service {
             }
             // The state changed between the check and the call.
             Err(RuntimeError::Conflict(m)) => {
-                return Err(way.refused(id, format!("no longer {} ({m})", way.from_state())))
+                return Err(way.refused(id, format!("no longer {} ({m})", way.starting_state())))
             }
             Err(other) => return Err(other.into()),
         }
@@ -127,7 +127,7 @@ impl Service {
         };
         let observed = self.runtime.observe(&instance).await?;
         let state = status(&record, &observed).state;
-        if state != way.from_state() {
+        if state != way.starting_state() {
             self.note_observed(&record, &observed).await;
             return Err(way.refused(id, state));
         }

@@ -25,20 +25,8 @@ async fn rig() -> Rig {
 
 async fn rig_with_timeout(ready_timeout: Duration) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
     let fake = FakeRuntime::start().await;
-    let settings = Settings {
-        limits: Limits {
-            max_timeout: 86_400,
-            allowed_host_paths: Vec::new(),
-        },
-        ready_timeout,
-        pids_limit: 99,
-        max_sandboxes_per_user: 2,
-    };
-    let keys = crate::orchestrator::auth::jwt::Keys::new(b"0123456789abcdef0123456789abcdef", &[]).unwrap();
-    let authority = Arc::new(Authority::new(Some("key".into()), keys, Vec::new()));
-    let service = Arc::new(Service::new(store, Arc::new(fake.clone()), authority, settings));
+    let service = Service::for_tests(dir.path(), &fake, "key", 86_400, ready_timeout);
     Rig {
         service,
         fake,
