@@ -8,6 +8,7 @@ EXECD_TEST_REQUIRE_DOCKER=1 (CI), where they are failures.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -53,8 +54,7 @@ class Sandboxd:
             return "(no log)"
 
 
-@pytest.fixture(scope="session")
-def sandboxd():
+def _preconditions():
     if shutil.which("docker") is None:
         unavailable("the docker CLI is not installed")
     if subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True).returncode:
@@ -63,23 +63,29 @@ def sandboxd():
         unavailable(f"{SANDBOXD} is missing (cargo build -j2 --bin sandboxd)")
     if not AGENT.exists():
         unavailable(f"{AGENT} is missing (scripts/build-agent.sh)")
+
+
+@contextlib.contextmanager
+def serve(name: str, api_key: str | None, *extra: str):
+    """A real sandboxd on a free loopback port with its own state, stopped on exit. Without
+    `api_key` it runs in the insecure dev mode (callers without a token are admins)."""
+    _preconditions()
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log = LOG_DIR / "sandboxd.log"
+    log = LOG_DIR / f"{name}.log"
     data_dir = Path(tempfile.mkdtemp(prefix="seed-sandboxd-"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    d = Sandboxd(f"http://127.0.0.1:{port}", secrets.token_hex(16), log)
+    d = Sandboxd(f"http://127.0.0.1:{port}", api_key or "", log)
     cmd = [
         str(SANDBOXD), "serve",
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--api-key", d.api_key,
         "--agent", str(AGENT),
         "--data-dir", str(data_dir),
         "--public-host", "127.0.0.1",
-        "--max-timeout", str(MAX_TIMEOUT),
-        "--errors-docs-base-url", DOCS_BASE,
+        *(["--api-key", api_key] if api_key else []),
+        *extra,
     ]
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
@@ -106,3 +112,23 @@ def sandboxd():
                 proc.kill()
                 proc.wait()
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sandboxd():
+    """For seed 004: an API key, the seed's timeout range, and a docs base URL."""
+    with serve(
+        "sandboxd",
+        secrets.token_hex(16),
+        "--max-timeout", str(MAX_TIMEOUT),
+        "--errors-docs-base-url", DOCS_BASE,
+    ) as d:
+        yield d
+
+
+@pytest.fixture(scope="session")
+def sandboxd_dev():
+    """For seed 001, whose client mints tokens before it has any credential: the insecure dev
+    mode (no API key; token-less callers are the admin `anonymous`)."""
+    with serve("sandboxd-dev", None) as d:
+        yield d

@@ -1,0 +1,180 @@
+"""Seed 001 (the Cloud Sandbox SDK) as a client, mapped onto sandboxd's /v1.
+
+The seed's `SandboxClient(base_url)` mints a per-user token (`get_token(user_id, role)`), sets it
+(`set_token`), and then sees only that user's sessions. This adapter keeps the seed's method
+names and return shapes and maps them:
+
+- `get_token` → `POST /v1/tokens` (camelCase answer turned into the seed's snake_case dict);
+  `set_token` → `Authorization: Bearer` on every later call;
+- a session is a sandbox: `create_session(image, cpu_count, memory_mb, ttl_hours)` →
+  `POST /v1/sandboxes` with `resourceLimits` and `timeout = ttl_hours * 3600`; the image goes
+  through the table the caller gives (the seed's public images are not on this offline
+  machine), and the entrypoint is an idle process (the seed's sessions have none);
+- `get_session`, `list_sessions` (the user's own: sandboxd filters by owner),
+  `delete_session`, `pause_session`, `resume_session`;
+- errors → the seed's exceptions by status: 401 `AuthError`, 404 `NotFoundError`, 429
+  `RateLimitError` (with `retry_after`, seconds, from `Retry-After`), 503
+  `ServiceUnavailableError`, others `SandboxError`.
+
+Pools, `execute` and file calls come with their capabilities (design §10, §13).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+
+class SandboxError(Exception):
+    """Base exception: status, sandboxd's code and message."""
+
+    def __init__(self, status: int, code: str | None, message: str):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class AuthError(SandboxError):
+    """401."""
+
+
+class NotFoundError(SandboxError):
+    """404."""
+
+
+class RateLimitError(SandboxError):
+    """429; `retry_after` is the server's `Retry-After`, in seconds."""
+
+    def __init__(self, status: int, code: str | None, message: str, retry_after: float | None):
+        super().__init__(status, code, message)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailableError(SandboxError):
+    """503."""
+
+
+@dataclass
+class Session:
+    """The seed's session model: id, status, image, resources, timestamps."""
+
+    id: str
+    status: str
+    image: str
+    resources: dict
+    created_at: str
+    expires_at: str | None
+    raw: dict = field(repr=False, default_factory=dict)
+
+
+# sandboxd's states → the seed's session statuses (lower-case, as its examples print them).
+_STATUS = {
+    "Pending": "pending",
+    "Running": "running",
+    "Paused": "paused",
+    "Stopping": "terminating",
+    "Terminated": "terminated",
+    "Failed": "failed",
+}
+
+
+class SandboxClient:
+    """The seed's low-level client."""
+
+    def __init__(self, base_url: str, images: dict[str, str] | None = None, timeout: float = 120):
+        self.base_url = base_url.rstrip("/")
+        self.images = images or {}
+        self.timeout = timeout
+        self._token: str | None = None
+
+    # Authentication
+
+    def get_token(self, user_id: str, role: str = "user") -> dict:
+        body = self._call("POST", "/v1/tokens", {"userId": user_id, "role": role})
+        return {
+            "access_token": body["accessToken"],
+            "token_type": body["tokenType"].lower(),
+            "expires_at": body["expiresAt"],
+            "user_id": body["userId"],
+            "role": body["role"],
+        }
+
+    def set_token(self, token: str) -> None:
+        self._token = token
+
+    # Session management
+
+    def create_session(self, image: str, cpu_count: int = 1, memory_mb: int = 512, ttl_hours: int = 1) -> Session:
+        body = self._call(
+            "POST",
+            "/v1/sandboxes",
+            {
+                "image": {"uri": self.images.get(image, image)},
+                "entrypoint": ["tail", "-f", "/dev/null"],
+                "timeout": int(ttl_hours * 3600),
+                "resourceLimits": {"cpu": str(cpu_count), "memory": f"{memory_mb}Mi"},
+                "metadata": {"seed": "001"},
+            },
+        )
+        return self.get_session(body["id"])
+
+    def get_session(self, session_id: str) -> Session:
+        return _session(self._call("GET", f"/v1/sandboxes/{session_id}"))
+
+    def list_sessions(self) -> list[Session]:
+        body = self._call("GET", "/v1/sandboxes?pageSize=200")
+        return [_session(s) for s in body["items"]]
+
+    def delete_session(self, session_id: str) -> None:
+        self._call("DELETE", f"/v1/sandboxes/{session_id}")
+
+    def pause_session(self, session_id: str) -> None:
+        self._call("POST", f"/v1/sandboxes/{session_id}/pause")
+
+    def resume_session(self, session_id: str) -> None:
+        self._call("POST", f"/v1/sandboxes/{session_id}/resume")
+
+    # Transport
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self._token:
+            req.add_header("Authorization", f"Bearer {self._token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                raw = r.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = {}
+            code, message = parsed.get("code"), parsed.get("message", raw.decode(errors="replace"))
+            if e.code == 401:
+                raise AuthError(e.code, code, message) from None
+            if e.code == 404:
+                raise NotFoundError(e.code, code, message) from None
+            if e.code == 429:
+                after = e.headers.get("Retry-After")
+                raise RateLimitError(e.code, code, message, float(after) if after else None) from None
+            if e.code == 503:
+                raise ServiceUnavailableError(e.code, code, message) from None
+            raise SandboxError(e.code, code, message) from None
+
+
+def _session(s: dict) -> Session:
+    limits = s.get("resourceLimits") or {}
+    return Session(
+        id=s["id"],
+        status=_STATUS.get(s["status"]["state"], "unknown"),
+        image=(s.get("image") or {}).get("uri", ""),
+        resources=limits,
+        created_at=s["createdAt"],
+        expires_at=s.get("expiresAt"),
+        raw=s,
+    )
