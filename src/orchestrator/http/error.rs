@@ -81,6 +81,7 @@ impl From<&Error> for ApiError {
                 "SANDBOX::PROXY_ERROR",
                 format!("cannot reach port {port} of sandbox {id}"),
             ),
+            Error::RateLimited { .. } => said(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT::EXCEEDED"),
             Error::NoRoute => said(StatusCode::NOT_FOUND, "GENERAL::NOT_FOUND"),
             Error::Runtime(r) => match r {
                 RuntimeError::NotFound(_) => said(StatusCode::NOT_FOUND, "SANDBOX::NOT_FOUND"),
