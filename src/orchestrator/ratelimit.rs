@@ -349,28 +349,4 @@ mod tests {
         l.check(Class::Create, &"id:busy".to_owned()).unwrap();
         assert_eq!(l.evict_idle(), 1, "only the recent caller is kept");
     }
-
-    /// Not an assertion: the figure `scripts/bench.sh` reports (the resident-set growth of
-    /// 10 000 keys in one class). Run with `--ignored --nocapture`.
-    #[test]
-    #[ignore = "a measurement, run by scripts/bench.sh"]
-    fn memory_at_10k_keys() {
-        fn rss_kib() -> u64 {
-            let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-            let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-            pages * 4
-        }
-        let l = Limiter::new(Settings::default());
-        let before = rss_kib();
-        for i in 0..10_000 {
-            l.check(Class::Read, &format!("id:user-{i:08}")).unwrap();
-        }
-        let after = rss_kib();
-        println!(
-            "limiter_10k_keys keys={} rss_growth_kib={} bytes_per_key={}",
-            l.keys(),
-            after.saturating_sub(before),
-            after.saturating_sub(before) * 1024 / 10_000
-        );
-    }
 }
