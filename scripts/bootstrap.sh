@@ -1,7 +1,8 @@
 #!/bin/sh
 # Entrypoint wrapper for images that run execd beside the user's command, compatible with the
 # layout upstream's orchestrators use (`/opt/opensandbox/bootstrap.sh <entrypoint...>`):
-#   - EXECD (default /opt/opensandbox/execd) is started in the background with no arguments;
+#   - EXECD (default /opt/opensandbox/execd) is started in the background with no arguments,
+#     on every interface unless EXECD_HOST says otherwise;
 #   - EXECD_ENVS (default /opt/opensandbox/.env) is created and exported, so every command
 #     execd runs sees what `set_env` appends to it;
 #   - EXECD_BOOTSTRAP_PRE_SCRIPT, when set, is sourced first;
@@ -38,7 +39,9 @@ case "${EXECD_INIT:-}" in
   1 | true | TRUE | yes | on) exec "$EXECD" init -- "$@" ;;
 esac
 
-"$EXECD" &
+# The orchestrator that runs this script publishes execd's port and must reach it, so execd
+# listens on every interface even without a token (alone it would keep to loopback then).
+EXECD_HOST="${EXECD_HOST:-0.0.0.0}" "$EXECD" &
 execd_pid=$!
 
 child=""

@@ -16,7 +16,12 @@ scripts/build-test-image.sh all || exit 1
 mkdir -p target/sdk-tests
 rc=0
 summaries=()
-for v in 010 111; do
+# Both SDK generations with the API key, then 1.1.1 once more as a user with a Bearer token
+# (SDK_AUTH=bearer; the SDK's custom headers carry it).
+for run in 010 111 111-bearer; do
+  v=${run%%-*}
+  auth=apikey
+  [[ $run == *-bearer ]] && auth=bearer
   pytest=.venv-sdk$v/bin/pytest
   if [ ! -x "$pytest" ]; then
     log "$pytest is missing: run scripts/setup.sh"
@@ -25,16 +30,16 @@ for v in 010 111; do
     continue
   fi
   sdk=$(.venv-sdk$v/bin/python -c 'from importlib.metadata import version; print(version("opensandbox"))')
-  log "opensandbox $sdk (.venv-sdk$v)"
-  out=target/sdk-tests/pytest-sdk$v.log
-  "$pytest" -p no:cacheprovider -q -rfEsxX tests/sdk "$@" 2>&1 | tee "$out"
+  log "opensandbox $sdk (.venv-sdk$v), auth: $auth"
+  out=target/sdk-tests/pytest-sdk$run.log
+  SDK_AUTH=$auth "$pytest" -p no:cacheprovider -q -rfEsxX tests/sdk "$@" 2>&1 | tee "$out"
   status=${PIPESTATUS[0]}
   summary=$(grep -E '(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s' "$out" | tail -1)
-  summaries+=("opensandbox $sdk: ${summary:-no summary (pytest exit $status)}")
+  summaries+=("opensandbox $sdk ($auth): ${summary:-no summary (pytest exit $status)}")
   if ((status)); then
     rc=1
   elif grep -qE '[0-9]+ (skipped|xfailed|xpassed)' <<<"$summary"; then
-    log "opensandbox $sdk: skipped or xfail tests count as failures here"
+    log "opensandbox $sdk ($auth): skipped or xfail tests count as failures here"
     rc=1
   fi
 done

@@ -6,6 +6,7 @@
 //! - [`orchestrator`]: the lifecycle server (binary `sandboxd`); never imports `agent`.
 //! - [`auth`]: constant-time credential checks both servers use.
 //! - [`relay`]: the streaming reverse-proxy hop both sides use.
+//! - [`serve`]: the HTTP server loop with its limits (header and body timeouts, connection cap).
 //! - [`logging`]: the log format and sink both binaries set up at start.
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -16,4 +17,5 @@ pub mod logging;
 #[cfg(feature = "orchestrator")]
 pub mod orchestrator;
 pub mod relay;
+pub mod serve;
 pub mod wire;

@@ -42,9 +42,10 @@ pub enum Mode {
 /// Server settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(long, env = "EXECD_HOST", default_value = "0.0.0.0")]
-    pub host: IpAddr,
+    /// Address to listen on [default: 0.0.0.0 with an access token or in init mode, else
+    /// 127.0.0.1: without a token, anyone who reaches execd can run commands].
+    #[arg(long, env = "EXECD_HOST")]
+    pub host: Option<IpAddr>,
     /// Port to listen on; 0 picks any free port.
     #[arg(long, env = "EXECD_PORT", default_value_t = 44772)]
     pub port: u16,
@@ -98,6 +99,26 @@ pub struct Config {
         hide = true
     )]
     pub isolated_gc_interval_ms: u64,
+    /// Milliseconds a client may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open).
+    #[arg(long, env = "EXECD_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Milliseconds execd waits for the next bytes of a request body before answering 408.
+    #[arg(long, env = "EXECD_BODY_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_idle_timeout_ms: u64,
+    /// Connections served at once; more wait to be accepted (lowered to fit RLIMIT_NOFILE).
+    #[arg(long, env = "EXECD_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Bash sessions (`/session`) that may exist at once; more are refused with 429.
+    #[arg(long, env = "EXECD_MAX_SESSIONS", default_value_t = 256)]
+    pub max_sessions: usize,
+    /// Code contexts that may exist at once; more are refused with 429.
+    #[arg(long, env = "EXECD_MAX_CONTEXTS", default_value_t = 64)]
+    pub max_contexts: usize,
+    /// Milliseconds after which a bash session or code context without runs is deleted
+    /// (0: never).
+    #[arg(long, env = "EXECD_SESSION_IDLE_TIMEOUT_MS", default_value_t = 3_600_000)]
+    pub session_idle_timeout_ms: u64,
     /// Accepted for compatibility with upstream; no stream ever waits on it.
     #[arg(
         long = "graceful-shutdown-timeout",
@@ -108,6 +129,37 @@ pub struct Config {
 }
 
 impl Config {
+    /// The address to listen on: the one given; else every interface when a token guards
+    /// them or execd is a container's init (the orchestrator decides what to publish, and
+    /// must reach it); else loopback only.
+    pub fn listen_host(&self, init_mode: bool) -> IpAddr {
+        match self.host {
+            Some(host) => host,
+            None if self.token().is_some() || init_mode => IpAddr::from([0, 0, 0, 0]),
+            None => IpAddr::from([127, 0, 0, 1]),
+        }
+    }
+
+    /// The access token, when one is set and not empty.
+    pub fn token(&self) -> Option<&str> {
+        self.access_token.as_deref().filter(|t| !t.is_empty())
+    }
+
+    /// How long an unused bash session or code context lives (`None`: for ever).
+    pub fn session_idle_timeout(&self) -> Option<std::time::Duration> {
+        (self.session_idle_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.session_idle_timeout_ms))
+    }
+
+    /// What the HTTP server tolerates from its clients.
+    pub fn serve_limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            body_idle_timeout: std::time::Duration::from_millis(self.body_idle_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+        }
+    }
+
     /// The state directory: the configured one, else `/var/lib/execd` when it can be created,
     /// else `execd` under the temp dir.
     pub fn state_dir(&self) -> anyhow::Result<PathBuf> {
@@ -140,5 +192,58 @@ mod tests {
         }
         let legacy = Cli::try_parse_from(["execd", "--init", "tail", "-f", "/dev/null"]).unwrap();
         assert_eq!(legacy.init_argv.unwrap(), ["tail", "-f", "/dev/null"]);
+    }
+
+    fn config(args: &[&str]) -> Config {
+        let mut argv = vec!["execd"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap().config
+    }
+
+    #[test]
+    fn without_a_token_execd_listens_on_loopback_unless_told_otherwise() {
+        let loopback: IpAddr = [127, 0, 0, 1].into();
+        let any: IpAddr = [0, 0, 0, 0].into();
+        // Flags only: EXECD_HOST / EXECD_ACCESS_TOKEN in the test's environment would win.
+        let open = Config {
+            host: None,
+            access_token: None,
+            ..config(&[])
+        };
+        assert_eq!(open.listen_host(false), loopback);
+        assert_eq!(
+            Config {
+                access_token: Some(String::new()),
+                ..open.clone()
+            }
+            .listen_host(false),
+            loopback
+        );
+        // A container's init: the orchestrator publishes the port and must reach it.
+        assert_eq!(open.listen_host(true), any);
+        assert_eq!(
+            Config {
+                access_token: Some("t".into()),
+                ..open.clone()
+            }
+            .listen_host(false),
+            any
+        );
+        assert_eq!(
+            Config {
+                host: Some(any),
+                ..open.clone()
+            }
+            .listen_host(false),
+            any
+        );
+        assert_eq!(
+            Config {
+                host: Some(loopback),
+                ..open
+            }
+            .listen_host(true),
+            loopback
+        );
     }
 }

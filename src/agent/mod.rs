@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 
 pub use config::Config;
 use env::EnvMap;
@@ -94,13 +93,22 @@ impl Runtime {
             cwd: raw.to_owned(),
             reason,
         };
-        let expanded = env::expand_path(raw, |k| env.get(k).cloned()).map_err(|e| invalid(e.to_string()))?;
-        let path = self.cwd.join(expanded);
+        let path = self.expand_cwd(raw, env)?;
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => Ok(path),
             Ok(_) => Err(invalid("not a directory".into())),
             Err(e) => Err(invalid(e.to_string().to_lowercase())),
         }
+    }
+
+    /// `raw` expanded against `env` (`$VAR`, `~`) and made absolute against execd's own cwd,
+    /// without looking at the filesystem: the one way every request's cwd is read.
+    pub fn expand_cwd(&self, raw: &str, env: &EnvMap) -> Result<PathBuf, CwdError> {
+        let expanded = env::expand_path(raw, |k| env.get(k).cloned()).map_err(|e| CwdError {
+            cwd: raw.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(self.cwd.join(expanded))
     }
 
     /// execd's own environment (secrets removed), against which request paths expand.
@@ -229,26 +237,32 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
     process::become_subreaper();
     let reaper = Reaper::start().context("cannot watch SIGCHLD")?;
     let runtime = Arc::new(Runtime::new(&config, Arc::clone(&reaper))?);
-    let addr = SocketAddr::new(config.host, config.port);
+    let addr = SocketAddr::new(config.listen_host(entrypoint.is_some()), config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let commands = command::Commands::new(Arc::clone(&runtime));
-    let sessions = session::Sessions::new(Arc::clone(&runtime));
+    let sessions = session::Sessions::new(
+        Arc::clone(&runtime),
+        session::Limits {
+            max: config.max_sessions,
+            idle: config.session_idle_timeout(),
+        },
+    );
     let contexts = kernel::Contexts::new(
         Arc::clone(&runtime),
         Arc::clone(&commands),
         Arc::clone(&sessions),
         config.no_jupyter,
         config.kernel_pool,
+        kernel::Limits {
+            max: config.max_contexts,
+            idle: config.session_idle_timeout(),
+        },
     );
     let state = AppState {
-        token: config
-            .access_token
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            .map(Arc::from),
+        token: config.token().map(Arc::from),
         commands,
         sessions,
         contexts,
@@ -277,25 +291,24 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
             )
         },
     };
+    if state.token.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            %local,
+            "NO ACCESS TOKEN: anyone who can reach {local} can run commands as execd's user; \
+             set EXECD_ACCESS_TOKEN, or EXECD_HOST=127.0.0.1"
+        );
+    }
     // The one line on stdout that scripts and tests wait for.
     println!("listening on {local}");
     tracing::info!(%local, auth = state.token.is_some(), "execd ready");
 
-    // Without TCP_NODELAY, the small frame that ends a response (terminal event, last chunk)
-    // waits for the client's delayed ACK of the previous one: ~40 ms per command on a
-    // keep-alive connection.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
     let app = http::router(state.clone());
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>());
+    let limits = config.serve_limits();
     let code = match entrypoint {
         Some(argv) => {
             let child = init::start_entrypoint(&runtime, &argv)?;
             tokio::select! {
-                r = server => { r?; 0 }
+                r = crate::serve::serve(listener, app, limits, std::future::pending()) => { r?; 0 }
                 code = init::supervise(child) => code,
             }
         }
@@ -303,7 +316,7 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
             // On SIGTERM/SIGINT: kill every command so their streams end with a terminal
             // event, let connections drain, and give up on stragglers after a few seconds.
             let drained = Arc::new(tokio::sync::Notify::new());
-            let graceful = server.with_graceful_shutdown({
+            let graceful = crate::serve::serve(listener, app, limits, {
                 let drained = Arc::clone(&drained);
                 async move { drained.notified().await }
             });

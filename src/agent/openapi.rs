@@ -53,7 +53,7 @@ use super::http::{
         crate::wire::pty::PtyClientFrame, crate::wire::pty::PtyServerFrame,
         crate::wire::files::FileInfo, crate::wire::files::FileMetadata, crate::wire::files::Permission,
         crate::wire::files::WatchEvent, crate::wire::files::Metrics)),
-    modifiers(&AUTH, &FilesystemIdentity),
+    modifiers(&AUTH, &FilesystemIdentity, &ClientErrors),
     security(("access_token" = []))
 )]
 struct ApiDoc;
@@ -62,6 +62,86 @@ const AUTH: crate::wire::openapi::HeaderKey = crate::wire::openapi::HeaderKey {
     scheme: "access_token",
     header: "X-EXECD-ACCESS-TOKEN",
 };
+
+/// The client errors every operation of a kind can answer, whatever its handler does, added
+/// where its annotation does not say them already:
+/// - 401 on every operation: the token check runs before any route (`http::router`);
+/// - 400 where there is input (parameters or a body): extractors reject what does not parse;
+/// - 404 where the path has a parameter: an empty segment matches no route;
+/// - 408 and 413 where there is a body: the client stops sending it (`crate::serve`), or a
+///   JSON body is over its limit.
+struct ClientErrors;
+
+impl utoipa::Modify for ClientErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+
+        let error = |description: &str, schema: &str| -> RefOr<Response> {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name(schema)))
+                        .build(),
+                )
+                .build()
+                .into()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let json_body = op
+                    .request_body
+                    .as_ref()
+                    .map(|b| matches!(b, RefOr::T(b) if b.content.contains_key("application/json")));
+                let mut add = |status: &str, description: &str, schema: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description, schema));
+                };
+                add(
+                    "401",
+                    "UNAUTHORIZED: the access token is missing or wrong",
+                    "UnauthorizedBody",
+                );
+                if has_params || json_body.is_some() {
+                    add(
+                        "400",
+                        "INVALID_REQUEST_BODY or MISSING_QUERY: input that does not parse",
+                        "ErrorBody",
+                    );
+                }
+                if path.contains('{') {
+                    add("404", "no such resource (or an empty path segment)", "ErrorBody");
+                }
+                if let Some(json) = json_body {
+                    add(
+                        "408",
+                        "REQUEST_TIMEOUT: the client stopped sending the body",
+                        "ErrorBody",
+                    );
+                    if json {
+                        add("413", "PAYLOAD_TOO_LARGE: a JSON body over 2 MiB", "ErrorBody");
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Every `/files*` and `/directories*` route is served twice: as is, and under
 /// `/v1/filesystem/{uid}/{gid}` with that fsuid/fsgid (`http::router`). This adds the second
@@ -134,6 +214,49 @@ mod tests {
     #[test]
     fn proto_matches_code() {
         crate::wire::openapi::assert_proto_matches("execd.yaml", &super::yaml());
+    }
+
+    /// Issue 20: 401 was documented on no operation, though the token check guards them all;
+    /// the proxy's port had no bounds; gzip archives and the empty answer of a plain
+    /// `/files/replace` had no documented content type.
+    #[test]
+    fn issue20_the_document_says_what_the_server_answers() {
+        let doc = super::ApiDoc::openapi();
+        let mut operations = 0;
+        for (path, item) in &doc.paths.paths {
+            for op in [&item.get, &item.put, &item.post, &item.delete, &item.patch]
+                .into_iter()
+                .flatten()
+            {
+                operations += 1;
+                let statuses: Vec<&String> = op.responses.responses.keys().collect();
+                assert!(statuses.iter().any(|s| *s == "401"), "{path}: {statuses:?}");
+                if path.contains('{') {
+                    assert!(statuses.iter().any(|s| *s == "404"), "{path}: {statuses:?}");
+                }
+                if op.request_body.is_some() {
+                    assert!(statuses.iter().any(|s| *s == "400"), "{path}: {statuses:?}");
+                }
+            }
+        }
+        assert!(operations > 70, "walked only {operations} operations");
+
+        let yaml = super::yaml();
+        let doc: serde_json::Value = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
+        let port = &doc["paths"]["/proxy/{port}/{path}"]["get"]["parameters"][0]["schema"];
+        assert_eq!(
+            (port["minimum"].as_f64(), port["maximum"].as_f64()),
+            (Some(1.0), Some(65535.0)),
+            "{port}"
+        );
+        let archive = &doc["paths"]["/files/archive"]["get"]["responses"]["200"]["content"];
+        assert!(archive.get("application/gzip").is_some(), "{archive}");
+        let replace = &doc["paths"]["/files/replace"]["post"]["responses"]["200"]["content"];
+        assert!(
+            replace.get("text/plain").is_some() && replace.get("application/json").is_some(),
+            "{replace}"
+        );
+        assert!(yaml.contains("TOO_MANY_SESSIONS"));
     }
 
     /// The port proxy is routed three ways (axum needs the bare and trailing-slash forms

@@ -8,11 +8,16 @@
 //! per session routes output into the journal of the current run. If the shell dies (a
 //! timeout kills it, or the user's code ends it another way) the run reports it and the next
 //! run starts a fresh shell.
+//!
+//! At most [`Limits::max`] sessions exist at once, and a session idle for [`Limits::idle`]
+//! (no run in progress or queued, none started or ended for that long) is deleted by a
+//! background task, so that sessions clients forget cannot pile up.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -43,11 +48,24 @@ pub enum SessionError {
     /// The command is empty.
     #[error("command must not be empty")]
     EmptyCommand,
+    /// As many sessions as allowed exist.
+    #[error("too many bash sessions (at most {0}); delete some or let idle ones expire")]
+    Full(usize),
+}
+
+/// How many sessions may exist, and how long an unused one lives.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Sessions at once (those behind bash code contexts count as contexts instead).
+    pub max: usize,
+    /// How long a session without runs lives; `None`: for ever.
+    pub idle: Option<Duration>,
 }
 
 /// All sessions of this execd.
 pub struct Sessions {
     runtime: Arc<Runtime>,
+    limits: Limits,
     /// Sessions by id; lookups and inserts only.
     map: Mutex<HashMap<String, Arc<Session>>>,
 }
@@ -62,6 +80,51 @@ pub struct Session {
     shell: tokio::sync::Mutex<Option<Shell>>,
     /// Process group of the live shell (0 if none), readable without the async lock.
     pgid: Mutex<i32>,
+    /// Runs started and not yet ended (in progress or queued behind one).
+    runs: AtomicUsize,
+    /// When the session was created or a run last started or ended.
+    last_used: Mutex<Instant>,
+    /// Who deletes the session: the client (and the idle reaper), or its code context.
+    owner: Owner,
+}
+
+/// Who a session belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// A client of `/session`: counted against [`Limits::max`], reaped when idle.
+    Client,
+    /// A bash code context, which counts and reaps it as a context.
+    Context,
+}
+
+impl Session {
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Whether the session has had no run for `idle` at `now`.
+    fn idle_since(&self, now: Instant, idle: Duration) -> bool {
+        let last = *self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        self.runs.load(Ordering::SeqCst) == 0 && now.saturating_duration_since(last) >= idle
+    }
+}
+
+/// Counts a run from its start to its end, and marks the session used at both.
+struct RunGuard(Arc<Session>);
+
+impl RunGuard {
+    fn new(session: Arc<Session>) -> Self {
+        session.runs.fetch_add(1, Ordering::SeqCst);
+        session.touch();
+        Self(session)
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.runs.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct Shell {
@@ -78,12 +141,20 @@ enum ShellEvent {
 }
 
 impl Sessions {
-    /// An empty registry.
-    pub fn new(runtime: Arc<Runtime>) -> Arc<Self> {
-        Arc::new(Self {
+    /// An empty registry, with its idle reaper (a task that ends with the registry).
+    pub fn new(runtime: Arc<Runtime>, limits: Limits) -> Arc<Self> {
+        let sessions = Arc::new(Self {
             runtime,
+            limits,
             map: Mutex::new(HashMap::new()),
-        })
+        });
+        if let Some(idle) = limits.idle {
+            spawn_reaper(Arc::downgrade(&sessions), idle, |s| {
+                s.reap_idle(Instant::now());
+                std::future::ready(())
+            });
+        }
+        sessions
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
@@ -92,6 +163,16 @@ impl Sessions {
 
     /// Creates a session; its shell starts with the first run.
     pub fn create(&self, req: CreateSessionRequest) -> Result<String, SessionError> {
+        self.create_for(req, Owner::Client)
+    }
+
+    /// Creates the session behind a bash code context: the context counts it against its own
+    /// cap and deletes it when the context goes.
+    pub fn create_for_context(&self, req: CreateSessionRequest) -> Result<String, SessionError> {
+        self.create_for(req, Owner::Context)
+    }
+
+    fn create_for(&self, req: CreateSessionRequest, owner: Owner) -> Result<String, SessionError> {
         let cwd = self.cwd(req.cwd.as_deref())?;
         let id = uuid::Uuid::new_v4().to_string();
         let session = Arc::new(Session {
@@ -100,9 +181,39 @@ impl Sessions {
             cwd,
             shell: tokio::sync::Mutex::new(None),
             pgid: Mutex::new(0),
+            runs: AtomicUsize::new(0),
+            last_used: Mutex::new(Instant::now()),
+            owner,
         });
-        self.map().insert(id.clone(), session);
+        let mut map = self.map();
+        if owner == Owner::Client
+            && map.values().filter(|s| s.owner == Owner::Client).count() >= self.limits.max
+        {
+            return Err(SessionError::Full(self.limits.max));
+        }
+        map.insert(id.clone(), session);
         Ok(id)
+    }
+
+    /// Deletes the client sessions idle at `now`; returns how many.
+    fn reap_idle(&self, now: Instant) -> usize {
+        let Some(idle) = self.limits.idle else { return 0 };
+        let ids: Vec<String> = self
+            .map()
+            .values()
+            .filter(|s| s.owner == Owner::Client && s.idle_since(now, idle))
+            .map(|s| s.id.clone())
+            .collect();
+        for id in &ids {
+            tracing::info!(session = %id, idle_ms = idle.as_millis() as u64, "deleting idle bash session");
+            self.delete(id);
+        }
+        ids.len()
+    }
+
+    /// Whether session `id` has had no run for `idle` at `now` (a bash context's idleness).
+    pub(crate) fn is_idle(&self, id: &str, now: Instant, idle: Duration) -> bool {
+        self.map().get(id).is_none_or(|s| s.idle_since(now, idle))
     }
 
     /// The directory a request's `cwd` names, expanded against the environment a session
@@ -171,7 +282,9 @@ impl Sessions {
         journal.push(&StreamEvent::init(&session.id, now_ms()));
         let runtime = Arc::clone(&self.runtime);
         let j = Arc::clone(&journal);
+        let run = RunGuard::new(session);
         tokio::spawn(async move {
+            let session = &run.0;
             let started = Instant::now();
             let terminal = session.execute(&runtime, &j, &req.command, cwd, timeout).await;
             let terminal = match terminal {
@@ -321,6 +434,27 @@ impl Session {
             current,
         })
     }
+}
+
+/// Spawns the task that calls `reap` on the registry behind `weak` a few times per `idle`
+/// (at most once a minute apart), until the registry is dropped.
+pub(crate) fn spawn_reaper<T, F>(weak: Weak<T>, idle: Duration, reap: impl Fn(Arc<T>) -> F + Send + 'static)
+where
+    T: Send + Sync + 'static,
+    F: std::future::Future<Output = ()> + Send,
+{
+    let period = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(registry) => reap(registry).await,
+                None => return,
+            }
+        }
+    });
 }
 
 /// Single-quotes `s` for the shell.

@@ -38,6 +38,21 @@ pub struct Config {
     /// Key required in `OPEN-SANDBOX-API-KEY` (none: no authentication, with a warning).
     #[arg(long, env = "SANDBOXD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Secret that signs user tokens (at least 32 bytes) [default: generated once into
+    /// `jwt.secret` in the data directory, mode 0600].
+    #[arg(long, env = "SANDBOXD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Earlier signing secrets whose tokens are still accepted (comma-separated; rotation).
+    #[arg(
+        long = "jwt-previous-secret",
+        env = "SANDBOXD_JWT_PREVIOUS_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub jwt_previous_secrets: Vec<String>,
+    /// Most sandboxes one non-admin user may own at once (beyond: 403 `QUOTA::EXCEEDED`).
+    #[arg(long, env = "SANDBOXD_MAX_SANDBOXES_PER_USER", default_value_t = 50)]
+    pub max_sandboxes_per_user: u64,
     /// The static execd to inject [default: `execd` next to sandboxd, then
     /// target/x86_64-unknown-linux-musl/release/execd].
     #[arg(long, env = "SANDBOXD_AGENT")]
@@ -73,6 +88,19 @@ pub struct Config {
     /// Docker network mode of sandboxes.
     #[arg(long, env = "SANDBOXD_NETWORK", default_value = "bridge")]
     pub network: String,
+    /// How long a client may take to send a request head (also the idle keep-alive time), ms.
+    #[arg(long, env = "SANDBOXD_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// How long a handler waits for the next bytes of a request body before answering 408, ms.
+    #[arg(long, env = "SANDBOXD_BODY_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_idle_timeout_ms: u64,
+    /// Connections served at once (lowered to the file-descriptor limit minus a reserve).
+    #[arg(long, env = "SANDBOXD_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Base URL where docs/errors.md is served: the detailed error body's `error_link` is
+    /// `<base>/errors#<code>` (none: no `error_link`).
+    #[arg(long, env = "SANDBOXD_ERRORS_DOCS_BASE_URL", value_parser = docs_base_url)]
+    pub errors_docs_base_url: Option<String>,
     /// Log filter (`info`, `execd::orchestrator=debug`, ...); RUST_LOG wins when set.
     #[arg(long, env = "SANDBOXD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -151,6 +179,43 @@ impl Config {
         }
     }
 
+    /// The secret that signs tokens: the configured one, else the one generated into
+    /// `jwt.secret` in `data_dir` on the first start (32 random bytes, hex, mode 0600).
+    pub fn jwt_secret(&self, data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        if let Some(secret) = &self.jwt_secret {
+            return Ok(secret.clone().into_bytes());
+        }
+        let path = data_dir.join("jwt.secret");
+        match std::fs::read(&path) {
+            Ok(secret) => return Ok(secret.trim_ascii().to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+        }
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let secret = hex::encode(raw);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        file.write_all(secret.as_bytes())?;
+        file.sync_all()?;
+        Ok(secret.into_bytes())
+    }
+
+    /// What the server tolerates from slow or many clients.
+    pub fn client_limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            body_idle_timeout: Duration::from_millis(self.body_idle_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+        }
+    }
+
     /// How long create waits for execd.
     pub fn ready_timeout(&self) -> Duration {
         Duration::from_secs(self.ready_timeout.max(1))
@@ -170,6 +235,17 @@ fn rate(text: &str) -> Result<f64, String> {
     }
 }
 
+/// An `http(s)://` URL without a fragment (the code is appended as one).
+fn docs_base_url(text: &str) -> Result<String, String> {
+    let scheme_ok = text.starts_with("https://") || text.starts_with("http://");
+    if !scheme_ok || text.contains(['#', ' ']) || text.split("://").nth(1).is_none_or(str::is_empty) {
+        return Err(format!(
+            "{text:?} is not an http(s) URL without a fragment (e.g. https://docs.example.com/sandboxd)"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
 /// Whether `path` looks like a static execd: a dev build of execd beside sandboxd is dynamic and
 /// would not run in an image without libc, so it does not count.
 fn is_static_execd(path: &std::path::Path) -> bool {
@@ -178,4 +254,27 @@ fn is_static_execd(path: &std::path::Path) -> bool {
     };
     // A dynamically linked ELF names its interpreter (PT_INTERP, `/lib64/ld-linux...`).
     bytes.starts_with(b"\x7fELF") && memchr::memmem::find(&bytes, b"/ld-linux").is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_docs_base_url_is_an_http_url_without_a_fragment() {
+        assert_eq!(
+            docs_base_url("https://docs.example.com/sandboxd/").as_deref(),
+            Ok("https://docs.example.com/sandboxd")
+        );
+        assert!(docs_base_url("http://localhost:8000").is_ok());
+        for bad in [
+            "docs.example.com",
+            "ftp://x",
+            "https://",
+            "https://x/errors#top",
+            "https://x y",
+        ] {
+            assert!(docs_base_url(bad).is_err(), "{bad}");
+        }
+    }
 }

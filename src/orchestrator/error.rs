@@ -33,6 +33,9 @@ pub enum Error {
     /// A host path outside the configured prefixes.
     #[error("{0}")]
     HostPathNotAllowed(String),
+    /// The client stopped sending its body.
+    #[error("the request body stalled (no bytes for the body idle timeout)")]
+    BodyTimeout,
     /// A body over the limit.
     #[error("the body is larger than {limit} bytes")]
     TooLarge {
@@ -98,12 +101,15 @@ pub enum Error {
 pub enum Kind {
     /// A sandbox.
     Sandbox,
+    /// A user token.
+    Token,
 }
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Kind::Sandbox => "sandbox",
+            Kind::Token => "token",
         })
     }
 }
@@ -188,6 +194,13 @@ pub enum Denial {
         /// The least role that may.
         needed: super::auth::Role,
     },
+    /// A non-admin minting a token for someone else or with a higher role.
+    Mint(String),
+    /// The caller owns as many sandboxes as it may.
+    Quota {
+        /// The limit.
+        limit: u64,
+    },
 }
 
 impl fmt::Display for Denial {
@@ -196,6 +209,11 @@ impl fmt::Display for Denial {
             Denial::Role { role, needed } => {
                 write!(f, "this needs the {needed} role; the caller is {role}")
             }
+            Denial::Mint(why) => f.write_str(why),
+            Denial::Quota { limit } => write!(
+                f,
+                "quota exceeded: at most {limit} sandboxes per user; delete one first"
+            ),
         }
     }
 }
@@ -205,15 +223,26 @@ impl fmt::Display for Denial {
 pub enum AuthFailure {
     /// No credential.
     Missing,
-    /// A credential that is not valid.
-    Invalid,
+    /// An API key that is not the server's.
+    InvalidApiKey,
+    /// A bearer token that is malformed, wrongly signed, of another algorithm or issuer.
+    InvalidToken,
+    /// A bearer token past its expiry.
+    TokenExpired,
+    /// A bearer token that was revoked.
+    TokenRevoked,
 }
 
 impl AuthFailure {
     fn message(self) -> &'static str {
         match self {
-            AuthFailure::Missing => "the OPEN-SANDBOX-API-KEY header is required",
-            AuthFailure::Invalid => "the OPEN-SANDBOX-API-KEY header is not valid",
+            AuthFailure::Missing => {
+                "the OPEN-SANDBOX-API-KEY header or an Authorization: Bearer token is required"
+            }
+            AuthFailure::InvalidApiKey => "the OPEN-SANDBOX-API-KEY header is not valid",
+            AuthFailure::InvalidToken => "the bearer token is not valid",
+            AuthFailure::TokenExpired => "the bearer token has expired",
+            AuthFailure::TokenRevoked => "the bearer token was revoked",
         }
     }
 }
@@ -243,6 +272,7 @@ impl Error {
             | Error::Unsupported(_)
             | Error::HostPathNotAllowed(_)
             | Error::TooLarge { .. }
+            | Error::BodyTimeout
             | Error::Conflict(_)
             | Error::Unauthenticated(_)
             | Error::Forbidden(_)

@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 
 pub use config::{Cli, Command, Config};
 
@@ -69,6 +68,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         docker_api = %runtime::Runtime::version(&docker),
         "starting"
     );
+    let keys = auth::jwt::Keys::new(
+        &config.jwt_secret(&data_dir)?,
+        &config
+            .jwt_previous_secrets
+            .iter()
+            .map(|s| s.clone().into_bytes())
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| anyhow::anyhow!("--jwt-secret: {e}"))?;
+    let revoked = store.revoked_tokens(crate::wire::time::now_ms()).await?;
+    let authority = Arc::new(auth::Authority::new(config.api_key.clone(), keys, revoked));
     let settings = service::Settings {
         limits: spec::Limits {
             max_timeout: config.max_timeout,
@@ -76,8 +86,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         },
         ready_timeout: config.ready_timeout(),
         pids_limit: config.pids_limit,
+        max_sandboxes_per_user: config.max_sandboxes_per_user,
     };
-    let service = Arc::new(service::Service::new(store, Arc::new(docker), settings));
+    let service = Arc::new(service::Service::new(
+        store,
+        Arc::new(docker),
+        authority,
+        settings,
+    ));
     service
         .reconcile()
         .await
@@ -114,25 +130,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let app = http::router(http::App {
         service,
-        api_key: config.api_key.filter(|k| !k.is_empty()).map(Into::into),
         relay: Arc::new(Relay::new()),
         limiter,
         metrics,
         metrics_public: config.metrics_public,
+        errors_docs_base_url: config.errors_docs_base_url.clone().map(Into::into),
     });
     // The one line scripts and tests wait for.
     println!("sandboxd listening on http://{local}");
     tracing::info!(%local, "listening");
-    // As in execd: without TCP_NODELAY the last small frame of each proxied response waits
-    // for the client's delayed ACK (~40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    // Header and body timeouts and a connection cap apply before any route or credential.
+    crate::serve::serve(listener, app, config.client_limits(), shutdown()).await?;
     expiry.abort();
     housekeeping.abort();
     Ok(())

@@ -12,6 +12,7 @@ use super::http::sandboxes::{
     __path_pause, __path_renew, __path_resume,
 };
 use super::http::system::{__path_health, __path_version};
+use super::http::tokens::{__path_current, __path_mint, __path_revoke};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,20 +21,23 @@ use super::http::system::{__path_health, __path_version};
         description = "Sandbox lifecycle server on the Docker Engine, speaking the OpenSandbox lifecycle contract. \
                        Every route is served at / and under /v1 (except /version and /metrics, bare only, and /metrics/events, \
                        at /v1/metrics/events only). Every response carries X-Request-ID. /templates, /snapshots, /pools and \
-                       /sandboxes/{id}/networkpolicy answer 501. Every API route takes from one of the caller's rate classes \
+                       /sandboxes/{id}/networkpolicy answer 501. Callers authenticate with the server's API key \
+                       (OPEN-SANDBOX-API-KEY: the admin `root`) or a user token from POST /v1/tokens \
+                       (Authorization: Bearer); a sandbox belongs to its creator, and someone else's is 404 to \
+                       everyone but admins. Every API route takes from one of the caller's rate classes \
                        (create: POST /sandboxes; read: the others); a spent class answers 429 RATE_LIMIT::EXCEEDED with \
                        Retry-After (whole seconds), RateLimit-Policy and RateLimit. /health, /version and the proxy are never limited.",
         license(name = "Apache-2.0")
     ),
     paths(
         health, version, prometheus_metrics, metrics_summary, metrics_event, create, list, get_one, delete, patch_metadata, pause, resume, renew,
-        endpoint, diagnostics, proxy
+        endpoint, diagnostics, proxy, mint, current, revoke
     ),
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,
-        crate::wire::lifecycle::Pagination)),
-    modifiers(&AUTH),
-    security(("api_key" = []))
+        crate::wire::lifecycle::Pagination, crate::wire::errors::DetailedError)),
+    modifiers(&AUTH, &BEARER, &ErrorCatalog),
+    security(("api_key" = []), ("bearer" = []))
 )]
 struct ApiDoc;
 
@@ -41,6 +45,43 @@ const AUTH: crate::wire::openapi::HeaderKey = crate::wire::openapi::HeaderKey {
     scheme: "api_key",
     header: "OPEN-SANDBOX-API-KEY",
 };
+
+/// `Authorization: Bearer <JWT>` (user tokens from `POST /v1/tokens`).
+struct Bearer;
+
+const BEARER: Bearer = Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("a sandboxd user token (HS256), from POST /v1/tokens"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Appends the error catalog to the description: the detailed body and the codes by status.
+struct ErrorCatalog;
+
+impl utoipa::Modify for ErrorCatalog {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let description = openapi.info.description.get_or_insert_with(String::new);
+        description.push_str(
+            "\n\nErrors are `{code, message}` (`LifecycleError`). A request with the header `X-Error-Format: detailed` \
+             gets `DetailedError` instead, the same two fields plus seed 004's (any other value: the default body). \
+             The catalogued codes by status (docs/errors.md has each one's meaning, seed-004 alias and solution):\n\n",
+        );
+        description.push_str(&crate::wire::errors::by_status());
+    }
+}
 
 /// The document as YAML.
 pub fn yaml() -> String {

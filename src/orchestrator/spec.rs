@@ -11,8 +11,8 @@ use crate::wire::lifecycle::{CreateSandboxRequest, PlatformSpec};
 
 /// The extension that asks for isolated sessions inside the sandbox.
 pub const ISOLATION_EXTENSION: &str = "bootstrap.execd.isolation";
-/// Label and metadata prefix reserved for sandboxd itself.
-const RESERVED_PREFIX: &str = "opensandbox.io/";
+/// Label and metadata prefixes reserved for sandboxd itself (upstream's, and its own).
+const RESERVED_PREFIXES: [&str; 2] = ["opensandbox.io/", "sandboxd.io/"];
 /// At most this many volumes.
 const MAX_VOLUMES: usize = 32;
 
@@ -281,13 +281,29 @@ pub fn parse_port(text: &str) -> Result<u16, Error> {
         .ok_or_else(|| Error::invalid(format!("port must be a number from 1 to 65535, got {text:?}")))
 }
 
+/// An `X-Business-Domain`: 1–63 of `a-z 0-9 -`.
+pub fn business_domain(value: &str) -> Result<String, Error> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(Error::invalid(format!(
+            "X-Business-Domain {value:?} must be 1 to 63 of a-z, 0-9 and -"
+        )))
+    }
+}
+
 /// A Kubernetes label: `[prefix/]name` where name is ≤ 63 of `[A-Za-z0-9._-]` starting and
 /// ending alphanumeric and the prefix a DNS subdomain; the value ≤ 63 of the same alphabet (or
 /// empty). The `opensandbox.io/` prefix is sandboxd's own.
 pub fn check_label(key: &str, value: &str) -> Result<(), Error> {
-    if key.starts_with(RESERVED_PREFIX) {
+    if let Some(prefix) = RESERVED_PREFIXES.iter().find(|p| key.starts_with(*p)) {
         return Err(Error::invalid(format!(
-            "metadata key {key:?}: the {RESERVED_PREFIX} prefix is reserved"
+            "metadata key {key:?}: the {prefix} prefix is reserved"
         )));
     }
     let (prefix, name) = match key.rsplit_once('/') {
@@ -526,6 +542,14 @@ mod tests {
     }
 
     #[test]
+    fn business_domains() {
+        assert_eq!(business_domain("team-a1").unwrap(), "team-a1");
+        for bad in ["", "Team", "a_b", "x".repeat(64).as_str(), "a b"] {
+            assert!(business_domain(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn quantities() {
         assert_eq!(parse_cpu("1"), Some(1_000_000_000));
         assert_eq!(parse_cpu("0.25"), Some(250_000_000));
@@ -553,6 +577,7 @@ mod tests {
             (json!({"resourceLimits": {"disk": "1Gi"}}), "unknown resource"),
             (json!({"env": {"A=B": "1"}}), "env"),
             (json!({"metadata": {"opensandbox.io/id": "x"}}), "reserved"),
+            (json!({"metadata": {"sandboxd.io/owner": "x"}}), "reserved"),
             (json!({"metadata": {"bad key": "x"}}), "label key"),
             (json!({"metadata": {"k": "v".repeat(64)}}), "label value"),
             (

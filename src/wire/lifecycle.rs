@@ -165,6 +165,9 @@ pub struct Sandbox {
     /// The extensions it was created with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extensions: Option<BTreeMap<String, String>>,
+    /// The `X-Business-Domain` it was created under (sandboxd's addition; absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_domain: Option<String>,
 }
 
 /// The 202 body of `POST /sandboxes`.

@@ -5,7 +5,11 @@
 //! Pure data, no I/O, no async.
 
 pub mod code;
+// sandboxd's error catalog: the agent never links it.
+#[cfg(feature = "orchestrator")]
+pub mod errors;
 pub mod files;
+pub mod identity;
 pub mod isolated;
 pub mod lifecycle;
 pub mod openapi;
@@ -60,6 +64,15 @@ pub enum ErrorCode {
     SessionNotFound,
     /// Isolation is not available on this host (or not allowed degraded).
     ServiceUnavailable,
+    /// A file operation named a directory (download, upload, replace, archive entry; HTTP 400).
+    IsADirectory,
+    /// The request body is larger than the route accepts (HTTP 413).
+    PayloadTooLarge,
+    /// The client stopped sending the request body (HTTP 408).
+    RequestTimeout,
+    /// The cap on bash sessions or code contexts is reached (HTTP 429): delete some, or wait
+    /// for idle ones to be reaped.
+    TooManySessions,
     /// Anything else.
     Unknown,
 }

@@ -33,9 +33,9 @@ pub struct MetricsSummary {
     pub total_execution_time_ms: u64,
     /// Executions by outcome (zeros until sandboxd runs executions).
     pub executions: ExecutionCounts,
-    /// Sandboxes now Running.
+    /// Sandboxes now Running (the caller's own for `self`, every one for `all`).
     pub active_sandboxes: u64,
-    /// Sandboxes now Paused.
+    /// Sandboxes now Paused (likewise).
     pub paused_sandboxes: u64,
 }
 

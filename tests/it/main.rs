@@ -8,6 +8,7 @@ mod files;
 mod init;
 mod isolated;
 mod isolated_docker;
+mod limits;
 mod logging;
 mod metrics;
 mod proxy;

@@ -1221,3 +1221,290 @@ async fn issue19_the_server_proxy_refuses_a_sandbox_that_is_not_running() {
     .await;
     refused(answer, "Failed");
 }
+
+/// `method path` as the holder of `token` (no API key), with an optional JSON body.
+async fn as_bearer(
+    d: &Sandboxd,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let mut r = d
+        .client
+        .request(method, format!("{}{path}", d.base))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.expect("send");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        headers,
+    )
+}
+
+/// Mints a token for `user` with `role` through the API key.
+async fn mint(d: &Sandboxd, user: &str, role: &str) -> String {
+    let (status, body) = d
+        .json(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"userId": user, "role": role, "ttlSeconds": 600})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["tokenType"], "Bearer");
+    body["accessToken"].as_str().unwrap().to_owned()
+}
+
+/// Runs `code` in the project's Python (which has PyJWT) and returns its stdout.
+fn python(code: &str, args: &[&str]) -> String {
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .expect("run the project's python");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn issue12_tokens_name_users_and_someone_elses_sandbox_is_not_found_anywhere() {
+    let Some((image, d)) = setup("busybox") else {
+        return;
+    };
+    let alice = mint(&d, "alice", "user").await;
+    let bob = mint(&d, "bob", "user").await;
+    let viewer = mint(&d, "alice", "viewer").await;
+
+    let (status, me, _) = as_bearer(&d, &alice, Method::GET, "/v1/tokens/current", None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(
+        (
+            me["userId"].as_str(),
+            me["role"].as_str(),
+            me["authMethod"].as_str()
+        ),
+        (Some("alice"), Some("user"), Some("bearer"))
+    );
+
+    let mut body = sandbox_body(image, &["sleep", "3600"]);
+    body["metadata"][RUN_LABEL] = json!(d.run);
+    let (status, created, _) = as_bearer(&d, &alice, Method::POST, "/v1/sandboxes", Some(body.clone())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, _, _) = as_bearer(&d, &viewer, Method::POST, "/v1/sandboxes", Some(body)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a viewer creates nothing");
+
+    // Bob: every sandbox route answers 404 for Alice's sandbox, the proxy included.
+    let renew = json!({"expiresAt": execd::wire::time::format_ms(execd::wire::time::now_ms() + 3_600_000)});
+    let routes: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, format!("/v1/sandboxes/{id}"), None),
+        (
+            Method::PATCH,
+            format!("/v1/sandboxes/{id}/metadata"),
+            Some(json!({"k": "v"})),
+        ),
+        (Method::POST, format!("/v1/sandboxes/{id}/pause"), None),
+        (Method::POST, format!("/v1/sandboxes/{id}/resume"), None),
+        (
+            Method::POST,
+            format!("/v1/sandboxes/{id}/renew-expiration"),
+            Some(renew),
+        ),
+        (Method::GET, format!("/v1/sandboxes/{id}/endpoints/44772"), None),
+        (
+            Method::GET,
+            format!("/v1/sandboxes/{id}/diagnostics/logs?scope=container"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/sandboxes/{id}/diagnostics/events"),
+            None,
+        ),
+        (Method::GET, format!("/v1/sandboxes/{id}/proxy/44772/ping"), None),
+        (Method::DELETE, format!("/v1/sandboxes/{id}"), None),
+    ];
+    for (method, path, body) in routes {
+        let (status, answer, _) = as_bearer(&d, &bob, method.clone(), &path, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "bob {method} {path}: {answer}");
+        assert_eq!(answer["code"], "SANDBOX::NOT_FOUND", "{path}");
+    }
+    let (_, listed, _) = as_bearer(&d, &bob, Method::GET, "/v1/sandboxes", None).await;
+    assert_eq!(listed["items"], json!([]), "bob lists nothing");
+    let (status, _, _) = as_bearer(&d, &bob, Method::GET, "/v1/sandboxes?owner=alice", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "?owner= is for admins");
+    let (_, listed, _) = as_bearer(&d, &alice, Method::GET, "/v1/sandboxes", None).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    let (_, listed) = d.json(Method::GET, "/v1/sandboxes?owner=alice", None).await;
+    assert_eq!(listed["items"][0]["id"], id, "the API key is the admin");
+    // Alice reaches her sandbox, the proxy included, with her token alone.
+    let (status, _, _) = as_bearer(
+        &d,
+        &alice,
+        Method::GET,
+        &format!("/v1/sandboxes/{id}/proxy/44772/ping"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // 401s, each with WWW-Authenticate: Bearer.
+    let secret = std::fs::read_to_string(d.data_dir.join("jwt.secret")).unwrap();
+    let keys = execd::orchestrator::auth::jwt::Keys::new(secret.trim().as_bytes(), &[]).unwrap();
+    let now = execd::wire::time::now_ms() as u64 / 1000;
+    let claims = |exp: u64| execd::orchestrator::auth::jwt::Claims {
+        iss: "sandboxd".into(),
+        sub: "alice".into(),
+        role: "user".into(),
+        iat: now,
+        exp,
+        jti: "hand-made".into(),
+    };
+    let other = execd::orchestrator::auth::jwt::Keys::new(&[7u8; 32], &[]).unwrap();
+    let mut tampered = alice.clone();
+    tampered.pop();
+    let cases = [
+        ("garbled", "not-a-jwt".to_owned(), "AUTH::INVALID_TOKEN"),
+        ("bad signature", other.mint(&claims(now + 600)), "AUTH::INVALID_TOKEN"),
+        ("tampered", tampered, "AUTH::INVALID_TOKEN"),
+        ("expired", keys.mint(&claims(now - 120)), "AUTH::TOKEN_EXPIRED"),
+        (
+            "alg none",
+            python(
+                "import jwt,sys,time; print(jwt.encode({'iss':'sandboxd','sub':'alice','role':'admin','exp':int(time.time())+600}, None, algorithm='none'))",
+                &[],
+            ),
+            "AUTH::INVALID_TOKEN",
+        ),
+    ];
+    for (what, token, code) in cases {
+        let (status, answer, headers) = as_bearer(&d, &token, Method::GET, "/v1/sandboxes", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {answer}");
+        assert_eq!(answer["code"], code, "{what}");
+        assert_eq!(headers["www-authenticate"], "Bearer", "{what}");
+    }
+    // A wrong API key beside a valid token is refused: the key decides alone.
+    let resp = d
+        .client
+        .get(format!("{}/v1/sandboxes", d.base))
+        .bearer_auth(&alice)
+        .header("OPEN-SANDBOX-API-KEY", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // PyJWT reads sandboxd's tokens, and sandboxd accepts PyJWT's.
+    let decoded = python(
+        "import jwt,sys; c=jwt.decode(sys.argv[1], sys.argv[2], algorithms=['HS256'], issuer='sandboxd'); print(c['sub'], c['role'])",
+        &[&alice, secret.trim()],
+    );
+    assert_eq!(decoded, "alice user");
+    let foreign = python(
+        "import jwt,sys,time,uuid; print(jwt.encode({'iss':'sandboxd','sub':'carol','role':'viewer','iat':int(time.time()),'exp':int(time.time())+600,'jti':uuid.uuid4().hex}, sys.argv[1], algorithm='HS256'))",
+        &[secret.trim()],
+    );
+    let (status, me, _) = as_bearer(&d, &foreign, Method::GET, "/v1/tokens/current", None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(
+        (me["userId"].as_str(), me["role"].as_str()),
+        (Some("carol"), Some("viewer"))
+    );
+
+    // Revocation: Bob cannot revoke Alice's token; Alice can, and then it is refused.
+    let token_id = |token: &str| {
+        python(
+            "import jwt,sys; print(jwt.decode(sys.argv[1], options={'verify_signature': False})['jti'])",
+            &[token],
+        )
+    };
+    let alice_id = token_id(&alice);
+    let (status, _, _) = as_bearer(&d, &bob, Method::DELETE, &format!("/v1/tokens/{alice_id}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = as_bearer(
+        &d,
+        &alice,
+        Method::DELETE,
+        &format!("/v1/tokens/{alice_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, answer, _) = as_bearer(&d, &alice, Method::GET, "/v1/tokens/current", None).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("AUTH::TOKEN_REVOKED"))
+    );
+
+    // Minting: a user may not mint for others or above its role; bad input is 400.
+    let (status, _, _) = as_bearer(
+        &d,
+        &bob,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"userId": "bob", "role": "admin"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for bad in [
+        json!({"userId": "x".repeat(129)}),
+        json!({"userId": "bob", "ttlSeconds": 10}),
+        json!({"userId": "bob", "ttlSeconds": 604_801}),
+        json!({"userId": "bob", "extra": 1}),
+    ] {
+        let (status, answer) = d.json(Method::POST, "/v1/tokens", Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn issue12_business_domains_are_recorded_filtered_and_validated() {
+    let Some((image, d)) = setup("busybox") else {
+        return;
+    };
+    let mut body = sandbox_body(image, &["sleep", "3600"]);
+    body["metadata"][RUN_LABEL] = json!(d.run);
+    let created = |domain: &'static str| {
+        d.req(Method::POST, "/v1/sandboxes")
+            .header("X-Business-Domain", domain)
+            .json(&body)
+            .send()
+    };
+    let resp = created("payments").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = created("Not_Valid").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let (_, info) = d.info(&id).await;
+    assert_eq!(info["businessDomain"], "payments");
+    let (_, listed) = d
+        .json(Method::GET, "/v1/sandboxes?businessDomain=payments", None)
+        .await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    let (_, listed) = d
+        .json(Method::GET, "/v1/sandboxes?businessDomain=search", None)
+        .await;
+    assert_eq!(listed["items"], json!([]));
+    // The request id of the create is on its events.
+    let resp = d
+        .req(Method::GET, &format!("/v1/sandboxes/{id}/diagnostics/events"))
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("(request "), "{text}");
+}

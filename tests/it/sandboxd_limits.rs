@@ -114,7 +114,7 @@ fn client_from(local: &str) -> reqwest::Client {
 
 /// What a 429 said: the body, `Retry-After`, `RateLimit-Policy`, `RateLimit`.
 async fn refusal(resp: reqwest::Response) -> (Value, u64, String, String) {
-    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "{}", resp.url());
     let header = |name: &str| {
         resp.headers()
             .get(name)
@@ -171,7 +171,8 @@ async fn a_burst_of_creates_gets_429_with_retry_after_and_is_served_after_that_w
 #[tokio::test]
 async fn reads_are_limited_per_client_and_health_and_the_proxy_never_are() {
     // Dev mode (no API key): every caller is the anonymous admin, keyed by its address, so
-    // two addresses are two independent buckets in one sandboxd.
+    // two addresses are two independent buckets in one sandboxd (users with tokens are keyed by
+    // their ids: see the test above).
     let Some(d) = Server::start(None, &["--rate-read", "0.5", "--burst-read", "2"]) else {
         return;
     };
@@ -200,6 +201,88 @@ async fn reads_are_limited_per_client_and_health_and_the_proxy_never_are() {
             .unwrap();
         assert_eq!(proxy.status(), StatusCode::NOT_FOUND, "the proxy's own answer");
     }
+}
+
+/// A user token minted with the API key.
+async fn mint(d: &Server, user: &str) -> String {
+    let resp = d
+        .req(Method::POST, "/v1/tokens")
+        .json(&json!({"userId": user, "role": "user"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let token: Value = resp.json().await.unwrap();
+    token["accessToken"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn two_users_have_independent_buckets_and_their_own_summaries() {
+    let Some(d) = Server::start(Some(KEY), &["--rate-read", "0.2", "--burst-read", "4"]) else {
+        return;
+    };
+    // Three mints: from root's bucket, not the users'.
+    let (alice, bob, carol) = (
+        mint(&d, "alice").await,
+        mint(&d, "bob").await,
+        mint(&d, "carol").await,
+    );
+    let as_user = |token: &str, path: &str| {
+        d.client
+            .get(format!("{}{path}", d.base))
+            .bearer_auth(token)
+            .send()
+    };
+    for token in [&alice, &bob] {
+        for _ in 0..4 {
+            assert_eq!(
+                as_user(token, "/v1/sandboxes").await.unwrap().status(),
+                StatusCode::OK
+            );
+        }
+    }
+    // Both spent, each on its own; the refusal in the detailed format keeps its headers.
+    let detailed = d
+        .client
+        .get(format!("{}/v1/sandboxes", d.base))
+        .bearer_auth(&alice)
+        .header("X-Error-Format", "detailed")
+        .send()
+        .await
+        .unwrap();
+    let (body, retry_after, policy, _) = refusal(detailed).await;
+    assert_eq!(body["code"], "RATE_LIMIT::EXCEEDED", "{body}");
+    assert!(body["request_id"].is_string(), "the detailed body: {body}");
+    assert!(retry_after >= 1);
+    assert_eq!(policy, "\"read\";q=4;w=20");
+    assert_eq!(
+        as_user(&bob, "/v1/sandboxes").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Root (three mints so far, one token left) sees everyone's; a user may not.
+    let (status, all) = d.get_json("/v1/metrics/summary?scope=all").await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(
+        (all["totalRequests"].as_u64(), all["rateLimitedRequests"].as_u64()),
+        (Some(13), Some(2)),
+        "3 mints + 5 of alice's + 5 of bob's: {all}"
+    );
+    let resp = as_user(&carol, "/v1/metrics/summary?scope=all").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let (status, own) = {
+        let resp = as_user(&carol, "/v1/metrics/summary").await.unwrap();
+        (resp.status(), resp.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, StatusCode::OK, "{own}");
+    assert_eq!(
+        (
+            own["scope"].as_str(),
+            own["totalRequests"].as_u64(),
+            own["failedRequests"].as_u64()
+        ),
+        (Some("self"), Some(1), Some(1)),
+        "only carol's own 403: {own}"
+    );
 }
 
 #[tokio::test]

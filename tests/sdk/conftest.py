@@ -202,7 +202,26 @@ def mode(request) -> str:
     return request.param
 
 
+# SDK_AUTH=bearer runs the suite as a user: a token minted with the API key, sent through the
+# SDK's custom headers as `Authorization: Bearer` (no API key), so every sandbox the suite makes
+# is that user's own. Tests that pass their own api_key keep it.
+SDK_AUTH = os.environ.get("SDK_AUTH", "apikey")
+_tokens: dict[str, str] = {}
+
+
+def user_token(d: Sandboxd) -> str:
+    """A user token for `sdk-user` on this sandboxd (minted once per server)."""
+    if d.url not in _tokens:
+        status, _, body = d.request("POST", "/v1/tokens", {"userId": "sdk-user", "role": "user", "ttlSeconds": 7200})
+        assert status == 201, f"cannot mint a user token: {status} {body}"
+        _tokens[d.url] = body["accessToken"]
+    return _tokens[d.url]
+
+
 def make_config(d: Sandboxd, mode: str, **kw) -> ConnectionConfigSync:
+    if SDK_AUTH == "bearer" and "api_key" not in kw:
+        kw["api_key"] = None
+        kw["headers"] = {**kw.get("headers", {}), "Authorization": f"Bearer {user_token(d)}"}
     return ConnectionConfigSync(
         domain=d.domain,
         api_key=kw.pop("api_key", d.api_key),

@@ -78,6 +78,9 @@ pub enum FilesError {
     /// A file operation was asked of a directory.
     #[error("{} is a directory", .0.display())]
     IsDirectory(PathBuf),
+    /// `DELETE /files` named a directory (that is `DELETE /directories`).
+    #[error("{} is a directory", .0.display())]
+    RemoveDirectory(PathBuf),
     /// A directory operation was asked of something else.
     #[error("{} is not a directory", .0.display())]
     NotDirectory(PathBuf),

@@ -89,7 +89,7 @@ pub fn remove_files(paths: &[PathBuf]) -> Result<(), FilesError> {
         match lstat(path) {
             Err(FilesError::NotFound(_)) => continue,
             Err(e) => return Err(e),
-            Ok(m) if m.is_dir() => return Err(FilesError::IsDirectory(path.clone())),
+            Ok(m) if m.is_dir() => return Err(FilesError::RemoveDirectory(path.clone())),
             Ok(_) => {}
         }
         match std::fs::remove_file(path) {

@@ -30,6 +30,7 @@ pub(super) fn routes() -> Routes {
 /// Creates a code context and starts its interpreter.
 #[utoipa::path(post, path = "/code/context", request_body = CreateContextRequest,
     responses((status = 200, body = CodeContext), (status = 400, description = "bad JSON or unknown language", body = ErrorBody),
+        (status = 429, description = "TOO_MANY_SESSIONS: the cap on code contexts is reached", body = ErrorBody),
         (status = 500, description = "the interpreter failed to start", body = ErrorBody)))]
 pub(crate) async fn create_context(
     State(state): State<AppState>,
@@ -103,7 +104,9 @@ pub(crate) async fn delete_context(
 /// Runs code in a context (or the language's default context) and streams its events.
 #[utoipa::path(post, path = "/code", request_body = RunCodeRequest,
     responses((status = 200, description = "SSE stream of StreamEvent", content_type = "text/event-stream", body = crate::wire::StreamEvent),
-        (status = 400, body = ErrorBody), (status = 500, description = "unknown context id", body = ErrorBody)))]
+        (status = 400, body = ErrorBody),
+        (status = 429, description = "TOO_MANY_SESSIONS: the language's default context would exceed the cap", body = ErrorBody),
+        (status = 500, description = "unknown context id", body = ErrorBody)))]
 pub(crate) async fn run_code(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RunCodeRequest>,

@@ -59,6 +59,11 @@ impl ApiError {
         self
     }
 
+    /// 429 `TOO_MANY_SESSIONS`: a cap on sessions or contexts is reached.
+    pub fn too_many_sessions(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManySessions, message)
+    }
+
     /// 500 `RUNTIME_ERROR`. The message is for the client; details belong in the log.
     pub fn runtime(message: impl Into<String>) -> Self {
         Self::new(
@@ -107,6 +112,7 @@ impl From<SessionError> for ApiError {
             SessionError::Cwd { .. } | SessionError::Timeout | SessionError::EmptyCommand => {
                 Self::bad_request(e.to_string())
             }
+            SessionError::Full(_) => Self::too_many_sessions(e.to_string()),
         }
     }
 }
@@ -129,6 +135,7 @@ impl From<ContextError> for ApiError {
             }
             // The contract answers an unknown context on POST /code with a 500 before any event.
             ContextError::NotFound(_) | ContextError::Start { .. } => Self::runtime(e.to_string()),
+            ContextError::Full(_) => Self::too_many_sessions(e.to_string()),
             ContextError::Command(c) => c.into(),
             ContextError::Session(s) => s.into(),
         }
@@ -195,8 +202,11 @@ impl From<FilesError> for ApiError {
             | FilesError::Archive(_)
             | FilesError::Body(_) => Self::bad_request(message),
             FilesError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, ErrorCode::FileNotFound, message),
+            FilesError::IsDirectory(_) => {
+                Self::new(StatusCode::BAD_REQUEST, ErrorCode::IsADirectory, message)
+            }
             // The contract answers these two with a 500.
-            FilesError::IsDirectory(_) | FilesError::Exists(_) => Self::runtime(message),
+            FilesError::RemoveDirectory(_) | FilesError::Exists(_) => Self::runtime(message),
             FilesError::Identity { .. } => {
                 Self::new(StatusCode::FORBIDDEN, ErrorCode::PermissionDenied, message)
             }

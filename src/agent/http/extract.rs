@@ -1,12 +1,14 @@
 //! Extractors whose rejections use the shared `{code, message}` body: JSON bodies, query
 //! strings (including repeated names), and the identity of `/v1/filesystem/{uid}/{gid}` routes.
 
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::agent::files::identity::Identity;
+use crate::wire::ErrorCode;
 
 /// JSON body; malformed input is a 400 `INVALID_REQUEST_BODY` naming what is wrong.
 pub struct ApiJson<T>(pub T);
@@ -17,7 +19,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::bad_request(format!("cannot read body: {e}")))?;
+            .map_err(body_error)?;
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
@@ -33,13 +35,33 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::bad_request(format!("cannot read body: {e}")))?;
+            .map_err(body_error)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
         serde_json::from_slice(&bytes)
             .map(OptionalJson)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Why a body could not be read: too large (413), its client went quiet (408), or broken
+/// off (400).
+pub fn body_error(e: BytesRejection) -> ApiError {
+    use axum::extract::rejection::FailedToBufferBody;
+    use axum::http::StatusCode;
+    match &e {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!("request body too large: {e}"),
+        ),
+        _ if crate::serve::is_body_idle_timeout(&e) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::RequestTimeout,
+            format!("cannot read body: {e}"),
+        ),
+        _ => ApiError::bad_request(format!("cannot read body: {e}")),
     }
 }
 

@@ -167,7 +167,9 @@ pub(crate) async fn search_files(
 /// Replaces every occurrence of `old` with `new` in each file.
 #[utoipa::path(post, path = "/files/replace", tag = "files", request_body = BTreeMap<String, ReplaceFileContentItem>,
     params(("verbose" = Option<bool>, Query, description = "answer with per-file counts")),
-    responses((status = 200, description = "replaced; with verbose=true, path → replacedCount", body = BTreeMap<String, ReplaceFileContentResult>),
+    responses((status = 200, description = "replaced. With verbose=true, path → replacedCount as JSON; \
+            without it, an empty body (upstream's shape)",
+            content((BTreeMap<String, ReplaceFileContentResult> = "application/json"), (String = "text/plain"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn replace_content(
     State(state): State<AppState>,
@@ -182,7 +184,8 @@ pub(crate) async fn replace_content(
         .collect::<Result<Vec<_>, FilesError>>()?;
     let counts = run(id, move || ops::replace_all(&items)).await?;
     if !q.flag("verbose") {
-        return Ok(StatusCode::OK.into_response());
+        // Empty, as upstream answers; typed, so that the answer matches its document.
+        return Ok("".into_response());
     }
     let out: BTreeMap<String, ReplaceFileContentResult> = keys
         .into_iter()

@@ -50,7 +50,7 @@ impl SelfRoutes {
 /// Forwards the request (any method; WebSocket upgrades included) to `127.0.0.1:{port}/{path}`
 /// inside the sandbox and streams the answer back.
 #[utoipa::path(method(get, post, put, patch, delete, head, options), path = "/proxy/{port}/{path}",
-    params(("port" = u16, Path, description = "target port on 127.0.0.1"), ("path" = String, Path, description = "path at the target, with the query")),
+    params(("port" = u16, Path, minimum = 1, maximum = 65535, description = "target port on 127.0.0.1"), ("path" = String, Path, description = "path at the target, with the query")),
     responses((status = 200, description = "whatever the target answers, streamed"),
         (status = 400, description = "missing or invalid port, or execd's own port a second time (a proxy loop)", body = crate::wire::ErrorBody),
         (status = 502, description = "nothing answers on that port", body = crate::wire::ErrorBody)))]

@@ -22,7 +22,8 @@ pub(super) fn routes() -> Routes {
 
 /// Creates a bash session.
 #[utoipa::path(post, path = "/session", request_body(content = Option<CreateSessionRequest>, description = "optional; an empty body is allowed"),
-    responses((status = 200, body = CreateSessionResponse), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = CreateSessionResponse), (status = 400, body = ErrorBody),
+        (status = 429, description = "TOO_MANY_SESSIONS: the cap on bash sessions is reached", body = ErrorBody)))]
 pub(crate) async fn create_session(
     State(state): State<AppState>,
     OptionalJson(req): OptionalJson<CreateSessionRequest>,

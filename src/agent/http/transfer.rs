@@ -86,6 +86,9 @@ pub(crate) async fn upload_files(
         )
     })?;
     let bad_form = |e: axum::extract::multipart::MultipartError| {
+        if crate::serve::is_body_idle_timeout(&e) {
+            return body_idle(&e);
+        }
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidFile,
@@ -218,6 +221,9 @@ async fn write_part(
     drop(tx);
     let result = writer.wait().await;
     if let Some(e) = broken {
+        if crate::serve::is_body_idle_timeout(&e) {
+            return Err(body_idle(&e));
+        }
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidFileContent,
@@ -228,6 +234,15 @@ async fn write_part(
         FilesError::Body(_) => ApiError::from(e).with_code(ErrorCode::InvalidFileContent),
         other => ApiError::from(other),
     })
+}
+
+/// 408: the client stopped sending the upload (nothing of the file remains).
+fn body_idle(e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::RequestTimeout,
+        format!("upload stalled: {e}"),
+    )
 }
 
 /// Downloads a file: the whole file, one byte range (`Range: bytes=a-b | a- | -n` → 206), or
@@ -326,7 +341,8 @@ pub(crate) async fn download_file(
 /// Streams a tar of a directory (`gzip=true` compresses it); names are relative to `path`.
 #[utoipa::path(get, path = "/files/archive", tag = "files",
     params(("path" = String, Query, description = "directory"), ("gzip" = Option<bool>, Query)),
-    responses((status = 200, description = "tar stream", content_type = "application/x-tar"),
+    responses((status = 200, description = "tar stream; gzip-compressed with gzip=true",
+            content(("application/x-tar"), ("application/gzip"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn download_archive(
     State(state): State<AppState>,

@@ -203,7 +203,7 @@ pub fn remove(session: &Session, raw: &str, dir: bool) -> Result<(), IsolatedErr
         Err(e) => return Err(e),
     };
     if meta.is_dir() && !dir {
-        return Err(IsolatedError::Files(FilesError::IsDirectory(raw.into())));
+        return Err(IsolatedError::Files(FilesError::RemoveDirectory(raw.into())));
     }
     let target = write_path(session, raw, false)?;
     let io = |what: &'static str| {

@@ -11,6 +11,9 @@
 //! Interrupts (`DELETE /code`) are counted per run in [`Interrupts`] from the moment the run
 //! is accepted, before `init` reaches the client; the engine applies them once its interpreter
 //! can act on them, and a run interrupted before its cell was handed over never starts it.
+//!
+//! At most [`Limits::max`] contexts exist at once; one without a run for [`Limits::idle`] is
+//! deleted (with its interpreter) by a background task.
 
 pub mod builtin;
 pub mod jupyter;
@@ -20,7 +23,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, OwnedMutexGuard};
@@ -130,6 +133,18 @@ pub enum ContextError {
     /// A bash run was refused.
     #[error(transparent)]
     Session(#[from] super::session::SessionError),
+    /// As many contexts as allowed exist.
+    #[error("too many code contexts (at most {0}); delete some or let idle ones expire")]
+    Full(usize),
+}
+
+/// How many contexts may exist, and how long an unused one lives.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Contexts at once (default contexts included, the warm pool not).
+    pub max: usize,
+    /// How long a context without runs lives; `None`: for ever.
+    pub idle: Option<Duration>,
 }
 
 /// Which engine runs a language.
@@ -187,9 +202,27 @@ pub struct Context {
     /// The interrupt requests of the run holding the slot above; set before that run's `init`
     /// is written, so no interrupt sent after `init` can miss it.
     current: Mutex<Option<Arc<Interrupts>>>,
+    /// When the context was created or a run last started or ended.
+    last_used: Mutex<Instant>,
 }
 
 impl Context {
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Whether the context has had no run for `idle` at `now` (a bash context asks its
+    /// session, which sees its runs).
+    fn idle_since(&self, sessions: &Sessions, now: Instant, idle: Duration) -> bool {
+        if matches!(self.engine, Engine::Bash) {
+            return sessions.is_idle(&self.id, now, idle);
+        }
+        let last = *self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        // A run sets `current` before its `init` and clears it after its last use is recorded.
+        let running = self.current.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        !running && now.saturating_duration_since(last) >= idle
+    }
+
     fn wire(&self, with_cwd: bool) -> CodeContext {
         CodeContext {
             id: self.id.clone(),
@@ -217,6 +250,7 @@ pub struct Contexts {
     /// Started python kernels waiting to be handed to new contexts.
     pool: Mutex<Vec<JupyterKernel>>,
     pool_size: usize,
+    limits: Limits,
 }
 
 impl Contexts {
@@ -227,6 +261,7 @@ impl Contexts {
         sessions: Arc<Sessions>,
         no_jupyter: bool,
         pool_size: usize,
+        limits: Limits,
     ) -> Arc<Self> {
         let env = runtime.child_env(&Default::default());
         let specs = if no_jupyter {
@@ -264,8 +299,14 @@ impl Contexts {
             defaults: tokio::sync::Mutex::new(HashMap::new()),
             pool: Mutex::new(Vec::new()),
             pool_size,
+            limits,
         });
         contexts.refill_pool();
+        if let Some(idle) = limits.idle {
+            super::session::spawn_reaper(Arc::downgrade(&contexts), idle, |c| async move {
+                c.reap_idle(Instant::now()).await;
+            });
+        }
         contexts
     }
 
@@ -364,6 +405,7 @@ impl Contexts {
         cwd: Option<String>,
     ) -> Result<CodeContext, ContextError> {
         let engine = self.engine(language)?;
+        self.check_room()?;
         let cwd = match cwd.filter(|c| !c.is_empty()) {
             None => None,
             Some(raw) => Some(self.prepare_cwd(&raw)?),
@@ -374,7 +416,7 @@ impl Contexts {
                 let req = CreateSessionRequest {
                     cwd: cwd.as_ref().map(|p| p.to_string_lossy().into_owned()),
                 };
-                self.sessions.create(req)?
+                self.sessions.create_for_context(req)?
             }
             _ => uuid::Uuid::new_v4().to_string(),
         };
@@ -385,23 +427,59 @@ impl Contexts {
             engine,
             interpreter: Arc::new(tokio::sync::Mutex::new(None)),
             current: Mutex::new(None),
+            last_used: Mutex::new(Instant::now()),
         });
         {
             let mut slot = context.interpreter.lock().await;
             *slot = self.start_interpreter(&context).await?;
         }
-        self.map().insert(id, Arc::clone(&context));
+        // Checked again: other creates may have filled the room while this one started.
+        let mut map = self.map();
+        if map.len() >= self.limits.max {
+            drop(map);
+            if matches!(context.engine, Engine::Bash) {
+                self.sessions.delete(&context.id);
+            }
+            return Err(ContextError::Full(self.limits.max));
+        }
+        map.insert(id, Arc::clone(&context));
         Ok(context.wire(true))
     }
 
+    /// Refuses a new context when the cap is reached (before an interpreter is started).
+    fn check_room(&self) -> Result<(), ContextError> {
+        if self.map().len() >= self.limits.max {
+            return Err(ContextError::Full(self.limits.max));
+        }
+        Ok(())
+    }
+
+    /// Deletes the contexts idle at `now`; returns how many.
+    async fn reap_idle(&self, now: Instant) -> usize {
+        let Some(idle) = self.limits.idle else { return 0 };
+        let ids: Vec<String> = self
+            .map()
+            .values()
+            .filter(|c| c.idle_since(&self.sessions, now, idle))
+            .map(|c| c.id.clone())
+            .collect();
+        for id in &ids {
+            tracing::info!(context = %id, idle_ms = idle.as_millis() as u64, "deleting idle code context");
+            self.delete(id).await;
+        }
+        ids.len()
+    }
+
+    /// A context's cwd, created when missing (unlike a command's, which must exist).
     fn prepare_cwd(&self, raw: &str) -> Result<PathBuf, ContextError> {
         let env = self.runtime.child_env(&Default::default());
-        let expanded =
-            super::env::expand_path(raw, |k| env.get(k).cloned()).map_err(|e| ContextError::Cwd {
-                cwd: raw.into(),
-                reason: e.to_string(),
+        let path = self
+            .runtime
+            .expand_cwd(raw, &env)
+            .map_err(|e| ContextError::Cwd {
+                cwd: e.cwd,
+                reason: e.reason,
             })?;
-        let path = self.runtime.cwd.join(expanded);
         std::fs::create_dir_all(&path).map_err(|e| ContextError::Cwd {
             cwd: raw.into(),
             reason: e.to_string(),
@@ -575,11 +653,14 @@ impl Contexts {
         };
         let interrupts = Arc::new(Interrupts::default());
         *context.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&interrupts));
+        context.touch();
         journal.push(&StreamEvent::init(&context.id, now_ms()));
         let this = Arc::clone(self);
         let j = Arc::clone(&journal);
         tokio::spawn(async move {
             let terminal = this.execute(&context, slot, &code, &j, &interrupts).await;
+            // Before `current` is cleared: the reaper counts idleness from the run's end.
+            context.touch();
             {
                 let mut current = context.current.lock().unwrap_or_else(|e| e.into_inner());
                 if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &interrupts)) {

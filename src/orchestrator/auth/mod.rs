@@ -1,10 +1,18 @@
-//! Who is calling and what they may do: [`Principal`], [`Role`], [`Perm`]. Pure: the HTTP
-//! layer resolves credentials into a principal (`http/extract.rs`), handlers ask
-//! [`Principal::require`], and the service filters by [`Principal::owner_filter`].
+//! Who is calling and what they may do: [`Principal`], [`Role`], [`Perm`], and the
+//! [`Authority`] that turns credentials (the API key, or a sandboxd-issued JWT) into a
+//! principal. No I/O: the HTTP layer hands it the headers' values (`http/extract.rs`),
+//! handlers ask [`Principal::require`], the service checks [`Principal::may_see`].
+//!
+//! - `jwt`: minting and verifying HS256 tokens.
 
+pub mod jwt;
+
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
-use super::error::{Denial, Error};
+use super::error::{AuthFailure, Denial, Error};
+use crate::auth::constant_time_eq;
 
 /// A role, from least to most powerful.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -144,6 +152,100 @@ impl Principal {
     }
 }
 
+/// Resolves credentials into principals, mints tokens, and holds the deny-list of revoked
+/// ones (in memory, written through to the store by the service).
+pub struct Authority {
+    api_key: Option<Vec<u8>>,
+    keys: jwt::Keys,
+    /// Revoked `jti` → its expiry (epoch ms); entries past it are dropped.
+    revoked: Mutex<HashMap<String, i64>>,
+}
+
+impl Authority {
+    /// An authority for `api_key` (none: the insecure dev mode) and `keys`, with the revoked
+    /// tokens read from the store.
+    pub fn new(api_key: Option<String>, keys: jwt::Keys, revoked: Vec<(String, i64)>) -> Self {
+        Self {
+            api_key: api_key.filter(|k| !k.is_empty()).map(String::into_bytes),
+            keys,
+            revoked: Mutex::new(revoked.into_iter().collect()),
+        }
+    }
+
+    /// Whether no API key is configured.
+    pub fn insecure(&self) -> bool {
+        self.api_key.is_none()
+    }
+
+    /// The caller behind an `OPEN-SANDBOX-API-KEY` value and an `Authorization: Bearer`
+    /// token, either of which may be absent. The API key, when given, decides alone: a valid
+    /// one is `root`, an invalid one is refused even beside a valid token. Without any
+    /// credential the caller is anonymous only when no API key is configured.
+    pub fn resolve(
+        &self,
+        api_key: Option<&[u8]>,
+        bearer: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Principal, AuthFailure> {
+        if let (Some(given), Some(expected)) = (api_key, &self.api_key) {
+            return if constant_time_eq(given, expected) {
+                Ok(Principal::root())
+            } else {
+                Err(AuthFailure::InvalidApiKey)
+            };
+        }
+        let Some(token) = bearer else {
+            return match self.api_key {
+                Some(_) => Err(AuthFailure::Missing),
+                None => Ok(Principal::anonymous()),
+            };
+        };
+        let (claims, role) = self.keys.verify(token).map_err(|r| match r {
+            jwt::Rejection::Invalid => AuthFailure::InvalidToken,
+            jwt::Rejection::Expired => AuthFailure::TokenExpired,
+        })?;
+        if self.is_revoked(&claims.jti, now_ms) {
+            return Err(AuthFailure::TokenRevoked);
+        }
+        Ok(Principal {
+            id: claims.sub,
+            role,
+            method: AuthMethod::Bearer,
+            token_id: Some(claims.jti),
+            expires_at: i64::try_from(claims.exp).ok().map(|s| s.saturating_mul(1000)),
+        })
+    }
+
+    fn is_revoked(&self, jti: &str, now_ms: i64) -> bool {
+        let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        revoked.retain(|_, exp| *exp > now_ms);
+        revoked.contains_key(jti)
+    }
+
+    /// A signed token for `user_id` with `role`, valid from `now_ms` for `ttl_secs`; returns
+    /// the token and its claims.
+    pub fn mint(&self, user_id: &str, role: Role, ttl_secs: u64, now_ms: i64) -> (String, jwt::Claims) {
+        let iat = (now_ms / 1000).max(0) as u64;
+        let claims = jwt::Claims {
+            iss: jwt::ISSUER.into(),
+            sub: user_id.to_owned(),
+            role: role.as_str().into(),
+            iat,
+            exp: iat + ttl_secs,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        (self.keys.mint(&claims), claims)
+    }
+
+    /// Refuses the token `jti` from now until `expires_at` (epoch ms).
+    pub fn deny(&self, jti: &str, expires_at: i64) {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(jti.to_owned(), expires_at);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +272,51 @@ mod tests {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
         assert_eq!(Role::parse("root"), None);
+    }
+
+    fn authority(api_key: Option<&str>) -> Authority {
+        let keys = jwt::Keys::new(b"0123456789abcdef0123456789abcdef", &[]).unwrap();
+        Authority::new(api_key.map(str::to_owned), keys, Vec::new())
+    }
+
+    #[test]
+    fn the_api_key_decides_alone_and_tokens_name_their_user() {
+        let now = crate::wire::time::now_ms();
+        let a = authority(Some("key"));
+        let (token, claims) = a.mint("alice", Role::User, 600, now);
+        assert_eq!(a.resolve(Some(b"key"), None, now), Ok(Principal::root()));
+        assert_eq!(
+            a.resolve(Some(b"nope"), Some(&token), now),
+            Err(AuthFailure::InvalidApiKey)
+        );
+        assert_eq!(a.resolve(None, None, now), Err(AuthFailure::Missing));
+        let alice = a.resolve(None, Some(&token), now).unwrap();
+        assert_eq!(
+            (alice.id.as_str(), alice.role, alice.method),
+            ("alice", Role::User, AuthMethod::Bearer)
+        );
+        assert_eq!(alice.token_id.as_deref(), Some(claims.jti.as_str()));
+        assert_eq!(
+            a.resolve(None, Some("x.y.z"), now),
+            Err(AuthFailure::InvalidToken)
+        );
+        a.deny(&claims.jti, now + 600_000);
+        assert_eq!(a.resolve(None, Some(&token), now), Err(AuthFailure::TokenRevoked));
+        // The deny-list forgets a token once it has expired anyway.
+        assert!(!a.is_revoked(&claims.jti, now + 600_001));
+    }
+
+    #[test]
+    fn without_an_api_key_callers_are_anonymous_admins_unless_they_bring_a_token() {
+        let now = crate::wire::time::now_ms();
+        let a = authority(None);
+        assert_eq!(a.resolve(None, None, now), Ok(Principal::anonymous()));
+        assert_eq!(
+            a.resolve(Some(b"anything"), None, now),
+            Ok(Principal::anonymous())
+        );
+        let (token, _) = a.mint("bob", Role::Viewer, 600, now);
+        assert_eq!(a.resolve(None, Some(&token), now).unwrap().id, "bob");
     }
 
     #[test]

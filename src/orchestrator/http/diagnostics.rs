@@ -36,12 +36,15 @@ pub(crate) async fn diagnostics(
     match q.scope {
         Some(scope) => Ok(Json(
             app.service
-                .diagnostics(&id, &kind, &scope, q.tail, q.since)
+                .diagnostics(&id, &kind, &scope, q.tail, q.since, &caller)
                 .await?,
         )
         .into_response()),
         None => {
-            let text = app.service.plain_diagnostics(&id, &kind, q.tail, q.since).await?;
+            let text = app
+                .service
+                .plain_diagnostics(&id, &kind, q.tail, q.since, &caller)
+                .await?;
             Ok((
                 [
                     (

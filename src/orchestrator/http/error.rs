@@ -1,5 +1,6 @@
 //! The domain error at the edge: each variant has exactly one status and catalogued code
-//! (no catch-all arm, so a new variant cannot go unmapped). A 5xx body says what failed in
+//! (no catch-all arm, so a new variant cannot go unmapped). Codes come from the catalog
+//! (`wire::errors`) only, so an uncatalogued one cannot be sent. A 5xx body says what failed in
 //! general terms; the real error (SQLite's or the engine's words) is logged in the request's
 //! span, which carries its `X-Request-ID`.
 
@@ -7,19 +8,42 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::orchestrator::error::{AuthFailure, Conflict, Denial, Error, Feature};
+use crate::orchestrator::error::{AuthFailure, Conflict, Denial, Error, Feature, Kind};
 use crate::orchestrator::runtime::RuntimeError;
+use crate::wire::errors::{self as codes, ErrorCode};
 use crate::wire::lifecycle::LifecycleError;
 
-/// What a client is told.
+/// What a client is told. Put in the response's extensions as well, so that `error_format`
+/// can render the detailed body without parsing this one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// HTTP status.
+    /// HTTP status, one of the entry's.
     pub status: StatusCode,
-    /// Catalogued code, e.g. `SANDBOX::NOT_FOUND`.
-    pub code: &'static str,
+    /// The catalog entry, e.g. [`codes::SANDBOX_NOT_FOUND`].
+    pub entry: &'static ErrorCode,
     /// For people; never internal error text on a 5xx.
     pub message: String,
+}
+
+impl ApiError {
+    /// The entry with its own status.
+    pub fn new(entry: &'static ErrorCode, message: String) -> Self {
+        Self::with_status(entry, entry.status, message)
+    }
+
+    /// The entry with one of its other statuses.
+    fn with_status(entry: &'static ErrorCode, status: u16, message: String) -> Self {
+        debug_assert!(
+            entry.has_status(status),
+            "{} is not sent with {status}",
+            entry.code
+        );
+        Self {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            entry,
+            message,
+        }
+    }
 }
 
 /// The line every 5xx that hides its cause ends with.
@@ -27,86 +51,76 @@ const SEE_LOG: &str = "sandboxd's log has the details under this response's X-Re
 
 impl From<&Error> for ApiError {
     fn from(e: &Error) -> Self {
-        let told = |status, code, message: String| ApiError {
-            status,
-            code,
-            message,
-        };
-        let said = |status, code| told(status, code, e.to_string());
+        let told = ApiError::new;
+        let said = |entry| told(entry, e.to_string());
         match e {
-            Error::NotFound { .. } => said(StatusCode::NOT_FOUND, "SANDBOX::NOT_FOUND"),
-            Error::Invalid(_) => said(StatusCode::BAD_REQUEST, "SANDBOX::INVALID_PARAMETER"),
-            Error::InvalidMetadataFilter(_) => said(StatusCode::BAD_REQUEST, "INVALID_METADATA_FORMAT"),
-            Error::UnsupportedField(_) => said(StatusCode::BAD_REQUEST, "SANDBOX::API_NOT_SUPPORTED"),
-            Error::Unsupported(feature) => said(
-                StatusCode::NOT_IMPLEMENTED,
-                match feature {
-                    Feature::Templates => "FSB::API_NOT_SUPPORTED",
-                    Feature::Snapshots | Feature::NetworkPolicy | Feature::Pools => {
-                        "SANDBOX::API_NOT_SUPPORTED"
-                    }
-                },
-            ),
-            Error::HostPathNotAllowed(_) => said(StatusCode::FORBIDDEN, "SANDBOX::HOST_PATH_NOT_ALLOWED"),
-            Error::TooLarge { .. } => said(StatusCode::PAYLOAD_TOO_LARGE, "SANDBOX::PAYLOAD_TOO_LARGE"),
-            Error::Conflict(conflict) => said(
-                StatusCode::CONFLICT,
-                match conflict {
-                    Conflict::NotRunning { .. } => "DOCKER::SANDBOX_NOT_RUNNING",
-                    Conflict::NotPaused { .. } => "DOCKER::SANDBOX_NOT_PAUSED",
-                    Conflict::DeletedWhileStarting(_)
-                    | Conflict::NoExpiry(_)
-                    | Conflict::NoRoute(_)
-                    | Conflict::Runtime(_) => "SANDBOX::INVALID_STATE",
-                },
-            ),
-            Error::Unauthenticated(failure) => said(
-                StatusCode::UNAUTHORIZED,
-                match failure {
-                    AuthFailure::Missing => "MISSING_API_KEY",
-                    AuthFailure::Invalid => "INVALID_API_KEY",
-                },
-            ),
-            Error::Forbidden(denial) => said(
-                StatusCode::FORBIDDEN,
-                match denial {
-                    Denial::Role { .. } => "AUTH::FORBIDDEN",
-                },
-            ),
+            Error::NotFound { kind, .. } => said(match kind {
+                Kind::Sandbox => &codes::SANDBOX_NOT_FOUND,
+                Kind::Token => &codes::AUTH_TOKEN_NOT_FOUND,
+            }),
+            Error::Invalid(_) => said(&codes::SANDBOX_INVALID_PARAMETER),
+            Error::InvalidMetadataFilter(_) => said(&codes::INVALID_METADATA_FORMAT),
+            // Upstream's code for a field this runtime does not do, with upstream's 400.
+            Error::UnsupportedField(_) => {
+                ApiError::with_status(&codes::SANDBOX_API_NOT_SUPPORTED, 400, e.to_string())
+            }
+            Error::Unsupported(feature) => said(match feature {
+                Feature::Templates => &codes::FSB_API_NOT_SUPPORTED,
+                Feature::Snapshots | Feature::NetworkPolicy | Feature::Pools => {
+                    &codes::SANDBOX_API_NOT_SUPPORTED
+                }
+            }),
+            Error::HostPathNotAllowed(_) => said(&codes::SANDBOX_HOST_PATH_NOT_ALLOWED),
+            Error::TooLarge { .. } => said(&codes::SANDBOX_PAYLOAD_TOO_LARGE),
+            Error::BodyTimeout => said(&codes::SANDBOX_REQUEST_TIMEOUT),
+            Error::Conflict(conflict) => said(match conflict {
+                Conflict::NotRunning { .. } => &codes::DOCKER_SANDBOX_NOT_RUNNING,
+                Conflict::NotPaused { .. } => &codes::DOCKER_SANDBOX_NOT_PAUSED,
+                Conflict::DeletedWhileStarting(_)
+                | Conflict::NoExpiry(_)
+                | Conflict::NoRoute(_)
+                | Conflict::Runtime(_) => &codes::SANDBOX_INVALID_STATE,
+            }),
+            Error::Unauthenticated(failure) => said(match failure {
+                AuthFailure::Missing => &codes::MISSING_API_KEY,
+                AuthFailure::InvalidApiKey => &codes::INVALID_API_KEY,
+                AuthFailure::InvalidToken => &codes::AUTH_INVALID_TOKEN,
+                AuthFailure::TokenExpired => &codes::AUTH_TOKEN_EXPIRED,
+                AuthFailure::TokenRevoked => &codes::AUTH_TOKEN_REVOKED,
+            }),
+            Error::Forbidden(denial) => said(match denial {
+                Denial::Role { .. } | Denial::Mint(_) => &codes::AUTH_FORBIDDEN,
+                Denial::Quota { .. } => &codes::QUOTA_EXCEEDED,
+            }),
             // The sandbox's own exit and output: the user's program, not sandboxd's internals.
-            Error::StartFailed(_) => said(StatusCode::INTERNAL_SERVER_ERROR, "SANDBOX::RUNTIME_ERROR"),
-            Error::FreezerGaveUp { .. } => said(StatusCode::INTERNAL_SERVER_ERROR, "SANDBOX::INTERNAL_ERROR"),
+            Error::StartFailed(_) => said(&codes::SANDBOX_RUNTIME_ERROR),
+            Error::FreezerGaveUp { .. } => said(&codes::SANDBOX_INTERNAL_ERROR),
             Error::Unreachable { id, port, .. } => told(
-                StatusCode::BAD_GATEWAY,
-                "SANDBOX::PROXY_ERROR",
+                &codes::SANDBOX_PROXY_ERROR,
                 format!("cannot reach port {port} of sandbox {id}"),
             ),
-            Error::RateLimited { .. } => said(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT::EXCEEDED"),
-            Error::NoRoute => said(StatusCode::NOT_FOUND, "GENERAL::NOT_FOUND"),
+            Error::RateLimited { .. } => said(&codes::RATE_LIMIT_EXCEEDED),
+            Error::NoRoute => said(&codes::GENERAL_NOT_FOUND),
             Error::Runtime(r) => match r {
-                RuntimeError::NotFound(_) => said(StatusCode::NOT_FOUND, "SANDBOX::NOT_FOUND"),
-                RuntimeError::ImageNotFound(_) => said(StatusCode::BAD_REQUEST, "SANDBOX::IMAGE_NOT_FOUND"),
-                RuntimeError::Rejected(_) => said(StatusCode::BAD_REQUEST, "SANDBOX::INVALID_PARAMETER"),
-                RuntimeError::Conflict(_) => said(StatusCode::CONFLICT, "SANDBOX::INVALID_STATE"),
+                RuntimeError::NotFound(_) => said(&codes::SANDBOX_NOT_FOUND),
+                RuntimeError::ImageNotFound(_) => said(&codes::SANDBOX_IMAGE_NOT_FOUND),
+                RuntimeError::Rejected(_) => said(&codes::SANDBOX_INVALID_PARAMETER),
+                RuntimeError::Conflict(_) => said(&codes::SANDBOX_INVALID_STATE),
                 RuntimeError::Transient(_) | RuntimeError::Engine { .. } => told(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "SANDBOX::RUNTIME_ERROR",
+                    &codes::SANDBOX_RUNTIME_ERROR,
                     format!("the container runtime failed; {SEE_LOG}"),
                 ),
                 RuntimeError::Unavailable(_) => told(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "SANDBOX::RUNTIME_UNAVAILABLE",
+                    &codes::SANDBOX_RUNTIME_UNAVAILABLE,
                     format!("the container runtime cannot be reached; {SEE_LOG}"),
                 ),
             },
             Error::Store(_) => told(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "SANDBOX::INTERNAL_ERROR",
+                &codes::SANDBOX_INTERNAL_ERROR,
                 format!("sandboxd's state store failed; {SEE_LOG}"),
             ),
             Error::Internal(_) => told(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "SANDBOX::INTERNAL_ERROR",
+                &codes::SANDBOX_INTERNAL_ERROR,
                 format!("sandboxd failed; {SEE_LOG}"),
             ),
         }
@@ -116,10 +130,12 @@ impl From<&Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = LifecycleError {
-            code: self.code.to_owned(),
-            message: self.message,
+            code: self.entry.code.to_owned(),
+            message: self.message.clone(),
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        resp.extensions_mut().insert(self);
+        resp
     }
 }
 
@@ -127,11 +143,19 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let api = ApiError::from(&self);
         if api.status.is_server_error() {
-            tracing::error!(code = api.code, error = %self, "request failed");
+            tracing::error!(code = api.entry.code, error = %self, "request failed");
         } else if !self.is_client_error() {
-            tracing::warn!(code = api.code, error = %self, "request refused");
+            tracing::warn!(code = api.entry.code, error = %self, "request refused");
         }
-        api.into_response()
+        let unauthenticated = matches!(self, Error::Unauthenticated(_));
+        let mut resp = api.into_response();
+        if unauthenticated {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
 }
 
@@ -186,9 +210,169 @@ mod tests {
         }
     }
 
+    /// One of each variant with the (status, code) it was answered with before the catalog:
+    /// the wire did not change, and every code sent is catalogued with that status.
+    #[test]
+    fn every_variant_answers_a_catalogued_code_with_its_status() {
+        use crate::orchestrator::auth::Role;
+        let s = || "s".to_owned();
+        let engine = |op| RuntimeError::Engine { op, message: s() };
+        let cases: Vec<(Error, u16, &str)> = vec![
+            (Error::no_sandbox("x"), 404, "SANDBOX::NOT_FOUND"),
+            (Error::invalid("x"), 400, "SANDBOX::INVALID_PARAMETER"),
+            (Error::InvalidMetadataFilter(s()), 400, "INVALID_METADATA_FORMAT"),
+            (Error::UnsupportedField(s()), 400, "SANDBOX::API_NOT_SUPPORTED"),
+            (
+                Error::Unsupported(Feature::Templates),
+                501,
+                "FSB::API_NOT_SUPPORTED",
+            ),
+            (
+                Error::Unsupported(Feature::Snapshots),
+                501,
+                "SANDBOX::API_NOT_SUPPORTED",
+            ),
+            (
+                Error::Unsupported(Feature::NetworkPolicy),
+                501,
+                "SANDBOX::API_NOT_SUPPORTED",
+            ),
+            (
+                Error::Unsupported(Feature::Pools),
+                501,
+                "SANDBOX::API_NOT_SUPPORTED",
+            ),
+            (
+                Error::HostPathNotAllowed(s()),
+                403,
+                "SANDBOX::HOST_PATH_NOT_ALLOWED",
+            ),
+            (Error::TooLarge { limit: 1 }, 413, "SANDBOX::PAYLOAD_TOO_LARGE"),
+            (
+                Error::Conflict(Conflict::NotRunning { id: s(), state: s() }),
+                409,
+                "DOCKER::SANDBOX_NOT_RUNNING",
+            ),
+            (
+                Error::Conflict(Conflict::NotPaused { id: s(), state: s() }),
+                409,
+                "DOCKER::SANDBOX_NOT_PAUSED",
+            ),
+            (
+                Error::Conflict(Conflict::DeletedWhileStarting(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
+            (
+                Error::Conflict(Conflict::NoExpiry(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
+            (
+                Error::Conflict(Conflict::NoRoute(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
+            (
+                Error::Conflict(Conflict::Runtime(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
+            (
+                Error::Unauthenticated(AuthFailure::Missing),
+                401,
+                "MISSING_API_KEY",
+            ),
+            (
+                Error::Unauthenticated(AuthFailure::InvalidApiKey),
+                401,
+                "INVALID_API_KEY",
+            ),
+            (
+                Error::Forbidden(Denial::Role {
+                    role: Role::Viewer,
+                    needed: Role::User,
+                }),
+                403,
+                "AUTH::FORBIDDEN",
+            ),
+            (Error::StartFailed(s()), 500, "SANDBOX::RUNTIME_ERROR"),
+            (
+                Error::FreezerGaveUp {
+                    verb: "pause",
+                    tries: 5,
+                },
+                500,
+                "SANDBOX::INTERNAL_ERROR",
+            ),
+            (
+                Error::Unreachable {
+                    id: s(),
+                    port: 1,
+                    reason: s(),
+                },
+                502,
+                "SANDBOX::PROXY_ERROR",
+            ),
+            (Error::NoRoute, 404, "GENERAL::NOT_FOUND"),
+            (
+                Error::Runtime(RuntimeError::NotFound(s())),
+                404,
+                "SANDBOX::NOT_FOUND",
+            ),
+            (
+                Error::Runtime(RuntimeError::ImageNotFound(s())),
+                400,
+                "SANDBOX::IMAGE_NOT_FOUND",
+            ),
+            (
+                Error::Runtime(RuntimeError::Rejected(s())),
+                400,
+                "SANDBOX::INVALID_PARAMETER",
+            ),
+            (
+                Error::Runtime(RuntimeError::Conflict(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
+            (
+                Error::Runtime(RuntimeError::Transient(s())),
+                500,
+                "SANDBOX::RUNTIME_ERROR",
+            ),
+            (Error::Runtime(engine("x")), 500, "SANDBOX::RUNTIME_ERROR"),
+            (
+                Error::Runtime(RuntimeError::Unavailable(s())),
+                503,
+                "SANDBOX::RUNTIME_UNAVAILABLE",
+            ),
+            (Error::Store(StoreError::Closed), 500, "SANDBOX::INTERNAL_ERROR"),
+            (Error::Internal(s()), 500, "SANDBOX::INTERNAL_ERROR"),
+        ];
+        for (e, status, code) in cases {
+            let api = ApiError::from(&e);
+            assert_eq!((api.status.as_u16(), api.entry.code), (status, code), "{e:?}");
+            assert_eq!(
+                codes::lookup(code),
+                Some(api.entry),
+                "{code} is not in the catalog's list"
+            );
+            assert!(
+                api.entry.has_status(status),
+                "{code} is catalogued without {status}"
+            );
+            let resp = api.clone().into_response();
+            assert_eq!(
+                resp.extensions().get::<ApiError>(),
+                Some(&api),
+                "error_format needs it"
+            );
+        }
+    }
+
     #[test]
     fn every_conflict_and_failure_has_its_code() {
-        let code = |e: Error| ApiError::from(&e).code;
+        let code = |e: Error| ApiError::from(&e).entry.code;
         let id = || "s".to_owned();
         assert_eq!(
             code(Error::Conflict(Conflict::NotRunning {
@@ -221,7 +405,7 @@ mod tests {
             "image \"x\" is not present".into(),
         )));
         assert_eq!(
-            (image.status, image.code),
+            (image.status, image.entry.code),
             (StatusCode::BAD_REQUEST, "SANDBOX::IMAGE_NOT_FOUND")
         );
         assert!(

@@ -3,31 +3,39 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use serde::de::DeserializeOwned;
 
 use super::App;
-use crate::auth::constant_time_eq;
 use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::{AuthFailure, Error};
+use crate::wire::time::now_ms;
 
 /// The API key header (upstream's name).
 pub const API_KEY_HEADER: &str = "open-sandbox-api-key";
 /// Largest JSON body accepted on lifecycle routes.
 const MAX_BODY: usize = 1 << 20;
 
-/// Resolves the caller's credentials, or says why they are not good enough.
+/// Resolves the caller's credentials (`OPEN-SANDBOX-API-KEY`, `Authorization: Bearer`), or
+/// says why they are not good enough.
 pub(super) fn principal(app: &App, headers: &HeaderMap) -> Result<Principal, Error> {
-    let Some(expected) = &app.api_key else {
-        return Ok(Principal::anonymous());
-    };
-    match headers.get(API_KEY_HEADER) {
-        None => Err(Error::Unauthenticated(AuthFailure::Missing)),
-        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(Principal::root()),
-        Some(_) => Err(Error::Unauthenticated(AuthFailure::Invalid)),
-    }
+    let api_key = headers.get(API_KEY_HEADER).map(HeaderValue::as_bytes);
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    app.service
+        .authority()
+        .resolve(api_key, bearer, now_ms())
+        .map_err(Error::Unauthenticated)
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive); other schemes are not ours.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
 /// The auth route layer of the api router: puts the [`Principal`] in the request's
@@ -73,6 +81,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
                 if too_large {
                     Error::TooLarge { limit: MAX_BODY }
+                } else if crate::serve::is_body_idle_timeout(&e) {
+                    Error::BodyTimeout
                 } else {
                     Error::invalid(format!("cannot read the body: {e}"))
                 }
@@ -83,5 +93,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_authorization_header() {
+        assert_eq!(bearer_token("Bearer abc.def"), Some("abc.def"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic dXNlcg=="), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 }

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 
 use super::extract::{Caller, JsonBody};
 use super::App;
-use crate::orchestrator::auth::{Perm, Role};
+use crate::orchestrator::auth::{Perm, Principal};
 use crate::orchestrator::error::Error;
 use crate::orchestrator::metrics::{sdk_of, Scope, Served};
 use crate::orchestrator::service::{ListFilter, Service};
@@ -96,7 +96,7 @@ pub(crate) async fn prometheus_metrics(
 }
 
 async fn prometheus_text(State(app): State<App>) -> Response {
-    match sandbox_states(&app.service).await {
+    match sandbox_states(&app.service, &Principal::root(), None).await {
         Ok(states) => app.metrics.set_sandboxes(&states),
         // A runtime that is down must not cost the request series; the gauge keeps its
         // last value.
@@ -112,8 +112,8 @@ async fn prometheus_text(State(app): State<App>) -> Response {
 #[utoipa::path(get, path = "/metrics/summary",
     params(("scope" = Option<String>, Query, description = "`self` (default): the caller's own requests; `all`: everyone's (admin only)")),
     responses((status = 200, description = "the caller's (or everyone's) API requests since sandboxd started; `/health`, the proxy data plane \
-        and requests refused before authentication are not counted. Sandbox counts: an admin sees every sandbox's; other roles get 0 \
-        until sandboxes have owners.", body = crate::wire::usage::MetricsSummary),
+        and requests refused before authentication are not counted. Sandbox counts: the caller's own sandboxes for `self`, every \
+        sandbox for `all`.", body = crate::wire::usage::MetricsSummary),
         (status = 400, description = "`scope` is neither `self` nor `all`", body = crate::wire::lifecycle::LifecycleError),
         (status = 403, description = "`scope=all` by a caller who is not an admin", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn metrics_summary(
@@ -142,13 +142,9 @@ pub(crate) async fn metrics_summary(
     } else {
         Scope::Own(&caller.id)
     };
-    // Every sandbox is an admin's to see; a user's own need the owner of each sandbox, which
-    // sandboxes do not record yet, so until then a user's counts are 0 rather than everyone's.
-    let sandboxes = if caller.role == Role::Admin {
-        sandbox_states(&app.service).await?
-    } else {
-        BTreeMap::new()
-    };
+    // `self` counts the caller's own sandboxes, `all` every sandbox.
+    let owner = (!all).then(|| caller.id.clone());
+    let sandboxes = sandbox_states(&app.service, &caller, owner).await?;
     Ok(Json(app.metrics.summary(scope, &sandboxes)))
 }
 
@@ -179,17 +175,26 @@ pub(crate) async fn metrics_event(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Sandboxes by contract state (every page of the list: one runtime call per 200).
-async fn sandbox_states(service: &Service) -> Result<BTreeMap<String, u64>, Error> {
+/// Sandboxes by contract state, of `owner` or (for an admin) of everyone (every page of the
+/// list: one runtime call per 200).
+async fn sandbox_states(
+    service: &Service,
+    caller: &Principal,
+    owner: Option<String>,
+) -> Result<BTreeMap<String, u64>, Error> {
     let mut counts = BTreeMap::new();
     let mut page = 1;
     loop {
         let list = service
-            .list(ListFilter {
-                page,
-                page_size: 200,
-                ..Default::default()
-            })
+            .list(
+                ListFilter {
+                    page,
+                    page_size: 200,
+                    owner: owner.clone(),
+                    ..Default::default()
+                },
+                caller,
+            )
             .await?;
         for s in &list.items {
             *counts.entry(s.status.state.clone()).or_default() += 1;

@@ -14,21 +14,24 @@
 //! metrics layer counts every answer by route template. Handlers only translate; the service
 //! decides.
 //!
-//! - `error`: the domain error → status, catalogued code and body.
+//! - `error`: the domain error → status, catalogued code and body; `error_format`: the
+//!   detailed body on `X-Error-Format: detailed`.
 //! - `extract`: `JsonBody`, `Principal` and the auth layer.
 //! - `ratelimit`: the rate-class route layer and its 429.
 //! - `metrics`: the metrics layer, `/metrics`, `/metrics/summary`, `/v1/metrics/events`.
-//! - `sandboxes`, `diagnostics`, `proxy`, `system`: one file per resource, each with its
-//!   `routes()`.
+//! - `sandboxes`, `diagnostics`, `proxy`, `tokens`, `system`: one file per resource, each
+//!   with its `routes()`.
 
 pub(super) mod diagnostics;
 pub(super) mod error;
+mod error_format;
 mod extract;
 pub(super) mod metrics;
 pub(super) mod proxy;
 mod ratelimit;
 pub(super) mod sandboxes;
 pub(super) mod system;
+pub(super) mod tokens;
 
 use std::sync::Arc;
 
@@ -43,18 +46,16 @@ pub use extract::API_KEY_HEADER;
 
 use super::metrics::Metrics;
 use super::ratelimit::{Class, Limiter};
-use super::service::Service;
+use super::service::{Service, REQUEST_ID};
 use crate::relay::Relay;
 
-const REQUEST_ID: &str = "x-request-id";
+const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct App {
-    /// The service.
+    /// The service (and through it the authority that checks credentials).
     pub service: Arc<Service>,
-    /// The API key, when one is required.
-    pub api_key: Option<Arc<str>>,
     /// The server proxy's connection pool.
     pub relay: Arc<Relay>,
     /// The per-caller rate limits.
@@ -63,7 +64,13 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Whether `/metrics` needs no credential.
     pub metrics_public: bool,
+    /// Where `docs/errors.md` is served (`error_link` of the detailed error body).
+    pub errors_docs_base_url: Option<Arc<str>>,
 }
+
+/// The request's `X-Request-ID` (echoed or made), in its extensions.
+#[derive(Clone)]
+pub(super) struct RequestId(pub HeaderValue);
 
 /// The complete router.
 pub fn router(app: App) -> Router {
@@ -74,6 +81,7 @@ pub fn router(app: App) -> Router {
         .merge(limited(
             sandboxes::routes()
                 .merge(diagnostics::routes())
+                .merge(tokens::routes())
                 .merge(metrics::summary_routes())
                 .merge(system::unsupported_routes()),
             Class::Read,
@@ -97,16 +105,20 @@ pub fn router(app: App) -> Router {
         .nest("/v1", lifecycle)
         .fallback(system::no_route)
         .layer(middleware::from_fn_with_state(app.clone(), metrics::observe))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            error_format::error_format,
+        ))
         .layer(middleware::from_fn(request_id))
         .with_state(app)
 }
 
 /// Echoes `X-Request-ID` (or makes one) on every response, errors included, and runs the
 /// request in a span that carries it.
-async fn request_id(req: Request, next: Next) -> Response {
+async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
-        .get(REQUEST_ID)
+        .get(REQUEST_ID_HEADER)
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .cloned()
         .unwrap_or_else(|| {
@@ -117,7 +129,9 @@ async fn request_id(req: Request, next: Next) -> Response {
         id = %String::from_utf8_lossy(id.as_bytes()),
         method = %req.method(),
     );
-    let mut resp = next.run(req).instrument(span).await;
-    resp.headers_mut().insert(REQUEST_ID, id);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let scoped = REQUEST_ID.scope(String::from_utf8_lossy(id.as_bytes()).into_owned(), next.run(req));
+    let mut resp = scoped.instrument(span).await;
+    resp.headers_mut().insert(REQUEST_ID_HEADER, id);
     resp
 }

@@ -34,6 +34,10 @@ pub(crate) struct ProxyPath {
     port: String,
 }
 
+/// Marks a response that is the sandbox's own answer, which `error_format` leaves alone.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Relayed;
+
 /// Headers that must never reach a sandbox: sandboxd's own credentials and the caller's.
 const STRIPPED: [HeaderName; 3] = [
     header::AUTHORIZATION,
@@ -69,20 +73,22 @@ pub(crate) async fn proxy(
     }
     let port = spec::parse_port(&at.port)?;
     let caller = extract::principal(&app, req.headers());
-    let (token, target) = match app.service.proxy_target(id, port).await {
+    let route = match app.service.proxy_target(id, port).await {
         Ok(found) => found,
         // Without a credential, an unknown sandbox is a 401 like any other: existence is
         // not told to strangers.
         Err(e) => return Err(caller.err().unwrap_or(e)),
     };
+    let token = route.token;
     let by_token = req
         .headers()
         .get(TOKEN_HEADER)
         .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-    if !by_token {
-        caller?;
+    if !by_token && !caller?.may_see(&route.owner) {
+        // Someone else's sandbox is not found, as on every other route.
+        return Err(Error::no_sandbox(id));
     }
-    let target = target?;
+    let target = route.target?;
     let mut path_and_query = format!("{}/{rest}", target.prefix);
     if let Some(q) = req.uri().query() {
         path_and_query.push('?');
@@ -107,7 +113,11 @@ pub(crate) async fn proxy(
         })
         .await;
     match resp {
-        Ok(resp) => Ok(resp.map(Body::new)),
+        Ok(resp) => {
+            let mut resp = resp.map(Body::new);
+            resp.extensions_mut().insert(Relayed);
+            Ok(resp)
+        }
         Err(RelayError::Uri(e)) => Err(Error::invalid(format!("invalid proxy path: {e}"))),
         // An exited container's port refuses at once: say so by its state, not as a 502.
         Err(other) => match app.service.unreachable(id).await {

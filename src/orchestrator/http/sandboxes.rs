@@ -2,7 +2,7 @@
 //! endpoints.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
@@ -12,6 +12,10 @@ use super::App;
 use crate::orchestrator::auth::Perm;
 use crate::orchestrator::error::Error;
 use crate::orchestrator::service::ListFilter;
+use crate::orchestrator::spec;
+
+/// The header a create is attributed to a business domain by (seed 004).
+const BUSINESS_DOMAIN: &str = "x-business-domain";
 use crate::wire::lifecycle::{CreateSandboxRequest, RenewExpiration};
 
 /// `POST /sandboxes`, apart from the rest: it takes from the `create` rate class (mounted at
@@ -33,20 +37,28 @@ pub(super) fn routes() -> Router<App> {
 }
 
 #[utoipa::path(post, path = "/sandboxes", request_body = crate::wire::lifecycle::CreateSandboxRequest,
-    responses((status = 202, description = "running: execd answered /ping", body = crate::wire::lifecycle::CreateSandboxResponse),
+    params(("X-Business-Domain" = Option<String>, Header, description = "recorded as the sandbox's `businessDomain` (1–63 of `a-z 0-9 -`) and filterable")),
+    responses((status = 202, description = "running: execd answered /ping; owned by the caller", body = crate::wire::lifecycle::CreateSandboxResponse),
+        (status = 400, description = "invalid request, unsupported field, a bad `X-Business-Domain`, or an image that cannot be had", body = crate::wire::lifecycle::LifecycleError),
+        (status = 401, body = crate::wire::lifecycle::LifecycleError),
+        (status = 403, description = "`AUTH::FORBIDDEN` (a viewer) or `QUOTA::EXCEEDED` (the user owns as many sandboxes as it may)", body = crate::wire::lifecycle::LifecycleError),
         (status = 429, description = "`RATE_LIMIT::EXCEEDED`: the caller's `create` class is spent (a create refused by validation spends a token too); \
             `Retry-After` says when to retry", body = crate::wire::lifecycle::LifecycleError,
             headers(("Retry-After" = u64, description = "whole seconds, at least 1"), ("RateLimit-Policy" = String, description = "`\"create\";q=<burst>;w=<seconds>`"),
                 ("RateLimit" = String, description = "`\"create\";r=0;t=<seconds>`"))),
-        (status = 400, description = "invalid request, unsupported field, or an image that cannot be had", body = crate::wire::lifecycle::LifecycleError),
-        (status = 401, body = crate::wire::lifecycle::LifecycleError), (status = 500, description = "the sandbox failed to start (its last output in the message)", body = crate::wire::lifecycle::LifecycleError)))]
+        (status = 500, description = "the sandbox failed to start (its last output in the message)", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn create(
     State(app): State<App>,
     Caller(caller): Caller,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<CreateSandboxRequest>,
 ) -> Result<Response, Error> {
     caller.require(Perm::Write)?;
-    let created = app.service.create(body).await?;
+    let domain = headers
+        .get(BUSINESS_DOMAIN)
+        .map(|v| spec::business_domain(v.to_str().unwrap_or("\u{fffd}")))
+        .transpose()?;
+    let created = app.service.create(body, &caller, domain).await?;
     let location = HeaderValue::from_str(&format!("/v1/sandboxes/{}", created.id)).ok();
     let mut resp = (StatusCode::ACCEPTED, Json(created)).into_response();
     if let Some(location) = location {
@@ -56,8 +68,11 @@ pub(crate) async fn create(
 }
 
 #[utoipa::path(get, path = "/sandboxes", params(("state" = Option<Vec<String>>, Query, description = "repeatable; OR; case-insensitive"),
-        ("metadata" = Option<String>, Query, description = "url-encoded `k=v&k2=v2`; AND"), ("page" = Option<u32>, Query), ("pageSize" = Option<u32>, Query)),
-    responses((status = 200, body = crate::wire::lifecycle::ListSandboxesResponse), (status = 400, body = crate::wire::lifecycle::LifecycleError)))]
+        ("metadata" = Option<String>, Query, description = "url-encoded `k=v&k2=v2`; AND"), ("page" = Option<u32>, Query), ("pageSize" = Option<u32>, Query),
+        ("owner" = Option<String>, Query, description = "admins only: one owner's sandboxes (`*`: everyone's, the admin default); others see only their own"),
+        ("businessDomain" = Option<String>, Query, description = "only sandboxes created under this `X-Business-Domain`")),
+    responses((status = 200, description = "the caller's sandboxes (an admin's: everyone's)", body = crate::wire::lifecycle::ListSandboxesResponse), (status = 400, body = crate::wire::lifecycle::LifecycleError),
+        (status = 403, description = "`owner` of someone else, asked by a non-admin", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn list(
     State(app): State<App>,
     Caller(caller): Caller,
@@ -65,7 +80,7 @@ pub(crate) async fn list(
 ) -> Result<Response, Error> {
     caller.require(Perm::Read)?;
     let filter = list_filter(query.as_deref().unwrap_or(""))?;
-    Ok(Json(app.service.list(filter).await?).into_response())
+    Ok(Json(app.service.list(filter, &caller).await?).into_response())
 }
 
 /// `?state=a&state=b&metadata=k%3Dv%26k2%3Dv2&page=1&pageSize=20`.
@@ -100,6 +115,10 @@ fn list_filter(query: &str) -> Result<ListFilter, Error> {
                         Error::invalid(format!("page must be an integer ≥ 1, got {value:?}"))
                     })?
             }
+            "owner" => filter.owner = Some(value.into_owned()),
+            "businessDomain" | "business_domain" => {
+                filter.business_domain = Some(spec::business_domain(&value)?)
+            }
             "pageSize" | "page_size" => {
                 filter.page_size = value
                     .parse()
@@ -121,7 +140,7 @@ pub(crate) async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     caller.require(Perm::Read)?;
-    Ok(Json(app.service.get(&id).await?).into_response())
+    Ok(Json(app.service.get(&id, &caller).await?).into_response())
 }
 
 #[utoipa::path(delete, path = "/sandboxes/{id}", params(("id" = String, Path)),
@@ -132,7 +151,7 @@ pub(crate) async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
     caller.require(Perm::Write)?;
-    app.service.delete(&id).await?;
+    app.service.delete(&id, &caller).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -148,7 +167,7 @@ pub(crate) async fn patch_metadata(
     let serde_json::Value::Object(patch) = patch else {
         return Err(Error::invalid("the metadata patch must be a JSON object"));
     };
-    Ok(Json(app.service.patch_metadata(&id, patch).await?).into_response())
+    Ok(Json(app.service.patch_metadata(&id, patch, &caller).await?).into_response())
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/pause", params(("id" = String, Path)),
@@ -161,7 +180,7 @@ pub(crate) async fn pause(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
     caller.require(Perm::Write)?;
-    app.service.pause(&id).await?;
+    app.service.pause(&id, &caller).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -175,7 +194,7 @@ pub(crate) async fn resume(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
     caller.require(Perm::Write)?;
-    app.service.resume(&id).await?;
+    app.service.resume(&id, &caller).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -189,7 +208,7 @@ pub(crate) async fn renew(
     JsonBody(body): JsonBody<RenewExpiration>,
 ) -> Result<Response, Error> {
     caller.require(Perm::Write)?;
-    Ok(Json(app.service.renew(&id, body).await?).into_response())
+    Ok(Json(app.service.renew(&id, body, &caller).await?).into_response())
 }
 
 #[utoipa::path(get, path = "/sandboxes/{id}/endpoints/{port}", params(("id" = String, Path), ("port" = u16, Path),
@@ -222,7 +241,7 @@ pub(crate) async fn endpoint(
     }
     Ok(Json(
         app.service
-            .endpoint(&id, &port, use_server_proxy, expires.as_deref())
+            .endpoint(&id, &port, use_server_proxy, expires.as_deref(), &caller)
             .await?,
     )
     .into_response())

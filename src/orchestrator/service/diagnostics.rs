@@ -2,7 +2,9 @@
 //! and sandboxd's event log for it (from the store).
 
 use super::Service;
+use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::Error;
+use crate::orchestrator::store::Event;
 use crate::wire::lifecycle::DiagnosticContent;
 use crate::wire::time::format_ms;
 
@@ -25,10 +27,11 @@ impl Service {
         scope: &str,
         tail: Option<usize>,
         since: Option<i64>,
+        caller: &Principal,
     ) -> Result<DiagnosticContent, Error> {
         let default = if kind == "logs" { LOG_LINES } else { EVENT_LINES };
         let (content, truncated) = self
-            .diagnostic_text(id, kind, tail.unwrap_or(default), since)
+            .diagnostic_text(id, kind, tail.unwrap_or(default), since, caller)
             .await?;
         Ok(DiagnosticContent {
             sandbox_id: id.to_owned(),
@@ -50,6 +53,7 @@ impl Service {
         kind: &str,
         tail: Option<usize>,
         since: Option<i64>,
+        caller: &Principal,
     ) -> Result<String, Error> {
         let default = if kind == "logs" {
             PLAIN_LOG_LINES
@@ -57,7 +61,7 @@ impl Service {
             PLAIN_EVENT_LINES
         };
         Ok(self
-            .diagnostic_text(id, kind, tail.unwrap_or(default), since)
+            .diagnostic_text(id, kind, tail.unwrap_or(default), since, caller)
             .await?
             .0)
     }
@@ -70,8 +74,9 @@ impl Service {
         kind: &str,
         tail: usize,
         since: Option<i64>,
+        caller: &Principal,
     ) -> Result<(String, bool), Error> {
-        let record = self.record(id).await?;
+        let record = self.owned(id, caller).await?;
         match kind {
             "logs" => match &record.instance {
                 Some(instance) => {
@@ -84,17 +89,21 @@ impl Service {
                 None => Ok((String::new(), false)),
             },
             "events" => {
-                let events: Vec<(i64, String)> = self
+                let events: Vec<Event> = self
                     .store
                     .events(id)
                     .await?
                     .into_iter()
-                    .filter(|(at, _)| since.is_none_or(|s| *at >= s))
+                    .filter(|e| since.is_none_or(|s| e.at >= s))
                     .collect();
                 let skip = events.len().saturating_sub(tail);
                 let mut text = String::new();
-                for (at, message) in &events[skip..] {
-                    text.push_str(&format!("{} {message}\n", format_ms(*at)));
+                for e in &events[skip..] {
+                    text.push_str(&format!("{} {}", format_ms(e.at), e.message));
+                    if let Some(id) = &e.request_id {
+                        text.push_str(&format!(" (request {id})"));
+                    }
+                    text.push('\n');
                 }
                 Ok((text, skip > 0))
             }

@@ -16,20 +16,28 @@ mod reconcile;
 mod sandboxes;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-pub use sandboxes::ListFilter;
+pub use sandboxes::{ListFilter, ProxyRoute};
 
+use super::auth::{Authority, Principal};
 use super::error::Error;
 use super::execd_client::ExecdClient;
 use super::runtime::{Runtime, RuntimeKind};
 use super::spec::Limits;
-use super::store::{Record, Store};
+use super::store::{Event, Record, Store};
 use crate::wire::time::now_ms;
+
+tokio::task_local! {
+    /// The `X-Request-ID` of the request being served (set by the HTTP layer), recorded with
+    /// the events it causes.
+    pub static REQUEST_ID: String;
+}
 
 /// Settings the service needs from the configuration.
 #[derive(Debug, Clone)]
@@ -40,12 +48,15 @@ pub struct Settings {
     pub ready_timeout: Duration,
     /// Process limit of sandboxes whose request sets none.
     pub pids_limit: i64,
+    /// Most sandboxes a non-admin user may own at once.
+    pub max_sandboxes_per_user: u64,
 }
 
 /// The service.
 pub struct Service {
     store: Store,
     runtime: Arc<dyn Runtime>,
+    authority: Arc<Authority>,
     execd: ExecdClient,
     settings: Settings,
     /// `host:port` of sandboxd itself, for server-proxy endpoints (known once bound).
@@ -55,11 +66,17 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service over `store` and `runtime`.
-    pub fn new(store: Store, runtime: Arc<dyn Runtime>, settings: Settings) -> Self {
+    /// A service over `store` and `runtime`, checking credentials with `authority`.
+    pub fn new(
+        store: Store,
+        runtime: Arc<dyn Runtime>,
+        authority: Arc<Authority>,
+        settings: Settings,
+    ) -> Self {
         Self {
             store,
             runtime,
+            authority,
             execd: ExecdClient::new(),
             settings,
             server_endpoint: OnceLock::new(),
@@ -77,14 +94,63 @@ impl Service {
         (self.runtime.kind(), self.runtime.version())
     }
 
+    /// Who checks credentials.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
     async fn record(&self, id: &str) -> Result<Record, Error> {
         self.store.get(id).await?.ok_or_else(|| Error::no_sandbox(id))
     }
 
-    /// Appends to the sandbox's event log; a failure is logged, never the request's.
+    /// The sandbox `id` if `caller` may see it; someone else's is not found, like a missing one.
+    async fn owned(&self, id: &str, caller: &Principal) -> Result<Record, Error> {
+        let record = self.record(id).await?;
+        if caller.may_see(&record.owner) {
+            Ok(record)
+        } else {
+            Err(Error::no_sandbox(id))
+        }
+    }
+
+    /// Appends to the sandbox's event log, with the current request's id; a failure is
+    /// logged, never the request's.
     async fn event(&self, id: &str, message: &str) {
-        if let Err(e) = self.store.event(id, now_ms(), message).await {
+        let event = Event {
+            at: now_ms(),
+            message: message.to_owned(),
+            request_id: REQUEST_ID.try_with(Clone::clone).ok(),
+        };
+        if let Err(e) = self.store.event(id, event).await {
             tracing::warn!(sandbox = id, error = %e, "cannot record event");
         }
+    }
+}
+
+#[cfg(test)]
+impl Service {
+    /// A service for tests: a store in `dir`, the fake runtime, API key `api_key`, creates
+    /// allowed up to `max_timeout` seconds, 2 sandboxes per user.
+    pub(crate) fn for_tests(
+        dir: &std::path::Path,
+        fake: &super::runtime::fake::FakeRuntime,
+        api_key: &str,
+        max_timeout: u64,
+        ready_timeout: Duration,
+    ) -> Arc<Self> {
+        let keys =
+            super::auth::jwt::Keys::new(b"0123456789abcdef0123456789abcdef", &[]).expect("a 32-byte secret");
+        let authority = Arc::new(Authority::new(Some(api_key.into()), keys, Vec::new()));
+        let settings = Settings {
+            limits: Limits {
+                max_timeout,
+                allowed_host_paths: Vec::new(),
+            },
+            ready_timeout,
+            pids_limit: 99,
+            max_sandboxes_per_user: 2,
+        };
+        let store = Store::open(dir).expect("open a test store");
+        Arc::new(Self::new(store, Arc::new(fake.clone()), authority, settings))
     }
 }

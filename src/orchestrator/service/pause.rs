@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::sandboxes::status;
 use super::Service;
+use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::{Conflict, Error};
 use crate::orchestrator::runtime::{Instance, RuntimeError};
 use crate::orchestrator::store::{Phase, Record};
@@ -36,7 +37,7 @@ impl Freeze {
     }
 
     /// The contract state the sandbox must be in.
-    fn from_state(self) -> &'static str {
+    fn starting_state(self) -> &'static str {
         match self {
             Freeze::Pause => "Running",
             Freeze::Resume => "Paused",
@@ -69,17 +70,17 @@ impl Freeze {
 
 impl Service {
     /// `POST /sandboxes/{id}/pause`: freezes a running sandbox. 409 when it is not running.
-    pub async fn pause(&self, id: &str) -> Result<(), Error> {
-        self.freeze(id, Freeze::Pause).await
+    pub async fn pause(&self, id: &str, caller: &Principal) -> Result<(), Error> {
+        self.freeze(id, Freeze::Pause, caller).await
     }
 
     /// `POST /sandboxes/{id}/resume`: thaws a paused sandbox. 409 when it is not paused.
-    pub async fn resume(&self, id: &str) -> Result<(), Error> {
-        self.freeze(id, Freeze::Resume).await
+    pub async fn resume(&self, id: &str, caller: &Principal) -> Result<(), Error> {
+        self.freeze(id, Freeze::Resume, caller).await
     }
 
-    async fn freeze(&self, id: &str, way: Freeze) -> Result<(), Error> {
-        let (mut record, instance) = self.freezer_target(id, way).await?;
+    async fn freeze(&self, id: &str, way: Freeze, caller: &Principal) -> Result<(), Error> {
+        let (mut record, instance) = self.freezer_target(id, way, caller).await?;
         let call = || async {
             match way {
                 Freeze::Pause => self.runtime.pause(&instance).await,
@@ -100,7 +101,7 @@ impl Service {
             }
             // The state changed between the check and the call.
             Err(RuntimeError::Conflict(m)) => {
-                return Err(way.refused(id, format!("no longer {} ({m})", way.from_state())))
+                return Err(way.refused(id, format!("no longer {} ({m})", way.starting_state())))
             }
             Err(other) => return Err(other.into()),
         }
@@ -113,15 +114,20 @@ impl Service {
 
     /// The record and instance of a sandbox that is in `way`'s starting state now (asked of
     /// the runtime), or `way`'s 409.
-    async fn freezer_target(&self, id: &str, way: Freeze) -> Result<(Record, Instance), Error> {
-        let record = self.record(id).await?;
+    async fn freezer_target(
+        &self,
+        id: &str,
+        way: Freeze,
+        caller: &Principal,
+    ) -> Result<(Record, Instance), Error> {
+        let record = self.owned(id, caller).await?;
         let instance = match (&record.instance, record.phase) {
             (Some(i), Phase::Ready | Phase::Paused) => i.clone(),
             _ => return Err(way.refused(id, "Pending".into())),
         };
         let observed = self.runtime.observe(&instance).await?;
         let state = status(&record, &observed).state;
-        if state != way.from_state() {
+        if state != way.starting_state() {
             self.note_observed(&record, &observed).await;
             return Err(way.refused(id, state));
         }

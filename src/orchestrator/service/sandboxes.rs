@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::Service;
 use crate::auth::TOKEN_HEADER;
+use crate::orchestrator::auth::{Principal, Role};
+use crate::orchestrator::error::Denial;
 use crate::orchestrator::error::{Conflict, Error};
 use crate::orchestrator::execd_client::Ping;
 use crate::orchestrator::runtime::{Instance, Observed, Resources, SandboxSpec, Target, EXECD_PORT};
@@ -37,13 +39,28 @@ pub struct ListFilter {
     pub page: u32,
     /// Items per page.
     pub page_size: u32,
+    /// Only this owner's (admins only; others always see only their own).
+    pub owner: Option<String>,
+    /// Only this business domain's.
+    pub business_domain: Option<String>,
 }
 
 impl Service {
     /// `POST /sandboxes`: validates, has the runtime create and start the sandbox with execd
     /// injected, and returns once execd answers `/ping`. On any failure nothing is left behind.
-    pub async fn create(&self, req: CreateSandboxRequest) -> Result<CreateSandboxResponse, Error> {
+    pub async fn create(
+        &self,
+        req: CreateSandboxRequest,
+        caller: &Principal,
+        business_domain: Option<String>,
+    ) -> Result<CreateSandboxResponse, Error> {
         let plan = spec::plan(req, &self.settings.limits)?;
+        if caller.role != Role::Admin {
+            let limit = self.settings.max_sandboxes_per_user;
+            if self.store.count_owned(&caller.id).await? >= limit {
+                return Err(Error::Forbidden(Denial::Quota { limit }));
+            }
+        }
         if plan.isolation && !self.runtime.capabilities().isolation {
             return Err(Error::UnsupportedField(
                 "isolation: sandboxd has no seccomp profile for isolated sessions".into(),
@@ -66,6 +83,8 @@ impl Service {
             expires_at: plan.timeout.map(|t| now + t as i64 * 1000),
             phase: Phase::Pending,
             transition_at: now,
+            owner: caller.id.clone(),
+            business_domain,
         };
         self.store.insert(&record).await?;
         self.event(&record.id, &format!("create requested: image {}", plan.image))
@@ -228,8 +247,8 @@ impl Service {
     }
 
     /// `GET /sandboxes/{id}`.
-    pub async fn get(&self, id: &str) -> Result<Sandbox, Error> {
-        let record = self.record(id).await?;
+    pub async fn get(&self, id: &str, caller: &Principal) -> Result<Sandbox, Error> {
+        let record = self.owned(id, caller).await?;
         let observed = self.observed(&record).await?;
         self.note_observed(&record, &observed).await;
         Ok(view(&record, &observed))
@@ -254,11 +273,32 @@ impl Service {
 
     /// `GET /sandboxes`: filtered, newest first, one page. Rows this build cannot read are
     /// left out (and logged), never guessed at.
-    pub async fn list(&self, filter: ListFilter) -> Result<ListSandboxesResponse, Error> {
+    pub async fn list(&self, filter: ListFilter, caller: &Principal) -> Result<ListSandboxesResponse, Error> {
+        let owner = match (caller.role, filter.owner.as_deref()) {
+            (Role::Admin, None | Some("*")) => None,
+            (Role::Admin, Some(owner)) => Some(owner.to_owned()),
+            (_, None) => Some(caller.id.clone()),
+            (_, Some(owner)) if owner == caller.id => Some(owner.to_owned()),
+            (role, Some(_)) => {
+                return Err(Error::Forbidden(Denial::Role {
+                    role,
+                    needed: Role::Admin,
+                }))
+            }
+        };
         let mut records = Vec::new();
         for row in self.store.all().await? {
             match row {
-                Ok(record) => records.push(record),
+                Ok(record)
+                    if owner.as_ref().is_none_or(|o| *o == record.owner)
+                        && filter
+                            .business_domain
+                            .as_ref()
+                            .is_none_or(|d| record.business_domain.as_ref() == Some(d)) =>
+                {
+                    records.push(record)
+                }
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(sandbox = %e.id, error = %e.error, "unreadable sandbox row left out of the list")
                 }
@@ -300,8 +340,8 @@ impl Service {
     }
 
     /// `DELETE /sandboxes/{id}`: kills and removes the sandbox, forgets it.
-    pub async fn delete(&self, id: &str) -> Result<(), Error> {
-        let record = self.record(id).await?;
+    pub async fn delete(&self, id: &str, caller: &Principal) -> Result<(), Error> {
+        let record = self.owned(id, caller).await?;
         if let Some(instance) = &record.instance {
             self.runtime.remove(instance).await?;
         }
@@ -316,8 +356,9 @@ impl Service {
         &self,
         id: &str,
         patch: serde_json::Map<String, serde_json::Value>,
+        caller: &Principal,
     ) -> Result<Sandbox, Error> {
-        let mut record = self.record(id).await?;
+        let mut record = self.owned(id, caller).await?;
         for (k, v) in patch {
             match v {
                 serde_json::Value::Null => {
@@ -338,12 +379,17 @@ impl Service {
             return Err(Error::no_sandbox(id));
         }
         self.event(id, "metadata updated").await;
-        self.get(id).await
+        self.get(id, caller).await
     }
 
     /// `POST /sandboxes/{id}/renew-expiration`.
-    pub async fn renew(&self, id: &str, body: RenewExpiration) -> Result<RenewExpiration, Error> {
-        let mut record = self.record(id).await?;
+    pub async fn renew(
+        &self,
+        id: &str,
+        body: RenewExpiration,
+        caller: &Principal,
+    ) -> Result<RenewExpiration, Error> {
+        let mut record = self.owned(id, caller).await?;
         let at = parse_ms(&body.expires_at).ok_or_else(|| {
             Error::invalid(format!(
                 "expiresAt {:?} is not an RFC 3339 date-time",
@@ -378,8 +424,9 @@ impl Service {
         port: &str,
         use_server_proxy: bool,
         expires: Option<&str>,
+        caller: &Principal,
     ) -> Result<Endpoint, Error> {
-        let record = self.record(id).await?;
+        let record = self.owned(id, caller).await?;
         let port = spec::parse_port(port)?;
         if expires.is_some() {
             return Err(Error::UnsupportedField(
@@ -425,12 +472,12 @@ impl Service {
             .ok_or_else(|| Error::Conflict(Conflict::NoRoute(record.id.clone())))
     }
 
-    /// The sandbox's token (for the caller to check the client's credential against), and
-    /// where the server proxy sends requests for its `port`, or why it cannot: a sandbox that
-    /// is starting or paused is refused at once from its record (a frozen container accepts
-    /// the connection and never answers), without a round trip to the runtime. Only a
-    /// sandbox that does not exist fails the whole call.
-    pub async fn proxy_target(&self, id: &str, port: u16) -> Result<(String, Result<Target, Error>), Error> {
+    /// The sandbox's token and owner (for the caller to check the client's credential
+    /// against), and where the server proxy sends requests for its `port`, or why it cannot:
+    /// a sandbox that is starting or paused is refused at once from its record (a frozen
+    /// container accepts the connection and never answers), without a round trip to the
+    /// runtime. Only a sandbox that does not exist fails the whole call.
+    pub async fn proxy_target(&self, id: &str, port: u16) -> Result<ProxyRoute, Error> {
         let record = self.record(id).await?;
         let not_running = |state: &str| {
             Error::Conflict(Conflict::NotRunning {
@@ -443,7 +490,11 @@ impl Service {
             Phase::Paused => Err(not_running("Paused")),
             Phase::Ready => self.target(&record, port),
         };
-        Ok((record.token, target))
+        Ok(ProxyRoute {
+            token: record.token,
+            owner: record.owner,
+            target,
+        })
     }
 
     /// Why the server proxy could not reach sandbox `id`, when the reason is its state: it
@@ -463,6 +514,17 @@ impl Service {
     }
 }
 
+/// What the server proxy needs to know of a sandbox.
+#[derive(Debug)]
+pub struct ProxyRoute {
+    /// The sandbox's execd token.
+    pub token: String,
+    /// Its owner.
+    pub owner: String,
+    /// Where to send the request, or why not.
+    pub target: Result<Target, Error>,
+}
+
 /// The API view of a sandbox.
 pub(super) fn view(record: &Record, observed: &Observed) -> Sandbox {
     Sandbox {
@@ -478,6 +540,7 @@ pub(super) fn view(record: &Record, observed: &Observed) -> Sandbox {
         expires_at: record.expires_at.map(format_ms),
         created_at: format_ms(record.created_at),
         extensions: Some(record.extensions.clone()).filter(|e| !e.is_empty()),
+        business_domain: record.business_domain.clone(),
     }
 }
 

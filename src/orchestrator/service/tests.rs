@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::orchestrator::error::Conflict;
+use crate::orchestrator::auth::{AuthMethod, Role};
+use crate::orchestrator::error::{Conflict, Denial};
 use crate::orchestrator::runtime::fake::{Behaviour, FakeRuntime, Op};
 use crate::orchestrator::runtime::{Observed, RuntimeError};
 use crate::orchestrator::store::{Phase, StoreError};
@@ -24,21 +25,26 @@ async fn rig() -> Rig {
 
 async fn rig_with_timeout(ready_timeout: Duration) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
     let fake = FakeRuntime::start().await;
-    let settings = Settings {
-        limits: Limits {
-            max_timeout: 86_400,
-            allowed_host_paths: Vec::new(),
-        },
-        ready_timeout,
-        pids_limit: 99,
-    };
-    let service = Arc::new(Service::new(store, Arc::new(fake.clone()), settings));
+    let service = Service::for_tests(dir.path(), &fake, "key", 86_400, ready_timeout);
     Rig {
         service,
         fake,
         _dir: dir,
+    }
+}
+
+fn root() -> Principal {
+    Principal::root()
+}
+
+fn user(id: &str, role: Role) -> Principal {
+    Principal {
+        id: id.into(),
+        role,
+        method: AuthMethod::Bearer,
+        token_id: None,
+        expires_at: None,
     }
 }
 
@@ -117,7 +123,11 @@ impl Rig {
 #[tokio::test]
 async fn create_hands_the_runtime_a_neutral_spec_and_records_the_instance() {
     let rig = rig().await;
-    let created = rig.service.create(request(Some(600))).await.unwrap();
+    let created = rig
+        .service
+        .create(request(Some(600)), &root(), None)
+        .await
+        .unwrap();
     assert_eq!(created.status.state, "Running");
     let sandboxes = rig.fake.sandboxes();
     let (reference, sandbox) = sandboxes.iter().next().unwrap();
@@ -139,14 +149,22 @@ async fn a_create_the_runtime_refuses_leaves_nothing() {
         op: "create the container",
         message: "disk full".into(),
     });
-    let e = rig.service.create(request(None)).await.unwrap_err();
+    let e = rig
+        .service
+        .create(request(None), &root(), None)
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::Runtime(RuntimeError::Engine { .. })), "{e:?}");
     rig.assert_nothing_left().await;
 
     rig.fake.fail(Op::Create, 1, || {
         RuntimeError::ImageNotFound("no such image".into())
     });
-    let e = rig.service.create(request(None)).await.unwrap_err();
+    let e = rig
+        .service
+        .create(request(None), &root(), None)
+        .await
+        .unwrap_err();
     assert!(e.is_client_error(), "{e:?}");
     rig.assert_nothing_left().await;
 }
@@ -155,7 +173,11 @@ async fn a_create_the_runtime_refuses_leaves_nothing() {
 async fn a_sandbox_that_exits_at_start_is_removed_and_its_output_reported() {
     let rig = rig().await;
     rig.fake.behave(Behaviour::Exits(3));
-    let e = rig.service.create(request(None)).await.unwrap_err();
+    let e = rig
+        .service
+        .create(request(None), &root(), None)
+        .await
+        .unwrap_err();
     let Error::StartFailed(message) = &e else {
         panic!("{e:?}");
     };
@@ -168,7 +190,11 @@ async fn a_sandbox_that_exits_at_start_is_removed_and_its_output_reported() {
 async fn an_execd_that_never_answers_times_out_and_leaves_nothing() {
     let rig = rig_with_timeout(Duration::from_millis(300)).await;
     rig.fake.behave(Behaviour::Silent);
-    let e = rig.service.create(request(None)).await.unwrap_err();
+    let e = rig
+        .service
+        .create(request(None), &root(), None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, Error::StartFailed(m) if m.contains("did not answer /ping")),
         "{e:?}"
@@ -183,7 +209,10 @@ async fn a_failed_cleanup_keeps_the_record_so_reconciliation_finishes_it() {
     rig.fake.fail(Op::Remove, 1, || {
         RuntimeError::Unavailable("engine restarting".into())
     });
-    rig.service.create(request(None)).await.unwrap_err();
+    rig.service
+        .create(request(None), &root(), None)
+        .await
+        .unwrap_err();
     assert_eq!(
         rig.ids().await.len(),
         1,
@@ -199,13 +228,28 @@ async fn a_failed_cleanup_keeps_the_record_so_reconciliation_finishes_it() {
 #[tokio::test]
 async fn reconcile_adopts_forgets_removes_and_never_touches_what_it_cannot_classify() {
     let rig = rig().await;
-    let running = rig.service.create(request(Some(600))).await.unwrap().id;
-    let vanished = rig.service.create(request(Some(600))).await.unwrap().id;
-    let expired = rig.service.create(request(Some(600))).await.unwrap().id;
-    let half = rig.service.create(request(None)).await.unwrap().id;
-    let future = rig.service.create(request(None)).await.unwrap().id;
-    let corrupt = rig.service.create(request(None)).await.unwrap().id;
-    let strange = rig.service.create(request(None)).await.unwrap().id;
+    let running = rig
+        .service
+        .create(request(Some(600)), &root(), None)
+        .await
+        .unwrap()
+        .id;
+    let vanished = rig
+        .service
+        .create(request(Some(600)), &root(), None)
+        .await
+        .unwrap()
+        .id;
+    let expired = rig
+        .service
+        .create(request(Some(600)), &root(), None)
+        .await
+        .unwrap()
+        .id;
+    let half = rig.service.create(request(None), &root(), None).await.unwrap().id;
+    let future = rig.service.create(request(None), &root(), None).await.unwrap().id;
+    let corrupt = rig.service.create(request(None), &root(), None).await.unwrap().id;
+    let strange = rig.service.create(request(None), &root(), None).await.unwrap().id;
     rig.fake.plant("orphan", Observed::Running);
 
     // The sandbox of `vanished` is gone behind sandboxd's back.
@@ -272,7 +316,7 @@ async fn reconcile_adopts_forgets_removes_and_never_touches_what_it_cannot_class
 #[tokio::test]
 async fn reconcile_fails_only_when_the_runtime_cannot_be_read() {
     let rig = rig().await;
-    rig.service.create(request(None)).await.unwrap();
+    rig.service.create(request(None), &root(), None).await.unwrap();
     rig.fake.fail(Op::ObserveAll, 1, || {
         RuntimeError::Unavailable("no engine".into())
     });
@@ -285,9 +329,24 @@ async fn reconcile_fails_only_when_the_runtime_cannot_be_read() {
 #[tokio::test]
 async fn expiry_removes_a_sandbox_when_its_time_comes_and_skips_unreadable_rows() {
     let rig = rig().await;
-    let doomed = rig.service.create(request(Some(600))).await.unwrap().id;
-    let kept = rig.service.create(request(Some(600))).await.unwrap().id;
-    let unreadable = rig.service.create(request(Some(600))).await.unwrap().id;
+    let doomed = rig
+        .service
+        .create(request(Some(600)), &root(), None)
+        .await
+        .unwrap()
+        .id;
+    let kept = rig
+        .service
+        .create(request(Some(600)), &root(), None)
+        .await
+        .unwrap()
+        .id;
+    let unreadable = rig
+        .service
+        .create(request(Some(600)), &root(), None)
+        .await
+        .unwrap()
+        .id;
     rig.sql(format!(
         "UPDATE sandboxes SET expires_at = 1 WHERE id IN ('{doomed}', '{unreadable}');
          UPDATE sandboxes SET phase = 'hibernating' WHERE id = '{unreadable}'"
@@ -311,7 +370,12 @@ async fn expiry_removes_a_sandbox_when_its_time_comes_and_skips_unreadable_rows(
 #[tokio::test]
 async fn renew_extends_only_what_has_an_expiry() {
     let rig = rig().await;
-    let id = rig.service.create(request(Some(600))).await.unwrap().id;
+    let id = rig
+        .service
+        .create(request(Some(600)), &root(), None)
+        .await
+        .unwrap()
+        .id;
     let later = now_ms() + 7_200_000;
     let renewed = rig
         .service
@@ -320,6 +384,7 @@ async fn renew_extends_only_what_has_an_expiry() {
             RenewExpiration {
                 expires_at: format_ms(later),
             },
+            &root(),
         )
         .await
         .unwrap();
@@ -334,11 +399,12 @@ async fn renew_extends_only_what_has_an_expiry() {
             RenewExpiration {
                 expires_at: format_ms(now_ms() - 1000),
             },
+            &root(),
         )
         .await
         .unwrap_err();
     assert!(matches!(past, Error::Invalid(_)), "{past:?}");
-    let manual = rig.service.create(request(None)).await.unwrap().id;
+    let manual = rig.service.create(request(None), &root(), None).await.unwrap().id;
     let e = rig
         .service
         .renew(
@@ -346,6 +412,7 @@ async fn renew_extends_only_what_has_an_expiry() {
             RenewExpiration {
                 expires_at: format_ms(later),
             },
+            &root(),
         )
         .await
         .unwrap_err();
@@ -357,6 +424,7 @@ async fn renew_extends_only_what_has_an_expiry() {
             RenewExpiration {
                 expires_at: format_ms(later),
             },
+            &root(),
         )
         .await
         .unwrap_err();
@@ -366,45 +434,57 @@ async fn renew_extends_only_what_has_an_expiry() {
 #[tokio::test]
 async fn pause_retries_the_freezer_and_resume_thaws() {
     let rig = rig().await;
-    let id = rig.service.create(request(None)).await.unwrap().id;
+    let id = rig.service.create(request(None), &root(), None).await.unwrap().id;
     rig.fake.fail(Op::Pause, 2, || {
         RuntimeError::Transient("unable to freeze".into())
     });
-    rig.service.pause(&id).await.unwrap();
+    rig.service.pause(&id, &root()).await.unwrap();
     assert_eq!(rig.fake.calls(Op::Pause), 3);
-    assert_eq!(rig.service.get(&id).await.unwrap().status.state, "Paused");
+    assert_eq!(
+        rig.service.get(&id, &root()).await.unwrap().status.state,
+        "Paused"
+    );
     let events = rig.service.store.events(&id).await.unwrap();
     assert!(
-        events.iter().any(|(_, m)| m == "paused (after 3 tries)"),
+        events.iter().any(|e| e.message == "paused (after 3 tries)"),
         "{events:?}"
     );
     // The proxy refuses a paused sandbox from its record alone.
-    let e = rig.service.proxy_target(&id, 44772).await.unwrap().1.unwrap_err();
+    let e = rig
+        .service
+        .proxy_target(&id, 44772)
+        .await
+        .unwrap()
+        .target
+        .unwrap_err();
     assert!(matches!(&e, Error::Conflict(Conflict::NotRunning { state, .. }) if state == "Paused"));
 
-    let e = rig.service.pause(&id).await.unwrap_err();
+    let e = rig.service.pause(&id, &root()).await.unwrap_err();
     assert!(
         matches!(&e, Error::Conflict(Conflict::NotRunning { state, .. }) if state == "Paused"),
         "{e:?}"
     );
-    rig.service.resume(&id).await.unwrap();
-    assert_eq!(rig.service.get(&id).await.unwrap().status.state, "Running");
-    let e = rig.service.resume(&id).await.unwrap_err();
+    rig.service.resume(&id, &root()).await.unwrap();
+    assert_eq!(
+        rig.service.get(&id, &root()).await.unwrap().status.state,
+        "Running"
+    );
+    let e = rig.service.resume(&id, &root()).await.unwrap_err();
     assert!(
         matches!(&e, Error::Conflict(Conflict::NotPaused { state, .. }) if state == "Running"),
         "{e:?}"
     );
-    assert!(rig.service.proxy_target(&id, 44772).await.unwrap().1.is_ok());
+    assert!(rig.service.proxy_target(&id, 44772).await.unwrap().target.is_ok());
 }
 
 #[tokio::test]
 async fn a_freezer_that_keeps_failing_leaves_the_sandbox_running() {
     let rig = rig().await;
-    let id = rig.service.create(request(None)).await.unwrap().id;
+    let id = rig.service.create(request(None), &root(), None).await.unwrap().id;
     rig.fake.fail(Op::Pause, 5, || {
         RuntimeError::Transient("unable to freeze".into())
     });
-    let e = rig.service.pause(&id).await.unwrap_err();
+    let e = rig.service.pause(&id, &root()).await.unwrap_err();
     assert!(
         matches!(
             e,
@@ -415,7 +495,10 @@ async fn a_freezer_that_keeps_failing_leaves_the_sandbox_running() {
         ),
         "{e:?}"
     );
-    assert_eq!(rig.service.get(&id).await.unwrap().status.state, "Running");
+    assert_eq!(
+        rig.service.get(&id, &root()).await.unwrap().status.state,
+        "Running"
+    );
     let record = rig.service.store.get(&id).await.unwrap().unwrap();
     assert_eq!(record.phase, Phase::Ready);
 }
@@ -423,10 +506,13 @@ async fn a_freezer_that_keeps_failing_leaves_the_sandbox_running() {
 #[tokio::test]
 async fn a_pause_behind_sandboxds_back_reaches_the_proxy_at_the_next_read() {
     let rig = rig().await;
-    let id = rig.service.create(request(None)).await.unwrap().id;
+    let id = rig.service.create(request(None), &root(), None).await.unwrap().id;
     rig.fake.set_observed(&id, Observed::Paused);
-    assert_eq!(rig.service.get(&id).await.unwrap().status.state, "Paused");
-    assert!(rig.service.proxy_target(&id, 8080).await.unwrap().1.is_err());
+    assert_eq!(
+        rig.service.get(&id, &root()).await.unwrap().status.state,
+        "Paused"
+    );
+    assert!(rig.service.proxy_target(&id, 8080).await.unwrap().target.is_err());
     rig.fake.set_observed(
         &id,
         Observed::Exited {
@@ -435,7 +521,7 @@ async fn a_pause_behind_sandboxds_back_reaches_the_proxy_at_the_next_read() {
             message: None,
         },
     );
-    let status = rig.service.get(&id).await.unwrap().status;
+    let status = rig.service.get(&id, &root()).await.unwrap().status;
     assert_eq!(status.state, "Failed");
     assert!(status.message.unwrap().contains("memory limit"));
 }
@@ -443,10 +529,10 @@ async fn a_pause_behind_sandboxds_back_reaches_the_proxy_at_the_next_read() {
 #[tokio::test]
 async fn delete_removes_both_and_a_second_delete_is_not_found() {
     let rig = rig().await;
-    let id = rig.service.create(request(None)).await.unwrap().id;
-    rig.service.delete(&id).await.unwrap();
+    let id = rig.service.create(request(None), &root(), None).await.unwrap().id;
+    rig.service.delete(&id, &root()).await.unwrap();
     rig.assert_nothing_left().await;
-    let e = rig.service.delete(&id).await.unwrap_err();
+    let e = rig.service.delete(&id, &root()).await.unwrap_err();
     assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
 }
 
@@ -454,7 +540,7 @@ async fn delete_removes_both_and_a_second_delete_is_not_found() {
 async fn states_map_as_the_contract_says() {
     use super::sandboxes::status;
     let rig = rig().await;
-    let id = rig.service.create(request(None)).await.unwrap().id;
+    let id = rig.service.create(request(None), &root(), None).await.unwrap().id;
     let mut record = rig.service.store.get(&id).await.unwrap().unwrap();
     let state = |r: &crate::orchestrator::store::Record, o: Observed| status(r, &o).state;
     assert_eq!(state(&record, Observed::Running), "Running");
@@ -473,4 +559,191 @@ async fn states_map_as_the_contract_says() {
     assert_eq!(state(&record, Observed::Unknown("?".into())), "Unknown");
     record.phase = Phase::Pending;
     assert_eq!(state(&record, Observed::Gone), "Pending");
+}
+
+#[tokio::test]
+async fn someone_elses_sandbox_is_not_found_on_every_route() {
+    let rig = rig().await;
+    let alice = user("alice", Role::User);
+    let bob = user("bob", Role::User);
+    let id = rig
+        .service
+        .create(request(Some(600)), &alice, None)
+        .await
+        .unwrap()
+        .id;
+    let gone = |r: Result<(), Error>| matches!(r, Err(Error::NotFound { .. }));
+    assert!(gone(rig.service.get(&id, &bob).await.map(drop)));
+    assert!(gone(rig.service.pause(&id, &bob).await));
+    assert!(gone(rig.service.resume(&id, &bob).await));
+    assert!(gone(rig.service.delete(&id, &bob).await));
+    assert!(gone(
+        rig.service
+            .patch_metadata(&id, serde_json::Map::new(), &bob)
+            .await
+            .map(drop)
+    ));
+    let later = RenewExpiration {
+        expires_at: format_ms(now_ms() + 7_200_000),
+    };
+    assert!(gone(rig.service.renew(&id, later, &bob).await.map(drop)));
+    assert!(gone(
+        rig.service
+            .endpoint(&id, "44772", false, None, &bob)
+            .await
+            .map(drop)
+    ));
+    assert!(gone(
+        rig.service
+            .diagnostics(&id, "events", "container", None, None, &bob)
+            .await
+            .map(drop)
+    ));
+    assert!(gone(
+        rig.service
+            .plain_diagnostics(&id, "logs", None, None, &bob)
+            .await
+            .map(drop)
+    ));
+    let filter = || ListFilter {
+        page: 1,
+        page_size: 20,
+        ..Default::default()
+    };
+    assert_eq!(rig.service.list(filter(), &bob).await.unwrap().items.len(), 0);
+    assert_eq!(rig.service.list(filter(), &alice).await.unwrap().items.len(), 1);
+    // Admins see every owner, and may filter by one; others may not ask for someone else's.
+    assert_eq!(rig.service.list(filter(), &root()).await.unwrap().items.len(), 1);
+    let only_bob = ListFilter {
+        owner: Some("bob".into()),
+        ..filter()
+    };
+    assert_eq!(
+        rig.service
+            .list(only_bob.clone(), &root())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        0
+    );
+    assert!(matches!(
+        rig.service.list(only_bob, &alice).await,
+        Err(Error::Forbidden(_))
+    ));
+    // The owner still has it, untouched.
+    assert_eq!(
+        rig.service.get(&id, &alice).await.unwrap().status.state,
+        "Running"
+    );
+    rig.service.delete(&id, &alice).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_user_at_its_quota_is_refused_and_admins_are_not_counted() {
+    let rig = rig().await;
+    let alice = user("alice", Role::User);
+    for _ in 0..2 {
+        rig.service.create(request(None), &alice, None).await.unwrap();
+    }
+    let e = rig.service.create(request(None), &alice, None).await.unwrap_err();
+    assert!(matches!(e, Error::Forbidden(Denial::Quota { limit: 2 })), "{e:?}");
+    assert_eq!(
+        rig.live_ids().len(),
+        2,
+        "nothing was created for the refused request"
+    );
+    for _ in 0..3 {
+        rig.service.create(request(None), &root(), None).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn events_carry_the_request_id_they_were_caused_by() {
+    let rig = rig().await;
+    let id = REQUEST_ID
+        .scope(
+            "req-123".to_owned(),
+            rig.service.create(request(None), &root(), None),
+        )
+        .await
+        .unwrap()
+        .id;
+    let events = rig.service.store.events(&id).await.unwrap();
+    assert!(!events.is_empty());
+    assert!(
+        events.iter().all(|e| e.request_id.as_deref() == Some("req-123")),
+        "{events:?}"
+    );
+    let text = rig
+        .service
+        .plain_diagnostics(&id, "events", None, None, &root())
+        .await
+        .unwrap();
+    assert!(text.contains("(request req-123)"), "{text}");
+}
+
+#[tokio::test]
+async fn tokens_are_minted_within_the_callers_rights_and_revoked_for_good() {
+    use crate::wire::identity::CreateToken;
+    let rig = rig().await;
+    let mint = |user_id: &str, role: Option<&str>, ttl: Option<u64>| CreateToken {
+        user_id: user_id.into(),
+        role: role.map(str::to_owned),
+        ttl_seconds: ttl,
+    };
+    let token = rig
+        .service
+        .mint_token(mint("alice", None, None), &root())
+        .await
+        .unwrap();
+    assert_eq!(
+        (token.role.as_str(), token.token_type.as_str()),
+        ("user", "Bearer")
+    );
+    let alice = rig
+        .service
+        .authority()
+        .resolve(None, Some(&token.access_token), now_ms())
+        .unwrap();
+    assert_eq!((alice.id.as_str(), alice.role), ("alice", Role::User));
+    // A user mints for itself at or below its role, never for others or above.
+    assert!(rig
+        .service
+        .mint_token(mint("alice", Some("viewer"), Some(60)), &alice)
+        .await
+        .is_ok());
+    for (req, why) in [
+        (mint("bob", None, None), "someone else"),
+        (mint("alice", Some("admin"), None), "a higher role"),
+    ] {
+        let e = rig.service.mint_token(req, &alice).await.unwrap_err();
+        assert!(matches!(e, Error::Forbidden(Denial::Mint(_))), "{why}: {e:?}");
+    }
+    for req in [
+        mint("", None, None),
+        mint(&"a".repeat(129), None, None),
+        mint("a b", None, None),
+        mint("alice", Some("root"), None),
+        mint("alice", None, Some(59)),
+        mint("alice", None, Some(604_801)),
+    ] {
+        let e = rig.service.mint_token(req, &root()).await.unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+    }
+    // Bob cannot revoke Alice's token (not found); Alice can.
+    let bob = user("bob", Role::User);
+    let e = rig.service.revoke_token(&token.token_id, &bob).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
+    rig.service.revoke_token(&token.token_id, &alice).await.unwrap();
+    let refused = rig
+        .service
+        .authority()
+        .resolve(None, Some(&token.access_token), now_ms());
+    assert_eq!(
+        refused,
+        Err(crate::orchestrator::error::AuthFailure::TokenRevoked)
+    );
+    let revoked = rig.service.store.revoked_tokens(now_ms()).await.unwrap();
+    assert_eq!(revoked.len(), 1, "the deny-list is in the store too");
 }

@@ -14,6 +14,7 @@
 //! (`service::reconcile`).
 
 mod sandboxes;
+mod tokens;
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -21,7 +22,8 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-pub use sandboxes::{Phase, Record, RowError, EVENTS_KEPT};
+pub use sandboxes::{Event, Phase, Record, RowError, EVENTS_KEPT};
+pub use tokens::TokenRecord;
 
 /// A failed store operation.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +111,20 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE sandboxes DROP COLUMN container;
      ALTER TABLE sandboxes DROP COLUMN execd_port;
      ALTER TABLE sandboxes DROP COLUMN http_port;",
+    // 3: owners (every sandbox so far was made with the API key: root's), business domains,
+    // request ids on events, and the tokens sandboxd minted or revoked.
+    "ALTER TABLE sandboxes ADD COLUMN owner TEXT NOT NULL DEFAULT 'root';
+     ALTER TABLE sandboxes ADD COLUMN business_domain TEXT;
+     CREATE INDEX sandboxes_owner ON sandboxes (owner);
+     ALTER TABLE events ADD COLUMN request_id TEXT;
+     CREATE TABLE tokens (
+        jti TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked_at INTEGER
+     );",
 ];
 
 /// The schema version this build writes.

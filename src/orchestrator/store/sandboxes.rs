@@ -72,6 +72,21 @@ pub struct Record {
     pub phase: Phase,
     /// When `phase` last changed, epoch ms.
     pub transition_at: i64,
+    /// The principal that created it.
+    pub owner: String,
+    /// The caller's `X-Business-Domain`, if any.
+    pub business_domain: Option<String>,
+}
+
+/// One entry of a sandbox's event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// When, epoch ms.
+    pub at: i64,
+    /// What happened.
+    pub message: String,
+    /// The `X-Request-ID` of the request that caused it, if any.
+    pub request_id: Option<String>,
 }
 
 /// A row that could not be read: its id (when even that was readable) and why.
@@ -84,7 +99,7 @@ pub struct RowError {
 }
 
 const COLUMNS: &str = "id, runtime, runtime_ref, runtime_data, image, entrypoint, metadata, \
-     extensions, platform, token, created_at, expires_at, phase, transition_at";
+     extensions, platform, token, created_at, expires_at, phase, transition_at, owner, business_domain";
 
 impl Store {
     /// Adds a new sandbox.
@@ -93,7 +108,7 @@ impl Store {
         self.call(move |c| {
             let (runtime, reference, data) = instance_columns(&r);
             c.execute(
-                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
                 params![
                     r.id,
                     runtime,
@@ -109,6 +124,8 @@ impl Store {
                     r.expires_at,
                     r.phase.as_str(),
                     r.transition_at,
+                    r.owner,
+                    r.business_domain,
                 ],
             )
             .map(drop)
@@ -177,6 +194,19 @@ impl Store {
         .await
     }
 
+    /// How many sandboxes `owner` has.
+    pub async fn count_owned(&self, owner: &str) -> Result<u64, StoreError> {
+        let owner = owner.to_owned();
+        self.call(move |c| {
+            c.query_row("SELECT COUNT(*) FROM sandboxes WHERE owner = ?1", [&owner], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)
+            .map_err(sql("count sandboxes"))
+        })
+        .await
+    }
+
     /// Forgets a sandbox and its events. Returns false when it was not there.
     pub async fn remove(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
@@ -222,21 +252,29 @@ impl Store {
     }
 
     /// Appends to a sandbox's event log (keeping the last [`EVENTS_KEPT`]).
-    pub async fn event(&self, id: &str, at: i64, message: &str) -> Result<(), StoreError> {
-        let (id, message) = (id.to_owned(), message.to_owned());
-        self.call(move |c| append_event(c, &id, at, &message).map_err(sql("record an event")))
+    pub async fn event(&self, id: &str, event: Event) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| append_event(c, &id, &event).map_err(sql("record an event")))
             .await
     }
 
     /// A sandbox's events, oldest first.
-    pub async fn events(&self, id: &str) -> Result<Vec<(i64, String)>, StoreError> {
+    pub async fn events(&self, id: &str) -> Result<Vec<Event>, StoreError> {
         let id = id.to_owned();
         self.call(move |c| {
             let mut stmt = c
-                .prepare("SELECT at, message FROM events WHERE sandbox_id = ?1 ORDER BY at, rowid")
+                .prepare(
+                    "SELECT at, message, request_id FROM events WHERE sandbox_id = ?1 ORDER BY at, rowid",
+                )
                 .map_err(sql("read events"))?;
             let rows = stmt
-                .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map([&id], |r| {
+                    Ok(Event {
+                        at: r.get(0)?,
+                        message: r.get(1)?,
+                        request_id: r.get(2)?,
+                    })
+                })
                 .map_err(sql("read events"))?;
             rows.collect::<rusqlite::Result<_>>().map_err(sql("read events"))
         })
@@ -244,10 +282,10 @@ impl Store {
     }
 }
 
-fn append_event(c: &Connection, id: &str, at: i64, message: &str) -> rusqlite::Result<()> {
+fn append_event(c: &Connection, id: &str, e: &Event) -> rusqlite::Result<()> {
     c.execute(
-        "INSERT INTO events (sandbox_id, at, message) VALUES (?1, ?2, ?3)",
-        params![id, at, message],
+        "INSERT INTO events (sandbox_id, at, message, request_id) VALUES (?1, ?2, ?3, ?4)",
+        params![id, e.at, e.message, e.request_id],
     )?;
     c.execute(
         "DELETE FROM events WHERE sandbox_id = ?1 AND rowid NOT IN
@@ -288,6 +326,8 @@ struct Raw {
     expires_at: Option<i64>,
     phase: String,
     transition_at: i64,
+    owner: String,
+    business_domain: Option<String>,
 }
 
 fn raw(r: &Row<'_>) -> rusqlite::Result<Raw> {
@@ -306,6 +346,8 @@ fn raw(r: &Row<'_>) -> rusqlite::Result<Raw> {
         expires_at: r.get(11)?,
         phase: r.get(12)?,
         transition_at: r.get(13)?,
+        owner: r.get(14)?,
+        business_domain: r.get(15)?,
     })
 }
 
@@ -360,6 +402,8 @@ fn record(raw: Raw) -> Result<Record, RowError> {
         expires_at: raw.expires_at,
         phase,
         transition_at: raw.transition_at,
+        owner: raw.owner,
+        business_domain: raw.business_domain,
     })
 }
 
@@ -390,6 +434,8 @@ mod tests {
             expires_at,
             phase: Phase::Pending,
             transition_at: created_at,
+            owner: "root".into(),
+            business_domain: None,
         }
     }
 
@@ -450,12 +496,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for i in 0..(EVENTS_KEPT + 10) {
-            store.event("a", i, &format!("e{i}")).await.unwrap();
+            let event = Event {
+                at: i,
+                message: format!("e{i}"),
+                request_id: Some(format!("r{i}")),
+            };
+            store.event("a", event).await.unwrap();
         }
         let events = store.events("a").await.unwrap();
         assert_eq!(events.len() as i64, EVENTS_KEPT);
-        assert_eq!(events.last().unwrap().1, format!("e{}", EVENTS_KEPT + 9));
-        assert_eq!(events[0].1, "e10");
+        let last = events.last().unwrap();
+        assert_eq!(last.message, format!("e{}", EVENTS_KEPT + 9));
+        assert_eq!(last.request_id, Some(format!("r{}", EVENTS_KEPT + 9)));
+        assert_eq!(events[0].message, "e10");
     }
 
     /// A state file exactly as sandboxd wrote it before schema versions (version 0 on disk,
@@ -508,7 +561,9 @@ mod tests {
         assert_eq!(ports, serde_json::json!({"execd": 40001, "http": 40002}));
         let s2 = store.get("s2").await.unwrap().unwrap();
         assert_eq!((s2.phase, s2.instance), (Phase::Pending, None));
-        assert_eq!(store.events("s1").await.unwrap(), [(11, "running".to_owned())]);
+        let events = store.events("s1").await.unwrap();
+        assert_eq!((events[0].at, events[0].message.as_str()), (11, "running"));
+        assert_eq!((s1.owner.as_str(), s1.business_domain), ("root", None));
         drop(store);
         // Opening again is a no-op.
         let store = Store::open(dir.path()).unwrap();
