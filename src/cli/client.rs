@@ -54,7 +54,10 @@ impl Client {
                 headers.insert("OPEN-SANDBOX-API-KEY", header(&key)?);
             }
             Auth::Bearer(token) => {
-                headers.insert(reqwest::header::AUTHORIZATION, header(&format!("Bearer {token}"))?);
+                headers.insert(
+                    reqwest::header::AUTHORIZATION,
+                    header(&format!("Bearer {token}"))?,
+                );
             }
         }
         Ok(Self {
@@ -168,7 +171,11 @@ pub async fn send(request: RequestBuilder) -> Result<Response, CliError> {
         message: String,
     }
     Err(match serde_json::from_str::<Body>(&body) {
-        Ok(Body { code, message }) => CliError::Api { status, code, message },
+        Ok(Body { code, message }) => CliError::Api {
+            status,
+            code,
+            message,
+        },
         Err(_) => CliError::Status {
             status,
             url,

@@ -20,18 +20,36 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 #[command(next_help_heading = "Connection")]
 pub struct Connection {
     /// sandboxd's URL [env: SANDBOXD_SERVER; config: server; default: http://127.0.0.1:8080].
-    #[arg(long, env = "SANDBOXD_SERVER", hide_env = true, value_name = "URL", global = true)]
+    #[arg(
+        long,
+        env = "SANDBOXD_SERVER",
+        hide_env = true,
+        value_name = "URL",
+        global = true
+    )]
     pub server: Option<String>,
     /// The API key, sent as `OPEN-SANDBOX-API-KEY` (it acts as the admin `root`)
     /// [env: SANDBOXD_API_KEY; config: apiKey].
-    #[arg(long, env = "SANDBOXD_API_KEY", hide_env = true, value_name = "KEY", global = true)]
+    #[arg(
+        long,
+        env = "SANDBOXD_API_KEY",
+        hide_env = true,
+        value_name = "KEY",
+        global = true
+    )]
     pub api_key: Option<String>,
     /// A user token from `sandboxd token create`, sent as `Authorization: Bearer`; it wins
     /// over an API key [env: SANDBOXD_TOKEN; config: token].
     #[arg(long, value_name = "TOKEN", global = true)]
     pub token: Option<String>,
     /// The config file [env: SANDBOXD_CONFIG; default: ~/.config/sandboxd/config.yaml].
-    #[arg(long, env = "SANDBOXD_CONFIG", hide_env = true, value_name = "FILE", global = true)]
+    #[arg(
+        long,
+        env = "SANDBOXD_CONFIG",
+        hide_env = true,
+        value_name = "FILE",
+        global = true
+    )]
     pub config: Option<PathBuf>,
 }
 

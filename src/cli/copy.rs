@@ -24,7 +24,9 @@ const CHUNK: usize = 256 * 1024;
 
 /// `cp`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "A sandbox path is ID:PATH. A local path containing ':' needs a ./ or / in front.\n\nExamples:\n  sandboxd cp ./data.csv 3f2c…:/tmp/data.csv\n  sandboxd cp 3f2c…:/var/log/app.log .\n  sandboxd cp 3f2c…:/etc/os-release -     # to stdout")]
+#[command(
+    after_help = "A sandbox path is ID:PATH. A local path containing ':' needs a ./ or / in front.\n\nExamples:\n  sandboxd cp ./data.csv 3f2c…:/tmp/data.csv\n  sandboxd cp 3f2c…:/var/log/app.log .\n  sandboxd cp 3f2c…:/etc/os-release -     # to stdout"
+)]
 pub struct CpArgs {
     /// What to copy: a local file, or ID:PATH in a sandbox.
     #[arg(value_name = "SRC")]
@@ -55,7 +57,9 @@ pub async fn cp(args: CpArgs) -> Result<u8, CliError> {
             let execd = args.conn.client()?.execd(id).await?;
             download(&execd, path, &args.dest, id).await
         }
-        (Some(_), Some(_)) => Err(CliError::Usage("copying between two sandboxes is not supported: copy through a local file".into())),
+        (Some(_), Some(_)) => Err(CliError::Usage(
+            "copying between two sandboxes is not supported: copy through a local file".into(),
+        )),
         (None, None) => Err(CliError::Usage("one side must be a sandbox path, ID:PATH".into())),
     }
 }
@@ -69,21 +73,28 @@ async fn upload(execd: &Execd, local: &Path, remote_path: &str, id: &str) -> Res
         .await
         .map_err(|e| CliError::io(format!("cannot stat {}", local.display()), e))?;
     if !meta.is_file() {
-        return Err(CliError::Usage(format!("{}: only regular files can be copied", local.display())));
+        return Err(CliError::Usage(format!(
+            "{}: only regular files can be copied",
+            local.display()
+        )));
     }
     let name = local
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
-    let target = if remote_path.is_empty() || remote_path.ends_with('/') || is_remote_dir(execd, remote_path).await? {
-        format!("{}/{name}", remote_path.trim_end_matches('/'))
-    } else {
-        remote_path.to_owned()
-    };
+    let target =
+        if remote_path.is_empty() || remote_path.ends_with('/') || is_remote_dir(execd, remote_path).await? {
+            format!("{}/{name}", remote_path.trim_end_matches('/'))
+        } else {
+            remote_path.to_owned()
+        };
     // The mode as execd takes it: octal digits written in decimal.
-    let mode: u32 = format!("{:o}", std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777)
-        .parse()
-        .unwrap_or(644);
+    let mode: u32 = format!(
+        "{:o}",
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777
+    )
+    .parse()
+    .unwrap_or(644);
     let boundary = format!("{BOUNDARY_PREFIX}{}", uuid::Uuid::new_v4().simple());
     let metadata = serde_json::json!({ "path": target, "mode": mode }).to_string();
     let head = format!(
@@ -147,7 +158,12 @@ async fn is_remote_dir(execd: &Execd, path: &str) -> Result<bool, CliError> {
 }
 
 async fn download(execd: &Execd, remote_path: &str, dest: &str, id: &str) -> Result<u8, CliError> {
-    let response = send(execd.request(Method::GET, "/files/download").query(&[("path", remote_path)])).await?;
+    let response = send(
+        execd
+            .request(Method::GET, "/files/download")
+            .query(&[("path", remote_path)]),
+    )
+    .await?;
     let len = response.content_length();
     let name = Path::new(remote_path)
         .file_name()
@@ -161,9 +177,13 @@ async fn download(execd: &Execd, remote_path: &str, dest: &str, id: &str) -> Res
                 what: format!("the download of {id}:{remote_path} broke off"),
                 source,
             })?;
-            out.write_all(&chunk).await.map_err(|e| CliError::io("writing to stdout", e))?;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| CliError::io("writing to stdout", e))?;
         }
-        out.flush().await.map_err(|e| CliError::io("writing to stdout", e))?;
+        out.flush()
+            .await
+            .map_err(|e| CliError::io("writing to stdout", e))?;
         return Ok(0);
     }
     let mut target = PathBuf::from(dest);

@@ -37,7 +37,11 @@ pub struct ExecArgs {
     execd: Option<String>,
     /// The sandbox id, then the command and its arguments (for -t: shell text, default a
     /// login shell).
-    #[arg(value_name = "ID -- COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "ID -- COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     args: Vec<String>,
     #[command(flatten)]
     conn: Connection,
@@ -66,14 +70,18 @@ pub async fn exec(args: ExecArgs) -> Result<u8, CliError> {
         }
         None => {
             let Some((id, command)) = positional.split_first() else {
-                return Err(CliError::Usage("which sandbox? sandboxd exec ID -- COMMAND".into()));
+                return Err(CliError::Usage(
+                    "which sandbox? sandboxd exec ID -- COMMAND".into(),
+                ));
             };
             (args.conn.client()?.execd(id).await?, command.to_vec())
         }
     };
     if args.tty {
         if !args.env.is_empty() {
-            return Err(CliError::Usage("-e is not supported with -t (export it in the shell)".into()));
+            return Err(CliError::Usage(
+                "-e is not supported with -t (export it in the shell)".into(),
+            ));
         }
         return super::terminal::run(&execd, &command, args.workdir.as_deref()).await;
     }
@@ -120,12 +128,16 @@ async fn run_command(
             }
         };
         let Some(chunk) = chunk else {
-            return Err(CliError::Usage("the command's output stream ended before its exit".into()));
+            return Err(CliError::Usage(
+                "the command's output stream ended before its exit".into(),
+            ));
         };
         buffer.extend_from_slice(&chunk);
         while let Some(end) = find_event_end(&buffer) {
             let block: Vec<u8> = buffer.drain(..end).collect();
-            let Some(event) = parse_event(&block) else { continue };
+            let Some(event) = parse_event(&block) else {
+                continue;
+            };
             match event.kind {
                 EventType::Init => command_id = event.text,
                 EventType::Stdout => write_stdout(line(&event).as_bytes())?,
@@ -210,7 +222,8 @@ mod tests {
 
     #[test]
     fn sse_events_parse_and_lines_come_back() {
-        let buf = b": keep-alive\n\nid: 2\ndata: {\"type\":\"stdout\",\"text\":\"hi\",\"timestamp\":1}\n\nid: 3";
+        let buf =
+            b": keep-alive\n\nid: 2\ndata: {\"type\":\"stdout\",\"text\":\"hi\",\"timestamp\":1}\n\nid: 3";
         let first = find_event_end(buf).unwrap();
         assert!(parse_event(&buf[..first]).is_none());
         let rest = &buf[first..];

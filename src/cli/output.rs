@@ -33,7 +33,9 @@ pub struct OutputArgs {
 /// Prints `value` as JSON or YAML (`Format::Table` is the caller's own rendering).
 pub fn print_structured<T: Serialize>(format: Format, value: &T) -> Result<(), CliError> {
     let text = match format {
-        Format::Yaml => yaml_serde::to_string(value).map_err(|e| CliError::Usage(format!("cannot render YAML: {e}")))?,
+        Format::Yaml => {
+            yaml_serde::to_string(value).map_err(|e| CliError::Usage(format!("cannot render YAML: {e}")))?
+        }
         _ => {
             let mut text = serde_json::to_string_pretty(value)
                 .map_err(|e| CliError::Usage(format!("cannot render JSON: {e}")))?;
@@ -135,7 +137,10 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let t = table(&["ID", "STATE"], &[vec!["a".into(), "Running".into()], vec!["bcd".into(), "-".into()]]);
+        let t = table(
+            &["ID", "STATE"],
+            &[vec!["a".into(), "Running".into()], vec!["bcd".into(), "-".into()]],
+        );
         assert_eq!(t, "ID   STATE\na    Running\nbcd  -\n");
     }
 

@@ -11,9 +11,7 @@ use super::client::send;
 use super::connect::Connection;
 use super::error::CliError;
 use super::output::{age, print_structured, spinner, table, write_stdout, Format, OutputArgs};
-use crate::wire::lifecycle::{
-    CreateSandboxResponse, DiagnosticContent, ListSandboxesResponse, Sandbox,
-};
+use crate::wire::lifecycle::{CreateSandboxResponse, DiagnosticContent, ListSandboxesResponse, Sandbox};
 use crate::wire::time::{format_ms, now_ms};
 
 /// `ls`.
@@ -40,7 +38,9 @@ pub struct LsArgs {
 
 /// `create`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  sandboxd create python:3.12\n  sandboxd create --timeout 0 --cpu 1 --memory 512Mi -e A=1 -l team=ml busybox -- sleep 86400")]
+#[command(
+    after_help = "Examples:\n  sandboxd create python:3.12\n  sandboxd create --timeout 0 --cpu 1 --memory 512Mi -e A=1 -l team=ml busybox -- sleep 86400"
+)]
 pub struct CreateArgs {
     /// The image (pulled when missing).
     image: String,
@@ -199,8 +199,9 @@ pub async fn create(args: CreateArgs) -> Result<u8, CliError> {
         body["metadata"] = json!(args.metadata.into_iter().collect::<BTreeMap<_, _>>());
     }
     let wait = spinner(format!("creating a sandbox from {}", args.image));
-    let created: Result<CreateSandboxResponse, _> =
-        client.json(client.request(Method::POST, "/sandboxes").json(&body)).await;
+    let created: Result<CreateSandboxResponse, _> = client
+        .json(client.request(Method::POST, "/sandboxes").json(&body))
+        .await;
     wait.finish_and_clear();
     let created = created?;
     match args.output.format {
@@ -216,7 +217,10 @@ pub async fn get(args: GetArgs) -> Result<u8, CliError> {
     let mut found: Vec<Sandbox> = Vec::new();
     let mut failed = 0;
     for id in &args.ids {
-        match client.json::<Sandbox>(client.request(Method::GET, &format!("/sandboxes/{id}"))).await {
+        match client
+            .json::<Sandbox>(client.request(Method::GET, &format!("/sandboxes/{id}")))
+            .await
+        {
             Ok(sandbox) => found.push(sandbox),
             Err(e) => {
                 eprintln!("sandboxd: {id}: {}", e.report());
@@ -359,7 +363,11 @@ fn expiry(at: &str, now: i64) -> String {
 
 fn metadata_text(metadata: Option<&BTreeMap<String, String>>) -> String {
     match metadata {
-        Some(m) if !m.is_empty() => m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
         _ => "-".into(),
     }
 }
@@ -378,12 +386,17 @@ fn detail(s: &Sandbox, now: i64) -> String {
         lines.push(("Message", message.clone()));
     }
     lines.push(("Entrypoint", s.entrypoint.join(" ")));
-    lines.push(("Created", format!("{} ({} ago)", s.created_at, age(&s.created_at, now))));
+    lines.push((
+        "Created",
+        format!("{} ({} ago)", s.created_at, age(&s.created_at, now)),
+    ));
     lines.push((
         "Expires",
         s.expires_at
             .as_deref()
-            .map_or("never (manual cleanup)".into(), |e| format!("{e} ({})", expiry(e, now))),
+            .map_or("never (manual cleanup)".into(), |e| {
+                format!("{e} ({})", expiry(e, now))
+            }),
     ));
     lines.push(("Metadata", metadata_text(s.metadata.as_ref())));
     if let Some(domain) = &s.business_domain {

@@ -35,7 +35,8 @@ pub async fn run(execd: &Execd, command: &[String], cwd: Option<&str>) -> Result
         cols: size.map(|(cols, _)| cols),
         rows: size.map(|(_, rows)| rows),
     };
-    let created: CreatePtyResponse = json(send(execd.request(Method::POST, "/pty").json(&request)).await?).await?;
+    let created: CreatePtyResponse =
+        json(send(execd.request(Method::POST, "/pty").json(&request)).await?).await?;
     let session = created.session_id;
     let url = format!("{}/pty/{session}/ws", execd.base).replacen("http://", "ws://", 1);
     let mut ws_request = url
@@ -68,7 +69,8 @@ async fn relay(
 ) -> Result<Option<u8>, CliError> {
     let (mut sink, mut stream) = socket.split();
     let mut input = spawn_stdin_reader();
-    let mut winch = signal(SignalKind::window_change()).map_err(|e| CliError::io("cannot watch SIGWINCH", e))?;
+    let mut winch =
+        signal(SignalKind::window_change()).map_err(|e| CliError::io("cannot watch SIGWINCH", e))?;
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let mut exit = None;
@@ -158,7 +160,8 @@ struct RawMode {
 impl RawMode {
     fn enable() -> Result<Self, CliError> {
         let stdin = std::io::stdin();
-        let saved = termios::tcgetattr(&stdin).map_err(|e| CliError::io("cannot read the terminal's mode", e.into()))?;
+        let saved = termios::tcgetattr(&stdin)
+            .map_err(|e| CliError::io("cannot read the terminal's mode", e.into()))?;
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);
         termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw)
@@ -196,7 +199,9 @@ fn websocket_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> CliEr
             code: String,
             message: String,
         }
-        if let Some(Ok(Body { code, message })) = response.body().as_deref().map(serde_json::from_slice::<Body>) {
+        if let Some(Ok(Body { code, message })) =
+            response.body().as_deref().map(serde_json::from_slice::<Body>)
+        {
             return CliError::Api {
                 status: response.status().as_u16(),
                 code,

@@ -20,7 +20,9 @@ pub struct TokenArgs {
 #[derive(Debug, clap::Subcommand)]
 enum TokenCommand {
     /// Mint a token for a user and print it (use it as --token or SANDBOXD_TOKEN).
-    #[command(after_help = "Example:\n  export SANDBOXD_TOKEN=$(sandboxd token create alice --role user --ttl 3600)")]
+    #[command(
+        after_help = "Example:\n  export SANDBOXD_TOKEN=$(sandboxd token create alice --role user --ttl 3600)"
+    )]
     Create {
         /// The user the token is for (1–128 of A-Z a-z 0-9 . _ @ -).
         user: String,
@@ -49,13 +51,20 @@ enum TokenCommand {
 pub async fn token(args: TokenArgs) -> Result<u8, CliError> {
     let client = args.conn.client()?;
     match args.command {
-        TokenCommand::Create { user, role, ttl, output } => {
+        TokenCommand::Create {
+            user,
+            role,
+            ttl,
+            output,
+        } => {
             let body = CreateToken {
                 user_id: user,
                 role: Some(role),
                 ttl_seconds: Some(ttl),
             };
-            let token: Token = client.json(client.request(Method::POST, "/tokens").json(&body)).await?;
+            let token: Token = client
+                .json(client.request(Method::POST, "/tokens").json(&body))
+                .await?;
             match output.format {
                 // Only the token on stdout, so that `$(sandboxd token create …)` is the token.
                 Format::Table => {
@@ -69,7 +78,9 @@ pub async fn token(args: TokenArgs) -> Result<u8, CliError> {
             }
         }
         TokenCommand::Current { output } => {
-            let me: CurrentPrincipal = client.json(client.request(Method::GET, "/tokens/current")).await?;
+            let me: CurrentPrincipal = client
+                .json(client.request(Method::GET, "/tokens/current"))
+                .await?;
             match output.format {
                 Format::Table => {
                     let row = vec![
