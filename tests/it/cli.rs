@@ -457,3 +457,45 @@ fn cli_help_and_completions() {
         );
     }
 }
+
+#[test]
+fn cli_exec_straight_to_an_execd() {
+    // A port-forward's view: an execd URL and its token, no sandboxd.
+    let agent = crate::util::Agent::start_with(crate::util::Opts {
+        token: Some("direct-token".into()),
+        ..Default::default()
+    });
+    let direct = |extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandboxd"));
+        cmd.args(["exec", "--execd", &agent.base])
+            .args(extra)
+            .env("XDG_CONFIG_HOME", "/nonexistent")
+            // A user token in the environment is sandboxd's, never sent to an execd.
+            .env("SANDBOXD_TOKEN", "not-for-execd")
+            .env_remove("EXECD_ACCESS_TOKEN");
+        cmd
+    };
+    let out = run(&mut direct(&[
+        "--token",
+        "direct-token",
+        "--",
+        "sh",
+        "-c",
+        "echo x; exit 4",
+    ]));
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(4), "x\n"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&mut direct(&["--", "true"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("(HTTP 401)"), "{}", stderr(&out));
+
+    let mut term = OnPty::spawn(direct(&["-it", "--token", "direct-token"]), 80, 24);
+    term.type_line("echo direct-$((3*3))");
+    term.expect("direct-9");
+    term.type_line("exit 7");
+    assert_eq!(term.exit_code(), Some(7), "{}", term.text());
+}
