@@ -3,7 +3,8 @@
 //! pause/resume, rm, tokens, `exec -it` on a pseudo-terminal, and the errors a person sees.
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,7 +84,11 @@ fn cli_create_ls_get_exec_cp_logs_pause_rm() {
         &sbd,
         image,
         &["--cpu", "1", "--memory", "256Mi", "-e", "GREETING=hello"],
-        &["sh", "-c", "echo booted; exec tail -f /dev/null"],
+        &[
+            "sh",
+            "-c",
+            "echo booted; while [ ! -e /tmp/go ]; do sleep 1; done; echo released; exec tail -f /dev/null",
+        ],
     );
 
     // ls: a table with the id, filtered by metadata; -q gives ids only.
@@ -172,6 +177,41 @@ fn cli_create_ls_get_exec_cp_logs_pause_rm() {
     });
     assert!(logs.contains("booted"));
     assert!(ok(cli(&sbd).args(["logs", &id, "--tail", "1"])).lines().count() <= 1);
+    // logs -f: what is there, then new lines as they come, none twice.
+    let mut follow = cli(&sbd)
+        .args(["logs", "-f", &id])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let followed = Arc::new(Mutex::new(String::new()));
+    let mut pipe = follow.stdout.take().unwrap();
+    let sink = followed.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    // (execd's own log line naming the entrypoint says "booted" and "released" too: look
+    // for whole lines.)
+    let has_line = |line: &str| followed.lock().unwrap().lines().any(|l| l == line).then_some(());
+    wait_for(10, "logs -f to print what was there", || has_line("booted"));
+    ok(cli(&sbd).args(["exec", &id, "--", "touch", "/tmp/go"]));
+    wait_for(20, "logs -f to print a new line", || has_line("released"));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follow.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let status = wait_for(10, "logs -f to stop on Ctrl-C", || follow.try_wait().unwrap());
+    assert!(status.success(), "{status:?}");
+    let followed = followed.lock().unwrap().clone();
+    let count = |line: &str| followed.lines().filter(|l| *l == line).count();
+    assert_eq!((count("booted"), count("released")), (1, 1), "{followed}");
+
     let events = ok(cli(&sbd).args(["events", &id]));
     assert!(events.contains("create requested"), "{events}");
 
@@ -214,6 +254,20 @@ impl OnPty {
         };
         let pair = nix::pty::openpty(Some(&size), None).expect("openpty");
         let slave: OwnedFd = pair.slave;
+        // SAFETY: between fork and exec the closure calls only async-signal-safe functions
+        // (setsid, ioctl) and allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                // A session of its own with the pty as its controlling terminal, as in a real
+                // terminal: Ctrl-C would be SIGINT here were it not for raw mode, and a window
+                // size change is SIGWINCH.
+                nix::unistd::setsid()?;
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .stdin(slave.try_clone().unwrap())
             .stdout(slave.try_clone().unwrap())
@@ -255,6 +309,19 @@ impl OnPty {
         self.master.write_all(format!("{line}\r").as_bytes()).unwrap();
     }
 
+    /// Sets the terminal's size, as a window resize does (the kernel sends SIGWINCH).
+    fn resize(&self, cols: u16, rows: u16) {
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one `winsize`, which outlives the call, from our master fd.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+
     fn exit_code(&mut self) -> Option<i32> {
         let status = wait_for(20, "the CLI to exit", || self.child.try_wait().unwrap());
         status.code()
@@ -275,6 +342,16 @@ fn cli_exec_it_runs_a_shell_on_a_terminal() {
     term.expect("33 101");
     term.type_line("echo hi-$((1+1))");
     term.expect("hi-2");
+    // A resize of the local window follows (SIGWINCH → a resize frame).
+    term.resize(120, 40);
+    let mut asked = 0;
+    wait_for(20, "the remote terminal to take the new size", || {
+        // Ask, wait for the answer, and ask again if the resize was not there yet.
+        asked += 1;
+        term.type_line(&format!("stty size; echo asked-$((0+{asked}))"));
+        term.expect(&format!("asked-{asked}"));
+        term.text().contains("40 120").then_some(())
+    });
     // Ctrl-C reaches the remote foreground job, not this CLI.
     term.type_line("sleep 1000");
     wait_for(20, "sleep to run in the sandbox", || {
