@@ -142,7 +142,10 @@ async fn layer_cost(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         .error_for_status()?
         .json()
         .await?;
-    let token = minted["accessToken"].as_str().context("no accessToken")?.to_owned();
+    let token = minted["accessToken"]
+        .as_str()
+        .context("no accessToken")?
+        .to_owned();
     let (mut bearer, mut key) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     for _ in 0..runs {
         bearer.push(get_unknown_as(&client, &on, Auth::Bearer(&token)).await?);
@@ -156,7 +159,12 @@ async fn layer_cost(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             "ms",
         )
         .anchor("the same with the API key", p50_key),
-        Row::new("Bearer verification cost (p50 difference)", p50_bearer - p50_key, "ms").goal(Goal::AtMost(0.05)),
+        Row::new(
+            "Bearer verification cost (p50 difference)",
+            p50_bearer - p50_key,
+            "ms",
+        )
+        .goal(Goal::AtMost(0.05)),
         Row::new(
             "GET /v1/sandboxes/{unknown} p50, API key + `read` limiter",
             p50_on,
