@@ -9,6 +9,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (pattern, name) = text.split_once('\0').unwrap_or((text, "file.txt"));
+    // Search matches base names: never empty, never with `/` or NUL.
+    if name.is_empty() || name.contains(['/', '\0']) {
+        return;
+    }
     let Ok(glob) = Glob::new(pattern) else {
         return;
     };
