@@ -60,7 +60,11 @@ fuzz_target!(|data: &[u8]| {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["outside", "outside-file", "target"], "escape beside the target ({result:?})");
+    assert_eq!(
+        names,
+        ["outside", "outside-file", "target"],
+        "escape beside the target ({result:?})"
+    );
     assert_eq!(
         fs::read_dir(root.join("outside")).unwrap().count(),
         0,
@@ -68,7 +72,11 @@ fuzz_target!(|data: &[u8]| {
     );
     let meta = fs::symlink_metadata(root.join("outside-file")).unwrap();
     assert!(meta.is_file(), "outside-file replaced ({result:?})");
-    assert_eq!(fs::read(root.join("outside-file")).unwrap(), b"keep", "outside-file written ({result:?})");
+    assert_eq!(
+        fs::read(root.join("outside-file")).unwrap(),
+        b"keep",
+        "outside-file written ({result:?})"
+    );
     assert_eq!(meta.mode() & 0o7777, 0o644, "outside-file chmodded ({result:?})");
     assert_eq!(meta.nlink(), 1, "outside-file hard-linked ({result:?})");
     let meta = fs::symlink_metadata(&target).unwrap();

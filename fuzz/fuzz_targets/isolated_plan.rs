@@ -13,7 +13,9 @@ use execd::wire::isolated::CreateIsolatedSessionRequest;
 use libfuzzer_sys::fuzz_target;
 
 fn clean(p: &Path) -> bool {
-    p.is_absolute() && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+    p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -38,15 +40,30 @@ fuzz_target!(|data: &[u8]| {
         assert!(!plan.mounts.is_empty());
         for (i, m) in plan.mounts.iter().enumerate() {
             assert!(clean(&m.path), "mount {:?} accepted", m.path);
-            assert!(plan.mounts[..i].iter().all(|o| o.path != m.path), "mount {:?} twice", m.path);
+            assert!(
+                plan.mounts[..i].iter().all(|o| o.path != m.path),
+                "mount {:?} twice",
+                m.path
+            );
         }
         for w in &plan.extra_writable {
-            assert!(clean(Path::new(w)) && Path::new(w).starts_with(&allowed), "extra_writable {w:?}");
+            assert!(
+                clean(Path::new(w)) && Path::new(w).starts_with(&allowed),
+                "extra_writable {w:?}"
+            );
         }
         for b in &plan.binds {
             let source = Path::new(&b.source);
-            assert!(clean(source) && source.starts_with(&allowed), "bind source {:?}", b.source);
-            assert!(b.dest.as_deref().is_some_and(|d| clean(Path::new(d))), "bind dest {:?}", b.dest);
+            assert!(
+                clean(source) && source.starts_with(&allowed),
+                "bind source {:?}",
+                b.source
+            );
+            assert!(
+                b.dest.as_deref().is_some_and(|d| clean(Path::new(d))),
+                "bind dest {:?}",
+                b.dest
+            );
         }
         assert!(plan.idle_timeout_seconds >= 0);
     }

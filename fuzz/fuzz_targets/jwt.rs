@@ -30,7 +30,11 @@ fn signed_by(token: &str, secret: &[u8]) -> bool {
 }
 
 fn sign(header: &str, claims: &[u8], secret: &[u8]) -> String {
-    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
     mac.update(input.as_bytes());
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
@@ -61,8 +65,15 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             // Unsigned, or signed under another algorithm name.
             for header in [r#"{"alg":"none"}"#, r#"{"alg":"HS384"}"#, r#"{"alg":"hs256"}"#] {
-                let unsigned = format!("{}.{}.", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(rest));
-                assert!(keys.verify(&unsigned).is_err(), "unsigned token verified: {unsigned}");
+                let unsigned = format!(
+                    "{}.{}.",
+                    URL_SAFE_NO_PAD.encode(header),
+                    URL_SAFE_NO_PAD.encode(rest)
+                );
+                assert!(
+                    keys.verify(&unsigned).is_err(),
+                    "unsigned token verified: {unsigned}"
+                );
                 let token = sign(header, rest, SECRET);
                 assert!(keys.verify(&token).is_err(), "{header} token verified: {token}");
             }
@@ -83,7 +94,10 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             if keys.verify(&altered).is_ok() {
-                assert!(signed_by(&altered, SECRET), "altered token verified: {altered} (from {token})");
+                assert!(
+                    signed_by(&altered, SECRET),
+                    "altered token verified: {altered} (from {token})"
+                );
             }
         }
     }

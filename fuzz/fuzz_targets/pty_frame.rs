@@ -24,7 +24,8 @@ fuzz_target!(|data: &[u8]| {
             Some(PtyInput::Signal(name)) => {
                 let _ = parse_signal(&name);
             }
-            Some(PtyInput::Resize(..) | PtyInput::Stdin(_) | PtyInput::Ping | PtyInput::Invalid(_)) | None => {}
+            Some(PtyInput::Resize(..) | PtyInput::Stdin(_) | PtyInput::Ping | PtyInput::Invalid(_))
+            | None => {}
             Some(other) => panic!("text frame decoded to {other:?}"),
         },
         _ => ring(frame),
@@ -43,7 +44,11 @@ fn ring(ops: &[u8]) {
     for (i, op) in ops.chunks(2).enumerate() {
         let (a, b) = (op[0], op.get(1).copied().unwrap_or(0));
         if a & 1 == 0 {
-            let stream = if a & 2 == 0 { Stream::Stdout } else { Stream::Stderr };
+            let stream = if a & 2 == 0 {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
             let bytes: Vec<u8> = (0..b % 65).map(|j| (i as u8).wrapping_add(j)).collect();
             ring.push(stream, &bytes);
             written.extend_from_slice(&bytes);

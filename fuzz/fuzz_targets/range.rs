@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
         let date = http_date(UNIX_EPOCH + Duration::from_secs(size.min(i64::MAX as u64)));
         if if_range_holds(header, etag, &date) {
             let h = header.trim();
-            assert!(h == etag || h == date, "If-Range {header:?} held for neither validator");
+            assert!(
+                h == etag || h == date,
+                "If-Range {header:?} held for neither validator"
+            );
         }
         let _ = none_match(header, etag);
     }

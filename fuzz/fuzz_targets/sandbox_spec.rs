@@ -12,7 +12,9 @@ use libfuzzer_sys::fuzz_target;
 
 fn clean(p: &str) -> bool {
     let p = Path::new(p);
-    p.is_absolute() && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+    p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -34,14 +36,25 @@ fuzz_target!(|data: &[u8]| {
     for m in &plan.mounts {
         match m {
             Mount::HostPath { path, mount_path, .. } => {
-                assert!(clean(path) && Path::new(path).starts_with("/srv/data"), "host path {path:?}");
-                assert!(clean(mount_path) && mount_path != "/", "mount path {mount_path:?}");
+                assert!(
+                    clean(path) && Path::new(path).starts_with("/srv/data"),
+                    "host path {path:?}"
+                );
+                assert!(
+                    clean(mount_path) && mount_path != "/",
+                    "mount path {mount_path:?}"
+                );
             }
-            Mount::Volume { sub_path, mount_path, .. } => {
-                assert!(clean(mount_path) && mount_path != "/", "mount path {mount_path:?}");
-                assert!(sub_path
-                    .as_deref()
-                    .is_none_or(|s| Path::new(s).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))));
+            Mount::Volume {
+                sub_path, mount_path, ..
+            } => {
+                assert!(
+                    clean(mount_path) && mount_path != "/",
+                    "mount path {mount_path:?}"
+                );
+                assert!(sub_path.as_deref().is_none_or(|s| Path::new(s)
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))));
             }
         }
     }

@@ -56,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
         // Low bits: events in the batch; high bit: long lines (64 KiB), so that a few ops
         // push the journal past its 1 MiB memory cap and into its spill file.
         let count = u64::from(op & 0x0f) + 1;
-        let len = if op & 0x80 != 0 { 64 << 10 } else { usize::from(op >> 4) * 3 };
+        let len = if op & 0x80 != 0 {
+            64 << 10
+        } else {
+            usize::from(op >> 4) * 3
+        };
         let line: Vec<u8> = (0..len).map(|j| b"ab\n\"\\\x01 z"[(i + j) % 8]).collect();
         journal.write_bulk(count as usize, |w| {
             for _ in 0..count {
@@ -76,11 +80,19 @@ fuzz_target!(|data: &[u8]| {
             .strip_prefix("id: ")
             .and_then(|f| f.split_once("\ndata: "))
             .unwrap_or_else(|| panic!("not an SSE event: {frame:?}"));
-        assert_eq!(id.parse::<u64>().ok(), Some(expected), "after {after}: event order");
+        assert_eq!(
+            id.parse::<u64>().ok(),
+            Some(expected),
+            "after {after}: event order"
+        );
         serde_json::from_str::<serde_json::Value>(data).expect("event data is JSON");
         expected += 1;
     }
     let resumed_from = if after == 0 { 1 } else { after.saturating_add(1) };
     let want = total.saturating_sub(resumed_from - 1);
-    assert_eq!(expected - resumed_from, want, "after {after} of {total}: events missing");
+    assert_eq!(
+        expected - resumed_from,
+        want,
+        "after {after} of {total}: events missing"
+    );
 });

@@ -239,7 +239,11 @@ mod tests {
         }
         let mut env = EnvMap::new();
         parse_env_file(&content, &mut env);
-        assert_eq!(env["A"].len(), 16 << 13, "doubled while it fits: 16 B × 2^13 = 128 KiB");
+        assert_eq!(
+            env["A"].len(),
+            16 << 13,
+            "doubled while it fits: 16 B × 2^13 = 128 KiB"
+        );
         assert!(env["B"].len() <= MAX_EXPANDED);
         // The input the fuzzer found (a 148-byte file that grew a 312 KB value).
         let found = std::str::from_utf8(b"A=\x01TA[AA=x\nA=3\x00A+A#A$A=xx\nA=3\x04A$A#=$A$A\nA=#=$A$A=\x01$A$A=x\nA=3\x00A$A#=$A$A=$A$A=x\nA=3=$A$A=$A$A=x\nA=3\x04A$A#A$A#=$A$A\nA=#=$A$A=\x01$A$A=x\nA=3\x00A$A#=$A$A==$A$(").unwrap();

@@ -67,7 +67,9 @@ pub async fn upload_metadata(content_type: &str, body: Vec<u8>) -> Result<Vec<Fi
     let mut req = Request::new(axum::body::Body::from(body));
     let value = HeaderValue::from_str(content_type).map_err(|e| e.to_string())?;
     req.headers_mut().insert(header::CONTENT_TYPE, value);
-    let mut multipart = Multipart::from_request(req, &()).await.map_err(|e| e.to_string())?;
+    let mut multipart = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut metas = Vec::new();
     while let Some(mut field) = multipart.next_field().await.map_err(|e| e.to_string())? {
         if field.name() == Some("metadata") {

@@ -101,7 +101,9 @@ pub(crate) async fn upload_files(
         match field.name() {
             Some("metadata") => {
                 metas += 1;
-                let meta = read_metadata(&mut field, metas).await.map_err(|e| e.into_api(bad_form))?;
+                let meta = read_metadata(&mut field, metas)
+                    .await
+                    .map_err(|e| e.into_api(bad_form))?;
                 // Blocking: owner and group names are looked up in /etc/passwd and /etc/group.
                 let files = state.files.clone();
                 let target = run(None, move || Target::new(&files, &meta)).await.map_err(|e| {
@@ -181,7 +183,10 @@ pub(crate) async fn read_metadata(
         }
     }
     let meta: FileMetadata = serde_json::from_slice(&raw).map_err(|e| {
-        MetadataError::Invalid(metadata_error(n, format!("metadata is not FileMetadata JSON: {e}")))
+        MetadataError::Invalid(metadata_error(
+            n,
+            format!("metadata is not FileMetadata JSON: {e}"),
+        ))
     })?;
     if meta.path.is_empty() {
         return Err(MetadataError::Invalid(metadata_error(n, "metadata has no path")));
