@@ -89,19 +89,7 @@ impl utoipa::Modify for ClientErrors {
                 .into()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.options,
-                &mut item.head,
-                &mut item.patch,
-                &mut item.trace,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for op in operations(item) {
                 let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
                 let json_body = op
                     .request_body
@@ -175,19 +163,7 @@ impl utoipa::Modify for FilesystemIdentity {
             .filter(|(path, _)| path.starts_with("/files") || path.starts_with("/directories"))
             .map(|(path, item)| {
                 let mut item = item.clone();
-                for op in [
-                    &mut item.get,
-                    &mut item.put,
-                    &mut item.post,
-                    &mut item.delete,
-                    &mut item.options,
-                    &mut item.head,
-                    &mut item.patch,
-                    &mut item.trace,
-                ]
-                .into_iter()
-                .flatten()
-                {
+                for op in operations(&mut item) {
                     op.operation_id = op.operation_id.take().map(|id| format!("{id}_as_identity"));
                     let params = op.parameters.get_or_insert_with(Vec::new);
                     params.insert(0, id_param("gid", "filesystem group id (fsgid)").into());
@@ -203,6 +179,24 @@ impl utoipa::Modify for FilesystemIdentity {
 /// The document as YAML.
 pub fn yaml() -> String {
     crate::wire::openapi::yaml(ApiDoc::openapi())
+}
+
+/// Every operation of a path item, whatever its method.
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The integration suite: every test starts the real `execd` (or `sandboxd`) binary.
 
 mod auth;
+mod cli;
 mod code;
 mod command;
 mod docker;
@@ -15,6 +16,7 @@ mod proxy;
 mod pty;
 mod replay;
 mod sandboxd;
+mod sandboxd_limits;
 mod session;
 mod util;
 mod watch;
