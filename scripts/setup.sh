@@ -30,6 +30,8 @@ for c in rustfmt clippy; do
   rustup component list --installed | grep -q "^$c" || rustup component add "$c"
 done
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# The coverage-guided fuzzers (scripts/fuzz.sh).
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 
 # Python venv for the tests: real ipykernel (whose kernelspec lands in .venv/share/jupyter),
 # jupyter_client for the benchmark anchor, matplotlib for figure capture.

@@ -81,7 +81,7 @@ pub fn parse_env_file(content: &str, base: &mut EnvMap) {
             // Literal until the next quote, possibly on a later line.
             let (text, remaining) = take_quoted(body, rest, '\'');
             rest = remaining;
-            text
+            Some(text)
         } else if let Some(body) = value.strip_prefix('"') {
             let (raw, remaining) = take_quoted(body, rest, '"');
             rest = remaining;
@@ -89,6 +89,10 @@ pub fn parse_env_file(content: &str, base: &mut EnvMap) {
             expand_lenient(&unescaped, base)
         } else {
             expand_lenient(value.trim(), base)
+        };
+        // A value that expands past MAX_EXPANDED is skipped like a malformed line.
+        let Some(value) = value else {
+            continue;
         };
         base.insert(key.to_owned(), value);
     }
@@ -155,9 +159,34 @@ fn unescape_double(raw: &str) -> String {
     out
 }
 
-/// `$VAR` expansion where an undefined variable expands to nothing (shell behaviour).
-fn expand_lenient(s: &str, env: &EnvMap) -> String {
-    expand_path(s, |k| Some(env.get(k).cloned().unwrap_or_default())).unwrap_or_else(|_| s.to_owned())
+/// Most bytes `$VAR` expansion may add to one `EXECD_ENVS` value: what execve takes for one
+/// string (`MAX_ARG_STRLEN`, 128 KiB). Without a bound, each `A=$A$A` line would double the
+/// value, and a few dozen such lines would exhaust execd's memory on the next command.
+const MAX_EXPANDED: usize = 128 << 10;
+
+/// `$VAR` expansion where an undefined variable expands to nothing (shell behaviour); `None`
+/// when the variables would add more than [`MAX_EXPANDED`] bytes.
+fn expand_lenient(s: &str, env: &EnvMap) -> Option<String> {
+    let budget = std::cell::Cell::new(MAX_EXPANDED);
+    let over = std::cell::Cell::new(false);
+    let expanded = expand_path(s, |k| {
+        let value = env.get(k).map_or("", String::as_str);
+        match budget.get().checked_sub(value.len()) {
+            Some(left) => {
+                budget.set(left);
+                Some(value.to_owned())
+            }
+            None => {
+                over.set(true);
+                None
+            }
+        }
+    });
+    match expanded {
+        Ok(value) => Some(value),
+        Err(_) if over.get() => None,
+        Err(_) => Some(s.to_owned()),
+    }
 }
 
 /// Whether `name` is a valid environment variable name.
@@ -197,6 +226,34 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    /// Issue 20 (found by `fuzz/` target `env_file`): each `A=$A$A` line doubled the value,
+    /// so a small `EXECD_ENVS` file exhausted execd's memory. Expansion now stops at 128 KiB
+    /// and the entry is skipped; the value before it stays.
+    #[test]
+    fn issue20_env_file_expansion_is_bounded() {
+        let mut content = String::from("A=0123456789abcdef\n");
+        for _ in 0..40 {
+            content.push_str("A=$A$A\nB=\"$A$A\"\n");
+        }
+        let mut env = EnvMap::new();
+        parse_env_file(&content, &mut env);
+        assert_eq!(
+            env["A"].len(),
+            16 << 13,
+            "doubled while it fits: 16 B × 2^13 = 128 KiB"
+        );
+        assert!(env["B"].len() <= MAX_EXPANDED);
+        // The input the fuzzer found (a 148-byte file that grew a 312 KB value).
+        let found = std::str::from_utf8(b"A=\x01TA[AA=x\nA=3\x00A+A#A$A=xx\nA=3\x04A$A#=$A$A\nA=#=$A$A=\x01$A$A=x\nA=3\x00A$A#=$A$A=$A$A=x\nA=3=$A$A=$A$A=x\nA=3\x04A$A#A$A#=$A$A\nA=#=$A$A=\x01$A$A=x\nA=3\x00A$A#=$A$A==$A$(").unwrap();
+        let mut env = EnvMap::new();
+        parse_env_file(found, &mut env);
+        assert!(env.values().all(|v| v.len() <= MAX_EXPANDED + found.len()));
+        // Ordinary expansion is unchanged.
+        let mut env = EnvMap::new();
+        parse_env_file("X=1\nY=$X-${X}\n", &mut env);
+        assert_eq!(env["Y"], "1-1");
     }
 
     #[test]

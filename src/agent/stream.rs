@@ -347,7 +347,9 @@ impl Journal {
     pub fn cursor(self: &Arc<Self>, after: Option<u64>) -> Cursor {
         let (pos, seek) = match after {
             None | Some(0) => (0, None),
-            Some(id) => self.position_of(id + 1),
+            // Nothing comes after the largest id a client can name (a `Last-Event-ID` of
+            // u64::MAX): the end of the journal.
+            Some(id) => self.position_of(id.saturating_add(1)),
         };
         Cursor {
             journal: Arc::clone(self),
@@ -906,6 +908,18 @@ mod tests {
                 proptest::prop_assert_eq!(back, text);
             }
         }
+    }
+
+    /// Issue 20 (found by `fuzz/` target `sse_resume`): `Last-Event-ID: 18446744073709551615`
+    /// overflowed `id + 1` and panicked the request; it now resumes at the end.
+    #[tokio::test]
+    async fn issue20_last_event_id_u64_max_resumes_at_the_end() {
+        let (_dir, j) = journal();
+        j.push(&StreamEvent::init("x", 0));
+        j.finish(&StreamEvent::complete(1, 0));
+        assert!(drain(j.cursor(Some(u64::MAX))).await.is_empty());
+        assert!(drain(j.cursor(Some(u64::MAX - 1))).await.is_empty());
+        assert_eq!(ids(&drain(j.cursor(Some(1))).await), [2]);
     }
 
     #[tokio::test]

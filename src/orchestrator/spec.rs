@@ -241,7 +241,7 @@ fn parse_cpu(text: &str) -> Option<i64> {
             .parse::<i64>()
             .ok()
             .filter(|&m| m > 0)
-            .map(|m| m * 1_000_000);
+            .and_then(|m| m.checked_mul(1_000_000));
     }
     let cpus: f64 = text.parse().ok().filter(|c: &f64| c.is_finite() && *c > 0.0)?;
     Some((cpus * 1e9).round() as i64)
@@ -466,6 +466,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Issue 20 (found by `fuzz/` target `sandbox_spec`): `"cpu": "99999999999999m"`
+    /// overflowed `millis * 1_000_000` and panicked the create request; now a 400.
+    #[test]
+    fn issue20_cpu_millis_overflow_is_invalid() {
+        let r = req(json!({"resourceLimits": {"cpu": "99999999999999m", "memory": "9e18"}}));
+        assert!(matches!(plan(r, &limits()), Err(Error::Invalid(_))));
+    }
+
     fn limits() -> Limits {
         Limits {
             max_timeout: 3600,
@@ -555,6 +563,8 @@ mod tests {
         assert_eq!(parse_cpu("0.25"), Some(250_000_000));
         assert_eq!(parse_cpu("100m"), Some(100_000_000));
         assert_eq!(parse_cpu("-1"), None);
+        // Issue 20 (fuzz target `sandbox_spec`): millis that overflow nano-CPUs panicked.
+        assert_eq!(parse_cpu("99999999999999m"), None);
         assert_eq!(parse_cpu("lots"), None);
         assert_eq!(parse_bytes("64Mi"), Some(64 << 20));
         assert_eq!(parse_bytes("1G"), Some(1_000_000_000));

@@ -84,8 +84,10 @@ pub fn extract(dir: &Path, body: impl Read) -> Result<ArchiveExtractResult, File
             temp.file()
                 .set_permissions(std::fs::Permissions::from_mode(mode))
                 .map_err(FilesError::io("chmod", &target))?;
-            if let Ok(secs) = entry.header().mtime() {
-                let t = UNIX_EPOCH + Duration::from_secs(secs);
+            // A base-256 mtime can exceed what a `SystemTime` holds; such a file keeps the
+            // time of its extraction.
+            let mtime = entry.header().mtime().ok();
+            if let Some(t) = mtime.and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs))) {
                 let _ = temp
                     .file()
                     .set_times(FileTimes::new().set_modified(t).set_accessed(t));
@@ -446,6 +448,26 @@ mod tests {
         assert_eq!(confined(Path::new("../x")), None);
         assert_eq!(confined(Path::new("a/../../x")), None);
         assert_eq!(confined(Path::new("/etc/passwd")), None);
+    }
+
+    /// Issue 20 (found by `fuzz/` target `archive`): a base-256 mtime beyond what a
+    /// `SystemTime` holds panicked the extraction thread; the file is now extracted with the
+    /// time of its extraction.
+    #[test]
+    fn issue20_mtime_beyond_system_time_is_ignored() {
+        let mut header = tar::Header::new_gnu();
+        header.set_path("f").unwrap();
+        header.set_size(2);
+        header.set_mode(0o644);
+        header.set_mtime(u64::MAX);
+        header.set_cksum();
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append(&header, &b"hi"[..]).unwrap();
+        let tar = builder.into_inner().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let r = extract(dst.path(), &tar[..]).unwrap();
+        assert_eq!(r.files, 1);
+        assert_eq!(std::fs::read(dst.path().join("f")).unwrap(), b"hi");
     }
 
     #[test]

@@ -22,7 +22,15 @@ pub enum GlobError {
     /// A pattern ending in a lone `\`.
     #[error("dangling escape")]
     DanglingEscape,
+    /// More than [`MAX_PATTERN`] characters.
+    #[error("pattern longer than {MAX_PATTERN} characters")]
+    TooLong,
 }
+
+/// Longest pattern accepted, in characters. Base names have at most 255 bytes; the bound
+/// keeps brace expansion (which copies the pattern once per alternative and per nesting
+/// level) small: a 60 KB pattern of `{}` or `{a,b}` groups took over 2 GB.
+pub const MAX_PATTERN: usize = 1024;
 
 /// Alternatives a pattern may expand to through braces.
 const MAX_ALTERNATIVES: usize = 1024;
@@ -51,6 +59,9 @@ impl Glob {
     /// Compiles `pattern`.
     pub fn new(pattern: &str) -> Result<Self, GlobError> {
         let chars: Vec<char> = pattern.chars().collect();
+        if chars.len() > MAX_PATTERN {
+            return Err(GlobError::TooLong);
+        }
         let alternatives = expand_braces(&chars)?
             .iter()
             .map(|alt| tokenize(alt))
@@ -256,6 +267,19 @@ mod tests {
 
     fn m(pattern: &str, name: &str) -> bool {
         Glob::new(pattern).unwrap().matches(name)
+    }
+
+    /// Issue 20 (found by running `fuzz/` target `glob` on long inputs): brace expansion of
+    /// a 60 KB pattern (`{}` repeated, or `{a,b}` groups before a long tail) took over 2 GB.
+    #[test]
+    fn issue20_long_patterns_are_refused() {
+        assert_eq!(Glob::new(&"{}".repeat(30_000)).err(), Some(GlobError::TooLong));
+        let wide = format!("{}{}", "{a,b}".repeat(10), "x".repeat(60_000));
+        assert_eq!(Glob::new(&wide).err(), Some(GlobError::TooLong));
+        let longest = "{}".repeat(MAX_PATTERN / 2);
+        assert!(Glob::new(&longest).unwrap().matches(""));
+        let wide = format!("{}{}", "{a,b}".repeat(10), "x".repeat(MAX_PATTERN - 50));
+        assert!(Glob::new(&wide).is_ok());
     }
 
     #[test]

@@ -137,7 +137,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     }
 }
 
-fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
@@ -190,14 +190,17 @@ impl<S: Send + Sync> FromRequestParts<S> for LastEventId {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         match parts.headers.get("last-event-id") {
             None => Ok(LastEventId(None)),
-            Some(v) => v
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+            Some(v) => parse_last_event_id(v)
                 .map(|id| LastEventId(Some(id)))
                 .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event id")),
         }
     }
+}
+
+/// The event id a `Last-Event-ID` header value names: decimal digits, surrounding blanks
+/// allowed; `None` for anything else.
+pub(crate) fn parse_last_event_id(value: &axum::http::HeaderValue) -> Option<u64> {
+    value.to_str().ok()?.trim().parse::<u64>().ok()
 }
 
 /// The identity of a `/v1/filesystem/{uid}/{gid}/…` request, or `None` on the classic routes.

@@ -7,6 +7,8 @@ mod command;
 pub mod error;
 mod extract;
 mod files;
+#[doc(hidden)]
+pub mod fuzz_api;
 mod isolated;
 mod isolated_files;
 mod metrics;

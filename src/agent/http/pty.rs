@@ -7,6 +7,7 @@
 //! upgrade. A connection is one task: an output half (session events, pings, replies) and an
 //! input half (client frames) raced in a `select!`, so when either ends both are gone.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -292,36 +293,60 @@ async fn handle_input(mut stream: SplitStream<WebSocket>, control: &Control, rep
             }
             Ok(None | Some(Err(_))) => return,
         };
-        let outcome = match msg {
-            Message::Binary(bytes) => match bytes.split_first() {
-                Some((&FRAME_STDIN, data)) => {
-                    if data.is_empty() {
-                        Ok(())
-                    } else {
-                        control.write(data).await.map_err(|e| stdin_error(&e))
-                    }
-                }
-                _ => Err(invalid_frame("binary frames must start with 0x00 (stdin)".into())),
-            },
-            Message::Text(text) => match serde_json::from_str::<PtyClientFrame>(text.as_str()) {
-                Err(e) => Err(invalid_frame(format!("invalid frame: {e}"))),
-                Ok(PtyClientFrame::Stdin { data }) => {
-                    control.write(data.as_bytes()).await.map_err(|e| stdin_error(&e))
-                }
-                Ok(PtyClientFrame::Resize { cols, rows }) => {
-                    control.resize(Size { cols, rows }).map_err(|e| error_frame(&e))
-                }
-                Ok(PtyClientFrame::Signal { signal }) => control.signal(&signal).map_err(|e| error_frame(&e)),
-                Ok(PtyClientFrame::Ping) => Err(json(&PtyServerFrame::Pong)),
-            },
-            Message::Close(_) => return,
-            Message::Ping(_) | Message::Pong(_) => Ok(()),
+        let outcome = match client_input(&msg) {
+            ClientInput::Stdin(data) if data.is_empty() => Ok(()),
+            ClientInput::Stdin(data) => control.write(&data).await.map_err(|e| stdin_error(&e)),
+            ClientInput::Resize(size) => control.resize(size).map_err(|e| error_frame(&e)),
+            ClientInput::Signal(signal) => control.signal(&signal).map_err(|e| error_frame(&e)),
+            ClientInput::Ping => Err(json(&PtyServerFrame::Pong)),
+            ClientInput::Invalid(error) => Err(invalid_frame(error)),
+            ClientInput::Nothing => Ok(()),
+            ClientInput::Close => return,
         };
         if let Err(reply) = outcome {
             if replies.send(reply).await.is_err() {
                 return;
             }
         }
+    }
+}
+
+/// What one client message asks of the session: the WebSocket framing decoded, nothing done.
+#[derive(Debug, PartialEq)]
+pub enum ClientInput<'a> {
+    /// Bytes for the process's stdin (a `0x00` binary frame or a `stdin` text frame).
+    Stdin(Cow<'a, [u8]>),
+    /// A `resize` frame.
+    Resize(Size),
+    /// A `signal` frame, the name as sent.
+    Signal(String),
+    /// A `ping` frame: answered with `pong`.
+    Ping,
+    /// A frame outside the protocol; the reason goes back in an error frame.
+    Invalid(String),
+    /// A WebSocket ping or pong: nothing to do.
+    Nothing,
+    /// The client closes.
+    Close,
+}
+
+/// Decodes a client message: binary frames lead with [`FRAME_STDIN`], text frames are
+/// [`PtyClientFrame`] JSON.
+pub fn client_input(msg: &Message) -> ClientInput<'_> {
+    match msg {
+        Message::Binary(bytes) => match bytes.split_first() {
+            Some((&FRAME_STDIN, data)) => ClientInput::Stdin(Cow::Borrowed(data)),
+            _ => ClientInput::Invalid("binary frames must start with 0x00 (stdin)".into()),
+        },
+        Message::Text(text) => match serde_json::from_str::<PtyClientFrame>(text.as_str()) {
+            Err(e) => ClientInput::Invalid(format!("invalid frame: {e}")),
+            Ok(PtyClientFrame::Stdin { data }) => ClientInput::Stdin(Cow::Owned(data.into_bytes())),
+            Ok(PtyClientFrame::Resize { cols, rows }) => ClientInput::Resize(Size { cols, rows }),
+            Ok(PtyClientFrame::Signal { signal }) => ClientInput::Signal(signal),
+            Ok(PtyClientFrame::Ping) => ClientInput::Ping,
+        },
+        Message::Close(_) => ClientInput::Close,
+        Message::Ping(_) | Message::Pong(_) => ClientInput::Nothing,
     }
 }
 

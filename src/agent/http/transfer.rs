@@ -101,18 +101,9 @@ pub(crate) async fn upload_files(
         match field.name() {
             Some("metadata") => {
                 metas += 1;
-                let mut raw = Vec::new();
-                while let Some(chunk) = field.chunk().await.map_err(bad_form)? {
-                    raw.extend_from_slice(&chunk);
-                    if raw.len() > METADATA_MAX {
-                        return Err(metadata_error(metas, "metadata part is larger than 64 KiB"));
-                    }
-                }
-                let meta: FileMetadata = serde_json::from_slice(&raw)
-                    .map_err(|e| metadata_error(metas, format!("metadata is not FileMetadata JSON: {e}")))?;
-                if meta.path.is_empty() {
-                    return Err(metadata_error(metas, "metadata has no path"));
-                }
+                let meta = read_metadata(&mut field, metas)
+                    .await
+                    .map_err(|e| e.into_api(bad_form))?;
                 // Blocking: owner and group names are looked up in /etc/passwd and /etc/group.
                 let files = state.files.clone();
                 let target = run(None, move || Target::new(&files, &meta)).await.map_err(|e| {
@@ -157,6 +148,50 @@ pub(crate) async fn upload_files(
         ));
     }
     Ok(StatusCode::OK)
+}
+
+/// Why a `metadata` part was refused: its body broke off, or it is not what it must be.
+pub(crate) enum MetadataError {
+    /// The multipart body itself failed.
+    Form(axum::extract::multipart::MultipartError),
+    /// The part was read but is refused (400 `INVALID_FILE_METADATA`).
+    Invalid(ApiError),
+}
+
+impl MetadataError {
+    fn into_api(self, form: impl FnOnce(axum::extract::multipart::MultipartError) -> ApiError) -> ApiError {
+        match self {
+            MetadataError::Form(e) => form(e),
+            MetadataError::Invalid(e) => e,
+        }
+    }
+}
+
+/// Reads the `n`th `metadata` part: at most 64 KiB of `FileMetadata` JSON with a path.
+pub(crate) async fn read_metadata(
+    field: &mut axum::extract::multipart::Field<'_>,
+    n: usize,
+) -> Result<FileMetadata, MetadataError> {
+    let mut raw = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(MetadataError::Form)? {
+        raw.extend_from_slice(&chunk);
+        if raw.len() > METADATA_MAX {
+            return Err(MetadataError::Invalid(metadata_error(
+                n,
+                "metadata part is larger than 64 KiB",
+            )));
+        }
+    }
+    let meta: FileMetadata = serde_json::from_slice(&raw).map_err(|e| {
+        MetadataError::Invalid(metadata_error(
+            n,
+            format!("metadata is not FileMetadata JSON: {e}"),
+        ))
+    })?;
+    if meta.path.is_empty() {
+        return Err(MetadataError::Invalid(metadata_error(n, "metadata has no path")));
+    }
+    Ok(meta)
 }
 
 fn metadata_error(n: usize, message: impl std::fmt::Display) -> ApiError {

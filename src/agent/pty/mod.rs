@@ -741,7 +741,7 @@ impl Drop for Attachment {
 }
 
 /// `SIGINT`, `sigint` or `INT` → SIGINT.
-fn parse_signal(name: &str) -> Result<Signal, PtyError> {
+pub fn parse_signal(name: &str) -> Result<Signal, PtyError> {
     let upper = name.trim().to_ascii_uppercase();
     let full = if upper.starts_with("SIG") {
         upper
