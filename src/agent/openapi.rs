@@ -53,10 +53,12 @@ use super::http::{
         crate::wire::pty::PtyClientFrame, crate::wire::pty::PtyServerFrame,
         crate::wire::files::FileInfo, crate::wire::files::FileMetadata, crate::wire::files::Permission,
         crate::wire::files::WatchEvent, crate::wire::files::Metrics)),
-    modifiers(&AUTH, &FilesystemIdentity, &ClientErrors),
+    modifiers(&AUTH, &FilesystemIdentity, &ClientErrors, &SSE_EVENTS),
     security(("access_token" = []))
 )]
 struct ApiDoc;
+
+const SSE_EVENTS: crate::wire::openapi::SseEvents = crate::wire::openapi::SseEvents;
 
 const AUTH: crate::wire::openapi::HeaderKey = crate::wire::openapi::HeaderKey {
     scheme: "access_token",
@@ -69,7 +71,9 @@ const AUTH: crate::wire::openapi::HeaderKey = crate::wire::openapi::HeaderKey {
 /// - 400 where there is input (parameters or a body): extractors reject what does not parse;
 /// - 404 where the path has a parameter: an empty segment matches no route;
 /// - 408 and 413 where there is a body: the client stops sending it (`crate::serve`), or a
-///   JSON body is over its limit.
+///   JSON body is over its limit;
+/// - 403 on every file route, and 507 on those that write: errno maps to them
+///   (`http::error::io_status`: EACCES, EPERM, EROFS; ENOSPC, EDQUOT), whoever execd runs as.
 struct ClientErrors;
 
 impl utoipa::Modify for ClientErrors {
@@ -89,18 +93,18 @@ impl utoipa::Modify for ClientErrors {
                 .into()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.options,
-                &mut item.head,
-                &mut item.patch,
-                &mut item.trace,
+            for (reads, op) in [
+                (true, &mut item.get),
+                (false, &mut item.put),
+                (false, &mut item.post),
+                (false, &mut item.delete),
+                (false, &mut item.options),
+                (true, &mut item.head),
+                (false, &mut item.patch),
+                (false, &mut item.trace),
             ]
             .into_iter()
-            .flatten()
+            .filter_map(|(reads, op)| Some((reads, op.as_mut()?)))
             {
                 let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
                 let json_body = op
@@ -127,6 +131,26 @@ impl utoipa::Modify for ClientErrors {
                 }
                 if path.contains('{') {
                     add("404", "no such resource (or an empty path segment)", "ErrorBody");
+                }
+                let file_route = ["/files", "/directories"].iter().any(|root| {
+                    path.starts_with(root)
+                        || path
+                            .strip_prefix(FILESYSTEM_IDENTITY_PREFIX)
+                            .is_some_and(|rest| rest.starts_with(root))
+                });
+                if file_route {
+                    add(
+                        "403",
+                        "PERMISSION_DENIED: the filesystem refused (EACCES, EPERM, EROFS)",
+                        "ErrorBody",
+                    );
+                    if !reads {
+                        add(
+                            "507",
+                            "INSUFFICIENT_STORAGE: the filesystem is full (ENOSPC, EDQUOT)",
+                            "ErrorBody",
+                        );
+                    }
                 }
                 if let Some(json) = json_body {
                     add(
