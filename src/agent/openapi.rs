@@ -283,6 +283,44 @@ mod tests {
         assert!(yaml.contains("TOO_MANY_SESSIONS"));
     }
 
+    /// Issue 20, found by schemathesis (scripts/api-fuzz.sh): an SSE response's schema was the
+    /// JSON of one `data:` line, where OpenAPI tools read it as the event (`id`, `event`,
+    /// `data`); and the file routes answered 403 (EACCES, EROFS) undocumented, which
+    /// `/v1/filesystem/{uid}/{gid}` gets for any uid that cannot read the path.
+    #[test]
+    fn issue20_fuzz_findings_are_documented() {
+        let doc: serde_json::Value = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
+        let mut streams = 0;
+        let mut file_ops = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for response in op["responses"].as_object().unwrap().values() {
+                    let Some(sse) = response["content"].get("text/event-stream") else {
+                        continue;
+                    };
+                    streams += 1;
+                    let data = &sse["schema"]["properties"]["data"];
+                    assert_eq!(data["type"], "string", "{method} {path}: {sse}");
+                    assert_eq!(data["contentMediaType"], "application/json", "{path}");
+                    assert!(data["contentSchema"]["$ref"].is_string(), "{path}: {data}");
+                }
+                let rest = path
+                    .strip_prefix(super::FILESYSTEM_IDENTITY_PREFIX)
+                    .unwrap_or(path);
+                if rest.starts_with("/files") || rest.starts_with("/directories") {
+                    file_ops += 1;
+                    let statuses = op["responses"].as_object().unwrap();
+                    assert!(statuses.contains_key("403"), "{method} {path}");
+                    if method != "get" {
+                        assert!(statuses.contains_key("507"), "{method} {path}");
+                    }
+                }
+            }
+        }
+        assert!(streams >= 7, "saw {streams} streams");
+        assert!(file_ops >= 28, "saw {file_ops} file operations");
+    }
+
     /// The port proxy is routed three ways (axum needs the bare and trailing-slash forms
     /// beside the wildcard) and documented once, as `/proxy/{port}/{path}`.
     fn documented_as(served: &str) -> &str {

@@ -84,8 +84,7 @@ impl utoipa::Modify for SseEvents {
             {
                 for response in op.responses.responses.values_mut() {
                     let RefOr::T(response) = response else { continue };
-                    let Some(RefOr::T(content)) = response.content.get_mut("text/event-stream")
-                    else {
+                    let Some(RefOr::T(content)) = response.content.get_mut("text/event-stream") else {
                         continue;
                     };
                     if let Some(data) = content.schema.take() {

@@ -21,6 +21,9 @@ CONTRACT = [
     ("DELETE", "/command", 500, "RUNTIME_ERROR", r"no such session"),
     ("DELETE", "/code", 500, "RUNTIME_ERROR", r"no such (session|context)"),
     ("POST", "/code", 500, "RUNTIME_ERROR", r"context .* not found|no such context"),
+    # mv never replaces an existing dest: a 500 naming it, upstream's answer (tests/it/files.rs).
+    ("POST", "/files/mv", 500, "RUNTIME_ERROR", r"already exists"),
+    ("POST", "/v1/filesystem/{uid}/{gid}/files/mv", 500, "RUNTIME_ERROR", r"already exists"),
     # The port proxy's target port has nothing listening: 502, as any gateway.
     ("*", "/proxy/{port}/{path}", 502, "*", r""),
     # sandboxd's server proxy likewise, once the sandbox exists.

@@ -15,6 +15,7 @@ mod proxy;
 mod pty;
 mod replay;
 mod sandboxd;
+mod security;
 mod session;
 mod util;
 mod watch;
