@@ -2,7 +2,7 @@
 # Schema-based API fuzzing (schemathesis, pinned in tests/requirements.txt) of the live binaries
 # against our own generated documents, proto/execd.yaml and proto/sandboxd.yaml.
 #
-#   scripts/api-fuzz.sh [execd|sandboxd|all] [--long]
+#   scripts/api-fuzz.sh [execd|sandboxd|all] [--long] [-- schemathesis args...]
 #
 # Checks: 5xx answers outside the contract (tests/apifuzz/hooks.py), status codes, content
 # types and response bodies (SSE events included) against the document; every phase
@@ -22,12 +22,15 @@ cd "$(dirname "$0")/.."
 
 target=all
 long=0
-for a in "$@"; do
-  case "$a" in
-    execd | sandboxd | all) target=$a ;;
+extra=()
+while (($#)); do
+  case "$1" in
+    execd | sandboxd | all) target=$1 ;;
     --long) long=1 ;;
-    *) echo "usage: $0 [execd|sandboxd|all] [--long]" >&2; exit 2 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "usage: $0 [execd|sandboxd|all] [--long] [-- schemathesis args...]" >&2; exit 2 ;;
   esac
+  shift
 done
 
 st=.venv/bin/schemathesis
@@ -40,7 +43,7 @@ token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 if ((long)); then
   # ≥ 2000 generated cases per document; a fresh seed each time.
-  sizing=(--max-examples 60)
+  sizing=(--max-examples 15)
 else
   sizing=(--max-examples 3 --seed 20261206)
 fi
@@ -60,7 +63,7 @@ run() {
   SCHEMATHESIS_HOOKS=tests.apifuzz.hooks PYTHONPATH=. "$st" run "$doc" --url "$base" \
     --checks "$checks" "${sizing[@]}" --workers 2 --request-timeout 15 --no-color \
     --generation-database none --suppress-health-check all \
-    --report junit --report-dir "$out/$name" "$@" >"$log" 2>&1
+    --report junit --report-dir "$out/$name" "$@" ${extra[@]+"${extra[@]}"} >"$log" 2>&1
   local st_rc=$?
   local cases failures
   cases=$(grep -oE '[0-9]+ generated' "$log" | tail -1 | grep -oE '[0-9]+')
@@ -112,8 +115,8 @@ fuzz_sandboxd() {
     sleep 0.1
   done
   [ -n "$base" ] || { echo "api-fuzz: sandboxd did not start" >&2; cat "$out/sandboxd.server.log" >&2; return 1; }
-  API_FUZZ_CREATES=$(((long)) && echo 8 || echo 2) \
-    run sandboxd proto/sandboxd.yaml "$base" -H "OPEN-SANDBOX-API-KEY: $token"
+  export API_FUZZ_CREATES=$(((long)) && echo 8 || echo 2)
+  run sandboxd proto/sandboxd.yaml "$base" -H "OPEN-SANDBOX-API-KEY: $token"
 }
 
 # Removes whatever containers a (stopped) sandboxd of state dir $1 left.

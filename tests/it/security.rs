@@ -291,7 +291,9 @@ struct TracedSandboxd {
     child: Child,
     base: String,
     log: std::path::PathBuf,
-    data: tempfile::TempDir,
+    _data: tempfile::TempDir,
+    /// The `metadata` label every sandbox of this test carries, for the clean-up on drop.
+    run: String,
 }
 
 const API_KEY: &str = "sec-APIKEY-93ac17f2e5";
@@ -336,7 +338,8 @@ impl TracedSandboxd {
             child,
             base,
             log,
-            data,
+            _data: data,
+            run: crate::util::marker(),
         }
     }
 
@@ -349,6 +352,16 @@ impl Drop for TracedSandboxd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Whatever a failed test left running.
+        let label = format!("label=execd-test-run={}", self.run);
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &label])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
     }
 }
 
@@ -498,6 +511,7 @@ async fn no_secret_in_any_log_line_at_trace_level() {
             "timeout": 120,
             "resourceLimits": {},
             "env": {"RUST_LOG": "trace"},
+            "metadata": {"execd-test-run": d.run},
         }))
         .send()
         .await
@@ -565,6 +579,10 @@ async fn no_secret_in_any_log_line_at_trace_level() {
         .unwrap();
     assert_eq!(deleted.status(), 204);
 
+    assert!(
+        execd_log.lines().count() >= 5,
+        "the sandbox's execd logged only:\n{execd_log}"
+    );
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(log.lines().count() > 20, "trace level logged only:\n{log}");
     for secret in &secrets {
