@@ -19,6 +19,7 @@ mod foundation;
 mod harness;
 mod isolated;
 mod lifecycle;
+mod limits;
 mod terminal;
 
 use std::future::Future;
@@ -49,6 +50,7 @@ fn areas() -> Vec<(&'static str, Vec<Section>)> {
         ("terminal", terminal::sections()),
         ("isolated", isolated::sections()),
         ("lifecycle", lifecycle::sections()),
+        ("limits", limits::sections()),
     ]
 }
 
@@ -99,6 +101,10 @@ async fn main() -> ExitCode {
             }
             Err(_) => ExitCode::FAILURE,
         };
+    }
+    // Child mode for the limits area's memory figure (see `limits::memory_main`).
+    if argv.get(1).map(String::as_str) == Some("--limiter-memory") {
+        return limits::memory_main();
     }
     let args = match parse_args() {
         Ok(a) => a,

@@ -93,19 +93,11 @@ impl utoipa::Modify for ClientErrors {
                 .into()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            for (reads, op) in [
-                (true, &mut item.get),
-                (false, &mut item.put),
-                (false, &mut item.post),
-                (false, &mut item.delete),
-                (false, &mut item.options),
-                (true, &mut item.head),
-                (false, &mut item.patch),
-                (false, &mut item.trace),
-            ]
-            .into_iter()
-            .filter_map(|(reads, op)| Some((reads, op.as_mut()?)))
-            {
+            // A file route writes when it takes a body or deletes.
+            let delete_id = item.delete.as_ref().and_then(|d| d.operation_id.clone());
+            for op in operations(item) {
+                let writes =
+                    op.request_body.is_some() || (delete_id.is_some() && op.operation_id == delete_id);
                 let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
                 let json_body = op
                     .request_body
@@ -144,7 +136,7 @@ impl utoipa::Modify for ClientErrors {
                         "PERMISSION_DENIED: the filesystem refused (EACCES, EPERM, EROFS)",
                         "ErrorBody",
                     );
-                    if !reads {
+                    if writes {
                         add(
                             "507",
                             "INSUFFICIENT_STORAGE: the filesystem is full (ENOSPC, EDQUOT)",
@@ -199,19 +191,7 @@ impl utoipa::Modify for FilesystemIdentity {
             .filter(|(path, _)| path.starts_with("/files") || path.starts_with("/directories"))
             .map(|(path, item)| {
                 let mut item = item.clone();
-                for op in [
-                    &mut item.get,
-                    &mut item.put,
-                    &mut item.post,
-                    &mut item.delete,
-                    &mut item.options,
-                    &mut item.head,
-                    &mut item.patch,
-                    &mut item.trace,
-                ]
-                .into_iter()
-                .flatten()
-                {
+                for op in operations(&mut item) {
                     op.operation_id = op.operation_id.take().map(|id| format!("{id}_as_identity"));
                     let params = op.parameters.get_or_insert_with(Vec::new);
                     params.insert(0, id_param("gid", "filesystem group id (fsgid)").into());
@@ -227,6 +207,24 @@ impl utoipa::Modify for FilesystemIdentity {
 /// The document as YAML.
 pub fn yaml() -> String {
     crate::wire::openapi::yaml(ApiDoc::openapi())
+}
+
+/// Every operation of a path item, whatever its method.
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 #[cfg(test)]

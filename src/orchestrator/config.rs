@@ -107,6 +107,28 @@ pub struct Config {
     /// Log line format: `pretty` (coloured only on a terminal) or `json` (one object a line).
     #[arg(long, env = "SANDBOXD_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: crate::logging::LogFormat,
+    /// Sandbox creates (`POST /sandboxes`) a caller may make per second, sustained; 0 switches
+    /// the class off.
+    #[arg(long, env = "SANDBOXD_RATE_CREATE", default_value_t = 10.0, value_parser = rate)]
+    pub rate_create: f64,
+    /// Creates a caller may make at once before the sustained rate applies.
+    #[arg(long, env = "SANDBOXD_BURST_CREATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst_create: u32,
+    /// Execution and batch submits a caller may make per second; 0 switches the class off.
+    #[arg(long, env = "SANDBOXD_RATE_EXEC", default_value_t = 20.0, value_parser = rate)]
+    pub rate_exec: f64,
+    /// Execution submits a caller may make at once.
+    #[arg(long, env = "SANDBOXD_BURST_EXEC", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst_exec: u32,
+    /// Every other API request a caller may make per second; 0 switches the class off.
+    #[arg(long, env = "SANDBOXD_RATE_READ", default_value_t = 100.0, value_parser = rate)]
+    pub rate_read: f64,
+    /// Other API requests a caller may make at once.
+    #[arg(long, env = "SANDBOXD_BURST_READ", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst_read: u32,
+    /// Serve the Prometheus `/metrics` without a credential (default: admin or API key).
+    #[arg(long, env = "SANDBOXD_METRICS_PUBLIC")]
+    pub metrics_public: bool,
 }
 
 impl Config {
@@ -144,6 +166,16 @@ impl Config {
             Some(host) => host.clone(),
             None if self.publish_ip.is_unspecified() => "127.0.0.1".to_owned(),
             None => self.publish_ip.to_string(),
+        }
+    }
+
+    /// The rate-limit classes as configured.
+    pub fn rate_limits(&self) -> super::ratelimit::Settings {
+        use super::ratelimit::Rate;
+        super::ratelimit::Settings {
+            create: Rate::new(self.rate_create, self.burst_create),
+            exec: Rate::new(self.rate_exec, self.burst_exec),
+            read: Rate::new(self.rate_read, self.burst_read),
         }
     }
 
@@ -187,6 +219,19 @@ impl Config {
     /// How long create waits for execd.
     pub fn ready_timeout(&self) -> Duration {
         Duration::from_secs(self.ready_timeout.max(1))
+    }
+}
+
+/// A sustained rate per second: a finite number from 0 (off) to a million; fractions allowed
+/// (`0.5` is one every two seconds).
+fn rate(text: &str) -> Result<f64, String> {
+    let r: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if r.is_finite() && (0.0..=1e6).contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!(
+            "a rate must be from 0 (off) to 1000000 per second, got {text}"
+        ))
     }
 }
 

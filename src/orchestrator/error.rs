@@ -73,6 +73,15 @@ pub enum Error {
         /// The connection's failure.
         reason: String,
     },
+    /// The caller's bucket of a rate class is empty (the HTTP layer adds `Retry-After` and the
+    /// `RateLimit` headers).
+    #[error("rate limit for class '{class}' exceeded; retry after {retry_after} s")]
+    RateLimited {
+        /// The class.
+        class: super::ratelimit::Class,
+        /// Whole seconds until a request conforms again (at least 1).
+        retry_after: u64,
+    },
     /// No route matches the request.
     #[error("no such route")]
     NoRoute,
@@ -267,6 +276,7 @@ impl Error {
             | Error::Conflict(_)
             | Error::Unauthenticated(_)
             | Error::Forbidden(_)
+            | Error::RateLimited { .. }
             | Error::NoRoute => true,
             Error::Runtime(e) => matches!(
                 e,

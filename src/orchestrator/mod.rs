@@ -8,6 +8,7 @@
 //! - `runtime`: the `Runtime` trait; `docker` (the only bollard user) and a test fake.
 //! - `store`: the versioned SQLite state file, on its own thread.
 //! - `spec`: create requests → runtime-neutral plans, or errors naming the field.
+//! - `ratelimit`: the per-caller rate classes (keyed GCRA); `metrics`: request metrics.
 //! - `error`: the domain's errors; `execd_client`: sandboxd's only execd HTTP client.
 
 pub mod auth;
@@ -15,7 +16,9 @@ pub mod config;
 pub mod error;
 pub mod execd_client;
 pub mod http;
+pub mod metrics;
 pub mod openapi;
+pub mod ratelimit;
 pub mod runtime;
 pub mod service;
 pub mod spec;
@@ -23,6 +26,7 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -33,6 +37,9 @@ use crate::relay::Relay;
 /// The seccomp profile for sandboxes that ask for isolated sessions: Docker's defaults, plus
 /// the user namespaces execd's jail needs (see docs/isolation.md).
 const ISOLATION_SECCOMP: &str = include_str!("../../deploy/seccomp-userns.json");
+
+/// How often idle rate-limit keys are dropped and the metrics recorder drains its histograms.
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
 
 /// Serves until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -107,9 +114,26 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let service = service.clone();
         async move { service.run_expiry().await }
     });
+    let limiter = Arc::new(ratelimit::Limiter::new(config.rate_limits()));
+    let metrics = Arc::new(metrics::Metrics::new());
+    let housekeeping = tokio::spawn({
+        let (limiter, metrics) = (limiter.clone(), metrics.clone());
+        async move {
+            let mut tick = tokio::time::interval(HOUSEKEEPING);
+            loop {
+                tick.tick().await;
+                let keys = limiter.evict_idle();
+                metrics.upkeep();
+                tracing::trace!(keys, "rate-limit keys after eviction");
+            }
+        }
+    });
     let app = http::router(http::App {
         service,
         relay: Arc::new(Relay::new()),
+        limiter,
+        metrics,
+        metrics_public: config.metrics_public,
         errors_docs_base_url: config.errors_docs_base_url.clone().map(Into::into),
     });
     // The one line scripts and tests wait for.
@@ -118,6 +142,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Header and body timeouts and a connection cap apply before any route or credential.
     crate::serve::serve(listener, app, config.client_limits(), shutdown()).await?;
     expiry.abort();
+    housekeeping.abort();
     Ok(())
 }
 

@@ -5,12 +5,13 @@
 use utoipa::OpenApi;
 
 use super::http::diagnostics::__path_diagnostics;
+use super::http::metrics::{__path_metrics_event, __path_metrics_summary, __path_prometheus_metrics};
 use super::http::proxy::__path_proxy;
 use super::http::sandboxes::{
     __path_create, __path_delete, __path_endpoint, __path_get_one, __path_list, __path_patch_metadata,
     __path_pause, __path_renew, __path_resume,
 };
-use super::http::system::{__path_health, __path_metrics_event, __path_version};
+use super::http::system::{__path_health, __path_version};
 use super::http::tokens::{__path_current, __path_mint, __path_revoke};
 
 #[derive(OpenApi)]
@@ -18,16 +19,18 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
     info(
         title = "sandboxd",
         description = "Sandbox lifecycle server on the Docker Engine, speaking the OpenSandbox lifecycle contract. \
-                       Every route is served at / and under /v1 (except /version, bare only, and /metrics/events, \
+                       Every route is served at / and under /v1 (except /version and /metrics, bare only, and /metrics/events, \
                        at /v1/metrics/events only). Every response carries X-Request-ID. /templates, /snapshots, /pools and \
                        /sandboxes/{id}/networkpolicy answer 501. Callers authenticate with the server's API key \
                        (OPEN-SANDBOX-API-KEY: the admin `root`) or a user token from POST /v1/tokens \
                        (Authorization: Bearer); a sandbox belongs to its creator, and someone else's is 404 to \
-                       everyone but admins.",
+                       everyone but admins. Every API route takes from one of the caller's rate classes \
+                       (create: POST /sandboxes; read: the others); a spent class answers 429 RATE_LIMIT::EXCEEDED with \
+                       Retry-After (whole seconds), RateLimit-Policy and RateLimit. /health, /version and the proxy are never limited.",
         license(name = "Apache-2.0")
     ),
     paths(
-        health, version, metrics_event, create, list, get_one, delete, patch_metadata, pause, resume, renew,
+        health, version, prometheus_metrics, metrics_summary, metrics_event, create, list, get_one, delete, patch_metadata, pause, resume, renew,
         endpoint, diagnostics, proxy, mint, current, revoke
     ),
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,

@@ -14,6 +14,7 @@ pub mod isolated;
 pub mod lifecycle;
 pub mod openapi;
 pub mod time;
+pub mod usage;
 
 use std::collections::BTreeMap;
 

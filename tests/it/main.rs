@@ -15,6 +15,7 @@ mod proxy;
 mod pty;
 mod replay;
 mod sandboxd;
+mod sandboxd_limits;
 mod security;
 mod session;
 mod util;

@@ -99,6 +99,7 @@ impl From<&Error> for ApiError {
                 &codes::SANDBOX_PROXY_ERROR,
                 format!("cannot reach port {port} of sandbox {id}"),
             ),
+            Error::RateLimited { .. } => said(&codes::RATE_LIMIT_EXCEEDED),
             Error::NoRoute => said(&codes::GENERAL_NOT_FOUND),
             Error::Runtime(r) => match r {
                 RuntimeError::NotFound(_) => said(&codes::SANDBOX_NOT_FOUND),

@@ -127,6 +127,9 @@ mod tests {
             service,
             relay: Arc::new(Relay::new()),
             errors_docs_base_url: Some(DOCS.into()),
+            limiter: Arc::new(crate::orchestrator::ratelimit::Limiter::new(Default::default())),
+            metrics: Arc::new(crate::orchestrator::metrics::Metrics::new()),
+            metrics_public: false,
         };
         Rig { app, fake, _dir: dir }
     }

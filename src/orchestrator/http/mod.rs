@@ -1,19 +1,24 @@
 //! sandboxd's HTTP edge, the only part of the orchestrator that sees axum. Routes are mounted
 //! at `/` and `/v1` (as upstream's server), in three sub-routers:
 //!
-//! - public: `/health` (and the bare `/version`): no credential.
+//! - public: `/health` (and the bare `/version`; the bare `/metrics` with `--metrics-public`):
+//!   no credential, never rate limited.
 //! - proxy: `/sandboxes/{id}/proxy/{port}/...`: the sandbox's own token or an authorised
-//!   caller, checked by the proxy itself.
+//!   caller, checked by the proxy itself; never rate limited, not in the summary.
 //! - api: everything else, behind the auth route layer that resolves the caller into a
-//!   [`Principal`](extract::Principal).
+//!   [`Principal`](extract::Principal); inside it, each route group carries its rate class
+//!   (`ratelimit::limited`), which therefore sees the principal.
 //!
 //! Outermost, every response carries `X-Request-ID` (echoed, or made), and every request runs
-//! in a span holding it, so a 5xx logged anywhere below names its request. Handlers only
-//! translate; the service decides.
+//! in a span holding it, so a 5xx logged anywhere below names its request. Inside that, the
+//! metrics layer counts every answer by route template. Handlers only translate; the service
+//! decides.
 //!
 //! - `error`: the domain error → status, catalogued code and body; `error_format`: the
 //!   detailed body on `X-Error-Format: detailed`.
 //! - `extract`: `JsonBody`, `Principal` and the auth layer.
+//! - `ratelimit`: the rate-class route layer and its 429.
+//! - `metrics`: the metrics layer, `/metrics`, `/metrics/summary`, `/v1/metrics/events`.
 //! - `sandboxes`, `diagnostics`, `proxy`, `tokens`, `system`: one file per resource, each
 //!   with its `routes()`.
 
@@ -21,14 +26,16 @@ pub(super) mod diagnostics;
 pub(super) mod error;
 mod error_format;
 mod extract;
+pub(super) mod metrics;
 pub(super) mod proxy;
+mod ratelimit;
 pub(super) mod sandboxes;
 pub(super) mod system;
 pub(super) mod tokens;
 
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -37,6 +44,8 @@ use tracing::Instrument as _;
 
 pub use extract::API_KEY_HEADER;
 
+use super::metrics::Metrics;
+use super::ratelimit::{Class, Limiter};
 use super::service::{Service, REQUEST_ID};
 use crate::relay::Relay;
 
@@ -49,6 +58,12 @@ pub struct App {
     pub service: Arc<Service>,
     /// The server proxy's connection pool.
     pub relay: Arc<Relay>,
+    /// The per-caller rate limits.
+    pub limiter: Arc<Limiter>,
+    /// The request metrics.
+    pub metrics: Arc<Metrics>,
+    /// Whether `/metrics` needs no credential.
+    pub metrics_public: bool,
     /// Where `docs/errors.md` is served (`error_link` of the detailed error body).
     pub errors_docs_base_url: Option<Arc<str>>,
 }
@@ -59,50 +74,43 @@ pub(super) struct RequestId(pub HeaderValue);
 
 /// The complete router.
 pub fn router(app: App) -> Router {
+    let limited = |routes, class| ratelimit::limited(routes, &app, class);
+    let auth = || middleware::from_fn_with_state(app.clone(), extract::authenticate);
     let api = Router::new()
-        .merge(sandboxes::routes())
-        .merge(diagnostics::routes())
-        .merge(tokens::routes())
-        .merge(system::unsupported_routes())
-        .route_layer(middleware::from_fn_with_state(app.clone(), extract::authenticate));
+        .merge(limited(sandboxes::create_routes(), Class::Create))
+        .merge(limited(
+            sandboxes::routes()
+                .merge(diagnostics::routes())
+                .merge(tokens::routes())
+                .merge(metrics::summary_routes())
+                .merge(system::unsupported_routes()),
+            Class::Read,
+        ))
+        .route_layer(auth());
     let lifecycle = Router::new()
         .merge(system::public_routes())
         .merge(proxy::routes())
         .merge(api);
-    let metrics = system::metrics_routes()
-        .route_layer(middleware::from_fn_with_state(app.clone(), extract::authenticate));
+    let v1_only = limited(metrics::event_routes(), Class::Read).route_layer(auth());
+    let prometheus = if app.metrics_public {
+        metrics::public_prometheus_routes()
+    } else {
+        limited(metrics::prometheus_routes(), Class::Read).route_layer(auth())
+    };
     Router::new()
         .merge(system::version_routes())
-        .nest("/v1", metrics)
+        .merge(prometheus)
+        .nest("/v1", v1_only)
         .merge(lifecycle.clone())
         .nest("/v1", lifecycle)
         .fallback(system::no_route)
-        .layer(middleware::from_fn(route_log))
+        .layer(middleware::from_fn_with_state(app.clone(), metrics::observe))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             error_format::error_format,
         ))
         .layer(middleware::from_fn(request_id))
         .with_state(app)
-}
-
-/// One debug line per request, keyed by the matched route template (`/sandboxes/{id}`, never
-/// the raw path, so ids do not multiply the keys): where the request metrics of the tokens
-/// issue attach.
-async fn route_log(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "(no route)".to_owned(), |m| m.as_str().to_owned());
-    let started = std::time::Instant::now();
-    let resp = next.run(req).await;
-    tracing::debug!(
-        %route,
-        status = resp.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1e3,
-        "answered"
-    );
-    resp
 }
 
 /// Echoes `X-Request-ID` (or makes one) on every response, errors included, and runs the

@@ -18,10 +18,16 @@ use crate::orchestrator::spec;
 const BUSINESS_DOMAIN: &str = "x-business-domain";
 use crate::wire::lifecycle::{CreateSandboxRequest, RenewExpiration};
 
-/// The routes of this resource (mounted at `/` and `/v1`, behind auth).
+/// `POST /sandboxes`, apart from the rest: it takes from the `create` rate class (mounted at
+/// `/` and `/v1`, behind auth).
+pub(super) fn create_routes() -> Router<App> {
+    Router::new().route("/sandboxes", post(create))
+}
+
+/// The other routes of this resource (mounted at `/` and `/v1`, behind auth).
 pub(super) fn routes() -> Router<App> {
     Router::new()
-        .route("/sandboxes", post(create).get(list))
+        .route("/sandboxes", get(list))
         .route("/sandboxes/{id}", get(get_one).delete(delete))
         .route("/sandboxes/{id}/metadata", patch(patch_metadata))
         .route("/sandboxes/{id}/pause", post(pause))
@@ -36,6 +42,10 @@ pub(super) fn routes() -> Router<App> {
         (status = 400, description = "invalid request, unsupported field, a bad `X-Business-Domain`, or an image that cannot be had", body = crate::wire::lifecycle::LifecycleError),
         (status = 401, body = crate::wire::lifecycle::LifecycleError),
         (status = 403, description = "`AUTH::FORBIDDEN` (a viewer) or `QUOTA::EXCEEDED` (the user owns as many sandboxes as it may)", body = crate::wire::lifecycle::LifecycleError),
+        (status = 429, description = "`RATE_LIMIT::EXCEEDED`: the caller's `create` class is spent (a create refused by validation spends a token too); \
+            `Retry-After` says when to retry", body = crate::wire::lifecycle::LifecycleError,
+            headers(("Retry-After" = u64, description = "whole seconds, at least 1"), ("RateLimit-Policy" = String, description = "`\"create\";q=<burst>;w=<seconds>`"),
+                ("RateLimit" = String, description = "`\"create\";r=0;t=<seconds>`"))),
         (status = 500, description = "the sandbox failed to start (its last output in the message)", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn create(
     State(app): State<App>,

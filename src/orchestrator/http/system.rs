@@ -1,9 +1,8 @@
-//! The public routes (`/health`, `/version`), the 1.1.1 SDK's metrics event, the 501s of
-//! contract routes this runtime does not serve, and the 404 of everything else.
+//! The public routes (`/health`, `/version`), the 501s of contract routes this runtime does
+//! not serve, and the 404 of everything else.
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use axum::{Json, Router};
 
 use super::App;
@@ -17,11 +16,6 @@ pub(super) fn public_routes() -> Router<App> {
 /// `/version`: no credential, bare path only.
 pub(super) fn version_routes() -> Router<App> {
     Router::new().route("/version", get(version))
-}
-
-/// `/metrics/events` (mounted under `/v1` only, behind auth).
-pub(super) fn metrics_routes() -> Router<App> {
-    Router::new().route("/metrics/events", post(metrics_event))
 }
 
 /// Contract routes this runtime answers with 501 (behind auth).
@@ -50,11 +44,6 @@ pub(crate) async fn version(State(app): State<App>) -> Json<serde_json::Value> {
         "runtime": kind.as_str(),
         "dockerApiVersion": version,
     }))
-}
-
-#[utoipa::path(post, path = "/v1/metrics/events", responses((status = 204, description = "accepted and ignored (the 1.1.1 SDK's fire-and-forget create metric)")))]
-pub(crate) async fn metrics_event() -> StatusCode {
-    StatusCode::NO_CONTENT
 }
 
 async fn no_snapshots() -> Error {

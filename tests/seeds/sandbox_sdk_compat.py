@@ -1,0 +1,144 @@
+"""Seed 002 (the Sandbox SDK, a Python port of a TypeScript SDK) as a client, mapped onto
+sandboxd's /v1.
+
+`SandboxSDK({api_key, server_url, ...})` creates sandboxes, runs code, reads `get_metrics()` and
+raises `RateLimitError` with `retry_after` in **milliseconds**. This adapter keeps the seed's
+names and shapes and maps them:
+
+- `api_key` → `OPEN-SANDBOX-API-KEY`;
+- `create_sandbox({template_id, ...})` → `POST /v1/sandboxes`; `template_id` goes through the
+  table the caller gives (sandboxd's templates come with design §7–8), the entrypoint is an
+  idle process; `name` is kept in the answer only (the Sandbox resource gains `name` in §8.1);
+- `run_code(id, code)` → execd's `POST /code` through sandboxd's server proxy, the SSE read to
+  its end; `execution.text` is the last expression's `text/plain`, `logs.stdout` the lines;
+- `get_metrics()` → `GET /v1/metrics/summary` (this caller's), in the seed's snake_case keys;
+- a 429 → `RateLimitError.retry_after` = `Retry-After` seconds × 1000 (what the seed's example
+  sleeps `retry_after / 1000` on).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+
+class SandboxSDKError(Exception):
+    """Base exception: status, sandboxd's code and message."""
+
+    def __init__(self, status: int, code: str | None, message: str):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class SandboxError(SandboxSDKError):
+    """Any other failed call."""
+
+
+class RateLimitError(SandboxSDKError):
+    """429; `retry_after` in milliseconds."""
+
+    def __init__(self, status: int, code: str | None, message: str, retry_after: int):
+        super().__init__(status, code, message)
+        self.retry_after = retry_after
+
+
+@dataclass
+class Execution:
+    text: str | None = None
+
+
+@dataclass
+class Logs:
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+
+
+class SandboxSDK:
+    """The seed's SDK object."""
+
+    def __init__(self, config: dict, templates: dict[str, str] | None = None):
+        self.api_key = config["api_key"]
+        self.server_url = config["server_url"].rstrip("/")
+        self.timeout = config.get("timeout", 120_000) / 1000
+        self.templates = templates or {}
+
+    def create_sandbox(self, options: dict) -> dict:
+        body = {
+            "image": {"uri": self.templates.get(options["template_id"], options["template_id"])},
+            "entrypoint": ["tail", "-f", "/dev/null"],
+            "timeout": int(options.get("expiry_time", 3_600_000) / 1000),
+            "env": options.get("initial_env_vars") or {},
+        }
+        created = self._call("POST", "/v1/sandboxes", body)
+        return {"sandbox": {"id": created["id"], "name": options.get("name"), "status": created["status"]["state"]}}
+
+    def list_sandboxes(self) -> list[dict]:
+        return self._call("GET", "/v1/sandboxes?pageSize=200")["items"]
+
+    def delete_sandbox(self, sandbox_id: str) -> None:
+        self._call("DELETE", f"/v1/sandboxes/{sandbox_id}")
+
+    def run_code(self, sandbox_id: str, code: str) -> dict:
+        execution, logs, error = Execution(), Logs(), None
+        for event in self._sse(f"/v1/sandboxes/{sandbox_id}/proxy/44772/code", {"code": code}):
+            kind = event.get("type")
+            if kind == "stdout":
+                logs.stdout.append(event.get("text", ""))
+            elif kind == "stderr":
+                logs.stderr.append(event.get("text", ""))
+            elif kind == "result":
+                execution.text = (event.get("results") or {}).get("text", event.get("text"))
+            elif kind == "error":
+                error = event.get("error")
+        return {"execution": execution, "logs": logs, "error": error}
+
+    def get_metrics(self) -> dict:
+        m = self._call("GET", "/v1/metrics/summary")
+        return {
+            "total_requests": m["totalRequests"],
+            "successful_requests": m["successfulRequests"],
+            "failed_requests": m["failedRequests"],
+            "average_response_time": m["averageResponseTimeMs"],
+            "total_execution_time": m["totalExecutionTimeMs"],
+            "active_sandboxes": m["activeSandboxes"],
+            "last_updated": m["lastUpdated"],
+        }
+
+    def disconnect(self) -> None:
+        pass
+
+    # Transport
+
+    def _request(self, method: str, path: str, body: dict | None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.server_url + path, data=data, method=method)
+        req.add_header("OPEN-SANDBOX-API-KEY", self.api_key)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = {}
+            code, message = parsed.get("code"), parsed.get("message", raw.decode(errors="replace"))
+            if e.code == 429:
+                seconds = float(e.headers.get("Retry-After") or 1)
+                raise RateLimitError(e.code, code, message, int(seconds * 1000)) from None
+            raise SandboxError(e.code, code, message) from None
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        with self._request(method, path, body) as r:
+            raw = r.read()
+            return json.loads(raw) if raw else None
+
+    def _sse(self, path: str, body: dict):
+        with self._request("POST", path, body) as r:
+            for line in r:
+                line = line.decode().rstrip("\n")
+                if line.startswith("data:"):
+                    yield json.loads(line[5:].strip())
