@@ -116,7 +116,10 @@ fuzz_sandboxd() {
   done
   [ -n "$base" ] || { echo "api-fuzz: sandboxd did not start" >&2; cat "$out/sandboxd.server.log" >&2; return 1; }
   export API_FUZZ_CREATES=$(((long)) && echo 8 || echo 2)
-  run sandboxd proto/sandboxd.yaml "$base" -H "OPEN-SANDBOX-API-KEY: $token"
+  local more=()
+  # sandboxd's document is smaller: more examples per operation reach the same case count.
+  ((long)) && more=(--max-examples 60)
+  run sandboxd proto/sandboxd.yaml "$base" -H "OPEN-SANDBOX-API-KEY: $token" ${more[@]+"${more[@]}"}
 }
 
 # Removes whatever containers a (stopped) sandboxd of state dir $1 left.
