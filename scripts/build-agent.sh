@@ -26,7 +26,7 @@ if (( size > goal )); then
   echo "build-agent: warning: $bin is $size bytes, over the $goal byte goal" >&2
 fi
 forbidden=$(cargo tree --locked --target "$target" --no-default-features -e normal --prefix none 2>/dev/null \
-  | grep -E '^(bollard|kube|rusqlite|libsqlite3-sys|rustls|ring|aws-lc-rs|openssl|native-tls|governor|metrics|metrics-exporter-prometheus|metrics-util) ' || true)
+  | grep -E '^(bollard|kube|rusqlite|libsqlite3-sys|reqwest|indicatif|console|clap_complete|rustls|ring|aws-lc-rs|openssl|native-tls|governor|metrics|metrics-exporter-prometheus|metrics-util) ' || true)
 if [ -n "$forbidden" ]; then
   echo "build-agent: the agent links forbidden crates:" >&2
   echo "$forbidden" >&2

@@ -81,16 +81,30 @@ impl Drop for Sandboxd {
     }
 }
 
+/// How a benchmark request authenticates.
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    /// The API key (`root`): a constant-time compare.
+    ApiKey,
+    /// A user token: an HS256 verification and a deny-list lookup.
+    Bearer(&'a str),
+}
+
 async fn get_unknown(client: &reqwest::Client, d: &Sandboxd) -> anyhow::Result<Duration> {
+    get_unknown_as(client, d, Auth::ApiKey).await
+}
+
+async fn get_unknown_as(client: &reqwest::Client, d: &Sandboxd, auth: Auth<'_>) -> anyhow::Result<Duration> {
+    let request = client.get(format!(
+        "{}/v1/sandboxes/0f3c9a1e-aaaa-4bbb-8ccc-000000000001",
+        d.base
+    ));
+    let request = match auth {
+        Auth::ApiKey => request.header("OPEN-SANDBOX-API-KEY", KEY),
+        Auth::Bearer(token) => request.bearer_auth(token),
+    };
     let started = Instant::now();
-    let resp = client
-        .get(format!(
-            "{}/v1/sandboxes/0f3c9a1e-aaaa-4bbb-8ccc-000000000001",
-            d.base
-        ))
-        .header("OPEN-SANDBOX-API-KEY", KEY)
-        .send()
-        .await?;
+    let resp = request.send().await?;
     let status = resp.status();
     resp.bytes().await?;
     if status != 404 {
@@ -118,7 +132,31 @@ async fn layer_cost(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         without.push(get_unknown(&client, &off).await?);
     }
     let (p50_on, p50_off) = (percentile_ms(&with, 50.0), percentile_ms(&without, 50.0));
+    // The same limited server, as a user with a Bearer token beside the API key.
+    let minted: serde_json::Value = client
+        .post(format!("{}/v1/tokens", on.base))
+        .header("OPEN-SANDBOX-API-KEY", KEY)
+        .json(&serde_json::json!({"userId": "bench", "role": "user"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = minted["accessToken"].as_str().context("no accessToken")?.to_owned();
+    let (mut bearer, mut key) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs {
+        bearer.push(get_unknown_as(&client, &on, Auth::Bearer(&token)).await?);
+        key.push(get_unknown_as(&client, &on, Auth::ApiKey).await?);
+    }
+    let (p50_bearer, p50_key) = (percentile_ms(&bearer, 50.0), percentile_ms(&key, 50.0));
     Ok(vec![
+        Row::new(
+            "GET /v1/sandboxes/{unknown} p50, Bearer token + `read` limiter",
+            p50_bearer,
+            "ms",
+        )
+        .anchor("the same with the API key", p50_key),
+        Row::new("Bearer verification cost (p50 difference)", p50_bearer - p50_key, "ms").goal(Goal::AtMost(0.05)),
         Row::new(
             "GET /v1/sandboxes/{unknown} p50, API key + `read` limiter",
             p50_on,

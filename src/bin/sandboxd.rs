@@ -1,8 +1,9 @@
-//! `sandboxd`: the lifecycle orchestrator. Parses the command line, sets up logging, serves.
+//! `sandboxd`: the lifecycle orchestrator. Parses the command line; `serve` sets up logging
+//! and serves, every other subcommand is a client of a running sandboxd (`execd::cli`).
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use execd::logging::{self, Sink};
 use execd::orchestrator::{Cli, Command};
 use tracing::Level;
@@ -10,7 +11,10 @@ use tracing_subscriber::filter::{filter_fn, Targets};
 
 fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
-    let Command::Serve(config) = command;
+    let config = match command {
+        Command::Serve(config) => config,
+        Command::Client(command) => return execd::cli::run(command, Cli::command),
+    };
     let filter: Targets = match std::env::var("RUST_LOG").ok().map(|s| s.parse::<Targets>()) {
         Some(Ok(filter)) => filter,
         _ => match config.log_level.parse() {

@@ -24,6 +24,10 @@ pub struct Cli {
 pub enum Command {
     /// Serve the lifecycle API and the sandbox proxy.
     Serve(Config),
+    /// The client subcommands (`ls`, `create`, `exec`, `cp`, ...), talking to a running
+    /// sandboxd.
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 /// Server settings.

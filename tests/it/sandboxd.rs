@@ -18,7 +18,7 @@ use crate::util::{eventually, kinds, marker, parse_sse, texts};
 const BUSYBOX: &str = "execd-test/busybox";
 const PYTHON: &str = "execd-test/python:bookworm";
 const TOKEN_HEADER: &str = "X-EXECD-ACCESS-TOKEN";
-const RUN_LABEL: &str = "execd-test-run";
+pub(crate) const RUN_LABEL: &str = "execd-test-run";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -64,13 +64,13 @@ fn containers_of(run: &str) -> Vec<String> {
 }
 
 /// A running sandboxd on a free loopback port, stopped on drop (its containers removed).
-struct Sandboxd {
+pub(crate) struct Sandboxd {
     child: Option<Child>,
-    base: String,
-    key: String,
+    pub(crate) base: String,
+    pub(crate) key: String,
     data_dir: PathBuf,
     _data: Option<tempfile::TempDir>,
-    run: String,
+    pub(crate) run: String,
     client: reqwest::Client,
 }
 
@@ -287,7 +287,7 @@ impl Execd {
 }
 
 /// The test image and a fresh sandboxd, or `None` when Docker tests are skipped.
-fn setup(which: &str) -> Option<(&'static str, Sandboxd)> {
+pub(crate) fn setup(which: &str) -> Option<(&'static str, Sandboxd)> {
     docker_available().then(|| (image(which), Sandboxd::start()))
 }
 

@@ -109,8 +109,8 @@ def _preconditions():
 class Server:
     """A running sandboxd process (stop() and start() again on the same port and data dir)."""
 
-    def __init__(self, data_dir: Path, log: Path, port: int, api_key: str, run_id: str):
-        self.data_dir, self.log, self.port = data_dir, log, port
+    def __init__(self, data_dir: Path, log: Path, port: int, api_key: str, run_id: str, extra: tuple[str, ...] = ()):
+        self.data_dir, self.log, self.port, self.extra = data_dir, log, port, extra
         self.d = Sandboxd(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", api_key, run_id, log)
         self.proc = None
         self.logf = None
@@ -125,6 +125,7 @@ class Server:
             "--agent", str(AGENT),
             "--data-dir", str(self.data_dir),
             "--public-host", "127.0.0.1",
+            *self.extra,
         ]
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")}
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env)
@@ -159,13 +160,13 @@ class Server:
         return rc
 
 
-def new_server(name: str, run_id: str | None = None) -> Server:
+def new_server(name: str, run_id: str | None = None, extra: tuple[str, ...] = ()) -> Server:
     _preconditions()
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"{name}-sdk{SDK_VERSION[0]}{SDK_VERSION[1]}{SDK_VERSION[2]}.log"
     log.write_bytes(b"")
     data_dir = Path(tempfile.mkdtemp(prefix="sdk-sandboxd-"))
-    return Server(data_dir, log, free_port(), secrets.token_hex(16), run_id or uuid.uuid4().hex[:12])
+    return Server(data_dir, log, free_port(), secrets.token_hex(16), run_id or uuid.uuid4().hex[:12], extra)
 
 
 @pytest.fixture(scope="session")

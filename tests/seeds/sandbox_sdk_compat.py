@@ -82,7 +82,7 @@ class SandboxSDK:
 
     def run_code(self, sandbox_id: str, code: str) -> dict:
         execution, logs, error = Execution(), Logs(), None
-        for event in self._sse(f"/v1/sandboxes/{sandbox_id}/proxy/44772/code", {"code": code}):
+        for event in self._sse(f"/v1/sandboxes/{sandbox_id}/proxy/44772/code", {"code": code, "context": {"language": "python"}}):
             kind = event.get("type")
             if kind == "stdout":
                 logs.stdout.append(event.get("text", ""))
