@@ -51,6 +51,7 @@ fi
 echo "fuzz: build took $((SECONDS - start)) s"
 
 rc=0
+ran=0 failed=0 total=0
 printf '%-16s %12s %8s  %s\n' target runs seconds verdict
 for t in $targets; do
     work=target/corpus/$t
@@ -76,5 +77,8 @@ for t in $targets; do
         verdict="FAILED (${kind:-exit $status}): $(ls -t "artifacts/$t" | head -1); log fuzz/$log"
     fi
     printf '%-16s %12s %8s  %s\n' "$t" "${runs:-?}" "$((SECONDS - t0))" "$verdict"
+    ran=$((ran + 1)) total=$((total + ${runs:-0}))
+    ((status)) && failed=$((failed + 1))
 done
+echo "fuzz: $ran targets, $total inputs, $failed failed (crash, hang or OOM)"
 exit "$rc"

@@ -40,7 +40,7 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c 'import pytest, ipykernel, jupyter_client, matplotlib, jwt, prometheus_client' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import pytest, ipykernel, jupyter_client, matplotlib, jwt, prometheus_client, schemathesis' 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
 fi
 

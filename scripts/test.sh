@@ -1,21 +1,45 @@
 #!/usr/bin/env bash
-# The test suite: unit tests and the integration suite against the real binaries, including
-# the agent image on the Docker engine (so the static agent is built first; a no-op when fresh),
-# then the SDK suites (scripts/test-sdk.sh), the seed tests (scripts/test-seeds.sh) and a short
-# run of the fuzzers (scripts/fuzz.sh). All always run; the result fails if any failed.
-# Arguments go to nextest only.
+# The test suite: unit tests and the integration suite against the real binaries (nextest),
+# including the agent image on the Docker engine (so the static agent is built first; a no-op
+# when fresh), then the short API fuzzing of both documents (scripts/api-fuzz.sh), the SDK
+# suites (scripts/test-sdk.sh), the seed tests (scripts/test-seeds.sh) and a short run of the
+# coverage-guided fuzzers (scripts/fuzz.sh). All always run; the result fails if any failed,
+# and the log ends with one summary line per part. Arguments go to nextest only.
+#
+# The fuzzers' instrumented release build is their cost (~6-10 min of CPU from scratch, ~5 min
+# after a change to the library); EXECD_TEST_FUZZ=0 skips them, EXECD_TEST_FUZZ_SECONDS sets
+# the time per target (default 5; the long run is `scripts/fuzz.sh all 600`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-agent.sh || exit 1
+mkdir -p target/test-logs
 rc=0
-cargo nextest run --locked -j2 --no-fail-fast "$@" || rc=$?
-scripts/test-sdk.sh || { sdk_rc=$?; ((rc)) || rc=$sdk_rc; }
-scripts/test-seeds.sh || { seeds_rc=$?; ((rc)) || rc=$seeds_rc; }
-# The coverage-guided fuzzers, a short bounded run of every target (scripts/fuzz.sh; the long
-# run is `scripts/fuzz.sh all 600`). Their instrumented release build is the cost: ~6-10 min
-# of CPU from scratch, ~5 min after a change to the library. EXECD_TEST_FUZZ=0 skips them;
-# EXECD_TEST_FUZZ_SECONDS sets the time per target (default 5).
+summary=()
+
+# Runs one part, keeps its log, and records its last summary-looking line.
+part() {
+  local name=$1 pattern=$2
+  shift 2
+  local log=target/test-logs/$name.log status
+  "$@" 2>&1 | tee "$log"
+  status=${PIPESTATUS[0]}
+  local line
+  line=$(grep -E "$pattern" "$log" | paste -sd ';' -)
+  summary+=("$(printf '%-10s %s' "$name" "${line:-no summary} (exit $status)")")
+  ((status)) && ((rc == 0)) && rc=$status
+  return 0
+}
+
+part nextest '^ +Summary \[' cargo nextest run --locked -j2 --no-fail-fast "$@"
+part api-fuzz '^api-fuzz (execd|sandboxd): ' scripts/api-fuzz.sh
+part sdk '^test-sdk: (ok|FAILED)' scripts/test-sdk.sh
+part seeds '([0-9]+ passed|failed|error).* in [0-9.]+s' scripts/test-seeds.sh
 if [[ ${EXECD_TEST_FUZZ:-1} != 0 ]]; then
-    scripts/fuzz.sh all "${EXECD_TEST_FUZZ_SECONDS:-5}" || { fuzz_rc=$?; ((rc)) || rc=$fuzz_rc; }
+  part fuzz '^fuzz: [0-9]+ targets' scripts/fuzz.sh all "${EXECD_TEST_FUZZ_SECONDS:-5}"
 fi
+
+echo
+echo "test summary:"
+for s in "${summary[@]}"; do printf '  %s\n' "$s"; done
+grep -h -A4 '^test-sdk: summary' target/test-logs/sdk.log | sed 's/^/  /' || true
 exit "$rc"

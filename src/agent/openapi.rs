@@ -53,10 +53,12 @@ use super::http::{
         crate::wire::pty::PtyClientFrame, crate::wire::pty::PtyServerFrame,
         crate::wire::files::FileInfo, crate::wire::files::FileMetadata, crate::wire::files::Permission,
         crate::wire::files::WatchEvent, crate::wire::files::Metrics)),
-    modifiers(&AUTH, &FilesystemIdentity, &ClientErrors),
+    modifiers(&AUTH, &FilesystemIdentity, &ClientErrors, &SSE_EVENTS),
     security(("access_token" = []))
 )]
 struct ApiDoc;
+
+const SSE_EVENTS: crate::wire::openapi::SseEvents = crate::wire::openapi::SseEvents;
 
 const AUTH: crate::wire::openapi::HeaderKey = crate::wire::openapi::HeaderKey {
     scheme: "access_token",
@@ -69,7 +71,9 @@ const AUTH: crate::wire::openapi::HeaderKey = crate::wire::openapi::HeaderKey {
 /// - 400 where there is input (parameters or a body): extractors reject what does not parse;
 /// - 404 where the path has a parameter: an empty segment matches no route;
 /// - 408 and 413 where there is a body: the client stops sending it (`crate::serve`), or a
-///   JSON body is over its limit.
+///   JSON body is over its limit;
+/// - 403 on every file route, and 507 on those that write: errno maps to them
+///   (`http::error::io_status`: EACCES, EPERM, EROFS; ENOSPC, EDQUOT), whoever execd runs as.
 struct ClientErrors;
 
 impl utoipa::Modify for ClientErrors {
@@ -89,7 +93,11 @@ impl utoipa::Modify for ClientErrors {
                 .into()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
+            // A file route writes when it takes a body or deletes.
+            let delete_id = item.delete.as_ref().and_then(|d| d.operation_id.clone());
             for op in operations(item) {
+                let writes =
+                    op.request_body.is_some() || (delete_id.is_some() && op.operation_id == delete_id);
                 let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
                 let json_body = op
                     .request_body
@@ -115,6 +123,26 @@ impl utoipa::Modify for ClientErrors {
                 }
                 if path.contains('{') {
                     add("404", "no such resource (or an empty path segment)", "ErrorBody");
+                }
+                let file_route = ["/files", "/directories"].iter().any(|root| {
+                    path.starts_with(root)
+                        || path
+                            .strip_prefix(FILESYSTEM_IDENTITY_PREFIX)
+                            .is_some_and(|rest| rest.starts_with(root))
+                });
+                if file_route {
+                    add(
+                        "403",
+                        "PERMISSION_DENIED: the filesystem refused (EACCES, EPERM, EROFS)",
+                        "ErrorBody",
+                    );
+                    if writes {
+                        add(
+                            "507",
+                            "INSUFFICIENT_STORAGE: the filesystem is full (ENOSPC, EDQUOT)",
+                            "ErrorBody",
+                        );
+                    }
                 }
                 if let Some(json) = json_body {
                     add(
@@ -251,6 +279,44 @@ mod tests {
             "{replace}"
         );
         assert!(yaml.contains("TOO_MANY_SESSIONS"));
+    }
+
+    /// Issue 20, found by schemathesis (scripts/api-fuzz.sh): an SSE response's schema was the
+    /// JSON of one `data:` line, where OpenAPI tools read it as the event (`id`, `event`,
+    /// `data`); and the file routes answered 403 (EACCES, EROFS) undocumented, which
+    /// `/v1/filesystem/{uid}/{gid}` gets for any uid that cannot read the path.
+    #[test]
+    fn issue20_fuzz_findings_are_documented() {
+        let doc: serde_json::Value = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
+        let mut streams = 0;
+        let mut file_ops = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for response in op["responses"].as_object().unwrap().values() {
+                    let Some(sse) = response["content"].get("text/event-stream") else {
+                        continue;
+                    };
+                    streams += 1;
+                    let data = &sse["schema"]["properties"]["data"];
+                    assert_eq!(data["type"], "string", "{method} {path}: {sse}");
+                    assert_eq!(data["contentMediaType"], "application/json", "{path}");
+                    assert!(data["contentSchema"]["$ref"].is_string(), "{path}: {data}");
+                }
+                let rest = path
+                    .strip_prefix(super::FILESYSTEM_IDENTITY_PREFIX)
+                    .unwrap_or(path);
+                if rest.starts_with("/files") || rest.starts_with("/directories") {
+                    file_ops += 1;
+                    let statuses = op["responses"].as_object().unwrap();
+                    assert!(statuses.contains_key("403"), "{method} {path}");
+                    if method != "get" {
+                        assert!(statuses.contains_key("507"), "{method} {path}");
+                    }
+                }
+            }
+        }
+        assert!(streams >= 7, "saw {streams} streams");
+        assert!(file_ops >= 28, "saw {file_ops} file operations");
     }
 
     /// The port proxy is routed three ways (axum needs the bare and trailing-slash forms

@@ -94,4 +94,25 @@ mod tests {
     fn proto_matches_code() {
         crate::wire::openapi::assert_proto_matches("sandboxd.yaml", &super::yaml());
     }
+
+    /// Issue 20, found by schemathesis (scripts/api-fuzz.sh): the server proxy answered port 0
+    /// with an undocumented 400, its port had no bounds in the document.
+    #[test]
+    fn issue20_the_proxy_port_is_bounded_and_its_400_documented() {
+        use utoipa::OpenApi;
+        let doc = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
+        let proxy = &doc["paths"]["/sandboxes/{id}/proxy/{port}/{path}"];
+        for method in ["get", "post", "put", "patch", "delete", "head", "options"] {
+            let op = &proxy[method];
+            let port = op["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "port")
+                .unwrap();
+            assert_eq!(port["schema"]["minimum"], 1, "{method}: {port}");
+            assert_eq!(port["schema"]["maximum"], 65535, "{method}: {port}");
+            assert!(op["responses"].get("400").is_some(), "{method}");
+        }
+    }
 }

@@ -42,3 +42,56 @@ pub fn assert_proto_matches(file: &str, generated: &str) {
         "proto/{file} is out of date; run `UPDATE_PROTO=1 cargo test proto_matches_code`"
     );
 }
+
+/// Describes every `text/event-stream` response as what a client parses from it: events whose
+/// `data` is one JSON document of the schema the handler annotated (`contentMediaType` and
+/// `contentSchema`, as OpenAPI 3.2's `itemSchema` spells it for SSE; schema-based tools then
+/// validate each event's `data`, not the event as if it were the JSON).
+pub struct SseEvents;
+
+impl utoipa::Modify for SseEvents {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::RefOr;
+
+        let event = |data: RefOr<utoipa::openapi::Schema>| {
+            let string = || ObjectBuilder::new().schema_type(Type::String);
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(Some("one SSE event: `id: N`, `data: <one JSON document>`"))
+                .property("id", string())
+                .property("event", string())
+                .property(
+                    "data",
+                    string()
+                        .content_media_type("application/json")
+                        .content_schema(Some(data)),
+                )
+                .required("data")
+                .build()
+                .into()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for response in op.responses.responses.values_mut() {
+                    let RefOr::T(response) = response else { continue };
+                    let Some(RefOr::T(content)) = response.content.get_mut("text/event-stream") else {
+                        continue;
+                    };
+                    if let Some(data) = content.schema.take() {
+                        content.schema = Some(event(data));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -17,6 +17,7 @@ mod pty;
 mod replay;
 mod sandboxd;
 mod sandboxd_limits;
+mod security;
 mod session;
 mod util;
 mod watch;

@@ -120,9 +120,10 @@ fn all_routes() -> Routes {
         .merge(isolated::routes())
 }
 
-/// The paths the agent serves, as routed (axum's syntax: `{param}`, `{*rest}`).
-#[cfg(test)]
-pub(crate) fn served_paths() -> Vec<String> {
+/// The paths the agent serves, as routed (axum's syntax: `{param}`, `{*rest}`): what the
+/// document check and the token walk of the security tests (`tests/it/security.rs`) go by.
+#[doc(hidden)]
+pub fn served_paths() -> Vec<String> {
     all_routes().paths
 }
 

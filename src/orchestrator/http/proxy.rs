@@ -50,8 +50,9 @@ const STRIPPED: [HeaderName; 3] = [
 /// the API key or with the sandbox's own token (what the endpoint's `headers` hand out);
 /// either way the sandbox receives its token and none of the caller's credentials.
 #[utoipa::path(method(get, post, put, patch, delete, head, options), path = "/sandboxes/{id}/proxy/{port}/{path}",
-    params(("id" = String, Path), ("port" = u16, Path), ("path" = String, Path, description = "path at the target, with the query")),
+    params(("id" = String, Path), ("port" = u16, Path, minimum = 1, maximum = 65535), ("path" = String, Path, description = "path at the target, with the query")),
     responses((status = 200, description = "whatever the sandbox port answers, streamed (WebSocket upgrades relayed)"),
+        (status = 400, description = "`SANDBOX::INVALID_PARAMETER`: a port outside 1–65535", body = crate::wire::lifecycle::LifecycleError),
         (status = 401, description = "neither the API key nor the sandbox token", body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError),
         (status = 409, description = "`DOCKER::SANDBOX_NOT_RUNNING`: the sandbox is Pending, Paused, Failed or Terminated (the message names it); answered at once", body = crate::wire::lifecycle::LifecycleError), (status = 502, body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn proxy(
