@@ -28,7 +28,8 @@ async fn events_of(d: &Sandboxd, id: &str) -> String {
 /// The host pid of a sandbox's PID 1 (execd as init).
 fn init_pid(id: &str) -> i32 {
     let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &format!("sandbox-{id}")]);
-    pid.parse().unwrap_or_else(|_| panic!("no pid for sandbox-{id}: {pid:?}"))
+    pid.parse()
+        .unwrap_or_else(|_| panic!("no pid for sandbox-{id}: {pid:?}"))
 }
 
 #[tokio::test]
@@ -73,17 +74,23 @@ async fn sandboxd_killed_during_concurrent_creates_leaves_no_orphan_after_restar
     let Some((image, mut d)) = setup("busybox") else {
         return;
     };
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let creates: Vec<_> = (0..10)
         .map(|_| {
             let mut body = sandbox_body(image, &["sleep", "100000"]);
             body["metadata"][RUN_LABEL] = json!(d.run);
             let request = d.req(Method::POST, "/v1/sandboxes").json(&body).send();
-            tokio::spawn(async move { request.await.map(|r| r.status()) })
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let status = request.await.map(|r| r.status());
+                ready.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                status
+            })
         })
         .collect();
-    // Mid-flight: some containers exist, not every create has answered.
-    eventually(60, "the first container of the creates", async || {
-        (!containers_of(&d.run).is_empty()).then_some(())
+    // Mid-flight: the first create has answered, most have not.
+    eventually(60, "the first create to answer", async || {
+        (ready.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
     })
     .await;
     d.kill9();
@@ -96,30 +103,52 @@ async fn sandboxd_killed_during_concurrent_creates_leaves_no_orphan_after_restar
     eprintln!("creates answered 202 before the kill: {answered}/10");
 
     let d2 = Sandboxd::start_on(&d.data_dir, &d.run);
-    let (status, listed) = d2
-        .json(Method::GET, "/v1/sandboxes?pageSize=100", None)
-        .await;
+    let (status, listed) = d2.json(Method::GET, "/v1/sandboxes?pageSize=100", None).await;
     assert_eq!(status, 200, "{listed}");
     let records: BTreeSet<String> = listed["items"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| {
-            assert_eq!(s["status"]["state"], "Running", "every record kept is adopted: {s}");
+            assert_eq!(
+                s["status"]["state"], "Running",
+                "every record kept is adopted: {s}"
+            );
             s["id"].as_str().unwrap().to_owned()
         })
         .collect();
     assert!(records.len() >= answered, "{answered} answered, {records:?} kept");
-    // Docker may still finish a create the dead sandboxd asked for; no container of this run
-    // may be without its record for long.
-    let containers = eventually(10, "every container to have its record", async || {
-        let ids: BTreeSet<String> = containers_of(&d.run)
+    // Docker may still finish a create the dead sandboxd asked for, after the restart's
+    // reconciliation: sandboxd's periodic sweep (every 5 s) removes such a container.
+    let labelled = || -> BTreeSet<String> {
+        containers_of(&d.run)
             .iter()
-            .map(|c| docker(&["inspect", "-f", "{{index .Config.Labels \"opensandbox.io/id\"}}", c]))
+            .map(|c| {
+                docker(&[
+                    "inspect",
+                    "-f",
+                    "{{index .Config.Labels \"opensandbox.io/id\"}} {{.State.Status}}",
+                    c,
+                ])
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let containers = loop {
+        let seen = labelled();
+        let ids: BTreeSet<String> = seen
+            .iter()
+            .map(|s| s.split(' ').next().unwrap().to_owned())
             .collect();
-        (ids == records).then_some(ids)
-    })
-    .await;
+        if ids == records {
+            break ids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containers {seen:?} and records {records:?} disagree"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     for id in &containers {
         let running = docker(&["inspect", "-f", "{{.State.Running}}", &format!("sandbox-{id}")]);
         assert_eq!(running, "true", "sandbox-{id}");

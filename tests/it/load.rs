@@ -200,7 +200,12 @@ async fn execd_under_followers_and_short_commands_loses_nothing() {
         quantile(&pings, 0.99).as_secs_f64() * 1e3,
         pings.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
     );
-    assert!(errors.is_empty(), "{} errors, first: {:?}", errors.len(), errors.first());
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
     assert_eq!(ping_errors, 0);
     // A journal keeps at most ~1 MiB in memory; followers are cursors, not copies.
     assert!(
@@ -310,6 +315,11 @@ async fn sandboxd_under_concurrent_creates_and_reads_answers_every_one() {
         quantile(&read_times, 0.5).as_secs_f64() * 1e3,
         quantile(&read_times, 0.99).as_secs_f64() * 1e3,
     );
-    assert!(errors.is_empty(), "{} errors, first: {:?}", errors.len(), errors.first());
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
     assert_eq!(running, creates);
 }
