@@ -760,8 +760,8 @@ async fn the_sweep_removes_sandboxes_without_a_record_and_nothing_else() {
     // A create the runtime finished after the sandboxd that asked for it died.
     rig.fake.plant("late", Observed::Starting);
     assert_eq!(rig.service.sweep_orphans().await.unwrap(), 1);
-    let left: Vec<String> = rig.fake.sandboxes().into_iter().map(|(_, s)| s.spec.id).collect();
-    assert_eq!(left, [kept.clone()]);
+    let left: Vec<String> = rig.fake.sandboxes().into_values().map(|s| s.spec.id).collect();
+    assert_eq!(left, std::slice::from_ref(&kept));
     assert_eq!(rig.service.sweep_orphans().await.unwrap(), 0);
     assert!(rig.service.get(&kept, &root()).await.is_ok());
 }
