@@ -193,6 +193,13 @@ async fn an_oom_killed_sandbox_fails_with_the_oom_in_its_message() {
     );
     let oom = docker(&["inspect", "-f", "{{.State.OOMKilled}}", &format!("sandbox-{id}")]);
     assert_eq!(oom, "true", "Docker agrees");
+    let events = events_of(&d, &id).await;
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("stopped (Failed)") && l.contains("memory limit")),
+        "the events diagnostic records the OOM kill: {events}"
+    );
 }
 
 /// A tmpfs of `size` mounted over `dir` (this suite runs as root), unmounted on drop.
