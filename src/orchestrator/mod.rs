@@ -40,6 +40,9 @@ const ISOLATION_SECCOMP: &str = include_str!("../../deploy/seccomp-userns.json")
 
 /// How often idle rate-limit keys are dropped and the metrics recorder drains its histograms.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
+/// How often sandboxes without a record (a create finished by the runtime after sandboxd
+/// died) are looked for and removed.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(5);
 
 /// Serves until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -114,6 +117,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let service = service.clone();
         async move { service.run_expiry().await }
     });
+    let sweeper = tokio::spawn({
+        let service = service.clone();
+        async move {
+            let mut tick = tokio::time::interval(ORPHAN_SWEEP);
+            loop {
+                tick.tick().await;
+                if let Err(e) = service.sweep_orphans().await {
+                    tracing::warn!(error = %e, "cannot look for orphaned sandboxes");
+                }
+            }
+        }
+    });
     let limiter = Arc::new(ratelimit::Limiter::new(config.rate_limits()));
     let metrics = Arc::new(metrics::Metrics::new());
     let housekeeping = tokio::spawn({
@@ -143,6 +158,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::serve::serve(listener, app, config.client_limits(), shutdown()).await?;
     expiry.abort();
     housekeeping.abort();
+    sweeper.abort();
     Ok(())
 }
 

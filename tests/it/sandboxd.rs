@@ -35,7 +35,7 @@ fn agent_binary() -> PathBuf {
 }
 
 /// Builds the test image when its tag is missing (a no-op otherwise).
-fn image(which: &str) -> &'static str {
+pub(crate) fn image(which: &str) -> &'static str {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let status = Command::new(repo().join("scripts/build-test-image.sh"))
@@ -50,13 +50,13 @@ fn image(which: &str) -> &'static str {
     }
 }
 
-fn docker(args: &[&str]) -> String {
+pub(crate) fn docker(args: &[&str]) -> String {
     let out = Command::new("docker").args(args).output().expect("run docker");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Containers carrying this run's label.
-fn containers_of(run: &str) -> Vec<String> {
+pub(crate) fn containers_of(run: &str) -> Vec<String> {
     docker(&["ps", "-aq", "--filter", &format!("label={RUN_LABEL}={run}")])
         .lines()
         .map(str::to_owned)
@@ -68,14 +68,14 @@ pub(crate) struct Sandboxd {
     child: Option<Child>,
     pub(crate) base: String,
     pub(crate) key: String,
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     _data: Option<tempfile::TempDir>,
     pub(crate) run: String,
     client: reqwest::Client,
 }
 
 impl Sandboxd {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let dir = data.path().to_owned();
         let mut s = Self::start_on(&dir, &marker());
@@ -84,7 +84,12 @@ impl Sandboxd {
     }
 
     /// Starts on an existing data dir (a restart), tagging sandboxes with `run`.
-    fn start_on(data_dir: &Path, run: &str) -> Self {
+    pub(crate) fn start_on(data_dir: &Path, run: &str) -> Self {
+        Self::start_with(data_dir, run, &[])
+    }
+
+    /// [`Sandboxd::start_on`] with extra `serve` flags (e.g. rate limits).
+    pub(crate) fn start_with(data_dir: &Path, run: &str, flags: &[&str]) -> Self {
         let key = "test-key-0123456789".to_owned();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sandboxd"))
             .args(["serve", "--host", "127.0.0.1", "--port", "0", "--api-key", &key])
@@ -92,6 +97,7 @@ impl Sandboxd {
             .arg(agent_binary())
             .arg("--data-dir")
             .arg(data_dir)
+            .args(flags)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -117,7 +123,7 @@ impl Sandboxd {
     }
 
     /// Stops the process (SIGTERM), leaving its containers and state for a restart.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -133,13 +139,21 @@ impl Sandboxd {
         }
     }
 
-    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+    /// Kills the process with SIGKILL (no clean-up at all), leaving containers and state.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub(crate) fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.client
             .request(method, format!("{}{path}", self.base))
             .header("OPEN-SANDBOX-API-KEY", &self.key)
     }
 
-    async fn json(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub(crate) async fn json(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let mut r = self.req(method, path);
         if let Some(b) = body {
             r = r.json(&b);
@@ -151,14 +165,14 @@ impl Sandboxd {
     }
 
     /// Creates a sandbox (tagged with this run) and returns its 202 body.
-    async fn create(&self, mut body: Value) -> Value {
+    pub(crate) async fn create(&self, mut body: Value) -> Value {
         body["metadata"][RUN_LABEL] = json!(self.run);
         let (status, created) = self.json(Method::POST, "/v1/sandboxes", Some(body.clone())).await;
         assert_eq!(status, StatusCode::ACCEPTED, "create {body}: {created}");
         created
     }
 
-    async fn endpoint(&self, id: &str, port: u16, server_proxy: bool) -> Execd {
+    pub(crate) async fn endpoint(&self, id: &str, port: u16, server_proxy: bool) -> Execd {
         let (status, ep) = self
             .json(
                 Method::GET,
@@ -189,7 +203,7 @@ impl Sandboxd {
     }
 
     /// `GET /v1/sandboxes/{id}`.
-    async fn info(&self, id: &str) -> (StatusCode, Value) {
+    pub(crate) async fn info(&self, id: &str) -> (StatusCode, Value) {
         self.json(Method::GET, &format!("/v1/sandboxes/{id}"), None).await
     }
 
@@ -199,7 +213,7 @@ impl Sandboxd {
             .await
     }
 
-    async fn state(&self, id: &str) -> String {
+    pub(crate) async fn state(&self, id: &str) -> String {
         let (status, sb) = self.info(id).await;
         assert_eq!(status, 200, "{sb}");
         sb["status"]["state"].as_str().unwrap().to_owned()
@@ -216,22 +230,22 @@ impl Drop for Sandboxd {
 }
 
 /// An execd endpoint as sandboxd hands it out: base URL and the headers' token.
-struct Execd {
-    base: String,
-    token: String,
-    client: reqwest::Client,
+pub(crate) struct Execd {
+    pub(crate) base: String,
+    pub(crate) token: String,
+    pub(crate) client: reqwest::Client,
 }
 
 impl Execd {
     /// A request with the endpoint's token.
-    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.client
             .request(method, format!("{}{path}", self.base))
             .header(TOKEN_HEADER, &self.token)
     }
 
     /// Runs a foreground command; returns (stdout, one line per event, and the exit code).
-    async fn run(&self, command: &str) -> (String, i64) {
+    pub(crate) async fn run(&self, command: &str) -> (String, i64) {
         let resp = self
             .req(Method::POST, "/command")
             .json(&json!({ "command": command }))
@@ -291,7 +305,7 @@ pub(crate) fn setup(which: &str) -> Option<(&'static str, Sandboxd)> {
     docker_available().then(|| (image(which), Sandboxd::start()))
 }
 
-fn sandbox_body(image: &str, entrypoint: &[&str]) -> Value {
+pub(crate) fn sandbox_body(image: &str, entrypoint: &[&str]) -> Value {
     json!({
         "image": {"uri": image},
         "entrypoint": entrypoint,

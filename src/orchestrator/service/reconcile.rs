@@ -113,4 +113,40 @@ impl Service {
         self.expiry_changed.notify_one();
         Ok(done)
     }
+
+    /// Removes the sandboxes of this instance that have no record: a create the runtime
+    /// finished after the sandboxd that asked for it died, and after start-up reconciliation
+    /// had forgotten the half-made record. Run periodically. Safe beside creates and deletes:
+    /// a record is stored before its sandbox exists and removed only after it is gone, and
+    /// the runtime is read before the store. Returns how many were removed.
+    pub async fn sweep_orphans(&self) -> Result<usize, Error> {
+        let live = self.runtime.observe_all().await?;
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let recorded: BTreeSet<String> = self
+            .store
+            .all()
+            .await?
+            .into_iter()
+            .map(|row| match row {
+                Ok(record) => record.id,
+                Err(e) => e.id,
+            })
+            .collect();
+        let mut removed = 0;
+        for (id, (instance, _)) in &live {
+            if recorded.contains(id) {
+                continue;
+            }
+            match self.runtime.remove(instance).await {
+                Ok(()) => {
+                    tracing::warn!(sandbox = %id, "removed a sandbox that has no record");
+                    removed += 1;
+                }
+                Err(e) => tracing::error!(sandbox = %id, error = %e, "cannot remove an orphaned sandbox"),
+            }
+        }
+        Ok(removed)
+    }
 }

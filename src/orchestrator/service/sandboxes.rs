@@ -257,7 +257,12 @@ impl Service {
     /// Keeps the record's phase in step with a pause or thaw the runtime reports and sandboxd
     /// did not make (`docker pause` by hand), so that the server proxy, which asks no runtime,
     /// knows about it from the next read on.
+    /// Also records, once, that a sandbox sandboxd made has stopped (its entrypoint or execd
+    /// died, it was OOM-killed or removed behind sandboxd's back), so that its events say so.
     pub(super) async fn note_observed(&self, record: &Record, observed: &Observed) {
+        if record.phase != Phase::Pending && matches!(observed, Observed::Exited { .. } | Observed::Gone) {
+            self.note_stopped(record, observed).await;
+        }
         let paused = *observed == Observed::Paused;
         let phase = match record.phase {
             Phase::Ready if paused => Phase::Paused,
@@ -269,6 +274,25 @@ impl Service {
         if let Err(e) = self.store.update(&changed).await {
             tracing::warn!(sandbox = %record.id, error = %e, "cannot record the observed phase");
         }
+    }
+
+    /// Appends `stopped (<state>): <why>` to the sandbox's events unless it is there already.
+    async fn note_stopped(&self, record: &Record, observed: &Observed) {
+        const STOPPED: &str = "stopped (";
+        match self.store.events(&record.id).await {
+            Ok(events) if events.iter().any(|e| e.message.starts_with(STOPPED)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(sandbox = %record.id, error = %e, "cannot read events");
+                return;
+            }
+        }
+        let s = status(record, observed);
+        let why = s
+            .message
+            .unwrap_or_else(|| "the container exited with code 0".to_owned());
+        self.event(&record.id, &format!("{STOPPED}{}): {why}", s.state))
+            .await;
     }
 
     /// `GET /sandboxes`: filtered, newest first, one page. Rows this build cannot read are

@@ -747,3 +747,21 @@ async fn tokens_are_minted_within_the_callers_rights_and_revoked_for_good() {
     let revoked = rig.service.store.revoked_tokens(now_ms()).await.unwrap();
     assert_eq!(revoked.len(), 1, "the deny-list is in the store too");
 }
+
+#[tokio::test]
+async fn the_sweep_removes_sandboxes_without_a_record_and_nothing_else() {
+    let rig = rig().await;
+    let kept = rig
+        .service
+        .create(request(Some(600)), &root(), None)
+        .await
+        .unwrap()
+        .id;
+    // A create the runtime finished after the sandboxd that asked for it died.
+    rig.fake.plant("late", Observed::Starting);
+    assert_eq!(rig.service.sweep_orphans().await.unwrap(), 1);
+    let left: Vec<String> = rig.fake.sandboxes().into_values().map(|s| s.spec.id).collect();
+    assert_eq!(left, std::slice::from_ref(&kept));
+    assert_eq!(rig.service.sweep_orphans().await.unwrap(), 0);
+    assert!(rig.service.get(&kept, &root()).await.is_ok());
+}
