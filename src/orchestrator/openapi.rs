@@ -36,7 +36,7 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,
         crate::wire::lifecycle::Pagination, crate::wire::errors::DetailedError)),
-    modifiers(&AUTH, &BEARER, &ErrorCatalog),
+    modifiers(&AUTH, &BEARER, &ErrorCatalog, &RateLimited),
     security(("api_key" = []), ("bearer" = []))
 )]
 struct ApiDoc;
@@ -68,6 +68,59 @@ impl utoipa::Modify for Bearer {
     }
 }
 
+/// 429 on every rate-limited operation: everything but `/health`, `/version` and the proxy
+/// (found by API fuzzing fast enough to spend the `read` class).
+struct RateLimited;
+
+impl utoipa::Modify for RateLimited {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder, Type};
+
+        let limited = || {
+            ResponseBuilder::new()
+                .description(
+                    "`RATE_LIMIT::EXCEEDED`: the caller's rate class for this route is spent; retry after `Retry-After` seconds",
+                )
+                .header(
+                    "Retry-After",
+                    HeaderBuilder::new()
+                        .schema(Some(utoipa::openapi::ObjectBuilder::new().schema_type(Type::Integer)))
+                        .description(Some("whole seconds, at least 1"))
+                        .build(),
+                )
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("LifecycleError")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/health" || path == "/version" || path.contains("/proxy/") {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for op in operations.into_iter().flatten() {
+                op.responses
+                    .responses
+                    .entry("429".to_owned())
+                    .or_insert_with(|| limited().into());
+            }
+        }
+    }
+}
+
 /// Appends the error catalog to the description: the detailed body and the codes by status.
 struct ErrorCatalog;
 
@@ -90,6 +143,23 @@ pub fn yaml() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn issue20_every_rate_limited_operation_documents_its_429() {
+        let doc = <super::ApiDoc as utoipa::OpenApi>::openapi();
+        let mut seen = 0;
+        for (path, item) in &doc.paths.paths {
+            let limited = !(path == "/health" || path == "/version" || path.contains("/proxy/"));
+            for op in [&item.get, &item.post, &item.put, &item.patch, &item.delete]
+                .into_iter()
+                .flatten()
+            {
+                assert_eq!(op.responses.responses.contains_key("429"), limited, "{path}");
+                seen += usize::from(limited);
+            }
+        }
+        assert!(seen > 10, "only {seen} limited operations");
+    }
+
     #[test]
     fn proto_matches_code() {
         crate::wire::openapi::assert_proto_matches("sandboxd.yaml", &super::yaml());
