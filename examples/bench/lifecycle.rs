@@ -36,21 +36,27 @@ pub fn sections() -> Vec<Section> {
 }
 
 /// A sandboxd on a free port with its own state, stopped (and its sandboxes removed) on drop.
-struct Sandboxd {
+pub(crate) struct Sandboxd {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     client: reqwest::Client,
     _data: tempfile::TempDir,
 }
 
 impl Sandboxd {
     fn start(ctx: &Ctx) -> anyhow::Result<Self> {
+        Self::start_with(ctx, &[])
+    }
+
+    /// A sandboxd with extra `serve` flags (an API key, rate classes).
+    pub(crate) fn start_with(ctx: &Ctx, args: &[&str]) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let mut child = Command::new(&ctx.sandboxd)
             .args(["serve", "--host", "127.0.0.1", "--port", "0", "--agent"])
             .arg(&ctx.agent)
             .arg("--data-dir")
             .arg(data.path())
+            .args(args)
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -3,14 +3,14 @@
 //! is off, requests alternating between the two), and the limiter's memory at 10 000 keys
 //! (measured in a fresh child process: the resident-set growth).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use execd::orchestrator::ratelimit::{Class, Limiter, Settings};
 
 use crate::harness::{percentile_ms, Ctx, Goal, Row};
+use crate::lifecycle::Sandboxd;
 use crate::Section;
 
 const KEY: &str = "bench-key-0123456789";
@@ -29,56 +29,11 @@ pub fn sections() -> Vec<Section> {
     ]
 }
 
-/// A sandboxd with an API key and `args`, killed on drop.
-struct Sandboxd {
-    child: Child,
-    base: String,
-    _data: tempfile::TempDir,
-}
-
-impl Sandboxd {
-    fn start(ctx: &Ctx, args: &[&str]) -> anyhow::Result<Self> {
-        let data = tempfile::tempdir()?;
-        let mut child = Command::new(&ctx.sandboxd)
-            .args([
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--api-key",
-                KEY,
-                "--agent",
-            ])
-            .arg(&ctx.agent)
-            .arg("--data-dir")
-            .arg(data.path())
-            .args(args)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("cannot start {}", ctx.sandboxd.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-        let base = line
-            .trim()
-            .strip_prefix("sandboxd listening on ")
-            .with_context(|| format!("unexpected first line {line:?}"))?
-            .to_owned();
-        Ok(Self {
-            child,
-            base,
-            _data: data,
-        })
-    }
-}
-
-impl Drop for Sandboxd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A sandboxd with the API key and `args` (the lifecycle area's launcher).
+fn sandboxd(ctx: &Ctx, args: &[&str]) -> anyhow::Result<Sandboxd> {
+    let mut all = vec!["--api-key", KEY];
+    all.extend_from_slice(args);
+    Sandboxd::start_with(ctx, &all)
 }
 
 /// How a benchmark request authenticates.
@@ -117,8 +72,8 @@ async fn get_unknown_as(client: &reqwest::Client, d: &Sandboxd, auth: Auth<'_>) 
 /// refused) beside it off; auth, the metrics layer and the store lookup behind the 404 are the
 /// same on both sides.
 async fn layer_cost(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
-    let on = Sandboxd::start(ctx, &["--rate-read", "1000000", "--burst-read", "1000000"])?;
-    let off = Sandboxd::start(ctx, &["--rate-read", "0"])?;
+    let on = sandboxd(ctx, &["--rate-read", "1000000", "--burst-read", "1000000"])?;
+    let off = sandboxd(ctx, &["--rate-read", "0"])?;
     let client = reqwest::Client::builder().no_proxy().build()?;
     for _ in 0..50 {
         get_unknown(&client, &on).await?;
