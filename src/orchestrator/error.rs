@@ -21,6 +21,15 @@ pub enum Error {
     /// The request is malformed or asks for something invalid; the message names the field.
     #[error("{0}")]
     Invalid(String),
+    /// A template spec is invalid; the message names the field.
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// A YAML import cannot be read; the message has the line and column.
+    #[error("{0}")]
+    ImportInvalid(String),
+    /// A prepull's image reference does not parse.
+    #[error("{0}")]
+    InvalidImage(String),
     /// The list's `metadata` filter is not `k=v` pairs.
     #[error("{0}")]
     InvalidMetadataFilter(String),
@@ -103,6 +112,12 @@ pub enum Kind {
     Sandbox,
     /// A user token.
     Token,
+    /// A template.
+    Template,
+    /// A version of a template.
+    TemplateVersion,
+    /// An image prepull task.
+    Prepull,
 }
 
 impl fmt::Display for Kind {
@@ -110,6 +125,9 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Kind::Sandbox => "sandbox",
             Kind::Token => "token",
+            Kind::Template => "template",
+            Kind::TemplateVersion => "template version",
+            Kind::Prepull => "prepull task",
         })
     }
 }
@@ -140,6 +158,10 @@ pub enum Conflict {
     NoRoute(String),
     /// The runtime says the state changed under the call.
     Runtime(String),
+    /// A template of that name exists.
+    TemplateExists(String),
+    /// The template version's image is not built (yet, or ever: the message says which).
+    TemplateNotReady(String),
 }
 
 impl fmt::Display for Conflict {
@@ -153,7 +175,8 @@ impl fmt::Display for Conflict {
                 "sandbox {id} was created for manual cleanup and has no expiry to renew"
             ),
             Conflict::NoRoute(id) => write!(f, "sandbox {id} has no published ports (not running)"),
-            Conflict::Runtime(message) => f.write_str(message),
+            Conflict::Runtime(message) | Conflict::TemplateNotReady(message) => f.write_str(message),
+            Conflict::TemplateExists(name) => write!(f, "a template named {name} already exists"),
         }
     }
 }
@@ -256,6 +279,11 @@ impl Error {
         }
     }
 
+    /// A missing resource of `kind`.
+    pub fn not_found(kind: Kind, id: impl Into<String>) -> Self {
+        Error::NotFound { kind, id: id.into() }
+    }
+
     /// 400 naming what was wrong.
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::Invalid(message.into())
@@ -267,6 +295,9 @@ impl Error {
         match self {
             Error::NotFound { .. }
             | Error::Invalid(_)
+            | Error::InvalidSpec(_)
+            | Error::ImportInvalid(_)
+            | Error::InvalidImage(_)
             | Error::InvalidMetadataFilter(_)
             | Error::UnsupportedField(_)
             | Error::Unsupported(_)

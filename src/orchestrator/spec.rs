@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use super::error::Error;
-use super::runtime::{Mount, Resources};
+use super::runtime::{Mount, Resources, SpecFile};
 use crate::wire::lifecycle::{CreateSandboxRequest, PlatformSpec};
+use crate::wire::templates::ReadinessProbe;
 
 /// The extension that asks for isolated sessions inside the sandbox.
 pub const ISOLATION_EXTENSION: &str = "bootstrap.execd.isolation";
@@ -39,6 +40,23 @@ pub struct Plan {
     pub mounts: Vec<Mount>,
     /// Echo of the platform.
     pub platform: Option<PlatformSpec>,
+    /// Files to write before start (from a template).
+    pub files: Vec<SpecFile>,
+    /// A command execd runs before the entrypoint (`lifecycle.preStart`, or a template's
+    /// `startupScript`).
+    pub pre_start: Option<PreStart>,
+    /// A check that gates `Running` (from a template).
+    pub readiness: Option<ReadinessProbe>,
+}
+
+/// `lifecycle.preStart`: argv without a shell, and how long it may take.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreStart {
+    /// argv.
+    pub command: Vec<String>,
+    /// Seconds (1–10800, default 60).
+    pub timeout_seconds: u64,
 }
 
 /// Limits that validation enforces.
@@ -151,6 +169,9 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
         isolation,
         mounts,
         platform: req.platform,
+        files: Vec::new(),
+        pre_start: None,
+        readiness: None,
     })
 }
 

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub mod pty;
+#[cfg(feature = "orchestrator")]
+pub mod templates;
 
 /// Error codes of the execd plane. Serialized in the contract's SCREAMING_SNAKE_CASE so that
 /// clients written against upstream keep matching them.

@@ -57,8 +57,14 @@ impl From<&Error> for ApiError {
             Error::NotFound { kind, .. } => said(match kind {
                 Kind::Sandbox => &codes::SANDBOX_NOT_FOUND,
                 Kind::Token => &codes::AUTH_TOKEN_NOT_FOUND,
+                Kind::Template => &codes::TEMPLATE_NOT_FOUND,
+                Kind::TemplateVersion => &codes::TEMPLATE_VERSION_NOT_FOUND,
+                Kind::Prepull => &codes::PREPULL_NOT_FOUND,
             }),
             Error::Invalid(_) => said(&codes::SANDBOX_INVALID_PARAMETER),
+            Error::InvalidSpec(_) => said(&codes::TEMPLATE_INVALID_SPEC),
+            Error::ImportInvalid(_) => said(&codes::TEMPLATE_IMPORT_INVALID),
+            Error::InvalidImage(_) => said(&codes::PREPULL_INVALID_IMAGE),
             Error::InvalidMetadataFilter(_) => said(&codes::INVALID_METADATA_FORMAT),
             // Upstream's code for a field this runtime does not do, with upstream's 400.
             Error::UnsupportedField(_) => {
@@ -80,6 +86,8 @@ impl From<&Error> for ApiError {
                 | Conflict::NoExpiry(_)
                 | Conflict::NoRoute(_)
                 | Conflict::Runtime(_) => &codes::SANDBOX_INVALID_STATE,
+                Conflict::TemplateExists(_) => &codes::TEMPLATE_CONFLICT,
+                Conflict::TemplateNotReady(_) => &codes::TEMPLATE_NOT_READY,
             }),
             Error::Unauthenticated(failure) => said(match failure {
                 AuthFailure::Missing => &codes::MISSING_API_KEY,
@@ -220,6 +228,26 @@ mod tests {
         let cases: Vec<(Error, u16, &str)> = vec![
             (Error::no_sandbox("x"), 404, "SANDBOX::NOT_FOUND"),
             (Error::invalid("x"), 400, "SANDBOX::INVALID_PARAMETER"),
+            (Error::InvalidSpec(s()), 400, "TEMPLATE::INVALID_SPEC"),
+            (Error::ImportInvalid(s()), 400, "TEMPLATE::IMPORT_INVALID"),
+            (Error::InvalidImage(s()), 400, "PREPULL::INVALID_IMAGE"),
+            (Error::not_found(Kind::Template, "t"), 404, "TEMPLATE::NOT_FOUND"),
+            (
+                Error::not_found(Kind::TemplateVersion, "t"),
+                404,
+                "TEMPLATE::VERSION_NOT_FOUND",
+            ),
+            (Error::not_found(Kind::Prepull, "p"), 404, "PREPULL::NOT_FOUND"),
+            (
+                Error::Conflict(Conflict::TemplateExists(s())),
+                409,
+                "TEMPLATE::CONFLICT",
+            ),
+            (
+                Error::Conflict(Conflict::TemplateNotReady(s())),
+                409,
+                "TEMPLATE::NOT_READY",
+            ),
             (Error::InvalidMetadataFilter(s()), 400, "INVALID_METADATA_FORMAT"),
             (Error::UnsupportedField(s()), 400, "SANDBOX::API_NOT_SUPPORTED"),
             (

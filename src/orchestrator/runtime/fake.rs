@@ -139,6 +139,7 @@ impl FakeRuntime {
                     resources: Default::default(),
                     mounts: Vec::new(),
                     isolation: false,
+                    files: Vec::new(),
                 },
                 observed,
                 answers: true,

@@ -77,6 +77,20 @@ pub struct SandboxSpec {
     pub mounts: Vec<Mount>,
     /// Whether isolated sessions were asked for.
     pub isolation: bool,
+    /// Files written into the sandbox before it starts (a template's `files`).
+    pub files: Vec<SpecFile>,
+}
+
+/// A file the runtime writes into a sandbox before starting it. Parent directories are
+/// created; the owner is root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecFile {
+    /// Absolute path, already checked (no `..`).
+    pub path: String,
+    /// The bytes.
+    pub content: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
 }
 
 /// Resource limits of one sandbox.

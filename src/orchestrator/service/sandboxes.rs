@@ -85,6 +85,8 @@ impl Service {
             transition_at: now,
             owner: caller.id.clone(),
             business_domain,
+            template: None,
+            failure: None,
         };
         self.store.insert(&record).await?;
         self.event(&record.id, &format!("create requested: image {}", plan.image))
@@ -166,6 +168,7 @@ impl Service {
             resources,
             mounts: plan.mounts,
             isolation: plan.isolation,
+            files: plan.files,
         };
         let t = Instant::now();
         let instance = self.runtime.create(spec).await?;

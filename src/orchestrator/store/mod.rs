@@ -14,6 +14,7 @@
 //! (`service::reconcile`).
 
 mod sandboxes;
+mod templates;
 mod tokens;
 
 use std::path::Path;
@@ -22,7 +23,8 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-pub use sandboxes::{Event, Phase, Record, RowError, EVENTS_KEPT};
+pub use sandboxes::{Event, Failure, Phase, Record, RowError, TemplateRef, EVENTS_KEPT};
+pub use templates::{ApplyError, TemplateChange, TemplateRow, VersionRow};
 pub use tokens::TokenRecord;
 
 /// A failed store operation.
@@ -125,6 +127,58 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL,
         revoked_at INTEGER
      );",
+    // 4: templates and their immutable versions, image prepull tasks, and the template a
+    // sandbox was made from.
+    "CREATE TABLE templates (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        display_name TEXT,
+        description TEXT,
+        tags TEXT NOT NULL,
+        author TEXT NOT NULL,
+        is_public INTEGER NOT NULL,
+        metadata TEXT NOT NULL,
+        publish TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        latest_version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE template_versions (
+        template_id TEXT NOT NULL REFERENCES templates (id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        changelog TEXT,
+        created_at INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        rolled_back_from INTEGER,
+        phase TEXT NOT NULL,
+        manifest_ref TEXT,
+        message TEXT,
+        build_log TEXT,
+        PRIMARY KEY (template_id, version)
+     );
+     CREATE TABLE prepull_tasks (
+        id TEXT PRIMARY KEY,
+        image TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        template_id TEXT,
+        template_version INTEGER,
+        state TEXT NOT NULL,
+        reason TEXT,
+        message TEXT,
+        progress TEXT NOT NULL,
+        timeout INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        completed_at INTEGER,
+        transition_at INTEGER NOT NULL
+     );
+     CREATE INDEX prepull_image ON prepull_tasks (image, state);
+     ALTER TABLE sandboxes ADD COLUMN template_id TEXT;
+     ALTER TABLE sandboxes ADD COLUMN template_name TEXT;
+     ALTER TABLE sandboxes ADD COLUMN template_version INTEGER;
+     ALTER TABLE sandboxes ADD COLUMN failure TEXT;",
 ];
 
 /// The schema version this build writes.

@@ -76,6 +76,31 @@ pub struct Record {
     pub owner: String,
     /// The caller's `X-Business-Domain`, if any.
     pub business_domain: Option<String>,
+    /// The template version it was made from.
+    pub template: Option<TemplateRef>,
+    /// Why it failed, when sandboxd decided it did (a startup script or readiness probe that
+    /// failed); the runtime's view decides otherwise.
+    pub failure: Option<Failure>,
+}
+
+/// The template version a sandbox was made from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TemplateRef {
+    /// `tpl-<uuid>`.
+    pub id: String,
+    /// Its name then.
+    pub name: String,
+    /// The version.
+    pub version: u32,
+}
+
+/// A failure sandboxd recorded: the contract's `status.reason` and `status.message`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    /// `PRE_START_FAILED`, `READINESS_PROBE_FAILED`, …
+    pub reason: String,
+    /// What happened, with the sandbox's own last output.
+    pub message: String,
 }
 
 /// One entry of a sandbox's event log.
@@ -99,7 +124,8 @@ pub struct RowError {
 }
 
 const COLUMNS: &str = "id, runtime, runtime_ref, runtime_data, image, entrypoint, metadata, \
-     extensions, platform, token, created_at, expires_at, phase, transition_at, owner, business_domain";
+     extensions, platform, token, created_at, expires_at, phase, transition_at, owner, business_domain, \
+     template_id, template_name, template_version, failure";
 
 impl Store {
     /// Adds a new sandbox.
@@ -108,7 +134,7 @@ impl Store {
         self.call(move |c| {
             let (runtime, reference, data) = instance_columns(&r);
             c.execute(
-                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"),
                 params![
                     r.id,
                     runtime,
@@ -126,6 +152,10 @@ impl Store {
                     r.transition_at,
                     r.owner,
                     r.business_domain,
+                    r.template.as_ref().map(|t| t.id.clone()),
+                    r.template.as_ref().map(|t| t.name.clone()),
+                    r.template.as_ref().map(|t| t.version),
+                    r.failure.as_ref().map(json),
                 ],
             )
             .map(drop)
@@ -141,7 +171,7 @@ impl Store {
             let (runtime, reference, data) = instance_columns(&r);
             c.execute(
                 "UPDATE sandboxes SET runtime = ?2, runtime_ref = ?3, runtime_data = ?4,
-                 metadata = ?5, expires_at = ?6, phase = ?7, transition_at = ?8 WHERE id = ?1",
+                 metadata = ?5, expires_at = ?6, phase = ?7, transition_at = ?8, failure = ?9 WHERE id = ?1",
                 params![
                     r.id,
                     runtime,
@@ -150,7 +180,8 @@ impl Store {
                     json(&r.metadata),
                     r.expires_at,
                     r.phase.as_str(),
-                    r.transition_at
+                    r.transition_at,
+                    r.failure.as_ref().map(json)
                 ],
             )
             .map(|n| n == 1)
@@ -328,6 +359,10 @@ struct Raw {
     transition_at: i64,
     owner: String,
     business_domain: Option<String>,
+    template_id: Option<String>,
+    template_name: Option<String>,
+    template_version: Option<u32>,
+    failure: Option<String>,
 }
 
 fn raw(r: &Row<'_>) -> rusqlite::Result<Raw> {
@@ -348,6 +383,10 @@ fn raw(r: &Row<'_>) -> rusqlite::Result<Raw> {
         transition_at: r.get(13)?,
         owner: r.get(14)?,
         business_domain: r.get(15)?,
+        template_id: r.get(16)?,
+        template_name: r.get(17)?,
+        template_version: r.get(18)?,
+        failure: r.get(19)?,
     })
 }
 
@@ -389,6 +428,16 @@ fn record(raw: Raw) -> Result<Record, RowError> {
         .map(|p| serde_json::from_str(&p))
         .transpose()
         .map_err(|_| corrupt("platform"))?;
+    let template = match (raw.template_id, raw.template_name, raw.template_version) {
+        (None, _, _) => None,
+        (Some(id), Some(name), Some(version)) => Some(TemplateRef { id, name, version }),
+        _ => return Err(corrupt("template_id")),
+    };
+    let failure = raw
+        .failure
+        .map(|f| serde_json::from_str(&f))
+        .transpose()
+        .map_err(|_| corrupt("failure"))?;
     Ok(Record {
         id: id.clone(),
         instance,
@@ -404,6 +453,8 @@ fn record(raw: Raw) -> Result<Record, RowError> {
         transition_at: raw.transition_at,
         owner: raw.owner,
         business_domain: raw.business_domain,
+        template,
+        failure,
     })
 }
 
@@ -436,6 +487,8 @@ mod tests {
             transition_at: created_at,
             owner: "root".into(),
             business_domain: None,
+            template: None,
+            failure: None,
         }
     }
 
