@@ -188,8 +188,6 @@ pub enum Feature {
     Snapshots,
     /// `/sandboxes/{id}/networkpolicy`.
     NetworkPolicy,
-    /// `/templates`.
-    Templates,
     /// `/pools`.
     Pools,
 }
@@ -201,7 +199,6 @@ impl Feature {
             Feature::NetworkPolicy => {
                 "network policies need the egress sidecar, which sandboxd's Docker runtime does not run"
             }
-            Feature::Templates => "template management requires the kubernetes runtime",
             Feature::Pools => "pools require the kubernetes runtime",
         }
     }

@@ -12,6 +12,12 @@ use super::http::sandboxes::{
     __path_pause, __path_renew, __path_resume,
 };
 use super::http::system::{__path_health, __path_version};
+use super::http::templates::{
+    __path_build_log, __path_create as __path_create_template, __path_delete as __path_delete_template,
+    __path_get_one as __path_get_template, __path_list as __path_list_templates, __path_rollback,
+    __path_update as __path_update_template, __path_version as __path_template_version,
+    __path_versions as __path_template_versions,
+};
 use super::http::tokens::{__path_current, __path_mint, __path_revoke};
 
 #[derive(OpenApi)]
@@ -20,7 +26,7 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
         title = "sandboxd",
         description = "Sandbox lifecycle server on the Docker Engine, speaking the OpenSandbox lifecycle contract. \
                        Every route is served at / and under /v1 (except /version and /metrics, bare only, and /metrics/events, \
-                       at /v1/metrics/events only). Every response carries X-Request-ID. /templates, /snapshots, /pools and \
+                       at /v1/metrics/events only). Every response carries X-Request-ID. /snapshots, /pools and \
                        /sandboxes/{id}/networkpolicy answer 501. Callers authenticate with the server's API key \
                        (OPEN-SANDBOX-API-KEY: the admin `root`) or a user token from POST /v1/tokens \
                        (Authorization: Bearer); a sandbox belongs to its creator, and someone else's is 404 to \
@@ -31,7 +37,8 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
     ),
     paths(
         health, version, prometheus_metrics, metrics_summary, metrics_event, create, list, get_one, delete, patch_metadata, pause, resume, renew,
-        endpoint, diagnostics, proxy, mint, current, revoke
+        endpoint, diagnostics, proxy, mint, current, revoke, create_template, list_templates, get_template, update_template,
+        delete_template, template_versions, template_version, build_log, rollback
     ),
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,

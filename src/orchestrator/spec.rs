@@ -205,6 +205,11 @@ fn timeout(value: Option<&serde_json::Value>, max: u64) -> Result<Option<u64>, E
     Ok(Some(secs))
 }
 
+/// Checks `resourceLimits`-style quantities (a template's `resources`).
+pub fn check_resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<(), Error> {
+    resource_limits(limits).map(drop)
+}
+
 /// `resourceLimits` → (memory bytes, nano CPUs, pids).
 type Limited = (Option<i64>, Option<i64>, Option<i64>);
 

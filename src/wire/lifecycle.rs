@@ -23,6 +23,9 @@ pub struct CreateSandboxRequest {
     /// Create from a template (Kubernetes only upstream).
     #[serde(alias = "template_id")]
     pub template_id: Option<String>,
+    /// With `templateId`: the version to use (default: the latest).
+    #[serde(alias = "template_version")]
+    pub template_version: Option<u32>,
     /// Scheduling constraint `{os, arch}`.
     pub platform: Option<PlatformSpec>,
     /// Seconds until expiry (≥ 60); null or absent means manual cleanup.
@@ -168,6 +171,15 @@ pub struct Sandbox {
     /// The `X-Business-Domain` it was created under (sandboxd's addition; absent when none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub business_domain: Option<String>,
+    /// The template it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<String>,
+    /// That template's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_name: Option<String>,
+    /// That template's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_version: Option<u32>,
 }
 
 /// The 202 body of `POST /sandboxes`.
@@ -191,6 +203,15 @@ pub struct CreateSandboxResponse {
     pub created_at: String,
     /// The entrypoint as requested.
     pub entrypoint: Vec<String>,
+    /// The template it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<String>,
+    /// That template's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_name: Option<String>,
+    /// That template's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_version: Option<u32>,
 }
 
 /// `GET /sandboxes` answer.

@@ -71,7 +71,6 @@ impl From<&Error> for ApiError {
                 ApiError::with_status(&codes::SANDBOX_API_NOT_SUPPORTED, 400, e.to_string())
             }
             Error::Unsupported(feature) => said(match feature {
-                Feature::Templates => &codes::FSB_API_NOT_SUPPORTED,
                 Feature::Snapshots | Feature::NetworkPolicy | Feature::Pools => {
                     &codes::SANDBOX_API_NOT_SUPPORTED
                 }
@@ -251,11 +250,6 @@ mod tests {
             (Error::InvalidMetadataFilter(s()), 400, "INVALID_METADATA_FORMAT"),
             (Error::UnsupportedField(s()), 400, "SANDBOX::API_NOT_SUPPORTED"),
             (
-                Error::Unsupported(Feature::Templates),
-                501,
-                "FSB::API_NOT_SUPPORTED",
-            ),
-            (
                 Error::Unsupported(Feature::Snapshots),
                 501,
                 "SANDBOX::API_NOT_SUPPORTED",
@@ -419,10 +413,6 @@ mod tests {
         assert_eq!(
             code(Error::Conflict(Conflict::NoExpiry(id()))),
             "SANDBOX::INVALID_STATE"
-        );
-        assert_eq!(
-            code(Error::Unsupported(Feature::Templates)),
-            "FSB::API_NOT_SUPPORTED"
         );
         assert_eq!(
             code(Error::Unauthenticated(AuthFailure::Missing)),

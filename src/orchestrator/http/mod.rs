@@ -31,6 +31,7 @@ pub(super) mod proxy;
 mod ratelimit;
 pub(super) mod sandboxes;
 pub(super) mod system;
+pub(super) mod templates;
 pub(super) mod tokens;
 
 use std::sync::Arc;
@@ -77,11 +78,15 @@ pub fn router(app: App) -> Router {
     let limited = |routes, class| ratelimit::limited(routes, &app, class);
     let auth = || middleware::from_fn_with_state(app.clone(), extract::authenticate);
     let api = Router::new()
-        .merge(limited(sandboxes::create_routes(), Class::Create))
+        .merge(limited(
+            sandboxes::create_routes().merge(templates::create_routes()),
+            Class::Create,
+        ))
         .merge(limited(
             sandboxes::routes()
                 .merge(diagnostics::routes())
                 .merge(tokens::routes())
+                .merge(templates::routes())
                 .merge(metrics::summary_routes())
                 .merge(system::unsupported_routes()),
             Class::Read,

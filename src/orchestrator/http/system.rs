@@ -25,8 +25,6 @@ pub(super) fn unsupported_routes() -> Router<App> {
         .route("/snapshots", any(no_snapshots))
         .route("/snapshots/{id}", any(no_snapshots))
         .route("/sandboxes/{id}/networkpolicy", any(no_network_policy))
-        .route("/templates", any(no_templates))
-        .route("/templates/{id}", any(no_templates))
         .route("/pools", any(no_pools))
         .route("/pools/{name}", any(no_pools))
 }
@@ -52,10 +50,6 @@ async fn no_snapshots() -> Error {
 
 async fn no_network_policy() -> Error {
     Error::Unsupported(Feature::NetworkPolicy)
-}
-
-async fn no_templates() -> Error {
-    Error::Unsupported(Feature::Templates)
 }
 
 async fn no_pools() -> Error {

@@ -8,12 +8,16 @@
 //! - `diagnostics`: logs and events.
 //! - `expiry`: deletes sandboxes when they expire.
 //! - `reconcile`: start-up recovery against the runtime.
+//! - `templates`: versioned templates, and a create request made from one.
 
 mod diagnostics;
 mod expiry;
 mod pause;
 mod reconcile;
 mod sandboxes;
+mod templates;
+#[cfg(test)]
+mod templates_tests;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -24,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use sandboxes::{ListFilter, ProxyRoute};
+pub use templates::TemplateFilter;
 
 use super::auth::{Authority, Principal};
 use super::error::Error;

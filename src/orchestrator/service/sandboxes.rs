@@ -54,7 +54,11 @@ impl Service {
         caller: &Principal,
         business_domain: Option<String>,
     ) -> Result<CreateSandboxResponse, Error> {
-        let plan = spec::plan(req, &self.settings.limits)?;
+        let (req, template) = self.resolve_template(req, caller).await?;
+        let mut plan = spec::plan(req, &self.settings.limits)?;
+        if let Some(t) = &template {
+            t.apply(&mut plan);
+        }
         if caller.role != Role::Admin {
             let limit = self.settings.max_sandboxes_per_user;
             if self.store.count_owned(&caller.id).await? >= limit {
@@ -85,7 +89,7 @@ impl Service {
             transition_at: now,
             owner: caller.id.clone(),
             business_domain,
-            template: None,
+            template: template.map(|t| t.reference),
             failure: None,
         };
         self.store.insert(&record).await?;
@@ -113,6 +117,9 @@ impl Service {
                     expires_at: record.expires_at.map(format_ms),
                     created_at: format_ms(record.created_at),
                     entrypoint: record.entrypoint.clone(),
+                    template_id: record.template.as_ref().map(|t| t.id.clone()),
+                    template_name: record.template.as_ref().map(|t| t.name.clone()),
+                    template_version: record.template.as_ref().map(|t| t.version),
                 })
             }
             Err(e) => {
@@ -568,6 +575,9 @@ pub(super) fn view(record: &Record, observed: &Observed) -> Sandbox {
         created_at: format_ms(record.created_at),
         extensions: Some(record.extensions.clone()).filter(|e| !e.is_empty()),
         business_domain: record.business_domain.clone(),
+        template_id: record.template.as_ref().map(|t| t.id.clone()),
+        template_name: record.template.as_ref().map(|t| t.name.clone()),
+        template_version: record.template.as_ref().map(|t| t.version),
     }
 }
 

@@ -13,13 +13,13 @@ use crate::orchestrator::store::{Phase, StoreError};
 use crate::wire::lifecycle::{CreateSandboxRequest, RenewExpiration};
 use crate::wire::time::format_ms;
 
-struct Rig {
-    service: Arc<Service>,
-    fake: FakeRuntime,
+pub(super) struct Rig {
+    pub(super) service: Arc<Service>,
+    pub(super) fake: FakeRuntime,
     _dir: tempfile::TempDir,
 }
 
-async fn rig() -> Rig {
+pub(super) async fn rig() -> Rig {
     rig_with_timeout(Duration::from_secs(10)).await
 }
 
@@ -34,11 +34,11 @@ async fn rig_with_timeout(ready_timeout: Duration) -> Rig {
     }
 }
 
-fn root() -> Principal {
+pub(super) fn root() -> Principal {
     Principal::root()
 }
 
-fn user(id: &str, role: Role) -> Principal {
+pub(super) fn user(id: &str, role: Role) -> Principal {
     Principal {
         id: id.into(),
         role,

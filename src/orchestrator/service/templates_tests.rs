@@ -1,0 +1,305 @@
+//! Templates over the fake runtime: versions, rollback, visibility, and sandboxes made from a
+//! template with overrides.
+
+use super::tests::{rig, root, user};
+use crate::orchestrator::auth::Role;
+use crate::orchestrator::error::{Conflict, Error, Kind};
+use crate::wire::lifecycle::CreateSandboxRequest;
+use crate::wire::templates::{CreateTemplateRequest, RollbackRequest, TemplateSpec, UpdateTemplateRequest};
+
+fn spec(value: serde_json::Value) -> TemplateSpec {
+    serde_json::from_value(value).unwrap()
+}
+
+fn named(name: &str, spec: TemplateSpec) -> CreateTemplateRequest {
+    CreateTemplateRequest {
+        name: Some(name.into()),
+        spec: Some(spec),
+        ..CreateTemplateRequest::default()
+    }
+}
+
+fn from_template(body: serde_json::Value) -> CreateSandboxRequest {
+    serde_json::from_value(body).unwrap()
+}
+
+#[tokio::test]
+async fn versions_are_made_only_when_the_spec_changes_and_rollback_appends() {
+    let rig = rig().await;
+    let s = &rig.service;
+    let v1 = spec(serde_json::json!({"image": "busybox", "ttl": 600, "env": {"A": "1"}}));
+    let t = s.create_template(named("ds", v1.clone()), &root()).await.unwrap();
+    assert_eq!((t.latest_version, t.status.phase.as_str()), (1, "Succeeded"));
+    assert_eq!(t.status.manifest_ref.as_deref(), Some("busybox"));
+    assert_eq!((t.publish.as_str(), t.format.as_str()), ("local", "native"));
+
+    let same = UpdateTemplateRequest {
+        spec: Some(v1.clone()),
+        description: Some("data science".into()),
+        ..UpdateTemplateRequest::default()
+    };
+    let (t, created) = s.update_template("ds", same, &root()).await.unwrap();
+    assert!(!created, "the same spec makes no version");
+    assert_eq!(
+        (t.latest_version, t.description.as_deref()),
+        (1, Some("data science"))
+    );
+
+    let v2 = spec(serde_json::json!({"image": "busybox", "ttl": 900}));
+    let change = UpdateTemplateRequest {
+        spec: Some(v2.clone()),
+        changelog: Some("longer".into()),
+        ..UpdateTemplateRequest::default()
+    };
+    let (t, created) = s.update_template(&t.template_id, change, &root()).await.unwrap();
+    assert!(created);
+    assert_eq!((t.latest_version, t.spec.ttl), (2, Some(900)));
+
+    let back = |target| RollbackRequest {
+        target_version: target,
+        changelog: None,
+    };
+    let r = s.rollback_template("ds", back(1), &root()).await.unwrap();
+    assert_eq!(
+        (r.from_version, r.target_version, r.new_version, r.version_created),
+        (2, 1, 3, true)
+    );
+    assert_eq!(r.template.spec, v1, "version 3 is version 1's spec");
+    let again = s.rollback_template("ds", back(3), &root()).await.unwrap();
+    assert_eq!((again.new_version, again.version_created), (3, false));
+    let missing = s.rollback_template("ds", back(9), &root()).await.unwrap_err();
+    assert!(
+        matches!(
+            missing,
+            Error::NotFound {
+                kind: Kind::TemplateVersion,
+                ..
+            }
+        ),
+        "{missing}"
+    );
+
+    let history = s.template_versions("ds", 1, 20, &root()).await.unwrap();
+    let numbers: Vec<u32> = history.items.iter().map(|v| v.version).collect();
+    assert_eq!(numbers, [3, 2, 1]);
+    assert_eq!(history.items[0].rolled_back_from, Some(1));
+    assert_eq!(s.template_version("ds", 2, &root()).await.unwrap().spec, v2);
+    let err = s.create_template(named("ds", v2), &root()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict(Conflict::TemplateExists(_))),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn private_templates_are_not_found_by_other_users() {
+    let rig = rig().await;
+    let s = &rig.service;
+    let mut req = named("secret", spec(serde_json::json!({"image": "busybox"})));
+    req.is_public = Some(false);
+    req.author = Some("alice".into());
+    s.create_template(req, &root()).await.unwrap();
+    s.create_template(
+        named("open", spec(serde_json::json!({"image": "busybox"}))),
+        &root(),
+    )
+    .await
+    .unwrap();
+    let bob = user("bob", Role::User);
+    let err = s.template("secret", &bob).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotFound {
+                kind: Kind::Template,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = s
+        .create(
+            from_template(serde_json::json!({"templateId": "secret"})),
+            &bob,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotFound {
+                kind: Kind::Template,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let alice = user("alice", Role::User);
+    assert_eq!(s.template("secret", &alice).await.unwrap().name, "secret");
+    let names = |list: crate::wire::templates::ListTemplatesResponse| {
+        list.items.into_iter().map(|t| t.name).collect::<Vec<_>>()
+    };
+    let filter = || super::TemplateFilter {
+        page: 1,
+        page_size: 20,
+        ..Default::default()
+    };
+    assert_eq!(names(s.list_templates(filter(), &bob).await.unwrap()), ["open"]);
+    assert_eq!(
+        names(s.list_templates(filter(), &root()).await.unwrap()),
+        ["open", "secret"]
+    );
+    let search = super::TemplateFilter {
+        search: Some("SEC".into()),
+        ..filter()
+    };
+    assert_eq!(names(s.list_templates(search, &alice).await.unwrap()), ["secret"]);
+}
+
+#[tokio::test]
+async fn a_sandbox_from_a_template_takes_its_spec_with_the_request_as_overrides() {
+    let rig = rig().await;
+    let s = &rig.service;
+    let mut req = named(
+        "web",
+        spec(serde_json::json!({
+            "image": "busybox", "command": ["sleep"], "args": ["infinity"], "ttl": 600,
+            "env": {"A": "1", "B": "2"}, "resources": {"cpu": "1", "memory": "256Mi"},
+            "files": [{"path": "/workspace/a.txt", "content": "aGk=", "encoding": "base64", "mode": "0600"}],
+        })),
+    );
+    req.metadata = Some([("team".to_owned(), "web".to_owned())].into());
+    s.create_template(req, &root()).await.unwrap();
+    let update = UpdateTemplateRequest {
+        spec: Some(spec(serde_json::json!({"image": "busybox:2", "ttl": 600}))),
+        ..UpdateTemplateRequest::default()
+    };
+    s.update_template("web", update, &root()).await.unwrap();
+
+    let created = s
+        .create(
+            from_template(serde_json::json!({
+                "templateId": "web", "templateVersion": 1,
+                "env": {"B": null, "C": "3"}, "resourceLimits": {"memory": "512Mi"},
+                "metadata": {"run": "x"},
+            })),
+            &root(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.entrypoint, ["sleep", "infinity"]);
+    assert_eq!(
+        (created.template_name.as_deref(), created.template_version),
+        (Some("web"), Some(1))
+    );
+    assert!(created.expires_at.is_some(), "the template's ttl is the timeout");
+    let meta = created.metadata.clone().unwrap();
+    assert_eq!((meta["team"].as_str(), meta["run"].as_str()), ("web", "x"));
+    let live = rig.fake.sandboxes();
+    let made = live.values().find(|f| f.spec.id == created.id).unwrap();
+    assert_eq!(made.spec.image, "busybox");
+    assert_eq!(made.spec.env.get("A").map(String::as_str), Some("1"));
+    assert!(
+        !made.spec.env.contains_key("B"),
+        "a null override removes the key"
+    );
+    assert_eq!(made.spec.env.get("C").map(String::as_str), Some("3"));
+    assert_eq!(
+        made.spec.resources.memory,
+        Some(512 << 20),
+        "limits merge per key"
+    );
+    assert_eq!(made.spec.resources.nano_cpus, Some(1_000_000_000));
+    assert_eq!(made.spec.files.len(), 1);
+    assert_eq!(
+        (made.spec.files[0].content.as_slice(), made.spec.files[0].mode),
+        (&b"hi"[..], 0o600)
+    );
+    let got = s.get(&created.id, &root()).await.unwrap();
+    assert_eq!(got.template_version, Some(1));
+
+    let latest = s
+        .create(
+            from_template(serde_json::json!({"templateId": "web"})),
+            &root(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(latest.template_version, Some(2));
+    let made = rig.fake.sandboxes();
+    assert_eq!(
+        made.values().find(|f| f.spec.id == latest.id).unwrap().spec.image,
+        "busybox:2"
+    );
+}
+
+#[tokio::test]
+async fn bad_template_creates_are_refused_before_anything_runs() {
+    let rig = rig().await;
+    let s = &rig.service;
+    s.create_template(
+        named(
+            "disk",
+            spec(serde_json::json!({"image": "busybox", "resources": {"disk": "1Gi"}})),
+        ),
+        &root(),
+    )
+    .await
+    .unwrap();
+    s.create_template(
+        named(
+            "built",
+            spec(serde_json::json!({"image": "busybox", "installCommand": "true"})),
+        ),
+        &root(),
+    )
+    .await
+    .unwrap();
+    s.create_template(
+        named("plain", spec(serde_json::json!({"image": "busybox"}))),
+        &root(),
+    )
+    .await
+    .unwrap();
+    let admin = root();
+    let create = |body| s.create(from_template(body), &admin, None);
+    let cases = [
+        (serde_json::json!({"templateId": "nope"}), "TEMPLATE::NOT_FOUND"),
+        (
+            serde_json::json!({"templateId": "plain", "templateVersion": 7}),
+            "TEMPLATE::VERSION_NOT_FOUND",
+        ),
+        (
+            serde_json::json!({"templateId": "plain", "image": {"uri": "x"}}),
+            "SANDBOX::INVALID_PARAMETER",
+        ),
+        (
+            serde_json::json!({"image": {"uri": "x"}, "entrypoint": ["x"], "templateVersion": 1}),
+            "SANDBOX::INVALID_PARAMETER",
+        ),
+        (
+            serde_json::json!({"templateId": "disk"}),
+            "SANDBOX::API_NOT_SUPPORTED",
+        ),
+        (serde_json::json!({"templateId": "built"}), "TEMPLATE::NOT_READY"),
+    ];
+    for (body, code) in cases {
+        let err = create(body.clone()).await.unwrap_err();
+        let api = crate::orchestrator::http::error::ApiError::from(&err);
+        assert_eq!(api.entry.code, code, "{body}: {err}");
+    }
+    assert!(rig.fake.sandboxes().is_empty(), "nothing was started");
+    let mixed = CreateTemplateRequest {
+        image: Some("busybox".into()),
+        ..named("mixed", spec(serde_json::json!({"image": "busybox"})))
+    };
+    assert!(s
+        .create_template(mixed, &root())
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("mixed"));
+}
