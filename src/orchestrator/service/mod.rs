@@ -15,6 +15,7 @@ mod expiry;
 mod pause;
 mod reconcile;
 mod sandboxes;
+mod template_import;
 mod templates;
 #[cfg(test)]
 mod templates_tests;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use sandboxes::{ListFilter, ProxyRoute};
+pub use template_import::{ImportOptions, Incoming, Strategy};
 pub use templates::TemplateFilter;
 
 use super::auth::{Authority, Principal};

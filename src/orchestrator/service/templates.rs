@@ -31,6 +31,7 @@ pub(super) mod phase {
     /// Queued for a build.
     pub const PENDING: &str = "Pending";
     /// Being built.
+    #[allow(dead_code)] // used by the template builder
     pub const BUILDING: &str = "Building";
     /// Usable.
     pub const SUCCEEDED: &str = "Succeeded";
@@ -549,7 +550,7 @@ impl Service {
 
     /// What happens once a version is stored: nothing for a ready one; a build for one with
     /// an install command.
-    fn after_version(&self, row: &TemplateRow, version: &VersionRow) {
+    pub(super) fn after_version(&self, row: &TemplateRow, version: &VersionRow) {
         if version.phase == phase::PENDING {
             tracing::info!(template = %row.name, version = version.version, "template build queued");
         }
@@ -557,7 +558,7 @@ impl Service {
 }
 
 /// A new version made by `caller` now.
-fn new_version(
+pub(super) fn new_version(
     version: u32,
     spec: TemplateSpec,
     changelog: Option<String>,
@@ -771,7 +772,7 @@ pub(super) fn check_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_tags(tags: &[String]) -> Result<(), Error> {
+pub(super) fn check_tags(tags: &[String]) -> Result<(), Error> {
     if tags.len() > MAX_TAGS {
         return Err(Error::invalid(format!(
             "tags: at most {MAX_TAGS}, got {}",

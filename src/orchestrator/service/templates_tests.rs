@@ -303,3 +303,176 @@ async fn bad_template_creates_are_refused_before_anything_runs() {
         .to_string()
         .contains("mixed"));
 }
+
+fn incoming(index: usize, name: &str, image: &str) -> super::Incoming {
+    super::Incoming {
+        index,
+        name: name.into(),
+        display_name: None,
+        description: None,
+        tags: None,
+        author: None,
+        is_public: None,
+        spec: spec(serde_json::json!({"image": image})),
+    }
+}
+
+fn options(strategy: super::Strategy) -> super::ImportOptions {
+    super::ImportOptions {
+        strategy,
+        ..super::ImportOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn every_import_strategy_against_new_same_and_changed_templates() {
+    use super::Strategy::{CreateOnly, CreateOrUpdate, UpdateOnly};
+    // For each strategy, one document over a server holding `same` (busybox) and `changed`
+    // (busybox), importing `new`, `same` unchanged and `changed` with another image.
+    let expected = [
+        (
+            CreateOnly,
+            vec!["new"],
+            vec![],
+            vec![],
+            vec![("same", "ALREADY_EXISTS"), ("changed", "ALREADY_EXISTS")],
+        ),
+        (
+            UpdateOnly,
+            vec![],
+            vec![("changed", 1, 2)],
+            vec!["same"],
+            vec![("new", "NOT_FOUND")],
+        ),
+        (
+            CreateOrUpdate,
+            vec!["new"],
+            vec![("changed", 1, 2)],
+            vec!["same"],
+            vec![],
+        ),
+    ];
+    for (strategy, created, updated, unchanged, skipped) in expected {
+        let rig = rig().await;
+        let s = &rig.service;
+        for name in ["same", "changed"] {
+            s.create_template(
+                named(name, spec(serde_json::json!({"image": "busybox"}))),
+                &root(),
+            )
+            .await
+            .unwrap();
+        }
+        let doc = vec![
+            incoming(0, "new", "busybox"),
+            incoming(1, "same", "busybox"),
+            incoming(2, "changed", "busybox:2"),
+        ];
+        let r = s
+            .import_templates(doc.clone(), vec![], options(strategy), &root())
+            .await
+            .unwrap();
+        let names = |items: &[crate::wire::templates::ImportedItem]| {
+            items.iter().map(|i| i.name.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(names(&r.created), created, "{strategy:?} created");
+        let ups: Vec<(String, u32, u32)> = r
+            .updated
+            .iter()
+            .map(|i| (i.name.clone(), i.from_version.unwrap(), i.version))
+            .collect();
+        let want: Vec<(String, u32, u32)> = updated.iter().map(|(n, a, b)| (n.to_string(), *a, *b)).collect();
+        assert_eq!(ups, want, "{strategy:?} updated");
+        assert_eq!(names(&r.unchanged), unchanged, "{strategy:?} unchanged");
+        let sk: Vec<(String, String)> = r
+            .skipped
+            .iter()
+            .map(|i| (i.name.clone(), i.reason.clone()))
+            .collect();
+        let want: Vec<(String, String)> = skipped
+            .iter()
+            .map(|(n, r)| (n.to_string(), r.to_string()))
+            .collect();
+        assert_eq!(sk, want, "{strategy:?} skipped");
+        assert!(r.failed.is_empty());
+        // The same document again changes nothing.
+        let again = s
+            .import_templates(doc, vec![], options(strategy), &root())
+            .await
+            .unwrap();
+        assert!(
+            again.created.is_empty() && again.updated.is_empty(),
+            "{strategy:?}: {again:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn imports_report_bad_items_and_dry_runs_and_atomic_failures_write_nothing() {
+    let rig = rig().await;
+    let s = &rig.service;
+    let mut bad = incoming(1, "bad", "busybox");
+    bad.spec.ttl = Some(5);
+    let doc = vec![
+        incoming(0, "good", "busybox"),
+        bad,
+        incoming(2, "Upper", "busybox"),
+    ];
+
+    let dry = super::ImportOptions {
+        dry_run: true,
+        ..super::ImportOptions::default()
+    };
+    let r = s
+        .import_templates(doc.clone(), vec![], dry, &root())
+        .await
+        .unwrap();
+    assert!(r.dry_run);
+    assert_eq!(r.created.len(), 1);
+    assert!(
+        s.template("good", &root()).await.is_err(),
+        "a dry run writes nothing"
+    );
+
+    let atomic = super::ImportOptions {
+        atomic: true,
+        ..super::ImportOptions::default()
+    };
+    let err = s
+        .import_templates(doc.clone(), vec![], atomic, &root())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ImportInvalid(_)), "{err}");
+    assert!(
+        s.template("good", &root()).await.is_err(),
+        "an atomic failure writes nothing"
+    );
+
+    let r = s
+        .import_templates(doc, vec!["w".into()], super::ImportOptions::default(), &root())
+        .await
+        .unwrap();
+    assert_eq!(r.created.len(), 1);
+    let failed: Vec<(usize, &str)> = r.failed.iter().map(|f| (f.index, f.code.as_str())).collect();
+    assert_eq!(
+        failed,
+        [(1, "TEMPLATE::INVALID_SPEC"), (2, "SANDBOX::INVALID_PARAMETER")]
+    );
+    assert!(
+        r.failed[0].message.contains("spec.ttl"),
+        "{}",
+        r.failed[0].message
+    );
+    assert_eq!(r.warnings, ["w"]);
+    assert!(s.template("good", &root()).await.is_ok());
+
+    let twice = vec![incoming(0, "x", "busybox"), incoming(1, "x", "busybox")];
+    let err = s
+        .import_templates(twice, vec![], super::ImportOptions::default(), &root())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ImportInvalid(ref m) if m.contains("twice")),
+        "{err}"
+    );
+}
