@@ -7,8 +7,9 @@
 //! - Rollback copies the target's spec into a new version; history is never rewritten.
 //! - Visibility: public templates are readable and usable by everyone, private ones by their
 //!   owner or author and by admins; anyone else gets 404. Writing needs the admin role.
-//! - A version whose spec has an `installCommand` is built (`Pending` → `Building` →
-//!   `Succeeded|Failed`); any other is `Succeeded` at once, its image being the base image.
+//! - Every version is `Succeeded` at once, its image being the base image. Builds from an
+//!   `installCommand` (`Pending` → `Building` → `Succeeded|Failed`) are not implemented yet,
+//!   so such a spec is refused (400) rather than left `Pending`.
 
 use std::collections::BTreeMap;
 
@@ -30,9 +31,6 @@ use crate::wire::time::{format_ms, now_ms};
 pub(super) mod phase {
     /// Queued for a build.
     pub const PENDING: &str = "Pending";
-    /// Being built.
-    #[allow(dead_code)] // used by the template builder
-    pub const BUILDING: &str = "Building";
     /// Usable.
     pub const SUCCEEDED: &str = "Succeeded";
     /// The build failed.
@@ -818,8 +816,14 @@ pub(super) fn check_spec(spec: &TemplateSpec, max_ttl: u64) -> Result<(), Error>
     if spec.startup_script.as_ref().is_some_and(|s| s.trim().is_empty()) {
         return bad("spec.startupScript: must not be empty".into());
     }
-    if spec.install_command.as_ref().is_some_and(|s| s.trim().is_empty()) {
-        return bad("spec.installCommand: must not be empty".into());
+    if spec.install_command.is_some() {
+        // Builds (§7.6) are not implemented yet: refuse rather than keep a version Pending
+        // forever.
+        return Err(Error::UnsupportedField(
+            "spec.installCommand: template builds are not available in this sandboxd yet; \
+             install into the image, or use startupScript"
+                .into(),
+        ));
     }
     for key in spec.env.iter().flatten().map(|(k, _)| k) {
         let mut chars = key.chars();
