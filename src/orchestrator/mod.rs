@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod service;
 pub mod spec;
 pub mod store;
+pub mod templates_yaml;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
