@@ -14,9 +14,9 @@ use super::http::sandboxes::{
 use super::http::system::{__path_health, __path_version};
 use super::http::templates::{
     __path_build_log, __path_create as __path_create_template, __path_delete as __path_delete_template,
-    __path_get_one as __path_get_template, __path_list as __path_list_templates, __path_rollback,
-    __path_update as __path_update_template, __path_version as __path_template_version,
-    __path_versions as __path_template_versions,
+    __path_export_many, __path_export_one, __path_get_one as __path_get_template, __path_import,
+    __path_list as __path_list_templates, __path_rollback, __path_update as __path_update_template,
+    __path_version as __path_template_version, __path_versions as __path_template_versions,
 };
 use super::http::tokens::{__path_current, __path_mint, __path_revoke};
 
@@ -38,7 +38,7 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
     paths(
         health, version, prometheus_metrics, metrics_summary, metrics_event, create, list, get_one, delete, patch_metadata, pause, resume, renew,
         endpoint, diagnostics, proxy, mint, current, revoke, create_template, list_templates, get_template, update_template,
-        delete_template, template_versions, template_version, build_log, rollback
+        delete_template, template_versions, template_version, build_log, rollback, export_one, export_many, import
     ),
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,

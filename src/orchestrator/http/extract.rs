@@ -66,6 +66,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// The whole body, at most `limit` bytes: too large is 413, a stalled client 408.
+pub(super) async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, Error> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large =
+            std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            Error::TooLarge { limit }
+        } else if crate::serve::is_body_idle_timeout(&e) {
+            Error::BodyTimeout
+        } else {
+            Error::invalid(format!("cannot read the body: {e}"))
+        }
+    })
+}
+
 /// A JSON body of at most 1 MiB: empty is 400, too large 413, malformed 400 naming the
 /// problem.
 pub struct JsonBody<T>(pub T);
@@ -74,19 +89,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, Error> {
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
-            .await
-            .map_err(|e| {
-                let too_large =
-                    std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                if too_large {
-                    Error::TooLarge { limit: MAX_BODY }
-                } else if crate::serve::is_body_idle_timeout(&e) {
-                    Error::BodyTimeout
-                } else {
-                    Error::invalid(format!("cannot read the body: {e}"))
-                }
-            })?;
+        let bytes = read_body(req.into_body(), MAX_BODY).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(Error::invalid("a JSON body is required"));
         }

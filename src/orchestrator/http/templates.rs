@@ -1,6 +1,7 @@
 //! `/v1/templates`: create (either upstream's or the versioned shape), list, read, update
 //! (a new version when the spec changed), delete, versions, rollback, build logs.
 
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +12,7 @@ use super::extract::{Caller, JsonBody};
 use super::App;
 use crate::orchestrator::auth::Perm;
 use crate::orchestrator::error::Error;
-use crate::orchestrator::service::TemplateFilter;
+use crate::orchestrator::service::{ExportSelection, ImportOptions, Strategy, TemplateFilter};
 use crate::wire::templates::{CreateTemplateRequest, RollbackRequest, UpdateTemplateRequest};
 
 /// Header of `PUT`: whether the update made a version.
@@ -31,7 +32,13 @@ pub(super) fn routes() -> Router<App> {
         .route("/templates/{id}/versions/{version}", get(version))
         .route("/templates/{id}/versions/{version}/build-log", get(build_log))
         .route("/templates/{id}/rollback", post(rollback))
+        .route("/templates/{id}/export", get(export_one))
+        .route("/templates/export", get(export_many))
+        .route("/templates/import", post(import))
 }
+
+/// Largest YAML import body.
+const MAX_IMPORT: usize = 4 << 20;
 
 type Fail = crate::wire::lifecycle::LifecycleError;
 
@@ -226,4 +233,109 @@ pub(crate) async fn rollback(
 ) -> Result<Response, Error> {
     caller.require(Perm::Admin)?;
     Ok(Json(app.service.rollback_template(&id, body, &caller).await?).into_response())
+}
+
+/// `true`/`false` of a boolean query parameter.
+fn flag(name: &str, value: &str) -> Result<bool, Error> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(Error::invalid(format!(
+            "{name} must be true or false, got {other:?}"
+        ))),
+    }
+}
+
+fn yaml(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml; charset=utf-8")], text).into_response()
+}
+
+#[utoipa::path(get, path = "/templates/{idOrName}/export", params(("idOrName" = String, Path), ("version" = Option<u32>, Query, description = "default: the latest"),
+        ("allVersions" = Option<bool>, Query, description = "add the version history")),
+    responses((status = 200, description = "`kind: Template` (apiVersion sandboxd.io/v1), as import reads it", content_type = "application/yaml"),
+        (status = 400, body = Fail), (status = 401, body = Fail), (status = 404, body = Fail)))]
+pub(crate) async fn export_one(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Error> {
+    caller.require(Perm::Read)?;
+    let (mut version, mut all) = (None, false);
+    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "version" => version = Some(version_number(&value)?),
+            "allVersions" | "all_versions" => all = flag("allVersions", &value)?,
+            _ => {}
+        }
+    }
+    let selection = ExportSelection::One {
+        id_or_name: id,
+        version,
+    };
+    Ok(yaml(app.service.export_templates(selection, all, &caller).await?))
+}
+
+#[utoipa::path(get, path = "/templates/export", params(("tag" = Option<String>, Query), ("names" = Option<String>, Query, description = "comma-separated; an unknown name is 404 naming it"),
+        ("allVersions" = Option<bool>, Query)),
+    responses((status = 200, description = "`kind: TemplateList` of the templates the caller may read, by name", content_type = "application/yaml"),
+        (status = 400, body = Fail), (status = 401, body = Fail), (status = 404, body = Fail)))]
+pub(crate) async fn export_many(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Error> {
+    caller.require(Perm::Read)?;
+    let (mut tag, mut names, mut all) = (None, Vec::new(), false);
+    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "tag" => tag = Some(value.into_owned()),
+            "names" => names.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned),
+            ),
+            "allVersions" | "all_versions" => all = flag("allVersions", &value)?,
+            _ => {}
+        }
+    }
+    let selection = ExportSelection::Many { tag, names };
+    Ok(yaml(app.service.export_templates(selection, all, &caller).await?))
+}
+
+#[utoipa::path(post, path = "/templates/import", params(("strategy" = Option<String>, Query, description = "create-only, update-only or create-or-update (default)"),
+        ("dryRun" = Option<bool>, Query), ("atomic" = Option<bool>, Query, description = "any failed item applies nothing (400)"),
+        ("autoPrepull" = Option<bool>, Query)),
+    request_body(content = String, content_type = "application/yaml", description = "a Template, a TemplateList, or a --- stream of them (JSON is accepted: YAML ⊇ JSON); at most 4 MiB"),
+    responses((status = 200, description = "what was created, updated, unchanged, skipped and failed (by index)", body = crate::wire::templates::ImportResult),
+        (status = 400, description = "`TEMPLATE::IMPORT_INVALID`: the document cannot be read (`line:column`), a name twice, or an atomic import with a failed item; nothing applied", body = Fail),
+        (status = 401, body = Fail), (status = 403, body = Fail), (status = 413, description = "over 4 MiB", body = Fail)))]
+pub(crate) async fn import(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response, Error> {
+    caller.require(Perm::Admin)?;
+    let mut options = ImportOptions::default();
+    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "strategy" => options.strategy = Strategy::parse(&value)?,
+            "dryRun" | "dry_run" => options.dry_run = flag("dryRun", &value)?,
+            "atomic" => options.atomic = flag("atomic", &value)?,
+            "autoPrepull" | "auto_prepull" => options.auto_prepull = flag("autoPrepull", &value)?,
+            _ => {}
+        }
+    }
+    let bytes = super::extract::read_body(body, MAX_IMPORT).await?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| Error::ImportInvalid(format!("the body is not UTF-8 text: {e}")))?;
+    let document = crate::orchestrator::templates_yaml::parse(text)?;
+    let result = app
+        .service
+        .import_templates(document.items, document.warnings, options, &caller)
+        .await?;
+    Ok(Json(result).into_response())
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use sandboxes::{ListFilter, ProxyRoute};
-pub use template_import::{ImportOptions, Incoming, Strategy};
+pub use template_import::{ExportSelection, ImportOptions, Incoming, Strategy};
 pub use templates::TemplateFilter;
 
 use super::auth::{Authority, Principal};

@@ -14,7 +14,9 @@ use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::Error;
 use crate::orchestrator::http::error::ApiError;
 use crate::orchestrator::store::{ApplyError, TemplateChange, TemplateRow, VersionRow};
-use crate::wire::templates::{FailedItem, ImportResult, ImportedItem, SkippedItem, TemplateSpec};
+use crate::orchestrator::templates_yaml::{self, ExportTemplate, ExportVersion};
+use crate::wire::templates::{FailedItem, ImportResult, ImportedItem, SkippedItem};
+use crate::wire::time::format_ms;
 use crate::wire::time::now_ms;
 
 /// How an import treats names that exist and names that do not.
@@ -64,28 +66,11 @@ pub struct ImportOptions {
     pub auto_prepull: bool,
 }
 
-/// One template of an import document.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Incoming {
-    /// Position in the document (0-based).
-    pub index: usize,
-    /// Name.
-    pub name: String,
-    /// Display name.
-    pub display_name: Option<String>,
-    /// Description.
-    pub description: Option<String>,
-    /// Tags.
-    pub tags: Option<Vec<String>>,
-    /// Author.
-    pub author: Option<String>,
-    /// Public or private.
-    pub is_public: Option<bool>,
-    /// The spec.
-    pub spec: TemplateSpec,
-}
+/// One template of an import document (as the YAML layer reads it).
+pub use crate::orchestrator::templates_yaml::ImportItem as Incoming;
 
-/// What an item will do, once validated.
+/// What an item will do, once validated (a handful per import: their size does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Plan {
     Create(TemplateRow, VersionRow),
     Update {
@@ -98,7 +83,97 @@ enum Plan {
     },
 }
 
+/// What to export.
+#[derive(Debug, Clone)]
+pub enum ExportSelection {
+    /// One template, at `version` (default: the latest).
+    One {
+        /// Its id or name.
+        id_or_name: String,
+        /// The version whose spec is exported.
+        version: Option<u32>,
+    },
+    /// Every readable template, or those with `tag`, or exactly `names` (all must exist).
+    Many {
+        /// Only templates with this tag.
+        tag: Option<String>,
+        /// Exactly these names.
+        names: Vec<String>,
+    },
+}
+
 impl Service {
+    /// `GET /v1/templates/{idOrName}/export` and `GET /v1/templates/export`: a YAML document
+    /// that `import` reads back.
+    pub async fn export_templates(
+        &self,
+        selection: ExportSelection,
+        all_versions: bool,
+        caller: &Principal,
+    ) -> Result<String, Error> {
+        let chosen: Vec<(TemplateRow, VersionRow)> = match selection {
+            ExportSelection::One { id_or_name, version } => {
+                let (row, latest) = self.readable_template(&id_or_name, caller).await?;
+                let at = match version {
+                    None => latest,
+                    Some(v) => self.store.template_version(&row.id, v).await?.ok_or_else(|| {
+                        Error::not_found(
+                            crate::orchestrator::error::Kind::TemplateVersion,
+                            format!("{}@{v}", row.name),
+                        )
+                    })?,
+                };
+                vec![(row, at)]
+            }
+            ExportSelection::Many { tag, names } => {
+                let mut chosen = Vec::new();
+                for name in &names {
+                    chosen.push(self.readable_template(name, caller).await?);
+                }
+                if names.is_empty() {
+                    chosen = self
+                        .store
+                        .templates()
+                        .await?
+                        .into_iter()
+                        .filter(|(row, _)| super::templates::may_read(caller, row))
+                        .collect();
+                }
+                chosen.retain(|(row, _)| tag.as_ref().is_none_or(|t| row.tags.contains(t)));
+                chosen
+            }
+        };
+        let mut out = Vec::with_capacity(chosen.len());
+        for (row, at) in chosen {
+            let versions = if all_versions {
+                self.store
+                    .template_versions(&row.id)
+                    .await?
+                    .into_iter()
+                    .map(|v| ExportVersion {
+                        version: v.version,
+                        changelog: v.changelog,
+                        created_at: format_ms(v.created_at),
+                        spec: v.spec,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            out.push(ExportTemplate {
+                name: row.name,
+                display_name: row.display_name,
+                description: row.description,
+                tags: row.tags,
+                author: row.author,
+                is_public: row.is_public,
+                spec: at.spec,
+                versions,
+            });
+        }
+        templates_yaml::export(&out, all_versions).map_err(|e| Error::Internal(e.to_string()))
+    }
+
     /// Applies `items` with `options`; `warnings` are the parser's, passed through.
     pub async fn import_templates(
         &self,

@@ -582,7 +582,7 @@ pub(super) fn new_version(
 }
 
 /// Whether `caller` may read (and use) a template.
-fn may_read(caller: &Principal, row: &TemplateRow) -> bool {
+pub(super) fn may_read(caller: &Principal, row: &TemplateRow) -> bool {
     row.is_public || caller.role == Role::Admin || caller.id == row.owner || caller.id == row.author
 }
 

@@ -476,3 +476,72 @@ async fn imports_report_bad_items_and_dry_runs_and_atomic_failures_write_nothing
         "{err}"
     );
 }
+
+/// Export → import into an empty server → export gives the same YAML, apart from the
+/// version timestamps (which `allVersions` alone writes).
+#[tokio::test]
+async fn export_then_import_into_an_empty_server_exports_the_same_bytes() {
+    let source = rig().await;
+    let s = &source.service;
+    let mut a = named(
+        "alpha",
+        spec(serde_json::json!({
+            "image": "python:3.11-slim", "command": ["python"], "args": ["-m", "http.server"],
+            "resources": {"cpu": "1", "memory": "1Gi"}, "ttl": 3600, "env": {"A": "1", "B": "two words"},
+            "startupScript": "echo 'hi'\nmkdir -p /workspace", "startupTimeout": 120,
+            "files": [{"path": "/workspace/req.txt", "content": "numpy\n", "mode": "0644"}],
+            "readinessProbe": {"httpGet": {"port": 8000, "path": "/"}, "periodSeconds": 2, "failureThreshold": 30},
+            "network": {"defaultAction": "deny", "egress": [{"action": "allow", "target": "example.org"}]},
+            "language": "python", "languageVersion": "3.11",
+        })),
+    );
+    a.display_name = Some("Alpha: the first".into());
+    a.description = Some("yes\tno # not a comment".into());
+    a.tags = Some(vec!["python".into(), "data".into()]);
+    a.is_public = Some(false);
+    s.create_template(a, &root()).await.unwrap();
+    s.create_template(
+        named("beta", spec(serde_json::json!({"image": "busybox"}))),
+        &root(),
+    )
+    .await
+    .unwrap();
+    let all = || super::ExportSelection::Many {
+        tag: None,
+        names: vec![],
+    };
+    let first = s.export_templates(all(), false, &root()).await.unwrap();
+
+    let target = rig().await;
+    let t = &target.service;
+    let document = crate::orchestrator::templates_yaml::parse(&first).unwrap();
+    let result = t
+        .import_templates(
+            document.items,
+            document.warnings,
+            super::ImportOptions::default(),
+            &root(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.created.len(), 2, "{result:?}");
+    let second = t.export_templates(all(), false, &root()).await.unwrap();
+    assert_eq!(first, second);
+    let one = |name: &str| super::ExportSelection::One {
+        id_or_name: name.into(),
+        version: None,
+    };
+    assert_eq!(
+        s.export_templates(one("alpha"), false, &root()).await.unwrap(),
+        t.export_templates(one("alpha"), false, &root()).await.unwrap()
+    );
+    let missing = super::ExportSelection::Many {
+        tag: None,
+        names: vec!["alpha".into(), "gamma".into()],
+    };
+    let err = t.export_templates(missing, false, &root()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("gamma"),
+        "an unknown name is named: {err}"
+    );
+}
