@@ -210,7 +210,8 @@ class SandboxService:
 
     def _execd(self, sandbox_id: str) -> tuple[str, str]:
         ep = self._http.call("GET", f"/sandboxes/{sandbox_id}/endpoints/44772")
-        return "http://" + ep["endpoint"], ep.get("headers", {}).get("X-EXECD-ACCESS-TOKEN", "")
+        headers = {k.lower(): v for k, v in (ep.get("headers") or {}).items()}
+        return "http://" + ep["endpoint"], headers.get("x-execd-access-token", "")
 
     def upload_file(self, sandbox_id: str, path: str, content: bytes, *,
                     content_type: str = "application/octet-stream") -> None:
