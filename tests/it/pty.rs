@@ -433,10 +433,11 @@ async fn a_tui_renders_and_quits() {
     let id = create(&agent, json!({"cols": 120, "rows": 40})).await;
     let (mut term, _, _) = Term::open(&agent, &format!("/pty/{id}/ws")).await;
     term.stdin("top -d 0.5\n").await;
-    let screen = term.until("load average").await;
+    // The process table's header comes after the summary lines: wait for it.
+    let screen = term.until("PID").await;
     // Full-screen output: cursor addressing and clearing escape sequences.
     assert!(screen.contains("\x1b["), "escape sequences: {screen:?}");
-    assert!(screen.contains("PID"), "{screen:?}");
+    assert!(screen.contains("load average"), "{screen:?}");
     let mark = term.out.len();
     term.stdin("q").await;
     // Typing ahead would go to top (which drops it on exit): wait until it is gone.
