@@ -21,7 +21,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::env::EnvMap;
 use super::process::{Exit, ExitStatus, Input, Output, SpawnError, SpawnSpec};
 use super::Runtime;
-use crate::wire::lifecycle::PreStartHook;
+use crate::wire::lifecycle::{PreStartHook, LIFECYCLE_ENV};
 use crate::wire::Usage;
 
 /// How much of the pre-start hook's last output a failure report carries.
@@ -38,7 +38,13 @@ pub struct Entrypoint {
 
 /// The termination signals init forwards. Listened for from the start, so that none is lost
 /// between the pre-start hook and the entrypoint (a PID 1 without a handler ignores them).
-pub struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+pub struct Signals(
+    Option<(
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    )>,
+);
 
 impl Signals {
     /// Installs the handlers; without them (which should not happen) signals are not
@@ -68,6 +74,40 @@ impl Signals {
             _ = hup.recv() => Signal::SIGHUP,
         }
     }
+}
+
+/// The pre-start hook of an `OPENSANDBOX_LIFECYCLE` value ([`Lifecycle`]'s JSON; empty:
+/// none). Read through a `serde_json::Value`, whose parser the agent links already: a
+/// derived deserializer would cost the binary more than these lines.
+pub fn pre_start_hook(lifecycle: &str) -> anyhow::Result<Option<PreStartHook>> {
+    use serde_json::Value;
+    if lifecycle.trim().is_empty() {
+        return Ok(None);
+    }
+    let invalid = |what: &str| anyhow::anyhow!("{LIFECYCLE_ENV} is not a lifecycle object: {what}");
+    let value: Value = serde_json::from_slice(lifecycle.as_bytes()).map_err(|e| invalid(&e.to_string()))?;
+    if !value.is_object() {
+        return Err(invalid("not an object"));
+    }
+    let Some(hook) = value.get("preStart").filter(|h| !h.is_null()) else {
+        return Ok(None);
+    };
+    let command = hook
+        .get("command")
+        .and_then(Value::as_array)
+        .and_then(|argv| argv.iter().map(|a| a.as_str().map(str::to_owned)).collect())
+        .ok_or_else(|| invalid("preStart.command is not an array of strings"))?;
+    let timeout_seconds = match hook.get("timeoutSeconds").filter(|t| !t.is_null()) {
+        Some(t) => Some(
+            t.as_u64()
+                .ok_or_else(|| invalid("preStart.timeoutSeconds is not a whole number"))?,
+        ),
+        None => None,
+    };
+    Ok(Some(PreStartHook {
+        command,
+        timeout_seconds,
+    }))
 }
 
 /// `argv[0]` resolved on the child's PATH, or as an existing absolute path.
@@ -188,7 +228,8 @@ pub async fn run_pre_start(
 ) -> Result<(), PreStartError> {
     let env = runtime.child_env(&Default::default());
     let first = hook.command.first().ok_or(PreStartError::Empty)?;
-    let program = resolve(runtime, &env, &hook.command).ok_or_else(|| PreStartError::NotFound(first.clone()))?;
+    let program =
+        resolve(runtime, &env, &hook.command).ok_or_else(|| PreStartError::NotFound(first.clone()))?;
     let child = runtime
         .reaper
         .spawn(SpawnSpec {
@@ -201,8 +242,8 @@ pub async fn run_pre_start(
     tracing::info!(pid, command = ?hook.command, "preStart started");
     let tail = Arc::new(Mutex::new(Vec::with_capacity(2 * PRE_START_TAIL)));
     let drained = [
-        tee(child.stdout, std::io::stdout, &tail),
-        tee(child.stderr, std::io::stderr, &tail),
+        tee(child.stdout, to_stdout, &tail),
+        tee(child.stderr, to_stderr, &tail),
     ];
     let secs = hook
         .timeout_seconds
@@ -214,10 +255,7 @@ pub async fn run_pre_start(
         tokio::select! {
             e = &mut exit => break e.ok().map(|e| e.status),
             () = &mut deadline => break None,
-            sig = signals.next() => {
-                tracing::info!(signal = %sig, pid, "forwarding signal to preStart");
-                super::process::signal_group(pid, sig);
-            }
+            sig = signals.next() => super::process::signal_group(pid, sig),
         }
     };
     if status.is_none() {
@@ -231,20 +269,26 @@ pub async fn run_pre_start(
         String::from_utf8_lossy(&bytes).trim_end().to_owned()
     };
     match status {
-        Some(ExitStatus::Code(0)) => {
-            tracing::info!(pid, "preStart succeeded");
-            Ok(())
-        }
+        Some(ExitStatus::Code(0)) => Ok(()),
         Some(status) => Err(PreStartError::Failed { status, tail }),
         None => Err(PreStartError::TimedOut { secs, tail }),
     }
 }
 
-/// Copies a pipe to `out` on its own thread, keeping the last [`PRE_START_TAIL`] bytes in
-/// `tail`. The receiver resolves when the pipe is at its end.
-fn tee<W: Write + 'static>(
+fn to_stdout(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes).and_then(|()| out.flush());
+}
+
+fn to_stderr(bytes: &[u8]) {
+    let _ = std::io::stderr().lock().write_all(bytes);
+}
+
+/// Copies a pipe through `out` on its own thread, keeping the last [`PRE_START_TAIL`] bytes
+/// in `tail`. The receiver resolves when the pipe is at its end.
+fn tee(
     pipe: Option<OwnedFd>,
-    out: fn() -> W,
+    out: fn(&[u8]),
     tail: &Arc<Mutex<Vec<u8>>>,
 ) -> tokio::sync::oneshot::Receiver<()> {
     let (done, finished) = tokio::sync::oneshot::channel::<()>();
@@ -263,17 +307,17 @@ fn tee<W: Write + 'static>(
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
-            let mut w = out();
-            let _ = w.write_all(&buf[..n]).and_then(|()| w.flush());
+            out(&buf[..n]);
             let mut kept = tail.lock().unwrap_or_else(|e| e.into_inner());
             kept.extend_from_slice(&buf[..n]);
             let excess = kept.len().saturating_sub(PRE_START_TAIL);
             kept.drain(..excess);
         }
     };
-    if let Err(e) = std::thread::Builder::new().name("prestart-output".into()).spawn(copy) {
-        tracing::warn!(error = %e, "cannot copy preStart output");
-    }
+    // Without a thread (out of resources) the pipe closes, and the hook may die of SIGPIPE.
+    let _ = std::thread::Builder::new()
+        .name("prestart-output".into())
+        .spawn(copy);
     finished
 }
 
@@ -289,4 +333,59 @@ pub async fn shutdown_signal() {
         _ = int.recv() => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pre_start_hook_is_read_and_other_hooks_ignored() {
+        let hook = pre_start_hook(
+            r#"{"preStart":{"command":["sh","-c","true"],"timeoutSeconds":5},"periodic":[{"name":"n"}]}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(hook.command, ["sh", "-c", "true"]);
+        assert_eq!(hook.timeout_seconds, Some(5));
+        assert_eq!(pre_start_hook(" ").unwrap(), None);
+        assert_eq!(pre_start_hook(r#"{"periodic":[]}"#).unwrap(), None);
+        let e = pre_start_hook(r#"{"preStart": 1}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("OPENSANDBOX_LIFECYCLE is not a lifecycle object"),
+            "{e}"
+        );
+        for bad in [
+            "[]",
+            "{",
+            r#"{"preStart":{"command":"true"}}"#,
+            r#"{"preStart":{"command":["true"],"timeoutSeconds":-1}}"#,
+        ] {
+            assert!(pre_start_hook(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn failures_exit_as_a_shell_would_and_say_what_happened() {
+        let failed = PreStartError::Failed {
+            status: ExitStatus::Code(3),
+            tail: "boom".into(),
+        };
+        assert_eq!(
+            (failed.exit_code(), failed.to_string().as_str()),
+            (3, "preStart failed (exit 3): boom")
+        );
+        let killed = PreStartError::Failed {
+            status: ExitStatus::Signal(9),
+            tail: String::new(),
+        };
+        assert_eq!(killed.exit_code(), 137);
+        let timed_out = PreStartError::TimedOut {
+            secs: 5,
+            tail: "waiting".into(),
+        };
+        assert_eq!(timed_out.exit_code(), 124);
+        assert_eq!(PreStartError::NotFound("x".into()).exit_code(), 127);
+    }
 }

@@ -245,7 +245,10 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    let pre_start = config.lifecycle.clone().and_then(|l| l.pre_start);
+    let pre_start = match &config.lifecycle {
+        Some(text) => init::pre_start_hook(text)?,
+        None => None,
+    };
     if pre_start.is_some() && entrypoint.is_none() {
         tracing::warn!("the preStart hook runs only in init mode (execd init -- <entrypoint>); ignored");
     }

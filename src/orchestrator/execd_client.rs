@@ -140,7 +140,8 @@ impl ExecdClient {
         match tokio::time::timeout(PING_TIMEOUT, call).await {
             Ok(Ok((200..=299, _))) => Ping::Ready,
             Ok(Ok((503, body)))
-                if serde_json::from_slice::<ErrorBody>(&body).is_ok_and(|b| b.code == ErrorCode::Starting) =>
+                if serde_json::from_slice::<ErrorBody>(&body)
+                    .is_ok_and(|b| b.code == ErrorCode::Starting) =>
             {
                 Ping::Starting
             }
@@ -302,8 +303,12 @@ mod tests {
 
     #[test]
     fn only_execds_cannot_connect_is_a_refusal() {
-        assert!(refused(br#"{"code":"BAD_GATEWAY","message":"cannot connect to port 6379"}"#));
-        assert!(!refused(br#"{"code":"BAD_GATEWAY","message":"port 6379 did not answer"}"#));
+        assert!(refused(
+            br#"{"code":"BAD_GATEWAY","message":"cannot connect to port 6379"}"#
+        ));
+        assert!(!refused(
+            br#"{"code":"BAD_GATEWAY","message":"port 6379 did not answer"}"#
+        ));
         assert!(!refused(b"<html>bad gateway</html>"));
     }
 }

@@ -239,7 +239,9 @@ fn pre_start(lifecycle: serde_json::Value) -> Result<Option<PreStart>, Error> {
         return Err(Error::invalid("lifecycle.preStart.command must name a program"));
     }
     if command.iter().any(|a| a.contains('\0')) {
-        return Err(Error::invalid("lifecycle.preStart.command must not contain NUL bytes"));
+        return Err(Error::invalid(
+            "lifecycle.preStart.command must not contain NUL bytes",
+        ));
     }
     let timeout_seconds = match timeout.filter(|t| !t.is_null()) {
         None => PreStartHook::DEFAULT_TIMEOUT_SECONDS,
@@ -683,8 +685,7 @@ mod tests {
         .hook();
         assert_eq!(
             serde_json::to_value(crate::wire::lifecycle::Lifecycle {
-                pre_start: Some(hook),
-                periodic: None
+                pre_start: Some(hook)
             })
             .unwrap(),
             json!({"preStart": {"command": ["true"], "timeoutSeconds": 5}})
@@ -695,14 +696,35 @@ mod tests {
     fn bad_lifecycle_input_names_the_field() {
         let cases = [
             (json!({"lifecycle": "sh"}), "lifecycle must be an object"),
-            (json!({"lifecycle": {"postStop": {}}}), "lifecycle.postStop: unknown field"),
-            (json!({"lifecycle": {"preStart": []}}), "lifecycle.preStart must be an object"),
+            (
+                json!({"lifecycle": {"postStop": {}}}),
+                "lifecycle.postStop: unknown field",
+            ),
+            (
+                json!({"lifecycle": {"preStart": []}}),
+                "lifecycle.preStart must be an object",
+            ),
             (json!({"lifecycle": {"preStart": {}}}), "array of strings"),
-            (json!({"lifecycle": {"preStart": {"command": "true"}}}), "array of strings"),
-            (json!({"lifecycle": {"preStart": {"command": [1]}}}), "array of strings"),
-            (json!({"lifecycle": {"preStart": {"command": []}}}), "name a program"),
-            (json!({"lifecycle": {"preStart": {"command": [""]}}}), "name a program"),
-            (json!({"lifecycle": {"preStart": {"command": ["a\u{0}b"]}}}), "NUL"),
+            (
+                json!({"lifecycle": {"preStart": {"command": "true"}}}),
+                "array of strings",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": [1]}}}),
+                "array of strings",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": []}}}),
+                "name a program",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": [""]}}}),
+                "name a program",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": ["a\u{0}b"]}}}),
+                "NUL",
+            ),
             (
                 json!({"lifecycle": {"preStart": {"command": ["true"], "shell": true}}}),
                 "lifecycle.preStart.shell: unknown field",
@@ -723,15 +745,23 @@ mod tests {
                 json!({"lifecycle": {"preStart": {"command": ["true"], "timeoutSeconds": 1.5}}}),
                 "timeoutSeconds",
             ),
-            (json!({"env": {"OPENSANDBOX_LIFECYCLE": "{}"}}), "OPENSANDBOX_LIFECYCLE"),
+            (
+                json!({"env": {"OPENSANDBOX_LIFECYCLE": "{}"}}),
+                "OPENSANDBOX_LIFECYCLE",
+            ),
         ];
         for (extra, needle) in cases {
             let e = err(extra.clone());
             assert!(matches!(e, Error::Invalid(_)), "{extra}: {e:?}");
             assert!(e.to_string().contains(needle), "{extra}: {e:?} lacks {needle:?}");
         }
-        let e = err(json!({"lifecycle": {"preStart": {"command": ["true"]}, "periodic": [{"name": "n", "schedule": "@hourly", "command": ["true"]}]}}));
-        assert!(matches!(&e, Error::UnsupportedField(m) if m.contains("lifecycle.periodic")), "{e:?}");
+        let e = err(
+            json!({"lifecycle": {"preStart": {"command": ["true"]}, "periodic": [{"name": "n", "schedule": "@hourly", "command": ["true"]}]}}),
+        );
+        assert!(
+            matches!(&e, Error::UnsupportedField(m) if m.contains("lifecycle.periodic")),
+            "{e:?}"
+        );
     }
 
     #[test]

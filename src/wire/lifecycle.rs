@@ -296,18 +296,15 @@ pub struct LifecycleError {
 pub const LIFECYCLE_ENV: &str = "OPENSANDBOX_LIFECYCLE";
 
 /// The value of [`LIFECYCLE_ENV`]: upstream's `lifecycle` with its camelCase names
-/// (`{"preStart":{"command":[...],"timeoutSeconds":60}}`). Unknown fields are ignored, so
-/// that execd starts whatever a newer orchestrator adds; `periodic` hooks are read but not
-/// run (sandboxd refuses them).
+/// (`{"preStart":{"command":[...],"timeoutSeconds":60}}`). Other fields, such as upstream's
+/// `periodic` hooks (which sandboxd refuses), are ignored, so that execd starts whatever a
+/// newer orchestrator adds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Lifecycle {
     /// Run before the entrypoint.
-    #[serde(default, alias = "pre_start", skip_serializing_if = "Option::is_none")]
-    pub pre_start: Option<PreStartHook>,
-    /// Periodic hooks (not run by execd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub periodic: Option<serde_json::Value>,
+    pub pre_start: Option<PreStartHook>,
 }
 
 /// `lifecycle.preStart`: a program run without a shell before the entrypoint; the sandbox is
@@ -318,7 +315,7 @@ pub struct PreStartHook {
     /// argv.
     pub command: Vec<String>,
     /// Seconds it may take before it is killed (upstream's default: 60).
-    #[serde(default, alias = "timeout_seconds", skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
 }
 

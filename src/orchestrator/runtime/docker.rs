@@ -850,7 +850,12 @@ mod tests {
             entries,
             [
                 ("etc/app/config.toml".to_owned(), 0o600, 0, b"a = 1\n".to_vec()),
-                (format!("opt/{}/run.sh", "d".repeat(120)), 0o755, 0, b"#!/bin/sh\n".to_vec()),
+                (
+                    format!("opt/{}/run.sh", "d".repeat(120)),
+                    0o755,
+                    0,
+                    b"#!/bin/sh\n".to_vec()
+                ),
             ]
         );
     }

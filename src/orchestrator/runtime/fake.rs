@@ -14,7 +14,8 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 
 use super::{
-    Capabilities, Fut, Instance, Observed, Runtime, RuntimeError, RuntimeKind, SandboxSpec, Target, EXECD_PORT,
+    Capabilities, Fut, Instance, Observed, Runtime, RuntimeError, RuntimeKind, SandboxSpec, Target,
+    EXECD_PORT,
 };
 
 /// The application port that is not execd's.

@@ -9,10 +9,10 @@
 
 use std::collections::BTreeSet;
 
+use super::startup::STARTUP_INTERRUPTED;
 use super::Service;
 use crate::orchestrator::error::Error;
 use crate::orchestrator::runtime::Observed;
-use super::startup::STARTUP_INTERRUPTED;
 use crate::orchestrator::store::{Failure, Phase};
 use crate::wire::time::now_ms;
 

@@ -18,7 +18,7 @@ use crate::orchestrator::error::{Conflict, Error};
 use crate::orchestrator::execd_client::Ping;
 use crate::orchestrator::runtime::{Instance, Observed, Resources, SandboxSpec, Target, EXECD_PORT};
 use crate::orchestrator::spec::{self, Plan};
-use crate::orchestrator::store::{Phase, Record, TemplateRef};
+use crate::orchestrator::store::{Failure, Phase, Record, TemplateRef};
 use crate::wire::lifecycle::{
     CreateSandboxRequest, CreateSandboxResponse, Endpoint, ImageSpec, Lifecycle, ListSandboxesResponse,
     Pagination, RenewExpiration, Sandbox, SandboxStatus, LIFECYCLE_ENV,
@@ -49,10 +49,15 @@ pub struct ListFilter {
 
 /// How far a create got before it answered.
 enum Provisioned {
-    /// execd answered `/ping`: with 200, or (gated creates) with 503 `STARTING`.
-    Answered(Ping),
+    /// execd, at `execd`, answered `/ping`: with 200, or (gated creates) with 503 `STARTING`.
+    Answered {
+        /// What it answered.
+        ping: Ping,
+        /// Where it is.
+        execd: Target,
+    },
     /// The sandbox ended during its pre-start hook before execd was seen answering.
-    Failed(crate::orchestrator::store::Failure),
+    Failed(Failure),
 }
 
 impl Service {
@@ -128,10 +133,12 @@ impl Service {
         let gate = Gate::of(&plan);
         match self.provision(&mut record, plan, gate.is_some()).await {
             Ok(provisioned) => {
-                let (phase, failure) = match (&gate, provisioned) {
-                    (_, Provisioned::Failed(failure)) => (Phase::PreStart, Some(failure)),
-                    (None, Provisioned::Answered(_)) => (Phase::Ready, None),
-                    (Some(gate), Provisioned::Answered(ping)) => (gate.phase(ping), None),
+                let (phase, failure, execd) = match (&gate, provisioned) {
+                    (_, Provisioned::Failed(failure)) => (Phase::PreStart, Some(failure), None),
+                    (None, Provisioned::Answered { execd, .. }) => (Phase::Ready, None, Some(execd)),
+                    (Some(gate), Provisioned::Answered { ping, execd }) => {
+                        (gate.phase(ping), None, Some(execd))
+                    }
                 };
                 record.phase = phase;
                 record.failure = failure.clone();
@@ -142,21 +149,15 @@ impl Service {
                     return Err(Error::Conflict(Conflict::DeletedWhileStarting(record.id)));
                 }
                 let ms = started.elapsed().as_millis();
-                let what = match (phase, &failure) {
-                    (_, Some(f)) => format!("failed ({}): {}", f.reason, f.message),
-                    (Phase::PreStart, None) => {
-                        format!("pending: execd answered after {ms} ms; the preStart hook runs")
-                    }
-                    (Phase::Probing, None) => {
-                        format!("pending: execd answered after {ms} ms; the readiness probe runs")
-                    }
-                    _ => format!("running: execd answered after {ms} ms"),
-                };
-                self.event(&record.id, &what).await;
-                tracing::info!(sandbox = %record.id, image = %record.image, ms, ?phase, "sandbox started");
-                if let (Some(gate), Some(instance), None) = (gate, &record.instance, &failure) {
+                self.event(&record.id, &started_event(phase, failure.as_ref(), ms))
+                    .await;
+                if phase == Phase::Ready {
+                    tracing::info!(sandbox = %record.id, image = %record.image, ms, "sandbox running");
+                } else {
+                    tracing::info!(sandbox = %record.id, image = %record.image, ms, ?phase, "sandbox pending");
+                }
+                if let (Some(gate), Some(instance), Some(execd)) = (gate, &record.instance, execd) {
                     if phase != Phase::Ready {
-                        let execd = self.target(&record, EXECD_PORT)?;
                         let sandbox = Started {
                             id: record.id.clone(),
                             instance: instance.clone(),
@@ -222,7 +223,6 @@ impl Service {
         if let Some(pre_start) = &plan.pre_start {
             let hooks = Lifecycle {
                 pre_start: Some(pre_start.hook()),
-                periodic: None,
             };
             let json = serde_json::to_string(&hooks)
                 .map_err(|e| Error::Internal(format!("cannot encode {LIFECYCLE_ENV}: {e}")))?;
@@ -253,15 +253,18 @@ impl Service {
         self.store.update(record).await?;
         let created = t.elapsed();
         let answered = match self.runtime.target(&instance, EXECD_PORT) {
-            Some(target) => self.wait_ready(&instance, &target, &record.token, gated).await,
+            Some(target) => self
+                .wait_ready(&instance, &target, &record.token, gated)
+                .await
+                .map(|ping| (ping, target)),
             // An exited container has no published ports: say why it exited.
             None => Err(self
                 .exit_error(&instance)
                 .await?
                 .unwrap_or_else(|| Error::StartFailed("the runtime published no port for execd".into()))),
         };
-        let ping = match answered {
-            Ok(ping) => ping,
+        let (ping, execd) = match answered {
+            Ok(answered) => answered,
             // A hook that failed fast ends the sandbox before execd is seen answering; that is
             // the sandbox's failure to record, not the create's.
             Err(e) if gated => match self.pre_start_account(&instance).await {
@@ -271,7 +274,7 @@ impl Service {
             Err(e) => return Err(e),
         };
         tracing::debug!(sandbox = %record.id, ?created, ready = ?t.elapsed(), "provisioned");
-        Ok(Provisioned::Answered(ping))
+        Ok(Provisioned::Answered { ping, execd })
     }
 
     /// When the sandbox has already ended: an error with its exit code and last output.
@@ -302,7 +305,13 @@ impl Service {
 
     /// Polls execd's `/ping` until it answers 200 (or, when `gated`, 503 `STARTING` too), the
     /// sandbox dies, or the deadline passes. Returns the answer.
-    async fn wait_ready(&self, instance: &Instance, target: &Target, token: &str, gated: bool) -> Result<Ping, Error> {
+    async fn wait_ready(
+        &self,
+        instance: &Instance,
+        target: &Target,
+        token: &str,
+        gated: bool,
+    ) -> Result<Ping, Error> {
         let deadline = Instant::now() + self.settings.ready_timeout;
         let mut pause = Duration::from_millis(1);
         let mut attempts = 0u32;
@@ -635,6 +644,16 @@ impl Service {
     }
 }
 
+/// The event of a create that has answered.
+fn started_event(phase: Phase, failure: Option<&Failure>, ms: u128) -> String {
+    match (phase, failure) {
+        (_, Some(f)) => format!("failed ({}): {}", f.reason, f.message),
+        (Phase::PreStart, None) => format!("pending: execd answered after {ms} ms; the preStart hook runs"),
+        (Phase::Probing, None) => format!("pending: execd answered after {ms} ms; the readiness probe runs"),
+        _ => format!("running: execd answered after {ms} ms"),
+    }
+}
+
 /// What the server proxy needs to know of a sandbox.
 #[derive(Debug)]
 pub struct ProxyRoute {
@@ -712,4 +731,3 @@ pub(super) fn status(record: &Record, observed: &Observed) -> SandboxStatus {
         Observed::Unknown(what) => s("Unknown", "CONTAINER_STATE_UNKNOWN", Some(what.clone())),
     }
 }
-

@@ -233,7 +233,7 @@ impl Service {
 
     /// The failure of a sandbox that has ended during its pre-start hook, or `None` while it
     /// runs.
-    pub(super) async fn ended_during_pre_start(&self, instance: &Instance) -> Option<Failure> {
+    async fn ended_during_pre_start(&self, instance: &Instance) -> Option<Failure> {
         let code = match self.runtime.observe(instance).await {
             Ok(Observed::Exited { code, .. }) => code,
             Ok(Observed::Gone) => {
@@ -244,7 +244,11 @@ impl Service {
             }
             _ => return None,
         };
-        let log = self.runtime.logs(instance, LOG_LINES, None).await.unwrap_or_default();
+        let log = self
+            .runtime
+            .logs(instance, LOG_LINES, None)
+            .await
+            .unwrap_or_default();
         Some(Failure {
             reason: PRE_START_FAILED.into(),
             message: pre_start_message(&log, code),
@@ -326,9 +330,7 @@ impl Service {
         let token = &sandbox.token;
         if let Some(exec) = &probe.exec {
             let execd = port_target(EXECD_PORT)?;
-            self.execd
-                .probe_exec(&execd, token, &exec.command, timeout)
-                .await
+            self.execd.probe_exec(&execd, token, &exec.command, timeout).await
         } else if let Some(http) = &probe.http_get {
             let path = http.path.as_deref().unwrap_or("/");
             let path = if path.starts_with('/') {
@@ -396,7 +398,10 @@ mod tests {
             pre_start_message(log, Some(3)),
             "preStart failed (exit 3): step 1\nboom"
         );
-        let long = format!("execd: preStart timed out after 5 s and was killed: {}", "x".repeat(9000));
+        let long = format!(
+            "execd: preStart timed out after 5 s and was killed: {}",
+            "x".repeat(9000)
+        );
         let message = pre_start_message(&long, Some(124));
         assert!(message.starts_with("preStart timed out after 5 s and was killed: xxx"));
         assert!(message.len() < OUTPUT_KEPT + 100, "{}", message.len());

@@ -780,7 +780,8 @@ fn gated_plan(pre_start: bool, readiness: Option<ReadinessProbe>) -> Plan {
         "timeout": 600,
     });
     if pre_start {
-        body["lifecycle"] = serde_json::json!({"preStart": {"command": ["sh", "-c", "touch /ready"], "timeoutSeconds": 30}});
+        body["lifecycle"] =
+            serde_json::json!({"preStart": {"command": ["sh", "-c", "touch /ready"], "timeoutSeconds": 30}});
     }
     let req: CreateSandboxRequest = serde_json::from_value(body).unwrap();
     let limits = crate::orchestrator::spec::Limits {
@@ -806,7 +807,11 @@ impl Rig {
     /// `(state, reason, message)` of sandbox `id` as `GET` shows it.
     async fn status_of(&self, id: &str) -> (String, String, String) {
         let s = self.service.get(id, &root()).await.unwrap().status;
-        (s.state, s.reason.unwrap_or_default(), s.message.unwrap_or_default())
+        (
+            s.state,
+            s.reason.unwrap_or_default(),
+            s.message.unwrap_or_default(),
+        )
     }
 
     /// Waits until `GET` shows sandbox `id` in `state` with `reason`; returns the message.
@@ -862,7 +867,11 @@ async fn a_pre_start_sandbox_is_pending_at_once_and_running_when_its_hook_finish
     rig.until_status(&id, "Running", "CONTAINER_RUNNING").await;
     assert!(rig.service.proxy_target(&id, 44772).await.unwrap().target.is_ok());
     let events = rig.events_of(&id).await;
-    for needle in ["the preStart hook runs", "preStart finished", "running: ready after"] {
+    for needle in [
+        "the preStart hook runs",
+        "preStart finished",
+        "running: ready after",
+    ] {
         assert!(events.iter().any(|e| e.contains(needle)), "{needle}: {events:?}");
     }
     assert_eq!(rig.service.startups.running(), Vec::<String>::new());
@@ -892,10 +901,13 @@ async fn a_failed_pre_start_is_recorded_with_execds_account_and_the_sandbox_kept
         },
     );
     let message = rig.until_status(&id, "Failed", "PRE_START_FAILED").await;
-    assert_eq!(message, "preStart failed (exit 3): step 1\ncannot fetch the model");
+    assert_eq!(
+        message,
+        "preStart failed (exit 3): step 1\ncannot fetch the model"
+    );
     // Kept for inspection: the record, the container, and the list shows the same.
-    assert_eq!(rig.ids().await, [id.clone()]);
-    assert_eq!(rig.live_ids(), [id.clone()]);
+    assert_eq!(rig.ids().await, [id.as_str()]);
+    assert_eq!(rig.live_ids(), [id.as_str()]);
     let filter = ListFilter {
         states: vec!["failed".into()],
         page: 1,
@@ -938,18 +950,22 @@ async fn a_hook_that_fails_before_execd_is_seen_is_recorded_by_create_itself() {
         created.status.message.as_deref(),
         Some("preStart failed (exit 3): no network")
     );
-    assert_eq!(rig.ids().await, [created.id.clone()]);
+    assert_eq!(rig.ids().await, [created.id.as_str()]);
 
     // A sandbox that ends without execd's account of a hook failed to start at all: the
     // create fails and leaves nothing, as without a hook.
     rig.service.delete(&created.id, &root()).await.unwrap();
-    rig.fake.set_default_logs("execd: cannot listen on 0.0.0.0:44772\n");
+    rig.fake
+        .set_default_logs("execd: cannot listen on 0.0.0.0:44772\n");
     let e = rig
         .service
         .create_from_plan(gated_plan(true, None), None, &root(), None)
         .await
         .unwrap_err();
-    assert!(matches!(&e, Error::StartFailed(m) if m.contains("code 3")), "{e:?}");
+    assert!(
+        matches!(&e, Error::StartFailed(m) if m.contains("code 3")),
+        "{e:?}"
+    );
     rig.assert_nothing_left().await;
 }
 
@@ -1011,7 +1027,7 @@ async fn a_readiness_probe_that_never_passes_fails_the_sandbox_after_its_thresho
         message,
         "readiness probe tcpSocket :6379 failed 2 times in a row; last: nothing accepts connections on port 6379"
     );
-    assert_eq!(rig.live_ids(), [id.clone()], "the container is kept");
+    assert_eq!(rig.live_ids(), [id.as_str()], "the container is kept");
     let route = rig.service.proxy_target(&id, 44772).await.unwrap();
     assert!(
         matches!(route.target, Err(Error::Conflict(Conflict::NotRunning { ref state, .. })) if state == "Failed")
@@ -1052,7 +1068,7 @@ async fn deleting_a_starting_sandbox_stops_its_startup_task() {
         .await
         .unwrap()
         .id;
-    assert_eq!(rig.service.startups.running(), [id.clone()]);
+    assert_eq!(rig.service.startups.running(), [id.as_str()]);
     rig.service.delete(&id, &root()).await.unwrap();
     eventually("the startup task to stop", || async {
         rig.service.startups.running().is_empty()
@@ -1081,13 +1097,16 @@ async fn a_restart_during_startup_marks_the_sandbox_interrupted_and_keeps_it() {
         (s.state.as_str(), s.reason.as_deref()),
         ("Failed", Some("STARTUP_INTERRUPTED"))
     );
-    assert_eq!(rig.live_ids(), [id.clone()]);
+    assert_eq!(rig.live_ids(), [id.as_str()]);
     // Another restart leaves the recorded outcome alone.
     let again = Service::for_tests(rig._dir.path(), &rig.fake, "key", 86_400, Duration::from_secs(10));
     assert_eq!(again.reconcile().await.unwrap().adopted, 1);
     let events = rig.events_of(&id).await;
     assert_eq!(
-        events.iter().filter(|e| e.contains("STARTUP_INTERRUPTED")).count(),
+        events
+            .iter()
+            .filter(|e| e.contains("STARTUP_INTERRUPTED"))
+            .count(),
         1,
         "{events:?}"
     );

@@ -559,7 +559,13 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let mut r = sample("s", 1, None);
         store.insert(&r).await.unwrap();
-        for phase in [Phase::PreStart, Phase::Probing, Phase::Ready, Phase::Paused, Phase::Pending] {
+        for phase in [
+            Phase::PreStart,
+            Phase::Probing,
+            Phase::Ready,
+            Phase::Paused,
+            Phase::Pending,
+        ] {
             r.phase = phase;
             r.failure = (phase == Phase::PreStart).then(|| Failure {
                 reason: "PRE_START_FAILED".into(),
