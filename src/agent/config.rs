@@ -126,6 +126,11 @@ pub struct Config {
         hide = true
     )]
     pub grace_shutdown: Option<String>,
+    /// Lifecycle hooks as JSON (`{"preStart":{"command":[...],"timeoutSeconds":60}}`), as the
+    /// orchestrator sets them. Init mode runs `preStart` before the entrypoint, answering
+    /// `/ping` with 503 `STARTING` meanwhile; `periodic` hooks are not run.
+    #[arg(long, env = crate::wire::lifecycle::LIFECYCLE_ENV, hide = true)]
+    pub lifecycle: Option<String>,
 }
 
 impl Config {

@@ -25,6 +25,7 @@ pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -209,6 +210,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Monitor>,
     /// Isolated sessions.
     pub isolation: isolated::Handle,
+    /// Set while init runs the pre-start hook: `/ping` answers 503 `STARTING` until it clears.
+    pub starting: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -242,6 +245,14 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    let pre_start = match &config.lifecycle {
+        Some(text) => init::pre_start_hook(text)?,
+        None => None,
+    };
+    if pre_start.is_some() && entrypoint.is_none() {
+        tracing::warn!("the preStart hook runs only in init mode (execd init -- <entrypoint>); ignored");
+    }
+    let pre_start = pre_start.filter(|_| entrypoint.is_some());
     let commands = command::Commands::new(Arc::clone(&runtime));
     let sessions = session::Sessions::new(
         Arc::clone(&runtime),
@@ -290,6 +301,7 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
                 },
             )
         },
+        starting: Arc::new(AtomicBool::new(pre_start.is_some())),
     };
     if state.token.is_none() && !local.ip().is_loopback() {
         tracing::warn!(
@@ -306,10 +318,23 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
     let limits = config.serve_limits();
     let code = match entrypoint {
         Some(argv) => {
-            let child = init::start_entrypoint(&runtime, &argv)?;
+            // The API serves from the start; the entrypoint waits for the pre-start hook.
+            let boot = async {
+                let mut signals = init::Signals::install();
+                if let Some(hook) = &pre_start {
+                    if let Err(e) = init::run_pre_start(&runtime, hook, &mut signals).await {
+                        // The container's log says why it ended; the orchestrator shows it.
+                        eprintln!("execd: {e}");
+                        return Ok(e.exit_code());
+                    }
+                    state.starting.store(false, Ordering::Release);
+                }
+                let child = init::start_entrypoint(&runtime, &argv)?;
+                anyhow::Ok(init::supervise(child, &mut signals).await)
+            };
             tokio::select! {
                 r = crate::serve::serve(listener, app, limits, std::future::pending()) => { r?; 0 }
-                code = init::supervise(child) => code,
+                code = boot => code?,
             }
         }
         None => {

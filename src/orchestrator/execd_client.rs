@@ -1,32 +1,83 @@
-//! The one place sandboxd speaks execd's HTTP: today the readiness probe (`GET /ping`), later
-//! commands, code, files and event streams for builds, executions and pool warm-up.
+//! The one place sandboxd speaks execd's HTTP: the liveness probe (`GET /ping`) and the
+//! readiness probes it runs through execd (`POST /command`, `/proxy/{port}`); later commands,
+//! code, files and event streams for builds, executions and pool warm-up.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::runtime::Target;
 use crate::auth::TOKEN_HEADER;
+use crate::wire::{ErrorBody, ErrorCode, EventType, RunCommandRequest, StreamEvent};
 
 /// How long one probe may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most of an answer sandboxd reads: error bodies, and a probe command's event stream.
+const MAX_BODY: usize = 1 << 20;
+/// How much of a probe command's output a failure keeps.
+const OUTPUT_KEPT: usize = 4096;
 
 /// What `/ping` said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ping {
     /// 200: execd serves.
     Ready,
+    /// 503 `STARTING`: execd serves, but its pre-start hook runs and the entrypoint has not
+    /// started.
+    Starting,
     /// Any other answer, no answer, or no connection yet.
     NotYet,
 }
 
+/// Why one try of a readiness probe failed: what the status message says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeFailure {
+    /// No answer in time, or no connection.
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+    /// The connection to the sandbox failed.
+    #[error("{0}")]
+    Unreachable(String),
+    /// An HTTP status that does not pass.
+    #[error("answered {status}{}", body_suffix(.message))]
+    Status {
+        /// The status.
+        status: u16,
+        /// execd's message, when execd answered for the port.
+        message: Option<String>,
+    },
+    /// Nothing accepts connections on the port.
+    #[error("nothing accepts connections on port {0}")]
+    Refused(u16),
+    /// The command exited non-zero (or never reported an exit).
+    #[error("exited with code {code}{}", output_suffix(.output))]
+    Exit {
+        /// Its exit code as execd reported it (`-1` for a signal, `?` when unknown).
+        code: String,
+        /// Its last output.
+        output: String,
+    },
+}
+
+fn body_suffix(message: &Option<String>) -> String {
+    message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+}
+
+fn output_suffix(output: &str) -> String {
+    if output.is_empty() {
+        String::new()
+    } else {
+        format!("; output:\n{output}")
+    }
+}
+
 /// A client for the execd of any sandbox.
 pub struct ExecdClient {
-    http: Client<HttpConnector, Empty<Bytes>>,
+    http: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Default for ExecdClient {
@@ -48,18 +99,216 @@ impl ExecdClient {
         }
     }
 
+    /// `method path` at `target`, with the sandbox's token when the target is execd; the
+    /// status and at most [`MAX_BODY`] bytes of the body, or why there is none.
+    async fn call(
+        &self,
+        target: &Target,
+        token: &str,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Bytes), String> {
+        let uri = format!("http://{}{}{path}", target.dial, target.prefix);
+        let mut req = hyper::Request::builder().method(method).uri(uri);
+        if target.execd {
+            req = req.header(TOKEN_HEADER, token);
+        }
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(body.map(Bytes::from).unwrap_or_default()))
+            .map_err(|e| format!("invalid request: {e}"))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| format!("cannot reach the sandbox: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("the answer broke off: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
     /// `GET /ping` on the execd behind `target`, with the sandbox's token.
     pub async fn ping(&self, target: &Target, token: &str) -> Ping {
-        let uri = format!("http://{}{}/ping", target.dial, target.prefix);
-        let Ok(req) = hyper::Request::get(uri)
-            .header(TOKEN_HEADER, token)
-            .body(Empty::new())
-        else {
-            return Ping::NotYet;
-        };
-        match tokio::time::timeout(PING_TIMEOUT, self.http.request(req)).await {
-            Ok(Ok(resp)) if resp.status().is_success() => Ping::Ready,
+        let call = self.call(target, token, hyper::Method::GET, "/ping", None);
+        match tokio::time::timeout(PING_TIMEOUT, call).await {
+            Ok(Ok((200..=299, _))) => Ping::Ready,
+            Ok(Ok((503, body)))
+                if serde_json::from_slice::<ErrorBody>(&body)
+                    .is_ok_and(|b| b.code == ErrorCode::Starting) =>
+            {
+                Ping::Starting
+            }
             _ => Ping::NotYet,
         }
+    }
+
+    /// A readiness `exec` probe: runs `argv` through execd's `POST /command` (killed after
+    /// `timeout`); passes when it exits 0.
+    pub async fn probe_exec(
+        &self,
+        execd: &Target,
+        token: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(), ProbeFailure> {
+        let request = RunCommandRequest {
+            argv: Some(argv.to_vec()),
+            timeout: Some(timeout.as_millis() as i64),
+            ..Default::default()
+        };
+        let body = serde_json::to_vec(&request).map_err(|e| ProbeFailure::Unreachable(e.to_string()))?;
+        // execd kills the command at `timeout`; the margin lets its last events arrive.
+        let call = self.call(execd, token, hyper::Method::POST, "/command", Some(body));
+        let (status, body) = tokio::time::timeout(timeout + PING_TIMEOUT, call)
+            .await
+            .map_err(|_| ProbeFailure::TimedOut(timeout))?
+            .map_err(ProbeFailure::Unreachable)?;
+        if status != 200 {
+            return Err(status_failure(status, &body));
+        }
+        command_outcome(&body)
+    }
+
+    /// A readiness `httpGet` probe: `GET path` on the sandbox port behind `target`; passes on
+    /// 2xx and 3xx, as Kubernetes' does.
+    pub async fn probe_http(
+        &self,
+        target: &Target,
+        token: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(), ProbeFailure> {
+        let call = self.call(target, token, hyper::Method::GET, path, None);
+        match tokio::time::timeout(timeout, call).await {
+            Err(_) => Err(ProbeFailure::TimedOut(timeout)),
+            Ok(Err(e)) => Err(ProbeFailure::Unreachable(e)),
+            Ok(Ok((200..=399, _))) => Ok(()),
+            Ok(Ok((status, body))) => Err(status_failure(status, &body)),
+        }
+    }
+
+    /// A readiness `tcpSocket` probe: passes when something accepts a connection on `port`.
+    /// A port sandboxd reaches directly is dialled; through execd's port proxy, a request is
+    /// sent and only execd's "cannot connect" answer fails it: any answer from the port, or
+    /// none before `timeout` (a server that accepted and waits for its own protocol), passes.
+    pub async fn probe_tcp(
+        &self,
+        target: &Target,
+        token: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<(), ProbeFailure> {
+        if !target.execd {
+            return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target.dial)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(ProbeFailure::Refused(port)),
+                Err(_) => Err(ProbeFailure::TimedOut(timeout)),
+            };
+        }
+        let call = self.call(target, token, hyper::Method::GET, "/", None);
+        match tokio::time::timeout(timeout, call).await {
+            Err(_) => Ok(()),
+            Ok(Err(e)) => Err(ProbeFailure::Unreachable(e)),
+            Ok(Ok((502, body))) if refused(&body) => Err(ProbeFailure::Refused(port)),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+}
+
+/// Whether execd's 502 says that nothing accepted the connection.
+fn refused(body: &[u8]) -> bool {
+    serde_json::from_slice::<ErrorBody>(body).is_ok_and(|b| b.message.starts_with("cannot connect"))
+}
+
+fn status_failure(status: u16, body: &[u8]) -> ProbeFailure {
+    ProbeFailure::Status {
+        status,
+        message: serde_json::from_slice::<ErrorBody>(body).ok().map(|b| b.message),
+    }
+}
+
+/// Reads a `/command` event stream: passes on `execution_complete`; otherwise the exit code
+/// and the last of the output.
+fn command_outcome(stream: &[u8]) -> Result<(), ProbeFailure> {
+    let mut output = String::new();
+    let mut code = "?".to_owned();
+    for line in String::from_utf8_lossy(stream).lines() {
+        let Some(event) = line
+            .strip_prefix("data: ")
+            .and_then(|data| serde_json::from_str::<StreamEvent>(data).ok())
+        else {
+            continue;
+        };
+        match event.kind {
+            EventType::ExecutionComplete => return Ok(()),
+            EventType::Stdout | EventType::Stderr => {
+                output.push_str(event.text.as_deref().unwrap_or_default());
+                output.push('\n');
+            }
+            EventType::Error => {
+                if let Some(e) = event.error {
+                    code = e.evalue;
+                }
+            }
+            _ => {}
+        }
+    }
+    Err(ProbeFailure::Exit {
+        code,
+        output: last_bytes(output.trim_end(), OUTPUT_KEPT).to_owned(),
+    })
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+pub fn last_bytes(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_streams_pass_on_completion_and_fail_with_code_and_output() {
+        let ok = b"id: 1\ndata: {\"type\":\"init\",\"text\":\"x\",\"timestamp\":1}\n\nid: 2\ndata: {\"type\":\"execution_complete\",\"timestamp\":2}\n\n";
+        assert_eq!(command_outcome(ok), Ok(()));
+        let failed = b"data: {\"type\":\"stdout\",\"text\":\"not yet\",\"timestamp\":1}\n\ndata: {\"type\":\"error\",\"timestamp\":2,\"error\":{\"ename\":\"CommandExecError\",\"evalue\":\"3\",\"traceback\":[]}}\n\n";
+        assert_eq!(
+            command_outcome(failed),
+            Err(ProbeFailure::Exit {
+                code: "3".into(),
+                output: "not yet".into()
+            })
+        );
+        assert!(matches!(command_outcome(b""), Err(ProbeFailure::Exit { code, .. }) if code == "?"));
+    }
+
+    #[test]
+    fn last_bytes_cut_at_a_character_boundary() {
+        assert_eq!(last_bytes("abcdef", 3), "def");
+        assert_eq!(last_bytes("ab", 3), "ab");
+        assert_eq!(last_bytes("aéb", 2), "b");
+    }
+
+    #[test]
+    fn only_execds_cannot_connect_is_a_refusal() {
+        assert!(refused(
+            br#"{"code":"BAD_GATEWAY","message":"cannot connect to port 6379"}"#
+        ));
+        assert!(!refused(
+            br#"{"code":"BAD_GATEWAY","message":"port 6379 did not answer"}"#
+        ));
+        assert!(!refused(b"<html>bad gateway</html>"));
     }
 }

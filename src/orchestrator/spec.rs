@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::error::Error;
 use super::runtime::{Mount, Resources, SpecFile};
-use crate::wire::lifecycle::{CreateSandboxRequest, PlatformSpec};
+use crate::wire::lifecycle::{CreateSandboxRequest, PlatformSpec, PreStartHook, LIFECYCLE_ENV};
 use crate::wire::templates::ReadinessProbe;
 
 /// The extension that asks for isolated sessions inside the sandbox.
@@ -16,6 +16,8 @@ pub const ISOLATION_EXTENSION: &str = "bootstrap.execd.isolation";
 const RESERVED_PREFIXES: [&str; 2] = ["opensandbox.io/", "sandboxd.io/"];
 /// At most this many volumes.
 const MAX_VOLUMES: usize = 32;
+/// The longest a pre-start hook may run (upstream's limit: 3 hours).
+const MAX_PRE_START_SECONDS: u64 = 10_800;
 
 /// A validated create request.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +61,16 @@ pub struct PreStart {
     pub timeout_seconds: u64,
 }
 
+impl PreStart {
+    /// The hook as execd reads it from `OPENSANDBOX_LIFECYCLE`.
+    pub fn hook(&self) -> PreStartHook {
+        PreStartHook {
+            command: self.command.clone(),
+            timeout_seconds: Some(self.timeout_seconds),
+        }
+    }
+}
+
 /// Limits that validation enforces.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -89,7 +101,6 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
             req.credential_proxy.as_ref().is_some_and(|v| !v.is_null()),
             "credentialProxy",
         ),
-        (req.lifecycle.as_ref().is_some_and(|v| !v.is_null()), "lifecycle"),
         (req.secure_access == Some(true), "secureAccess"),
     ] {
         if set {
@@ -98,6 +109,10 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
             )));
         }
     }
+    let pre_start = match req.lifecycle.filter(|v| !v.is_null()) {
+        Some(lifecycle) => pre_start(lifecycle)?,
+        None => None,
+    };
     let image = req.image.ok_or_else(|| Error::invalid("image is required"))?;
     let image = image.uri.trim().to_owned();
     if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -139,6 +154,11 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
             env.insert(k, v);
         }
     }
+    if env.contains_key(LIFECYCLE_ENV) {
+        return Err(Error::invalid(format!(
+            "env: {LIFECYCLE_ENV} is set by sandboxd from lifecycle; use lifecycle.preStart"
+        )));
+    }
     let metadata = req.metadata.unwrap_or_default();
     for (k, v) in &metadata {
         check_label(k, v)?;
@@ -170,9 +190,74 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
         mounts,
         platform: req.platform,
         files: Vec::new(),
-        pre_start: None,
+        pre_start,
         readiness: None,
     })
+}
+
+/// `lifecycle`: only `preStart` (`{command: [argv], timeoutSeconds?}`), every key known.
+/// `periodic` hooks are refused by name: execd does not run them.
+fn pre_start(lifecycle: serde_json::Value) -> Result<Option<PreStart>, Error> {
+    let serde_json::Value::Object(fields) = lifecycle else {
+        return Err(Error::invalid("lifecycle must be an object"));
+    };
+    let mut hook = None;
+    for (key, value) in fields {
+        match key.as_str() {
+            "preStart" | "pre_start" => hook = Some(value),
+            "periodic" if value.is_null() => {}
+            "periodic" => {
+                return Err(Error::UnsupportedField(
+                    "lifecycle.periodic: periodic hooks are not supported".into(),
+                ))
+            }
+            other => return Err(Error::invalid(format!("lifecycle.{other}: unknown field"))),
+        }
+    }
+    let Some(hook) = hook.filter(|h| !h.is_null()) else {
+        return Ok(None);
+    };
+    let serde_json::Value::Object(fields) = hook else {
+        return Err(Error::invalid("lifecycle.preStart must be an object"));
+    };
+    let (mut command, mut timeout) = (None, None);
+    for (key, value) in fields {
+        match key.as_str() {
+            "command" => command = Some(value),
+            "timeoutSeconds" | "timeout_seconds" => timeout = Some(value),
+            other => {
+                return Err(Error::invalid(format!(
+                    "lifecycle.preStart.{other}: unknown field"
+                )))
+            }
+        }
+    }
+    let command: Vec<String> = command
+        .and_then(|c| serde_json::from_value(c).ok())
+        .ok_or_else(|| Error::invalid("lifecycle.preStart.command must be an array of strings"))?;
+    if command.first().is_none_or(|c| c.is_empty()) {
+        return Err(Error::invalid("lifecycle.preStart.command must name a program"));
+    }
+    if command.iter().any(|a| a.contains('\0')) {
+        return Err(Error::invalid(
+            "lifecycle.preStart.command must not contain NUL bytes",
+        ));
+    }
+    let timeout_seconds = match timeout.filter(|t| !t.is_null()) {
+        None => PreStartHook::DEFAULT_TIMEOUT_SECONDS,
+        Some(t) => t
+            .as_u64()
+            .filter(|t| (1..=MAX_PRE_START_SECONDS).contains(t))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "lifecycle.preStart.timeoutSeconds must be an integer from 1 to {MAX_PRE_START_SECONDS}, got {t}"
+                ))
+            })?,
+    };
+    Ok(Some(PreStart {
+        command,
+        timeout_seconds,
+    }))
 }
 
 fn timeout(value: Option<&serde_json::Value>, max: u64) -> Result<Option<u64>, Error> {
@@ -565,6 +650,118 @@ mod tests {
         );
         let manual = plan(req(json!({"timeout": null})), &limits()).unwrap();
         assert_eq!(manual.timeout, None);
+    }
+
+    #[test]
+    fn lifecycle_pre_start_is_planned_with_its_timeout() {
+        let p = plan(
+            req(json!({"lifecycle": {"preStart": {"command": ["sh", "-c", "touch /ready"], "timeoutSeconds": 10800}}})),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.pre_start,
+            Some(PreStart {
+                command: vec!["sh".into(), "-c".into(), "touch /ready".into()],
+                timeout_seconds: 10800
+            })
+        );
+        // The default timeout, the snake_case spellings, and nulls meaning absent.
+        let p = plan(
+            req(json!({"lifecycle": {"pre_start": {"command": ["true"], "timeout_seconds": null}, "periodic": null}})),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(p.pre_start.map(|h| h.timeout_seconds), Some(60));
+        for empty in [json!(null), json!({}), json!({"preStart": null})] {
+            let p = plan(req(json!({ "lifecycle": empty })), &limits()).unwrap();
+            assert_eq!(p.pre_start, None, "{empty}");
+        }
+        // What execd reads: upstream's camelCase shape.
+        let hook = PreStart {
+            command: vec!["true".into()],
+            timeout_seconds: 5,
+        }
+        .hook();
+        assert_eq!(
+            serde_json::to_value(crate::wire::lifecycle::Lifecycle {
+                pre_start: Some(hook)
+            })
+            .unwrap(),
+            json!({"preStart": {"command": ["true"], "timeoutSeconds": 5}})
+        );
+    }
+
+    #[test]
+    fn bad_lifecycle_input_names_the_field() {
+        let cases = [
+            (json!({"lifecycle": "sh"}), "lifecycle must be an object"),
+            (
+                json!({"lifecycle": {"postStop": {}}}),
+                "lifecycle.postStop: unknown field",
+            ),
+            (
+                json!({"lifecycle": {"preStart": []}}),
+                "lifecycle.preStart must be an object",
+            ),
+            (json!({"lifecycle": {"preStart": {}}}), "array of strings"),
+            (
+                json!({"lifecycle": {"preStart": {"command": "true"}}}),
+                "array of strings",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": [1]}}}),
+                "array of strings",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": []}}}),
+                "name a program",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": [""]}}}),
+                "name a program",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": ["a\u{0}b"]}}}),
+                "NUL",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": ["true"], "shell": true}}}),
+                "lifecycle.preStart.shell: unknown field",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": ["true"], "timeoutSeconds": 0}}}),
+                "1 to 10800",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": ["true"], "timeoutSeconds": 10801}}}),
+                "1 to 10800",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": ["true"], "timeoutSeconds": "60"}}}),
+                "timeoutSeconds",
+            ),
+            (
+                json!({"lifecycle": {"preStart": {"command": ["true"], "timeoutSeconds": 1.5}}}),
+                "timeoutSeconds",
+            ),
+            (
+                json!({"env": {"OPENSANDBOX_LIFECYCLE": "{}"}}),
+                "OPENSANDBOX_LIFECYCLE",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let e = err(extra.clone());
+            assert!(matches!(e, Error::Invalid(_)), "{extra}: {e:?}");
+            assert!(e.to_string().contains(needle), "{extra}: {e:?} lacks {needle:?}");
+        }
+        let e = err(
+            json!({"lifecycle": {"preStart": {"command": ["true"]}, "periodic": [{"name": "n", "schedule": "@hourly", "command": ["true"]}]}}),
+        );
+        assert!(
+            matches!(&e, Error::UnsupportedField(m) if m.contains("lifecycle.periodic")),
+            "{e:?}"
+        );
     }
 
     #[test]

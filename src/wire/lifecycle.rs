@@ -56,7 +56,9 @@ pub struct CreateSandboxRequest {
     pub volumes: Option<Vec<Volume>>,
     /// Free-form switches; `bootstrap.execd.isolation=enable` asks for isolated sessions.
     pub extensions: Option<BTreeMap<String, String>>,
-    /// Lifecycle hooks (Kubernetes only upstream).
+    /// Lifecycle hooks: `{preStart: {command: [argv], timeoutSeconds?}}`, run by execd before
+    /// the entrypoint (the sandbox is `Pending` meanwhile). Kubernetes only upstream;
+    /// `periodic` hooks are refused.
     #[schema(value_type = Option<Object>)]
     pub lifecycle: Option<serde_json::Value>,
 }
@@ -287,4 +289,37 @@ pub struct LifecycleError {
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
+}
+
+/// The environment variable that carries a sandbox's lifecycle hooks into it, as upstream's
+/// Kubernetes provider sets it: [`Lifecycle`] as JSON. execd runs the `preStart` hook.
+pub const LIFECYCLE_ENV: &str = "OPENSANDBOX_LIFECYCLE";
+
+/// The value of [`LIFECYCLE_ENV`]: upstream's `lifecycle` with its camelCase names
+/// (`{"preStart":{"command":[...],"timeoutSeconds":60}}`). Other fields, such as upstream's
+/// `periodic` hooks (which sandboxd refuses), are ignored, so that execd starts whatever a
+/// newer orchestrator adds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    /// Run before the entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_start: Option<PreStartHook>,
+}
+
+/// `lifecycle.preStart`: a program run without a shell before the entrypoint; the sandbox is
+/// not ready until it exits 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreStartHook {
+    /// argv.
+    pub command: Vec<String>,
+    /// Seconds it may take before it is killed (upstream's default: 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+impl PreStartHook {
+    /// Seconds when the hook names none.
+    pub const DEFAULT_TIMEOUT_SECONDS: u64 = 60;
 }

@@ -75,6 +75,8 @@ pub enum ErrorCode {
     /// The cap on bash sessions or code contexts is reached (HTTP 429): delete some, or wait
     /// for idle ones to be reaped.
     TooManySessions,
+    /// execd is running the sandbox's pre-start hook (`/ping` answers 503 until it is done).
+    Starting,
     /// Anything else.
     Unknown,
 }

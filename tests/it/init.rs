@@ -100,3 +100,129 @@ async fn as_real_pid1_in_a_pid_namespace() {
     .await;
     assert_eq!(zombies.as_deref(), Some("0"));
 }
+
+// The pre-start hook (`OPENSANDBOX_LIFECYCLE`'s `preStart`): it runs before the entrypoint while
+// the API serves, `/ping` says 503 STARTING meanwhile, and a failure ends execd with an
+// account on its stderr.
+
+/// `OPENSANDBOX_LIFECYCLE` with a preStart of `argv` and `timeout` seconds.
+fn lifecycle(argv: &[&str], timeout: u64) -> (String, String) {
+    let hooks = json!({"preStart": {"command": argv, "timeoutSeconds": timeout}});
+    ("OPENSANDBOX_LIFECYCLE".to_owned(), hooks.to_string())
+}
+
+#[tokio::test]
+async fn the_pre_start_hook_runs_before_the_entrypoint_while_ping_says_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (go, done, seen) = (
+        dir.path().join("go"),
+        dir.path().join("done"),
+        dir.path().join("seen"),
+    );
+    // The hook waits for the test's word, so /ping is asked while it certainly runs.
+    let hook = format!(
+        "while [ ! -e {go} ]; do sleep 0.01; done; echo prepared > {done}",
+        go = go.display(),
+        done = done.display()
+    );
+    let entrypoint = format!("cat {} > {}; exec sleep 300", done.display(), seen.display());
+    let mut opts = init(&["sh", "-c", &entrypoint]);
+    opts.env.push(lifecycle(&["sh", "-c", &hook], 60));
+    let agent = Agent::start_with(opts);
+
+    let resp = agent.get("/ping").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"code": "STARTING", "message": "pre-start hook running"})
+    );
+    // The rest of the API serves meanwhile.
+    let events = agent.run(json!({"command": "echo up"})).await;
+    assert_eq!(texts(&events, "stdout"), ["up"]);
+    assert!(!seen.exists(), "the entrypoint waits for the hook");
+
+    std::fs::write(&go, "").unwrap();
+    eventually(10, "/ping to answer 200", async || {
+        (agent.get("/ping").send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    let seen = eventually(10, "the entrypoint to start", async || {
+        std::fs::read_to_string(&seen).ok().filter(|s| !s.is_empty())
+    })
+    .await;
+    assert_eq!(
+        seen, "prepared\n",
+        "the entrypoint ran after the hook had finished"
+    );
+}
+
+/// Runs `execd init` with a hook to its end; returns (exit code, stdout, stderr).
+fn run_to_the_end(hook: &[&str], timeout: u64, entrypoint: &[&str]) -> (Option<i32>, String, String) {
+    let state = tempfile::tempdir().unwrap();
+    let (key, value) = lifecycle(hook, timeout);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_execd"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--state-dir"])
+        .arg(state.path())
+        .args(["init", "--"])
+        .args(entrypoint)
+        .env(key, value)
+        .env("RUST_LOG", "warn")
+        .env_remove("EXECD_ACCESS_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run execd");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_failing_pre_start_hook_ends_execd_with_its_code_and_last_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let touch = format!("touch {}", ran.display());
+    let (code, stdout, stderr) = run_to_the_end(
+        &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"],
+        60,
+        &["sh", "-c", &touch],
+    );
+    assert_eq!(code, Some(3), "stderr: {stderr}");
+    // Its own output reaches the container log as it goes, on the stream it was written to.
+    assert!(stdout.contains("to-stdout"), "{stdout}");
+    // And the account at the end carries it.
+    let account = stderr
+        .lines()
+        .position(|l| l.starts_with("execd: preStart failed (exit 3): "))
+        .unwrap_or_else(|| panic!("no account in {stderr:?}"));
+    let account: Vec<&str> = stderr.lines().skip(account).collect();
+    assert!(account.concat().contains("to-stdout"), "{account:?}");
+    assert!(account.concat().contains("to-stderr"), "{account:?}");
+    assert!(!ran.exists(), "the entrypoint never starts after a failed hook");
+
+    let (code, _, stderr) = run_to_the_end(&["no-such-program-xyz"], 60, &["true"]);
+    assert_eq!(code, Some(127));
+    assert!(
+        stderr.contains("execd: preStart failed: \"no-such-program-xyz\" not found"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_pre_start_hook_that_outlives_its_timeout_is_killed_with_its_group() {
+    let marker = crate::util::marker();
+    // A child of the hook in its process group; it must not outlive the kill.
+    let hook = format!("echo waiting; sleep 300.{marker} & wait");
+    let (code, _, stderr) = run_to_the_end(&["sh", "-c", &hook], 1, &["true"]);
+    assert_eq!(code, Some(124), "{stderr}");
+    assert!(
+        stderr.contains("execd: preStart timed out after 1 s and was killed: waiting"),
+        "{stderr}"
+    );
+    eventually(5, "the hook's processes to be gone", async || {
+        pids_matching(&marker).is_empty().then_some(())
+    })
+    .await;
+}

@@ -19,6 +19,7 @@ mod pty;
 mod replay;
 mod sandboxd;
 mod sandboxd_limits;
+mod sandboxd_startup;
 mod security;
 mod session;
 mod util;

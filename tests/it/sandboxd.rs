@@ -24,7 +24,7 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn agent_binary() -> PathBuf {
+pub(crate) fn agent_binary() -> PathBuf {
     let bin = repo().join("target/x86_64-unknown-linux-musl/release/execd");
     assert!(
         bin.exists(),

@@ -173,10 +173,15 @@ impl From<ProxyError> for ApiError {
             | ProxyError::InvalidPort(_)
             | ProxyError::Uri(_)
             | ProxyError::Loop { .. } => Self::bad_request(e.to_string()),
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => {
-                // The details are for the log; the client learns the port did not answer.
+            ProxyError::Connect { port, .. } | ProxyError::Upstream { port, .. } => {
+                // The details are for the log; the client learns whether anything accepted
+                // the connection (sandboxd's tcpSocket readiness probe goes by that).
                 tracing::debug!(error = %e, "proxy target failed");
-                Self::new(StatusCode::BAD_GATEWAY, ErrorCode::BadGateway, "bad gateway")
+                let message = match e {
+                    ProxyError::Connect { .. } => format!("cannot connect to port {port}"),
+                    _ => format!("port {port} did not answer"),
+                };
+                Self::new(StatusCode::BAD_GATEWAY, ErrorCode::BadGateway, message)
             }
         }
     }

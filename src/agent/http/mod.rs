@@ -139,10 +139,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Liveness.
-#[utoipa::path(get, path = "/ping", responses((status = 200, description = "execd is up")))]
-pub(crate) async fn ping() -> StatusCode {
-    StatusCode::OK
+/// Liveness, and readiness: 503 `STARTING` while init runs the sandbox's pre-start hook.
+#[utoipa::path(get, path = "/ping", responses((status = 200, description = "execd is up"),
+    (status = 503, description = "the pre-start hook is running", body = crate::wire::ErrorBody)))]
+pub(crate) async fn ping(State(state): State<AppState>) -> Response {
+    if state.starting.load(std::sync::atomic::Ordering::Acquire) {
+        // Not an `ApiError`: this 503 is expected, polled, and not worth a warning each time.
+        let body = crate::wire::ErrorBody {
+            code: ErrorCode::Starting,
+            message: "pre-start hook running".into(),
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    StatusCode::OK.into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -34,8 +34,8 @@ use futures_util::{FutureExt as _, StreamExt};
 use sha2::Digest as _;
 
 use super::{
-    Capabilities, Fut, Instance, Mount, Observed, Runtime, RuntimeError, RuntimeKind, SandboxSpec, Target,
-    EXECD_PORT,
+    Capabilities, Fut, Instance, Mount, Observed, Runtime, RuntimeError, RuntimeKind, SandboxSpec, SpecFile,
+    Target, EXECD_PORT,
 };
 use crate::wire::time::format_ms;
 
@@ -423,6 +423,23 @@ impl Docker {
             .id)
     }
 
+    /// Writes `files` into the created (not yet started) container: one tar of regular files
+    /// owned by root, unpacked at `/`.
+    async fn write_files(&self, container: &str, files: &[SpecFile]) -> Result<(), RuntimeError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let tar = files_tar(files, crate::wire::time::now_ms() / 1000).map_err(|e| RuntimeError::Engine {
+            op: "pack the sandbox's files",
+            message: e.to_string(),
+        })?;
+        let options = UploadToContainerOptionsBuilder::default().path("/").build();
+        self.api
+            .upload_to_container(container, Some(options), bollard::body_full(tar))
+            .await
+            .map_err(|e| classify("write the sandbox's files", e))
+    }
+
     /// Starts the container and reads its published ports (none when it has already exited).
     async fn start_container(&self, container: &str) -> Result<Ports, RuntimeError> {
         self.api
@@ -489,12 +506,17 @@ impl Runtime for Docker {
         self.api.client_version().to_string()
     }
 
-    fn create(&self, spec: SandboxSpec) -> Fut<'_, Instance> {
+    fn create(&self, mut spec: SandboxSpec) -> Fut<'_, Instance> {
         async move {
             self.ensure_image(&spec.image).await?;
             let agent = self.ensure_agent(&spec.image).await?;
+            let files = std::mem::take(&mut spec.files);
             let container = self.create_container(spec, &agent).await?;
-            match self.start_container(&container).await {
+            let started = async {
+                self.write_files(&container, &files).await?;
+                self.start_container(&container).await
+            };
+            match started.await {
                 Ok(ports) => Ok(ports.instance(container)),
                 Err(e) => {
                     if let Err(removal) = self.remove_container(&container).await {
@@ -679,6 +701,24 @@ fn exit_code_of_status(status: &str) -> Option<i64> {
     rest[..rest.find(')')?].parse().ok()
 }
 
+/// A tar of `files` (paths made relative to `/`), each owned by root with its mode. It has
+/// no directory entries: the engine creates missing parents (0755, root) and leaves existing
+/// ones alone, where an entry for, say, `tmp/` would reset `/tmp`'s mode and owner.
+fn files_tar(files: &[SpecFile], mtime: i64) -> std::io::Result<Bytes> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for file in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(file.mode & 0o7777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(mtime.max(0) as u64);
+        h.set_size(file.content.len() as u64);
+        tar.append_data(&mut h, file.path.trim_start_matches('/'), &file.content[..])?;
+    }
+    Ok(Bytes::from(tar.into_inner()?))
+}
+
 /// A tar holding `execd` (mode 0755).
 fn agent_tar(binary: &[u8]) -> anyhow::Result<Bytes> {
     let mut tar = tar::Builder::new(Vec::with_capacity(binary.len() + 4096));
@@ -771,6 +811,52 @@ mod tests {
                 ..instance.clone()
             }),
             Ports::default()
+        );
+    }
+
+    #[test]
+    fn files_are_packed_relative_to_root_with_mode_and_root_owner_and_no_directories() {
+        let files = [
+            SpecFile {
+                path: "/etc/app/config.toml".into(),
+                content: b"a = 1\n".to_vec(),
+                mode: 0o600,
+            },
+            SpecFile {
+                path: format!("/opt/{}/run.sh", "d".repeat(120)),
+                content: b"#!/bin/sh\n".to_vec(),
+                mode: 0o100755,
+            },
+        ];
+        let tar = files_tar(&files, 1_700_000_000).unwrap();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let entries: Vec<(String, u32, u64, Vec<u8>)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                assert_eq!(e.header().entry_type(), tar::EntryType::Regular);
+                let mut content = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut content).unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().mode().unwrap(),
+                    e.header().uid().unwrap(),
+                    content,
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("etc/app/config.toml".to_owned(), 0o600, 0, b"a = 1\n".to_vec()),
+                (
+                    format!("opt/{}/run.sh", "d".repeat(120)),
+                    0o755,
+                    0,
+                    b"#!/bin/sh\n".to_vec()
+                ),
+            ]
         );
     }
 

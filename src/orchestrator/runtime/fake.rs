@@ -1,6 +1,7 @@
 //! An in-memory runtime for unit tests of the service: sandboxes are map entries, failures are
-//! scripted per operation ("`pause` fails twice with `Transient`"), and execd's `/ping` is
-//! served for real over loopback HTTP, so readiness goes through the real execd client.
+//! scripted per operation ("`pause` fails twice with `Transient`"), and execd's `/ping`,
+//! `/command` and port proxy are served for real over loopback HTTP (answering as each
+//! sandbox is scripted to), so readiness and its probes go through the real execd client.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -8,10 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 
-use super::{Capabilities, Fut, Instance, Observed, Runtime, RuntimeError, RuntimeKind, SandboxSpec, Target};
+use super::{
+    Capabilities, Fut, Instance, Observed, Runtime, RuntimeError, RuntimeKind, SandboxSpec, Target,
+    EXECD_PORT,
+};
 
 /// The application port that is not execd's.
 const HTTP_PORT: u16 = 8080;
@@ -43,6 +48,9 @@ pub enum Behaviour {
     Silent,
     /// Exits at once with this code (no published port).
     Exits(i64),
+    /// Runs, and execd answers `/ping` with 503 `STARTING` (a pre-start hook runs) until
+    /// [`FakeRuntime::finish_pre_start`].
+    Starting,
 }
 
 /// One sandbox the fake holds.
@@ -54,6 +62,13 @@ pub struct FakeSandbox {
     pub observed: Observed,
     /// Whether its execd answers `/ping` with 200.
     pub answers: bool,
+    /// Whether its execd answers `/ping` with 503 `STARTING`.
+    pub starting: bool,
+    /// Whether its application is ready: probe commands exit 0 and ports answer 200
+    /// (otherwise commands exit 1 and nothing accepts connections).
+    pub app_ready: bool,
+    /// What `logs` returns, when scripted.
+    pub logs: Option<String>,
 }
 
 #[derive(Default)]
@@ -62,6 +77,8 @@ struct Inner {
     sandboxes: BTreeMap<String, FakeSandbox>,
     failures: HashMap<Op, VecDeque<RuntimeError>>,
     behaviour: Behaviour,
+    /// What `logs` returns for sandboxes without their own.
+    logs: Option<String>,
     calls: Vec<Op>,
     next: u64,
 }
@@ -79,6 +96,10 @@ impl FakeRuntime {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = axum::Router::new()
             .route("/{reference}/ping", axum::routing::get(ping))
+            .route("/{reference}/command", axum::routing::post(command))
+            .route("/{reference}/proxy/{port}", axum::routing::get(proxied))
+            .route("/{reference}/proxy/{port}/", axum::routing::get(proxied))
+            .route("/{reference}/proxy/{port}/{*rest}", axum::routing::get(proxied))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -120,6 +141,39 @@ impl FakeRuntime {
         }
     }
 
+    /// Changes the sandbox with id `id` in place (as its processes would).
+    fn with_sandbox(&self, id: &str, change: impl Fn(&mut FakeSandbox)) {
+        let mut inner = self.lock();
+        for s in inner.sandboxes.values_mut() {
+            if s.spec.id == id {
+                change(s);
+            }
+        }
+    }
+
+    /// The pre-start hook of sandbox `id` succeeded: `/ping` answers 200 from now on.
+    pub fn finish_pre_start(&self, id: &str) {
+        self.with_sandbox(id, |s| {
+            s.starting = false;
+            s.answers = true;
+        });
+    }
+
+    /// Whether the application of sandbox `id` passes readiness probes.
+    pub fn set_app_ready(&self, id: &str, ready: bool) {
+        self.with_sandbox(id, |s| s.app_ready = ready);
+    }
+
+    /// What `logs` returns for every sandbox without logs of its own (`set_logs`).
+    pub fn set_default_logs(&self, logs: &str) {
+        self.lock().logs = Some(logs.to_owned());
+    }
+
+    /// What `logs` returns for sandbox `id`.
+    pub fn set_logs(&self, id: &str, logs: &str) {
+        self.with_sandbox(id, |s| s.logs = Some(logs.to_owned()));
+    }
+
     /// Adds a sandbox labelled `id` that sandboxd did not create through this fake (as found
     /// in the runtime at start-up); returns its instance.
     pub fn plant(&self, id: &str, observed: Observed) -> Instance {
@@ -143,6 +197,9 @@ impl FakeRuntime {
                 },
                 observed,
                 answers: true,
+                starting: false,
+                app_ready: false,
+                logs: None,
             },
         );
         instance(reference)
@@ -172,11 +229,59 @@ fn instance(reference: String) -> Instance {
     }
 }
 
-async fn ping(State(inner): State<Arc<Mutex<Inner>>>, Path(reference): Path<String>) -> StatusCode {
+/// The sandbox behind `reference`, if it runs.
+fn running(inner: &Mutex<Inner>, reference: &str) -> Option<FakeSandbox> {
     let inner = inner.lock().unwrap_or_else(|e| e.into_inner());
-    match inner.sandboxes.get(&reference) {
-        Some(s) if s.answers && s.observed == Observed::Running => StatusCode::OK,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
+    inner
+        .sandboxes
+        .get(reference)
+        .filter(|s| s.observed == Observed::Running)
+        .cloned()
+}
+
+async fn ping(State(inner): State<Arc<Mutex<Inner>>>, Path(reference): Path<String>) -> Response {
+    match running(&inner, &reference) {
+        Some(s) if s.starting => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"code": "STARTING", "message": "pre-start hook running"})),
+        )
+            .into_response(),
+        Some(s) if s.answers => StatusCode::OK.into_response(),
+        _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// `POST /command`: completes when the application is ready, else prints and exits 1.
+async fn command(State(inner): State<Arc<Mutex<Inner>>>, Path(reference): Path<String>) -> Response {
+    let Some(s) = running(&inner, &reference) else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let body = if s.app_ready {
+        "data: {\"type\":\"execution_complete\",\"timestamp\":1}\n\n".to_owned()
+    } else {
+        "data: {\"type\":\"stderr\",\"text\":\"not ready\",\"timestamp\":1}\n\n\
+         data: {\"type\":\"error\",\"timestamp\":2,\"error\":{\"ename\":\"CommandExecError\",\"evalue\":\"1\",\"traceback\":[]}}\n\n"
+            .to_owned()
+    };
+    ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+}
+
+/// `/proxy/{port}/...`: 200 when the application is ready, else execd's answer for a port
+/// nothing listens on.
+async fn proxied(State(inner): State<Arc<Mutex<Inner>>>, Path(params): Path<Vec<String>>) -> Response {
+    let (Some(reference), Some(port)) = (params.first(), params.get(1)) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    match running(&inner, reference) {
+        Some(s) if s.app_ready => StatusCode::OK.into_response(),
+        Some(_) => (
+            StatusCode::BAD_GATEWAY,
+            axum::Json(
+                serde_json::json!({"code": "BAD_GATEWAY", "message": format!("cannot connect to port {port}")}),
+            ),
+        )
+            .into_response(),
+        None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }
 
@@ -204,7 +309,7 @@ impl Runtime for FakeRuntime {
             let reference = format!("fake-{}", inner.next);
             let (observed, answers) = match inner.behaviour {
                 Behaviour::Healthy => (Observed::Running, true),
-                Behaviour::Silent => (Observed::Running, false),
+                Behaviour::Silent | Behaviour::Starting => (Observed::Running, false),
                 Behaviour::Exits(code) => (
                     Observed::Exited {
                         code: Some(code),
@@ -214,12 +319,16 @@ impl Runtime for FakeRuntime {
                     false,
                 ),
             };
+            let starting = inner.behaviour == Behaviour::Starting;
             inner.sandboxes.insert(
                 reference.clone(),
                 FakeSandbox {
                     spec,
                     observed,
                     answers,
+                    starting,
+                    app_ready: false,
+                    logs: None,
                 },
             );
             Ok(instance(reference))
@@ -301,7 +410,16 @@ impl Runtime for FakeRuntime {
     }
 
     fn logs<'a>(&'a self, instance: &'a Instance, _tail: usize, _since: Option<i64>) -> Fut<'a, String> {
-        async move { Ok(format!("output of {}\n", instance.reference)) }.boxed()
+        async move {
+            let inner = self.lock();
+            let scripted = inner
+                .sandboxes
+                .get(&instance.reference)
+                .and_then(|s| s.logs.clone())
+                .or_else(|| inner.logs.clone());
+            Ok(scripted.unwrap_or_else(|| format!("output of {}\n", instance.reference)))
+        }
+        .boxed()
     }
 
     fn tidy(&self) -> BoxFuture<'_, ()> {
@@ -314,10 +432,15 @@ impl Runtime for FakeRuntime {
         if matches!(s.observed, Observed::Exited { .. } | Observed::Gone) {
             return None;
         }
+        // As Docker's: execd's port itself, other ports through its proxy.
+        let prefix = match port {
+            EXECD_PORT | HTTP_PORT => format!("/{}", instance.reference),
+            other => format!("/{}/proxy/{other}", instance.reference),
+        };
         Some(Target {
             dial: self.ping,
             public: self.ping.to_string(),
-            prefix: format!("/{}", instance.reference),
+            prefix,
             execd: port != HTTP_PORT,
         })
     }

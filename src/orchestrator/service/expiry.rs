@@ -57,6 +57,7 @@ impl Service {
         if record.expires_at.is_none_or(|t| t > now_ms()) {
             return true;
         }
+        self.startups.cancel(id);
         if let Some(instance) = &record.instance {
             if let Err(e) = self.runtime.remove(instance).await {
                 tracing::error!(sandbox = id, error = %e, "cannot remove expired sandbox; retrying");

@@ -9,12 +9,15 @@
 //! - `expiry`: deletes sandboxes when they expire.
 //! - `reconcile`: start-up recovery against the runtime.
 //! - `templates`: versioned templates, and a create request made from one.
+//! - `startup`: the tasks that follow a sandbox with a pre-start hook or a readiness probe
+//!   from `Pending` to `Running` or `Failed`.
 
 mod diagnostics;
 mod expiry;
 mod pause;
 mod reconcile;
 mod sandboxes;
+mod startup;
 mod template_import;
 mod templates;
 #[cfg(test)]
@@ -70,6 +73,8 @@ pub struct Service {
     server_endpoint: OnceLock<String>,
     /// Wakes the expiry task when an expiry changes.
     expiry_changed: Notify,
+    /// The tasks following sandboxes through their pre-start hooks and readiness probes.
+    startups: startup::Startups,
 }
 
 impl Service {
@@ -88,6 +93,7 @@ impl Service {
             settings,
             server_endpoint: OnceLock::new(),
             expiry_changed: Notify::new(),
+            startups: startup::Startups::default(),
         }
     }
 

@@ -8,7 +8,7 @@ use super::sandboxes::status;
 use super::Service;
 use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::{Conflict, Error};
-use crate::orchestrator::runtime::{Instance, RuntimeError};
+use crate::orchestrator::runtime::{Instance, Observed, RuntimeError};
 use crate::orchestrator::store::{Phase, Record};
 use crate::wire::time::now_ms;
 
@@ -122,8 +122,9 @@ impl Service {
     ) -> Result<(Record, Instance), Error> {
         let record = self.owned(id, caller).await?;
         let instance = match (&record.instance, record.phase) {
-            (Some(i), Phase::Ready | Phase::Paused) => i.clone(),
-            _ => return Err(way.refused(id, "Pending".into())),
+            (Some(i), Phase::Ready | Phase::Paused) if record.failure.is_none() => i.clone(),
+            // Starting, or failed to start: the record alone says so.
+            _ => return Err(way.refused(id, status(&record, &Observed::Running).state)),
         };
         let observed = self.runtime.observe(&instance).await?;
         let state = status(&record, &observed).state;

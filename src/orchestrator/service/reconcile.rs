@@ -1,15 +1,19 @@
 //! Start-up recovery: the store holds what sandboxd meant, the runtime what exists. Adopts
 //! sandboxes that still run, forgets records whose sandbox is gone, removes expired and
-//! half-created ones and sandboxes of this instance that have no record at all. A row this
+//! half-created ones and sandboxes of this instance that have no record at all. A sandbox
+//! that was past create but still in its pre-start hook or readiness probe has lost the task
+//! that followed it: it is adopted and marked failed (`STARTUP_INTERRUPTED`), kept for its
+//! owner to inspect and delete, since its creator already holds its id. A row this
 //! build cannot read, or a sandbox in a state it does not know, is logged and left alone:
 //! nothing is deleted that was not positively classified as sandboxd's own and dead.
 
 use std::collections::BTreeSet;
 
+use super::startup::STARTUP_INTERRUPTED;
 use super::Service;
 use crate::orchestrator::error::Error;
 use crate::orchestrator::runtime::Observed;
-use crate::orchestrator::store::Phase;
+use crate::orchestrator::store::{Failure, Phase};
 use crate::wire::time::now_ms;
 
 /// What one reconciliation did.
@@ -85,7 +89,19 @@ impl Service {
                     }
                 }
             } else {
-                self.note_observed(&record, observed).await;
+                let interrupted =
+                    matches!(record.phase, Phase::PreStart | Phase::Probing) && record.failure.is_none();
+                if interrupted {
+                    let failure = Failure {
+                        reason: STARTUP_INTERRUPTED.into(),
+                        message: "sandboxd restarted before the sandbox's preStart hook or readiness probe \
+                                  finished, so whether it is ready is unknown; delete it and create it again"
+                            .into(),
+                    };
+                    self.fail_startup(&record.id, failure).await;
+                } else {
+                    self.note_observed(&record, observed).await;
+                }
                 done.adopted += 1;
             }
         }

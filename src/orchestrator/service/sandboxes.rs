@@ -6,8 +6,10 @@
 //! sandboxd's back shows up as `Failed`/`Terminated` at once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::startup::{Gate, Started};
 use super::Service;
 use crate::auth::TOKEN_HEADER;
 use crate::orchestrator::auth::{Principal, Role};
@@ -16,10 +18,10 @@ use crate::orchestrator::error::{Conflict, Error};
 use crate::orchestrator::execd_client::Ping;
 use crate::orchestrator::runtime::{Instance, Observed, Resources, SandboxSpec, Target, EXECD_PORT};
 use crate::orchestrator::spec::{self, Plan};
-use crate::orchestrator::store::{Phase, Record};
+use crate::orchestrator::store::{Failure, Phase, Record, TemplateRef};
 use crate::wire::lifecycle::{
-    CreateSandboxRequest, CreateSandboxResponse, Endpoint, ImageSpec, ListSandboxesResponse, Pagination,
-    RenewExpiration, Sandbox, SandboxStatus,
+    CreateSandboxRequest, CreateSandboxResponse, Endpoint, ImageSpec, Lifecycle, ListSandboxesResponse,
+    Pagination, RenewExpiration, Sandbox, SandboxStatus, LIFECYCLE_ENV,
 };
 use crate::wire::time::{format_ms, now_ms, parse_ms};
 
@@ -45,11 +47,25 @@ pub struct ListFilter {
     pub business_domain: Option<String>,
 }
 
+/// How far a create got before it answered.
+enum Provisioned {
+    /// execd, at `execd`, answered `/ping`: with 200, or (gated creates) with 503 `STARTING`.
+    Answered {
+        /// What it answered.
+        ping: Ping,
+        /// Where it is.
+        execd: Target,
+    },
+    /// The sandbox ended during its pre-start hook before execd was seen answering.
+    Failed(Failure),
+}
+
 impl Service {
     /// `POST /sandboxes`: validates, has the runtime create and start the sandbox with execd
     /// injected, and returns once execd answers `/ping`. On any failure nothing is left behind.
+    /// With a pre-start hook, see [`Service::create_from_plan`].
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         req: CreateSandboxRequest,
         caller: &Principal,
         business_domain: Option<String>,
@@ -59,6 +75,25 @@ impl Service {
         if let Some(t) = &template {
             t.apply(&mut plan);
         }
+        let template = template.map(|t| t.reference);
+        self.create_from_plan(plan, template, caller, business_domain)
+            .await
+    }
+
+    /// Creates a sandbox from a validated plan (a template adds files, a pre-start hook and a
+    /// readiness probe to it), recording the template version it came from. Without hook or
+    /// probe it returns `Running` once execd answers `/ping`. With either, it returns
+    /// `Pending` as soon as execd answers at all (200, or 503 `STARTING` while the hook runs),
+    /// and a startup task takes the sandbox on to `Running`, or to `Failed` with the reason
+    /// recorded (`startup`); a hook that has already failed by then is recorded at once. A
+    /// failure before that leaves nothing behind.
+    pub async fn create_from_plan(
+        self: &Arc<Self>,
+        plan: Plan,
+        template: Option<TemplateRef>,
+        caller: &Principal,
+        business_domain: Option<String>,
+    ) -> Result<CreateSandboxResponse, Error> {
         if caller.role != Role::Admin {
             let limit = self.settings.max_sandboxes_per_user;
             if self.store.count_owned(&caller.id).await? >= limit {
@@ -89,15 +124,24 @@ impl Service {
             transition_at: now,
             owner: caller.id.clone(),
             business_domain,
-            template: template.map(|t| t.reference),
+            template,
             failure: None,
         };
         self.store.insert(&record).await?;
         self.event(&record.id, &format!("create requested: image {}", plan.image))
             .await;
-        match self.provision(&mut record, plan).await {
-            Ok(()) => {
-                record.phase = Phase::Ready;
+        let gate = Gate::of(&plan);
+        match self.provision(&mut record, plan, gate.is_some()).await {
+            Ok(provisioned) => {
+                let (phase, failure, execd) = match (&gate, provisioned) {
+                    (_, Provisioned::Failed(failure)) => (Phase::PreStart, Some(failure), None),
+                    (None, Provisioned::Answered { execd, .. }) => (Phase::Ready, None, Some(execd)),
+                    (Some(gate), Provisioned::Answered { ping, execd }) => {
+                        (gate.phase(ping), None, Some(execd))
+                    }
+                };
+                record.phase = phase;
+                record.failure = failure.clone();
                 record.transition_at = now_ms();
                 if !self.store.update(&record).await? {
                     // Deleted while it was starting.
@@ -105,9 +149,25 @@ impl Service {
                     return Err(Error::Conflict(Conflict::DeletedWhileStarting(record.id)));
                 }
                 let ms = started.elapsed().as_millis();
-                self.event(&record.id, &format!("running: execd answered after {ms} ms"))
+                self.event(&record.id, &started_event(phase, failure.as_ref(), ms))
                     .await;
-                tracing::info!(sandbox = %record.id, image = %record.image, ms, "sandbox running");
+                if phase == Phase::Ready {
+                    tracing::info!(sandbox = %record.id, image = %record.image, ms, "sandbox running");
+                } else {
+                    tracing::info!(sandbox = %record.id, image = %record.image, ms, ?phase, "sandbox pending");
+                }
+                if let (Some(gate), Some(instance), Some(execd)) = (gate, &record.instance, execd) {
+                    if phase != Phase::Ready {
+                        let sandbox = Started {
+                            id: record.id.clone(),
+                            instance: instance.clone(),
+                            execd,
+                            token: record.token.clone(),
+                            since: started,
+                        };
+                        self.follow_startup(sandbox, gate, phase);
+                    }
+                }
                 self.expiry_changed.notify_one();
                 Ok(CreateSandboxResponse {
                     id: record.id.clone(),
@@ -144,7 +204,9 @@ impl Service {
         }
     }
 
-    async fn provision(&self, record: &mut Record, plan: Plan) -> Result<(), Error> {
+    /// Creates and starts the sandbox and waits for its execd: until `/ping` answers 200, or
+    /// when `gated` (a pre-start hook or readiness probe follows), until it answers at all.
+    async fn provision(&self, record: &mut Record, plan: Plan, gated: bool) -> Result<Provisioned, Error> {
         let mut env = plan.env;
         // The 1.1.1 code interpreter probes `/dev/tcp/127.0.0.1/${JUPYTER_PORT:-44771}` before
         // it declares itself ready; execd is the code plane here, so point it at execd.
@@ -158,6 +220,14 @@ impl Service {
             .or_insert_with(|| "/tmp/opensandbox/.env".into());
         env.insert("OPENSANDBOX_ID".into(), record.id.clone());
         env.insert("EXECD_ACCESS_TOKEN".into(), record.token.clone());
+        if let Some(pre_start) = &plan.pre_start {
+            let hooks = Lifecycle {
+                pre_start: Some(pre_start.hook()),
+            };
+            let json = serde_json::to_string(&hooks)
+                .map_err(|e| Error::Internal(format!("cannot encode {LIFECYCLE_ENV}: {e}")))?;
+            env.insert(LIFECYCLE_ENV.into(), json);
+        }
         let resources = Resources {
             pids: match plan.resources.pids {
                 0 => self.settings.pids_limit,
@@ -182,16 +252,29 @@ impl Service {
         record.instance = Some(instance.clone());
         self.store.update(record).await?;
         let created = t.elapsed();
-        let Some(target) = self.runtime.target(&instance, EXECD_PORT) else {
+        let answered = match self.runtime.target(&instance, EXECD_PORT) {
+            Some(target) => self
+                .wait_ready(&instance, &target, &record.token, gated)
+                .await
+                .map(|ping| (ping, target)),
             // An exited container has no published ports: say why it exited.
-            return Err(self
+            None => Err(self
                 .exit_error(&instance)
                 .await?
-                .unwrap_or_else(|| Error::StartFailed("the runtime published no port for execd".into())));
+                .unwrap_or_else(|| Error::StartFailed("the runtime published no port for execd".into()))),
         };
-        self.wait_ready(&instance, &target, &record.token).await?;
+        let (ping, execd) = match answered {
+            Ok(answered) => answered,
+            // A hook that failed fast ends the sandbox before execd is seen answering; that is
+            // the sandbox's failure to record, not the create's.
+            Err(e) if gated => match self.pre_start_account(&instance).await {
+                Some(failure) => return Ok(Provisioned::Failed(failure)),
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         tracing::debug!(sandbox = %record.id, ?created, ready = ?t.elapsed(), "provisioned");
-        Ok(())
+        Ok(Provisioned::Answered { ping, execd })
     }
 
     /// When the sandbox has already ended: an error with its exit code and last output.
@@ -220,14 +303,23 @@ impl Service {
             .unwrap_or_default()
     }
 
-    /// Polls execd's `/ping` until it answers 200, the sandbox dies, or the deadline passes.
-    async fn wait_ready(&self, instance: &Instance, target: &Target, token: &str) -> Result<(), Error> {
+    /// Polls execd's `/ping` until it answers 200 (or, when `gated`, 503 `STARTING` too), the
+    /// sandbox dies, or the deadline passes. Returns the answer.
+    async fn wait_ready(
+        &self,
+        instance: &Instance,
+        target: &Target,
+        token: &str,
+        gated: bool,
+    ) -> Result<Ping, Error> {
         let deadline = Instant::now() + self.settings.ready_timeout;
         let mut pause = Duration::from_millis(1);
         let mut attempts = 0u32;
         loop {
-            if self.execd.ping(target, token).await == Ping::Ready {
-                return Ok(());
+            match self.execd.ping(target, token).await {
+                Ping::Ready => return Ok(Ping::Ready),
+                Ping::Starting if gated => return Ok(Ping::Starting),
+                Ping::Starting | Ping::NotYet => {}
             }
             attempts += 1;
             if attempts.is_multiple_of(PINGS_PER_LOOK) {
@@ -270,7 +362,9 @@ impl Service {
     /// Also records, once, that a sandbox sandboxd made has stopped (its entrypoint or execd
     /// died, it was OOM-killed or removed behind sandboxd's back), so that its events say so.
     pub(super) async fn note_observed(&self, record: &Record, observed: &Observed) {
-        if record.phase != Phase::Pending && matches!(observed, Observed::Exited { .. } | Observed::Gone) {
+        // Sandboxes still starting are their startup task's to account for.
+        let started = matches!(record.phase, Phase::Ready | Phase::Paused);
+        if started && matches!(observed, Observed::Exited { .. } | Observed::Gone) {
             self.note_stopped(record, observed).await;
         }
         let paused = *observed == Observed::Paused;
@@ -376,6 +470,7 @@ impl Service {
     /// `DELETE /sandboxes/{id}`: kills and removes the sandbox, forgets it.
     pub async fn delete(&self, id: &str, caller: &Principal) -> Result<(), Error> {
         let record = self.owned(id, caller).await?;
+        self.startups.cancel(id);
         if let Some(instance) = &record.instance {
             self.runtime.remove(instance).await?;
         }
@@ -520,7 +615,8 @@ impl Service {
             })
         };
         let target = match record.phase {
-            Phase::Pending => Err(not_running("Pending")),
+            _ if record.failure.is_some() => Err(not_running("Failed")),
+            Phase::Pending | Phase::PreStart | Phase::Probing => Err(not_running("Pending")),
             Phase::Paused => Err(not_running("Paused")),
             Phase::Ready => self.target(&record, port),
         };
@@ -545,6 +641,16 @@ impl Service {
                 state,
             })
         })
+    }
+}
+
+/// The event of a create that has answered.
+fn started_event(phase: Phase, failure: Option<&Failure>, ms: u128) -> String {
+    match (phase, failure) {
+        (_, Some(f)) => format!("failed ({}): {}", f.reason, f.message),
+        (Phase::PreStart, None) => format!("pending: execd answered after {ms} ms; the preStart hook runs"),
+        (Phase::Probing, None) => format!("pending: execd answered after {ms} ms; the readiness probe runs"),
+        _ => format!("running: execd answered after {ms} ms"),
     }
 }
 
@@ -582,7 +688,8 @@ pub(super) fn view(record: &Record, observed: &Observed) -> Sandbox {
 }
 
 /// The runtime's state → the contract's sandbox state. The reasons keep the names clients
-/// already see (`CONTAINER_*`).
+/// already see (`CONTAINER_*`). A failure sandboxd recorded (a pre-start hook or readiness
+/// probe that failed) and a startup still in progress come from the record.
 pub(super) fn status(record: &Record, observed: &Observed) -> SandboxStatus {
     let at = Some(format_ms(record.transition_at));
     let s = |state: &str, reason: &str, message: Option<String>| SandboxStatus {
@@ -591,8 +698,14 @@ pub(super) fn status(record: &Record, observed: &Observed) -> SandboxStatus {
         message,
         last_transition_at: at.clone(),
     };
-    if record.phase == Phase::Pending {
-        return s("Pending", "SANDBOX_STARTING", None);
+    if let Some(failure) = &record.failure {
+        return s("Failed", &failure.reason, Some(failure.message.clone()));
+    }
+    match record.phase {
+        Phase::Pending => return s("Pending", "SANDBOX_STARTING", None),
+        Phase::PreStart => return s("Pending", "PRE_START_RUNNING", None),
+        Phase::Probing => return s("Pending", "READINESS_PROBE", None),
+        Phase::Ready | Phase::Paused => {}
     }
     match observed {
         Observed::Running => s("Running", "CONTAINER_RUNNING", None),

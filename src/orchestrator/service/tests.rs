@@ -765,3 +765,349 @@ async fn the_sweep_removes_sandboxes_without_a_record_and_nothing_else() {
     assert_eq!(rig.service.sweep_orphans().await.unwrap(), 0);
     assert!(rig.service.get(&kept, &root()).await.is_ok());
 }
+
+// Startup gates: a pre-start hook and a readiness probe make create answer `Pending` at once;
+// a startup task takes the sandbox on to `Running` or records why it failed.
+
+use crate::orchestrator::spec::Plan;
+use crate::wire::templates::{ExecProbe, HttpGetProbe, ReadinessProbe, TcpProbe};
+
+/// A plan with a pre-start hook (when `pre_start`) and `readiness`.
+fn gated_plan(pre_start: bool, readiness: Option<ReadinessProbe>) -> Plan {
+    let mut body = serde_json::json!({
+        "image": {"uri": "busybox"},
+        "entrypoint": ["sleep", "infinity"],
+        "timeout": 600,
+    });
+    if pre_start {
+        body["lifecycle"] =
+            serde_json::json!({"preStart": {"command": ["sh", "-c", "touch /ready"], "timeoutSeconds": 30}});
+    }
+    let req: CreateSandboxRequest = serde_json::from_value(body).unwrap();
+    let limits = crate::orchestrator::spec::Limits {
+        max_timeout: 86_400,
+        allowed_host_paths: Vec::new(),
+    };
+    Plan {
+        readiness,
+        ..crate::orchestrator::spec::plan(req, &limits).unwrap()
+    }
+}
+
+/// A probe tried every second that fails the sandbox after `threshold` failures.
+fn probe(threshold: u64) -> ReadinessProbe {
+    ReadinessProbe {
+        period_seconds: Some(1),
+        failure_threshold: Some(threshold),
+        ..Default::default()
+    }
+}
+
+impl Rig {
+    /// `(state, reason, message)` of sandbox `id` as `GET` shows it.
+    async fn status_of(&self, id: &str) -> (String, String, String) {
+        let s = self.service.get(id, &root()).await.unwrap().status;
+        (
+            s.state,
+            s.reason.unwrap_or_default(),
+            s.message.unwrap_or_default(),
+        )
+    }
+
+    /// Waits until `GET` shows sandbox `id` in `state` with `reason`; returns the message.
+    async fn until_status(&self, id: &str, state: &str, reason: &str) -> String {
+        eventually(&format!("{id} is {state} ({reason})"), || async {
+            let (s, r, _) = self.status_of(id).await;
+            s == state && r == reason
+        })
+        .await;
+        self.status_of(id).await.2
+    }
+
+    async fn events_of(&self, id: &str) -> Vec<String> {
+        let events = self.service.store.events(id).await.unwrap();
+        events.into_iter().map(|e| e.message).collect()
+    }
+}
+
+#[tokio::test]
+async fn a_pre_start_sandbox_is_pending_at_once_and_running_when_its_hook_finishes() {
+    let rig = rig().await;
+    rig.fake.behave(Behaviour::Starting);
+    let created = rig
+        .service
+        .create_from_plan(gated_plan(true, None), None, &root(), None)
+        .await
+        .unwrap();
+    // Create did not wait for the hook, which has not finished.
+    assert_eq!(created.status.state, "Pending");
+    assert_eq!(created.status.reason.as_deref(), Some("PRE_START_RUNNING"));
+    let id = created.id;
+    let spec = rig.fake.sandboxes().into_values().next().unwrap().spec;
+    let lifecycle: serde_json::Value = serde_json::from_str(&spec.env["OPENSANDBOX_LIFECYCLE"]).unwrap();
+    assert_eq!(
+        lifecycle,
+        serde_json::json!({"preStart": {"command": ["sh", "-c", "touch /ready"], "timeoutSeconds": 30}})
+    );
+    assert_eq!(
+        rig.status_of(&id).await,
+        ("Pending".into(), "PRE_START_RUNNING".into(), String::new())
+    );
+    // Not Running yet: neither the server proxy nor pause will touch it.
+    let route = rig.service.proxy_target(&id, 44772).await.unwrap();
+    assert!(
+        matches!(route.target, Err(Error::Conflict(Conflict::NotRunning { ref state, .. })) if state == "Pending")
+    );
+    assert!(matches!(
+        rig.service.pause(&id, &root()).await,
+        Err(Error::Conflict(_))
+    ));
+
+    rig.fake.finish_pre_start(&id);
+    rig.until_status(&id, "Running", "CONTAINER_RUNNING").await;
+    assert!(rig.service.proxy_target(&id, 44772).await.unwrap().target.is_ok());
+    let events = rig.events_of(&id).await;
+    for needle in [
+        "the preStart hook runs",
+        "preStart finished",
+        "running: ready after",
+    ] {
+        assert!(events.iter().any(|e| e.contains(needle)), "{needle}: {events:?}");
+    }
+    assert_eq!(rig.service.startups.running(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_failed_pre_start_is_recorded_with_execds_account_and_the_sandbox_kept() {
+    let rig = rig().await;
+    rig.fake.behave(Behaviour::Starting);
+    let id = rig
+        .service
+        .create_from_plan(gated_plan(true, None), None, &root(), None)
+        .await
+        .unwrap()
+        .id;
+    // execd writes its account and exits with the hook's code.
+    rig.fake.set_logs(
+        &id,
+        "listening on 0.0.0.0:44772\nstep 1\nexecd: preStart failed (exit 3): step 1\ncannot fetch the model\n",
+    );
+    rig.fake.set_observed(
+        &id,
+        Observed::Exited {
+            code: Some(3),
+            oom: false,
+            message: None,
+        },
+    );
+    let message = rig.until_status(&id, "Failed", "PRE_START_FAILED").await;
+    assert_eq!(
+        message,
+        "preStart failed (exit 3): step 1\ncannot fetch the model"
+    );
+    // Kept for inspection: the record, the container, and the list shows the same.
+    assert_eq!(rig.ids().await, [id.as_str()]);
+    assert_eq!(rig.live_ids(), [id.as_str()]);
+    let filter = ListFilter {
+        states: vec!["failed".into()],
+        page: 1,
+        page_size: 10,
+        ..Default::default()
+    };
+    let listed = rig.service.list(filter, &root()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].status.reason.as_deref(), Some("PRE_START_FAILED"));
+    let events = rig.events_of(&id).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("failed (PRE_START_FAILED): preStart failed (exit 3)")),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.starts_with("stopped (")),
+        "one account of the failure: {events:?}"
+    );
+    // Deleting it removes both.
+    rig.service.delete(&id, &root()).await.unwrap();
+    rig.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn a_hook_that_fails_before_execd_is_seen_is_recorded_by_create_itself() {
+    let rig = rig().await;
+    rig.fake.behave(Behaviour::Exits(3));
+    rig.fake
+        .set_default_logs("listening on 0.0.0.0:44772\nexecd: preStart failed (exit 3): no network\n");
+    let created = rig
+        .service
+        .create_from_plan(gated_plan(true, None), None, &root(), None)
+        .await
+        .unwrap();
+    assert_eq!(created.status.state, "Failed");
+    assert_eq!(created.status.reason.as_deref(), Some("PRE_START_FAILED"));
+    assert_eq!(
+        created.status.message.as_deref(),
+        Some("preStart failed (exit 3): no network")
+    );
+    assert_eq!(rig.ids().await, [created.id.as_str()]);
+
+    // A sandbox that ends without execd's account of a hook failed to start at all: the
+    // create fails and leaves nothing, as without a hook.
+    rig.service.delete(&created.id, &root()).await.unwrap();
+    rig.fake
+        .set_default_logs("execd: cannot listen on 0.0.0.0:44772\n");
+    let e = rig
+        .service
+        .create_from_plan(gated_plan(true, None), None, &root(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::StartFailed(m) if m.contains("code 3")),
+        "{e:?}"
+    );
+    rig.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn readiness_probes_of_each_kind_gate_running_until_the_application_is_ready() {
+    let rig = rig().await;
+    let kinds = [
+        ReadinessProbe {
+            exec: Some(ExecProbe {
+                command: vec!["test".into(), "-e".into(), "/ready".into()],
+            }),
+            ..probe(30)
+        },
+        ReadinessProbe {
+            http_get: Some(HttpGetProbe {
+                port: 3000,
+                path: Some("health".into()),
+            }),
+            ..probe(30)
+        },
+        ReadinessProbe {
+            tcp_socket: Some(TcpProbe { port: 6379 }),
+            ..probe(30)
+        },
+    ];
+    for readiness in kinds {
+        let created = rig
+            .service
+            .create_from_plan(gated_plan(false, Some(readiness.clone())), None, &root(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (created.status.state.as_str(), created.status.reason.as_deref()),
+            ("Pending", Some("READINESS_PROBE")),
+            "{readiness:?}"
+        );
+        let id = created.id;
+        assert_eq!(rig.status_of(&id).await.1, "READINESS_PROBE");
+        rig.fake.set_app_ready(&id, true);
+        rig.until_status(&id, "Running", "CONTAINER_RUNNING").await;
+    }
+}
+
+#[tokio::test]
+async fn a_readiness_probe_that_never_passes_fails_the_sandbox_after_its_threshold() {
+    let rig = rig().await;
+    let readiness = ReadinessProbe {
+        tcp_socket: Some(TcpProbe { port: 6379 }),
+        ..probe(2)
+    };
+    let id = rig
+        .service
+        .create_from_plan(gated_plan(false, Some(readiness)), None, &root(), None)
+        .await
+        .unwrap()
+        .id;
+    let message = rig.until_status(&id, "Failed", "READINESS_PROBE_FAILED").await;
+    assert_eq!(
+        message,
+        "readiness probe tcpSocket :6379 failed 2 times in a row; last: nothing accepts connections on port 6379"
+    );
+    assert_eq!(rig.live_ids(), [id.as_str()], "the container is kept");
+    let route = rig.service.proxy_target(&id, 44772).await.unwrap();
+    assert!(
+        matches!(route.target, Err(Error::Conflict(Conflict::NotRunning { ref state, .. })) if state == "Failed")
+    );
+}
+
+#[tokio::test]
+async fn a_hook_then_a_probe_pass_through_both_pending_reasons() {
+    let rig = rig().await;
+    rig.fake.behave(Behaviour::Starting);
+    let readiness = ReadinessProbe {
+        http_get: Some(HttpGetProbe {
+            port: 3000,
+            path: None,
+        }),
+        ..probe(30)
+    };
+    let id = rig
+        .service
+        .create_from_plan(gated_plan(true, Some(readiness)), None, &root(), None)
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(rig.status_of(&id).await.1, "PRE_START_RUNNING");
+    rig.fake.finish_pre_start(&id);
+    rig.until_status(&id, "Pending", "READINESS_PROBE").await;
+    rig.fake.set_app_ready(&id, true);
+    rig.until_status(&id, "Running", "CONTAINER_RUNNING").await;
+}
+
+#[tokio::test]
+async fn deleting_a_starting_sandbox_stops_its_startup_task() {
+    let rig = rig().await;
+    rig.fake.behave(Behaviour::Starting);
+    let id = rig
+        .service
+        .create_from_plan(gated_plan(true, None), None, &root(), None)
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(rig.service.startups.running(), [id.as_str()]);
+    rig.service.delete(&id, &root()).await.unwrap();
+    eventually("the startup task to stop", || async {
+        rig.service.startups.running().is_empty()
+    })
+    .await;
+    rig.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn a_restart_during_startup_marks_the_sandbox_interrupted_and_keeps_it() {
+    let rig = rig().await;
+    rig.fake.behave(Behaviour::Starting);
+    let id = rig
+        .service
+        .create_from_plan(gated_plan(true, None), None, &root(), None)
+        .await
+        .unwrap()
+        .id;
+    // This sandboxd dies (its task with it); another starts on the same state.
+    rig.service.startups.cancel(&id);
+    let restarted = Service::for_tests(rig._dir.path(), &rig.fake, "key", 86_400, Duration::from_secs(10));
+    let done = restarted.reconcile().await.unwrap();
+    assert_eq!((done.adopted, done.removed), (1, 0), "{done:?}");
+    let s = restarted.get(&id, &root()).await.unwrap().status;
+    assert_eq!(
+        (s.state.as_str(), s.reason.as_deref()),
+        ("Failed", Some("STARTUP_INTERRUPTED"))
+    );
+    assert_eq!(rig.live_ids(), [id.as_str()]);
+    // Another restart leaves the recorded outcome alone.
+    let again = Service::for_tests(rig._dir.path(), &rig.fake, "key", 86_400, Duration::from_secs(10));
+    assert_eq!(again.reconcile().await.unwrap().adopted, 1);
+    let events = rig.events_of(&id).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.contains("STARTUP_INTERRUPTED"))
+            .count(),
+        1,
+        "{events:?}"
+    );
+}

@@ -18,6 +18,11 @@ const TABLE: &str = "sandboxes";
 pub enum Phase {
     /// Being created: not yet answering.
     Pending,
+    /// Created, and execd answers, but its pre-start hook runs: a startup task of the
+    /// sandboxd that created it waits for the hook, then for the readiness probe, if any.
+    PreStart,
+    /// Created and execd is up; a startup task runs the readiness probe.
+    Probing,
     /// Created and answered `/ping`; the runtime's state is the truth from here on.
     Ready,
     /// Paused by sandboxd (or seen paused on the last read). Kept so that the server proxy
@@ -30,6 +35,8 @@ impl Phase {
     fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "pending",
+            Phase::PreStart => "pre_start",
+            Phase::Probing => "probing",
             Phase::Ready => "ready",
             Phase::Paused => "paused",
         }
@@ -38,6 +45,8 @@ impl Phase {
     fn parse(s: &str) -> Option<Self> {
         match s {
             "pending" => Some(Phase::Pending),
+            "pre_start" => Some(Phase::PreStart),
+            "probing" => Some(Phase::Probing),
             "ready" => Some(Phase::Ready),
             "paused" => Some(Phase::Paused),
             _ => None,
@@ -542,6 +551,29 @@ mod tests {
         assert!(store.remove("a").await.unwrap());
         assert!(!store.remove("a").await.unwrap());
         assert_eq!(store.next_expiry(0).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn every_phase_and_a_recorded_failure_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = sample("s", 1, None);
+        store.insert(&r).await.unwrap();
+        for phase in [
+            Phase::PreStart,
+            Phase::Probing,
+            Phase::Ready,
+            Phase::Paused,
+            Phase::Pending,
+        ] {
+            r.phase = phase;
+            r.failure = (phase == Phase::PreStart).then(|| Failure {
+                reason: "PRE_START_FAILED".into(),
+                message: "preStart failed (exit 3): boom".into(),
+            });
+            assert!(store.update(&r).await.unwrap());
+            assert_eq!(store.get("s").await.unwrap().unwrap(), r, "{phase:?}");
+        }
     }
 
     #[tokio::test]
