@@ -891,10 +891,7 @@ async fn bad_input_gets_clear_errors_and_leaves_nothing() {
     assert_eq!(list["pagination"]["totalItems"], 0, "{list}");
 
     // Routes of the 1.1.1 server that the Docker runtime does not offer: 501, not 404.
-    for path in [
-        "/v1/sandboxes/x/networkpolicy",
-        "/v1/snapshots",
-    ] {
+    for path in ["/v1/sandboxes/x/networkpolicy", "/v1/snapshots"] {
         let (status, err) = d.json(Method::GET, path, None).await;
         assert_eq!(status, 501, "{path}: {err}");
         assert!(
@@ -904,7 +901,11 @@ async fn bad_input_gets_clear_errors_and_leaves_nothing() {
     }
     // Templates are served: an unknown one is 404 in the catalog's terms.
     let (status, err) = d.json(Method::GET, "/templates/x", None).await;
-    assert_eq!((status.as_u16(), err["code"].as_str()), (404, Some("TEMPLATE::NOT_FOUND")), "{err}");
+    assert_eq!(
+        (status.as_u16(), err["code"].as_str()),
+        (404, Some("TEMPLATE::NOT_FOUND")),
+        "{err}"
+    );
     let (status, _) = d
         .json(
             Method::POST,
