@@ -159,3 +159,38 @@ def test_a_sandbox_from_a_template_with_overrides(client):
     with pytest.raises(NotFoundError):
         client.sandbox.create(name, template_version=7)
     client.template.delete(name)
+
+
+def test_wait_for_ready_sees_a_failing_startup_script(client):
+    from liteboxd_compat import SandboxFailedError
+
+    name = "seed-fail-" + secrets.token_hex(3)
+    client.template.create({"name": name, "spec": spec(startupScript="echo boom-from-the-script; exit 3",
+                                                        startupTimeout=30)})
+    sb = client.sandbox.create(name)
+    try:
+        with pytest.raises(SandboxFailedError) as failed:
+            client.sandbox.wait_for_ready(sb.id, poll_interval=0.2, timeout=60)
+        assert failed.value.sandbox_id == sb.id
+        assert "boom-from-the-script" in failed.value.message, failed.value.message
+        got = client.sandbox.get(sb.id)
+        assert (got.status, got.reason) == ("failed", "PRE_START_FAILED")
+    finally:
+        client.sandbox.delete(sb.id)
+        client.template.delete(name)
+
+
+def test_wait_for_ready_waits_for_the_startup_script(client):
+    name = "seed-slow-" + secrets.token_hex(3)
+    client.template.create({"name": name, "spec": spec(
+        startupScript="i=0; while [ $i -lt 20 ]; do i=$((i+1)); sleep 0.05; done; echo done > /tmp/started",
+        files=[{"path": "/etc/seed/config.txt", "content": "from the template\n", "mode": "0640"}])})
+    sb = client.sandbox.create(name)
+    try:
+        ready = client.sandbox.wait_for_ready(sb.id, poll_interval=0.1, timeout=60)
+        assert ready.status == "running"
+        assert client.sandbox.download_file(sb.id, "/tmp/started") == b"done\n"
+        assert client.sandbox.download_file(sb.id, "/etc/seed/config.txt") == b"from the template\n"
+    finally:
+        client.sandbox.delete(sb.id)
+        client.template.delete(name)
