@@ -19,7 +19,7 @@ use crate::harness::{percentile_ms, Ctx, Goal, Row};
 use crate::Section;
 
 /// The image both sides start: static busybox, nothing else.
-const IMAGE: &str = "execd-test/busybox";
+pub(crate) const IMAGE: &str = "execd-test/busybox";
 
 /// The sections of this area, in the order they run.
 pub fn sections() -> Vec<Section> {
@@ -129,7 +129,7 @@ impl Drop for Sandboxd {
 }
 
 /// `POST /command` `true` on an execd base URL, to the end of its stream.
-async fn command_true(client: &reqwest::Client, base: &str, token: &str) -> anyhow::Result<()> {
+pub(crate) async fn command_true(client: &reqwest::Client, base: &str, token: &str) -> anyhow::Result<()> {
     let resp = client
         .post(format!("{base}/command"))
         .header("X-EXECD-ACCESS-TOKEN", token)
@@ -146,7 +146,8 @@ async fn command_true(client: &reqwest::Client, base: &str, token: &str) -> anyh
     Ok(())
 }
 
-fn ensure_image() -> anyhow::Result<()> {
+/// Builds (or finds cached) the busybox test image both sides start.
+pub(crate) fn ensure_image() -> anyhow::Result<()> {
     let ok = Command::new("scripts/build-test-image.sh")
         .arg("busybox")
         .stdout(Stdio::null())

@@ -20,6 +20,7 @@ mod harness;
 mod isolated;
 mod lifecycle;
 mod limits;
+mod templates;
 mod terminal;
 
 use std::future::Future;
@@ -51,6 +52,7 @@ fn areas() -> Vec<(&'static str, Vec<Section>)> {
         ("isolated", isolated::sections()),
         ("lifecycle", lifecycle::sections()),
         ("limits", limits::sections()),
+        ("templates", templates::sections()),
     ]
 }
 
