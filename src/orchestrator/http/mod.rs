@@ -69,6 +69,20 @@ pub struct App {
     pub errors_docs_base_url: Option<Arc<str>>,
 }
 
+/// `status` with `body` and a `Location` header naming what was made.
+pub(super) fn created(
+    status: axum::http::StatusCode,
+    location: &str,
+    body: impl serde::Serialize,
+) -> Response {
+    use axum::response::IntoResponse as _;
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(axum::http::header::LOCATION, location);
+    }
+    resp
+}
+
 /// The request's `X-Request-ID` (echoed or made), in its extensions.
 #[derive(Clone)]
 pub(super) struct RequestId(pub HeaderValue);

@@ -2,7 +2,7 @@
 //! endpoints.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
@@ -59,12 +59,8 @@ pub(crate) async fn create(
         .map(|v| spec::business_domain(v.to_str().unwrap_or("\u{fffd}")))
         .transpose()?;
     let created = app.service.create(body, &caller, domain).await?;
-    let location = HeaderValue::from_str(&format!("/v1/sandboxes/{}", created.id)).ok();
-    let mut resp = (StatusCode::ACCEPTED, Json(created)).into_response();
-    if let Some(location) = location {
-        resp.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(resp)
+    let location = format!("/v1/sandboxes/{}", created.id);
+    Ok(super::created(StatusCode::ACCEPTED, &location, created))
 }
 
 #[utoipa::path(get, path = "/sandboxes", params(("state" = Option<Vec<String>>, Query, description = "repeatable; OR; case-insensitive"),

@@ -54,12 +54,8 @@ pub(crate) async fn create(
 ) -> Result<Response, Error> {
     caller.require(Perm::Admin)?;
     let template = app.service.create_template(body, &caller).await?;
-    let location = HeaderValue::from_str(&format!("/v1/templates/{}", template.template_id)).ok();
-    let mut resp = (StatusCode::CREATED, Json(template)).into_response();
-    if let Some(location) = location {
-        resp.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(resp)
+    let location = format!("/v1/templates/{}", template.template_id);
+    Ok(super::created(StatusCode::CREATED, &location, template))
 }
 
 #[utoipa::path(get, path = "/templates", params(("tag" = Option<String>, Query), ("search" = Option<String>, Query, description = "case-insensitive substring of name, displayName or description"),
