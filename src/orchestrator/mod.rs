@@ -102,6 +102,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .reconcile()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reconcile with the runtime: {e}"))?;
+    service
+        .recover_prepulls()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot recover prepull tasks: {e}"))?;
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await
@@ -117,6 +121,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let expiry = tokio::spawn({
         let service = service.clone();
         async move { service.run_expiry().await }
+    });
+    let prepulls = tokio::spawn({
+        let service = service.clone();
+        async move { service.run_prepulls().await }
     });
     let sweeper = tokio::spawn({
         let service = service.clone();
@@ -160,6 +168,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     expiry.abort();
     housekeeping.abort();
     sweeper.abort();
+    prepulls.abort();
     Ok(())
 }
 

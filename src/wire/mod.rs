@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+#[cfg(feature = "orchestrator")]
+pub mod prepull;
 pub mod pty;
 #[cfg(feature = "orchestrator")]
 pub mod templates;

@@ -30,12 +30,13 @@ use bollard::query_parameters::{
 };
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 use futures_util::{FutureExt as _, StreamExt};
 use sha2::Digest as _;
 
 use super::{
-    Capabilities, Fut, Instance, Mount, Observed, Runtime, RuntimeError, RuntimeKind, SandboxSpec, SpecFile,
-    Target, EXECD_PORT,
+    Capabilities, Fut, Instance, LayerStep, Mount, Observed, Platform, PullError, PullEvent, PullFailure,
+    RegistryAuth, Runtime, RuntimeError, RuntimeKind, SandboxSpec, SpecFile, Target, EXECD_PORT,
 };
 use crate::wire::time::format_ms;
 
@@ -641,6 +642,50 @@ impl Runtime for Docker {
         self.prune_agent_volumes().boxed()
     }
 
+    fn image_present<'a>(&'a self, image: &'a str, platform: Option<&'a Platform>) -> Fut<'a, bool> {
+        async move {
+            match self.api.inspect_image(image).await {
+                Ok(info) => Ok(platform.is_none_or(|p| {
+                    info.os.as_deref() == Some(p.os.as_str())
+                        && info.architecture.as_deref() == Some(p.arch.as_str())
+                })),
+                Err(e) => match classify("inspect the image", e) {
+                    RuntimeError::NotFound(_) => Ok(false),
+                    other => Err(other),
+                },
+            }
+        }
+        .boxed()
+    }
+
+    /// The engine's `/images/create` stream; dropping it closes the connection, which makes
+    /// dockerd abort the pull (unless another client waits for the same pull).
+    fn pull<'a>(
+        &'a self,
+        image: &'a str,
+        auth: Option<RegistryAuth>,
+        platform: Option<Platform>,
+    ) -> BoxStream<'a, Result<PullEvent, PullError>> {
+        let mut options = CreateImageOptionsBuilder::default().from_image(image);
+        if let Some(p) = &platform {
+            options = options.platform(&format!("{}/{}", p.os, p.arch));
+        }
+        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username),
+            password: Some(a.password),
+            ..Default::default()
+        });
+        self.api
+            .create_image(Some(options.build()), None, credentials)
+            .filter_map(|item| {
+                std::future::ready(match item {
+                    Ok(info) => layer_event(&info).map(Ok),
+                    Err(e) => Some(Err(pull_error(e))),
+                })
+            })
+            .boxed()
+    }
+
     /// 8080 is published itself; 44772 is execd; any other port goes through execd's `/proxy`.
     fn target(&self, instance: &Instance, port: u16) -> Option<Target> {
         let ports = Ports::of(instance);
@@ -692,6 +737,82 @@ fn freezer_error(e: RuntimeError) -> RuntimeError {
             RuntimeError::Transient(message)
         }
         other => other,
+    }
+}
+
+/// A progress message of `/images/create` → a layer's step; `None` for messages about the
+/// whole pull (`Pulling from …`, `Digest: …`, `Status: …`) and steps that change nothing
+/// (`Verifying Checksum`, `Retrying in …`).
+fn layer_event(info: &bollard::models::CreateImageInfo) -> Option<PullEvent> {
+    let layer = info.id.as_deref().filter(|id| !id.is_empty())?;
+    let step = match info.status.as_deref()? {
+        "Pulling fs layer" | "Waiting" => LayerStep::Known,
+        "Downloading" => {
+            let detail = info.progress_detail.as_ref();
+            let bytes = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok());
+            LayerStep::Downloading {
+                current: bytes(detail.and_then(|d| d.current)).unwrap_or(0),
+                total: bytes(detail.and_then(|d| d.total)).filter(|&t| t > 0),
+            }
+        }
+        "Download complete" | "Extracting" | "Pull complete" => LayerStep::Done,
+        "Already exists" => LayerStep::Present,
+        _ => return None,
+    };
+    Some(PullEvent {
+        layer: layer.to_owned(),
+        step,
+    })
+}
+
+/// A failed pull, classified: by the engine's status where it gives one before the stream
+/// starts (404), else by the registry's words, which dockerd passes on.
+fn pull_error(e: BollardError) -> PullError {
+    let (status, message) = match e {
+        BollardError::DockerResponseServerError { status_code, message } => (Some(status_code), message),
+        BollardError::DockerStreamError { error } => (None, error),
+        BollardError::IOError { err } => {
+            return PullError {
+                failure: PullFailure::RuntimeUnavailable,
+                message: err.to_string(),
+            }
+        }
+        other => (None, other.to_string()),
+    };
+    PullError {
+        failure: pull_failure(status, &message),
+        message,
+    }
+}
+
+fn pull_failure(status: Option<u16>, message: &str) -> PullFailure {
+    let m = message.to_ascii_lowercase();
+    let says = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+    if status == Some(404) || says(&["manifest unknown", "name unknown"]) {
+        PullFailure::ImageNotFound
+    } else if says(&[
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "incorrect username or password",
+        "denied",
+    ]) {
+        PullFailure::Unauthorized
+    } else if says(&[
+        "dial tcp",
+        "connection refused",
+        "no such host",
+        "i/o timeout",
+        "network is unreachable",
+        "no route to host",
+        "connection reset",
+        "tls handshake",
+        "server gave http response to https client",
+        "client.timeout exceeded",
+    ]) {
+        PullFailure::RegistryUnreachable
+    } else {
+        PullFailure::Failed
     }
 }
 
@@ -795,6 +916,96 @@ mod tests {
             observed("hibernating", None, false, None),
             Observed::Unknown(_)
         ));
+    }
+
+    #[test]
+    fn pull_messages_become_layer_steps() {
+        let info = |id: &str, status: &str, current: Option<i64>, total: Option<i64>| {
+            bollard::models::CreateImageInfo {
+                id: Some(id.into()),
+                status: Some(status.into()),
+                progress_detail: Some(bollard::models::ProgressDetail { current, total }),
+                error_detail: None,
+            }
+        };
+        let step = |i| layer_event(&i).map(|e| e.step);
+        assert_eq!(step(info("1", "Pulling from prepull-test", None, None)), None);
+        assert_eq!(
+            step(info("a", "Pulling fs layer", None, None)),
+            Some(LayerStep::Known)
+        );
+        assert_eq!(step(info("a", "Waiting", None, None)), Some(LayerStep::Known));
+        assert_eq!(
+            step(info("a", "Downloading", Some(334_848), Some(31_467_061))),
+            Some(LayerStep::Downloading {
+                current: 334_848,
+                total: Some(31_467_061)
+            })
+        );
+        assert_eq!(
+            step(info("a", "Downloading", Some(5), Some(-1))),
+            Some(LayerStep::Downloading {
+                current: 5,
+                total: None
+            })
+        );
+        assert_eq!(step(info("a", "Verifying Checksum", None, None)), None);
+        for done in ["Download complete", "Extracting", "Pull complete"] {
+            assert_eq!(step(info("a", done, Some(1), Some(2))), Some(LayerStep::Done));
+        }
+        assert_eq!(
+            step(info("b", "Already exists", None, None)),
+            Some(LayerStep::Present)
+        );
+        assert_eq!(step(info("", "Downloading", None, None)), None);
+        let digest = bollard::models::CreateImageInfo {
+            status: Some("Digest: sha256:a94c".into()),
+            ..Default::default()
+        };
+        assert_eq!(layer_event(&digest), None);
+    }
+
+    /// The engine's words for each failure, as dockerd 20.10 gives them against a local
+    /// registry (scripts/registry.sh).
+    #[test]
+    fn pull_failures_are_classified() {
+        let cases = [
+            (
+                Some(404),
+                "manifest for 127.0.0.1:5000/missing:1 not found: manifest unknown: manifest unknown",
+                PullFailure::ImageNotFound,
+            ),
+            (
+                Some(404),
+                "repository 127.0.0.1:5000/nonexist not found: name unknown: repository name not known to registry",
+                PullFailure::ImageNotFound,
+            ),
+            (
+                Some(500),
+                "Get \"http://127.0.0.1:5999/v2/\": dial tcp 127.0.0.1:5999: connect: connection refused",
+                PullFailure::RegistryUnreachable,
+            ),
+            (
+                Some(500),
+                "Get \"https://nosuchhost.invalid/v2/\": dial tcp: lookup nosuchhost.invalid: no such host",
+                PullFailure::RegistryUnreachable,
+            ),
+            (
+                Some(500),
+                "Head \"http://127.0.0.1:5001/v2/prepull-auth/manifests/1\": no basic auth credentials",
+                PullFailure::Unauthorized,
+            ),
+            (Some(500), "unauthorized: authentication required", PullFailure::Unauthorized),
+            (None, "unauthorized: authentication required", PullFailure::Unauthorized),
+            (Some(500), "write /var/lib/docker/tmp: no space left on device", PullFailure::Failed),
+        ];
+        for (status, message, want) in cases {
+            assert_eq!(pull_failure(status, message), want, "{message}");
+        }
+        let e = pull_error(BollardError::DockerStreamError {
+            error: "unauthorized: authentication required".into(),
+        });
+        assert_eq!(e.failure, PullFailure::Unauthorized);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! An in-memory runtime for unit tests of the service: sandboxes are map entries, failures are
 //! scripted per operation ("`pause` fails twice with `Transient`"), and execd's `/ping`,
 //! `/command` and port proxy are served for real over loopback HTTP (answering as each
-//! sandbox is scripted to), so readiness and its probes go through the real execd client.
+//! sandbox is scripted to), so readiness and its probes go through the real execd client. Images
+//! are a set; pulls follow a script per image ([`PullStep`]), can be held until released, and
+//! are counted while in flight.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -11,11 +13,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt as _;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt as _, StreamExt as _};
+use tokio::sync::Semaphore;
 
 use super::{
-    Capabilities, Fut, Instance, Observed, Runtime, RuntimeError, RuntimeKind, SandboxSpec, Target,
-    EXECD_PORT,
+    Capabilities, Fut, Instance, LayerStep, Observed, Platform, PullError, PullEvent, RegistryAuth, Runtime,
+    RuntimeError, RuntimeKind, SandboxSpec, Target, EXECD_PORT,
 };
 
 /// The application port that is not execd's.
@@ -36,6 +40,40 @@ pub enum Op {
     Unpause,
     /// [`Runtime::remove`].
     Remove,
+    /// [`Runtime::image_present`].
+    ImagePresent,
+}
+
+/// One step of a scripted pull.
+#[derive(Debug, Clone)]
+pub enum PullStep {
+    /// Yields this event.
+    Event(PullEvent),
+    /// Waits until [`FakeRuntime::release_pull`] lets one through.
+    Wait,
+    /// Ends the pull with this error.
+    Fail(PullError),
+}
+
+/// A pull's script and the gate its [`PullStep::Wait`] steps wait at.
+struct PullScript {
+    steps: Vec<PullStep>,
+    gate: Arc<Semaphore>,
+}
+
+/// The pulls the fake has seen.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PullStats {
+    /// Images whose pull started, in order.
+    pub started: Vec<String>,
+    /// Pulls in flight now.
+    pub in_flight: usize,
+    /// The most that were ever in flight at once.
+    pub max_in_flight: usize,
+    /// Pulls dropped before they ended (cancelled).
+    pub dropped: usize,
+    /// The credentials each pull was given, by image.
+    pub auth: Vec<(String, Option<RegistryAuth>)>,
 }
 
 /// How a created sandbox behaves.
@@ -81,6 +119,11 @@ struct Inner {
     logs: Option<String>,
     calls: Vec<Op>,
     next: u64,
+    /// Images present.
+    images: BTreeSet<String>,
+    /// Pull scripts by image; an image without one pulls at once.
+    pulls: HashMap<String, PullScript>,
+    pull_stats: PullStats,
 }
 
 /// The fake.
@@ -210,6 +253,39 @@ impl FakeRuntime {
         self.lock().calls.iter().filter(|&&c| c == op).count()
     }
 
+    /// Marks `image` as present.
+    pub fn add_image(&self, image: &str) {
+        self.lock().images.insert(image.to_owned());
+    }
+
+    /// Whether `image` is present (a pull that finished adds it).
+    pub fn has_image(&self, image: &str) -> bool {
+        self.lock().images.contains(image)
+    }
+
+    /// Pulls of `image` follow `steps`; at the end the image is present.
+    pub fn script_pull(&self, image: &str, steps: Vec<PullStep>) {
+        self.lock().pulls.insert(
+            image.to_owned(),
+            PullScript {
+                steps,
+                gate: Arc::new(Semaphore::new(0)),
+            },
+        );
+    }
+
+    /// Lets `n` [`PullStep::Wait`] steps of `image`'s pulls through.
+    pub fn release_pull(&self, image: &str, n: usize) {
+        if let Some(script) = self.lock().pulls.get(image) {
+            script.gate.add_permits(n);
+        }
+    }
+
+    /// What the pulls did so far.
+    pub fn pull_stats(&self) -> PullStats {
+        self.lock().pull_stats.clone()
+    }
+
     /// Records the call; returns the scripted failure, if one is due.
     fn enter(&self, op: Op) -> Result<(), RuntimeError> {
         let mut inner = self.lock();
@@ -227,6 +303,47 @@ fn instance(reference: String) -> Instance {
         reference,
         data: String::new(),
     }
+}
+
+/// A pull in flight: counted until dropped.
+struct Pulling {
+    fake: FakeRuntime,
+    image: String,
+    steps: VecDeque<PullStep>,
+    gate: Arc<Semaphore>,
+    ended: bool,
+}
+
+impl Drop for Pulling {
+    fn drop(&mut self) {
+        let mut inner = self.fake.lock();
+        inner.pull_stats.in_flight -= 1;
+        if !self.ended {
+            inner.pull_stats.dropped += 1;
+        }
+    }
+}
+
+/// What an unscripted pull does: one layer, two progress steps, done.
+fn default_pull() -> Vec<PullStep> {
+    let event = |step| {
+        PullStep::Event(PullEvent {
+            layer: "l1".into(),
+            step,
+        })
+    };
+    vec![
+        event(LayerStep::Known),
+        event(LayerStep::Downloading {
+            current: 50,
+            total: Some(100),
+        }),
+        event(LayerStep::Downloading {
+            current: 100,
+            total: Some(100),
+        }),
+        event(LayerStep::Done),
+    ]
 }
 
 /// The sandbox behind `reference`, if it runs.
@@ -424,6 +541,66 @@ impl Runtime for FakeRuntime {
 
     fn tidy(&self) -> BoxFuture<'_, ()> {
         async {}.boxed()
+    }
+
+    fn image_present<'a>(&'a self, image: &'a str, _platform: Option<&'a Platform>) -> Fut<'a, bool> {
+        async move {
+            self.enter(Op::ImagePresent)?;
+            Ok(self.has_image(image))
+        }
+        .boxed()
+    }
+
+    fn pull<'a>(
+        &'a self,
+        image: &'a str,
+        auth: Option<RegistryAuth>,
+        _platform: Option<Platform>,
+    ) -> BoxStream<'a, Result<PullEvent, PullError>> {
+        let (steps, gate) = {
+            let mut inner = self.lock();
+            let stats = &mut inner.pull_stats;
+            stats.started.push(image.to_owned());
+            stats.auth.push((image.to_owned(), auth));
+            stats.in_flight += 1;
+            stats.max_in_flight = stats.max_in_flight.max(stats.in_flight);
+            match inner.pulls.get(image) {
+                Some(script) => (script.steps.clone(), script.gate.clone()),
+                None => (default_pull(), Arc::new(Semaphore::new(0))),
+            }
+        };
+        let pulling = Pulling {
+            fake: self.clone(),
+            image: image.to_owned(),
+            steps: steps.into(),
+            gate,
+            ended: false,
+        };
+        futures_util::stream::unfold(pulling, |mut p| async move {
+            if p.ended {
+                return None;
+            }
+            loop {
+                match p.steps.pop_front() {
+                    Some(PullStep::Event(e)) => return Some((Ok(e), p)),
+                    Some(PullStep::Wait) => {
+                        if let Ok(permit) = p.gate.acquire().await {
+                            permit.forget();
+                        }
+                    }
+                    Some(PullStep::Fail(e)) => {
+                        p.ended = true;
+                        return Some((Err(e), p));
+                    }
+                    None => {
+                        p.ended = true;
+                        p.fake.add_image(&p.image);
+                        return None;
+                    }
+                }
+            }
+        })
+        .boxed()
     }
 
     fn target(&self, instance: &Instance, port: u16) -> Option<Target> {

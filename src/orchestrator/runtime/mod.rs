@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 
 /// execd's port inside every sandbox.
 pub const EXECD_PORT: u16 = 44772;
@@ -212,6 +213,86 @@ pub enum RuntimeError {
     },
 }
 
+/// Credentials for one pull from a registry. Held in memory for the pull only: never stored,
+/// logged or echoed (`Debug` hides the password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+/// The platform to pull an image for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// `linux`.
+    pub os: String,
+    /// `amd64`, `arm64`, …
+    pub arch: String,
+}
+
+/// One step of a pull: what one layer of the image is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullEvent {
+    /// The layer's (short) id.
+    pub layer: String,
+    /// What it is doing.
+    pub step: LayerStep,
+}
+
+/// What one layer of a pull is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerStep {
+    /// The layer is part of the image and waits for its download.
+    Known,
+    /// Being downloaded: `current` of `total` bytes (`total` when the registry said).
+    Downloading {
+        /// Bytes so far.
+        current: u64,
+        /// The layer's size.
+        total: Option<u64>,
+    },
+    /// Downloaded (being extracted, or extracted).
+    Done,
+    /// Already present locally: nothing to download.
+    Present,
+}
+
+/// Why a pull failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullFailure {
+    /// The registry has no such repository or tag.
+    ImageNotFound,
+    /// The registry refused the credentials, or wants some.
+    Unauthorized,
+    /// The registry cannot be reached (refused, no such host, timed out).
+    RegistryUnreachable,
+    /// The runtime itself cannot be reached.
+    RuntimeUnavailable,
+    /// Anything else.
+    Failed,
+}
+
+/// A failed pull: the kind, and the runtime's (or registry's) account.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PullError {
+    /// What kind of failure.
+    pub failure: PullFailure,
+    /// The runtime's words.
+    pub message: String,
+}
+
 /// Whatever runs sandboxes.
 pub trait Runtime: Send + Sync + 'static {
     /// Which runtime this is.
@@ -238,4 +319,14 @@ pub trait Runtime: Send + Sync + 'static {
     fn tidy(&self) -> BoxFuture<'_, ()>;
     /// Where to dial `port`; `None` when the sandbox has no route to it now (not running).
     fn target(&self, instance: &Instance, port: u16) -> Option<Target>;
+    /// Whether `image` is present locally (for `platform`, when given).
+    fn image_present<'a>(&'a self, image: &'a str, platform: Option<&'a Platform>) -> Fut<'a, bool>;
+    /// Pulls `image` (a full reference, tag or digest included), yielding per-layer progress.
+    /// The stream ends after the last layer, or with one error. Dropping it cancels the pull.
+    fn pull<'a>(
+        &'a self,
+        image: &'a str,
+        auth: Option<RegistryAuth>,
+        platform: Option<Platform>,
+    ) -> BoxStream<'a, Result<PullEvent, PullError>>;
 }

@@ -11,10 +11,12 @@
 //! - `templates`: versioned templates, and a create request made from one.
 //! - `startup`: the tasks that follow a sandbox with a pre-start hook or a readiness probe
 //!   from `Pending` to `Running` or `Failed`.
+//! - `prepull`: image prepull tasks: admission, the scheduler and its pulls.
 
 mod diagnostics;
 mod expiry;
 mod pause;
+mod prepull;
 mod reconcile;
 mod sandboxes;
 mod startup;
@@ -31,6 +33,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+pub use prepull::{PrepullQuery, PrepullSnapshot};
 pub use sandboxes::{ListFilter, ProxyRoute};
 pub use template_import::{ExportSelection, ImportOptions, Incoming, Strategy};
 pub use templates::TemplateFilter;
@@ -75,6 +78,8 @@ pub struct Service {
     expiry_changed: Notify,
     /// The tasks following sandboxes through their pre-start hooks and readiness probes.
     startups: startup::Startups,
+    /// Queued and running image prepulls.
+    prepulls: prepull::Prepulls,
 }
 
 impl Service {
@@ -94,6 +99,7 @@ impl Service {
             server_endpoint: OnceLock::new(),
             expiry_changed: Notify::new(),
             startups: startup::Startups::default(),
+            prepulls: prepull::Prepulls::new(prepull::MAX_CONCURRENT),
         }
     }
 

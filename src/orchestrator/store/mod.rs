@@ -13,6 +13,7 @@
 //! The runtime stays the truth about what runs; start-up reconciliation merges the two
 //! (`service::reconcile`).
 
+mod prepulls;
 mod sandboxes;
 mod templates;
 mod tokens;
@@ -23,6 +24,7 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+pub use prepulls::{PrepullFilter, PrepullRow, PREPULLS_KEPT_MS};
 pub use sandboxes::{Event, Failure, Phase, Record, RowError, TemplateRef, EVENTS_KEPT};
 pub use templates::{ApplyError, TemplateChange, TemplateRow, VersionRow};
 pub use tokens::TokenRecord;
