@@ -90,7 +90,8 @@ start_one() { # port [auth]
   if [ -n "$auth" ]; then
     htpasswd -Bbn "$user" "$password" >"$dir/htpasswd" 2>/dev/null
   fi
-  setsid docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 </dev/null &
+  # 9>&-: the registry must not inherit (and so hold) the lock.
+  setsid docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 </dev/null 9>&- &
   echo $! >"$dir/pid"
   local i want=200
   [ -n "$auth" ] && want=401
@@ -108,18 +109,20 @@ push_image() { # name port
   ctx=$(mktemp -d)
   head -c $((blob_mb * 1024 * 1024)) /dev/urandom >"$ctx/blob"
   printf 'FROM execd-test/busybox\nCOPY blob /blob\n' >"$ctx/Dockerfile"
-  DOCKER_BUILDKIT=0 docker build -q -t "$local_tag" "$ctx" >/dev/null
-  rm -rf "$ctx"
+  # The classic builder: FROM a local image, nothing pulled (BuildKit may be absent).
+  DOCKER_BUILDKIT=0 docker build -q -t "$local_tag" "$ctx" >"$ctx.log" 2>&1 \
+    || { cat "$ctx.log" >&2; rm -rf "$ctx" "$ctx.log"; die "cannot build $local_tag"; }
+  rm -rf "$ctx" "$ctx.log"
   docker tag "$local_tag" "$ref"
+  # A private client config, so that the login never touches the user's.
+  local config
+  config=$(mktemp -d)
   if [ "$port" = 5001 ]; then
-    local config
-    config=$(mktemp -d)
-    printf '%s' "$password" | DOCKER_CONFIG=$config docker login -u "$user" --password-stdin "127.0.0.1:$port" >/dev/null
-    DOCKER_CONFIG=$config docker push -q "$ref" >/dev/null
-    rm -rf "$config"
-  else
-    docker push -q "$ref" >/dev/null
+    printf '%s' "$password" | DOCKER_CONFIG=$config docker login -u "$user" --password-stdin "127.0.0.1:$port" >/dev/null 2>&1 \
+      || { rm -rf "$config"; die "cannot log in to 127.0.0.1:$port"; }
   fi
+  DOCKER_CONFIG=$config docker push -q "$ref" >/dev/null || { rm -rf "$config"; die "cannot push $ref"; }
+  rm -rf "$config"
   docker rmi "$ref" "$local_tag" >/dev/null
   log "pushed $ref"
 }
@@ -130,7 +133,7 @@ start() {
   command -v curl >/dev/null || die "curl is not installed"
   mkdir -p "$state"
   exec 9>"$state/lock"
-  flock 9
+  flock -w 600 9 || die "another registry.sh holds $state/lock"
   if ready; then
     return 0
   fi
@@ -151,7 +154,7 @@ case "${1:-}" in
   stop)
     mkdir -p "$state"
     exec 9>"$state/lock"
-    flock 9
+    flock -w 600 9 || die "another registry.sh holds $state/lock"
     stop_one 5000
     stop_one 5001
     ;;

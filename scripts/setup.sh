@@ -13,6 +13,9 @@ packages=(file util-linux procps ca-certificates debootstrap busybox-static)
 # Isolated sessions: bubblewrap is the benchmark anchor, python3 (Debian's, /usr/bin) makes the
 # raw-syscall escape attempts.
 packages+=(bubblewrap python3)
+# Image prepull tests and benchmark: local registries (scripts/registry.sh): the CNCF
+# distribution, htpasswd for the one with auth, curl to probe them.
+packages+=(docker-registry apache2-utils curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

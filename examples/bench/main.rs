@@ -20,6 +20,7 @@ mod harness;
 mod isolated;
 mod lifecycle;
 mod limits;
+mod prepull;
 mod templates;
 mod terminal;
 
@@ -52,6 +53,7 @@ fn areas() -> Vec<(&'static str, Vec<Section>)> {
         ("isolated", isolated::sections()),
         ("lifecycle", lifecycle::sections()),
         ("limits", limits::sections()),
+        ("prepull", prepull::sections()),
         ("templates", templates::sections()),
     ]
 }

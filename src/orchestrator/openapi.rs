@@ -6,6 +6,10 @@ use utoipa::OpenApi;
 
 use super::http::diagnostics::__path_diagnostics;
 use super::http::metrics::{__path_metrics_event, __path_metrics_summary, __path_prometheus_metrics};
+use super::http::prepulls::{
+    __path_create_prepull, __path_delete_prepull, __path_get_prepull, __path_list_prepulls,
+    __path_prepull_events, __path_prepull_template,
+};
 use super::http::proxy::__path_proxy;
 use super::http::sandboxes::{
     __path_create, __path_delete, __path_endpoint, __path_get_one, __path_list, __path_patch_metadata,
@@ -31,14 +35,15 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
                        (OPEN-SANDBOX-API-KEY: the admin `root`) or a user token from POST /v1/tokens \
                        (Authorization: Bearer); a sandbox belongs to its creator, and someone else's is 404 to \
                        everyone but admins. Every API route takes from one of the caller's rate classes \
-                       (create: POST /sandboxes; read: the others); a spent class answers 429 RATE_LIMIT::EXCEEDED with \
+                       (create: POST /sandboxes, POST /templates, POST /prepulls, POST /templates/{idOrName}/prepull; read: the others); a spent class answers 429 RATE_LIMIT::EXCEEDED with \
                        Retry-After (whole seconds), RateLimit-Policy and RateLimit. /health, /version and the proxy are never limited.",
         license(name = "Apache-2.0")
     ),
     paths(
         health, version, prometheus_metrics, metrics_summary, metrics_event, create, list, get_one, delete, patch_metadata, pause, resume, renew,
         endpoint, diagnostics, proxy, mint, current, revoke, create_template, list_templates, get_template, update_template,
-        delete_template, template_versions, template_version, build_log, rollback, export_one, export_many, import
+        delete_template, template_versions, template_version, build_log, rollback, export_one, export_many, import,
+        create_prepull, list_prepulls, get_prepull, delete_prepull, prepull_events, prepull_template
     ),
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,

@@ -22,6 +22,7 @@ pub const MAX_TIMEOUT: u64 = 3600;
 pub struct CreatePrepullRequest {
     /// Image reference, `[registry[:port]/]path[:tag][@sha256:<64 hex>]`, at most 512
     /// characters; without a tag or digest, `:latest`.
+    #[schema(min_length = 1, max_length = 512)]
     pub image: String,
     /// Seconds the pull may take once it starts (60–3600, default 600).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -19,14 +19,15 @@
 //! - `extract`: `JsonBody`, `Principal` and the auth layer.
 //! - `ratelimit`: the rate-class route layer and its 429.
 //! - `metrics`: the metrics layer, `/metrics`, `/metrics/summary`, `/v1/metrics/events`.
-//! - `sandboxes`, `diagnostics`, `proxy`, `tokens`, `system`: one file per resource, each
-//!   with its `routes()`.
+//! - `sandboxes`, `prepulls`, `diagnostics`, `proxy`, `tokens`, `system`: one file per
+//!   resource, each with its `routes()`.
 
 pub(super) mod diagnostics;
 pub(super) mod error;
 mod error_format;
 mod extract;
 pub(super) mod metrics;
+pub(super) mod prepulls;
 pub(super) mod proxy;
 mod ratelimit;
 pub(super) mod sandboxes;
@@ -96,8 +97,10 @@ pub fn router(app: App) -> Router {
             sandboxes::create_routes().merge(templates::create_routes()),
             Class::Create,
         ))
+        .merge(limited(prepulls::create_routes(), Class::Create))
         .merge(limited(
             sandboxes::routes()
+                .merge(prepulls::routes())
                 .merge(diagnostics::routes())
                 .merge(tokens::routes())
                 .merge(templates::routes())

@@ -589,7 +589,7 @@ impl Service {
     /// this waits (at most [`CANCEL_WAIT`]) until it has recorded its end.
     async fn cancel_prepull(&self, id: &str) {
         enum Found {
-            Queued(LiveTask),
+            Queued(Box<LiveTask>),
             Running(watch::Receiver<PrepullSnapshot>),
             Gone,
         }
@@ -598,7 +598,7 @@ impl Service {
             let queued = live.tasks.get(id).is_some_and(|t| t.job.is_some());
             if queued {
                 live.queue.retain(|q| q != id);
-                live.tasks.remove(id).map_or(Found::Gone, Found::Queued)
+                live.tasks.remove(id).map_or(Found::Gone, |t| Found::Queued(Box::new(t)))
             } else if let Some(t) = live.tasks.get_mut(id) {
                 let rx = t.snapshots.subscribe();
                 if let Some(cancel) = t.cancel.take() {

@@ -534,7 +534,7 @@ async fn tasks_are_owner_scoped_and_listed_newest_first() {
         alice(),
     )
     .await;
-    assert_eq!(ids, [a2.id.clone()]);
+    assert_eq!(ids, [a2.id.as_str()]);
     let (ids, page) = list(
         PrepullQuery {
             page: 2,
@@ -544,7 +544,7 @@ async fn tasks_are_owner_scoped_and_listed_newest_first() {
         alice(),
     )
     .await;
-    assert_eq!(ids, [a1.id.clone()]);
+    assert_eq!(ids, [a1.id.as_str()]);
     assert_eq!(
         (page.total_items, page.total_pages, page.has_next_page),
         (2, 2, false)
