@@ -598,7 +598,9 @@ impl Service {
             let queued = live.tasks.get(id).is_some_and(|t| t.job.is_some());
             if queued {
                 live.queue.retain(|q| q != id);
-                live.tasks.remove(id).map_or(Found::Gone, |t| Found::Queued(Box::new(t)))
+                live.tasks
+                    .remove(id)
+                    .map_or(Found::Gone, |t| Found::Queued(Box::new(t)))
             } else if let Some(t) = live.tasks.get_mut(id) {
                 let rx = t.snapshots.subscribe();
                 if let Some(cancel) = t.cancel.take() {
