@@ -31,6 +31,8 @@ part() {
 }
 
 part nextest '^ +Summary \[' cargo nextest run --locked -j2 --no-fail-fast "$@"
+# The prepull tests start local registries (scripts/registry.sh); nothing after them needs one.
+scripts/registry.sh stop >/dev/null 2>&1 || true
 part api-fuzz '^api-fuzz (execd|sandboxd): ' scripts/api-fuzz.sh
 part sdk '^test-sdk: (ok|FAILED)' scripts/test-sdk.sh
 part seeds '([0-9]+ passed|failed|error).* in [0-9.]+s' scripts/test-seeds.sh
