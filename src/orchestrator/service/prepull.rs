@@ -287,19 +287,14 @@ impl Service {
     }
 
     /// `POST /templates/{idOrName}/prepull`: a prepull of the template's current-version
-    /// image. A private template of someone else is not found (admins see all).
+    /// image. A template the caller may not read (someone else's private one) is not found.
     pub async fn prepull_template(
         &self,
         id_or_name: &str,
         caller: &Principal,
     ) -> Result<(PrepullTask, bool), Error> {
         caller.require(Perm::Write)?;
-        let (template, version) = self
-            .store
-            .template(id_or_name)
-            .await?
-            .filter(|(t, _)| t.is_public || caller.may_see(&t.owner))
-            .ok_or_else(|| Error::not_found(Kind::Template, id_or_name))?;
+        let (template, version) = self.readable_template(id_or_name, caller).await?;
         self.start_prepull(
             version.spec.image.clone(),
             caller,
