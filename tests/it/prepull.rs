@@ -494,3 +494,78 @@ async fn bad_requests_are_refused_with_catalogued_codes() {
     assert_eq!(listed["items"], json!([]));
     assert_eq!(listed["pagination"]["totalItems"], 0);
 }
+
+/// `(status, body)` of a request with a bearer token.
+async fn as_bearer(
+    d: &Sandboxd,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .request(method, format!("{}{path}", d.base))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.expect("send");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn mint(d: &Sandboxd, user: &str, role: &str) -> String {
+    let body = json!({"userId": user, "role": role, "ttlSeconds": 600});
+    let (status, token) = d.json(Method::POST, "/v1/tokens", Some(body)).await;
+    assert_eq!(status, 201, "{token}");
+    token["accessToken"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_template_prepull_needs_a_template_the_caller_may_read() {
+    if !docker_available() {
+        return;
+    }
+    let image = crate::sandboxd::image("busybox");
+    let d = Sandboxd::start();
+    let (alice, bob, vera) = (
+        mint(&d, "alice", "user").await,
+        mint(&d, "bob", "user").await,
+        mint(&d, "alice", "viewer").await,
+    );
+    // Templates are written by admins; a private one is readable by its author.
+    let template =
+        json!({"name": "pp-private", "isPublic": false, "author": "alice", "spec": {"image": image}});
+    let (status, created) = d.json(Method::POST, "/v1/templates", Some(template)).await;
+    assert_eq!(status, 201, "{created}");
+    let (status, err) = as_bearer(&d, &bob, Method::POST, "/v1/templates/pp-private/prepull", None).await;
+    assert_eq!(
+        (status, &err["code"]),
+        (404, &json!("TEMPLATE::NOT_FOUND")),
+        "{err}"
+    );
+    let (status, err) = as_bearer(&d, &vera, Method::POST, "/v1/templates/pp-private/prepull", None).await;
+    assert_eq!((status, &err["code"]), (403, &json!("AUTH::FORBIDDEN")), "{err}");
+    let (status, t) = as_bearer(&d, &alice, Method::POST, "/v1/templates/pp-private/prepull", None).await;
+    assert_eq!(status, 202, "{t}");
+    assert_eq!(t["image"], format!("{image}:latest"));
+    assert_eq!(t["templateId"], created["templateId"], "{t} {created}");
+    assert_eq!(t["templateVersion"], 1);
+    assert_eq!(
+        (state(&t), &t["status"]["reason"]),
+        ("Completed", &json!("ALREADY_PRESENT"))
+    );
+    // Bob does not see alice's task either, and lists only his own.
+    let id = t["id"].as_str().unwrap();
+    let (status, _) = as_bearer(&d, &bob, Method::GET, &format!("/v1/prepulls/{id}"), None).await;
+    assert_eq!(status, 404);
+    let (_, listed) = as_bearer(&d, &bob, Method::GET, "/v1/prepulls", None).await;
+    assert_eq!(listed["items"], json!([]));
+    let (_, listed) = as_bearer(&d, &vera, Method::GET, "/v1/prepulls?templateId=", None).await;
+    assert_eq!(
+        listed["pagination"]["totalItems"], 0,
+        "an empty templateId matches none"
+    );
+    let (_, listed) = as_bearer(&d, &vera, Method::GET, "/v1/prepulls", None).await;
+    assert_eq!(listed["items"][0]["id"], id, "a viewer reads its own");
+}
