@@ -48,7 +48,7 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,
         crate::wire::lifecycle::Pagination, crate::wire::errors::DetailedError)),
-    modifiers(&AUTH, &BEARER, &ErrorCatalog, &RateLimited),
+    modifiers(&AUTH, &BEARER, &ErrorCatalog, &RateLimited, &SSE_EVENTS),
     security(("api_key" = []), ("bearer" = []))
 )]
 struct ApiDoc;
@@ -57,6 +57,9 @@ const AUTH: crate::wire::openapi::HeaderKey = crate::wire::openapi::HeaderKey {
     scheme: "api_key",
     header: "OPEN-SANDBOX-API-KEY",
 };
+
+/// Every `text/event-stream` answer (`/prepulls/{id}/events`) as the events a client parses.
+const SSE_EVENTS: crate::wire::openapi::SseEvents = crate::wire::openapi::SseEvents;
 
 /// `Authorization: Bearer <JWT>` (user tokens from `POST /v1/tokens`).
 struct Bearer;

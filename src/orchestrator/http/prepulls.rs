@@ -165,7 +165,7 @@ pub(crate) async fn delete_prepull(
 #[utoipa::path(get, path = "/prepulls/{id}/events", params(("id" = String, Path)),
     responses((status = 200, description = "Server-sent events: each `data` is the PrepullTask as it is then, with `id:` a sequence number that grows \
             with each snapshot (at most one per 500 ms while pulling). Starts with the current snapshot and ends after a final one \
-            (`Completed`, `Failed`, `Cancelled`); a finished task gives one event", content_type = "text/event-stream", body = String),
+            (`Completed`, `Failed`, `Cancelled`); a finished task gives one event", content_type = "text/event-stream", body = crate::wire::prepull::PrepullTask),
         (status = 404, description = "`PREPULL::NOT_FOUND`", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn prepull_events(
     State(app): State<App>,
