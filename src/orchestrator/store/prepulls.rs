@@ -141,7 +141,8 @@ impl Store {
         .await
     }
 
-    /// One page of the tasks `filter` selects, newest first, and how many it selects in all.
+    /// One page of the tasks `filter` selects, newest first (by creation, then by insertion
+    /// for tasks made in the same millisecond), and how many it selects in all.
     pub async fn prepulls(&self, filter: &PrepullFilter) -> Result<(Vec<PrepullRow>, u64), StoreError> {
         let filter = filter.clone();
         self.call(move |c| list(c, &filter)).await
@@ -169,7 +170,7 @@ impl Store {
             c.query_row(
                 &format!(
                     "SELECT {COLUMNS} FROM prepull_tasks WHERE image = ?1 AND {ACTIVE}
-                     AND (?2 IS NULL OR owner = ?2) ORDER BY created_at DESC, id DESC LIMIT 1"
+                     AND (?2 IS NULL OR owner = ?2) ORDER BY created_at DESC, rowid DESC LIMIT 1"
                 ),
                 params![image, owner],
                 |r| Ok(read(r)),
@@ -277,7 +278,7 @@ fn list(c: &Connection, f: &PrepullFilter) -> Result<(Vec<PrepullRow>, u64), Sto
     let offset = u64::from(f.page.max(1) - 1) * size;
     let mut stmt = c
         .prepare(&format!(
-            "SELECT {COLUMNS} FROM prepull_tasks {filter} ORDER BY created_at DESC, id DESC LIMIT {size} OFFSET {offset}"
+            "SELECT {COLUMNS} FROM prepull_tasks {filter} ORDER BY created_at DESC, rowid DESC LIMIT {size} OFFSET {offset}"
         ))
         .map_err(sql("list prepull tasks"))?;
     let rows = stmt
