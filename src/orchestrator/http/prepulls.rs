@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,19 +33,15 @@ pub(super) fn routes() -> Router<App> {
         .route("/prepulls/{id}/events", get(prepull_events))
 }
 
-/// 202 with `Location` for a new task; 200 for the active task of the same image.
+/// 202 with `Location` for a new task; 200 (and `Location`) for the active task of the same
+/// image.
 fn created((task, existing): (PrepullTask, bool)) -> Response {
-    let location = HeaderValue::from_str(&format!("/v1/prepulls/{}", task.id)).ok();
     let status = if existing {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
     };
-    let mut resp = (status, Json(task)).into_response();
-    if let Some(location) = location {
-        resp.headers_mut().insert(header::LOCATION, location);
-    }
-    resp
+    super::created(status, &format!("/v1/prepulls/{}", task.id), task)
 }
 
 #[utoipa::path(post, path = "/prepulls", request_body = crate::wire::prepull::CreatePrepullRequest,
