@@ -689,7 +689,7 @@ pub fn markdown() -> String {
          ```\n\n\
          Any other `X-Error-Format` value gets the default body. \"Retry\" says whether the same request\n\
          may succeed later unchanged (429s carry `Retry-After`). Some codes belong to parts of sandboxd\n\
-         still being built (templates, pools, prepull, executions); they are listed so that their\n\
+         still being built (pools, executions); they are listed so that their\n\
          statuses and aliases are fixed in advance.\n\n\
          | code | status | seed-004 `error_code` | description | solution | retry |\n\
          |---|---|---|---|---|---|\n",

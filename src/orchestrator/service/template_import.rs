@@ -302,6 +302,9 @@ impl Service {
             }
         }
         result.failed.sort_by_key(|f| f.index);
+        if options.auto_prepull && !options.dry_run {
+            self.prepull_imported(&mut result, caller).await;
+        }
         tracing::info!(
             strategy = options.strategy.as_str(),
             dry_run = options.dry_run,
@@ -313,6 +316,36 @@ impl Service {
             "templates imported"
         );
         Ok(result)
+    }
+
+    /// Starts a prepull of every created or updated template's image (one per image: the
+    /// prepull service dedups); a prepull that cannot start is a warning, never the import's
+    /// failure.
+    async fn prepull_imported(&self, result: &mut ImportResult, caller: &Principal) {
+        let applied: Vec<(String, u32)> = result
+            .created
+            .iter()
+            .chain(&result.updated)
+            .map(|i| (i.name.clone(), i.version))
+            .collect();
+        for (name, version) in applied {
+            let template = match self.store.template(&name).await {
+                Ok(Some((row, latest))) if latest.version == version => (row.id, latest.spec.image),
+                Ok(_) => continue,
+                Err(e) => {
+                    result.warnings.push(format!("{name}: no prepull: {e}"));
+                    continue;
+                }
+            };
+            let (id, image) = template;
+            match self.start_prepull(image, caller, Some((id, version))).await {
+                Ok((task, _)) if !result.prepull_tasks.contains(&task.id) => {
+                    result.prepull_tasks.push(task.id)
+                }
+                Ok(_) => {}
+                Err(e) => result.warnings.push(format!("{name}: no prepull: {e}")),
+            }
+        }
     }
 
     fn check_item(&self, item: &Incoming) -> Result<(), Error> {

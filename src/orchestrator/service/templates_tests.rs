@@ -545,3 +545,42 @@ async fn export_then_import_into_an_empty_server_exports_the_same_bytes() {
         "an unknown name is named: {err}"
     );
 }
+
+#[tokio::test]
+async fn auto_prepull_starts_one_task_per_image_of_the_applied_templates() {
+    let rig = rig().await;
+    let s = &rig.service;
+    rig.fake.add_image("busybox");
+    s.create_template(
+        named("same", spec(serde_json::json!({"image": "busybox"}))),
+        &root(),
+    )
+    .await
+    .unwrap();
+    let doc = vec![
+        incoming(0, "a", "busybox"),
+        incoming(1, "b", "busybox"),
+        incoming(2, "same", "busybox"),
+        incoming(3, "c", "alpine"),
+    ];
+    let opts = super::ImportOptions {
+        auto_prepull: true,
+        ..super::ImportOptions::default()
+    };
+    let r = s.import_templates(doc, vec![], opts, &root()).await.unwrap();
+    assert_eq!(r.created.len(), 3);
+    assert_eq!(
+        r.prepull_tasks.len(),
+        2,
+        "one task per image of the created templates (an active pull is shared): {r:?}"
+    );
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let mut images = Vec::new();
+    for id in &r.prepull_tasks {
+        let task = s.prepull_task(id, &root()).await.unwrap();
+        assert!(task.template_id.is_some());
+        images.push(task.image);
+    }
+    images.sort();
+    assert_eq!(images, ["alpine:latest", "busybox:latest"]);
+}
