@@ -318,18 +318,29 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
     let limits = config.serve_limits();
     let code = match entrypoint {
         Some(argv) => {
-            // The API serves from the start; the entrypoint waits for the pre-start hook.
+            let mut signals = init::Signals::install();
+            // Without a hook the entrypoint starts before the API answers, so one that cannot
+            // start ends execd before any `/ping` succeeds. With one, the API serves from the
+            // start (503 `STARTING`) and the entrypoint waits for the hook.
+            let early = match pre_start {
+                None => Some(init::start_entrypoint(&runtime, &argv)?),
+                Some(_) => None,
+            };
             let boot = async {
-                let mut signals = init::Signals::install();
-                if let Some(hook) = &pre_start {
-                    if let Err(e) = init::run_pre_start(&runtime, hook, &mut signals).await {
-                        // The container's log says why it ended; the orchestrator shows it.
-                        eprintln!("execd: {e}");
-                        return Ok(e.exit_code());
+                let child = match early {
+                    Some(child) => child,
+                    None => {
+                        if let Some(hook) = &pre_start {
+                            if let Err(e) = init::run_pre_start(&runtime, hook, &mut signals).await {
+                                // The container's log says why it ended; the orchestrator shows it.
+                                eprintln!("execd: {e}");
+                                return Ok(e.exit_code());
+                            }
+                            state.starting.store(false, Ordering::Release);
+                        }
+                        init::start_entrypoint(&runtime, &argv)?
                     }
-                    state.starting.store(false, Ordering::Release);
-                }
-                let child = init::start_entrypoint(&runtime, &argv)?;
+                };
                 anyhow::Ok(init::supervise(child, &mut signals).await)
             };
             tokio::select! {
