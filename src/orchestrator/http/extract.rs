@@ -66,6 +66,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// A list's `page`: an integer ≥ 1.
+pub(super) fn page(value: &str) -> Result<u32, Error> {
+    value
+        .parse()
+        .ok()
+        .filter(|&p| p >= 1)
+        .ok_or_else(|| Error::invalid(format!("page must be an integer ≥ 1, got {value:?}")))
+}
+
+/// A list's `pageSize`: 1–200.
+pub(super) fn page_size(value: &str) -> Result<u32, Error> {
+    value
+        .parse()
+        .ok()
+        .filter(|p| (1..=200).contains(p))
+        .ok_or_else(|| Error::invalid(format!("pageSize must be from 1 to 200, got {value:?}")))
+}
+
 /// The whole body, at most `limit` bytes: too large is 413, a stalled client 408.
 pub(super) async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, Error> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {

@@ -114,19 +114,8 @@ fn list_query(query: &str) -> Result<PrepullQuery, Error> {
                 })?)
             }
             "templateId" | "template_id" => q.template_id = Some(value.into_owned()),
-            "page" => {
-                q.page =
-                    value.parse().ok().filter(|&p| p >= 1).ok_or_else(|| {
-                        Error::invalid(format!("page must be an integer ≥ 1, got {value:?}"))
-                    })?
-            }
-            "pageSize" | "page_size" => {
-                q.page_size = value
-                    .parse()
-                    .ok()
-                    .filter(|p| (1..=200).contains(p))
-                    .ok_or_else(|| Error::invalid(format!("pageSize must be from 1 to 200, got {value:?}")))?
-            }
+            "page" => q.page = super::extract::page(&value)?,
+            "pageSize" | "page_size" => q.page_size = super::extract::page_size(&value)?,
             _ => {}
         }
     }

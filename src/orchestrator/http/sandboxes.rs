@@ -105,23 +105,12 @@ fn list_filter(query: &str) -> Result<ListFilter, Error> {
                     filter.metadata.push((k.into_owned(), v.into_owned()));
                 }
             }
-            "page" => {
-                filter.page =
-                    value.parse().ok().filter(|&p| p >= 1).ok_or_else(|| {
-                        Error::invalid(format!("page must be an integer ≥ 1, got {value:?}"))
-                    })?
-            }
+            "page" => filter.page = super::extract::page(&value)?,
             "owner" => filter.owner = Some(value.into_owned()),
             "businessDomain" | "business_domain" => {
                 filter.business_domain = Some(spec::business_domain(&value)?)
             }
-            "pageSize" | "page_size" => {
-                filter.page_size = value
-                    .parse()
-                    .ok()
-                    .filter(|p| (1..=200).contains(p))
-                    .ok_or_else(|| Error::invalid(format!("pageSize must be from 1 to 200, got {value:?}")))?
-            }
+            "pageSize" | "page_size" => filter.page_size = super::extract::page_size(&value)?,
             _ => {}
         }
     }

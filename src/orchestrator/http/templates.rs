@@ -87,30 +87,12 @@ pub(crate) async fn list(
                     filter.metadata.push((k.into_owned(), v.into_owned()));
                 }
             }
-            "page" => filter.page = page(&value)?,
-            "pageSize" | "page_size" => filter.page_size = page_size(&value)?,
+            "page" => filter.page = super::extract::page(&value)?,
+            "pageSize" | "page_size" => filter.page_size = super::extract::page_size(&value)?,
             _ => {}
         }
     }
     Ok(Json(app.service.list_templates(filter, &caller).await?).into_response())
-}
-
-/// `page`: an integer ≥ 1.
-pub(super) fn page(value: &str) -> Result<u32, Error> {
-    value
-        .parse()
-        .ok()
-        .filter(|&p| p >= 1)
-        .ok_or_else(|| Error::invalid(format!("page must be an integer ≥ 1, got {value:?}")))
-}
-
-/// `pageSize`: 1–200.
-pub(super) fn page_size(value: &str) -> Result<u32, Error> {
-    value
-        .parse()
-        .ok()
-        .filter(|p| (1..=200).contains(p))
-        .ok_or_else(|| Error::invalid(format!("pageSize must be an integer 1–200, got {value:?}")))
 }
 
 /// A version number in a path: an integer ≥ 1.
@@ -181,8 +163,8 @@ pub(crate) async fn versions(
     let (mut p, mut size) = (1, 20);
     for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         match key.as_ref() {
-            "page" => p = page(&value)?,
-            "pageSize" | "page_size" => size = page_size(&value)?,
+            "page" => p = super::extract::page(&value)?,
+            "pageSize" | "page_size" => size = super::extract::page_size(&value)?,
             _ => {}
         }
     }

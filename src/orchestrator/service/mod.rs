@@ -146,6 +146,28 @@ impl Service {
     }
 }
 
+/// One page of `items` and where it sits.
+fn paginate<T>(items: Vec<T>, page: u32, page_size: u32) -> (Vec<T>, crate::wire::lifecycle::Pagination) {
+    let total = items.len() as u64;
+    let size = u64::from(page_size.max(1));
+    let skip = u64::from(page.max(1) - 1) * size;
+    let page_items = items
+        .into_iter()
+        .skip(skip as usize)
+        .take(size as usize)
+        .collect();
+    (
+        page_items,
+        crate::wire::lifecycle::Pagination {
+            page,
+            page_size,
+            total_items: total,
+            total_pages: total.div_ceil(size),
+            has_next_page: skip + size < total,
+        },
+    )
+}
+
 #[cfg(test)]
 impl Service {
     /// A service for tests: a store in `dir`, the fake runtime, API key `api_key`, creates

@@ -21,7 +21,7 @@ use crate::orchestrator::spec::{self, Plan};
 use crate::orchestrator::store::{Failure, Phase, Record, TemplateRef};
 use crate::wire::lifecycle::{
     CreateSandboxRequest, CreateSandboxResponse, Endpoint, ImageSpec, Lifecycle, ListSandboxesResponse,
-    Pagination, RenewExpiration, Sandbox, SandboxStatus, LIFECYCLE_ENV,
+    RenewExpiration, Sandbox, SandboxStatus, LIFECYCLE_ENV,
 };
 use crate::wire::time::{format_ms, now_ms, parse_ms};
 
@@ -447,24 +447,8 @@ impl Service {
             .map(|r| view(r, &observed(r)))
             .filter(|s| wanted.is_empty() || wanted.contains(&s.status.state.to_ascii_lowercase()))
             .collect();
-        let total = matching.len() as u64;
-        let size = u64::from(filter.page_size);
-        let skip = u64::from(filter.page - 1) * size;
-        let items = matching
-            .into_iter()
-            .skip(skip as usize)
-            .take(size as usize)
-            .collect();
-        Ok(ListSandboxesResponse {
-            items,
-            pagination: Pagination {
-                page: filter.page,
-                page_size: filter.page_size,
-                total_items: total,
-                total_pages: total.div_ceil(size),
-                has_next_page: skip + size < total,
-            },
-        })
+        let (items, pagination) = super::paginate(matching, filter.page, filter.page_size);
+        Ok(ListSandboxesResponse { items, pagination })
     }
 
     /// `DELETE /sandboxes/{id}`: kills and removes the sandbox, forgets it.

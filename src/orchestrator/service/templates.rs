@@ -13,13 +13,14 @@
 
 use std::collections::BTreeMap;
 
+use super::paginate;
 use super::Service;
 use crate::orchestrator::auth::{Principal, Role};
 use crate::orchestrator::error::{Conflict, Error, Kind};
 use crate::orchestrator::runtime::SpecFile;
 use crate::orchestrator::spec::Plan;
 use crate::orchestrator::store::{ApplyError, TemplateChange, TemplateRef, TemplateRow, VersionRow};
-use crate::wire::lifecycle::{CreateSandboxRequest, ImageSpec, Pagination};
+use crate::wire::lifecycle::{CreateSandboxRequest, ImageSpec};
 use crate::wire::templates::{
     CreateTemplateRequest, ListTemplateVersionsResponse, ListTemplatesResponse, ReadinessProbe,
     RollbackRequest, RollbackResult, SpecResources, Template, TemplateSpec, TemplateStatus, TemplateVersion,
@@ -649,28 +650,6 @@ pub(super) fn version_view(v: &VersionRow) -> TemplateVersion {
         rolled_back_from: v.rolled_back_from,
         status: status(v),
     }
-}
-
-/// One page of `items` and where it sits.
-pub(super) fn paginate<T>(items: Vec<T>, page: u32, page_size: u32) -> (Vec<T>, Pagination) {
-    let total = items.len() as u64;
-    let size = u64::from(page_size.max(1));
-    let skip = u64::from(page.max(1) - 1) * size;
-    let page_items = items
-        .into_iter()
-        .skip(skip as usize)
-        .take(size as usize)
-        .collect();
-    (
-        page_items,
-        Pagination {
-            page,
-            page_size,
-            total_items: total,
-            total_pages: total.div_ceil(size),
-            has_next_page: skip + size < total,
-        },
-    )
 }
 
 /// Upstream's `CreateFsbTemplateRequest` as a spec.
