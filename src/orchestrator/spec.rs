@@ -22,6 +22,8 @@ const MAX_PRE_START_SECONDS: u64 = 10_800;
 /// A validated create request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    /// Display name.
+    pub name: Option<String>,
     /// Image reference.
     pub image: String,
     /// Entrypoint argv.
@@ -30,6 +32,8 @@ pub struct Plan {
     pub timeout: Option<u64>,
     /// Resource limits; `pids` is 0 when the request set none (the service's default then).
     pub resources: Resources,
+    /// The same limits as given, for the sandbox's view.
+    pub resource_limits: BTreeMap<String, String>,
     /// Environment, null entries dropped.
     pub env: BTreeMap<String, String>,
     /// User labels.
@@ -141,7 +145,9 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
         }
     }
     let timeout = timeout(req.timeout.as_ref(), limits.max_timeout)?;
-    let (memory, nano_cpus, pids) = resource_limits(req.resource_limits.unwrap_or_default())?;
+    let (memory, nano_cpus, pids, resource_limits) =
+        resource_limits(req.resource_limits.unwrap_or_default())?;
+    let name = req.name.map(|n| check_name(&n).map(|()| n)).transpose()?;
     let mut env = BTreeMap::new();
     for (k, v) in req.env.unwrap_or_default() {
         if k.is_empty() || k.contains(['=', '\0']) {
@@ -175,9 +181,11 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
     };
     let mounts = volumes(req.volumes.unwrap_or_default(), limits)?;
     Ok(Plan {
+        name,
         image,
         entrypoint,
         timeout,
+        resource_limits,
         resources: Resources {
             nano_cpus,
             memory,
@@ -193,6 +201,25 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
         pre_start,
         readiness: None,
     })
+}
+
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// A display name: 1–128 printable characters (no control characters), not blank.
+fn check_name(name: &str) -> Result<(), Error> {
+    if name.trim().is_empty() {
+        return Err(Error::invalid("name must not be blank"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(Error::invalid(format!(
+            "name: longer than {MAX_NAME_CHARS} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid("name must not contain control characters"));
+    }
+    Ok(())
 }
 
 /// `lifecycle`: only `preStart` (`{command: [argv], timeoutSeconds?}`), every key known.
@@ -295,11 +322,12 @@ pub fn check_resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Res
     resource_limits(limits).map(drop)
 }
 
-/// `resourceLimits` → (memory bytes, nano CPUs, pids).
-type Limited = (Option<i64>, Option<i64>, Option<i64>);
+/// `resourceLimits` → (memory bytes, nano CPUs, pids), and each limit as given (trimmed text).
+type Limited = (Option<i64>, Option<i64>, Option<i64>, BTreeMap<String, String>);
 
 fn resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<Limited, Error> {
     let (mut memory, mut cpus, mut pids) = (None, None, None);
+    let mut given = BTreeMap::new();
     for (key, value) in limits {
         let text = match &value {
             serde_json::Value::String(s) => s.trim().to_owned(),
@@ -341,8 +369,9 @@ fn resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<Limite
                 )))
             }
         }
+        given.insert(key, text);
     }
-    Ok((memory, cpus, pids))
+    Ok((memory, cpus, pids, given))
 }
 
 /// `500m`, `1`, `0.5`, `2` → billionths of a CPU.

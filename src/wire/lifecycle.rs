@@ -15,6 +15,9 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateSandboxRequest {
+    /// A display name (sandboxd's addition): up to 128 printable characters, not unique;
+    /// `GET /sandboxes?name=` finds it.
+    pub name: Option<String>,
     /// The container image.
     pub image: Option<ImageSpec>,
     /// Create from a snapshot (not supported on Docker).
@@ -182,6 +185,22 @@ pub struct Sandbox {
     /// That template's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_version: Option<u32>,
+    /// The display name it was given (sandboxd's addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Who owns it: the user id of the credential that created it (`root` for the API key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The resource limits it runs with, as given (a template's merged with the request's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_limits: Option<BTreeMap<String, String>>,
+    /// The lifetime it was created with, in seconds; absent for manual cleanup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// Its environment as created (a template's merged with the request's). Only its owner
+    /// and admins can read a sandbox at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
 }
 
 /// The 202 body of `POST /sandboxes`.
@@ -214,6 +233,9 @@ pub struct CreateSandboxResponse {
     /// That template's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_version: Option<u32>,
+    /// The display name it was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// `GET /sandboxes` answer.

@@ -66,7 +66,8 @@ pub(crate) async fn create(
 #[utoipa::path(get, path = "/sandboxes", params(("state" = Option<Vec<String>>, Query, description = "repeatable; OR; case-insensitive"),
         ("metadata" = Option<String>, Query, description = "url-encoded `k=v&k2=v2`; AND"), ("page" = Option<u32>, Query), ("pageSize" = Option<u32>, Query),
         ("owner" = Option<String>, Query, description = "admins only: one owner's sandboxes (`*`: everyone's, the admin default); others see only their own"),
-        ("businessDomain" = Option<String>, Query, description = "only sandboxes created under this `X-Business-Domain`")),
+        ("businessDomain" = Option<String>, Query, description = "only sandboxes created under this `X-Business-Domain`"),
+        ("name" = Option<String>, Query, description = "only sandboxes with this display name (exact)")),
     responses((status = 200, description = "the caller's sandboxes (an admin's: everyone's)", body = crate::wire::lifecycle::ListSandboxesResponse), (status = 400, body = crate::wire::lifecycle::LifecycleError),
         (status = 403, description = "`owner` of someone else, asked by a non-admin", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn list(
@@ -107,6 +108,7 @@ fn list_filter(query: &str) -> Result<ListFilter, Error> {
             }
             "page" => filter.page = super::extract::page(&value)?,
             "owner" => filter.owner = Some(value.into_owned()),
+            "name" => filter.name = Some(value.into_owned()),
             "businessDomain" | "business_domain" => {
                 filter.business_domain = Some(spec::business_domain(&value)?)
             }

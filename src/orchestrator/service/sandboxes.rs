@@ -45,6 +45,8 @@ pub struct ListFilter {
     pub owner: Option<String>,
     /// Only this business domain's.
     pub business_domain: Option<String>,
+    /// Only sandboxes with this display name.
+    pub name: Option<String>,
 }
 
 /// How far a create got before it answered.
@@ -126,6 +128,10 @@ impl Service {
             business_domain,
             template,
             failure: None,
+            name: plan.name.clone(),
+            resource_limits: plan.resource_limits.clone(),
+            timeout: plan.timeout,
+            env: plan.env.clone(),
         };
         self.store.insert(&record).await?;
         self.event(&record.id, &format!("create requested: image {}", plan.image))
@@ -180,6 +186,7 @@ impl Service {
                     template_id: record.template.as_ref().map(|t| t.id.clone()),
                     template_name: record.template.as_ref().map(|t| t.name.clone()),
                     template_version: record.template.as_ref().map(|t| t.version),
+                    name: record.name.clone(),
                 })
             }
             Err(e) => {
@@ -422,7 +429,11 @@ impl Service {
                         && filter
                             .business_domain
                             .as_ref()
-                            .is_none_or(|d| record.business_domain.as_ref() == Some(d)) =>
+                            .is_none_or(|d| record.business_domain.as_ref() == Some(d))
+                        && filter
+                            .name
+                            .as_ref()
+                            .is_none_or(|n| record.name.as_ref() == Some(n)) =>
                 {
                     records.push(record)
                 }
@@ -668,6 +679,11 @@ pub(super) fn view(record: &Record, observed: &Observed) -> Sandbox {
         template_id: record.template.as_ref().map(|t| t.id.clone()),
         template_name: record.template.as_ref().map(|t| t.name.clone()),
         template_version: record.template.as_ref().map(|t| t.version),
+        name: record.name.clone(),
+        owner: Some(record.owner.clone()),
+        resource_limits: Some(record.resource_limits.clone()).filter(|l| !l.is_empty()),
+        timeout: record.timeout,
+        env: Some(record.env.clone()).filter(|e| !e.is_empty()),
     }
 }
 

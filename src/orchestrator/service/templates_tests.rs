@@ -1,6 +1,8 @@
 //! Templates over the fake runtime: versions, rollback, visibility, and sandboxes made from a
 //! template with overrides.
 
+use std::collections::BTreeMap;
+
 use super::tests::{rig, root, user};
 use crate::orchestrator::auth::Role;
 use crate::orchestrator::error::{Conflict, Error, Kind};
@@ -219,6 +221,23 @@ async fn a_sandbox_from_a_template_takes_its_spec_with_the_request_as_overrides(
     );
     let got = s.get(&created.id, &root()).await.unwrap();
     assert_eq!(got.template_version, Some(1));
+    assert_eq!(
+        got.timeout,
+        Some(600),
+        "the template's ttl, as the sandbox's view shows it"
+    );
+    assert_eq!(
+        got.resource_limits.unwrap(),
+        BTreeMap::from([
+            ("cpu".to_owned(), "1".to_owned()),
+            ("memory".to_owned(), "512Mi".to_owned())
+        ]),
+        "the view shows the merged limits"
+    );
+    assert_eq!(
+        got.env.unwrap(),
+        BTreeMap::from([("A".to_owned(), "1".to_owned()), ("C".to_owned(), "3".to_owned())])
+    );
 
     let latest = s
         .create(

@@ -1,6 +1,7 @@
 //! The lifecycle service over the fake runtime: create cleanup at every step, reconciliation,
 //! expiry, renew and pause, with no engine.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +141,96 @@ async fn create_hands_the_runtime_a_neutral_spec_and_records_the_instance() {
     assert_eq!(record.instance.unwrap().reference, *reference);
     assert_eq!(sandbox.spec.env.get("EXECD_ACCESS_TOKEN"), Some(&record.token));
     assert_eq!(sandbox.spec.expires_at, record.expires_at);
+}
+
+#[tokio::test]
+async fn a_sandbox_shows_its_name_owner_limits_timeout_and_env_and_lists_by_name() {
+    let rig = rig().await;
+    let alice = user("alice", Role::User);
+    let mut req = request(Some(600));
+    req.name = Some("My Sandbox".into());
+    req.env = Some([("A".to_owned(), Some("1".to_owned())), ("B".to_owned(), None)].into());
+    req.resource_limits = Some(
+        [
+            ("memory".to_owned(), serde_json::json!("256Mi")),
+            ("cpu".to_owned(), serde_json::json!(0.5)),
+        ]
+        .into(),
+    );
+    let created = rig.service.create(req, &alice, None).await.unwrap();
+    assert_eq!(created.name.as_deref(), Some("My Sandbox"));
+    let got = rig.service.get(&created.id, &alice).await.unwrap();
+    assert_eq!(got.name.as_deref(), Some("My Sandbox"));
+    assert_eq!(got.owner.as_deref(), Some("alice"));
+    assert_eq!(got.timeout, Some(600));
+    assert_eq!(
+        got.resource_limits.unwrap(),
+        BTreeMap::from([
+            ("cpu".to_owned(), "0.5".to_owned()),
+            ("memory".to_owned(), "256Mi".to_owned())
+        ])
+    );
+    let env = got.env.unwrap();
+    assert_eq!(
+        env,
+        BTreeMap::from([("A".to_owned(), "1".to_owned())]),
+        "null entries dropped, nothing of sandboxd's own"
+    );
+    let other = rig.service.create(request(None), &alice, None).await.unwrap();
+    let unnamed = rig.service.get(&other.id, &alice).await.unwrap();
+    assert_eq!((unnamed.name, unnamed.timeout, unnamed.env), (None, None, None));
+
+    let by_name = |name: &str| ListFilter {
+        page: 1,
+        page_size: 20,
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let found = rig.service.list(by_name("My Sandbox"), &alice).await.unwrap();
+    assert_eq!(
+        found.items.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        [created.id.as_str()]
+    );
+    assert!(
+        rig.service
+            .list(by_name("my sandbox"), &alice)
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "exact match"
+    );
+    assert!(
+        rig.service
+            .list(by_name("My Sandbox"), &user("bob", Role::User))
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "someone else's name finds nothing"
+    );
+
+    for (name, why) in [
+        ("", "blank"),
+        ("   ", "blank"),
+        ("a\nb", "control"),
+        (&"x".repeat(129)[..], "128"),
+    ] {
+        let mut req = request(None);
+        req.name = Some(name.to_owned());
+        let err = rig.service.create(req, &alice, None).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid(_)) && err.to_string().contains(why),
+            "{name:?}: {err}"
+        );
+    }
+    let mut req = request(None);
+    req.name = Some("é".repeat(128));
+    let carol = user("carol", Role::User);
+    rig.service
+        .create(req, &carol, None)
+        .await
+        .expect("128 characters, not bytes");
 }
 
 #[tokio::test]

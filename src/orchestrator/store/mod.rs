@@ -181,6 +181,12 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE sandboxes ADD COLUMN template_name TEXT;
      ALTER TABLE sandboxes ADD COLUMN template_version INTEGER;
      ALTER TABLE sandboxes ADD COLUMN failure TEXT;",
+    // 5: what a sandbox was created with, for its view: a display name, the resource limits
+    // and environment as given (JSON objects), and the lifetime in seconds.
+    "ALTER TABLE sandboxes ADD COLUMN name TEXT;
+     ALTER TABLE sandboxes ADD COLUMN resource_limits TEXT NOT NULL DEFAULT '{}';
+     ALTER TABLE sandboxes ADD COLUMN timeout INTEGER;
+     ALTER TABLE sandboxes ADD COLUMN env TEXT NOT NULL DEFAULT '{}';",
 ];
 
 /// The schema version this build writes.

@@ -90,6 +90,14 @@ pub struct Record {
     /// Why it failed, when sandboxd decided it did (a startup script or readiness probe that
     /// failed); the runtime's view decides otherwise.
     pub failure: Option<Failure>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Resource limits as given.
+    pub resource_limits: BTreeMap<String, String>,
+    /// Lifetime in seconds as created; `None` for manual cleanup.
+    pub timeout: Option<u64>,
+    /// Environment as created.
+    pub env: BTreeMap<String, String>,
 }
 
 /// The template version a sandbox was made from.
@@ -134,7 +142,7 @@ pub struct RowError {
 
 const COLUMNS: &str = "id, runtime, runtime_ref, runtime_data, image, entrypoint, metadata, \
      extensions, platform, token, created_at, expires_at, phase, transition_at, owner, business_domain, \
-     template_id, template_name, template_version, failure";
+     template_id, template_name, template_version, failure, name, resource_limits, timeout, env";
 
 impl Store {
     /// Adds a new sandbox.
@@ -143,7 +151,7 @@ impl Store {
         self.call(move |c| {
             let (runtime, reference, data) = instance_columns(&r);
             c.execute(
-                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"),
+                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"),
                 params![
                     r.id,
                     runtime,
@@ -165,6 +173,10 @@ impl Store {
                     r.template.as_ref().map(|t| t.name.clone()),
                     r.template.as_ref().map(|t| t.version),
                     r.failure.as_ref().map(json),
+                    r.name,
+                    json(&r.resource_limits),
+                    r.timeout.map(|t| t as i64),
+                    json(&r.env),
                 ],
             )
             .map(drop)
@@ -372,6 +384,10 @@ struct Raw {
     template_name: Option<String>,
     template_version: Option<u32>,
     failure: Option<String>,
+    name: Option<String>,
+    resource_limits: String,
+    timeout: Option<i64>,
+    env: String,
 }
 
 fn raw(r: &Row<'_>) -> rusqlite::Result<Raw> {
@@ -396,6 +412,10 @@ fn raw(r: &Row<'_>) -> rusqlite::Result<Raw> {
         template_name: r.get(17)?,
         template_version: r.get(18)?,
         failure: r.get(19)?,
+        name: r.get(20)?,
+        resource_limits: r.get(21)?,
+        timeout: r.get(22)?,
+        env: r.get(23)?,
     })
 }
 
@@ -447,6 +467,9 @@ fn record(raw: Raw) -> Result<Record, RowError> {
         .map(|f| serde_json::from_str(&f))
         .transpose()
         .map_err(|_| corrupt("failure"))?;
+    let resource_limits =
+        serde_json::from_str(&raw.resource_limits).map_err(|_| corrupt("resource_limits"))?;
+    let env = serde_json::from_str(&raw.env).map_err(|_| corrupt("env"))?;
     Ok(Record {
         id: id.clone(),
         instance,
@@ -464,6 +487,14 @@ fn record(raw: Raw) -> Result<Record, RowError> {
         business_domain: raw.business_domain,
         template,
         failure,
+        name: raw.name,
+        resource_limits,
+        timeout: raw
+            .timeout
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|_| corrupt("timeout"))?,
+        env,
     })
 }
 
@@ -498,6 +529,10 @@ mod tests {
             business_domain: None,
             template: None,
             failure: None,
+            name: Some("n".into()),
+            resource_limits: BTreeMap::from([("cpu".into(), "1".into())]),
+            timeout: expires_at.map(|_| 60),
+            env: BTreeMap::from([("K".into(), "v".into())]),
         }
     }
 
