@@ -6,9 +6,19 @@ raises `RateLimitError` with `retry_after` in **milliseconds**. This adapter kee
 names and shapes and maps them:
 
 - `api_key` → `OPEN-SANDBOX-API-KEY`;
-- `create_sandbox({template_id, ...})` → `POST /v1/sandboxes`; `template_id` goes through the
-  table the caller gives (sandboxd's templates come with design §7–8), the entrypoint is an
-  idle process; `name` is kept in the answer only (the Sandbox resource gains `name` in §8.1);
+- `create_sandbox({template_id, name, expiry_time, initial_env_vars, metadata})` →
+  `POST /v1/sandboxes` with `templateId` (a sandboxd template id or name; the caller's table
+  maps the seed's ids such as `python-3.11`, which is not a valid template name here, onto
+  one), `name`, `timeout` = `expiry_time` / 1000, `env`, `metadata`; the template gives image
+  and entrypoint;
+- `get_sandbox_status(id)` → the seed's words for sandboxd's states (Pending → creating,
+  Running → running, Paused → stopped, Failed → error, Terminated → terminated);
+- `get_templates(page, page_size)` → `GET /v1/templates?page=&pageSize=`, reshaped to
+  `{templates, total, page, pageSize}`; `get_template(id)` → `GET /v1/templates/{id}`;
+- `create_template({name, language, version, docker_image, install_command})` →
+  `POST /v1/templates`: the seed's free-form `name` becomes `displayName` and, lowercased to a
+  DNS label, the template's `name`; `install_command` is built into an image once (design
+  §7.6), so the template answers `Pending`/`Building` until `Succeeded`;
 - `run_code(id, code)` → execd's `POST /code` through sandboxd's server proxy, the SSE read to
   its end; `execution.text` is the last expression's `text/plain`, `logs.stdout` the lines;
 - `get_metrics()` → `GET /v1/metrics/summary` (this caller's), in the seed's snake_case keys;
@@ -19,6 +29,7 @@ names and shapes and maps them:
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -55,6 +66,16 @@ class Logs:
     stderr: list[str] = field(default_factory=list)
 
 
+# sandboxd's states → the seed's `get_sandbox_status` words.
+STATES = {"Pending": "creating", "Running": "running", "Paused": "stopped", "Stopping": "stopped",
+          "Failed": "error", "Terminated": "terminated"}
+
+
+def slug(name: str) -> str:
+    """A free-form name as a template name: lowercase, runs of other characters as `-`."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:63].strip("-")
+
+
 class SandboxSDK:
     """The seed's SDK object."""
 
@@ -66,13 +87,35 @@ class SandboxSDK:
 
     def create_sandbox(self, options: dict) -> dict:
         body = {
-            "image": {"uri": self.templates.get(options["template_id"], options["template_id"])},
-            "entrypoint": ["tail", "-f", "/dev/null"],
-            "timeout": int(options.get("expiry_time", 3_600_000) / 1000),
+            "templateId": self.templates.get(options["template_id"], options["template_id"]),
+            "name": options.get("name"),
             "env": options.get("initial_env_vars") or {},
+            "metadata": options.get("metadata") or {},
         }
+        if "expiry_time" in options:
+            body["timeout"] = int(options["expiry_time"] / 1000)
         created = self._call("POST", "/v1/sandboxes", body)
-        return {"sandbox": {"id": created["id"], "name": options.get("name"), "status": created["status"]["state"]}}
+        return {"sandbox": {"id": created["id"], "name": created.get("name"), "status": STATES[created["status"]["state"]]}}
+
+    def get_sandbox_status(self, sandbox_id: str) -> str:
+        return STATES[self._call("GET", f"/v1/sandboxes/{sandbox_id}")["status"]["state"]]
+
+    def get_templates(self, page: int = 1, page_size: int = 10) -> dict:
+        listed = self._call("GET", f"/v1/templates?page={page}&pageSize={page_size}")
+        p = listed["pagination"]
+        return {"templates": listed["items"], "total": p["totalItems"], "page": p["page"], "pageSize": p["pageSize"]}
+
+    def get_template(self, template_id: str) -> dict:
+        return self._call("GET", f"/v1/templates/{template_id}")
+
+    def create_template(self, options: dict) -> dict:
+        spec = {"image": options["docker_image"], "language": options.get("language")}
+        if options.get("version"):
+            spec["languageVersion"] = options["version"]
+        if options.get("install_command"):
+            spec["installCommand"] = options["install_command"]
+        body = {"name": slug(options["name"]), "displayName": options["name"], "spec": spec}
+        return self._call("POST", "/v1/templates", body)
 
     def list_sandboxes(self) -> list[dict]:
         return self._call("GET", "/v1/sandboxes?pageSize=200")["items"]
