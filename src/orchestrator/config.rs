@@ -133,6 +133,12 @@ pub struct Config {
     /// Serve the Prometheus `/metrics` without a credential (default: admin or API key).
     #[arg(long, env = "SANDBOXD_METRICS_PUBLIC")]
     pub metrics_public: bool,
+    /// Template builds (`installCommand`) that run at once; the rest wait `Pending`.
+    #[arg(long, env = "SANDBOXD_MAX_CONCURRENT_BUILDS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_builds: u16,
+    /// How long a template's `installCommand` may run before its build fails, in seconds.
+    #[arg(long, env = "SANDBOXD_BUILD_TIMEOUT_SECONDS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    pub build_timeout_seconds: u64,
 }
 
 impl Config {
@@ -223,6 +229,14 @@ impl Config {
     /// How long create waits for execd.
     pub fn ready_timeout(&self) -> Duration {
         Duration::from_secs(self.ready_timeout.max(1))
+    }
+
+    /// What template builds are allowed.
+    pub fn builds(&self) -> super::service::BuildSettings {
+        super::service::BuildSettings {
+            max_concurrent: usize::from(self.max_concurrent_builds),
+            timeout: Duration::from_secs(self.build_timeout_seconds),
+        }
     }
 }
 

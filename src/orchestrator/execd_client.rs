@@ -1,6 +1,7 @@
-//! The one place sandboxd speaks execd's HTTP: the liveness probe (`GET /ping`) and the
-//! readiness probes it runs through execd (`POST /command`, `/proxy/{port}`); later commands,
-//! code, files and event streams for builds, executions and pool warm-up.
+//! The one place sandboxd speaks execd's HTTP: the liveness probe (`GET /ping`), the
+//! readiness probes it runs through execd (`POST /command`, `/proxy/{port}`), and commands
+//! whose output is followed as it comes (template builds); later code, files and event
+//! streams for executions and pool warm-up.
 
 use std::time::Duration;
 
@@ -73,6 +74,20 @@ fn output_suffix(output: &str) -> String {
     } else {
         format!("; output:\n{output}")
     }
+}
+
+/// How a command run through `/command` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandEnd {
+    /// It exited 0.
+    Completed,
+    /// It exited non-zero, was killed, or could not start.
+    Failed {
+        /// Its exit code as execd reported it (`-1` for a signal).
+        code: String,
+        /// execd's account (how it ended; `timed out after …` when its timeout killed it).
+        traceback: Vec<String>,
+    },
 }
 
 /// A client for the execd of any sandbox.
@@ -176,6 +191,64 @@ impl ExecdClient {
         command_outcome(&body)
     }
 
+    /// Runs `request` through execd's `POST /command` and follows its event stream: every line
+    /// of output goes to `output` as it arrives. Returns how the command ended, or why execd
+    /// could not say (no connection, a refusal, a stream that broke off). No deadline of its
+    /// own: the request's `timeout` is execd's to enforce, and the caller bounds the wait.
+    pub async fn run_command(
+        &self,
+        execd: &Target,
+        token: &str,
+        request: &RunCommandRequest,
+        mut output: impl FnMut(&str),
+    ) -> Result<CommandEnd, String> {
+        let body = serde_json::to_vec(request).map_err(|e| format!("cannot encode the command: {e}"))?;
+        let uri = format!("http://{}{}/command", execd.dial, execd.prefix);
+        let mut req = hyper::Request::builder()
+            .method(hyper::Method::POST)
+            .uri(uri)
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if execd.execd {
+            req = req.header(TOKEN_HEADER, token);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("invalid request: {e}"))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| format!("cannot reach execd: {e}"))?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if status != 200 {
+            let text = Limited::new(body, MAX_BODY)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(status_failure(status, &text).to_string());
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("the command's event stream broke off: {e}"))?;
+            let Ok(data) = frame.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(end) = memchr::memchr(b'\n', &pending) {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Some(ended) = command_event(&line, &mut output) {
+                    return Ok(ended);
+                }
+            }
+            if pending.len() > MAX_BODY {
+                return Err(format!(
+                    "an event of the command's stream is over {MAX_BODY} bytes"
+                ));
+            }
+        }
+        Err("the command's event stream ended before the command did".into())
+    }
+
     /// A readiness `httpGet` probe: `GET path` on the sandbox port behind `target`; passes on
     /// 2xx and 3xx, as Kubernetes' does.
     pub async fn probe_http(
@@ -219,6 +292,32 @@ impl ExecdClient {
             Ok(Ok((502, body))) if refused(&body) => Err(ProbeFailure::Refused(port)),
             Ok(Ok(_)) => Ok(()),
         }
+    }
+}
+
+/// One line of a `/command` event stream: output goes to `output`; a terminal event is the
+/// command's end. Ids, comments and other events pass.
+fn command_event(line: &[u8], output: &mut impl FnMut(&str)) -> Option<CommandEnd> {
+    let data = line.strip_prefix(b"data: ")?;
+    let event: StreamEvent = serde_json::from_slice(data.trim_ascii_end()).ok()?;
+    match event.kind {
+        EventType::Stdout | EventType::Stderr => {
+            output(event.text.as_deref().unwrap_or_default());
+            None
+        }
+        EventType::ExecutionComplete => Some(CommandEnd::Completed),
+        EventType::Error => {
+            let error = event.error.unwrap_or_else(|| crate::wire::ErrorDetail {
+                ename: String::new(),
+                evalue: "?".into(),
+                traceback: Vec::new(),
+            });
+            Some(CommandEnd::Failed {
+                code: error.evalue,
+                traceback: error.traceback,
+            })
+        }
+        _ => None,
     }
 }
 
@@ -292,6 +391,39 @@ mod tests {
             })
         );
         assert!(matches!(command_outcome(b""), Err(ProbeFailure::Exit { code, .. }) if code == "?"));
+    }
+
+    #[test]
+    fn followed_streams_pass_output_on_and_end_at_the_terminal_event() {
+        let mut seen = Vec::new();
+        let mut out = |t: &str| seen.push(t.to_owned());
+        assert_eq!(command_event(b"id: 1\n", &mut out), None);
+        assert_eq!(command_event(b": keep-alive\n", &mut out), None);
+        assert_eq!(
+            command_event(
+                b"data: {\"type\":\"stdout\",\"text\":\"hello\",\"timestamp\":1}\n",
+                &mut out
+            ),
+            None
+        );
+        assert_eq!(
+            command_event(
+                b"data: {\"type\":\"error\",\"timestamp\":2,\"error\":{\"ename\":\"CommandExecError\",\"evalue\":\"7\",\"traceback\":[\"exit status 7\"]}}\n",
+                &mut out
+            ),
+            Some(CommandEnd::Failed {
+                code: "7".into(),
+                traceback: vec!["exit status 7".into()]
+            })
+        );
+        assert_eq!(
+            command_event(
+                b"data: {\"type\":\"execution_complete\",\"timestamp\":3}\r\n",
+                &mut out
+            ),
+            Some(CommandEnd::Completed)
+        );
+        assert_eq!(seen, ["hello"]);
     }
 
     #[test]

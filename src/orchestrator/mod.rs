@@ -91,6 +91,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ready_timeout: config.ready_timeout(),
         pids_limit: config.pids_limit,
         max_sandboxes_per_user: config.max_sandboxes_per_user,
+        builds: config.builds(),
     };
     let service = Arc::new(service::Service::new(
         store,
@@ -106,6 +107,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .recover_prepulls()
         .await
         .map_err(|e| anyhow::anyhow!("cannot recover prepull tasks: {e}"))?;
+    service
+        .recover_builds()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot recover template builds: {e}"))?;
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await
@@ -125,6 +130,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let prepulls = tokio::spawn({
         let service = service.clone();
         async move { service.run_prepulls().await }
+    });
+    let builds = tokio::spawn({
+        let service = service.clone();
+        async move { service.run_builds().await }
     });
     let sweeper = tokio::spawn({
         let service = service.clone();
@@ -169,6 +178,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     housekeeping.abort();
     sweeper.abort();
     prepulls.abort();
+    builds.abort();
     Ok(())
 }
 

@@ -23,5 +23,6 @@ mod sandboxd_limits;
 mod sandboxd_startup;
 mod security;
 mod session;
+mod template_builds;
 mod util;
 mod watch;

@@ -165,6 +165,7 @@ impl InProcess {
             ready_timeout: std::time::Duration::from_secs(30),
             pids_limit: 4096,
             max_sandboxes_per_user: 10,
+            builds: Default::default(),
         };
         let service = Service::new(
             store,

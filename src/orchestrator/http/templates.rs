@@ -186,7 +186,7 @@ pub(crate) async fn version(
 }
 
 #[utoipa::path(get, path = "/templates/{idOrName}/versions/{version}/build-log", params(("idOrName" = String, Path), ("version" = u32, Path)),
-    responses((status = 200, description = "the install command's output (empty when the version had nothing to build)", content_type = "text/plain"),
+    responses((status = 200, description = "the install command's output: so far while the version builds, its last 1 MiB (empty when the version had nothing to build)", content_type = "text/plain"),
         (status = 400, body = Fail), (status = 401, body = Fail), (status = 404, body = Fail)))]
 pub(crate) async fn build_log(
     State(app): State<App>,

@@ -36,7 +36,7 @@ use sha2::Digest as _;
 
 use super::{
     Capabilities, Fut, Instance, LayerStep, Mount, Observed, Platform, PullError, PullEvent, PullFailure,
-    RegistryAuth, Runtime, RuntimeError, RuntimeKind, SandboxSpec, SpecFile, Target, EXECD_PORT,
+    Purpose, RegistryAuth, Runtime, RuntimeError, RuntimeKind, SandboxSpec, SpecFile, Target, EXECD_PORT,
 };
 use crate::wire::time::format_ms;
 
@@ -49,6 +49,8 @@ pub const AGENT_PATH: &str = "/opt/opensandbox/execd";
 pub const ISOLATION_STATE: &str = "/var/lib/execd";
 /// The conventional application port that is published too.
 pub const HTTP_PORT: u16 = 8080;
+/// How long a commit's stop waits for the container's processes to end before killing them.
+const STOP_GRACE_SECONDS: i32 = 10;
 
 /// Label: the sandbox id (upstream's name).
 pub const LABEL_ID: &str = "opensandbox.io/id";
@@ -60,6 +62,23 @@ pub const LABEL_MANUAL: &str = "opensandbox.io/manual-cleanup";
 pub const LABEL_INSTANCE: &str = "io.execd.sandboxd.instance";
 /// Label of the agent volumes.
 pub const LABEL_AGENT: &str = "io.execd.sandboxd.agent";
+/// Label: what a container is for, [`ROLE_SANDBOX`] or [`ROLE_BUILD`] (and, on an image a
+/// build committed, [`ROLE_IMAGE`]). In the reserved `sandboxd.io/` prefix, so no sandbox's
+/// metadata can set it.
+pub const LABEL_ROLE: &str = "sandboxd.io/role";
+/// [`LABEL_ROLE`] of sandboxes. Set on every sandbox explicitly, since a container inherits
+/// the labels of its image and a built image carries [`ROLE_IMAGE`].
+pub const ROLE_SANDBOX: &str = "sandbox";
+/// [`LABEL_ROLE`] of the container a template version is built in.
+pub const ROLE_BUILD: &str = "template-build";
+/// [`LABEL_ROLE`] of a committed template image. `docker commit` keeps every label of the
+/// container (it can change values, not drop keys), so the image says what it is instead of
+/// "build": a container made from it by hand is never taken for an orphaned build.
+pub const ROLE_IMAGE: &str = "template-image";
+/// Label of a build container and its image: the template's name.
+pub const LABEL_TEMPLATE: &str = "sandboxd.io/template";
+/// Label of a build container and its image: the version built.
+pub const LABEL_TEMPLATE_VERSION: &str = "sandboxd.io/template-version";
 
 /// What the Docker runtime is configured with.
 #[derive(Debug, Clone)]
@@ -348,11 +367,25 @@ impl Docker {
         }
         let binds = self.binds(&spec.mounts).await?;
         let mut labels: HashMap<String, String> = spec.labels.into_iter().collect();
-        labels.insert(LABEL_ID.into(), spec.id.clone());
         labels.insert(LABEL_INSTANCE.into(), self.settings.instance.clone());
-        match spec.expires_at {
-            Some(at) => labels.insert(LABEL_EXPIRES.into(), format_ms(at)),
-            None => labels.insert(LABEL_MANUAL.into(), "true".into()),
+        let name = match &spec.purpose {
+            Purpose::Sandbox => {
+                labels.insert(LABEL_ID.into(), spec.id.clone());
+                labels.insert(LABEL_ROLE.into(), ROLE_SANDBOX.into());
+                match spec.expires_at {
+                    Some(at) => labels.insert(LABEL_EXPIRES.into(), format_ms(at)),
+                    None => labels.insert(LABEL_MANUAL.into(), "true".into()),
+                };
+                format!("sandbox-{}", spec.id)
+            }
+            // No sandbox id and no expiry: a build is no sandbox, and its labels end up on
+            // the image it commits (and on every container made from that image).
+            Purpose::Build { template, version } => {
+                labels.insert(LABEL_ROLE.into(), ROLE_BUILD.into());
+                labels.insert(LABEL_TEMPLATE.into(), template.clone());
+                labels.insert(LABEL_TEMPLATE_VERSION.into(), version.to_string());
+                format!("sandboxd-build-{}", spec.id)
+            }
         };
         let mut entrypoint = vec![AGENT_PATH.to_owned(), "init".to_owned(), "--".to_owned()];
         entrypoint.extend(spec.entrypoint);
@@ -413,9 +446,7 @@ impl Docker {
             host_config: Some(host_config),
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&format!("sandbox-{}", spec.id))
-            .build();
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
         Ok(self
             .api
             .create_container(Some(options), body)
@@ -500,6 +531,7 @@ impl Runtime for Docker {
         Capabilities {
             freeze: true,
             isolation: self.settings.isolation_profile.is_some(),
+            builds: true,
         }
     }
 
@@ -570,7 +602,11 @@ impl Runtime for Docker {
             Ok(containers
                 .into_iter()
                 .filter_map(|c| {
-                    let id = c.labels.as_ref()?.get(LABEL_ID)?.clone();
+                    let labels = c.labels.as_ref()?;
+                    if labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_BUILD) {
+                        return None;
+                    }
+                    let id = labels.get(LABEL_ID)?.clone();
                     let status = c.state.map(|s| s.to_string()).unwrap_or_default();
                     let exit_code = c.status.as_deref().and_then(exit_code_of_status);
                     let published = |port: u16| {
@@ -615,6 +651,118 @@ impl Runtime for Docker {
 
     fn remove<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()> {
         self.remove_container(&instance.reference).boxed()
+    }
+
+    /// Stops the container (execd forwards the SIGTERM; the rest is killed after
+    /// [`STOP_GRACE_SECONDS`]), so nothing writes while its layer is saved and no freeze is
+    /// needed (the cgroup v1 freezer gives up while processes start), then commits it with the
+    /// base image's configuration. `docker commit` merges the container's configuration into
+    /// the one given wherever that is empty or lacks a key, so every field that differs is
+    /// given explicitly: the base's entrypoint (an empty list, never none, or the merge puts
+    /// execd's init back) and command, its labels with [`LABEL_ROLE`] set to [`ROLE_IMAGE`], and
+    /// its environment with `EXECD_ACCESS_TOKEN` blanked (the build's token must not be kept;
+    /// sandboxes set their own). The container's exposed ports (execd's and 8080) stay.
+    fn commit<'a>(&'a self, instance: &'a Instance, image: &'a str) -> Fut<'a, ()> {
+        async move {
+            let container = &instance.reference;
+            let options = bollard::query_parameters::StopContainerOptionsBuilder::default()
+                .t(STOP_GRACE_SECONDS)
+                .build();
+            match self.api.stop_container(container, Some(options)).await {
+                Ok(()) => {}
+                // 304: already stopped.
+                Err(BollardError::DockerResponseServerError { status_code: 304, .. }) => {}
+                Err(e) => return Err(classify("stop the container", e)),
+            }
+            let info = self
+                .api
+                .inspect_container(container, None)
+                .await
+                .map_err(|e| classify("inspect the container", e))?;
+            let base_id = info.image.ok_or_else(|| RuntimeError::Engine {
+                op: "inspect the container",
+                message: "the engine did not say which image it runs".into(),
+            })?;
+            let base = self
+                .api
+                .inspect_image(&base_id)
+                .await
+                .map_err(|e| classify("inspect the base image", e))?
+                .config
+                .unwrap_or_default();
+            let (repo, tag) = split_reference(image);
+            let mut labels = base.labels.unwrap_or_default();
+            labels.insert(LABEL_ROLE.into(), ROLE_IMAGE.into());
+            let mut env = base.env.unwrap_or_default();
+            env.retain(|e| !e.starts_with("EXECD_ACCESS_TOKEN="));
+            env.push("EXECD_ACCESS_TOKEN=".into());
+            let config = bollard::models::ContainerConfig {
+                entrypoint: Some(base.entrypoint.unwrap_or_default()),
+                cmd: Some(base.cmd.unwrap_or_default()),
+                env: Some(env),
+                labels: Some(labels),
+                working_dir: base.working_dir,
+                user: base.user,
+                ..Default::default()
+            };
+            let mut options = bollard::query_parameters::CommitContainerOptionsBuilder::default()
+                .container(container)
+                .repo(repo)
+                .pause(false);
+            if let Some(tag) = tag {
+                options = options.tag(tag);
+            }
+            self.api
+                .commit_container(options.build(), config)
+                .await
+                .map_err(|e| classify("commit the container", e))?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn builds(&self) -> Fut<'_, Vec<Instance>> {
+        async move {
+            let filters = HashMap::from([(
+                "label".to_owned(),
+                vec![
+                    format!("{LABEL_INSTANCE}={}", self.settings.instance),
+                    format!("{LABEL_ROLE}={ROLE_BUILD}"),
+                ],
+            )]);
+            let options = ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build();
+            let containers = self
+                .api
+                .list_containers(Some(options))
+                .await
+                .map_err(|e| classify("list containers", e))?;
+            Ok(containers
+                .into_iter()
+                // A sandbox always has its id; a build never does.
+                .filter(|c| c.labels.as_ref().is_some_and(|l| !l.contains_key(LABEL_ID)))
+                .filter_map(|c| Some(Ports::default().instance(c.id?)))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn remove_image<'a>(&'a self, image: &'a str) -> Fut<'a, ()> {
+        async move {
+            let options = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+                .force(false)
+                .build();
+            match self.api.remove_image(image, Some(options), None).await {
+                Ok(_) => Ok(()),
+                Err(e) => match classify("remove the image", e) {
+                    RuntimeError::NotFound(_) => Ok(()),
+                    other => Err(other),
+                },
+            }
+        }
+        .boxed()
     }
 
     fn logs<'a>(&'a self, instance: &'a Instance, tail: usize, since: Option<i64>) -> Fut<'a, String> {
@@ -816,6 +964,15 @@ fn pull_failure(status: Option<u16>, message: &str) -> PullFailure {
     }
 }
 
+/// `repo:tag` → (`repo`, `tag`); a reference without a tag (a colon in a registry's port
+/// does not count) has none.
+fn split_reference(image: &str) -> (&str, Option<&str>) {
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
+        _ => (image, None),
+    }
+}
+
 /// `Exited (137) 5 seconds ago` → 137.
 fn exit_code_of_status(status: &str) -> Option<i64> {
     let rest = status.strip_prefix("Exited (")?;
@@ -856,6 +1013,20 @@ fn agent_tar(binary: &[u8]) -> anyhow::Result<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_split_at_the_tag_not_at_a_registry_port() {
+        assert_eq!(
+            split_reference("sandboxd/tpl-a:v1"),
+            ("sandboxd/tpl-a", Some("v1"))
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/x:v2"),
+            ("127.0.0.1:5000/x", Some("v2"))
+        );
+        assert_eq!(split_reference("127.0.0.1:5000/x"), ("127.0.0.1:5000/x", None));
+        assert_eq!(split_reference("busybox"), ("busybox", None));
+    }
 
     #[test]
     fn exit_codes_from_list_status() {

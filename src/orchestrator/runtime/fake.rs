@@ -3,7 +3,9 @@
 //! `/command` and port proxy are served for real over loopback HTTP (answering as each
 //! sandbox is scripted to), so readiness and its probes go through the real execd client. Images
 //! are a set; pulls follow a script per image ([`PullStep`]), can be held until released, and
-//! are counted while in flight.
+//! are counted while in flight. A `/command` of a scripted shell text (a template build's
+//! install command) prints and exits as its [`CommandScript`] says, held until released if
+//! asked; build containers are sandboxes with [`Purpose::Build`], which `observe_all` skips.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -18,9 +20,10 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::Semaphore;
 
 use super::{
-    Capabilities, Fut, Instance, LayerStep, Observed, Platform, PullError, PullEvent, RegistryAuth, Runtime,
-    RuntimeError, RuntimeKind, SandboxSpec, Target, EXECD_PORT,
+    Capabilities, Fut, Instance, LayerStep, Observed, Platform, PullError, PullEvent, Purpose, RegistryAuth,
+    Runtime, RuntimeError, RuntimeKind, SandboxSpec, Target, EXECD_PORT,
 };
+use crate::wire::{RunCommandRequest, StreamEvent};
 
 /// The application port that is not execd's.
 const HTTP_PORT: u16 = 8080;
@@ -42,6 +45,25 @@ pub enum Op {
     Remove,
     /// [`Runtime::image_present`].
     ImagePresent,
+    /// [`Runtime::commit`].
+    Commit,
+    /// [`Runtime::builds`].
+    Builds,
+    /// [`Runtime::remove_image`].
+    RemoveImage,
+}
+
+/// How a `/command` running one shell text answers (an install command of a template build).
+#[derive(Debug, Clone, Default)]
+pub struct CommandScript {
+    /// Lines printed on stdout.
+    pub stdout: Vec<String>,
+    /// Exit code; 0 completes.
+    pub exit: i64,
+    /// Whether the exit waits, after the output, for [`FakeRuntime::release_command`].
+    pub held: bool,
+    /// Whether execd reports the exit as its timeout's kill.
+    pub timed_out: bool,
 }
 
 /// One step of a scripted pull.
@@ -124,6 +146,12 @@ struct Inner {
     /// Pull scripts by image; an image without one pulls at once.
     pulls: HashMap<String, PullScript>,
     pull_stats: PullStats,
+    /// `/command` scripts by shell text, with the gate held ones wait at.
+    scripts: HashMap<String, (CommandScript, Arc<Semaphore>)>,
+    /// Every `/command` request, in order.
+    commands: Vec<RunCommandRequest>,
+    /// (instance reference, image) of every commit, in order.
+    commits: Vec<(String, String)>,
 }
 
 /// The fake.
@@ -237,6 +265,7 @@ impl FakeRuntime {
                     mounts: Vec::new(),
                     isolation: false,
                     files: Vec::new(),
+                    purpose: Purpose::Sandbox,
                 },
                 observed,
                 answers: true,
@@ -246,6 +275,46 @@ impl FakeRuntime {
             },
         );
         instance(reference)
+    }
+
+    /// Adds a build container that no build of this process made (as a crash leaves one);
+    /// returns its instance.
+    pub fn plant_build(&self, template: &str, version: u32) -> Instance {
+        let instance = self.plant(&format!("build-of-{template}"), Observed::Running);
+        self.lock()
+            .sandboxes
+            .get_mut(&instance.reference)
+            .expect("just planted")
+            .spec
+            .purpose = Purpose::Build {
+            template: template.to_owned(),
+            version,
+        };
+        instance
+    }
+
+    /// `/command` with the shell text `command` answers as `script` says.
+    pub fn script_command(&self, command: &str, script: CommandScript) {
+        self.lock()
+            .scripts
+            .insert(command.to_owned(), (script, Arc::new(Semaphore::new(0))));
+    }
+
+    /// Lets one held run of `command` exit.
+    pub fn release_command(&self, command: &str) {
+        if let Some((_, gate)) = self.lock().scripts.get(command) {
+            gate.add_permits(1);
+        }
+    }
+
+    /// Every `/command` request so far.
+    pub fn commands(&self) -> Vec<RunCommandRequest> {
+        self.lock().commands.clone()
+    }
+
+    /// (instance reference, image) of every commit so far.
+    pub fn commits(&self) -> Vec<(String, String)> {
+        self.lock().commits.clone()
     }
 
     /// How many times `op` was called.
@@ -368,11 +437,30 @@ async fn ping(State(inner): State<Arc<Mutex<Inner>>>, Path(reference): Path<Stri
     }
 }
 
-/// `POST /command`: completes when the application is ready, else prints and exits 1.
-async fn command(State(inner): State<Arc<Mutex<Inner>>>, Path(reference): Path<String>) -> Response {
+/// `POST /command`: a scripted shell text answers as scripted; anything else completes when
+/// the application is ready, else prints and exits 1.
+async fn command(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(reference): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
     let Some(s) = running(&inner, &reference) else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
+    let Ok(request) = serde_json::from_slice::<RunCommandRequest>(&body) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let script = {
+        let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.commands.push(request.clone());
+        request
+            .command
+            .as_ref()
+            .and_then(|c| inner.scripts.get(c).cloned())
+    };
+    if let Some((script, gate)) = script {
+        return scripted(script, gate);
+    }
     let body = if s.app_ready {
         "data: {\"type\":\"execution_complete\",\"timestamp\":1}\n\n".to_owned()
     } else {
@@ -381,6 +469,49 @@ async fn command(State(inner): State<Arc<Mutex<Inner>>>, Path(reference): Path<S
             .to_owned()
     };
     ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+}
+
+/// A scripted command's event stream: its output at once, its exit when released (if held).
+fn scripted(script: CommandScript, gate: Arc<Semaphore>) -> Response {
+    let sse = |event: StreamEvent| {
+        let json = serde_json::to_string(&event).expect("events serialize");
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(format!("data: {json}\n\n")))
+    };
+    let mut first = vec![sse(StreamEvent::init("fake-command", 1))];
+    first.extend(script.stdout.iter().map(|line| {
+        let mut event = StreamEvent::new(crate::wire::EventType::Stdout, 2);
+        event.text = Some(line.clone());
+        sse(event)
+    }));
+    let exit = async move {
+        if script.held {
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
+        }
+        let end = match (script.exit, script.timed_out) {
+            (_, true) => StreamEvent::error(
+                "CommandExecError",
+                "-1".into(),
+                vec!["killed by signal 9".into(), "timed out after 1000 ms".into()],
+                3,
+            ),
+            (0, false) => StreamEvent::complete(1, 3),
+            (code, false) => StreamEvent::error(
+                "CommandExecError",
+                code.to_string(),
+                vec![format!("exit status {code}")],
+                3,
+            ),
+        };
+        sse(end)
+    };
+    let stream = futures_util::stream::iter(first).chain(futures_util::stream::once(exit));
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// `/proxy/{port}/...`: 200 when the application is ready, else execd's answer for a port
@@ -411,6 +542,7 @@ impl Runtime for FakeRuntime {
         Capabilities {
             freeze: true,
             isolation: false,
+            builds: true,
         }
     }
 
@@ -472,6 +604,7 @@ impl Runtime for FakeRuntime {
                 .lock()
                 .sandboxes
                 .iter()
+                .filter(|(_, s)| s.spec.purpose == Purpose::Sandbox)
                 .map(|(reference, s)| {
                     (
                         s.spec.id.clone(),
@@ -521,6 +654,49 @@ impl Runtime for FakeRuntime {
         async move {
             self.enter(Op::Remove)?;
             self.lock().sandboxes.remove(&instance.reference);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn commit<'a>(&'a self, instance: &'a Instance, image: &'a str) -> Fut<'a, ()> {
+        async move {
+            self.enter(Op::Commit)?;
+            let mut inner = self.lock();
+            let s = inner
+                .sandboxes
+                .get_mut(&instance.reference)
+                .ok_or_else(|| RuntimeError::NotFound(instance.reference.clone()))?;
+            s.observed = Observed::Exited {
+                code: Some(143),
+                oom: false,
+                message: None,
+            };
+            inner.images.insert(image.to_owned());
+            inner.commits.push((instance.reference.clone(), image.to_owned()));
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn builds(&self) -> Fut<'_, Vec<Instance>> {
+        async move {
+            self.enter(Op::Builds)?;
+            Ok(self
+                .lock()
+                .sandboxes
+                .iter()
+                .filter(|(_, s)| matches!(s.spec.purpose, Purpose::Build { .. }))
+                .map(|(reference, _)| instance(reference.clone()))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn remove_image<'a>(&'a self, image: &'a str) -> Fut<'a, ()> {
+        async move {
+            self.enter(Op::RemoveImage)?;
+            self.lock().images.remove(image);
             Ok(())
         }
         .boxed()

@@ -53,6 +53,8 @@ pub struct Capabilities {
     pub freeze: bool,
     /// Isolated sessions inside sandboxes (user namespaces allowed by the runtime's profile).
     pub isolation: bool,
+    /// Template builds: [`Runtime::commit`] makes a local image sandboxes can run.
+    pub builds: bool,
 }
 
 /// Everything a runtime needs to start one sandbox. No runtime's syntax in it: mounts are
@@ -80,6 +82,25 @@ pub struct SandboxSpec {
     pub isolation: bool,
     /// Files written into the sandbox before it starts (a template's `files`).
     pub files: Vec<SpecFile>,
+    /// What the instance is for.
+    pub purpose: Purpose,
+}
+
+/// What an instance is for. Only sandboxes are listed by [`Runtime::observe_all`] (and so
+/// reconciled, swept and expired as sandboxes); build containers are listed by
+/// [`Runtime::builds`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Purpose {
+    /// A sandbox.
+    #[default]
+    Sandbox,
+    /// The container a template version is built in, committed and then removed.
+    Build {
+        /// The template's name.
+        template: String,
+        /// The version being built.
+        version: u32,
+    },
 }
 
 /// A file the runtime writes into a sandbox before starting it. Parent directories are
@@ -313,6 +334,16 @@ pub trait Runtime: Send + Sync + 'static {
     fn unpause<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()>;
     /// Kills and removes the sandbox. Already gone is fine.
     fn remove<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()>;
+    /// Stops the instance and saves its filesystem as the local image `image` (`repo:tag`),
+    /// whose entrypoint and command are those of the image the instance was created from, not
+    /// execd's init. The instance is left stopped, to be removed.
+    fn commit<'a>(&'a self, instance: &'a Instance, image: &'a str) -> Fut<'a, ()>;
+    /// Every template-build instance of this sandboxd instance that the runtime holds,
+    /// whatever process created it.
+    fn builds(&self) -> Fut<'_, Vec<Instance>>;
+    /// Removes the local image `image`. Already gone is fine; an image a sandbox still uses is
+    /// kept ([`RuntimeError::Conflict`]).
+    fn remove_image<'a>(&'a self, image: &'a str) -> Fut<'a, ()>;
     /// The last `tail` lines of the sandbox's output, at or after `since` (epoch seconds).
     fn logs<'a>(&'a self, instance: &'a Instance, tail: usize, since: Option<i64>) -> Fut<'a, String>;
     /// Housekeeping after start-up reconciliation (Docker: agent volumes of older builds).

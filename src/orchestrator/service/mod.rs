@@ -9,10 +9,14 @@
 //! - `expiry`: deletes sandboxes when they expire.
 //! - `reconcile`: start-up recovery against the runtime.
 //! - `templates`: versioned templates, and a create request made from one.
+//! - `builds`: template builds (`installCommand`): the queue, the builder task, the logs.
 //! - `startup`: the tasks that follow a sandbox with a pre-start hook or a readiness probe
 //!   from `Pending` to `Running` or `Failed`.
 //! - `prepull`: image prepull tasks: admission, the scheduler and its pulls.
 
+mod builds;
+#[cfg(test)]
+mod builds_tests;
 mod diagnostics;
 mod expiry;
 mod pause;
@@ -33,6 +37,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+pub use builds::BuildSettings;
 pub use prepull::{PrepullQuery, PrepullSnapshot};
 pub use sandboxes::{ListFilter, ProxyRoute};
 pub use template_import::{ExportSelection, ImportOptions, Incoming, Strategy};
@@ -63,6 +68,8 @@ pub struct Settings {
     pub pids_limit: i64,
     /// Most sandboxes a non-admin user may own at once.
     pub max_sandboxes_per_user: u64,
+    /// Template builds.
+    pub builds: BuildSettings,
 }
 
 /// The service.
@@ -80,6 +87,8 @@ pub struct Service {
     startups: startup::Startups,
     /// Queued and running image prepulls.
     prepulls: prepull::Prepulls,
+    /// Queued and running template builds.
+    builds: builds::Builds,
 }
 
 impl Service {
@@ -95,6 +104,7 @@ impl Service {
             runtime,
             authority,
             execd: ExecdClient::new(),
+            builds: builds::Builds::new(settings.builds),
             settings,
             server_endpoint: OnceLock::new(),
             expiry_changed: Notify::new(),
@@ -190,6 +200,7 @@ impl Service {
             ready_timeout,
             pids_limit: 99,
             max_sandboxes_per_user: 2,
+            builds: BuildSettings::default(),
         };
         let store = Store::open(dir).expect("open a test store");
         Arc::new(Self::new(store, Arc::new(fake.clone()), authority, settings))

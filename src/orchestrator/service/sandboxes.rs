@@ -16,7 +16,7 @@ use crate::orchestrator::auth::{Principal, Role};
 use crate::orchestrator::error::Denial;
 use crate::orchestrator::error::{Conflict, Error};
 use crate::orchestrator::execd_client::Ping;
-use crate::orchestrator::runtime::{Instance, Observed, Resources, SandboxSpec, Target, EXECD_PORT};
+use crate::orchestrator::runtime::{Instance, Observed, Purpose, Resources, SandboxSpec, Target, EXECD_PORT};
 use crate::orchestrator::spec::{self, Plan};
 use crate::orchestrator::store::{Failure, Phase, Record, TemplateRef};
 use crate::wire::lifecycle::{
@@ -253,6 +253,7 @@ impl Service {
             mounts: plan.mounts,
             isolation: plan.isolation,
             files: plan.files,
+            purpose: Purpose::Sandbox,
         };
         let t = Instant::now();
         let instance = self.runtime.create(spec).await?;
@@ -312,7 +313,7 @@ impl Service {
 
     /// Polls execd's `/ping` until it answers 200 (or, when `gated`, 503 `STARTING` too), the
     /// sandbox dies, or the deadline passes. Returns the answer.
-    async fn wait_ready(
+    pub(super) async fn wait_ready(
         &self,
         instance: &Instance,
         target: &Target,

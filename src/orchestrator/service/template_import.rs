@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::templates::{check_name, check_spec, check_tags, new_version};
+use super::templates::{check_name, check_tags, new_version};
 use super::Service;
 use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::Error;
@@ -353,7 +353,7 @@ impl Service {
         if let Some(tags) = &item.tags {
             check_tags(tags)?;
         }
-        check_spec(&item.spec, self.settings.limits.max_timeout)
+        self.check_spec(&item.spec)
     }
 }
 

@@ -7,9 +7,13 @@
 //! - Rollback copies the target's spec into a new version; history is never rewritten.
 //! - Visibility: public templates are readable and usable by everyone, private ones by their
 //!   owner or author and by admins; anyone else gets 404. Writing needs the admin role.
-//! - Every version is `Succeeded` at once, its image being the base image. Builds from an
-//!   `installCommand` (`Pending` → `Building` → `Succeeded|Failed`) are not implemented yet,
-//!   so such a spec is refused (400) rather than left `Pending`.
+//! - A version without an `installCommand` is `Succeeded` at once, its image being the base
+//!   image. One with an `installCommand` is stored `Pending` and queued for a build (`builds`:
+//!   `Building` → `Succeeded` with the committed image as `manifestRef`, or `Failed` with a
+//!   message); until it has succeeded, creating a sandbox from it is a 409
+//!   `TEMPLATE::NOT_READY` (with the build's message when it failed).
+//! - Deleting a template removes the images its versions built, except those a sandbox
+//!   still runs (the runtime keeps an image in use).
 
 use std::collections::BTreeMap;
 
@@ -32,6 +36,8 @@ use crate::wire::time::{format_ms, now_ms};
 pub(super) mod phase {
     /// Queued for a build.
     pub const PENDING: &str = "Pending";
+    /// Being built.
+    pub const BUILDING: &str = "Building";
     /// Usable.
     pub const SUCCEEDED: &str = "Succeeded";
     /// The build failed.
@@ -47,6 +53,8 @@ const MAX_TAGS: usize = 20;
 /// Most files, and their total size.
 const MAX_FILES: usize = 64;
 const MAX_FILES_BYTES: usize = 512 * 1024;
+/// Longest `installCommand`.
+const MAX_INSTALL_COMMAND: usize = 64 * 1024;
 /// `startupTimeout` bounds (upstream's `preStart` maximum) and default.
 const MAX_STARTUP_TIMEOUT: u64 = 10_800;
 const DEFAULT_STARTUP_TIMEOUT: u64 = 60;
@@ -316,13 +324,20 @@ impl Service {
         Ok((row, current))
     }
 
-    /// `DELETE /v1/templates/{idOrName}`: sandboxes made from it keep running.
+    /// `DELETE /v1/templates/{idOrName}`: sandboxes made from it keep running. The images
+    /// its versions built are removed, best effort: one a sandbox still runs stays (the
+    /// runtime refuses), and a build still running removes its own image when it finds the
+    /// template gone.
     pub async fn delete_template(&self, id_or_name: &str, caller: &Principal) -> Result<(), Error> {
         let (row, _) = self.readable_template(id_or_name, caller).await?;
+        let versions = self.store.template_versions(&row.id).await?;
         if !self.store.delete_template(&row.id).await? {
             return Err(Error::not_found(Kind::Template, id_or_name));
         }
         tracing::info!(template = %row.name, id = %row.id, "template deleted");
+        for image in versions.iter().filter_map(built_image) {
+            self.remove_built_image(image).await;
+        }
         Ok(())
     }
 
@@ -363,6 +378,9 @@ impl Service {
         caller: &Principal,
     ) -> Result<String, Error> {
         let (row, _) = self.readable_template(id_or_name, caller).await?;
+        if let Some(live) = self.builds.live_log(&row.id, version) {
+            return Ok(live);
+        }
         self.store
             .build_log(&row.id, version)
             .await?
@@ -542,9 +560,18 @@ impl Service {
         Ok((req, Some(from)))
     }
 
-    /// Checks a spec against §7.1's rules and this server's limits.
+    /// Checks a spec against §7.1's rules and this server's limits; an `installCommand` needs
+    /// a runtime that builds.
     pub(super) fn check_spec(&self, spec: &TemplateSpec) -> Result<(), Error> {
-        check_spec(spec, self.settings.limits.max_timeout)
+        check_spec(spec, self.settings.limits.max_timeout)?;
+        if spec.install_command.is_some() && !self.runtime.capabilities().builds {
+            return Err(Error::UnsupportedField(
+                "spec.installCommand: this runtime cannot build templates; install into the image, \
+                 or use startupScript"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// What happens once a version is stored: nothing for a ready one; a build for one with
@@ -552,6 +579,7 @@ impl Service {
     pub(super) fn after_version(&self, row: &TemplateRow, version: &VersionRow) {
         if version.phase == phase::PENDING {
             tracing::info!(template = %row.name, version = version.version, "template build queued");
+            self.builds.enqueue(&row.id, version.version);
         }
     }
 }
@@ -579,6 +607,15 @@ pub(super) fn new_version(
         phase: phase.into(),
         manifest_ref,
         message: None,
+    }
+}
+
+/// The image a version built, if it built one (a version without an install command runs its
+/// base image, which is not sandboxd's to remove).
+pub(super) fn built_image(v: &VersionRow) -> Option<&str> {
+    match (&v.spec.install_command, v.phase.as_str()) {
+        (Some(_), phase::SUCCEEDED) => v.manifest_ref.as_deref(),
+        _ => None,
     }
 }
 
@@ -795,14 +832,16 @@ pub(super) fn check_spec(spec: &TemplateSpec, max_ttl: u64) -> Result<(), Error>
     if spec.startup_script.as_ref().is_some_and(|s| s.trim().is_empty()) {
         return bad("spec.startupScript: must not be empty".into());
     }
-    if spec.install_command.is_some() {
-        // Builds (§7.6) are not implemented yet: refuse rather than keep a version Pending
-        // forever.
-        return Err(Error::UnsupportedField(
-            "spec.installCommand: template builds are not available in this sandboxd yet; \
-             install into the image, or use startupScript"
-                .into(),
-        ));
+    if let Some(command) = &spec.install_command {
+        if command.trim().is_empty() || command.contains('\0') {
+            return bad("spec.installCommand: must be a non-empty shell command without NUL bytes".into());
+        }
+        if command.len() > MAX_INSTALL_COMMAND {
+            return bad(format!(
+                "spec.installCommand: at most {MAX_INSTALL_COMMAND} bytes, got {}",
+                command.len()
+            ));
+        }
     }
     for key in spec.env.iter().flatten().map(|(k, _)| k) {
         let mut chars = key.chars();
@@ -873,7 +912,7 @@ pub(super) fn check_spec(spec: &TemplateSpec, max_ttl: u64) -> Result<(), Error>
 }
 
 /// A spec file as the runtime writes it: path checked, content decoded, mode parsed.
-fn spec_file(f: &crate::wire::templates::TemplateFile) -> Result<SpecFile, Error> {
+pub(super) fn spec_file(f: &crate::wire::templates::TemplateFile) -> Result<SpecFile, Error> {
     use std::path::{Component, Path};
     let path = Path::new(&f.path);
     let clean = path.is_absolute()

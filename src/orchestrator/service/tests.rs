@@ -60,7 +60,7 @@ fn request(timeout: Option<u64>) -> CreateSandboxRequest {
 }
 
 /// Waits (with a generous deadline) until `check` holds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(super) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
