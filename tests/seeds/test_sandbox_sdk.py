@@ -147,3 +147,6 @@ def test_template_management(plain):
         assert result["execution"].text == "'baked'", result
     finally:
         sdk.delete_sandbox(sandbox_id)
+        # Not the seed's: deleting the template removes the image its build committed, which
+        # would otherwise outlive this sandboxd on the machine's engine.
+        sdk._call("DELETE", f"/v1/templates/{template_id}")
