@@ -139,6 +139,13 @@ pub struct Config {
     /// How long a template's `installCommand` may run before its build fails, in seconds.
     #[arg(long, env = "SANDBOXD_BUILD_TIMEOUT_SECONDS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
     pub build_timeout_seconds: u64,
+    /// Largest `poolMax` a warm pool may ask for (`pools.maxMembers`).
+    #[arg(long, env = "SANDBOXD_POOL_MAX_MEMBERS", default_value_t = 100)]
+    pub pool_max_members: u32,
+    /// Seconds an acquire waits for a member while its pool is still warming one
+    /// (`pools.acquireTimeoutSeconds`); also the 429's `Retry-After`.
+    #[arg(long, env = "SANDBOXD_POOL_ACQUIRE_TIMEOUT", default_value_t = 30)]
+    pub pool_acquire_timeout: u64,
 }
 
 impl Config {
@@ -236,6 +243,14 @@ impl Config {
         super::service::BuildSettings {
             max_concurrent: usize::from(self.max_concurrent_builds),
             timeout: Duration::from_secs(self.build_timeout_seconds),
+        }
+    }
+
+    /// The warm pools' settings.
+    pub fn pools(&self) -> super::service::PoolSettings {
+        super::service::PoolSettings {
+            max_members: self.pool_max_members,
+            acquire_timeout: Duration::from_secs(self.pool_acquire_timeout),
         }
     }
 }

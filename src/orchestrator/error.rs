@@ -91,6 +91,15 @@ pub enum Error {
         /// Whole seconds until a request conforms again (at least 1).
         retry_after: u64,
     },
+    /// A pool has no idle member, and none became idle within the acquire timeout (the HTTP
+    /// layer adds `Retry-After`).
+    #[error("pool {pool} has no free sandbox; retry after {retry_after} s")]
+    CapacityExhausted {
+        /// The pool.
+        pool: String,
+        /// Whole seconds (the acquire timeout, at least 1).
+        retry_after: u64,
+    },
     /// No route matches the request.
     #[error("no such route")]
     NoRoute,
@@ -118,6 +127,8 @@ pub enum Kind {
     TemplateVersion,
     /// An image prepull task.
     Prepull,
+    /// A warm pool.
+    Pool,
 }
 
 impl fmt::Display for Kind {
@@ -128,6 +139,7 @@ impl fmt::Display for Kind {
             Kind::Template => "template",
             Kind::TemplateVersion => "template version",
             Kind::Prepull => "prepull task",
+            Kind::Pool => "pool",
         })
     }
 }
@@ -162,6 +174,12 @@ pub enum Conflict {
     TemplateExists(String),
     /// The template version's image is not built (yet, or ever: the message says which).
     TemplateNotReady(String),
+    /// Pools still make members from the template (the message names them).
+    TemplateInUse(String),
+    /// A pool of that name exists.
+    PoolExists(String),
+    /// Release of a sandbox that was not acquired from a pool.
+    NotAllocated(String),
 }
 
 impl fmt::Display for Conflict {
@@ -175,7 +193,11 @@ impl fmt::Display for Conflict {
                 "sandbox {id} was created for manual cleanup and has no expiry to renew"
             ),
             Conflict::NoRoute(id) => write!(f, "sandbox {id} has no published ports (not running)"),
-            Conflict::Runtime(message) | Conflict::TemplateNotReady(message) => f.write_str(message),
+            Conflict::Runtime(message)
+            | Conflict::TemplateNotReady(message)
+            | Conflict::TemplateInUse(message) => f.write_str(message),
+            Conflict::PoolExists(name) => write!(f, "a pool named {name} already exists"),
+            Conflict::NotAllocated(id) => write!(f, "sandbox {id} was not acquired from a pool"),
             Conflict::TemplateExists(name) => write!(f, "a template named {name} already exists"),
         }
     }
@@ -188,8 +210,6 @@ pub enum Feature {
     Snapshots,
     /// `/sandboxes/{id}/networkpolicy`.
     NetworkPolicy,
-    /// `/pools`.
-    Pools,
 }
 
 impl Feature {
@@ -199,7 +219,6 @@ impl Feature {
             Feature::NetworkPolicy => {
                 "network policies need the egress sidecar, which sandboxd's Docker runtime does not run"
             }
-            Feature::Pools => "pools require the kubernetes runtime",
         }
     }
 }
@@ -305,6 +324,7 @@ impl Error {
             | Error::Unauthenticated(_)
             | Error::Forbidden(_)
             | Error::RateLimited { .. }
+            | Error::CapacityExhausted { .. }
             | Error::NoRoute => true,
             Error::Runtime(e) => matches!(
                 e,

@@ -15,6 +15,13 @@ use super::runtime::Target;
 use crate::auth::TOKEN_HEADER;
 use crate::wire::{ErrorBody, ErrorCode, EventType, RunCommandRequest, StreamEvent};
 
+/// The content type of JSON bodies.
+const JSON: &str = "application/json";
+/// The multipart boundary of uploads (never inside what sandboxd uploads: env files are
+/// text, and the boundary is checked against the content).
+const BOUNDARY: &str = "sandboxd-upload-7b1c0e2f9a";
+/// How long a write or a background start through execd may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one probe may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most of an answer sandboxd reads: error bodies, and a probe command's event stream.
@@ -122,18 +129,18 @@ impl ExecdClient {
         token: &str,
         method: hyper::Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<(&str, Vec<u8>)>,
     ) -> Result<(u16, Bytes), String> {
         let uri = format!("http://{}{}{path}", target.dial, target.prefix);
         let mut req = hyper::Request::builder().method(method).uri(uri);
         if target.execd {
             req = req.header(TOKEN_HEADER, token);
         }
-        if body.is_some() {
-            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some((content_type, _)) = &body {
+            req = req.header(hyper::header::CONTENT_TYPE, *content_type);
         }
         let req = req
-            .body(Full::new(body.map(Bytes::from).unwrap_or_default()))
+            .body(Full::new(body.map(|(_, b)| Bytes::from(b)).unwrap_or_default()))
             .map_err(|e| format!("invalid request: {e}"))?;
         let resp = self
             .http
@@ -180,7 +187,7 @@ impl ExecdClient {
         };
         let body = serde_json::to_vec(&request).map_err(|e| ProbeFailure::Unreachable(e.to_string()))?;
         // execd kills the command at `timeout`; the margin lets its last events arrive.
-        let call = self.call(execd, token, hyper::Method::POST, "/command", Some(body));
+        let call = self.call(execd, token, hyper::Method::POST, "/command", Some((JSON, body)));
         let (status, body) = tokio::time::timeout(timeout + PING_TIMEOUT, call)
             .await
             .map_err(|_| ProbeFailure::TimedOut(timeout))?
@@ -318,6 +325,68 @@ fn command_event(line: &[u8], output: &mut impl FnMut(&str)) -> Option<CommandEn
             })
         }
         _ => None,
+    }
+}
+
+impl ExecdClient {
+    /// Writes `content` to `path` in the sandbox (mode `mode`, octal digits in decimal as the
+    /// upload's metadata takes them), through execd's `/files/upload`.
+    pub async fn write_file(
+        &self,
+        execd: &Target,
+        token: &str,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+    ) -> Result<(), String> {
+        if memchr::memmem::find(content, BOUNDARY.as_bytes()).is_some() {
+            return Err("the content holds the multipart boundary".into());
+        }
+        let meta = serde_json::json!({"path": path, "mode": mode}).to_string();
+        let mut body = Vec::with_capacity(content.len() + meta.len() + 400);
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\
+                 Content-Type: application/json\r\n\r\n{meta}\r\n--{BOUNDARY}\r\n\
+                 Content-Disposition: form-data; name=\"file\"; filename=\"file\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(content);
+        body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+        let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+        let call = self.call(
+            execd,
+            token,
+            hyper::Method::POST,
+            "/files/upload",
+            Some((&content_type, body)),
+        );
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Err(_) => Err(format!("execd did not answer within {CALL_TIMEOUT:?}")),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((200..=299, _))) => Ok(()),
+            Ok(Ok((status, body))) => Err(status_failure(status, &body).to_string()),
+        }
+    }
+
+    /// Starts `argv` as a background command through execd's `POST /command` (its output goes
+    /// to the command's log); returns once execd has started it.
+    pub async fn start_background(&self, execd: &Target, token: &str, argv: &[String]) -> Result<(), String> {
+        let request = RunCommandRequest {
+            argv: Some(argv.to_vec()),
+            background: Some(true),
+            ..Default::default()
+        };
+        let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+        let call = self.call(execd, token, hyper::Method::POST, "/command", Some((JSON, body)));
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Err(_) => Err(format!("execd did not answer within {CALL_TIMEOUT:?}")),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((200, _))) => Ok(()),
+            Ok(Ok((status, body))) => Err(status_failure(status, &body).to_string()),
+        }
     }
 }
 

@@ -92,6 +92,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         pids_limit: config.pids_limit,
         max_sandboxes_per_user: config.max_sandboxes_per_user,
         builds: config.builds(),
+        pools: config.pools(),
     };
     let service = Arc::new(service::Service::new(
         store,
@@ -135,6 +136,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let service = service.clone();
         async move { service.run_builds().await }
     });
+    let pools = tokio::spawn(service.clone().run_pools());
     let sweeper = tokio::spawn({
         let service = service.clone();
         async move {
@@ -179,6 +181,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     sweeper.abort();
     prepulls.abort();
     builds.abort();
+    pools.abort();
     Ok(())
 }
 

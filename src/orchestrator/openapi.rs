@@ -6,6 +6,10 @@ use utoipa::OpenApi;
 
 use super::http::diagnostics::__path_diagnostics;
 use super::http::metrics::{__path_metrics_event, __path_metrics_summary, __path_prometheus_metrics};
+use super::http::pools::{
+    __path_acquire, __path_create_pool, __path_delete_pool, __path_get_pool, __path_list_pools,
+    __path_release, __path_update_pool,
+};
 use super::http::prepulls::{
     __path_create_prepull, __path_delete_prepull, __path_get_prepull, __path_list_prepulls,
     __path_prepull_events, __path_prepull_template,
@@ -30,12 +34,12 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
         title = "sandboxd",
         description = "Sandbox lifecycle server on the Docker Engine, speaking the OpenSandbox lifecycle contract. \
                        Every route is served at / and under /v1 (except /version and /metrics, bare only, and /metrics/events, \
-                       at /v1/metrics/events only). Every response carries X-Request-ID. /snapshots, /pools and \
-                       /sandboxes/{id}/networkpolicy answer 501. Callers authenticate with the server's API key \
+                       at /v1/metrics/events only). Every response carries X-Request-ID. /snapshots and \
+                       /sandboxes/{id}/networkpolicy answer 501; /pools serves warm pools on Docker. Callers authenticate with the server's API key \
                        (OPEN-SANDBOX-API-KEY: the admin `root`) or a user token from POST /v1/tokens \
                        (Authorization: Bearer); a sandbox belongs to its creator, and someone else's is 404 to \
                        everyone but admins. Every API route takes from one of the caller's rate classes \
-                       (create: POST /sandboxes, POST /templates, POST /prepulls, POST /templates/{idOrName}/prepull; read: the others); a spent class answers 429 RATE_LIMIT::EXCEEDED with \
+                       (create: POST /sandboxes, POST /templates, POST /prepulls, POST /templates/{idOrName}/prepull, POST /pools, POST /pools/{name}/acquire; read: the others); a spent class answers 429 RATE_LIMIT::EXCEEDED with \
                        Retry-After (whole seconds), RateLimit-Policy and RateLimit. /health, /version and the proxy are never limited.",
         license(name = "Apache-2.0")
     ),
@@ -43,7 +47,8 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
         health, version, prometheus_metrics, metrics_summary, metrics_event, create, list, get_one, delete, patch_metadata, pause, resume, renew,
         endpoint, diagnostics, proxy, mint, current, revoke, create_template, list_templates, get_template, update_template,
         delete_template, template_versions, template_version, build_log, rollback, export_one, export_many, import,
-        create_prepull, list_prepulls, get_prepull, delete_prepull, prepull_events, prepull_template
+        create_prepull, list_prepulls, get_prepull, delete_prepull, prepull_events, prepull_template,
+        create_pool, list_pools, get_pool, update_pool, delete_pool, acquire, release
     ),
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,

@@ -207,7 +207,7 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
 pub const MAX_NAME_CHARS: usize = 128;
 
 /// A display name: 1–128 printable characters (no control characters), not blank.
-fn check_name(name: &str) -> Result<(), Error> {
+pub fn check_name(name: &str) -> Result<(), Error> {
     if name.trim().is_empty() {
         return Err(Error::invalid("name must not be blank"));
     }
@@ -287,7 +287,8 @@ fn pre_start(lifecycle: serde_json::Value) -> Result<Option<PreStart>, Error> {
     }))
 }
 
-fn timeout(value: Option<&serde_json::Value>, max: u64) -> Result<Option<u64>, Error> {
+/// `timeout`: whole seconds from 60 to `max`; null or absent is manual cleanup.
+pub fn timeout(value: Option<&serde_json::Value>, max: u64) -> Result<Option<u64>, Error> {
     let Some(value) = value.filter(|v| !v.is_null()) else {
         return Ok(None);
     };

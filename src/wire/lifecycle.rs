@@ -201,6 +201,21 @@ pub struct Sandbox {
     /// and admins can read a sandbox at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
+    /// For a sandbox acquired from a warm pool: `{mode: "pool", poolRef, state}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<SandboxAllocation>,
+}
+
+/// `allocation` of a pool-backed sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxAllocation {
+    /// `pool`.
+    pub mode: String,
+    /// The pool it came from.
+    pub pool_ref: String,
+    /// `allocated`, or `released` once given back.
+    pub state: String,
 }
 
 /// The 202 body of `POST /sandboxes`.
@@ -236,6 +251,9 @@ pub struct CreateSandboxResponse {
     /// The display name it was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// For a sandbox acquired from a warm pool: `{mode: "pool", poolRef, state}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<SandboxAllocation>,
 }
 
 /// `GET /sandboxes` answer.

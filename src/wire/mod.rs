@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 #[cfg(feature = "orchestrator")]
+pub mod pools;
+#[cfg(feature = "orchestrator")]
 pub mod prepull;
 pub mod pty;
 #[cfg(feature = "orchestrator")]

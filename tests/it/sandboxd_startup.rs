@@ -166,6 +166,7 @@ impl InProcess {
             pids_limit: 4096,
             max_sandboxes_per_user: 10,
             builds: Default::default(),
+            pools: Default::default(),
         };
         let service = Service::new(
             store,

@@ -60,6 +60,7 @@ impl From<&Error> for ApiError {
                 Kind::Template => &codes::TEMPLATE_NOT_FOUND,
                 Kind::TemplateVersion => &codes::TEMPLATE_VERSION_NOT_FOUND,
                 Kind::Prepull => &codes::PREPULL_NOT_FOUND,
+                Kind::Pool => &codes::POOL_NOT_FOUND,
             }),
             Error::Invalid(_) => said(&codes::SANDBOX_INVALID_PARAMETER),
             Error::InvalidSpec(_) => said(&codes::TEMPLATE_INVALID_SPEC),
@@ -71,9 +72,7 @@ impl From<&Error> for ApiError {
                 ApiError::with_status(&codes::SANDBOX_API_NOT_SUPPORTED, 400, e.to_string())
             }
             Error::Unsupported(feature) => said(match feature {
-                Feature::Snapshots | Feature::NetworkPolicy | Feature::Pools => {
-                    &codes::SANDBOX_API_NOT_SUPPORTED
-                }
+                Feature::Snapshots | Feature::NetworkPolicy => &codes::SANDBOX_API_NOT_SUPPORTED,
             }),
             Error::HostPathNotAllowed(_) => said(&codes::SANDBOX_HOST_PATH_NOT_ALLOWED),
             Error::TooLarge { .. } => said(&codes::SANDBOX_PAYLOAD_TOO_LARGE),
@@ -87,6 +86,9 @@ impl From<&Error> for ApiError {
                 | Conflict::Runtime(_) => &codes::SANDBOX_INVALID_STATE,
                 Conflict::TemplateExists(_) => &codes::TEMPLATE_CONFLICT,
                 Conflict::TemplateNotReady(_) => &codes::TEMPLATE_NOT_READY,
+                Conflict::TemplateInUse(_) => &codes::TEMPLATE_IN_USE,
+                Conflict::PoolExists(_) => &codes::POOL_ALREADY_EXISTS,
+                Conflict::NotAllocated(_) => &codes::POOL_NOT_ALLOCATED,
             }),
             Error::Unauthenticated(failure) => said(match failure {
                 AuthFailure::Missing => &codes::MISSING_API_KEY,
@@ -107,6 +109,7 @@ impl From<&Error> for ApiError {
                 format!("cannot reach port {port} of sandbox {id}"),
             ),
             Error::RateLimited { .. } => said(&codes::RATE_LIMIT_EXCEEDED),
+            Error::CapacityExhausted { .. } => said(&codes::POOL_CAPACITY_EXHAUSTED),
             Error::NoRoute => said(&codes::GENERAL_NOT_FOUND),
             Error::Runtime(r) => match r {
                 RuntimeError::NotFound(_) => said(&codes::SANDBOX_NOT_FOUND),
@@ -155,7 +158,15 @@ impl IntoResponse for Error {
             tracing::warn!(code = api.entry.code, error = %self, "request refused");
         }
         let unauthenticated = matches!(self, Error::Unauthenticated(_));
+        let retry_after = match &self {
+            Error::CapacityExhausted { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
         let mut resp = api.into_response();
+        if let Some(seconds) = retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());
+        }
         if unauthenticated {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -259,10 +270,29 @@ mod tests {
                 501,
                 "SANDBOX::API_NOT_SUPPORTED",
             ),
+            (Error::not_found(Kind::Pool, "p"), 404, "POOL::NOT_FOUND"),
             (
-                Error::Unsupported(Feature::Pools),
-                501,
-                "SANDBOX::API_NOT_SUPPORTED",
+                Error::Conflict(Conflict::PoolExists(s())),
+                409,
+                "POOL::ALREADY_EXISTS",
+            ),
+            (
+                Error::Conflict(Conflict::NotAllocated(s())),
+                409,
+                "POOL::NOT_ALLOCATED",
+            ),
+            (
+                Error::Conflict(Conflict::TemplateInUse(s())),
+                409,
+                "TEMPLATE::IN_USE",
+            ),
+            (
+                Error::CapacityExhausted {
+                    pool: s(),
+                    retry_after: 3,
+                },
+                429,
+                "POOL::CAPACITY_EXHAUSTED",
             ),
             (
                 Error::HostPathNotAllowed(s()),

@@ -19,7 +19,7 @@
 //! - `extract`: `JsonBody`, `Principal` and the auth layer.
 //! - `ratelimit`: the rate-class route layer and its 429.
 //! - `metrics`: the metrics layer, `/metrics`, `/metrics/summary`, `/v1/metrics/events`.
-//! - `sandboxes`, `prepulls`, `diagnostics`, `proxy`, `tokens`, `system`: one file per
+//! - `sandboxes`, `prepulls`, `pools`, `diagnostics`, `proxy`, `tokens`, `system`: one file per
 //!   resource, each with its `routes()`.
 
 pub(super) mod diagnostics;
@@ -27,6 +27,7 @@ pub(super) mod error;
 mod error_format;
 mod extract;
 pub(super) mod metrics;
+pub(super) mod pools;
 pub(super) mod prepulls;
 pub(super) mod proxy;
 mod ratelimit;
@@ -98,12 +99,14 @@ pub fn router(app: App) -> Router {
             Class::Create,
         ))
         .merge(limited(prepulls::create_routes(), Class::Create))
+        .merge(limited(pools::create_routes(), Class::Create))
         .merge(limited(
             sandboxes::routes()
                 .merge(prepulls::routes())
                 .merge(diagnostics::routes())
                 .merge(tokens::routes())
                 .merge(templates::routes())
+                .merge(pools::routes())
                 .merge(metrics::summary_routes())
                 .merge(system::unsupported_routes()),
             Class::Read,

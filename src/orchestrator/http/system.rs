@@ -25,8 +25,6 @@ pub(super) fn unsupported_routes() -> Router<App> {
         .route("/snapshots", any(no_snapshots))
         .route("/snapshots/{id}", any(no_snapshots))
         .route("/sandboxes/{id}/networkpolicy", any(no_network_policy))
-        .route("/pools", any(no_pools))
-        .route("/pools/{name}", any(no_pools))
 }
 
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "`{\"status\": \"healthy\"}`")))]
@@ -50,10 +48,6 @@ async fn no_snapshots() -> Error {
 
 async fn no_network_policy() -> Error {
     Error::Unsupported(Feature::NetworkPolicy)
-}
-
-async fn no_pools() -> Error {
-    Error::Unsupported(Feature::Pools)
 }
 
 /// 404 for a path no router serves.

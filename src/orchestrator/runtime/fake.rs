@@ -129,6 +129,8 @@ pub struct FakeSandbox {
     pub app_ready: bool,
     /// What `logs` returns, when scripted.
     pub logs: Option<String>,
+    /// The bodies of the `/files/upload` requests its execd received, in order.
+    pub uploads: Vec<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -168,6 +170,7 @@ impl FakeRuntime {
         let app = axum::Router::new()
             .route("/{reference}/ping", axum::routing::get(ping))
             .route("/{reference}/command", axum::routing::post(command))
+            .route("/{reference}/files/upload", axum::routing::post(upload))
             .route("/{reference}/proxy/{port}", axum::routing::get(proxied))
             .route("/{reference}/proxy/{port}/", axum::routing::get(proxied))
             .route("/{reference}/proxy/{port}/{*rest}", axum::routing::get(proxied))
@@ -272,6 +275,7 @@ impl FakeRuntime {
                 starting: false,
                 app_ready: false,
                 logs: None,
+                uploads: Vec::new(),
             },
         );
         instance(reference)
@@ -514,6 +518,26 @@ fn scripted(script: CommandScript, gate: Arc<Semaphore>) -> Response {
         .into_response()
 }
 
+/// `POST /files/upload`: keeps the body (a running sandbox's).
+async fn upload(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(reference): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+    match inner
+        .sandboxes
+        .get_mut(&reference)
+        .filter(|s| s.observed == Observed::Running)
+    {
+        Some(s) => {
+            s.uploads.push(body.to_vec());
+            StatusCode::OK.into_response()
+        }
+        None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
 /// `/proxy/{port}/...`: 200 when the application is ready, else execd's answer for a port
 /// nothing listens on.
 async fn proxied(State(inner): State<Arc<Mutex<Inner>>>, Path(params): Path<Vec<String>>) -> Response {
@@ -578,6 +602,7 @@ impl Runtime for FakeRuntime {
                     starting,
                     app_ready: false,
                     logs: None,
+                    uploads: Vec::new(),
                 },
             );
             Ok(instance(reference))

@@ -57,7 +57,24 @@ impl Service {
         if record.expires_at.is_none_or(|t| t > now_ms()) {
             return true;
         }
+        if record.pool.is_some() && record.phase != crate::orchestrator::store::Phase::Released {
+            // The allocation's expiry: the sandbox is released to its pool.
+            if let Err(e) = self.end_allocation(&record, false).await {
+                tracing::error!(sandbox = id, error = %e, "cannot release expired pooled sandbox; retrying");
+                return false;
+            }
+            tracing::info!(sandbox = id, "pooled sandbox expired and was released");
+            return true;
+        }
         self.startups.cancel(id);
+        if record.phase == crate::orchestrator::store::Phase::Released {
+            // Its instance is the pool's (or gone): only the record is left to forget.
+            if let Err(e) = self.store.remove(id).await {
+                tracing::error!(sandbox = id, error = %e, "cannot forget released sandbox");
+                return false;
+            }
+            return true;
+        }
         if let Some(instance) = &record.instance {
             if let Err(e) = self.runtime.remove(instance).await {
                 tracing::error!(sandbox = id, error = %e, "cannot remove expired sandbox; retrying");

@@ -13,6 +13,7 @@
 //! - `startup`: the tasks that follow a sandbox with a pre-start hook or a readiness probe
 //!   from `Pending` to `Running` or `Failed`.
 //! - `prepull`: image prepull tasks: admission, the scheduler and its pulls.
+//! - `pools`: warm pools: the reconciler that keeps members warm, acquire and release.
 
 mod builds;
 #[cfg(test)]
@@ -20,6 +21,7 @@ mod builds_tests;
 mod diagnostics;
 mod expiry;
 mod pause;
+mod pools;
 mod prepull;
 mod reconcile;
 mod sandboxes;
@@ -38,6 +40,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use builds::BuildSettings;
+pub use pools::PoolSettings;
 pub use prepull::{PrepullQuery, PrepullSnapshot};
 pub use sandboxes::{ListFilter, ProxyRoute};
 pub use template_import::{ExportSelection, ImportOptions, Incoming, Strategy};
@@ -70,6 +73,8 @@ pub struct Settings {
     pub max_sandboxes_per_user: u64,
     /// Template builds.
     pub builds: BuildSettings,
+    /// Warm pools.
+    pub pools: PoolSettings,
 }
 
 /// The service.
@@ -89,6 +94,8 @@ pub struct Service {
     prepulls: prepull::Prepulls,
     /// Queued and running template builds.
     builds: builds::Builds,
+    /// The warm pools' wake-ups and the members being warmed.
+    pools: pools::Pools,
 }
 
 impl Service {
@@ -110,6 +117,7 @@ impl Service {
             expiry_changed: Notify::new(),
             startups: startup::Startups::default(),
             prepulls: prepull::Prepulls::new(prepull::MAX_CONCURRENT),
+            pools: pools::Pools::default(),
         }
     }
 
@@ -201,6 +209,7 @@ impl Service {
             pids_limit: 99,
             max_sandboxes_per_user: 2,
             builds: BuildSettings::default(),
+            pools: PoolSettings::default(),
         };
         let store = Store::open(dir).expect("open a test store");
         Arc::new(Self::new(store, Arc::new(fake.clone()), authority, settings))

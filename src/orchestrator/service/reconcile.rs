@@ -5,7 +5,9 @@
 //! that followed it: it is adopted and marked failed (`STARTUP_INTERRUPTED`), kept for its
 //! owner to inspect and delete, since its creator already holds its id. A row this
 //! build cannot read, or a sandbox in a state it does not know, is logged and left alone:
-//! nothing is deleted that was not positively classified as sandboxd's own and dead.
+//! nothing is deleted that was not positively classified as sandboxd's own and dead. Pool
+//! members are the pool reconciler's (`pools`): their containers are never orphans here, and
+//! a pool-backed sandbox is found by its member's label.
 
 use std::collections::BTreeSet;
 
@@ -38,7 +40,7 @@ impl Service {
         let live = self.runtime.observe_all().await?;
         let now = now_ms();
         let mut done = Reconciled::default();
-        let mut recorded = BTreeSet::new();
+        let mut recorded = self.member_ids().await?;
         for row in self.store.all().await? {
             let record = match row {
                 Ok(record) => record,
@@ -50,6 +52,21 @@ impl Service {
                 }
             };
             recorded.insert(record.id.clone());
+            recorded.insert(record.runtime_key().to_owned());
+            if record.phase == Phase::Released {
+                // Its instance went back to the pool, or is gone: only the record is its own.
+                if record.expires_at.is_some_and(|t| t <= now) {
+                    if let Err(e) = self.store.remove(&record.id).await {
+                        tracing::error!(sandbox = %record.id, error = %e, "cannot forget a released sandbox");
+                        done.failed += 1;
+                        continue;
+                    }
+                    done.forgotten += 1;
+                } else {
+                    done.adopted += 1;
+                }
+                continue;
+            }
             if record
                 .instance
                 .as_ref()
@@ -59,7 +76,7 @@ impl Service {
                 done.left_alone += 1;
                 continue;
             }
-            let Some((instance, observed)) = live.get(&record.id) else {
+            let Some((instance, observed)) = live.get(record.runtime_key()) else {
                 match self.store.remove(&record.id).await {
                     Ok(_) => done.forgotten += 1,
                     Err(e) => {
@@ -76,7 +93,15 @@ impl Service {
             }
             let half_created = record.phase == Phase::Pending;
             let expired = record.expires_at.is_some_and(|t| t <= now);
-            if half_created || expired {
+            if record.pool.is_some() && expired {
+                match self.end_allocation(&record, false).await {
+                    Ok(()) => done.removed += 1,
+                    Err(e) => {
+                        tracing::error!(sandbox = %record.id, error = %e, "cannot release an expired pooled sandbox");
+                        done.failed += 1;
+                    }
+                }
+            } else if half_created || expired {
                 let removal = match self.runtime.remove(instance).await {
                     Ok(()) => self.store.remove(&record.id).await.map(drop).map_err(Error::from),
                     Err(e) => Err(e.into()),
@@ -140,16 +165,18 @@ impl Service {
         if live.is_empty() {
             return Ok(0);
         }
-        let recorded: BTreeSet<String> = self
-            .store
-            .all()
-            .await?
-            .into_iter()
-            .map(|row| match row {
-                Ok(record) => record.id,
-                Err(e) => e.id,
-            })
-            .collect();
+        let mut recorded = self.member_ids().await?;
+        for row in self.store.all().await? {
+            match row {
+                Ok(record) => {
+                    recorded.insert(record.runtime_key().to_owned());
+                    recorded.insert(record.id);
+                }
+                Err(e) => {
+                    recorded.insert(e.id);
+                }
+            }
+        }
         let mut removed = 0;
         for (id, (instance, _)) in &live {
             if recorded.contains(id) {
@@ -164,5 +191,20 @@ impl Service {
             }
         }
         Ok(removed)
+    }
+
+    /// The ids of every pool member row, readable or not: their containers are the pool
+    /// reconciler's, never orphans.
+    async fn member_ids(&self) -> Result<BTreeSet<String>, Error> {
+        Ok(self
+            .store
+            .members()
+            .await?
+            .into_iter()
+            .map(|row| match row {
+                Ok(m) => m.id,
+                Err(e) => e.id,
+            })
+            .collect())
     }
 }

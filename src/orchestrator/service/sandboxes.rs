@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::pools::POOL_REF;
 use super::startup::{Gate, Started};
 use super::Service;
 use crate::auth::TOKEN_HEADER;
@@ -21,7 +22,7 @@ use crate::orchestrator::spec::{self, Plan};
 use crate::orchestrator::store::{Failure, Phase, Record, TemplateRef};
 use crate::wire::lifecycle::{
     CreateSandboxRequest, CreateSandboxResponse, Endpoint, ImageSpec, Lifecycle, ListSandboxesResponse,
-    RenewExpiration, Sandbox, SandboxStatus, LIFECYCLE_ENV,
+    RenewExpiration, Sandbox, SandboxAllocation, SandboxStatus, LIFECYCLE_ENV,
 };
 use crate::wire::time::{format_ms, now_ms, parse_ms};
 
@@ -29,6 +30,9 @@ use crate::wire::time::{format_ms, now_ms, parse_ms};
 const PINGS_PER_LOOK: u32 = 16;
 /// Lines of output an error about a sandbox that did not come up carries.
 const START_LOG_LINES: usize = 20;
+/// The env file execd adds to every command's environment (`EXECD_ENVS`), unless the
+/// request names another.
+pub(super) const EXECD_ENVS_FILE: &str = "/tmp/opensandbox/.env";
 
 /// The list filter of `GET /sandboxes`.
 #[derive(Debug, Default, Clone)]
@@ -72,6 +76,10 @@ impl Service {
         caller: &Principal,
         business_domain: Option<String>,
     ) -> Result<CreateSandboxResponse, Error> {
+        if let Some(pool) = req.extensions.as_ref().and_then(|e| e.get(POOL_REF)) {
+            let pool = pool.clone();
+            return self.acquire_for_create(&pool, req, caller, business_domain).await;
+        }
         let (req, template) = self.resolve_template(req, caller).await?;
         let mut plan = spec::plan(req, &self.settings.limits)?;
         if let Some(t) = &template {
@@ -132,6 +140,7 @@ impl Service {
             resource_limits: plan.resource_limits.clone(),
             timeout: plan.timeout,
             env: plan.env.clone(),
+            pool: None,
         };
         self.store.insert(&record).await?;
         self.event(&record.id, &format!("create requested: image {}", plan.image))
@@ -187,6 +196,7 @@ impl Service {
                     template_name: record.template.as_ref().map(|t| t.name.clone()),
                     template_version: record.template.as_ref().map(|t| t.version),
                     name: record.name.clone(),
+                    allocation: None,
                 })
             }
             Err(e) => {
@@ -211,9 +221,15 @@ impl Service {
         }
     }
 
-    /// Creates and starts the sandbox and waits for its execd: until `/ping` answers 200, or
-    /// when `gated` (a pre-start hook or readiness probe follows), until it answers at all.
-    async fn provision(&self, record: &mut Record, plan: Plan, gated: bool) -> Result<Provisioned, Error> {
+    /// What the runtime is asked to create for a sandbox (or pool member) `id` whose execd
+    /// takes `token`: the plan with execd's environment and the default process limit.
+    pub(super) fn sandbox_spec(
+        &self,
+        id: &str,
+        token: &str,
+        expires_at: Option<i64>,
+        plan: Plan,
+    ) -> Result<SandboxSpec, Error> {
         let mut env = plan.env;
         // The 1.1.1 code interpreter probes `/dev/tcp/127.0.0.1/${JUPYTER_PORT:-44771}` before
         // it declares itself ready; execd is the code plane here, so point it at execd.
@@ -224,9 +240,9 @@ impl Service {
         // exist only as the mount point of the agent (root's, 0755), so it lives in a
         // directory any user can create.
         env.entry("EXECD_ENVS".into())
-            .or_insert_with(|| "/tmp/opensandbox/.env".into());
-        env.insert("OPENSANDBOX_ID".into(), record.id.clone());
-        env.insert("EXECD_ACCESS_TOKEN".into(), record.token.clone());
+            .or_insert_with(|| EXECD_ENVS_FILE.into());
+        env.insert("OPENSANDBOX_ID".into(), id.to_owned());
+        env.insert("EXECD_ACCESS_TOKEN".into(), token.to_owned());
         if let Some(pre_start) = &plan.pre_start {
             let hooks = Lifecycle {
                 pre_start: Some(pre_start.hook()),
@@ -242,19 +258,25 @@ impl Service {
             },
             ..plan.resources
         };
-        let spec = SandboxSpec {
-            id: record.id.clone(),
+        Ok(SandboxSpec {
+            id: id.to_owned(),
             image: plan.image,
             entrypoint: plan.entrypoint,
             env,
             labels: plan.metadata,
-            expires_at: record.expires_at,
+            expires_at,
             resources,
             mounts: plan.mounts,
             isolation: plan.isolation,
             files: plan.files,
             purpose: Purpose::Sandbox,
-        };
+        })
+    }
+
+    /// Creates and starts the sandbox and waits for its execd: until `/ping` answers 200, or
+    /// when `gated` (a pre-start hook or readiness probe follows), until it answers at all.
+    async fn provision(&self, record: &mut Record, plan: Plan, gated: bool) -> Result<Provisioned, Error> {
+        let spec = self.sandbox_spec(&record.id, &record.token, record.expires_at, plan)?;
         let t = Instant::now();
         let instance = self.runtime.create(spec).await?;
         record.instance = Some(instance.clone());
@@ -445,7 +467,7 @@ impl Service {
             }
         }
         let live = self.runtime.observe_all().await?;
-        let observed = |r: &Record| match live.get(&r.id) {
+        let observed = |r: &Record| match live.get(r.runtime_key()) {
             Some((_, o)) => o.clone(),
             None => Observed::Gone,
         };
@@ -463,9 +485,15 @@ impl Service {
         Ok(ListSandboxesResponse { items, pagination })
     }
 
-    /// `DELETE /sandboxes/{id}`: kills and removes the sandbox, forgets it.
+    /// `DELETE /sandboxes/{id}`: kills and removes the sandbox, forgets it. A pool-backed
+    /// sandbox is released to its pool (its member recycled) and forgotten.
     pub async fn delete(&self, id: &str, caller: &Principal) -> Result<(), Error> {
         let record = self.owned(id, caller).await?;
+        if record.pool.is_some() {
+            self.end_allocation(&record, false).await?;
+            tracing::info!(sandbox = id, "pooled sandbox deleted (released)");
+            return Ok(());
+        }
         self.startups.cancel(id);
         if let Some(instance) = &record.instance {
             self.runtime.remove(instance).await?;
@@ -614,6 +642,7 @@ impl Service {
             _ if record.failure.is_some() => Err(not_running("Failed")),
             Phase::Pending | Phase::PreStart | Phase::Probing => Err(not_running("Pending")),
             Phase::Paused => Err(not_running("Paused")),
+            Phase::Released => Err(not_running("Terminated")),
             Phase::Ready => self.target(&record, port),
         };
         Ok(ProxyRoute {
@@ -685,7 +714,22 @@ pub(super) fn view(record: &Record, observed: &Observed) -> Sandbox {
         resource_limits: Some(record.resource_limits.clone()).filter(|l| !l.is_empty()),
         timeout: record.timeout,
         env: Some(record.env.clone()).filter(|e| !e.is_empty()),
+        allocation: allocation(record),
     }
+}
+
+/// `allocation` of a pool-backed sandbox.
+pub(super) fn allocation(record: &Record) -> Option<SandboxAllocation> {
+    record.pool.as_ref().map(|p| SandboxAllocation {
+        mode: "pool".into(),
+        pool_ref: p.pool.clone(),
+        state: if record.phase == Phase::Released {
+            "released"
+        } else {
+            "allocated"
+        }
+        .into(),
+    })
 }
 
 /// The runtime's state → the contract's sandbox state. The reasons keep the names clients
@@ -706,6 +750,7 @@ pub(super) fn status(record: &Record, observed: &Observed) -> SandboxStatus {
         Phase::Pending => return s("Pending", "SANDBOX_STARTING", None),
         Phase::PreStart => return s("Pending", "PRE_START_RUNNING", None),
         Phase::Probing => return s("Pending", "READINESS_PROBE", None),
+        Phase::Released => return s("Terminated", "RELEASED", Some("released to its pool".into())),
         Phase::Ready | Phase::Paused => {}
     }
     match observed {

@@ -331,6 +331,14 @@ impl Service {
     pub async fn delete_template(&self, id_or_name: &str, caller: &Principal) -> Result<(), Error> {
         let (row, _) = self.readable_template(id_or_name, caller).await?;
         let versions = self.store.template_versions(&row.id).await?;
+        let pools = self.store.pools_of_template(&row.id).await?;
+        if !pools.is_empty() {
+            return Err(Error::Conflict(Conflict::TemplateInUse(format!(
+                "template {} is used by pool(s) {}; delete them first",
+                row.name,
+                pools.join(", ")
+            ))));
+        }
         if !self.store.delete_template(&row.id).await? {
             return Err(Error::not_found(Kind::Template, id_or_name));
         }

@@ -13,6 +13,7 @@
 //! The runtime stays the truth about what runs; start-up reconciliation merges the two
 //! (`service::reconcile`).
 
+mod pools;
 mod prepulls;
 mod sandboxes;
 mod templates;
@@ -24,8 +25,9 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+pub use pools::{MemberRow, MemberState, PoolRow};
 pub use prepulls::{PrepullFilter, PrepullRow, PREPULLS_KEPT_MS};
-pub use sandboxes::{Event, Failure, Phase, Record, RowError, TemplateRef, EVENTS_KEPT};
+pub use sandboxes::{Event, Failure, Phase, PoolLink, Record, RowError, TemplateRef, EVENTS_KEPT};
 pub use templates::{ApplyError, TemplateChange, TemplateRow, VersionRow};
 pub use tokens::TokenRecord;
 
@@ -187,6 +189,35 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE sandboxes ADD COLUMN resource_limits TEXT NOT NULL DEFAULT '{}';
      ALTER TABLE sandboxes ADD COLUMN timeout INTEGER;
      ALTER TABLE sandboxes ADD COLUMN env TEXT NOT NULL DEFAULT '{}';",
+    // 6: warm pools, their members, and the member a pool-backed sandbox runs in.
+    "CREATE TABLE pools (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        request TEXT NOT NULL,
+        image TEXT NOT NULL,
+        capacity TEXT NOT NULL,
+        recycle TEXT NOT NULL,
+        dedicated_owner INTEGER NOT NULL,
+        template_id TEXT,
+        template_version INTEGER,
+        revision INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+     );
+     CREATE TABLE pool_members (
+        id TEXT PRIMARY KEY,
+        pool TEXT NOT NULL,
+        state TEXT NOT NULL,
+        sandbox_id TEXT,
+        runtime TEXT,
+        runtime_ref TEXT,
+        runtime_data TEXT,
+        token TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        ready_at INTEGER
+     );
+     CREATE INDEX pool_members_idle ON pool_members (pool, state, ready_at);
+     ALTER TABLE sandboxes ADD COLUMN pool TEXT;
+     ALTER TABLE sandboxes ADD COLUMN pool_member TEXT;",
 ];
 
 /// The schema version this build writes.

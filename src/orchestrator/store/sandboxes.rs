@@ -29,6 +29,9 @@ pub enum Phase {
     /// can refuse a frozen sandbox without asking the runtime on every request; a frozen
     /// container accepts connections and never answers them.
     Paused,
+    /// A pool-backed sandbox given back to its pool (`POST /sandboxes/{id}/release`): no
+    /// instance any more; the record stays, `Terminated`, until its short expiry.
+    Released,
 }
 
 impl Phase {
@@ -39,6 +42,7 @@ impl Phase {
             Phase::Probing => "probing",
             Phase::Ready => "ready",
             Phase::Paused => "paused",
+            Phase::Released => "released",
         }
     }
 
@@ -49,6 +53,7 @@ impl Phase {
             "probing" => Some(Phase::Probing),
             "ready" => Some(Phase::Ready),
             "paused" => Some(Phase::Paused),
+            "released" => Some(Phase::Released),
             _ => None,
         }
     }
@@ -98,6 +103,26 @@ pub struct Record {
     pub timeout: Option<u64>,
     /// Environment as created.
     pub env: BTreeMap<String, String>,
+    /// For a sandbox acquired from a warm pool: the pool and the member whose instance it
+    /// runs in.
+    pub pool: Option<PoolLink>,
+}
+
+impl Record {
+    /// The id the runtime knows the sandbox's instance by (its label): the pool member's for
+    /// a pool-backed sandbox, whose container was made before the sandbox id existed.
+    pub fn runtime_key(&self) -> &str {
+        self.pool.as_ref().map_or(&self.id, |p| &p.member)
+    }
+}
+
+/// The pool member a pool-backed sandbox runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolLink {
+    /// The pool's name.
+    pub pool: String,
+    /// The member's id (the runtime's label on its container).
+    pub member: String,
 }
 
 /// The template version a sandbox was made from.
@@ -142,47 +167,14 @@ pub struct RowError {
 
 const COLUMNS: &str = "id, runtime, runtime_ref, runtime_data, image, entrypoint, metadata, \
      extensions, platform, token, created_at, expires_at, phase, transition_at, owner, business_domain, \
-     template_id, template_name, template_version, failure, name, resource_limits, timeout, env";
+     template_id, template_name, template_version, failure, name, resource_limits, timeout, env, pool, pool_member";
 
 impl Store {
     /// Adds a new sandbox.
     pub async fn insert(&self, r: &Record) -> Result<(), StoreError> {
         let r = r.clone();
-        self.call(move |c| {
-            let (runtime, reference, data) = instance_columns(&r);
-            c.execute(
-                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"),
-                params![
-                    r.id,
-                    runtime,
-                    reference,
-                    data,
-                    r.image,
-                    json(&r.entrypoint),
-                    json(&r.metadata),
-                    json(&r.extensions),
-                    r.platform.as_ref().map(json),
-                    r.token,
-                    r.created_at,
-                    r.expires_at,
-                    r.phase.as_str(),
-                    r.transition_at,
-                    r.owner,
-                    r.business_domain,
-                    r.template.as_ref().map(|t| t.id.clone()),
-                    r.template.as_ref().map(|t| t.name.clone()),
-                    r.template.as_ref().map(|t| t.version),
-                    r.failure.as_ref().map(json),
-                    r.name,
-                    json(&r.resource_limits),
-                    r.timeout.map(|t| t as i64),
-                    json(&r.env),
-                ],
-            )
-            .map(drop)
-            .map_err(sql("insert a sandbox"))
-        })
-        .await
+        self.call(move |c| insert_row(c, &r).map_err(sql("insert a sandbox")))
+            .await
     }
 
     /// Writes back every mutable column of `r`. Returns false when the sandbox is gone.
@@ -250,9 +242,11 @@ impl Store {
     pub async fn count_owned(&self, owner: &str) -> Result<u64, StoreError> {
         let owner = owner.to_owned();
         self.call(move |c| {
-            c.query_row("SELECT COUNT(*) FROM sandboxes WHERE owner = ?1", [&owner], |r| {
-                r.get::<_, i64>(0)
-            })
+            c.query_row(
+                "SELECT COUNT(*) FROM sandboxes WHERE owner = ?1 AND phase != 'released'",
+                [&owner],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| n.max(0) as u64)
             .map_err(sql("count sandboxes"))
         })
@@ -334,6 +328,43 @@ impl Store {
     }
 }
 
+/// Inserts `r` (on the store thread; also inside a pool allocation's transaction).
+pub(super) fn insert_row(c: &Connection, r: &Record) -> rusqlite::Result<()> {
+    let (runtime, reference, data) = instance_columns(r);
+    c.execute(
+                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"),
+                params![
+                    r.id,
+                    runtime,
+                    reference,
+                    data,
+                    r.image,
+                    json(&r.entrypoint),
+                    json(&r.metadata),
+                    json(&r.extensions),
+                    r.platform.as_ref().map(json),
+                    r.token,
+                    r.created_at,
+                    r.expires_at,
+                    r.phase.as_str(),
+                    r.transition_at,
+                    r.owner,
+                    r.business_domain,
+                    r.template.as_ref().map(|t| t.id.clone()),
+                    r.template.as_ref().map(|t| t.name.clone()),
+                    r.template.as_ref().map(|t| t.version),
+                    r.failure.as_ref().map(json),
+                    r.name,
+                    json(&r.resource_limits),
+                    r.timeout.map(|t| t as i64),
+                    json(&r.env),
+                    r.pool.as_ref().map(|p| p.pool.clone()),
+                    r.pool.as_ref().map(|p| p.member.clone()),
+                ],
+            )
+    .map(drop)
+}
+
 fn append_event(c: &Connection, id: &str, e: &Event) -> rusqlite::Result<()> {
     c.execute(
         "INSERT INTO events (sandbox_id, at, message, request_id) VALUES (?1, ?2, ?3, ?4)",
@@ -388,6 +419,8 @@ struct Raw {
     resource_limits: String,
     timeout: Option<i64>,
     env: String,
+    pool: Option<String>,
+    pool_member: Option<String>,
 }
 
 fn raw(r: &Row<'_>) -> rusqlite::Result<Raw> {
@@ -416,6 +449,8 @@ fn raw(r: &Row<'_>) -> rusqlite::Result<Raw> {
         resource_limits: r.get(21)?,
         timeout: r.get(22)?,
         env: r.get(23)?,
+        pool: r.get(24)?,
+        pool_member: r.get(25)?,
     })
 }
 
@@ -470,6 +505,11 @@ fn record(raw: Raw) -> Result<Record, RowError> {
     let resource_limits =
         serde_json::from_str(&raw.resource_limits).map_err(|_| corrupt("resource_limits"))?;
     let env = serde_json::from_str(&raw.env).map_err(|_| corrupt("env"))?;
+    let pool = match (raw.pool, raw.pool_member) {
+        (None, None) => None,
+        (Some(pool), Some(member)) => Some(PoolLink { pool, member }),
+        _ => return Err(corrupt("pool_member")),
+    };
     Ok(Record {
         id: id.clone(),
         instance,
@@ -495,10 +535,11 @@ fn record(raw: Raw) -> Result<Record, RowError> {
             .transpose()
             .map_err(|_| corrupt("timeout"))?,
         env,
+        pool,
     })
 }
 
-fn runtime_kind(name: &str) -> Option<RuntimeKind> {
+pub(super) fn runtime_kind(name: &str) -> Option<RuntimeKind> {
     match name {
         "docker" => Some(RuntimeKind::Docker),
         #[cfg(test)]
@@ -533,6 +574,7 @@ mod tests {
             resource_limits: BTreeMap::from([("cpu".into(), "1".into())]),
             timeout: expires_at.map(|_| 60),
             env: BTreeMap::from([("K".into(), "v".into())]),
+            pool: None,
         }
     }
 
