@@ -54,6 +54,8 @@ const RELEASED_KEPT_MS: i64 = 10 * 60 * 1000;
 /// The first and the longest pause before a pool whose members keep failing warms again.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Why an idle member whose container is gone or has exited is dropped.
+const DIED: &str = "its container died while idle";
 /// The default entrypoint of a pod template without `command`.
 const DEFAULT_ENTRYPOINT: [&str; 3] = ["tail", "-f", "/dev/null"];
 /// The longest pool name (DNS-1123 subdomain).
@@ -476,8 +478,11 @@ impl Service {
             .into_iter()
             .map(|p| (p.name.clone(), p))
             .collect();
-        // Members first, then the runtime: a member seen idle here existed before the
-        // runtime was read, so its absence there means it is gone, not that it is new.
+        // The warm-ups followed, then the members, then the runtime. A member warming in the
+        // store and not followed before it was read is stale (only this task starts
+        // warm-ups); a member seen idle existed before the runtime was read, so its absence
+        // there means it is gone, not that it is new.
+        let following = self.pools.lock_warming().clone();
         let members = self.readable_members().await?;
         let live = self.runtime.observe_all().await?;
         let sandboxes: HashSet<String> = self
@@ -490,7 +495,6 @@ impl Service {
                 Err(e) => e.id,
             })
             .collect();
-        let following = self.pools.lock_warming().clone();
         let mut kept: Vec<MemberRow> = Vec::new();
         for m in members {
             let pool_exists = pools.contains_key(&m.pool);
@@ -512,11 +516,7 @@ impl Service {
                         None
                     }
                     Some(Observed::Paused) => Some("its container is paused"),
-                    Some(Observed::Exited { .. } | Observed::Stopping | Observed::Gone) | None => {
-                        self.pools
-                            .failed(&m.pool, format!("member {} died while idle", m.id));
-                        Some("its container died while idle")
-                    }
+                    Some(Observed::Exited { .. } | Observed::Stopping | Observed::Gone) | None => Some(DIED),
                 },
             };
             match verdict {
@@ -527,9 +527,14 @@ impl Service {
                     self.store.remove_member(&m.id, false).await?;
                 }
                 Some(why) => {
-                    tracing::info!(member = %m.id, pool = %m.pool, why, "pool member removed");
-                    self.remove_member(&m).await;
-                    self.pools.changed.notify_waiters();
+                    if self.drop_member(&m).await? {
+                        if why == DIED {
+                            self.pools
+                                .failed(&m.pool, format!("member {} died while idle", m.id));
+                        }
+                        tracing::info!(member = %m.id, pool = %m.pool, why, "pool member removed");
+                        self.pools.changed.notify_waiters();
+                    }
                 }
             }
         }
@@ -570,14 +575,8 @@ impl Service {
                 )
             });
             for m in victims.into_iter().take(excess as usize) {
-                // A member allocated since the read is not taken.
-                if self.store.remove_member(&m.id, true).await? {
+                if self.drop_member(m).await? {
                     tracing::info!(pool = %pool.name, member = %m.id, "pool scaled down");
-                    if let Some(instance) = &m.instance {
-                        if let Err(e) = self.runtime.remove(instance).await {
-                            tracing::warn!(member = %m.id, error = %e, "cannot remove a scaled-down member; the sweep retries");
-                        }
-                    }
                 }
             }
             return Ok(());
@@ -678,6 +677,21 @@ impl Service {
         Ok(true)
     }
 
+    /// Drops a member unless it was allocated since it was read: its row, then its instance
+    /// (a container the runtime refuses to remove now is an orphan the sweep removes later).
+    /// True when the member was dropped.
+    async fn drop_member(&self, m: &MemberRow) -> Result<bool, Error> {
+        if !self.store.remove_member(&m.id, true).await? {
+            return Ok(false);
+        }
+        if let Some(instance) = &m.instance {
+            if let Err(e) = self.runtime.remove(instance).await {
+                tracing::warn!(member = %m.id, error = %e, "cannot remove a dropped pool member; the sweep retries");
+            }
+        }
+        Ok(true)
+    }
+
     /// Removes a member that is not allocated: its instance, then its row (kept when the
     /// runtime refuses, so that the next pass tries again).
     async fn remove_member(&self, member: &MemberRow) {
@@ -759,6 +773,10 @@ impl Service {
             let pool = self.pool_row(name).await?;
             let members = self.readable_members().await?;
             let counts = Counts::of(members.iter().filter(|m| m.pool == name));
+            if counts.idle > 0 {
+                // One became idle since the claim: claim again.
+                continue;
+            }
             let may_deliver = counts.warming > 0 || counts.total() < pool.capacity.pool_max;
             if !may_deliver || Instant::now() >= deadline {
                 return Err(exhausted());
