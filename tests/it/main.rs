@@ -14,6 +14,7 @@ mod limits;
 mod load;
 mod logging;
 mod metrics;
+mod pools;
 mod prepull;
 mod proxy;
 mod pty;
