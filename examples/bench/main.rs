@@ -20,6 +20,7 @@ mod harness;
 mod isolated;
 mod lifecycle;
 mod limits;
+mod pools;
 mod prepull;
 mod templates;
 mod terminal;
@@ -55,6 +56,7 @@ fn areas() -> Vec<(&'static str, Vec<Section>)> {
         ("limits", limits::sections()),
         ("prepull", prepull::sections()),
         ("templates", templates::sections()),
+        ("pools", pools::sections()),
     ]
 }
 
