@@ -43,6 +43,7 @@ async fn rig(acquire_timeout: Duration) -> Rig {
         ready_timeout: Duration::from_secs(10),
         pids_limit: 99,
         max_sandboxes_per_user: 100,
+        builds: Default::default(),
         pools: PoolSettings {
             max_members: 20,
             acquire_timeout,
