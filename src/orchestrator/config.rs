@@ -146,9 +146,32 @@ pub struct Config {
     /// (`pools.acquireTimeoutSeconds`); also the 429's `Retry-After`.
     #[arg(long, env = "SANDBOXD_POOL_ACQUIRE_TIMEOUT", default_value_t = 30)]
     pub pool_acquire_timeout: u64,
+    /// Hours finished executions are kept.
+    #[arg(long, env = "SANDBOXD_EXECUTION_RETENTION_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..))]
+    pub execution_retention_hours: u64,
+    /// Most executions kept; beyond, the oldest finished ones are deleted.
+    #[arg(long, env = "SANDBOXD_EXECUTION_MAX_STORED", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub execution_max_stored: u64,
+    /// Seconds execd's `/ping` and the runtime must both say a sandbox is gone before its
+    /// running executions are `Lost`.
+    #[arg(long, env = "SANDBOXD_EXECUTION_LOST_AFTER", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub execution_lost_after: u64,
+    /// Most executions one non-admin user may have running or waiting (beyond: 429).
+    #[arg(long, env = "SANDBOXD_MAX_RUNNING_EXECUTIONS_PER_USER", default_value_t = 20)]
+    pub max_running_executions_per_user: u64,
 }
 
 impl Config {
+    /// The executions' settings.
+    pub fn executions(&self) -> crate::orchestrator::service::ExecutionSettings {
+        crate::orchestrator::service::ExecutionSettings {
+            retention: Duration::from_secs(self.execution_retention_hours * 3600),
+            max_stored: self.execution_max_stored,
+            lost_after: Duration::from_secs(self.execution_lost_after),
+            max_running_per_user: self.max_running_executions_per_user,
+        }
+    }
+
     /// The data directory: the configured one, else `/var/lib/sandboxd` when writable, else
     /// `sandboxd-<uid>` under the temp dir.
     pub fn data_dir(&self) -> PathBuf {

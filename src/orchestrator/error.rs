@@ -30,6 +30,9 @@ pub enum Error {
     /// A prepull's image reference does not parse.
     #[error("{0}")]
     InvalidImage(String),
+    /// An execution's language is not one sandboxd runs.
+    #[error("{0}")]
+    UnsupportedLanguage(String),
     /// The list's `metadata` filter is not `k=v` pairs.
     #[error("{0}")]
     InvalidMetadataFilter(String),
@@ -129,6 +132,10 @@ pub enum Kind {
     Prepull,
     /// A warm pool.
     Pool,
+    /// An execution.
+    Execution,
+    /// A batch of executions.
+    Batch,
 }
 
 impl fmt::Display for Kind {
@@ -140,6 +147,8 @@ impl fmt::Display for Kind {
             Kind::TemplateVersion => "template version",
             Kind::Prepull => "prepull task",
             Kind::Pool => "pool",
+            Kind::Execution => "execution",
+            Kind::Batch => "batch",
         })
     }
 }
@@ -180,6 +189,22 @@ pub enum Conflict {
     PoolExists(String),
     /// Release of a sandbox that was not acquired from a pool.
     NotAllocated(String),
+    /// The result of an execution that has not finished.
+    ExecutionNotFinished {
+        /// Execution id.
+        id: String,
+        /// Its state.
+        state: String,
+    },
+    /// A cancel of an execution that has finished.
+    ExecutionFinished {
+        /// Execution id.
+        id: String,
+        /// Its state.
+        state: String,
+    },
+    /// An isolated execution, which this server cannot run.
+    IsolationUnavailable,
 }
 
 impl fmt::Display for Conflict {
@@ -199,6 +224,15 @@ impl fmt::Display for Conflict {
             Conflict::PoolExists(name) => write!(f, "a pool named {name} already exists"),
             Conflict::NotAllocated(id) => write!(f, "sandbox {id} was not acquired from a pool"),
             Conflict::TemplateExists(name) => write!(f, "a template named {name} already exists"),
+            Conflict::ExecutionNotFinished { id, state } => {
+                write!(f, "execution {id} is {state}, not finished")
+            }
+            Conflict::ExecutionFinished { id, state } => {
+                write!(f, "execution {id} has already finished ({state})")
+            }
+            Conflict::IsolationUnavailable => f.write_str(
+                "isolated executions are not available: execd's isolated sessions are not wired to executions yet",
+            ),
         }
     }
 }
@@ -314,6 +348,7 @@ impl Error {
             | Error::InvalidSpec(_)
             | Error::ImportInvalid(_)
             | Error::InvalidImage(_)
+            | Error::UnsupportedLanguage(_)
             | Error::InvalidMetadataFilter(_)
             | Error::UnsupportedField(_)
             | Error::Unsupported(_)

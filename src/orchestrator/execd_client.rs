@@ -1,7 +1,10 @@
 //! The one place sandboxd speaks execd's HTTP: the liveness probe (`GET /ping`), the
-//! readiness probes it runs through execd (`POST /command`, `/proxy/{port}`), and commands
-//! whose output is followed as it comes (template builds); later code, files and event
-//! streams for executions and pool warm-up.
+//! readiness probes it runs through execd (`POST /command`, `/proxy/{port}`), commands whose
+//! output is followed as it comes (template builds), file writes and background starts (pool
+//! warm-up), and what executions need: commands and code as event streams (SSE parsed as it
+//! arrives, keep-alives included so a reader can tell a quiet run from a dead connection),
+//! following a command's journal from an event id, interrupts, code contexts, and file
+//! upload, download and removal.
 
 use std::time::Duration;
 
@@ -99,7 +102,10 @@ pub enum CommandEnd {
 
 /// A client for the execd of any sandbox.
 pub struct ExecdClient {
+    /// Probes: no pooled connections (they are one-off).
     http: Client<HttpConnector, Full<Bytes>>,
+    /// Executions: pooled connections (a handler run is several calls in a row).
+    pooled: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Default for ExecdClient {
@@ -117,6 +123,9 @@ impl ExecdClient {
         Self {
             http: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(0)
+                .build(connector.clone()),
+            pooled: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build(connector),
         }
     }
@@ -390,6 +399,403 @@ impl ExecdClient {
     }
 }
 
+/// Why an execution call to execd failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecdError {
+    /// No connection, or the request could not be sent.
+    #[error("cannot reach execd: {0}")]
+    Unreachable(String),
+    /// execd answered with an error status.
+    #[error("execd answered {status}: {message}")]
+    Refused {
+        /// The status.
+        status: u16,
+        /// execd's message (its `{code, message}`), or the body's start.
+        message: String,
+    },
+    /// The answer broke off or could not be read.
+    #[error("the answer from execd broke off: {0}")]
+    Broken(String),
+    /// A download was larger than allowed.
+    #[error("the file is larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// One item of an execd event stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SseItem {
+    /// An event, with its `id:` (execd numbers every journal event from 1).
+    Event(Option<u64>, StreamEvent),
+    /// A comment (execd's keep-alive): the connection lives.
+    KeepAlive,
+}
+
+/// An execd event stream; ends when the server closes it (after the terminal event, or not).
+pub type EventStream = futures_util::stream::BoxStream<'static, Result<SseItem, ExecdError>>;
+
+/// The most bytes of one SSE block read before the stream is called broken.
+const MAX_SSE_BLOCK: usize = 8 << 20;
+/// How long one execution call (upload, interrupt, context, download, a stream's start) may
+/// take.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl ExecdClient {
+    /// `method path` on the pooled client, with the token; the response, unread.
+    async fn send(
+        &self,
+        target: &Target,
+        token: &str,
+        method: hyper::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        headers: &[(&str, String)],
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ExecdError> {
+        let uri = format!("http://{}{}{path}", target.dial, target.prefix);
+        let mut req = hyper::Request::builder().method(method).uri(uri);
+        if target.execd {
+            req = req.header(TOKEN_HEADER, token);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        let bytes = match body {
+            Some((content_type, bytes)) => {
+                req = req.header(hyper::header::CONTENT_TYPE, content_type);
+                Bytes::from(bytes)
+            }
+            None => Bytes::new(),
+        };
+        let req = req
+            .body(Full::new(bytes))
+            .map_err(|e| ExecdError::Unreachable(format!("invalid request: {e}")))?;
+        self.pooled
+            .request(req)
+            .await
+            .map_err(|e| ExecdError::Unreachable(e.to_string()))
+    }
+
+    /// `send`, then the whole (small) answer; an error status is [`ExecdError::Refused`].
+    async fn exchange(
+        &self,
+        target: &Target,
+        token: &str,
+        method: hyper::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Bytes, ExecdError> {
+        let call = async {
+            let resp = self.send(target, token, method, path, body, &[]).await?;
+            let status = resp.status().as_u16();
+            let bytes = read_limited(resp.into_body(), MAX_BODY).await?;
+            if (200..300).contains(&status) {
+                Ok(bytes)
+            } else {
+                Err(refusal(status, &bytes))
+            }
+        };
+        tokio::time::timeout(EXEC_TIMEOUT, call)
+            .await
+            .map_err(|_| ExecdError::Unreachable(format!("no answer within {EXEC_TIMEOUT:?}")))?
+    }
+
+    /// `send` a request whose answer is an event stream.
+    async fn stream(
+        &self,
+        target: &Target,
+        token: &str,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> Result<EventStream, ExecdError> {
+        let body = body.map(|b| ("application/json", b));
+        let resp = tokio::time::timeout(
+            EXEC_TIMEOUT,
+            self.send(target, token, method, path, body, headers),
+        )
+        .await
+        .map_err(|_| ExecdError::Unreachable(format!("no answer within {EXEC_TIMEOUT:?}")))??;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let bytes = read_limited(resp.into_body(), MAX_BODY).await?;
+            return Err(refusal(status, &bytes));
+        }
+        Ok(sse_stream(resp.into_body()))
+    }
+
+    /// `POST /command` in the foreground: its events as they come.
+    pub async fn start_command(
+        &self,
+        target: &Target,
+        token: &str,
+        request: &RunCommandRequest,
+    ) -> Result<EventStream, ExecdError> {
+        let body = serde_json::to_vec(request).map_err(|e| ExecdError::Unreachable(e.to_string()))?;
+        self.stream(target, token, hyper::Method::POST, "/command", Some(body), &[])
+            .await
+    }
+
+    /// `GET /command/{id}/events?after=N`: the command's journal after event `after`, then
+    /// live (execd keeps it after the command ended).
+    pub async fn follow_command(
+        &self,
+        target: &Target,
+        token: &str,
+        id: &str,
+        after: u64,
+    ) -> Result<EventStream, ExecdError> {
+        let path = format!("/command/{}/events?after={after}", encode(id));
+        self.stream(target, token, hyper::Method::GET, &path, None, &[])
+            .await
+    }
+
+    /// `POST /code`: code in a context (or the language's default one), its events as they
+    /// come.
+    pub async fn run_code(
+        &self,
+        target: &Target,
+        token: &str,
+        request: &crate::wire::code::RunCodeRequest,
+    ) -> Result<EventStream, ExecdError> {
+        let body = serde_json::to_vec(request).map_err(|e| ExecdError::Unreachable(e.to_string()))?;
+        self.stream(target, token, hyper::Method::POST, "/code", Some(body), &[])
+            .await
+    }
+
+    /// `DELETE /code?id=`: interrupts a command (its group gets SIGTERM, SIGKILL 3 s later) or
+    /// a context's running cell.
+    pub async fn interrupt(&self, target: &Target, token: &str, id: &str) -> Result<(), ExecdError> {
+        let path = format!("/code?id={}", encode(id));
+        self.exchange(target, token, hyper::Method::DELETE, &path, None)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /code/context`: a fresh context of `language`; its id.
+    pub async fn create_context(
+        &self,
+        target: &Target,
+        token: &str,
+        language: &str,
+    ) -> Result<String, ExecdError> {
+        let body = serde_json::to_vec(&crate::wire::code::CreateContextRequest {
+            language: language.to_owned(),
+            cwd: None,
+        })
+        .map_err(|e| ExecdError::Unreachable(e.to_string()))?;
+        let bytes = self
+            .exchange(
+                target,
+                token,
+                hyper::Method::POST,
+                "/code/context",
+                Some(("application/json", body)),
+            )
+            .await?;
+        serde_json::from_slice::<crate::wire::code::CodeContext>(&bytes)
+            .map(|c| c.id)
+            .map_err(|e| ExecdError::Broken(format!("not a code context: {e}")))
+    }
+
+    /// `DELETE /code/contexts/{id}`.
+    pub async fn delete_context(&self, target: &Target, token: &str, id: &str) -> Result<(), ExecdError> {
+        let path = format!("/code/contexts/{}", encode(id));
+        self.exchange(target, token, hyper::Method::DELETE, &path, None)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /files/upload`: each (path, content) written (parents made), in one request.
+    pub async fn upload(
+        &self,
+        target: &Target,
+        token: &str,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<(), ExecdError> {
+        let boundary = format!("sandboxd-{}", uuid::Uuid::new_v4().simple());
+        let mut body = Vec::new();
+        for (path, content) in files {
+            let meta = serde_json::json!({ "path": path, "mode": 644 }).to_string();
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n{meta}\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"file\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(content);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        self.exchange(
+            target,
+            token,
+            hyper::Method::POST,
+            "/files/upload",
+            Some((&content_type, body)),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `GET /files/download?path=`: the file, `None` when it does not exist, or
+    /// [`ExecdError::TooLarge`] past `max` bytes.
+    pub async fn download(
+        &self,
+        target: &Target,
+        token: &str,
+        path: &str,
+        max: usize,
+    ) -> Result<Option<Bytes>, ExecdError> {
+        let call = async {
+            let uri = format!("/files/download?path={}", encode(path));
+            let resp = self
+                .send(target, token, hyper::Method::GET, &uri, None, &[])
+                .await?;
+            let status = resp.status().as_u16();
+            if status == 404 {
+                return Ok(None);
+            }
+            if status != 200 {
+                let bytes = read_limited(resp.into_body(), MAX_BODY).await?;
+                return Err(refusal(status, &bytes));
+            }
+            match read_limited(resp.into_body(), max).await {
+                Err(ExecdError::TooLarge(_)) => Err(ExecdError::TooLarge(max)),
+                other => other.map(Some),
+            }
+        };
+        tokio::time::timeout(EXEC_TIMEOUT, call)
+            .await
+            .map_err(|_| ExecdError::Unreachable(format!("no answer within {EXEC_TIMEOUT:?}")))?
+    }
+
+    /// `DELETE /directories?path=`: `rm -rf`.
+    pub async fn remove_dir(&self, target: &Target, token: &str, path: &str) -> Result<(), ExecdError> {
+        let path = format!("/directories?path={}", encode(path));
+        self.exchange(target, token, hyper::Method::DELETE, &path, None)
+            .await
+            .map(drop)
+    }
+}
+
+/// A query or path component, percent-encoded.
+fn encode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// At most `max` bytes of `body`; more is [`ExecdError::TooLarge`].
+async fn read_limited(body: hyper::body::Incoming, max: usize) -> Result<Bytes, ExecdError> {
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ExecdError::TooLarge(max)),
+        Err(e) => Err(ExecdError::Broken(e.to_string())),
+    }
+}
+
+fn refusal(status: u16, body: &[u8]) -> ExecdError {
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| b.message)
+        .unwrap_or_else(|_| last_bytes(&String::from_utf8_lossy(body), 512).to_owned());
+    ExecdError::Refused { status, message }
+}
+
+/// The events of an SSE body, parsed block by block as the bytes arrive.
+fn sse_stream(body: hyper::body::Incoming) -> EventStream {
+    use futures_util::StreamExt as _;
+    use http_body_util::BodyStream;
+    struct State {
+        body: BodyStream<hyper::body::Incoming>,
+        buf: Vec<u8>,
+        ready: std::collections::VecDeque<SseItem>,
+        done: bool,
+    }
+    let state = State {
+        body: BodyStream::new(body),
+        buf: Vec::new(),
+        ready: std::collections::VecDeque::new(),
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(item) = s.ready.pop_front() {
+                return Some((Ok(item), s));
+            }
+            if s.done {
+                return None;
+            }
+            match s.body.next().await {
+                None => {
+                    s.done = true;
+                    s.ready.extend(parse_blocks(&mut s.buf, true));
+                }
+                Some(Err(e)) => {
+                    s.done = true;
+                    return Some((Err(ExecdError::Broken(e.to_string())), s));
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        s.buf.extend_from_slice(&data);
+                        s.ready.extend(parse_blocks(&mut s.buf, false));
+                        if s.buf.len() > MAX_SSE_BLOCK {
+                            s.done = true;
+                            return Some((Err(ExecdError::Broken("an event over 8 MiB".into())), s));
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Takes the complete SSE blocks off the front of `buf` (all of it at `end`): events with
+/// their ids, and comment-only blocks as keep-alives. Data that is not a StreamEvent is
+/// skipped.
+fn parse_blocks(buf: &mut Vec<u8>, end: bool) -> Vec<SseItem> {
+    let mut items = Vec::new();
+    loop {
+        let cut = memchr::memmem::find(buf, b"\n\n");
+        let block: Vec<u8> = match cut {
+            Some(at) => {
+                let block = buf[..at].to_vec();
+                buf.drain(..at + 2);
+                block
+            }
+            None if end && !buf.is_empty() => std::mem::take(buf),
+            None => break,
+        };
+        let text = String::from_utf8_lossy(&block);
+        let (mut id, mut data, mut comment) = (None, String::new(), false);
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            } else if line.starts_with(':') {
+                comment = true;
+            }
+        }
+        if data.is_empty() {
+            if comment {
+                items.push(SseItem::KeepAlive);
+            }
+        } else if let Ok(event) = serde_json::from_str::<StreamEvent>(&data) {
+            items.push(SseItem::Event(id, event));
+        }
+    }
+    items
+}
+
 /// Whether execd's 502 says that nothing accepted the connection.
 fn refused(body: &[u8]) -> bool {
     serde_json::from_slice::<ErrorBody>(body).is_ok_and(|b| b.message.starts_with("cannot connect"))
@@ -493,6 +899,26 @@ mod tests {
             Some(CommandEnd::Completed)
         );
         assert_eq!(seen, ["hello"]);
+    }
+
+    #[test]
+    fn sse_blocks_parse_as_they_complete() {
+        let mut buf = b"id: 1\ndata: {\"type\":\"init\",\"text\":\"c1\",\"timestamp\":1}\n\n: keep-alive\n\nid: 2\ndata: {\"type\":\"stdout\",\"te".to_vec();
+        let items = parse_blocks(&mut buf, false);
+        assert_eq!(items.len(), 2);
+        assert!(
+            matches!(&items[0], SseItem::Event(Some(1), e) if e.kind == EventType::Init && e.text.as_deref() == Some("c1"))
+        );
+        assert_eq!(items[1], SseItem::KeepAlive);
+        buf.extend_from_slice(
+            b"xt\":\"hi\",\"timestamp\":2}\n\nid: 3\ndata: {\"type\":\"execution_complete\",\"timestamp\":3}",
+        );
+        let items = parse_blocks(&mut buf, false);
+        assert!(matches!(&items[..], [SseItem::Event(Some(2), e)] if e.text.as_deref() == Some("hi")));
+        // The last block without its blank line counts once the body ended.
+        let items = parse_blocks(&mut buf, true);
+        assert!(matches!(&items[..], [SseItem::Event(Some(3), e)] if e.kind == EventType::ExecutionComplete));
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -93,6 +93,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         max_sandboxes_per_user: config.max_sandboxes_per_user,
         builds: config.builds(),
         pools: config.pools(),
+        executions: config.executions(),
     };
     let service = Arc::new(service::Service::new(
         store,
@@ -112,6 +113,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .recover_builds()
         .await
         .map_err(|e| anyhow::anyhow!("cannot recover template builds: {e}"))?;
+    service
+        .recover_executions()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot recover executions: {e}"))?;
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await
@@ -137,6 +142,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         async move { service.run_builds().await }
     });
     let pools = tokio::spawn(service.clone().run_pools());
+    let executions = tokio::spawn({
+        let service = service.clone();
+        async move { service.run_execution_housekeeping().await }
+    });
     let sweeper = tokio::spawn({
         let service = service.clone();
         async move {
@@ -182,6 +191,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     prepulls.abort();
     builds.abort();
     pools.abort();
+    executions.abort();
     Ok(())
 }
 

@@ -5,6 +5,11 @@
 use utoipa::OpenApi;
 
 use super::http::diagnostics::__path_diagnostics;
+use super::http::executions::{
+    __path_cancel_execution, __path_create_batch, __path_create_execution, __path_create_one_shot,
+    __path_execution_events, __path_execution_result, __path_get_batch, __path_get_execution,
+    __path_list_executions,
+};
 use super::http::metrics::{__path_metrics_event, __path_metrics_summary, __path_prometheus_metrics};
 use super::http::pools::{
     __path_acquire, __path_create_pool, __path_delete_pool, __path_get_pool, __path_list_pools,
@@ -40,6 +45,7 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
                        (Authorization: Bearer); a sandbox belongs to its creator, and someone else's is 404 to \
                        everyone but admins. Every API route takes from one of the caller's rate classes \
                        (create: POST /sandboxes, POST /templates, POST /prepulls, POST /templates/{idOrName}/prepull, POST /pools, POST /pools/{name}/acquire; read: the others); a spent class answers 429 RATE_LIMIT::EXCEEDED with \
+                       (create: POST /sandboxes, POST /templates, POST /prepulls, POST /templates/{idOrName}/prepull, POST /executions; exec: POST /sandboxes/{id}/executions[/batch]; read: the others); a spent class answers 429 RATE_LIMIT::EXCEEDED with \
                        Retry-After (whole seconds), RateLimit-Policy and RateLimit. /health, /version and the proxy are never limited.",
         license(name = "Apache-2.0")
     ),
@@ -48,7 +54,9 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
         endpoint, diagnostics, proxy, mint, current, revoke, create_template, list_templates, get_template, update_template,
         delete_template, template_versions, template_version, build_log, rollback, export_one, export_many, import,
         create_prepull, list_prepulls, get_prepull, delete_prepull, prepull_events, prepull_template,
-        create_pool, list_pools, get_pool, update_pool, delete_pool, acquire, release
+        create_pool, list_pools, get_pool, update_pool, delete_pool, acquire, release,
+        create_execution, create_one_shot, create_batch, get_batch, get_execution, execution_result, cancel_execution,
+        list_executions, execution_events
     ),
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,

@@ -80,6 +80,15 @@ pub const SANDBOX_INVALID_PARAMETER: ErrorCode = entry(
     SEE_SPEC,
     false,
 );
+/// An execution's `language` is not one sandboxd runs.
+pub const EXECUTION_UNSUPPORTED_LANGUAGE: ErrorCode = entry(
+    "EXECUTION::UNSUPPORTED_LANGUAGE",
+    400,
+    alias::INVALID_PARAMETER,
+    "Unsupported language",
+    "Use python or javascript (javascript needs node in the sandbox's image)",
+    false,
+);
 /// The list's `metadata` filter is not `k=v` pairs.
 pub const INVALID_METADATA_FORMAT: ErrorCode = entry(
     "INVALID_METADATA_FORMAT",
@@ -401,6 +410,24 @@ pub const EXECUTION_NOT_FINISHED: ErrorCode = entry(
     "Poll the execution's status until it is finished, then fetch the result",
     true,
 );
+/// A cancel of an execution that has ended.
+pub const EXECUTION_ALREADY_FINISHED: ErrorCode = entry(
+    "EXECUTION::ALREADY_FINISHED",
+    409,
+    alias::STATE_CONFLICT,
+    "Execution already finished",
+    "Nothing to cancel: read its result",
+    false,
+);
+/// An isolated execution where execd cannot isolate.
+pub const EXECUTION_ISOLATION_UNAVAILABLE: ErrorCode = entry(
+    "EXECUTION::ISOLATION_UNAVAILABLE",
+    409,
+    alias::STATE_CONFLICT,
+    "Isolation unavailable",
+    "Run without isolated: true; isolated executions are not available on this server",
+    false,
+);
 
 // 413
 
@@ -544,6 +571,96 @@ pub const EXECUTION_TIMEOUT: ErrorCode = entry(
     "Raise the execution's timeout, or make the handler faster",
     false,
 );
+/// The code defines no function of the handler's name.
+pub const EXECUTION_HANDLER_NOT_FOUND: ErrorCode = entry(
+    "EXECUTION::HANDLER_NOT_FOUND",
+    200,
+    "Sandbox.ExecException",
+    "The handler function is not defined by the code",
+    "Define the function named by `handler` (default `handler`) at the module's top level",
+    false,
+);
+/// The handler returned something that is not JSON.
+pub const EXECUTION_RESULT_NOT_SERIALIZABLE: ErrorCode = entry(
+    "EXECUTION::RESULT_NOT_SERIALIZABLE",
+    200,
+    "Sandbox.ExecException",
+    "The handler's return value is not JSON",
+    "Return JSON values only: dicts, lists, strings, numbers, booleans and None",
+    false,
+);
+/// The handler's result is over 10 MiB.
+pub const EXECUTION_RESULT_TOO_LARGE: ErrorCode = entry(
+    "EXECUTION::RESULT_TOO_LARGE",
+    200,
+    "Sandbox.ExecException",
+    "The handler's result is larger than 10 MiB",
+    "Return less, or write large data to a file and return its path",
+    false,
+);
+/// No `python3` (or `node`) in the image.
+pub const EXECUTION_RUNTIME_NOT_FOUND: ErrorCode = entry(
+    "EXECUTION::RUNTIME_NOT_FOUND",
+    200,
+    "Sandbox.ExecException",
+    "The language's interpreter is not in the sandbox's image",
+    "Use an image with python3 (or node for javascript)",
+    false,
+);
+/// A command exited non-zero (or was killed by a signal).
+pub const EXECUTION_COMMAND_FAILED: ErrorCode = entry(
+    "EXECUTION::COMMAND_FAILED",
+    200,
+    "Sandbox.ExecException",
+    "The command exited with a non-zero code",
+    "Read stderr and the exit code",
+    false,
+);
+/// Code raised in its context.
+pub const EXECUTION_CODE_ERROR: ErrorCode = entry(
+    "EXECUTION::CODE_ERROR",
+    200,
+    "Sandbox.ExecException",
+    "The code raised an error",
+    "Read the error's name, value and traceback",
+    false,
+);
+/// Cancelled by a delete, or by `stopOnError` of its batch.
+pub const EXECUTION_CANCELLED: ErrorCode = entry(
+    "EXECUTION::CANCELLED",
+    200,
+    "Sandbox.ExecException",
+    "The execution was cancelled",
+    "Submit it again if it is still wanted",
+    false,
+);
+/// execd and the runtime both said the executor is gone.
+pub const EXECUTION_EXECUTOR_LOST: ErrorCode = entry(
+    "EXECUTION::EXECUTOR_LOST",
+    200,
+    "Sandbox.ExecException",
+    "The sandbox's executor went away during the execution",
+    "Check the sandbox (it may have exited or been deleted) and submit again",
+    false,
+);
+/// execd refused the run or failed it (an unknown context, a bad cwd).
+pub const EXECUTION_EXECUTOR_ERROR: ErrorCode = entry(
+    "EXECUTION::EXECUTOR_ERROR",
+    200,
+    "Sandbox.ExecException",
+    "The sandbox's executor refused or failed the run",
+    "Read the message; check cwd, the code context and the sandbox",
+    false,
+);
+/// One-shot: the sandbox could not be made.
+pub const EXECUTION_SANDBOX_FAILED: ErrorCode = entry(
+    "EXECUTION::SANDBOX_FAILED",
+    200,
+    "Sandbox.ExecException",
+    "A one-shot execution's sandbox could not be made",
+    "Read the message; check the template",
+    false,
+);
 
 /// Every code the lifecycle API answers with, by status.
 pub static ALL: &[&ErrorCode] = &[
@@ -553,6 +670,7 @@ pub static ALL: &[&ErrorCode] = &[
     &TEMPLATE_INVALID_SPEC,
     &TEMPLATE_IMPORT_INVALID,
     &PREPULL_INVALID_IMAGE,
+    &EXECUTION_UNSUPPORTED_LANGUAGE,
     &DIAGNOSTICS_SCOPE_UNSUPPORTED,
     &MISSING_API_KEY,
     &INVALID_API_KEY,
@@ -581,6 +699,8 @@ pub static ALL: &[&ErrorCode] = &[
     &POOL_ALREADY_EXISTS,
     &POOL_NOT_ALLOCATED,
     &EXECUTION_NOT_FINISHED,
+    &EXECUTION_ALREADY_FINISHED,
+    &EXECUTION_ISOLATION_UNAVAILABLE,
     &SANDBOX_PAYLOAD_TOO_LARGE,
     &SANDBOX_REQUEST_TIMEOUT,
     &AUTH_TOKEN_NOT_FOUND,
@@ -596,7 +716,20 @@ pub static ALL: &[&ErrorCode] = &[
 ];
 
 /// The execution outcomes: codes of a 200 result's `error`, never of an HTTP error.
-pub static OUTCOMES: &[&ErrorCode] = &[&EXECUTION_HANDLER_ERROR, &EXECUTION_TIMEOUT];
+pub static OUTCOMES: &[&ErrorCode] = &[
+    &EXECUTION_HANDLER_ERROR,
+    &EXECUTION_TIMEOUT,
+    &EXECUTION_HANDLER_NOT_FOUND,
+    &EXECUTION_RESULT_NOT_SERIALIZABLE,
+    &EXECUTION_RESULT_TOO_LARGE,
+    &EXECUTION_RUNTIME_NOT_FOUND,
+    &EXECUTION_COMMAND_FAILED,
+    &EXECUTION_CODE_ERROR,
+    &EXECUTION_CANCELLED,
+    &EXECUTION_EXECUTOR_LOST,
+    &EXECUTION_EXECUTOR_ERROR,
+    &EXECUTION_SANDBOX_FAILED,
+];
 
 /// The HTTP error with this code.
 pub fn lookup(code: &str) -> Option<&'static ErrorCode> {
@@ -689,7 +822,7 @@ pub fn markdown() -> String {
          ```\n\n\
          Any other `X-Error-Format` value gets the default body. \"Retry\" says whether the same request\n\
          may succeed later unchanged (429s carry `Retry-After`). Some codes belong to parts of sandboxd\n\
-         still being built (pools, executions); they are listed so that their\n\
+         still being built (pools); they are listed so that their\n\
          statuses and aliases are fixed in advance.\n\n\
          | code | status | seed-004 `error_code` | description | solution | retry |\n\
          |---|---|---|---|---|---|\n",

@@ -5,6 +5,8 @@
 //! Pure data, no I/O, no async.
 
 pub mod code;
+#[cfg(feature = "orchestrator")]
+pub mod executions;
 // sandboxd's error catalog: the agent never links it.
 #[cfg(feature = "orchestrator")]
 pub mod errors;

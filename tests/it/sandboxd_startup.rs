@@ -167,6 +167,7 @@ impl InProcess {
             max_sandboxes_per_user: 10,
             builds: Default::default(),
             pools: Default::default(),
+            executions: Default::default(),
         };
         let service = Service::new(
             store,

@@ -61,11 +61,13 @@ impl From<&Error> for ApiError {
                 Kind::TemplateVersion => &codes::TEMPLATE_VERSION_NOT_FOUND,
                 Kind::Prepull => &codes::PREPULL_NOT_FOUND,
                 Kind::Pool => &codes::POOL_NOT_FOUND,
+                Kind::Execution | Kind::Batch => &codes::EXECUTION_NOT_FOUND,
             }),
             Error::Invalid(_) => said(&codes::SANDBOX_INVALID_PARAMETER),
             Error::InvalidSpec(_) => said(&codes::TEMPLATE_INVALID_SPEC),
             Error::ImportInvalid(_) => said(&codes::TEMPLATE_IMPORT_INVALID),
             Error::InvalidImage(_) => said(&codes::PREPULL_INVALID_IMAGE),
+            Error::UnsupportedLanguage(_) => said(&codes::EXECUTION_UNSUPPORTED_LANGUAGE),
             Error::InvalidMetadataFilter(_) => said(&codes::INVALID_METADATA_FORMAT),
             // Upstream's code for a field this runtime does not do, with upstream's 400.
             Error::UnsupportedField(_) => {
@@ -89,6 +91,9 @@ impl From<&Error> for ApiError {
                 Conflict::TemplateInUse(_) => &codes::TEMPLATE_IN_USE,
                 Conflict::PoolExists(_) => &codes::POOL_ALREADY_EXISTS,
                 Conflict::NotAllocated(_) => &codes::POOL_NOT_ALLOCATED,
+                Conflict::ExecutionNotFinished { .. } => &codes::EXECUTION_NOT_FINISHED,
+                Conflict::ExecutionFinished { .. } => &codes::EXECUTION_ALREADY_FINISHED,
+                Conflict::IsolationUnavailable => &codes::EXECUTION_ISOLATION_UNAVAILABLE,
             }),
             Error::Unauthenticated(failure) => said(match failure {
                 AuthFailure::Missing => &codes::MISSING_API_KEY,
@@ -248,6 +253,32 @@ mod tests {
                 "TEMPLATE::VERSION_NOT_FOUND",
             ),
             (Error::not_found(Kind::Prepull, "p"), 404, "PREPULL::NOT_FOUND"),
+            (
+                Error::not_found(Kind::Execution, "e"),
+                404,
+                "EXECUTION::NOT_FOUND",
+            ),
+            (Error::not_found(Kind::Batch, "b"), 404, "EXECUTION::NOT_FOUND"),
+            (
+                Error::UnsupportedLanguage(s()),
+                400,
+                "EXECUTION::UNSUPPORTED_LANGUAGE",
+            ),
+            (
+                Error::Conflict(Conflict::ExecutionNotFinished { id: s(), state: s() }),
+                409,
+                "EXECUTION::NOT_FINISHED",
+            ),
+            (
+                Error::Conflict(Conflict::ExecutionFinished { id: s(), state: s() }),
+                409,
+                "EXECUTION::ALREADY_FINISHED",
+            ),
+            (
+                Error::Conflict(Conflict::IsolationUnavailable),
+                409,
+                "EXECUTION::ISOLATION_UNAVAILABLE",
+            ),
             (
                 Error::Conflict(Conflict::TemplateExists(s())),
                 409,

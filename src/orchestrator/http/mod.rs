@@ -20,11 +20,13 @@
 //! - `ratelimit`: the rate-class route layer and its 429.
 //! - `metrics`: the metrics layer, `/metrics`, `/metrics/summary`, `/v1/metrics/events`.
 //! - `sandboxes`, `prepulls`, `pools`, `diagnostics`, `proxy`, `tokens`, `system`: one file per
+//! - `sandboxes`, `prepulls`, `executions`, `diagnostics`, `proxy`, `tokens`, `system`: one file per
 //!   resource, each with its `routes()`.
 
 pub(super) mod diagnostics;
 pub(super) mod error;
 mod error_format;
+pub(super) mod executions;
 mod extract;
 pub(super) mod metrics;
 pub(super) mod pools;
@@ -100,9 +102,12 @@ pub fn router(app: App) -> Router {
         ))
         .merge(limited(prepulls::create_routes(), Class::Create))
         .merge(limited(pools::create_routes(), Class::Create))
+        .merge(limited(executions::create_routes(), Class::Create))
+        .merge(limited(executions::exec_routes(), Class::Exec))
         .merge(limited(
             sandboxes::routes()
                 .merge(prepulls::routes())
+                .merge(executions::routes())
                 .merge(diagnostics::routes())
                 .merge(tokens::routes())
                 .merge(templates::routes())

@@ -135,6 +135,8 @@ pub struct FakeSandbox {
 
 #[derive(Default)]
 struct Inner {
+    /// The execd routes executions use, for `POST /command`.
+    execd: Option<Arc<Mutex<super::fake_execd::FakeExecd>>>,
     /// By reference.
     sandboxes: BTreeMap<String, FakeSandbox>,
     failures: HashMap<Op, VecDeque<RuntimeError>>,
@@ -161,12 +163,18 @@ struct Inner {
 pub struct FakeRuntime {
     inner: Arc<Mutex<Inner>>,
     ping: SocketAddr,
+    /// The execd routes executions use (`fake_execd`).
+    execd: Arc<Mutex<super::fake_execd::FakeExecd>>,
 }
 
 impl FakeRuntime {
     /// A fake with its `/ping` server on a loopback port.
     pub async fn start() -> Self {
-        let inner = Arc::new(Mutex::new(Inner::default()));
+        let execd = Arc::new(Mutex::new(super::fake_execd::FakeExecd::default()));
+        let inner = Arc::new(Mutex::new(Inner {
+            execd: Some(execd.clone()),
+            ..Inner::default()
+        }));
         let app = axum::Router::new()
             .route("/{reference}/ping", axum::routing::get(ping))
             .route("/{reference}/command", axum::routing::post(command))
@@ -175,12 +183,50 @@ impl FakeRuntime {
             .route("/{reference}/proxy/{port}/", axum::routing::get(proxied))
             .route("/{reference}/proxy/{port}/{*rest}", axum::routing::get(proxied))
             .with_state(inner.clone());
+        let app = app.merge(super::fake_execd::router(execd.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the fake ping server");
         let ping = listener.local_addr().expect("local address");
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { inner, ping }
+        Self { inner, ping, execd }
+    }
+
+    /// The fake execd's state (commands, files, interrupts).
+    pub fn execd(&self) -> std::sync::MutexGuard<'_, super::fake_execd::FakeExecd> {
+        self.execd.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Kills sandbox `id`'s execd (as `kill -9` would): its streams break off, its routes and
+    /// `/ping` fail, and the runtime sees the container exited.
+    pub fn kill_execd(&self, id: &str) {
+        let references: Vec<String> = self
+            .lock()
+            .sandboxes
+            .iter()
+            .filter(|(_, s)| s.spec.id == id)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for reference in references {
+            super::fake_execd::kill(&self.execd, &reference);
+        }
+        self.set_observed(
+            id,
+            Observed::Exited {
+                code: Some(137),
+                oom: false,
+                message: None,
+            },
+        );
+    }
+
+    /// The runtime reference of sandbox `id`.
+    pub fn reference(&self, id: &str) -> Option<String> {
+        self.lock()
+            .sandboxes
+            .iter()
+            .find(|(_, s)| s.spec.id == id)
+            .map(|(r, _)| r.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -441,8 +487,9 @@ async fn ping(State(inner): State<Arc<Mutex<Inner>>>, Path(reference): Path<Stri
     }
 }
 
-/// `POST /command`: a scripted shell text answers as scripted; anything else completes when
-/// the application is ready, else prints and exits 1.
+/// `POST /command`: a scripted shell text answers as scripted; an execution's goes to the fake
+/// execd; anything else (a probe) completes when the application is ready, else prints and
+/// exits 1.
 async fn command(
     State(inner): State<Arc<Mutex<Inner>>>,
     Path(reference): Path<String>,
@@ -464,6 +511,20 @@ async fn command(
     };
     if let Some((script, gate)) = script {
         return scripted(script, gate);
+    }
+    if super::fake_execd::is_execution(&request) {
+        let execd = inner.lock().unwrap_or_else(|e| e.into_inner()).execd.clone();
+        if let Some(execd) = execd {
+            if execd
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .dead
+                .contains(&reference)
+            {
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+            return super::fake_execd::command(execd, reference, request);
+        }
     }
     let body = if s.app_ready {
         "data: {\"type\":\"execution_complete\",\"timestamp\":1}\n\n".to_owned()

@@ -11,6 +11,8 @@
 pub mod docker;
 #[cfg(test)]
 pub mod fake;
+#[cfg(test)]
+pub mod fake_execd;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -14,11 +14,14 @@
 //!   from `Pending` to `Running` or `Failed`.
 //! - `prepull`: image prepull tasks: admission, the scheduler and its pulls.
 //! - `pools`: warm pools: the reconciler that keeps members warm, acquire and release.
+//! - `executions`: handler, code and command executions and batches run through execd, with
+//!   their runs' tasks, recovery after a restart and retention.
 
 mod builds;
 #[cfg(test)]
 mod builds_tests;
 mod diagnostics;
+mod executions;
 mod expiry;
 mod pause;
 mod pools;
@@ -40,6 +43,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use builds::BuildSettings;
+pub use executions::{wait_seconds, ExecutionQuery, ExecutionSettings, NumberedEvent};
 pub use pools::PoolSettings;
 pub use prepull::{PrepullQuery, PrepullSnapshot};
 pub use sandboxes::{ListFilter, ProxyRoute};
@@ -75,6 +79,8 @@ pub struct Settings {
     pub builds: BuildSettings,
     /// Warm pools.
     pub pools: PoolSettings,
+    /// Executions: retention, loss detection, the per-user cap.
+    pub executions: ExecutionSettings,
 }
 
 /// The service.
@@ -96,6 +102,8 @@ pub struct Service {
     builds: builds::Builds,
     /// The warm pools' wake-ups and the members being warmed.
     pools: pools::Pools,
+    /// Executions this process runs.
+    executions: executions::Executions,
 }
 
 impl Service {
@@ -118,6 +126,7 @@ impl Service {
             startups: startup::Startups::default(),
             prepulls: prepull::Prepulls::new(prepull::MAX_CONCURRENT),
             pools: pools::Pools::default(),
+            executions: executions::Executions::default(),
         }
     }
 
@@ -210,6 +219,10 @@ impl Service {
             max_sandboxes_per_user: 2,
             builds: BuildSettings::default(),
             pools: PoolSettings::default(),
+            executions: ExecutionSettings {
+                lost_after: Duration::from_secs(1),
+                ..ExecutionSettings::default()
+            },
         };
         let store = Store::open(dir).expect("open a test store");
         Arc::new(Self::new(store, Arc::new(fake.clone()), authority, settings))

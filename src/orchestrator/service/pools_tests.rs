@@ -44,6 +44,7 @@ async fn rig(acquire_timeout: Duration) -> Rig {
         pids_limit: 99,
         max_sandboxes_per_user: 100,
         builds: Default::default(),
+        executions: Default::default(),
         pools: PoolSettings {
             max_members: 20,
             acquire_timeout,

@@ -13,6 +13,7 @@
 //! The runtime stays the truth about what runs; start-up reconciliation merges the two
 //! (`service::reconcile`).
 
+mod executions;
 mod pools;
 mod prepulls;
 mod sandboxes;
@@ -25,6 +26,7 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+pub use executions::{BatchPlace, BatchRow, ExecutionFilter, ExecutionRow};
 pub use pools::{MemberRow, MemberState, PoolRow};
 pub use prepulls::{PrepullFilter, PrepullRow, PREPULLS_KEPT_MS};
 pub use sandboxes::{Event, Failure, Phase, PoolLink, Record, RowError, TemplateRef, EVENTS_KEPT};
@@ -218,6 +220,43 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX pool_members_idle ON pool_members (pool, state, ready_at);
      ALTER TABLE sandboxes ADD COLUMN pool TEXT;
      ALTER TABLE sandboxes ADD COLUMN pool_member TEXT;",
+    // 7: executions (outliving their sandboxes: no foreign key) and their batches.
+    "CREATE TABLE executions (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        sandbox_id TEXT,
+        batch_id TEXT,
+        batch_index INTEGER,
+        job_id TEXT,
+        kind TEXT NOT NULL,
+        language TEXT,
+        handler TEXT,
+        state TEXT NOT NULL,
+        reason TEXT,
+        message TEXT,
+        exit_code INTEGER,
+        duration_ms INTEGER,
+        timeout INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER,
+        transition_at INTEGER NOT NULL,
+        deadline_at INTEGER,
+        execd_ref TEXT,
+        last_event_id INTEGER NOT NULL DEFAULT 0,
+        output TEXT NOT NULL,
+        one_shot INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX executions_owner ON executions (owner, created_at);
+     CREATE INDEX executions_batch ON executions (batch_id, batch_index);
+     CREATE INDEX executions_state ON executions (state);
+     CREATE TABLE batches (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        sandbox_id TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+     );",
 ];
 
 /// The schema version this build writes.
