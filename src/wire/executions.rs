@@ -137,8 +137,13 @@ pub struct ExecutionRequest {
     /// The handler's name (default `handler`); `[A-Za-z_][A-Za-z0-9_]*`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler: Option<String>,
-    /// The handler's event: any JSON, ≤ 1 MiB.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The handler's event: any JSON (`null` included, which makes the request a handler's),
+    /// ≤ 1 MiB.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Object)]
     pub event: Option<serde_json::Value>,
     /// Shell text (`bash -c`, else `sh -c`).
@@ -175,6 +180,11 @@ pub struct ExecutionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub pool_ref: Option<serde_json::Value>,
+}
+
+/// A field that is present, even as `null` (absent stays `None` through `default`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// `status` of an execution.

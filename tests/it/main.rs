@@ -5,6 +5,7 @@ mod cli;
 mod code;
 mod command;
 mod docker;
+mod executions;
 mod faults;
 mod files;
 mod init;

@@ -80,18 +80,19 @@ async fn the_seeds_handler_example_returns_its_event() {
     // The handler's print is output, never the result.
     assert_eq!(output.stdout, "{\"ok\": false}\n");
     let dir = runner::dir(&e.id);
-    let execd = rig.fake.execd();
-    let argv = execd.requests.last().unwrap().argv.clone().unwrap();
-    assert_eq!(
-        (argv[0].as_str(), argv[3].as_str(), argv[4].as_str()),
-        ("python3", dir.as_str(), "handler")
-    );
-    assert_eq!(execd.removed, [dir.clone()]);
-    assert!(
-        execd.files.keys().all(|p| !p.starts_with(&dir)),
-        "the directory is removed"
-    );
-    drop(execd);
+    {
+        let execd = rig.fake.execd();
+        let argv = execd.requests.last().unwrap().argv.clone().unwrap();
+        assert_eq!(
+            (argv[0].as_str(), argv[3].as_str(), argv[4].as_str()),
+            ("python3", dir.as_str(), "handler")
+        );
+        assert_eq!(execd.removed, std::slice::from_ref(&dir));
+        assert!(
+            execd.files.keys().all(|p| !p.starts_with(&dir)),
+            "the directory is removed"
+        );
+    }
     // The result route and the replayed events agree.
     let result = rig.service.execution_result(&e.id, None, &root()).await.unwrap();
     assert_eq!(result.output.result, output.result);
