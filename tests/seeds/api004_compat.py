@@ -19,6 +19,13 @@ fields. What it maps:
   `request_id`).
 - the credential: `Authorization: Bearer <token>`; with `api_key`, sandboxd's
   `OPEN-SANDBOX-API-KEY` instead (the bootstrap admin), until tokens land.
+- `execute(session_id, code, language, timeout, event)` is the seed's
+  `POST /sessions/{id}/execute` → `POST /v1/sandboxes/{id}/executions` (a handler when the
+  event is given); `get_execution_status` and `get_execution_result` are the seed's
+  `GET /executions/{id}/status` and `/result` → the same paths under `/v1`. sandboxd's states
+  map onto the seed's (`Queued` → pending, `Running` → running, `Succeeded` → completed,
+  `Failed`/`Lost` → failed, `TimedOut` → timeout, `Cancelled` → cancelled), and a result
+  asked for too early is the seed's 409.
 """
 
 from __future__ import annotations
@@ -72,6 +79,28 @@ _STATUS = {
 }
 
 
+@dataclass
+class Execution:
+    """The seed's execution: id and status."""
+
+    id: str
+    status: str
+    raw: dict
+
+
+# sandboxd's execution states → the seed's.
+_EXEC_STATUS = {
+    "Acquiring": "pending",
+    "Queued": "pending",
+    "Running": "running",
+    "Succeeded": "completed",
+    "Failed": "failed",
+    "Lost": "failed",
+    "TimedOut": "timeout",
+    "Cancelled": "cancelled",
+}
+
+
 class Api004Client:
     def __init__(self, base_url: str, token: str | None = None, api_key: str | None = None,
                  templates: dict[str, str] | None = None, business_domain: str | None = None):
@@ -104,6 +133,27 @@ class Api004Client:
 
     def list_sessions(self) -> list[Session]:
         return [self._session(s) for s in self._call("GET", "/v1/sandboxes")["items"]]
+
+    # The seed's execution calls.
+
+    def execute(self, session_id: str, code: str, language: str = "python", timeout: int = 30,
+                event=None) -> Execution:
+        body: dict = {"code": code, "language": language, "timeout": timeout}
+        if event is not None:
+            body["event"] = event
+        return self._execution(self._call("POST", f"/v1/sandboxes/{session_id}/executions", body))
+
+    def get_execution_status(self, execution_id: str) -> Execution:
+        return self._execution(self._call("GET", f"/v1/executions/{execution_id}/status"))
+
+    def get_execution_result(self, execution_id: str, wait: float | None = None) -> dict:
+        query = "" if wait is None else f"?wait={wait}"
+        return self._call("GET", f"/v1/executions/{execution_id}/result{query}")
+
+    @staticmethod
+    def _execution(e: dict) -> Execution:
+        state = e.get("status", {}).get("state", "")
+        return Execution(id=e["id"], status=_EXEC_STATUS.get(state, state.lower()), raw=e)
 
     # The wire.
 

@@ -16,7 +16,14 @@ names and return shapes and maps them:
   `RateLimitError` (with `retry_after`, seconds, from `Retry-After`), 503
   `ServiceUnavailableError`, others `SandboxError`.
 
-Pools, `execute` and file calls come with their capabilities (design §10, §13).
+- `execute(sandbox_id, code, language, command, work_dir, env, timeout)` is a synchronous
+  execution (design §13.1): `POST /v1/sandboxes/{id}/executions?wait=<timeout+5>` with
+  `{code, language}` (run in the language's code context) or `{command}`, `cwd` = `work_dir`,
+  `envs` = `env`; a run that outlives the wait (202) is polled. `ExecuteResult` carries
+  `exit_code` (a command's; code: 0 on success, 1 otherwise), `stdout`, `stderr`,
+  `duration_ms`.
+
+Pools and file calls come with their capabilities (design §10).
 """
 
 from __future__ import annotations
@@ -79,6 +86,17 @@ _STATUS = {
 }
 
 
+@dataclass
+class ExecuteResult:
+    """The seed's `execute` answer."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_ms: int
+    raw: dict = field(repr=False, default_factory=dict)
+
+
 class SandboxClient:
     """The seed's low-level client."""
 
@@ -134,6 +152,33 @@ class SandboxClient:
 
     def resume_session(self, session_id: str) -> None:
         self._call("POST", f"/v1/sandboxes/{session_id}/resume")
+
+    # Execution
+
+    def execute(self, sandbox_id: str, code: str | None = None, language: str = "python",
+                command: str | None = None, work_dir: str | None = None, env: dict | None = None,
+                timeout: int = 30) -> ExecuteResult:
+        body: dict = {"timeout": timeout}
+        if command is not None:
+            body["command"] = command
+            if work_dir is not None:
+                body["cwd"] = work_dir
+            if env:
+                body["envs"] = env
+        else:
+            body.update({"type": "code", "code": code, "language": language})
+        e = self._call("POST", f"/v1/sandboxes/{sandbox_id}/executions?wait={min(timeout + 5, 300)}", body)
+        while e["status"]["state"] in ("Acquiring", "Queued", "Running"):
+            try:
+                e = self._call("GET", f"/v1/executions/{e['id']}/result?wait=30")
+            except SandboxError as busy:
+                if busy.status != 409:
+                    raise
+        exit_code = e.get("exitCode")
+        if exit_code is None:
+            exit_code = 0 if e["status"]["state"] == "Succeeded" else 1
+        return ExecuteResult(exit_code=exit_code, stdout=e.get("stdout", ""), stderr=e.get("stderr", ""),
+                             duration_ms=e.get("durationMs", 0), raw=e)
 
     # Transport
 

@@ -15,7 +15,10 @@ The seed's `Client(base_url, timeout, auth_token, headers)` has four services: `
 - `get_logs` is the container output and sandboxd's event log (diagnostics, plain text);
 - prepulls are `/v1/prepulls`; states map to the seed's lowercase names.
 
-`sandbox.execute` (design §13) is not in this adapter: sandboxd has no synchronous execute yet.
+- `sandbox.execute(id, command=[…], timeout=30)` is a synchronous execution (design §13.1):
+  `POST /v1/sandboxes/{id}/executions?wait=<timeout+5>` with `argv` (no shell, as the seed's
+  list); should the run outlive the wait (202), the result is polled. `ExecResult` carries
+  `exit_code`, `stdout`, `stderr`.
 """
 
 from __future__ import annotations
@@ -174,9 +177,31 @@ class _Http:
             raise cls(e.code, body.get("message", ""), body.get("code", ""), body) from None
 
 
+@dataclass
+class ExecResult:
+    """The seed's `execute` answer."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    raw: dict = field(repr=False, default_factory=dict)
+
+
 class SandboxService:
     def __init__(self, http: _Http):
         self._http = http
+
+    def execute(self, sandbox_id: str, command: list[str], *, timeout: int = 30) -> ExecResult:
+        wait = min(timeout + 5, 300)
+        e = self._http.call("POST", f"/sandboxes/{sandbox_id}/executions", {"argv": command, "timeout": timeout},
+                            query={"wait": wait})
+        while e["status"]["state"] in ("Acquiring", "Queued", "Running"):
+            try:
+                e = self._http.call("GET", f"/executions/{e['id']}/result", query={"wait": 30})
+            except ConflictError:
+                continue
+        return ExecResult(exit_code=e.get("exitCode", -1), stdout=e.get("stdout", ""), stderr=e.get("stderr", ""),
+                          raw=e)
 
     def create(self, template: str, *, template_version: int | None = None, overrides: dict | None = None) -> Sandbox:
         body: dict = {"templateId": template}

@@ -21,6 +21,11 @@ names and shapes and maps them:
   §7.6), so the template answers `Pending`/`Building` until `Succeeded`;
 - `run_code(id, code)` → execd's `POST /code` through sandboxd's server proxy, the SSE read to
   its end; `execution.text` is the last expression's `text/plain`, `logs.stdout` the lines;
+- `execute_batch(id, jobs)` → `POST /v1/sandboxes/{id}/executions/batch?wait=300` with each
+  job's `timeout` converted from the seed's milliseconds to seconds (rounded up); a batch
+  still running after the wait (202) is polled at `GET /v1/executions/batches/{id}`. One result
+  per job, in order: `{job_id, success, execution (text), logs (stdout/stderr lines), error,
+  duration_ms}`;
 - `get_metrics()` → `GET /v1/metrics/summary` (this caller's), in the seed's snake_case keys;
 - a 429 → `RateLimitError.retry_after` = `Retry-After` seconds × 1000 (what the seed's example
   sleeps `retry_after / 1000` on).
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -136,6 +142,33 @@ class SandboxSDK:
             elif kind == "error":
                 error = event.get("error")
         return {"execution": execution, "logs": logs, "error": error}
+
+    def execute_batch(self, sandbox_id: str, jobs: list[dict], options: dict | None = None) -> list[dict]:
+        converted = []
+        for job in jobs:
+            job = dict(job)
+            if "timeout" in job:
+                job["timeout"] = max(1, -(-int(job["timeout"]) // 1000))
+            converted.append(job)
+        body: dict = {"jobs": converted}
+        for seed, ours in (("concurrency", "concurrency"), ("stop_on_error", "stopOnError")):
+            if options and seed in options:
+                body[ours] = options[seed]
+        summary = self._call("POST", f"/v1/sandboxes/{sandbox_id}/executions/batch?wait=300", body)
+        while summary["pending"]:
+            time.sleep(0.2)
+            summary = self._call("GET", f"/v1/executions/batches/{summary['batchId']}")
+        results = []
+        for r in summary["results"]:
+            results.append({
+                "job_id": r["jobId"],
+                "success": r["success"],
+                "execution": Execution(text=r.get("text")),
+                "logs": Logs(stdout=r.get("stdout", "").splitlines(), stderr=r.get("stderr", "").splitlines()),
+                "error": r.get("error"),
+                "duration_ms": r.get("durationMs"),
+            })
+        return results
 
     def get_metrics(self) -> dict:
         m = self._call("GET", "/v1/metrics/summary")

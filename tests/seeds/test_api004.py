@@ -76,3 +76,45 @@ def test_without_the_header_the_body_stays_code_and_message(sandboxd):
         urllib.request.urlopen(req, timeout=10)
     assert info.value.code == 404
     assert sorted(json.loads(info.value.read())) == ["code", "message"]
+
+
+def test_the_seeds_execute_status_result_example(client):
+    # The seed's curl examples: create a session, submit the handler with its event, then read
+    # the execution's status and result by id.
+    session = client.create_session(template_id="python-datascience", timeout=300)
+    try:
+        execution = client.execute(
+            session.id,
+            code="def handler(event):\n    return {\"status\": \"ok\", \"data\": event}",
+            language="python",
+            timeout=30,
+            event={"name": "Alice"},
+        )
+        assert execution.id.startswith("exec-")
+        assert execution.status in ("pending", "running", "completed")
+        result = client.get_execution_result(execution.id, wait=30)
+        assert result["result"] == {"status": "ok", "data": {"name": "Alice"}}
+        assert client.get_execution_status(execution.id).status == "completed"
+    finally:
+        client.delete_session(session.id)
+
+
+def test_a_handler_exception_is_the_seeds_exec_exception(client):
+    session = client.create_session(template_id="python-datascience", timeout=300)
+    try:
+        execution = client.execute(session.id, code="def handler(event):\n    raise ValueError('no')\n",
+                                   event={})
+        result = client.get_execution_result(execution.id, wait=30)
+        assert client.get_execution_status(execution.id).status == "failed"
+        assert result["error"]["code"] == "EXECUTION::HANDLER_ERROR"
+        assert (result["error"]["name"], result["error"]["value"]) == ("ValueError", "no")
+    finally:
+        client.delete_session(session.id)
+
+
+def test_an_unknown_execution_is_execution_not_found(client):
+    with pytest.raises(Api004Error) as info:
+        client.get_execution_status("exec_20240115_abc12345")
+    assert info.value.status == 404
+    assert info.value.error_code == "Sandbox.ExecutionNotFound"
+    assert_seed_shape(info.value, client)

@@ -1,6 +1,6 @@
 """Seed 001's own "Low-Level Client" example, replayed against a live sandboxd for the rows
-this part closes (001-08/09/11: tokens per user and role, a user sees only its own sessions).
-The pool (`acquire_sandbox`) and `execute` lines of the example come with their capabilities."""
+this part closes (001-08/09/11: tokens per user and role, a user sees only its own sessions),
+and its `execute` line (001-16). The pool (`acquire_sandbox`) lines come with pools."""
 
 from __future__ import annotations
 
@@ -68,3 +68,28 @@ def test_a_bad_token_is_an_auth_error(sandboxd_dev):
     with pytest.raises(AuthError) as e:
         client.list_sessions()
     assert e.value.code == "AUTH::INVALID_TOKEN"
+
+
+def test_the_examples_execute(sandboxd_dev):
+    client = SandboxClient(base_url=sandboxd_dev.url, images=IMAGES)
+    client.set_token(client.get_token(user_id="executor")["access_token"])
+    session = client.create_session(image="python:3.11-slim")
+    try:
+        # As the seed writes it (on the session's sandbox: pools come later).
+        result = client.execute(sandbox_id=session.id, code="print('Hello!')", language="python", timeout=30)
+        assert result.exit_code == 0
+        assert result.stdout == "Hello!\n"
+        assert result.duration_ms >= 0
+        # A command with a working directory and environment.
+        result = client.execute(sandbox_id=session.id, command="echo $GREETING from $(pwd)", work_dir="/tmp",
+                                env={"GREETING": "hi"}, timeout=30)
+        assert (result.exit_code, result.stdout) == (0, "hi from /tmp\n")
+        failed = client.execute(sandbox_id=session.id, code="1/0", language="python")
+        assert failed.exit_code == 1 and failed.raw["error"]["name"] == "ZeroDivisionError"
+        # Someone else's sandbox is not found.
+        other = SandboxClient(base_url=sandboxd_dev.url)
+        other.set_token(other.get_token(user_id="not-the-owner")["access_token"])
+        with pytest.raises(NotFoundError):
+            other.execute(sandbox_id=session.id, command="true")
+    finally:
+        client.delete_session(session.id)

@@ -194,3 +194,21 @@ def test_wait_for_ready_waits_for_the_startup_script(client):
     finally:
         client.sandbox.delete(sb.id)
         client.template.delete(name)
+
+
+def test_execute_runs_a_command_and_returns_its_output(client):
+    # The seed's example runs `python -c "print('hello')"`; this image has `python3`.
+    name = "seed-exec-" + secrets.token_hex(3)
+    client.template.create({"name": name, "spec": {**spec(), "image": "execd-test/python:bookworm"}})
+    sb = client.sandbox.create(name)
+    try:
+        client.sandbox.wait_for_ready(sb.id, poll_interval=0.2, timeout=60)
+        result = client.sandbox.execute(sb.id, command=["python3", "-c", "print('hello')"], timeout=30)
+        assert (result.exit_code, result.stdout, result.stderr) == (0, "hello\n", "")
+        failed = client.sandbox.execute(sb.id, command=["sh", "-c", "echo oops >&2; exit 4"], timeout=30)
+        assert (failed.exit_code, failed.stderr) == (4, "oops\n")
+        with pytest.raises(NotFoundError):
+            client.sandbox.execute("no-such-sandbox", command=["true"])
+    finally:
+        client.sandbox.delete(sb.id)
+        client.template.delete(name)

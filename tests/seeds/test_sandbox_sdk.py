@@ -150,3 +150,25 @@ def test_template_management(plain):
         # Not the seed's: deleting the template removes the image its build committed, which
         # would otherwise outlive this sandboxd on the machine's engine.
         sdk._call("DELETE", f"/v1/templates/{template_id}")
+
+
+def test_batch_execution_example(plain):
+    sdk = SandboxSDK({"api_key": plain.api_key, "server_url": plain.url}, TEMPLATES)
+    sandbox_id = sdk.create_sandbox({"template_id": "python-3.11"})["sandbox"]["id"]
+    try:
+        # As the seed writes it.
+        jobs = [
+            {"id": "job-1", "code": "2+2", "timeout": 5000},
+            {"id": "job-2", "code": "3*3", "timeout": 5000},
+        ]
+        results = sdk.execute_batch(sandbox_id, jobs)
+        assert [(r["job_id"], r["success"]) for r in results] == [("job-1", True), ("job-2", True)]
+        assert [r["execution"].text for r in results] == ["4", "9"]
+        # stop_on_error: the job after a failing one is never run.
+        results = sdk.execute_batch(sandbox_id, [
+            {"id": "a", "command": "true"}, {"id": "b", "command": "exit 1"}, {"id": "c", "command": "echo c"},
+        ], {"stop_on_error": True})
+        assert [r["success"] for r in results] == [True, False, False]
+        assert results[2]["error"]["code"] == "EXECUTION::CANCELLED"
+    finally:
+        sdk.delete_sandbox(sandbox_id)
