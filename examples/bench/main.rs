@@ -14,6 +14,7 @@
 //! [`areas`].
 
 mod code;
+mod executions;
 mod files;
 mod foundation;
 mod harness;
@@ -57,6 +58,7 @@ fn areas() -> Vec<(&'static str, Vec<Section>)> {
         ("prepull", prepull::sections()),
         ("templates", templates::sections()),
         ("pools", pools::sections()),
+        ("executions", executions::sections()),
     ]
 }
 

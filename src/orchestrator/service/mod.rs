@@ -43,6 +43,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use builds::BuildSettings;
+pub use executions::runner::PYTHON as HANDLER_RUNNER;
 pub use executions::{wait_seconds, ExecutionQuery, ExecutionSettings, NumberedEvent};
 pub use pools::PoolSettings;
 pub use prepull::{PrepullQuery, PrepullSnapshot};

@@ -20,7 +20,7 @@
 
 mod batch;
 mod run;
-pub(crate) mod runner;
+pub mod runner;
 #[cfg(test)]
 mod tests;
 
@@ -66,7 +66,8 @@ pub struct ExecutionSettings {
     /// How long execd and the runtime must both say a sandbox is gone before its running
     /// executions are `Lost`.
     pub lost_after: Duration,
-    /// The most executions a non-admin user may have running or waiting (batch jobs aside).
+    /// The most executions a non-admin user may have running or waiting (queued batch jobs
+    /// count; a batch submit itself is not refused by it).
     pub max_running_per_user: u64,
 }
 

@@ -173,7 +173,7 @@ impl Service {
         row.started_at = Some(now);
         row.transition_at = now;
         row.deadline_at = Some(now + i64::try_from(job.timeout).unwrap_or(i64::MAX / 2_000) * 1000);
-        self.save(row).await;
+        // Stored with execd's id once its `init` arrives (one store round trip, not two).
         live.set_state(ExecutionState::Running);
         let stream = match self.start(row, job, &sandbox, context).await {
             Ok(stream) => stream,
@@ -759,7 +759,7 @@ impl Service {
                     let o = if row.state == ExecutionState::Queued {
                         let mut o = outcome_of(
                             &codes::EXECUTION_CANCELLED,
-                            "sandboxd restarted before it started".into(),
+                            "sandboxd restarted before execd acknowledged the run".into(),
                         );
                         o.cancelled();
                         o

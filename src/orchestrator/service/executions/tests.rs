@@ -80,6 +80,12 @@ async fn the_seeds_handler_example_returns_its_event() {
     // The handler's print is output, never the result.
     assert_eq!(output.stdout, "{\"ok\": false}\n");
     let dir = runner::dir(&e.id);
+    // The directory goes right after the end is recorded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while rig.fake.execd().removed.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the directory was never removed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     {
         let execd = rig.fake.execd();
         let argv = execd.requests.last().unwrap().argv.clone().unwrap();
