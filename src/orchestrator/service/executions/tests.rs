@@ -83,7 +83,10 @@ async fn the_seeds_handler_example_returns_its_event() {
     // The directory goes right after the end is recorded.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while rig.fake.execd().removed.is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the directory was never removed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the directory was never removed"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     {
