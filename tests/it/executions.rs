@@ -543,3 +543,60 @@ async fn a_restarted_sandboxd_re_attaches_and_the_output_is_complete() {
     let expected: String = (1..=8).map(|i| format!("line {i}\n")).collect();
     assert_eq!(result["stdout"].as_str().unwrap(), expected);
 }
+
+#[tokio::test]
+async fn a_one_shot_execution_makes_and_deletes_its_sandbox() {
+    let Some((image, d)) = setup("python") else { return };
+    let (status, t) = d
+        .json(
+            Method::POST,
+            "/v1/templates",
+            Some(json!({"name": "one-shot-py", "spec": {"image": image, "command": ["tail", "-f", "/dev/null"], "ttl": 600}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    let (status, e) = d
+        .json(
+            Method::POST,
+            "/v1/executions?wait=60",
+            Some(json!({"templateId": "one-shot-py", "code": "def handler(event):\n    return event['n'] + 1\n", "event": {"n": 1}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{e}");
+    assert_eq!((state(&e), &e["result"]), ("Succeeded", &json!(2)));
+    let sandbox = e["sandboxId"].as_str().expect("the sandbox it ran in");
+    // Deleted after the run (the execution outlives it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.info(sandbox).await.0 != StatusCode::NOT_FOUND {
+        assert!(Instant::now() < deadline, "the one-shot sandbox was not deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = d
+        .json(
+            Method::GET,
+            &format!("/v1/executions/{}", e["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    for (body, code, want) in [
+        (
+            json!({"templateId": "no-such-template", "command": "true"}),
+            404,
+            "TEMPLATE::NOT_FOUND",
+        ),
+        (
+            json!({"poolRef": {"name": "p"}, "command": "true"}),
+            501,
+            "SANDBOX::API_NOT_SUPPORTED",
+        ),
+        (json!({"command": "true"}), 400, "SANDBOX::INVALID_PARAMETER"),
+    ] {
+        let (status, answer) = d.json(Method::POST, "/v1/executions", Some(body)).await;
+        assert_eq!(
+            (status.as_u16(), answer["code"].as_str()),
+            (code, Some(want)),
+            "{answer}"
+        );
+    }
+}
