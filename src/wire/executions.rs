@@ -176,7 +176,8 @@ pub struct ExecutionRequest {
     /// One-shot: the template's version (default: its current one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_version: Option<u32>,
-    /// One-shot from a warm pool (not built yet: 501).
+    /// One-shot (`POST /v1/executions` only): the pool to acquire the sandbox from (its name,
+    /// or `{"name": …}`); released after the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub pool_ref: Option<serde_json::Value>,

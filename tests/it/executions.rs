@@ -587,8 +587,13 @@ async fn a_one_shot_execution_makes_and_deletes_its_sandbox() {
         ),
         (
             json!({"poolRef": {"name": "p"}, "command": "true"}),
-            501,
-            "SANDBOX::API_NOT_SUPPORTED",
+            404,
+            "POOL::NOT_FOUND",
+        ),
+        (
+            json!({"poolRef": "p", "templateId": "one-shot-py", "command": "true"}),
+            400,
+            "SANDBOX::INVALID_PARAMETER",
         ),
         (json!({"command": "true"}), 400, "SANDBOX::INVALID_PARAMETER"),
     ] {
@@ -599,4 +604,79 @@ async fn a_one_shot_execution_makes_and_deletes_its_sandbox() {
             "{answer}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_one_shot_execution_from_a_pool_releases_its_member_and_a_full_pool_is_429() {
+    if !docker_available() {
+        return;
+    }
+    let python = image("python");
+    let data = tempfile::tempdir().unwrap();
+    let d = Sandboxd::start_with(
+        data.path(),
+        &crate::util::marker(),
+        &["--pool-acquire-timeout", "1"],
+    );
+    let pool = json!({
+        "name": "exec-pool",
+        "template": {
+            "metadata": {"labels": {crate::sandboxd::RUN_LABEL: d.run}},
+            "spec": {"containers": [{"name": "sandbox", "image": python, "command": ["tail", "-f", "/dev/null"]}]},
+        },
+        "capacitySpec": {"bufferMin": 1, "bufferMax": 1, "poolMin": 1, "poolMax": 1},
+    });
+    let (status, body) = d.json(Method::POST, "/v1/pools", Some(pool)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let available = || async {
+        let (_, p) = d.json(Method::GET, "/v1/pools/exec-pool", None).await;
+        p["status"]["available"] == 1
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !available().await {
+        assert!(Instant::now() < deadline, "the pool never warmed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, e) = d
+        .json(
+            Method::POST,
+            "/v1/executions?wait=60",
+            Some(json!({"poolRef": "exec-pool", "command": "echo pooled"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{e}");
+    assert_eq!((state(&e), e["stdout"].as_str()), ("Succeeded", Some("pooled\n")));
+    // Released after the run: the pool has a member idle again.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !available().await {
+        assert!(Instant::now() < deadline, "the member never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The only member busy: the next one-shot is 429 with Retry-After.
+    let (status, busy) = d
+        .json(
+            Method::POST,
+            "/v1/executions",
+            Some(json!({"poolRef": {"name": "exec-pool"}, "command": "sleep 60"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{busy}");
+    let resp = d
+        .req(Method::POST, "/v1/executions")
+        .json(&json!({"poolRef": "exec-pool", "command": "true"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "POOL::CAPACITY_EXHAUSTED");
+    let (status, _) = d
+        .json(
+            Method::DELETE,
+            &format!("/v1/executions/{}", busy["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
 }

@@ -90,13 +90,14 @@ pub(crate) async fn create_execution(
 
 #[utoipa::path(post, path = "/executions", request_body = crate::wire::executions::ExecutionRequest,
     params(("wait" = Option<f64>, Query, description = "seconds (0–300) to wait for the end")),
-    responses((status = 202, description = "a one-shot execution: `Acquiring` while a sandbox is made from `templateId`; the sandbox is deleted after the run", body = crate::wire::executions::Execution,
+    responses((status = 202, description = "a one-shot execution: with `poolRef` (a pool's name, or `{name}`) a member is acquired at once and released \
+            after the run; with `templateId` it is `Acquiring` while a sandbox is made from the template, deleted after the run", body = crate::wire::executions::Execution,
             headers(("Location" = String, description = "`/v1/executions/{id}`"))),
         (status = 200, description = "with `wait`: it ended in time, with its output", body = crate::wire::executions::Execution,
             headers(("Location" = String, description = "`/v1/executions/{id}`"))),
-        (status = 400, description = "as for a sandbox's executions; or no templateId", body = crate::wire::lifecycle::LifecycleError),
-        (status = 404, description = "`TEMPLATE::NOT_FOUND`", body = crate::wire::lifecycle::LifecycleError),
-        (status = 501, description = "`SANDBOX::API_NOT_SUPPORTED`: poolRef (pools are not built yet)", body = crate::wire::lifecycle::LifecycleError)))]
+        (status = 400, description = "as for a sandbox's executions; neither or both of templateId and poolRef", body = crate::wire::lifecycle::LifecycleError),
+        (status = 404, description = "`TEMPLATE::NOT_FOUND`, `POOL::NOT_FOUND`", body = crate::wire::lifecycle::LifecycleError),
+        (status = 429, description = "`POOL::CAPACITY_EXHAUSTED` (no idle member within the acquire timeout), with `Retry-After`; `RATE_LIMIT::EXCEEDED`", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn create_one_shot(
     State(app): State<App>,
     Caller(caller): Caller,

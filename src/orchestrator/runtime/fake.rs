@@ -579,12 +579,22 @@ fn scripted(script: CommandScript, gate: Arc<Semaphore>) -> Response {
         .into_response()
 }
 
-/// `POST /files/upload`: keeps the body (a running sandbox's).
+/// `POST /files/upload`: keeps the body (a running sandbox's), and the files in it for the
+/// fake execd.
 async fn upload(
     State(inner): State<Arc<Mutex<Inner>>>,
     Path(reference): Path<String>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let execd = inner.lock().unwrap_or_else(|e| e.into_inner()).execd.clone();
+    if let Some(execd) = execd {
+        let content_type = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        super::fake_execd::record_upload(&execd, content_type, &body);
+    }
     let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
     match inner
         .sandboxes

@@ -61,8 +61,8 @@ fn lock(s: &Shared) -> std::sync::MutexGuard<'_, FakeExecd> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The routes, under `/{reference}` (`POST /command` is the fake runtime's, which hands
-/// executions' commands to [`command`]).
+/// The routes, under `/{reference}` (`POST /command` and `POST /files/upload` are the fake
+/// runtime's, which hand executions' commands to [`command`] and uploads to [`record_upload`]).
 pub fn router(state: Shared) -> axum::Router {
     axum::Router::new()
         .route("/{reference}/command/{id}/events", axum::routing::get(follow))
@@ -72,7 +72,6 @@ pub fn router(state: Shared) -> axum::Router {
             "/{reference}/code/contexts/{id}",
             axum::routing::delete(delete_context),
         )
-        .route("/{reference}/files/upload", axum::routing::post(upload))
         .route("/{reference}/files/download", axum::routing::get(download))
         .route("/{reference}/directories", axum::routing::delete(remove))
         .with_state(state)
@@ -348,26 +347,37 @@ async fn delete_context() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn upload(State(state): State<Shared>, mut multipart: axum::extract::Multipart) -> StatusCode {
+/// Keeps the files of a multipart `/files/upload` body by the paths its metadata parts name.
+pub fn record_upload(state: &Shared, content_type: &str, body: &[u8]) {
+    let Some(boundary) = content_type.split("boundary=").nth(1) else {
+        return;
+    };
+    let delimiter = format!("--{}", boundary.trim_matches('"'));
+    let text = body;
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(at) = memchr::memmem::find(rest, delimiter.as_bytes()) {
+        parts.push(&rest[..at]);
+        rest = &rest[at + delimiter.len()..];
+    }
     let mut path = None;
-    while let Ok(Some(field)) = multipart.next_field().await {
-        match field.name() {
-            Some("metadata") => {
-                let bytes = field.bytes().await.unwrap_or_default();
-                path = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v["path"].as_str().map(str::to_owned));
+    for part in parts.into_iter().skip(1) {
+        let Some(split) = memchr::memmem::find(part, b"\r\n\r\n") else {
+            continue;
+        };
+        let (head, content) = (&part[..split], &part[split + 4..]);
+        let content = content.strip_suffix(b"\r\n").unwrap_or(content);
+        let head = String::from_utf8_lossy(head);
+        if head.contains("name=\"metadata\"") {
+            path = serde_json::from_slice::<serde_json::Value>(content)
+                .ok()
+                .and_then(|v| v["path"].as_str().map(str::to_owned));
+        } else if head.contains("name=\"file\"") {
+            if let Some(p) = path.take() {
+                lock(state).files.insert(p, content.to_vec());
             }
-            Some("file") => {
-                let bytes = field.bytes().await.unwrap_or_default();
-                if let Some(p) = path.take() {
-                    lock(&state).files.insert(p, bytes.to_vec());
-                }
-            }
-            _ => {}
         }
     }
-    StatusCode::OK
 }
 
 #[derive(serde::Deserialize)]
