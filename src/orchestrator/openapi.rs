@@ -4,7 +4,11 @@
 
 use utoipa::OpenApi;
 
+use super::http::containers::{
+    __path_container_logs, __path_container_status, __path_get_container, __path_list_containers,
+};
 use super::http::diagnostics::__path_diagnostics;
+use super::http::events::__path_sandbox_events;
 use super::http::metrics::{__path_metrics_event, __path_metrics_summary, __path_prometheus_metrics};
 use super::http::pools::{
     __path_acquire, __path_create_pool, __path_delete_pool, __path_get_pool, __path_list_pools,
@@ -48,7 +52,8 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
         endpoint, diagnostics, proxy, mint, current, revoke, create_template, list_templates, get_template, update_template,
         delete_template, template_versions, template_version, build_log, rollback, export_one, export_many, import,
         create_prepull, list_prepulls, get_prepull, delete_prepull, prepull_events, prepull_template,
-        create_pool, list_pools, get_pool, update_pool, delete_pool, acquire, release
+        create_pool, list_pools, get_pool, update_pool, delete_pool, acquire, release,
+        sandbox_events, list_containers, get_container, container_status, container_logs
     ),
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,

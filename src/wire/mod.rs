@@ -8,6 +8,8 @@ pub mod code;
 // sandboxd's error catalog: the agent never links it.
 #[cfg(feature = "orchestrator")]
 pub mod errors;
+#[cfg(feature = "orchestrator")]
+pub mod events;
 pub mod files;
 pub mod identity;
 pub mod isolated;

@@ -61,12 +61,14 @@ impl From<&Error> for ApiError {
                 Kind::TemplateVersion => &codes::TEMPLATE_VERSION_NOT_FOUND,
                 Kind::Prepull => &codes::PREPULL_NOT_FOUND,
                 Kind::Pool => &codes::POOL_NOT_FOUND,
+                Kind::Container => &codes::CONTAINER_NOT_FOUND,
             }),
             Error::Invalid(_) => said(&codes::SANDBOX_INVALID_PARAMETER),
             Error::InvalidSpec(_) => said(&codes::TEMPLATE_INVALID_SPEC),
             Error::ImportInvalid(_) => said(&codes::TEMPLATE_IMPORT_INVALID),
             Error::InvalidImage(_) => said(&codes::PREPULL_INVALID_IMAGE),
             Error::InvalidMetadataFilter(_) => said(&codes::INVALID_METADATA_FORMAT),
+            Error::ScopeUnsupported { .. } => said(&codes::DIAGNOSTICS_SCOPE_UNSUPPORTED),
             // Upstream's code for a field this runtime does not do, with upstream's 400.
             Error::UnsupportedField(_) => {
                 ApiError::with_status(&codes::SANDBOX_API_NOT_SUPPORTED, 400, e.to_string())
@@ -100,6 +102,7 @@ impl From<&Error> for ApiError {
             Error::Forbidden(denial) => said(match denial {
                 Denial::Role { .. } | Denial::Mint(_) => &codes::AUTH_FORBIDDEN,
                 Denial::Quota { .. } => &codes::QUOTA_EXCEEDED,
+                Denial::DiagnosticsDisabled => &codes::DIAGNOSTICS_DISABLED,
             }),
             // The sandbox's own exit and output: the user's program, not sandboxd's internals.
             Error::StartFailed(_) => said(&codes::SANDBOX_RUNTIME_ERROR),
@@ -248,6 +251,25 @@ mod tests {
                 "TEMPLATE::VERSION_NOT_FOUND",
             ),
             (Error::not_found(Kind::Prepull, "p"), 404, "PREPULL::NOT_FOUND"),
+            (
+                Error::not_found(Kind::Container, "c"),
+                404,
+                "CONTAINER::NOT_FOUND",
+            ),
+            (
+                Error::ScopeUnsupported {
+                    kind: "logs",
+                    scope: s(),
+                    supported: &["all"],
+                },
+                400,
+                "DIAGNOSTICS_SCOPE_UNSUPPORTED",
+            ),
+            (
+                Error::Forbidden(Denial::DiagnosticsDisabled),
+                403,
+                "DIAGNOSTICS::DISABLED",
+            ),
             (
                 Error::Conflict(Conflict::TemplateExists(s())),
                 409,
