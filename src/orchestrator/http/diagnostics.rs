@@ -24,7 +24,8 @@ pub(super) fn routes() -> Router<App> {
             (what sandboxd recorded), `runtime` (what the runtime reported: start, die, oom, kill, pause, unpause), `all` (both, by time). \
             With a scope: the JSON descriptor; without: the deprecated plain text (the container's output, or every event)"),
         ("tail" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "the last N lines (of each section), 1–10000; default: scoped 1000, plain 100 log lines / 50 events"),
-        ("since" = Option<String>, Query, description = "lines at or after: a duration back from now (`30s`, `10m`, `2h`, `1d`) or an RFC 3339 time; the container's output to the second")),
+        ("since" = Option<String>, Query, description = "lines at or after: a duration back from now (`30s`, `10m`, `2h`, `1d`) or an RFC 3339 time; the container's output to the second"),
+        ("timestamps" = Option<bool>, Query, description = "whether the scoped container output carries each line's time (default true)")),
     responses((status = 200, description = "with `scope`: the descriptor (JSON; `truncated` when `tail` left lines out or the content passed 4 MiB, \
             `warnings` naming a section that could not be read); without: the text itself, with the header `Deprecation: true`",
             content((crate::wire::lifecycle::DiagnosticContent = "application/json"), (String = "text/plain; charset=utf-8")),
@@ -84,6 +85,17 @@ fn diagnostics_query(query: &str, now_ms: i64) -> Result<DiagnosticsQuery, Error
                         })?,
                 )
             }
+            "timestamps" => {
+                q.timestamps = Some(match value.as_ref() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "timestamps must be true or false, got {value:?}"
+                        )))
+                    }
+                })
+            }
             "since" => q.since = Some(parse_since(&value, now_ms).ok_or_else(|| bad_since(&value))?),
             _ => {}
         }
@@ -130,6 +142,7 @@ mod tests {
                 scope: Some("container".into()),
                 tail: Some(5),
                 since: Some(now - 600_000),
+                timestamps: None,
             }
         );
         assert_eq!(diagnostics_query("scope=", now).unwrap().scope, None);
@@ -140,6 +153,11 @@ mod tests {
         assert_eq!(parse_since("30s", now), Some(now - 30_000));
         assert_eq!(parse_since("2h", now), Some(now - 7_200_000));
         assert_eq!(parse_since("1d", now), Some(now - 86_400_000));
+        assert_eq!(
+            diagnostics_query("timestamps=false", now).unwrap().timestamps,
+            Some(false)
+        );
+        assert!(diagnostics_query("timestamps=no", now).is_err());
         for bad in ["tail=0", "tail=10001", "tail=x", "tail=-1"] {
             let e = diagnostics_query(bad, now).unwrap_err();
             assert!(e.to_string().starts_with("tail"), "{bad}: {e}");

@@ -21,7 +21,7 @@ use super::Service;
 use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::{Denial, Error};
 use crate::orchestrator::runtime::{Instance, LogQuery, EXECD_PORT};
-use crate::orchestrator::store::{Event, Record};
+use crate::orchestrator::store::{Event, Phase, Record};
 use crate::wire::lifecycle::DiagnosticContent;
 use crate::wire::time::parse_ms;
 
@@ -51,6 +51,9 @@ pub struct DiagnosticsQuery {
     pub tail: Option<usize>,
     /// Lines at or after this time, epoch ms.
     pub since: Option<i64>,
+    /// Whether the container's output carries timestamps (scoped default: yes; the plain
+    /// form never).
+    pub timestamps: Option<bool>,
 }
 
 /// One section's text and what happened making it.
@@ -113,7 +116,10 @@ impl Service {
             let mut sections = Vec::new();
             for section in wanted {
                 let s = match section {
-                    "container" => self.container_section(&record, tail, query.since, true).await,
+                    "container" => {
+                        let stamped = query.timestamps.unwrap_or(true);
+                        self.container_section(&record, tail, query.since, stamped).await
+                    }
                     "lifecycle" => self.lifecycle_section(id, tail, query.since),
                     _ => self.process_section(&record, tail, query.since).await,
                 };
@@ -238,6 +244,10 @@ impl Service {
 
     /// execd's own log, from the file sandboxd told it to write.
     async fn process_section(&self, record: &Record, tail: usize, since: Option<i64>) -> Section {
+        if record.phase == Phase::Paused {
+            // A frozen execd accepts the connection and never answers.
+            return Section::unavailable("execd's log is unavailable while the sandbox is paused".into());
+        }
         let execd = record
             .instance
             .as_ref()

@@ -48,11 +48,11 @@ impl Service {
             exit_code: None,
             request_id: REQUEST_ID.try_with(Clone::clone).ok(),
         };
-        self.append(id, event).await;
+        self.append_event(id, event).await;
     }
 
-    /// Appends `event` and wakes the journal's followers.
-    async fn append(&self, id: &str, event: NewEvent) {
+    /// Appends `event` and wakes the journal's followers; a failure is logged.
+    pub(super) async fn append_event(&self, id: &str, event: NewEvent) {
         match self.store.append_event(id, event).await {
             Ok(seq) => {
                 self.journal.send_replace(seq);
@@ -142,7 +142,7 @@ impl Service {
             ),
         };
         tracing::debug!(sandbox = %id, event = kind.as_str(), "runtime event");
-        self.append(
+        self.append_event(
             id,
             NewEvent {
                 at: event.at,
@@ -196,7 +196,7 @@ impl Service {
         {
             return;
         }
-        self.append(
+        self.append_event(
             id,
             NewEvent {
                 at,

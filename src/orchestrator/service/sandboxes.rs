@@ -21,7 +21,7 @@ use crate::orchestrator::error::{Conflict, Error};
 use crate::orchestrator::execd_client::Ping;
 use crate::orchestrator::runtime::{Instance, Observed, Purpose, Resources, SandboxSpec, Target, EXECD_PORT};
 use crate::orchestrator::spec::{self, Plan};
-use crate::orchestrator::store::{EventType, Failure, Phase, Record, TemplateRef};
+use crate::orchestrator::store::{EventType, Failure, NewEvent, Phase, Record, Source, TemplateRef};
 use crate::wire::lifecycle::{
     CreateSandboxRequest, CreateSandboxResponse, Endpoint, ImageSpec, Lifecycle, ListSandboxesResponse,
     RenewExpiration, Sandbox, SandboxAllocation, SandboxStatus, LIFECYCLE_ENV,
@@ -427,11 +427,17 @@ impl Service {
         }
     }
 
-    /// Journals `Exited` with `stopped (<state>): <why>` unless the journal already says
-    /// the sandbox exited (the runtime's own event usually came first).
+    /// Journals sandboxd's own `Exited` (`stopped (<state>): <why>`, the contract's view) once;
+    /// the runtime's `Exited` event, if it came, is the engine's.
     async fn note_stopped(&self, record: &Record, observed: &Observed) {
         match self.store.events(&record.id).await {
-            Ok(events) if events.iter().any(|e| e.kind == EventType::Exited.as_str()) => return,
+            Ok(events)
+                if events.iter().any(|e| {
+                    e.kind == EventType::Exited.as_str() && e.source == Source::Sandboxd.as_str()
+                }) =>
+            {
+                return
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(sandbox = %record.id, error = %e, "cannot read events");
@@ -442,10 +448,20 @@ impl Service {
         let why = s
             .message
             .unwrap_or_else(|| "the container exited with code 0".to_owned());
-        let reason = s.reason.clone();
-        let message = format!("stopped ({}): {why}", s.state);
-        self.log_event_because(&record.id, EventType::Exited, reason, message)
-            .await;
+        let exit_code = match observed {
+            Observed::Exited { code, .. } => *code,
+            _ => None,
+        };
+        let event = NewEvent {
+            at: now_ms(),
+            kind: EventType::Exited,
+            reason: s.reason.clone(),
+            message: format!("stopped ({}): {why}", s.state),
+            source: Source::Sandboxd,
+            exit_code,
+            request_id: None,
+        };
+        self.append_event(&record.id, event).await;
     }
 
     /// `GET /sandboxes`: filtered, newest first, one page. Rows this build cannot read are
