@@ -252,6 +252,43 @@ fn cpus(nano: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::orchestrator::auth::AuthMethod;
+
+    #[test]
+    fn builds_are_for_admins_and_sandboxes_for_their_owners() {
+        let container = |role, sandbox_id: Option<&str>| ContainerInfo {
+            reference: "c".into(),
+            name: "n".into(),
+            role,
+            sandbox_id: sandbox_id.map(Into::into),
+            image: "i".into(),
+            observed: Observed::Running,
+            ip: None,
+            created_at: 0,
+            started_at: None,
+            resources: Default::default(),
+        };
+        let caller = |id: &str, role| Principal {
+            id: id.into(),
+            role,
+            method: AuthMethod::Bearer,
+            token_id: None,
+            expires_at: None,
+        };
+        let owners = BTreeMap::from([("s1".to_owned(), "alice".to_owned())]);
+        let (alice, bob, admin) = (
+            caller("alice", Role::User),
+            caller("bob", Role::User),
+            Principal::root(),
+        );
+        let hers = container(ContainerRole::Sandbox, Some("s1"));
+        let build = container(ContainerRole::TemplateBuild, None);
+        let orphan = container(ContainerRole::Sandbox, Some("gone"));
+        assert!(visible(&hers, &owners, &alice) && visible(&hers, &owners, &admin));
+        assert!(!visible(&hers, &owners, &bob));
+        assert!(visible(&build, &owners, &admin) && !visible(&build, &owners, &alice));
+        assert!(visible(&orphan, &owners, &admin) && !visible(&orphan, &owners, &alice));
+    }
 
     #[test]
     fn cpus_are_written_plainly() {
