@@ -20,8 +20,11 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// Lines kept per sandbox.
 pub const LINES_KEPT: usize = 1000;
-/// Sandboxes whose lines are kept; the one that logged least recently first goes.
-const SANDBOXES_KEPT: usize = 10_000;
+/// Sandboxes whose lines are kept; the one that first logged longest ago goes first.
+const SANDBOXES_KEPT: usize = 4096;
+/// The longest line kept, bytes; a longer one is cut (a probe failure can carry 4 KiB of
+/// output).
+const MAX_LINE: usize = 2048;
 /// The fields that name a sandbox.
 const KEYS: [&str; 2] = ["sandbox_id", "sandbox"];
 
@@ -49,8 +52,16 @@ impl LifecycleLogs {
         LifecycleLayer { logs: self.clone() }.with_filter(targets)
     }
 
-    /// Appends `line` to sandbox `id`'s ring.
-    pub fn push(&self, id: &str, line: String) {
+    /// Appends `line` (cut to [`MAX_LINE`] bytes) to sandbox `id`'s ring.
+    pub fn push(&self, id: &str, mut line: String) {
+        if line.len() > MAX_LINE {
+            let mut end = MAX_LINE;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+            line.push('…');
+        }
         let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
         let Rings { lines, order } = &mut *rings;
         if !lines.contains_key(id) {
@@ -233,5 +244,12 @@ mod tests {
         let lines = logs.lines("s");
         assert_eq!(lines.len(), LINES_KEPT);
         assert_eq!(lines[0], "l5");
+        logs.push("long", "é".repeat(MAX_LINE));
+        let long = &logs.lines("long")[0];
+        assert!(
+            long.len() <= MAX_LINE + '…'.len_utf8() && long.ends_with('…'),
+            "{}",
+            long.len()
+        );
     }
 }

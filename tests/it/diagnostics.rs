@@ -200,6 +200,20 @@ async fn every_diagnostics_scope_answers_and_an_unknown_one_is_400() {
         !container.contains("execd ready"),
         "execd's own log is not the entrypoint's: {container}"
     );
+    assert!(
+        !container.starts_with("entrypoint-says-hello"),
+        "timestamped: {container}"
+    );
+    let (status, raw) = d
+        .json(
+            Method::GET,
+            &format!("/v1/sandboxes/{id}/diagnostics/logs?scope=container&timestamps=false"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    let raw = raw["content"].as_str().unwrap();
+    assert!(raw.lines().any(|l| l == "entrypoint-says-hello"), "{raw}");
     let (lifecycle, _) = content("logs", "lifecycle").await;
     assert!(lifecycle.contains("sandbox running"), "{lifecycle}");
     let (process, body) = content("logs", "process").await;
