@@ -16,8 +16,9 @@ pub struct SandboxEvent {
     pub at: String,
     /// What happened: `Created`, `Starting`, `Started`, `PreStartSucceeded`, `PreStartFailed`,
     /// `Ready`, `ProbeFailed`, `StartupFailed`, `Paused`, `PauseFailed`, `Resumed`, `Renewed`,
-    /// `MetadataUpdated`, `Expired`, `Exited` (with `exitCode`), `OOMKilled`, `Killed`,
-    /// `Deleted`, or `Note` (a line of an older sandboxd's log).
+    /// `MetadataUpdated`, `Allocated` (from a warm pool), `Released` (to it), `Expired`,
+    /// `Exited` (with `exitCode`), `OOMKilled`, `Killed`, `Deleted`, or `Note` (a line of an
+    /// older sandboxd's log).
     #[serde(rename = "type")]
     pub kind: String,
     /// A short machine-readable why (`PRE_START_FAILED`; `Completed`/`Error` on `Exited`; the
