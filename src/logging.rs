@@ -31,26 +31,41 @@ pub enum Sink<'a> {
     File(&'a Path),
 }
 
+/// Another layer beside the output (sandboxd's per-sandbox lifecycle rings), with its own
+/// filter.
+pub type Extra = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+
 /// Installs the global subscriber: `filter` chooses what is logged, and `guard` may veto an
-/// event whatever the filter says (sandboxd uses it to keep secrets out of the log).
-pub fn init<G>(format: LogFormat, sink: Sink<'_>, filter: Targets, guard: G) -> std::io::Result<()>
+/// event whatever the filter says (sandboxd uses it to keep secrets out of the log); `extra`
+/// layers see every event their own filters let through. A file sink's missing directory is
+/// created.
+pub fn init<G>(
+    format: LogFormat,
+    sink: Sink<'_>,
+    filter: Targets,
+    guard: G,
+    extra: Vec<Extra>,
+) -> std::io::Result<()>
 where
     G: Filter<tracing_subscriber::Registry> + Send + Sync + 'static,
 {
     match sink {
         Sink::Stderr => {
             let colour = std::io::stderr().is_terminal();
-            install(format, colour, std::io::stderr, filter, guard);
+            install(format, colour, std::io::stderr, filter, guard, extra);
         }
         Sink::File(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
             let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            install(format, false, std::sync::Mutex::new(file), filter, guard);
+            install(format, false, std::sync::Mutex::new(file), filter, guard, extra);
         }
     }
     Ok(())
 }
 
-fn install<W, G>(format: LogFormat, colour: bool, writer: W, filter: Targets, guard: G)
+fn install<W, G>(format: LogFormat, colour: bool, writer: W, filter: Targets, guard: G, mut extra: Vec<Extra>)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
     G: Filter<tracing_subscriber::Registry> + Send + Sync + 'static,
@@ -70,7 +85,8 @@ where
             guard,
         ),
     };
-    tracing_subscriber::registry().with(layer).init();
+    extra.insert(0, layer);
+    tracing_subscriber::registry().with(extra).init();
 }
 
 fn boxed<L, S, G>(layer: L, filter: Targets, guard: G) -> Box<dyn Layer<S> + Send + Sync>

@@ -53,10 +53,26 @@ fn init_logging(config: &execd::agent::Config) -> anyhow::Result<()> {
         Some(Ok(filter)) => filter,
         _ => config.log_level.parse()?,
     };
-    let sink = match &config.log_file {
-        Some(path) => Sink::File(path),
-        None => Sink::Stderr,
-    };
-    logging::init(config.log_format, sink, filter, filter_fn(|_| true))?;
+    if let Some(path) = &config.log_file {
+        // A log file that cannot be written (a read-only or odd image) must not keep the
+        // agent from starting: say so and log to stderr instead.
+        match logging::init(
+            config.log_format,
+            Sink::File(path),
+            filter.clone(),
+            filter_fn(|_| true),
+            Vec::new(),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) => eprintln!("execd: cannot log to {} ({e}); logging to stderr", path.display()),
+        }
+    }
+    logging::init(
+        config.log_format,
+        Sink::Stderr,
+        filter,
+        filter_fn(|_| true),
+        Vec::new(),
+    )?;
     Ok(())
 }

@@ -2,9 +2,11 @@
 //! and serves, every other subcommand is a client of a running sandboxd (`execd::cli`).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
 use execd::logging::{self, Sink};
+use execd::orchestrator::lifecycle_log::LifecycleLogs;
 use execd::orchestrator::{Cli, Command};
 use tracing::Level;
 use tracing_subscriber::filter::{filter_fn, Targets};
@@ -29,7 +31,10 @@ fn main() -> ExitCode {
     // its environment: never let those lines out, whatever the filter asks for.
     let no_secrets =
         filter_fn(|meta| !(meta.target().starts_with("bollard") && *meta.level() == Level::TRACE));
-    if let Err(e) = logging::init(config.log_format, Sink::Stderr, filter, no_secrets) {
+    // sandboxd's own lines about each sandbox, for its `lifecycle` logs diagnostic.
+    let lifecycle = Arc::new(LifecycleLogs::default());
+    let extra: logging::Extra = Box::new(lifecycle.layer());
+    if let Err(e) = logging::init(config.log_format, Sink::Stderr, filter, no_secrets, vec![extra]) {
         eprintln!("sandboxd: cannot set up logging: {e}");
         return ExitCode::from(2);
     }
@@ -40,7 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(execd::orchestrator::serve(config)) {
+    match runtime.block_on(execd::orchestrator::serve(config, lifecycle)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sandboxd: {e:#}");

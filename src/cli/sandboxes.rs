@@ -292,7 +292,14 @@ pub async fn diagnostics(args: LogsArgs, kind: &str) -> Result<u8, CliError> {
         let client = &client;
         let path = &path;
         async move {
-            let mut query = vec![("scope", "container".to_owned())];
+            // The container's output as the program printed it; every event.
+            let mut query = match kind {
+                "logs" => vec![
+                    ("scope", "container".to_owned()),
+                    ("timestamps", "false".to_owned()),
+                ],
+                _ => vec![("scope", "all".to_owned())],
+            };
             if let Some(tail) = tail {
                 query.push(("tail", tail.to_string()));
             }

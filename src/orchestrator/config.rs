@@ -146,6 +146,14 @@ pub struct Config {
     /// (`pools.acquireTimeoutSeconds`); also the 429's `Retry-After`.
     #[arg(long, env = "SANDBOXD_POOL_ACQUIRE_TIMEOUT", default_value_t = 30)]
     pub pool_acquire_timeout: u64,
+    /// Serve the diagnostics routes (`/sandboxes/{id}/diagnostics/...`); `false` answers them
+    /// 403 DIAGNOSTICS::DISABLED.
+    #[arg(long, env = "SANDBOXD_DIAGNOSTICS", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub diagnostics: bool,
+    /// Hours a sandbox's event journal is kept after the sandbox is deleted.
+    #[arg(long, env = "SANDBOXD_EVENTS_RETENTION_HOURS", default_value_t = 24)]
+    pub events_retention_hours: u64,
     /// Hours finished executions are kept.
     #[arg(long, env = "SANDBOXD_EXECUTION_RETENTION_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..))]
     pub execution_retention_hours: u64,

@@ -36,6 +36,16 @@ pub enum Error {
     /// The list's `metadata` filter is not `k=v` pairs.
     #[error("{0}")]
     InvalidMetadataFilter(String),
+    /// A diagnostics `scope` this server does not serve for that kind.
+    #[error("unsupported {kind} scope {scope:?}; supported scopes: {}", .supported.join(", "))]
+    ScopeUnsupported {
+        /// `logs` or `events`.
+        kind: &'static str,
+        /// What was asked for.
+        scope: String,
+        /// What is served.
+        supported: &'static [&'static str],
+    },
     /// A request field that is valid but not something this runtime does.
     #[error("{0}")]
     UnsupportedField(String),
@@ -132,6 +142,8 @@ pub enum Kind {
     Prepull,
     /// A warm pool.
     Pool,
+    /// A container sandboxd manages.
+    Container,
     /// An execution.
     Execution,
     /// A batch of executions.
@@ -147,6 +159,7 @@ impl fmt::Display for Kind {
             Kind::TemplateVersion => "template version",
             Kind::Prepull => "prepull task",
             Kind::Pool => "pool",
+            Kind::Container => "container",
             Kind::Execution => "execution",
             Kind::Batch => "batch",
         })
@@ -274,6 +287,8 @@ pub enum Denial {
         /// The limit.
         limit: u64,
     },
+    /// The diagnostics routes are switched off on this server.
+    DiagnosticsDisabled,
 }
 
 impl fmt::Display for Denial {
@@ -287,6 +302,7 @@ impl fmt::Display for Denial {
                 f,
                 "quota exceeded: at most {limit} sandboxes per user; delete one first"
             ),
+            Denial::DiagnosticsDisabled => f.write_str("diagnostics are disabled on this server"),
         }
     }
 }
@@ -350,6 +366,7 @@ impl Error {
             | Error::InvalidImage(_)
             | Error::UnsupportedLanguage(_)
             | Error::InvalidMetadataFilter(_)
+            | Error::ScopeUnsupported { .. }
             | Error::UnsupportedField(_)
             | Error::Unsupported(_)
             | Error::HostPathNotAllowed(_)

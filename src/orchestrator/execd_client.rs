@@ -1,10 +1,10 @@
 //! The one place sandboxd speaks execd's HTTP: the liveness probe (`GET /ping`), the
 //! readiness probes it runs through execd (`POST /command`, `/proxy/{port}`), commands whose
 //! output is followed as it comes (template builds), file writes and background starts (pool
-//! warm-up), and what executions need: commands and code as event streams (SSE parsed as it
-//! arrives, keep-alives included so a reader can tell a quiet run from a dead connection),
-//! following a command's journal from an event id, interrupts, code contexts, and file
-//! upload, download and removal.
+//! warm-up), the tail of a file (execd's own log, for diagnostics), and what executions need:
+//! commands and code as event streams (SSE parsed as it arrives, keep-alives included so a
+//! reader can tell a quiet run from a dead connection), following a command's journal from an
+//! event id, interrupts, code contexts, and file upload, download and removal.
 
 use std::time::Duration;
 
@@ -29,6 +29,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most of an answer sandboxd reads: error bodies, and a probe command's event stream.
 const MAX_BODY: usize = 1 << 20;
+/// The most of a file [`ExecdClient::read_tail`] reads.
+pub const MAX_READ: usize = MAX_BODY;
+/// How long reading a file may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of a probe command's output a failure keeps.
 const OUTPUT_KEPT: usize = 4096;
 
@@ -140,10 +144,26 @@ impl ExecdClient {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<(u16, Bytes), String> {
+        self.call_with(target, token, method, path, body, &[]).await
+    }
+
+    /// [`ExecdClient::call`] with extra request headers.
+    async fn call_with(
+        &self,
+        target: &Target,
+        token: &str,
+        method: hyper::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        headers: &[(hyper::header::HeaderName, String)],
+    ) -> Result<(u16, Bytes), String> {
         let uri = format!("http://{}{}{path}", target.dial, target.prefix);
         let mut req = hyper::Request::builder().method(method).uri(uri);
         if target.execd {
             req = req.header(TOKEN_HEADER, token);
+        }
+        for (name, value) in headers {
+            req = req.header(name, value);
         }
         if let Some((content_type, _)) = &body {
             req = req.header(hyper::header::CONTENT_TYPE, *content_type);
@@ -177,6 +197,27 @@ impl ExecdClient {
                 Ping::Starting
             }
             _ => Ping::NotYet,
+        }
+    }
+
+    /// The last [`MAX_BODY`] bytes (at most) of the file at `path` in the sandbox, through
+    /// execd's `/files/download` with a suffix range; `None` when there is no such file.
+    pub async fn read_tail(&self, execd: &Target, token: &str, path: &str) -> Result<Option<Bytes>, String> {
+        let query: String = form_urlencoded::byte_serialize(path.as_bytes()).collect();
+        let range = [(hyper::header::RANGE, format!("bytes=-{MAX_BODY}"))];
+        let path = format!("/files/download?path={query}");
+        let call = self.call_with(execd, token, hyper::Method::GET, &path, None, &range);
+        match tokio::time::timeout(READ_TIMEOUT, call).await {
+            Err(_) => Err(format!("no answer within {READ_TIMEOUT:?}")),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((200 | 206, body))) => Ok(Some(body)),
+            // An empty file has no last bytes to give.
+            Ok(Ok((416, _))) => Ok(Some(Bytes::new())),
+            Ok(Ok((404, _))) => Ok(None),
+            Ok(Ok((status, body))) => Err(format!(
+                "execd answered {status}: {}",
+                last_bytes(&String::from_utf8_lossy(&body), 200)
+            )),
         }
     }
 

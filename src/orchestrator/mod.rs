@@ -10,12 +10,14 @@
 //! - `spec`: create requests → runtime-neutral plans, or errors naming the field.
 //! - `ratelimit`: the per-caller rate classes (keyed GCRA); `metrics`: request metrics.
 //! - `error`: the domain's errors; `execd_client`: sandboxd's only execd HTTP client.
+//! - `lifecycle_log`: sandboxd's own log lines per sandbox (a tracing layer and its rings).
 
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod execd_client;
 pub mod http;
+pub mod lifecycle_log;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
@@ -45,8 +47,13 @@ const HOUSEKEEPING: Duration = Duration::from_secs(5);
 /// died) are looked for and removed.
 const ORPHAN_SWEEP: Duration = Duration::from_secs(5);
 
-/// Serves until SIGTERM or SIGINT.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// How often the event journals of sandboxes deleted longer ago than the retention are
+/// dropped.
+const EVENTS_SWEEP: Duration = Duration::from_secs(600);
+
+/// Serves until SIGTERM or SIGINT. `lifecycle` holds the rings of sandboxd's own log lines
+/// per sandbox that the process's tracing layer feeds.
+pub async fn serve(config: Config, lifecycle: Arc<lifecycle_log::LifecycleLogs>) -> anyhow::Result<()> {
     if config.api_key.as_deref().is_none_or(str::is_empty) {
         tracing::warn!(
             "no API key configured (--api-key / SANDBOXD_API_KEY): anyone who can reach {}:{} controls every sandbox",
@@ -95,12 +102,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         pools: config.pools(),
         executions: config.executions(),
     };
-    let service = Arc::new(service::Service::new(
-        store,
-        Arc::new(docker),
-        authority,
-        settings,
-    ));
+    let diagnostics = service::DiagnosticsSettings {
+        enabled: config.diagnostics,
+        retention: Duration::from_secs(config.events_retention_hours.saturating_mul(3600)),
+    };
+    let service = Arc::new(
+        service::Service::new(store, Arc::new(docker), authority, settings)
+            .with_diagnostics(diagnostics, lifecycle),
+    );
+    // Opened before reconciliation, so that what happens to containers from here on is
+    // journalled.
+    let runtime_events = tokio::spawn({
+        let service = service.clone();
+        async move { service.run_runtime_events().await }
+    });
     service
         .reconcile()
         .await
@@ -158,6 +173,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     });
+    let journal_sweeper = tokio::spawn({
+        let service = service.clone();
+        async move {
+            let mut tick = tokio::time::interval(EVENTS_SWEEP);
+            loop {
+                tick.tick().await;
+                if let Err(e) = service.sweep_events().await {
+                    tracing::warn!(error = %e, "cannot drop old event journals");
+                }
+            }
+        }
+    });
     let limiter = Arc::new(ratelimit::Limiter::new(config.rate_limits()));
     let metrics = Arc::new(metrics::Metrics::new());
     let housekeeping = tokio::spawn({
@@ -191,6 +218,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     prepulls.abort();
     builds.abort();
     pools.abort();
+    runtime_events.abort();
+    journal_sweeper.abort();
     executions.abort();
     Ok(())
 }

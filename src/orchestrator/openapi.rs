@@ -4,7 +4,11 @@
 
 use utoipa::OpenApi;
 
+use super::http::containers::{
+    __path_container_logs, __path_container_status, __path_get_container, __path_list_containers,
+};
 use super::http::diagnostics::__path_diagnostics;
+use super::http::events::__path_sandbox_events;
 use super::http::executions::{
     __path_cancel_execution, __path_create_batch, __path_create_execution, __path_create_one_shot,
     __path_execution_events, __path_execution_result, __path_get_batch, __path_get_execution,
@@ -55,6 +59,7 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
         delete_template, template_versions, template_version, build_log, rollback, export_one, export_many, import,
         create_prepull, list_prepulls, get_prepull, delete_prepull, prepull_events, prepull_template,
         create_pool, list_pools, get_pool, update_pool, delete_pool, acquire, release,
+        sandbox_events, list_containers, get_container, container_status, container_logs,
         create_execution, create_one_shot, create_batch, get_batch, get_execution, execution_result, cancel_execution,
         list_executions, execution_events
     ),

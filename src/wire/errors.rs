@@ -140,7 +140,7 @@ pub const DIAGNOSTICS_SCOPE_UNSUPPORTED: ErrorCode = entry(
     400,
     alias::INVALID_PARAMETER,
     "Unsupported diagnostics scope",
-    "Use a scope the route documents",
+    "Use a scope the message lists (logs: container, lifecycle, process, all; events: lifecycle, runtime, all)",
     false,
 );
 
@@ -240,6 +240,15 @@ pub const SANDBOX_NOT_FOUND: ErrorCode = entry(
     alias::SESSION_NOT_FOUND,
     "Sandbox not found",
     "Check the sandbox id; a sandbox is gone once deleted or expired (GET /v1/sandboxes lists yours)",
+    false,
+);
+/// No container sandboxd manages by that id or name (or not the caller's).
+pub const CONTAINER_NOT_FOUND: ErrorCode = entry(
+    "CONTAINER::NOT_FOUND",
+    404,
+    alias::RESOURCE_NOT_FOUND,
+    "Container not found",
+    "Check the id: a container id (at least 12 hex digits), a container name or a sandbox id; GET /v1/containers lists yours",
     false,
 );
 /// No such user token (or not the caller's).
@@ -688,6 +697,7 @@ pub static ALL: &[&ErrorCode] = &[
     &TEMPLATE_VERSION_NOT_FOUND,
     &POOL_NOT_FOUND,
     &PREPULL_NOT_FOUND,
+    &CONTAINER_NOT_FOUND,
     &GENERAL_NOT_FOUND,
     &GENERAL_METHOD_NOT_ALLOWED,
     &DOCKER_SANDBOX_NOT_RUNNING,

@@ -317,8 +317,14 @@ pub struct DiagnosticContent {
     pub content_type: String,
     /// The text.
     pub content: String,
-    /// Whether older content was cut off.
+    /// Whether older content was cut off (by `tail`, or beyond 4 MiB).
     pub truncated: bool,
+    /// Bytes of `content`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_length: Option<u64>,
+    /// What could not be included, and why (a section that is unavailable).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The lifecycle error body `{code, message}`. Codes are upstream's strings

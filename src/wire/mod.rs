@@ -10,6 +10,8 @@ pub mod executions;
 // sandboxd's error catalog: the agent never links it.
 #[cfg(feature = "orchestrator")]
 pub mod errors;
+#[cfg(feature = "orchestrator")]
+pub mod events;
 pub mod files;
 pub mod identity;
 pub mod isolated;

@@ -4,6 +4,7 @@ mod auth;
 mod cli;
 mod code;
 mod command;
+mod diagnostics;
 mod docker;
 mod executions;
 mod faults;

@@ -71,7 +71,7 @@ pub(crate) struct Sandboxd {
     pub(crate) data_dir: PathBuf,
     _data: Option<tempfile::TempDir>,
     pub(crate) run: String,
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
 }
 
 impl Sandboxd {
@@ -1239,7 +1239,7 @@ async fn issue19_the_server_proxy_refuses_a_sandbox_that_is_not_running() {
 }
 
 /// `method path` as the holder of `token` (no API key), with an optional JSON body.
-async fn as_bearer(
+pub(crate) async fn as_bearer(
     d: &Sandboxd,
     token: &str,
     method: Method,
@@ -1264,7 +1264,7 @@ async fn as_bearer(
 }
 
 /// Mints a token for `user` with `role` through the API key.
-async fn mint(d: &Sandboxd, user: &str, role: &str) -> String {
+pub(crate) async fn mint(d: &Sandboxd, user: &str, role: &str) -> String {
     let (status, body) = d
         .json(
             Method::POST,

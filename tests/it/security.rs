@@ -566,13 +566,17 @@ async fn no_secret_in_any_log_line_at_trace_level() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
-    let execd_log = key(client.get(d.url(&format!("/v1/sandboxes/{id}/diagnostics/logs?tail=10000"))))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // execd's own log (the `process` scope), sandboxd's lines about the sandbox and its output.
+    let diagnostics: Value = key(client.get(d.url(&format!(
+        "/v1/sandboxes/{id}/diagnostics/logs?scope=all&tail=10000"
+    ))))
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let execd_log = diagnostics["content"].as_str().unwrap_or_default().to_owned();
     let deleted = key(client.delete(d.url(&format!("/v1/sandboxes/{id}"))))
         .send()
         .await
@@ -580,7 +584,13 @@ async fn no_secret_in_any_log_line_at_trace_level() {
     assert_eq!(deleted.status(), 204);
 
     assert!(
-        execd_log.lines().count() >= 5,
+        execd_log
+            .split("=== process ===")
+            .nth(1)
+            .unwrap_or("")
+            .lines()
+            .count()
+            >= 5,
         "the sandbox's execd logged only:\n{execd_log}"
     );
     let log = std::fs::read_to_string(&d.log).unwrap();

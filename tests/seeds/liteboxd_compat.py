@@ -12,7 +12,8 @@ The seed's `Client(base_url, timeout, auth_token, headers)` has four services: `
   `resourceLimits`, `timeout` and `env`;
 - a sandbox's `access_url`/`access_token` come from `GET …/endpoints/44772`, and files go
   through execd's `/files/upload` and `/files/download` there;
-- `get_logs` is the container output and sandboxd's event log (diagnostics, plain text);
+- `get_logs` is `diagnostics/logs?scope=all` (the container's output, sandboxd's lifecycle lines,
+  execd's own log) and `diagnostics/events?scope=all` (the event journal), as text;
 - prepulls are `/v1/prepulls`; states map to the seed's lowercase names.
 
 - `sandbox.execute(id, command=[…], timeout=30)` is a synchronous execution (design §13.1):
@@ -229,9 +230,13 @@ class SandboxService:
         self._http.call("DELETE", f"/sandboxes/{sandbox_id}")
 
     def get_logs(self, sandbox_id: str) -> dict:
-        logs = self._http.call("GET", f"/sandboxes/{sandbox_id}/diagnostics/logs")
-        events = self._http.call("GET", f"/sandboxes/{sandbox_id}/diagnostics/events")
-        return {"logs": logs.decode(), "events": [e for e in events.decode().splitlines() if e]}
+        """The seed's `LogsResult`: `logs` is every log scope (the container's output, sandboxd's
+        lifecycle lines and execd's own log, each under a `=== scope ===` header), `events` every
+        event of the journal, one line each (design §14.1: `logs?scope=all` + `events?scope=all`)."""
+        logs = self._http.call("GET", f"/sandboxes/{sandbox_id}/diagnostics/logs", query={"scope": "all"})
+        events = self._http.call("GET", f"/sandboxes/{sandbox_id}/diagnostics/events", query={"scope": "all"})
+        return {"logs": logs["content"], "events": [e for e in events["content"].splitlines() if e],
+                "warnings": logs.get("warnings", []) + events.get("warnings", [])}
 
     def _execd(self, sandbox_id: str) -> tuple[str, str]:
         ep = self._http.call("GET", f"/sandboxes/{sandbox_id}/endpoints/44772")

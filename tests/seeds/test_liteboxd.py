@@ -150,6 +150,12 @@ def test_a_sandbox_from_a_template_with_overrides(client):
         assert sb.id in [s.id for s in client.sandbox.list()]
         logs = client.sandbox.get_logs(sb.id)
         assert any("create requested" in e for e in logs["events"]), logs
+        assert any(" Ready [sandboxd] " in e for e in logs["events"]), logs
+        for section in ("=== container ===", "=== lifecycle ===", "=== process ==="):
+            assert section in logs["logs"], logs
+        assert "sandbox running" in logs["logs"], logs
+        assert "execd ready" in logs["logs"], logs
+        assert logs["warnings"] == [], logs
     finally:
         client.sandbox.delete(sb.id)
     with pytest.raises(NotFoundError):

@@ -11,20 +11,29 @@ use super::extract::Caller;
 use super::App;
 use crate::orchestrator::auth::Perm;
 use crate::orchestrator::error::Error;
+use crate::orchestrator::service::DiagnosticsQuery;
 
 /// The routes of this resource (behind auth).
 pub(super) fn routes() -> Router<App> {
     Router::new().route("/sandboxes/{id}/diagnostics/{kind}", get(diagnostics))
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}/diagnostics/{kind}", params(("id" = String, Path), ("kind" = String, Path, description = "`logs` (the container's output) or `events` (sandboxd's event log for the sandbox)"),
-        ("scope" = Option<String>, Query, description = "with it: the JSON descriptor; without it: the deprecated plain text (`osb devops`, older clients)"),
-        ("tail" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "the last N lines, 1–10000; default: scoped 2000 log lines / every kept event, plain 100 log lines / 50 events"),
-        ("since" = Option<String>, Query, description = "lines at or after: a duration back from now (`30s`, `10m`, `2h`, `1d`) or an RFC 3339 time; logs to the second")),
-    responses((status = 200, description = "with `scope`: the descriptor (JSON); without: the text itself, with the header `Deprecation: true`",
+#[utoipa::path(get, path = "/sandboxes/{id}/diagnostics/{kind}", params(("id" = String, Path), ("kind" = String, Path, description = "`logs` or `events`"),
+        ("scope" = Option<String>, Query, description = "logs: `container` (the entrypoint's output, with timestamps), `lifecycle` (sandboxd's own log lines \
+            about the sandbox, the last 1000), `process` (execd's own log), `all` (the three, each under a `=== scope ===` header); events: `lifecycle` \
+            (what sandboxd recorded), `runtime` (what the runtime reported: start, die, oom, kill, pause, unpause), `all` (both, by time). \
+            With a scope: the JSON descriptor; without: the deprecated plain text (the container's output, or every event)"),
+        ("tail" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "the last N lines (of each section), 1–10000; default: scoped 1000, plain 100 log lines / 50 events"),
+        ("since" = Option<String>, Query, description = "lines at or after: a duration back from now (`30s`, `10m`, `2h`, `1d`) or an RFC 3339 time; the container's output to the second"),
+        ("timestamps" = Option<bool>, Query, description = "whether the scoped container output carries each line's time (default true)")),
+    responses((status = 200, description = "with `scope`: the descriptor (JSON; `truncated` when `tail` left lines out or the content passed 4 MiB, \
+            `warnings` naming a section that could not be read); without: the text itself, with the header `Deprecation: true`",
             content((crate::wire::lifecycle::DiagnosticContent = "application/json"), (String = "text/plain; charset=utf-8")),
             headers(("Deprecation" = String, description = "`true` on the plain-text form"))),
-        (status = 400, description = "bad `tail` or `since` (the message names it)", body = crate::wire::lifecycle::LifecycleError), (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
+        (status = 400, description = "`DIAGNOSTICS_SCOPE_UNSUPPORTED`: a scope not served for the kind (the message lists those that are); \
+            `SANDBOX::INVALID_PARAMETER`: bad `tail` or `since` (the message names it)", body = crate::wire::lifecycle::LifecycleError),
+        (status = 403, description = "`DIAGNOSTICS::DISABLED`: the server runs with `--diagnostics false`", body = crate::wire::lifecycle::LifecycleError),
+        (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn diagnostics(
     State(app): State<App>,
     Caller(caller): Caller,
@@ -34,17 +43,9 @@ pub(crate) async fn diagnostics(
     caller.require(Perm::Read)?;
     let q = diagnostics_query(query.as_deref().unwrap_or(""), crate::wire::time::now_ms())?;
     match q.scope {
-        Some(scope) => Ok(Json(
-            app.service
-                .diagnostics(&id, &kind, &scope, q.tail, q.since, &caller)
-                .await?,
-        )
-        .into_response()),
+        Some(_) => Ok(Json(app.service.diagnostics(&id, &kind, &q, &caller).await?).into_response()),
         None => {
-            let text = app
-                .service
-                .plain_diagnostics(&id, &kind, q.tail, q.since, &caller)
-                .await?;
+            let text = app.service.plain_diagnostics(&id, &kind, &q, &caller).await?;
             Ok((
                 [
                     (
@@ -63,17 +64,8 @@ pub(crate) async fn diagnostics(
     }
 }
 
-/// The diagnostics query: `scope` (absent or empty: the plain form), `tail`, `since`.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct DiagnosticsQuery {
-    scope: Option<String>,
-    tail: Option<usize>,
-    /// Epoch ms.
-    since: Option<i64>,
-}
-
 /// Most lines a diagnostics request may ask for.
-const MAX_TAIL: usize = 10_000;
+pub(super) const MAX_TAIL: usize = 10_000;
 
 fn diagnostics_query(query: &str, now_ms: i64) -> Result<DiagnosticsQuery, Error> {
     let mut q = DiagnosticsQuery::default();
@@ -93,21 +85,33 @@ fn diagnostics_query(query: &str, now_ms: i64) -> Result<DiagnosticsQuery, Error
                         })?,
                 )
             }
-            "since" => {
-                q.since = Some(parse_since(&value, now_ms).ok_or_else(|| {
-                    Error::invalid(format!(
-                    "since must be a duration such as 10m (s, m, h or d) or an RFC 3339 time, got {value:?}"
-                ))
-                })?)
+            "timestamps" => {
+                q.timestamps = Some(match value.as_ref() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "timestamps must be true or false, got {value:?}"
+                        )))
+                    }
+                })
             }
+            "since" => q.since = Some(parse_since(&value, now_ms).ok_or_else(|| bad_since(&value))?),
             _ => {}
         }
     }
     Ok(q)
 }
 
+/// The 400 of a `since` that does not parse.
+pub(super) fn bad_since(value: &str) -> Error {
+    Error::invalid(format!(
+        "since must be a duration such as 10m (s, m, h or d) or an RFC 3339 time, got {value:?}"
+    ))
+}
+
 /// `10m` (back from `now_ms`; units s, m, h, d) or an RFC 3339 time → epoch ms.
-fn parse_since(text: &str, now_ms: i64) -> Option<i64> {
+pub(super) fn parse_since(text: &str, now_ms: i64) -> Option<i64> {
     let unit_ms = match text.as_bytes().last()? {
         b's' => 1_000,
         b'm' => 60_000,
@@ -138,6 +142,7 @@ mod tests {
                 scope: Some("container".into()),
                 tail: Some(5),
                 since: Some(now - 600_000),
+                timestamps: None,
             }
         );
         assert_eq!(diagnostics_query("scope=", now).unwrap().scope, None);
@@ -148,6 +153,11 @@ mod tests {
         assert_eq!(parse_since("30s", now), Some(now - 30_000));
         assert_eq!(parse_since("2h", now), Some(now - 7_200_000));
         assert_eq!(parse_since("1d", now), Some(now - 86_400_000));
+        assert_eq!(
+            diagnostics_query("timestamps=false", now).unwrap().timestamps,
+            Some(false)
+        );
+        assert!(diagnostics_query("timestamps=no", now).is_err());
         for bad in ["tail=0", "tail=10001", "tail=x", "tail=-1"] {
             let e = diagnostics_query(bad, now).unwrap_err();
             assert!(e.to_string().starts_with("tail"), "{bad}: {e}");

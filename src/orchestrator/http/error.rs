@@ -61,6 +61,7 @@ impl From<&Error> for ApiError {
                 Kind::TemplateVersion => &codes::TEMPLATE_VERSION_NOT_FOUND,
                 Kind::Prepull => &codes::PREPULL_NOT_FOUND,
                 Kind::Pool => &codes::POOL_NOT_FOUND,
+                Kind::Container => &codes::CONTAINER_NOT_FOUND,
                 Kind::Execution | Kind::Batch => &codes::EXECUTION_NOT_FOUND,
             }),
             Error::Invalid(_) => said(&codes::SANDBOX_INVALID_PARAMETER),
@@ -69,6 +70,7 @@ impl From<&Error> for ApiError {
             Error::InvalidImage(_) => said(&codes::PREPULL_INVALID_IMAGE),
             Error::UnsupportedLanguage(_) => said(&codes::EXECUTION_UNSUPPORTED_LANGUAGE),
             Error::InvalidMetadataFilter(_) => said(&codes::INVALID_METADATA_FORMAT),
+            Error::ScopeUnsupported { .. } => said(&codes::DIAGNOSTICS_SCOPE_UNSUPPORTED),
             // Upstream's code for a field this runtime does not do, with upstream's 400.
             Error::UnsupportedField(_) => {
                 ApiError::with_status(&codes::SANDBOX_API_NOT_SUPPORTED, 400, e.to_string())
@@ -105,6 +107,7 @@ impl From<&Error> for ApiError {
             Error::Forbidden(denial) => said(match denial {
                 Denial::Role { .. } | Denial::Mint(_) => &codes::AUTH_FORBIDDEN,
                 Denial::Quota { .. } => &codes::QUOTA_EXCEEDED,
+                Denial::DiagnosticsDisabled => &codes::DIAGNOSTICS_DISABLED,
             }),
             // The sandbox's own exit and output: the user's program, not sandboxd's internals.
             Error::StartFailed(_) => said(&codes::SANDBOX_RUNTIME_ERROR),
@@ -253,6 +256,25 @@ mod tests {
                 "TEMPLATE::VERSION_NOT_FOUND",
             ),
             (Error::not_found(Kind::Prepull, "p"), 404, "PREPULL::NOT_FOUND"),
+            (
+                Error::not_found(Kind::Container, "c"),
+                404,
+                "CONTAINER::NOT_FOUND",
+            ),
+            (
+                Error::ScopeUnsupported {
+                    kind: "logs",
+                    scope: s(),
+                    supported: &["all"],
+                },
+                400,
+                "DIAGNOSTICS_SCOPE_UNSUPPORTED",
+            ),
+            (
+                Error::Forbidden(Denial::DiagnosticsDisabled),
+                403,
+                "DIAGNOSTICS::DISABLED",
+            ),
             (
                 Error::not_found(Kind::Execution, "e"),
                 404,

@@ -19,13 +19,14 @@
 //! - `extract`: `JsonBody`, `Principal` and the auth layer.
 //! - `ratelimit`: the rate-class route layer and its 429.
 //! - `metrics`: the metrics layer, `/metrics`, `/metrics/summary`, `/v1/metrics/events`.
-//! - `sandboxes`, `prepulls`, `pools`, `diagnostics`, `proxy`, `tokens`, `system`: one file per
-//! - `sandboxes`, `prepulls`, `executions`, `diagnostics`, `proxy`, `tokens`, `system`: one file per
-//!   resource, each with its `routes()`.
+//! - `sandboxes`, `prepulls`, `pools`, `executions`, `diagnostics`, `events` (the journal),
+//!   `containers`, `proxy`, `tokens`, `system`: one file per resource, each with its `routes()`.
 
+pub(super) mod containers;
 pub(super) mod diagnostics;
 pub(super) mod error;
 mod error_format;
+pub(super) mod events;
 pub(super) mod executions;
 mod extract;
 pub(super) mod metrics;
@@ -109,6 +110,8 @@ pub fn router(app: App) -> Router {
                 .merge(prepulls::routes())
                 .merge(executions::routes())
                 .merge(diagnostics::routes())
+                .merge(events::routes())
+                .merge(containers::routes())
                 .merge(tokens::routes())
                 .merge(templates::routes())
                 .merge(pools::routes())

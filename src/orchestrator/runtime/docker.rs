@@ -17,6 +17,11 @@
 //!
 //! Knows containers, not sandboxes: container states become [`Observed`] here, published
 //! ports become [`Target`]s, and the service decides the rest. Async.
+//!
+//! - `containers`: the engine's event stream, the containers view (roles by label), stats
+//!   and log streams.
+
+mod containers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -35,8 +40,9 @@ use futures_util::{FutureExt as _, StreamExt};
 use sha2::Digest as _;
 
 use super::{
-    Capabilities, Fut, Instance, LayerStep, Mount, Observed, Platform, PullError, PullEvent, PullFailure,
-    Purpose, RegistryAuth, Runtime, RuntimeError, RuntimeKind, SandboxSpec, SpecFile, Target, EXECD_PORT,
+    Capabilities, ContainerInfo, Fut, Instance, LayerStep, LogQuery, Mount, Observed, Platform, PullError,
+    PullEvent, PullFailure, Purpose, RegistryAuth, Runtime, RuntimeError, RuntimeEvent, RuntimeKind,
+    SandboxSpec, SpecFile, Target, Usage, EXECD_PORT,
 };
 use crate::wire::time::format_ms;
 
@@ -832,6 +838,30 @@ impl Runtime for Docker {
                 })
             })
             .boxed()
+    }
+
+    fn events(&self, since: Option<i64>) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
+        containers::events(self.api.clone(), &self.settings.instance, since)
+    }
+
+    fn containers(&self) -> Fut<'_, Vec<ContainerInfo>> {
+        containers::containers(&self.api, &self.settings.instance).boxed()
+    }
+
+    fn container<'a>(&'a self, reference: &'a str) -> Fut<'a, Option<ContainerInfo>> {
+        containers::container(&self.api, &self.settings.instance, reference).boxed()
+    }
+
+    fn usage<'a>(&'a self, reference: &'a str) -> Fut<'a, Option<Usage>> {
+        containers::usage(&self.api, reference).boxed()
+    }
+
+    fn log_stream(
+        &self,
+        reference: &str,
+        query: LogQuery,
+    ) -> BoxStream<'static, Result<Bytes, RuntimeError>> {
+        containers::log_stream(&self.api, reference, query)
     }
 
     /// 8080 is published itself; 44772 is execd; any other port goes through execd's `/proxy`.

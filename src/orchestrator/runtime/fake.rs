@@ -6,6 +6,7 @@
 //! are counted while in flight. A `/command` of a scripted shell text (a template build's
 //! install command) prints and exits as its [`CommandScript`] says, held until released if
 //! asked; build containers are sandboxes with [`Purpose::Build`], which `observe_all` skips.
+//! Runtime events are whatever a test [`FakeRuntime::emit`]s.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -20,8 +21,9 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::Semaphore;
 
 use super::{
-    Capabilities, Fut, Instance, LayerStep, Observed, Platform, PullError, PullEvent, Purpose, RegistryAuth,
-    Runtime, RuntimeError, RuntimeKind, SandboxSpec, Target, EXECD_PORT,
+    Capabilities, ContainerInfo, ContainerRole, Fut, Instance, LayerStep, LogQuery, Observed, Platform,
+    PullError, PullEvent, Purpose, RegistryAuth, Runtime, RuntimeError, RuntimeEvent, RuntimeKind,
+    SandboxSpec, Target, Usage, EXECD_PORT,
 };
 use crate::wire::{RunCommandRequest, StreamEvent};
 
@@ -163,6 +165,8 @@ struct Inner {
 pub struct FakeRuntime {
     inner: Arc<Mutex<Inner>>,
     ping: SocketAddr,
+    /// What [`Runtime::events`] streams: what tests emit.
+    events: tokio::sync::broadcast::Sender<RuntimeEvent>,
     /// The execd routes executions use (`fake_execd`).
     execd: Arc<Mutex<super::fake_execd::FakeExecd>>,
 }
@@ -189,7 +193,33 @@ impl FakeRuntime {
             .expect("bind the fake ping server");
         let ping = listener.local_addr().expect("local address");
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { inner, ping, execd }
+        let (events, _) = tokio::sync::broadcast::channel(64);
+        Self {
+            inner,
+            ping,
+            events,
+            execd,
+        }
+    }
+
+    /// Sends `event` to every open [`Runtime::events`] stream.
+    pub fn emit(&self, event: RuntimeEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// How many [`Runtime::events`] streams are open.
+    pub fn event_watchers(&self) -> usize {
+        self.events.receiver_count()
+    }
+
+    /// The runtime's reference of sandbox `id`.
+    pub fn reference_of(&self, id: &str) -> Option<String> {
+        let inner = self.lock();
+        inner
+            .sandboxes
+            .iter()
+            .find(|(_, s)| s.spec.id == id)
+            .map(|(reference, _)| reference.clone())
     }
 
     /// The fake execd's state (commands, files, interrupts).
@@ -218,15 +248,6 @@ impl FakeRuntime {
                 message: None,
             },
         );
-    }
-
-    /// The runtime reference of sandbox `id`.
-    pub fn reference(&self, id: &str) -> Option<String> {
-        self.lock()
-            .sandboxes
-            .iter()
-            .find(|(_, s)| s.spec.id == id)
-            .map(|(r, _)| r.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -413,6 +434,34 @@ impl FakeRuntime {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// What the fake says of one of its sandboxes' containers.
+fn container_info(reference: &str, s: &FakeSandbox) -> ContainerInfo {
+    let (role, sandbox_id, name) = match s.spec.purpose {
+        Purpose::Sandbox => (
+            ContainerRole::Sandbox,
+            Some(s.spec.id.clone()),
+            format!("sandbox-{}", s.spec.id),
+        ),
+        Purpose::Build { .. } => (
+            ContainerRole::TemplateBuild,
+            None,
+            format!("sandboxd-build-{}", s.spec.id),
+        ),
+    };
+    ContainerInfo {
+        reference: reference.to_owned(),
+        name,
+        role,
+        sandbox_id,
+        image: s.spec.image.clone(),
+        observed: s.observed.clone(),
+        ip: None,
+        created_at: 1,
+        started_at: Some(2),
+        resources: s.spec.resources,
     }
 }
 
@@ -873,6 +922,80 @@ impl Runtime for FakeRuntime {
             }
         })
         .boxed()
+    }
+
+    fn events(&self, _since: Option<i64>) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
+        futures_util::stream::unfold(self.events.subscribe(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => return Some((Ok(event), rx)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+
+    fn containers(&self) -> Fut<'_, Vec<ContainerInfo>> {
+        async move {
+            let inner = self.lock();
+            Ok(inner
+                .sandboxes
+                .iter()
+                .map(|(reference, s)| container_info(reference, s))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn container<'a>(&'a self, reference: &'a str) -> Fut<'a, Option<ContainerInfo>> {
+        async move {
+            let inner = self.lock();
+            Ok(inner
+                .sandboxes
+                .get(reference)
+                .map(|s| container_info(reference, s)))
+        }
+        .boxed()
+    }
+
+    fn usage<'a>(&'a self, reference: &'a str) -> Fut<'a, Option<Usage>> {
+        async move {
+            let inner = self.lock();
+            Ok(inner
+                .sandboxes
+                .get(reference)
+                .filter(|s| s.observed == Observed::Running)
+                .map(|s| Usage {
+                    cpu_percent: 1.5,
+                    memory_bytes: 1 << 20,
+                    memory_limit_bytes: s.spec.resources.memory.map(|m| m as u64),
+                    pids: Some(2),
+                    sampled_at: 1,
+                }))
+        }
+        .boxed()
+    }
+
+    fn log_stream(
+        &self,
+        reference: &str,
+        query: LogQuery,
+    ) -> BoxStream<'static, Result<bytes::Bytes, RuntimeError>> {
+        let text = {
+            let inner = self.lock();
+            inner
+                .sandboxes
+                .get(reference)
+                .and_then(|s| s.logs.clone())
+                .or_else(|| inner.logs.clone())
+                .unwrap_or_else(|| format!("output of {reference}\n"))
+        };
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        let skip = query.tail.map_or(0, |t| lines.len().saturating_sub(t));
+        let text: String = lines[skip..].concat();
+        futures_util::stream::iter([Ok(bytes::Bytes::from(text))]).boxed()
     }
 
     fn target(&self, instance: &Instance, port: u16) -> Option<Target> {

@@ -316,6 +316,121 @@ pub struct PullError {
     pub message: String,
 }
 
+/// What a runtime reports about one of this sandboxd's containers, as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeEvent {
+    /// The sandbox it belongs to (its label), if any.
+    pub sandbox_id: Option<String>,
+    /// The runtime's name for the container.
+    pub reference: String,
+    /// When, epoch ms (the runtime's clock).
+    pub at: i64,
+    /// What happened.
+    pub kind: RuntimeEventKind,
+}
+
+/// What happened to a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEventKind {
+    /// It started.
+    Started,
+    /// Its main process ended.
+    Died {
+        /// Exit code, when the runtime said.
+        code: Option<i64>,
+    },
+    /// The kernel's OOM killer killed a process in it.
+    Oom,
+    /// Something sent it a signal.
+    Killed {
+        /// The signal, as the runtime names it (`9`, `SIGTERM`).
+        signal: Option<String>,
+    },
+    /// Frozen.
+    Paused,
+    /// Thawed.
+    Unpaused,
+}
+
+/// What a container sandboxd manages is for. The runtime tells them apart by labels (Docker:
+/// `docker::ROLES`, one line per role).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerRole {
+    /// A sandbox.
+    Sandbox,
+    /// An idle member of a warm pool.
+    PoolMember,
+    /// The container a template build runs in.
+    TemplateBuild,
+    /// A helper of an image prepull.
+    Prepull,
+}
+
+impl ContainerRole {
+    /// The wire's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerRole::Sandbox => "sandbox",
+            ContainerRole::PoolMember => "pool-member",
+            ContainerRole::TemplateBuild => "template-build",
+            ContainerRole::Prepull => "prepull",
+        }
+    }
+}
+
+/// One container this sandboxd manages, as the runtime sees it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerInfo {
+    /// The runtime's id for it.
+    pub reference: String,
+    /// Its name.
+    pub name: String,
+    /// What it is for.
+    pub role: ContainerRole,
+    /// The sandbox it belongs to (its label), if any.
+    pub sandbox_id: Option<String>,
+    /// Image reference.
+    pub image: String,
+    /// What it is doing.
+    pub observed: Observed,
+    /// Its address on the runtime's network, if any.
+    pub ip: Option<String>,
+    /// Creation time, epoch ms.
+    pub created_at: i64,
+    /// Last start, epoch ms.
+    pub started_at: Option<i64>,
+    /// Its limits.
+    pub resources: Resources,
+}
+
+/// A sample of what a running container uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    /// CPU over the sample, in percent of one CPU (200 = two CPUs busy).
+    pub cpu_percent: f64,
+    /// Memory in use, bytes (page cache excluded where the runtime says).
+    pub memory_bytes: u64,
+    /// The memory limit, bytes.
+    pub memory_limit_bytes: Option<u64>,
+    /// Processes (tasks) in it.
+    pub pids: Option<u64>,
+    /// When sampled, epoch ms.
+    pub sampled_at: i64,
+}
+
+/// What part of a container's output to read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    /// The last this many lines (all when `None`).
+    pub tail: Option<usize>,
+    /// Lines at or after this time, epoch seconds.
+    pub since: Option<i64>,
+    /// Each line prefixed with its RFC 3339 time.
+    pub timestamps: bool,
+    /// Keep streaming new lines until the container stops.
+    pub follow: bool,
+}
+
 /// Whatever runs sandboxes.
 pub trait Runtime: Send + Sync + 'static {
     /// Which runtime this is.
@@ -362,4 +477,20 @@ pub trait Runtime: Send + Sync + 'static {
         auth: Option<RegistryAuth>,
         platform: Option<Platform>,
     ) -> BoxStream<'a, Result<PullEvent, PullError>>;
+    /// Events of this sandboxd's containers from `since` (epoch ms; `None`: from now on),
+    /// as they happen. The stream ends when the runtime's connection does (the caller
+    /// reconnects).
+    fn events(&self, since: Option<i64>) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
+    /// Every container this sandboxd manages (sandboxes and any other role).
+    fn containers(&self) -> Fut<'_, Vec<ContainerInfo>>;
+    /// One container by the runtime's id or name, when this sandboxd manages it.
+    fn container<'a>(&'a self, reference: &'a str) -> Fut<'a, Option<ContainerInfo>>;
+    /// A one-shot sample of what a running container uses (`None` when not running).
+    fn usage<'a>(&'a self, reference: &'a str) -> Fut<'a, Option<Usage>>;
+    /// A container's output (stdout and stderr, interleaved) as it comes.
+    fn log_stream(
+        &self,
+        reference: &str,
+        query: LogQuery,
+    ) -> BoxStream<'static, Result<bytes::Bytes, RuntimeError>>;
 }

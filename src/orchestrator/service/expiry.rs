@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::Service;
+use crate::orchestrator::store::EventType;
 use crate::wire::time::now_ms;
 
 /// The longest the expiry task sleeps without looking again.
@@ -81,10 +82,13 @@ impl Service {
                 return false;
             }
         }
+        self.log_event(id, EventType::Expired, "expired and removed")
+            .await;
         if let Err(e) = self.store.remove(id).await {
             tracing::error!(sandbox = id, error = %e, "cannot forget expired sandbox");
             return false;
         }
+        self.lifecycle.forget(id);
         tracing::info!(sandbox = id, "sandbox expired and was removed");
         true
     }

@@ -5,7 +5,10 @@
 //! - `sandboxes`: create, read, list, delete, metadata, renew, endpoints and the proxy's target,
 //!   and the mapping of [`Observed`](super::runtime::Observed) onto the contract's states.
 //! - `pause`: freeze and thaw, with retries of what the freezer gives up on.
-//! - `diagnostics`: logs and events.
+//! - `diagnostics`: logs and events of every scope, as upstream's diagnostics routes.
+//! - `events`: the structured event journal, the runtime's event stream into it, and its
+//!   retention.
+//! - `containers`: the containers view (every container sandboxd manages, by role).
 //! - `expiry`: deletes sandboxes when they expire.
 //! - `reconcile`: start-up recovery against the runtime.
 //! - `templates`: versioned templates, and a create request made from one.
@@ -20,7 +23,11 @@
 mod builds;
 #[cfg(test)]
 mod builds_tests;
+mod containers;
 mod diagnostics;
+mod events;
+#[cfg(test)]
+mod events_tests;
 mod executions;
 mod expiry;
 mod pause;
@@ -43,6 +50,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use builds::BuildSettings;
+pub use containers::ContainerFilter;
+pub use diagnostics::DiagnosticsQuery;
+pub use events::MAX_PAGE as MAX_EVENTS_PAGE;
 pub use executions::runner::PYTHON as HANDLER_RUNNER;
 pub use executions::{wait_seconds, ExecutionQuery, ExecutionSettings, NumberedEvent};
 pub use pools::PoolSettings;
@@ -54,10 +64,10 @@ pub use templates::TemplateFilter;
 use super::auth::{Authority, Principal};
 use super::error::Error;
 use super::execd_client::ExecdClient;
+use super::lifecycle_log::LifecycleLogs;
 use super::runtime::{Runtime, RuntimeKind};
 use super::spec::Limits;
-use super::store::{Event, Record, Store};
-use crate::wire::time::now_ms;
+use super::store::{Record, Store};
 
 tokio::task_local! {
     /// The `X-Request-ID` of the request being served (set by the HTTP layer), recorded with
@@ -84,6 +94,24 @@ pub struct Settings {
     pub executions: ExecutionSettings,
 }
 
+/// What the diagnostics routes and the event journal are configured with.
+#[derive(Debug, Clone)]
+pub struct DiagnosticsSettings {
+    /// Whether the diagnostics routes answer (else 403 `DIAGNOSTICS::DISABLED`).
+    pub enabled: bool,
+    /// How long a sandbox's journal is kept after the sandbox is deleted.
+    pub retention: Duration,
+}
+
+impl Default for DiagnosticsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 /// The service.
 pub struct Service {
     store: Store,
@@ -103,6 +131,13 @@ pub struct Service {
     builds: builds::Builds,
     /// The warm pools' wake-ups and the members being warmed.
     pools: pools::Pools,
+    /// Diagnostics and journal settings.
+    diagnostics: DiagnosticsSettings,
+    /// sandboxd's own log lines per sandbox (the `lifecycle` logs scope), fed by a tracing
+    /// layer.
+    lifecycle: Arc<LifecycleLogs>,
+    /// The newest `seq` of any journal: journal followers wait on it.
+    journal: tokio::sync::watch::Sender<i64>,
     /// Executions this process runs.
     executions: executions::Executions,
 }
@@ -127,8 +162,19 @@ impl Service {
             startups: startup::Startups::default(),
             prepulls: prepull::Prepulls::new(prepull::MAX_CONCURRENT),
             pools: pools::Pools::default(),
+            diagnostics: DiagnosticsSettings::default(),
+            lifecycle: Arc::new(LifecycleLogs::default()),
+            journal: tokio::sync::watch::channel(0).0,
             executions: executions::Executions::default(),
         }
+    }
+
+    /// The service with these diagnostics settings, reading the lifecycle log lines from
+    /// `lifecycle` (the rings the process's tracing layer feeds).
+    pub fn with_diagnostics(mut self, settings: DiagnosticsSettings, lifecycle: Arc<LifecycleLogs>) -> Self {
+        self.diagnostics = settings;
+        self.lifecycle = lifecycle;
+        self
     }
 
     /// Records the address sandboxd serves on (`host:port`, as clients should reach it).
@@ -157,19 +203,6 @@ impl Service {
             Ok(record)
         } else {
             Err(Error::no_sandbox(id))
-        }
-    }
-
-    /// Appends to the sandbox's event log, with the current request's id; a failure is
-    /// logged, never the request's.
-    async fn event(&self, id: &str, message: &str) {
-        let event = Event {
-            at: now_ms(),
-            message: message.to_owned(),
-            request_id: REQUEST_ID.try_with(Clone::clone).ok(),
-        };
-        if let Err(e) = self.store.event(id, event).await {
-            tracing::warn!(sandbox = id, error = %e, "cannot record event");
         }
     }
 }
@@ -227,5 +260,18 @@ impl Service {
         };
         let store = Store::open(dir).expect("open a test store");
         Arc::new(Self::new(store, Arc::new(fake.clone()), authority, settings))
+    }
+
+    /// [`Service::for_tests`] (key `key`, 1 day, 10 s) with these diagnostics settings and
+    /// lifecycle rings.
+    pub(crate) fn for_diagnostics_tests(
+        dir: &std::path::Path,
+        fake: &super::runtime::fake::FakeRuntime,
+        diagnostics: DiagnosticsSettings,
+        lifecycle: Arc<LifecycleLogs>,
+    ) -> Arc<Self> {
+        let service = Self::for_tests(dir, fake, "key", 86_400, Duration::from_secs(10));
+        let service = Arc::into_inner(service).expect("a new service has one owner");
+        Arc::new(service.with_diagnostics(diagnostics, lifecycle))
     }
 }

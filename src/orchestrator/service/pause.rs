@@ -9,7 +9,7 @@ use super::Service;
 use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::{Conflict, Error};
 use crate::orchestrator::runtime::{Instance, Observed, RuntimeError};
-use crate::orchestrator::store::{Phase, Record};
+use crate::orchestrator::store::{EventType, Phase, Record};
 use crate::wire::time::now_ms;
 
 /// Pauses between the tries of a freeze or thaw that the cgroup v1 freezer gave up on:
@@ -60,6 +60,13 @@ impl Freeze {
         })
     }
 
+    fn event(self) -> EventType {
+        match self {
+            Freeze::Pause => EventType::Paused,
+            Freeze::Resume => EventType::Resumed,
+        }
+    }
+
     fn done(self) -> &'static str {
         match self {
             Freeze::Pause => "paused",
@@ -95,7 +102,8 @@ impl Service {
                     verb: way.verb(),
                     tries,
                 };
-                self.event(id, &format!("{e}: {m}")).await;
+                self.log_event(id, EventType::PauseFailed, format!("{e}: {m}"))
+                    .await;
                 tracing::warn!(sandbox = id, error = %m, "{e}");
                 return Err(e);
             }
@@ -108,7 +116,8 @@ impl Service {
         record.phase = way.to_phase();
         record.transition_at = now_ms();
         self.store.update(&record).await?;
-        self.event(id, &with_tries(way.done(), tries)).await;
+        self.log_event(id, way.event(), with_tries(way.done(), tries))
+            .await;
         Ok(())
     }
 

@@ -33,7 +33,7 @@ use crate::orchestrator::auth::{Principal, Role};
 use crate::orchestrator::error::{Conflict, Denial, Error, Kind};
 use crate::orchestrator::runtime::{Instance, Observed, EXECD_PORT};
 use crate::orchestrator::spec;
-use crate::orchestrator::store::{MemberRow, MemberState, Phase, PoolRow, Record};
+use crate::orchestrator::store::{EventType, MemberRow, MemberState, Phase, PoolRow, Record};
 use crate::wire::lifecycle::{CreateSandboxRequest, CreateSandboxResponse, Sandbox};
 use crate::wire::pools::{
     AcquireRequest, CreatePoolRequest, ListPoolsResponse, PoolCapacitySpec, PoolResponse, PoolStatus,
@@ -437,8 +437,12 @@ impl Service {
             released.transition_at = now;
             released.expires_at = Some(now + RELEASED_KEPT_MS);
             self.store.update(&released).await?;
-            self.event(&record.id, &format!("released to pool {}", link.pool))
-                .await;
+            self.log_event(
+                &record.id,
+                EventType::Released,
+                format!("released to pool {}", link.pool),
+            )
+            .await;
         } else {
             self.store.remove(&record.id).await?;
         }
@@ -796,8 +800,12 @@ impl Service {
         if record.expires_at.is_some() {
             self.expiry_changed.notify_one();
         }
-        self.event(&record.id, &format!("acquired from pool {name}"))
-            .await;
+        self.log_event(
+            &record.id,
+            EventType::Allocated,
+            format!("acquired from pool {name}"),
+        )
+        .await;
         tracing::info!(sandbox = %record.id, pool = name, "sandbox acquired from pool");
         Ok(record)
     }

@@ -655,3 +655,73 @@ async fn a_template_a_pool_uses_cannot_be_deleted() {
     s.delete_pool("from-template").await.unwrap();
     s.delete_template("base", &root()).await.unwrap();
 }
+
+#[tokio::test]
+async fn members_show_in_the_containers_view_and_their_events_in_the_sandbox_journal() {
+    use crate::orchestrator::runtime::{RuntimeEvent, RuntimeEventKind};
+    use crate::orchestrator::service::ContainerFilter;
+    let rig = rig(Duration::from_secs(5)).await;
+    let s = &rig.service;
+    s.create_pool(pool_request("view", capacity(0, 2, 0, 2)), &root())
+        .await
+        .unwrap();
+    rig.wait_available("view", 2).await;
+    let filter = || ContainerFilter {
+        page: 1,
+        page_size: 20,
+        ..Default::default()
+    };
+    let idle = s.list_containers(filter(), &root()).await.unwrap().items;
+    assert_eq!(idle.len(), 2);
+    assert!(
+        idle.iter().all(|c| c.role == "pool-member"
+            && c.pool_ref.as_deref() == Some("view")
+            && c.sandbox_id.is_none()),
+        "{idle:?}"
+    );
+    let alice = user("alice", Role::User);
+    assert!(
+        s.list_containers(filter(), &alice)
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "idle members are for admins only"
+    );
+
+    let sandbox = s
+        .acquire_from_pool("view", AcquireRequest::default(), &alice)
+        .await
+        .unwrap();
+    let hers = s.list_containers(filter(), &alice).await.unwrap().items;
+    assert_eq!(hers.len(), 1, "{hers:?}");
+    assert_eq!(
+        (
+            hers[0].role.as_str(),
+            hers[0].sandbox_id.as_deref(),
+            hers[0].pool_ref.as_deref()
+        ),
+        ("sandbox", Some(sandbox.id.as_str()), Some("view"))
+    );
+    assert_eq!(s.container(&sandbox.id, &alice).await.unwrap().id, hers[0].id);
+    let in_pool = ContainerFilter {
+        pool_ref: Some("view".into()),
+        ..filter()
+    };
+    assert_eq!(s.list_containers(in_pool, &root()).await.unwrap().items.len(), 2);
+
+    // The member's container is labelled with the member's id; its events are the sandbox's.
+    let reference = hers[0].id.clone();
+    let member = rig.fake.sandboxes()[&reference].spec.id.clone();
+    assert_ne!(member, sandbox.id);
+    s.note_runtime_event(&RuntimeEvent {
+        sandbox_id: Some(member),
+        reference,
+        at: crate::wire::time::now_ms(),
+        kind: RuntimeEventKind::Died { code: Some(1) },
+    })
+    .await;
+    let journal = s.journal(&sandbox.id, 0, 100, &alice).await.unwrap().items;
+    let kinds: Vec<&str> = journal.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["Allocated", "Exited"], "{journal:?}");
+}

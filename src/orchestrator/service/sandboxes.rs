@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument as _;
+
 use super::pools::POOL_REF;
 use super::startup::{Gate, Started};
 use super::Service;
@@ -19,7 +21,7 @@ use crate::orchestrator::error::{Conflict, Error};
 use crate::orchestrator::execd_client::Ping;
 use crate::orchestrator::runtime::{Instance, Observed, Purpose, Resources, SandboxSpec, Target, EXECD_PORT};
 use crate::orchestrator::spec::{self, Plan};
-use crate::orchestrator::store::{Failure, Phase, Record, TemplateRef};
+use crate::orchestrator::store::{EventType, Failure, NewEvent, Phase, Record, Source, TemplateRef};
 use crate::wire::lifecycle::{
     CreateSandboxRequest, CreateSandboxResponse, Endpoint, ImageSpec, Lifecycle, ListSandboxesResponse,
     RenewExpiration, Sandbox, SandboxAllocation, SandboxStatus, LIFECYCLE_ENV,
@@ -143,10 +145,20 @@ impl Service {
             pool: None,
         };
         self.store.insert(&record).await?;
-        self.event(&record.id, &format!("create requested: image {}", plan.image))
-            .await;
+        self.log_event(
+            &record.id,
+            EventType::Created,
+            format!("create requested: image {}", plan.image),
+        )
+        .await;
         let gate = Gate::of(&plan);
-        match self.provision(&mut record, plan, gate.is_some()).await {
+        // Every line logged while it is provisioned is the sandbox's (its lifecycle log).
+        let span = tracing::info_span!("create", sandbox_id = %record.id);
+        let provisioned = self
+            .provision(&mut record, plan, gate.is_some())
+            .instrument(span)
+            .await;
+        match provisioned {
             Ok(provisioned) => {
                 let (phase, failure, execd) = match (&gate, provisioned) {
                     (_, Provisioned::Failed(failure)) => (Phase::PreStart, Some(failure), None),
@@ -164,8 +176,8 @@ impl Service {
                     return Err(Error::Conflict(Conflict::DeletedWhileStarting(record.id)));
                 }
                 let ms = started.elapsed().as_millis();
-                self.event(&record.id, &started_event(phase, failure.as_ref(), ms))
-                    .await;
+                let (kind, reason, message) = started_event(phase, failure.as_ref(), ms);
+                self.log_event_because(&record.id, kind, reason, message).await;
                 if phase == Phase::Ready {
                     tracing::info!(sandbox = %record.id, image = %record.image, ms, "sandbox running");
                 } else {
@@ -219,6 +231,7 @@ impl Service {
         if let Err(e) = self.store.remove(&record.id).await {
             tracing::error!(sandbox = %record.id, error = %e, "cannot forget sandbox");
         }
+        self.lifecycle.forget(&record.id);
     }
 
     /// What the runtime is asked to create for a sandbox (or pool member) `id` whose execd
@@ -242,6 +255,10 @@ impl Service {
         env.entry("EXECD_ENVS".into())
             .or_insert_with(|| EXECD_ENVS_FILE.into());
         env.insert("OPENSANDBOX_ID".into(), id.to_owned());
+        // execd's own log goes to a file, so that the container's output is the entrypoint's
+        // alone and the `process` diagnostic can read execd's (execd logs to stderr when it
+        // cannot write there).
+        env.insert("EXECD_LOG_FILE".into(), super::diagnostics::EXECD_LOG_FILE.into());
         env.insert("EXECD_ACCESS_TOKEN".into(), token.to_owned());
         if let Some(pre_start) = &plan.pre_start {
             let hooks = Lifecycle {
@@ -410,11 +427,17 @@ impl Service {
         }
     }
 
-    /// Appends `stopped (<state>): <why>` to the sandbox's events unless it is there already.
+    /// Journals sandboxd's own `Exited` (`stopped (<state>): <why>`, the contract's view) once;
+    /// the runtime's `Exited` event, if it came, is the engine's.
     async fn note_stopped(&self, record: &Record, observed: &Observed) {
-        const STOPPED: &str = "stopped (";
         match self.store.events(&record.id).await {
-            Ok(events) if events.iter().any(|e| e.message.starts_with(STOPPED)) => return,
+            Ok(events)
+                if events.iter().any(|e| {
+                    e.kind == EventType::Exited.as_str() && e.source == Source::Sandboxd.as_str()
+                }) =>
+            {
+                return
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(sandbox = %record.id, error = %e, "cannot read events");
@@ -425,8 +448,20 @@ impl Service {
         let why = s
             .message
             .unwrap_or_else(|| "the container exited with code 0".to_owned());
-        self.event(&record.id, &format!("{STOPPED}{}): {why}", s.state))
-            .await;
+        let exit_code = match observed {
+            Observed::Exited { code, .. } => *code,
+            _ => None,
+        };
+        let event = NewEvent {
+            at: now_ms(),
+            kind: EventType::Exited,
+            reason: s.reason.clone(),
+            message: format!("stopped ({}): {why}", s.state),
+            source: Source::Sandboxd,
+            exit_code,
+            request_id: None,
+        };
+        self.append_event(&record.id, event).await;
     }
 
     /// `GET /sandboxes`: filtered, newest first, one page. Rows this build cannot read are
@@ -489,8 +524,11 @@ impl Service {
     /// sandbox is released to its pool (its member recycled) and forgotten.
     pub async fn delete(&self, id: &str, caller: &Principal) -> Result<(), Error> {
         let record = self.owned(id, caller).await?;
-        if record.pool.is_some() {
+        if let Some(link) = &record.pool {
+            let released = format!("deleted (its container released to pool {})", link.pool);
+            self.log_event(id, EventType::Deleted, released).await;
             self.end_allocation(&record, false).await?;
+            self.lifecycle.forget(id);
             tracing::info!(sandbox = id, "pooled sandbox deleted (released)");
             return Ok(());
         }
@@ -498,7 +536,10 @@ impl Service {
         if let Some(instance) = &record.instance {
             self.runtime.remove(instance).await?;
         }
+        // Before the record goes, so that a follower of the journal sees it.
+        self.log_event(id, EventType::Deleted, "deleted").await;
         self.store.remove(id).await?;
+        self.lifecycle.forget(id);
         self.expiry_changed.notify_one();
         tracing::info!(sandbox = id, "sandbox deleted");
         Ok(())
@@ -531,7 +572,8 @@ impl Service {
         if !self.store.update(&record).await? {
             return Err(Error::no_sandbox(id));
         }
-        self.event(id, "metadata updated").await;
+        self.log_event(id, EventType::MetadataUpdated, "metadata updated")
+            .await;
         self.get(id, caller).await
     }
 
@@ -563,8 +605,12 @@ impl Service {
             return Err(Error::no_sandbox(id));
         }
         self.expiry_changed.notify_one();
-        self.event(id, &format!("expiry renewed to {}", format_ms(at)))
-            .await;
+        self.log_event(
+            id,
+            EventType::Renewed,
+            format!("expiry renewed to {}", format_ms(at)),
+        )
+        .await;
         Ok(RenewExpiration {
             expires_at: format_ms(at),
         })
@@ -669,13 +715,29 @@ impl Service {
     }
 }
 
-/// The event of a create that has answered.
-fn started_event(phase: Phase, failure: Option<&Failure>, ms: u128) -> String {
+/// The event of a create that has answered: its type, reason and message.
+fn started_event(phase: Phase, failure: Option<&Failure>, ms: u128) -> (EventType, Option<String>, String) {
     match (phase, failure) {
-        (_, Some(f)) => format!("failed ({}): {}", f.reason, f.message),
-        (Phase::PreStart, None) => format!("pending: execd answered after {ms} ms; the preStart hook runs"),
-        (Phase::Probing, None) => format!("pending: execd answered after {ms} ms; the readiness probe runs"),
-        _ => format!("running: execd answered after {ms} ms"),
+        (_, Some(f)) => (
+            super::startup::failure_event(&f.reason),
+            Some(f.reason.clone()),
+            format!("failed ({}): {}", f.reason, f.message),
+        ),
+        (Phase::PreStart, None) => (
+            EventType::Starting,
+            None,
+            format!("pending: execd answered after {ms} ms; the preStart hook runs"),
+        ),
+        (Phase::Probing, None) => (
+            EventType::Starting,
+            None,
+            format!("pending: execd answered after {ms} ms; the readiness probe runs"),
+        ),
+        _ => (
+            EventType::Ready,
+            None,
+            format!("running: execd answered after {ms} ms"),
+        ),
     }
 }
 

@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::{AbortHandle, JoinSet};
+use tracing::Instrument as _;
 
 use super::Service;
 use crate::orchestrator::execd_client::{last_bytes, Ping, ProbeFailure};
 use crate::orchestrator::runtime::{Instance, Observed, Target, EXECD_PORT};
 use crate::orchestrator::spec::Plan;
-use crate::orchestrator::store::{Failure, Phase, Record};
+use crate::orchestrator::store::{EventType, Failure, Phase, Record};
 use crate::wire::templates::ReadinessProbe;
 use crate::wire::time::now_ms;
 
@@ -127,13 +128,23 @@ pub(super) struct Started {
     pub(super) since: Instant,
 }
 
+/// The journal's type of a startup failure with `reason`.
+pub(super) fn failure_event(reason: &str) -> EventType {
+    match reason {
+        PRE_START_FAILED => EventType::PreStartFailed,
+        READINESS_PROBE_FAILED => EventType::ProbeFailed,
+        _ => EventType::StartupFailed,
+    }
+}
+
 impl Service {
     /// Follows a gated sandbox (phase `PreStart` or `Probing`) to `Ready` or a recorded
     /// failure, in a task of its own.
     pub(super) fn follow_startup(self: &Arc<Self>, sandbox: Started, gate: Gate, phase: Phase) {
         let service = Arc::clone(self);
         let id = sandbox.id.clone();
-        self.startups.spawn(id, async move {
+        let span = tracing::info_span!("startup", sandbox_id = %id);
+        let task = async move {
             let outcome = service.run_startup(&sandbox, &gate, phase).await;
             let ms = sandbox.since.elapsed().as_millis();
             match outcome {
@@ -145,22 +156,28 @@ impl Service {
                         .await;
                     if ready {
                         service
-                            .event(&sandbox.id, &format!("running: ready after {ms} ms"))
+                            .log_event(
+                                &sandbox.id,
+                                EventType::Ready,
+                                format!("running: ready after {ms} ms"),
+                            )
                             .await;
                         tracing::info!(sandbox = %sandbox.id, ms, "sandbox running");
                     }
                 }
                 Err(failure) => service.fail_startup(&sandbox.id, failure).await,
             }
-        });
+        };
+        self.startups.spawn(id, task.instrument(span));
     }
 
     /// Records `failure` on sandbox `id` (kept, with its container, for inspection).
     pub(super) async fn fail_startup(&self, id: &str, failure: Failure) {
-        let event = format!("failed ({}): {}", failure.reason, failure.message);
+        let message = format!("failed ({}): {}", failure.reason, failure.message);
+        let (kind, reason) = (failure_event(&failure.reason), failure.reason.clone());
         tracing::info!(sandbox = id, reason = %failure.reason, "sandbox startup failed");
         if self.settle(id, |r| r.failure = Some(failure)).await {
-            self.event(id, &event).await;
+            self.log_event_because(id, kind, Some(reason), message).await;
         }
     }
 
@@ -191,8 +208,12 @@ impl Service {
             let limit = gate.pre_start.unwrap_or_default();
             self.wait_pre_start(sandbox, limit).await?;
             let ms = sandbox.since.elapsed().as_millis();
-            self.event(&sandbox.id, &format!("preStart finished after {ms} ms"))
-                .await;
+            self.log_event(
+                &sandbox.id,
+                EventType::PreStartSucceeded,
+                format!("preStart finished after {ms} ms"),
+            )
+            .await;
             if gate.readiness.is_some() && !self.settle(&sandbox.id, |r| r.phase = Phase::Probing).await {
                 return Ok(()); // gone; settling as Ready finds nothing either
             }

@@ -12,7 +12,7 @@ use crate::orchestrator::runtime::fake::{Behaviour, FakeRuntime, Op};
 use crate::orchestrator::runtime::{Observed, RuntimeError};
 use crate::orchestrator::store::{Phase, StoreError};
 use crate::wire::lifecycle::{CreateSandboxRequest, RenewExpiration};
-use crate::wire::time::format_ms;
+use crate::wire::time::{format_ms, now_ms};
 
 pub(super) struct Rig {
     pub(super) service: Arc<Service>,
@@ -49,7 +49,7 @@ pub(super) fn user(id: &str, role: Role) -> Principal {
     }
 }
 
-fn request(timeout: Option<u64>) -> CreateSandboxRequest {
+pub(super) fn request(timeout: Option<u64>) -> CreateSandboxRequest {
     serde_json::from_value(serde_json::json!({
         "image": {"uri": "busybox"},
         "entrypoint": ["sleep", "infinity"],
@@ -686,13 +686,21 @@ async fn someone_elses_sandbox_is_not_found_on_every_route() {
     ));
     assert!(gone(
         rig.service
-            .diagnostics(&id, "events", "container", None, None, &bob)
+            .diagnostics(
+                &id,
+                "events",
+                &DiagnosticsQuery {
+                    scope: Some("lifecycle".into()),
+                    ..Default::default()
+                },
+                &bob
+            )
             .await
             .map(drop)
     ));
     assert!(gone(
         rig.service
-            .plain_diagnostics(&id, "logs", None, None, &bob)
+            .plain_diagnostics(&id, "logs", &DiagnosticsQuery::default(), &bob)
             .await
             .map(drop)
     ));
@@ -768,7 +776,7 @@ async fn events_carry_the_request_id_they_were_caused_by() {
     );
     let text = rig
         .service
-        .plain_diagnostics(&id, "events", None, None, &root())
+        .plain_diagnostics(&id, "events", &DiagnosticsQuery::default(), &root())
         .await
         .unwrap();
     assert!(text.contains("(request req-123)"), "{text}");

@@ -1,5 +1,5 @@
 //! The state file: one SQLite database (WAL) holding every sandbox sandboxd owns, its access
-//! token and expiry, and a short event log per sandbox for the diagnostics route.
+//! token and expiry, and each sandbox's event journal (kept a while after the sandbox).
 //!
 //! - Versioned: `PRAGMA user_version` numbers the schema; [`MIGRATIONS`] are forward-only,
 //!   one transaction each, applied at open. A file newer than this build is refused.
@@ -13,6 +13,7 @@
 //! The runtime stays the truth about what runs; start-up reconciliation merges the two
 //! (`service::reconcile`).
 
+mod events;
 mod executions;
 mod pools;
 mod prepulls;
@@ -26,10 +27,11 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+pub use events::{Event, EventType, NewEvent, Source, EVENTS_KEPT};
 pub use executions::{BatchPlace, BatchRow, ExecutionFilter, ExecutionRow};
 pub use pools::{MemberRow, MemberState, PoolRow};
 pub use prepulls::{PrepullFilter, PrepullRow, PREPULLS_KEPT_MS};
-pub use sandboxes::{Event, Failure, Phase, PoolLink, Record, RowError, TemplateRef, EVENTS_KEPT};
+pub use sandboxes::{Failure, Phase, PoolLink, Record, RowError, TemplateRef};
 pub use templates::{ApplyError, TemplateChange, TemplateRow, VersionRow};
 pub use tokens::TokenRecord;
 
@@ -220,7 +222,47 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX pool_members_idle ON pool_members (pool, state, ready_at);
      ALTER TABLE sandboxes ADD COLUMN pool TEXT;
      ALTER TABLE sandboxes ADD COLUMN pool_member TEXT;",
-    // 7: executions (outliving their sandboxes: no foreign key) and their batches.
+    // 7: the structured event journal (design §14.2) replaces the event log: numbered,
+    // typed, with its source and owner, and kept after the sandbox (for a retention period).
+    // The old log's lines become typed events by their wording.
+    "CREATE TABLE sandbox_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        sandbox_id TEXT NOT NULL,
+        owner TEXT,
+        at INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        reason TEXT,
+        message TEXT NOT NULL,
+        source TEXT NOT NULL,
+        exit_code INTEGER,
+        request_id TEXT
+     );
+     CREATE INDEX sandbox_events_sandbox ON sandbox_events (sandbox_id, seq);
+     INSERT INTO sandbox_events (sandbox_id, owner, at, type, message, source, request_id)
+        SELECT e.sandbox_id, s.owner, e.at,
+            CASE
+                WHEN e.message LIKE 'create requested%' THEN 'Created'
+                WHEN e.message LIKE 'running%' THEN 'Ready'
+                WHEN e.message LIKE 'pending%' THEN 'Starting'
+                WHEN e.message LIKE 'paused%' THEN 'Paused'
+                WHEN e.message LIKE 'resumed%' THEN 'Resumed'
+                WHEN e.message LIKE 'pause failed%' OR e.message LIKE 'resume failed%' THEN 'PauseFailed'
+                WHEN e.message LIKE 'expiry renewed%' THEN 'Renewed'
+                WHEN e.message LIKE 'metadata updated%' THEN 'MetadataUpdated'
+                WHEN e.message LIKE 'preStart finished%' THEN 'PreStartSucceeded'
+                WHEN e.message LIKE 'failed (PRE_START_FAILED)%' THEN 'PreStartFailed'
+                WHEN e.message LIKE 'failed (READINESS_PROBE_FAILED)%' THEN 'ProbeFailed'
+                WHEN e.message LIKE 'failed (%' THEN 'StartupFailed'
+                WHEN e.message LIKE 'stopped (%' THEN 'Exited'
+                WHEN e.message LIKE 'acquired from pool%' THEN 'Allocated'
+                WHEN e.message LIKE 'released to pool%' THEN 'Released'
+                ELSE 'Note'
+            END,
+            e.message, 'sandboxd', e.request_id
+        FROM events e LEFT JOIN sandboxes s ON s.id = e.sandbox_id
+        ORDER BY e.at, e.rowid;
+     DROP TABLE events;",
+    // 8: executions (outliving their sandboxes: no foreign key) and their batches.
     "CREATE TABLE executions (
         id TEXT PRIMARY KEY,
         owner TEXT NOT NULL,

@@ -1,4 +1,4 @@
-//! The `sandboxes` and `events` tables.
+//! The `sandboxes` table.
 
 use std::collections::BTreeMap;
 
@@ -7,9 +7,6 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::{sql, Store, StoreError};
 use crate::orchestrator::runtime::{Instance, RuntimeKind};
 use crate::wire::lifecycle::PlatformSpec;
-
-/// Events kept per sandbox; older ones are dropped.
-pub const EVENTS_KEPT: i64 = 200;
 
 const TABLE: &str = "sandboxes";
 
@@ -145,17 +142,6 @@ pub struct Failure {
     pub message: String,
 }
 
-/// One entry of a sandbox's event log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// When, epoch ms.
-    pub at: i64,
-    /// What happened.
-    pub message: String,
-    /// The `X-Request-ID` of the request that caused it, if any.
-    pub request_id: Option<String>,
-}
-
 /// A row that could not be read: its id (when even that was readable) and why.
 #[derive(Debug)]
 pub struct RowError {
@@ -253,18 +239,14 @@ impl Store {
         .await
     }
 
-    /// Forgets a sandbox and its events. Returns false when it was not there.
+    /// Forgets a sandbox (its event journal stays, for the retention sweep to drop). Returns
+    /// false when it was not there.
     pub async fn remove(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.call(move |c| {
-            let tx = c.transaction().map_err(sql("remove a sandbox"))?;
-            tx.execute("DELETE FROM events WHERE sandbox_id = ?1", [&id])
-                .map_err(sql("remove a sandbox's events"))?;
-            let removed = tx
-                .execute("DELETE FROM sandboxes WHERE id = ?1", [&id])
-                .map_err(sql("remove a sandbox"))?;
-            tx.commit().map_err(sql("remove a sandbox"))?;
-            Ok(removed == 1)
+            c.execute("DELETE FROM sandboxes WHERE id = ?1", [&id])
+                .map(|removed| removed == 1)
+                .map_err(sql("remove a sandbox"))
         })
         .await
     }
@@ -293,36 +275,6 @@ impl Store {
                 .map_err(sql("read expiries"))?;
             rows.collect::<rusqlite::Result<_>>()
                 .map_err(sql("read expiries"))
-        })
-        .await
-    }
-
-    /// Appends to a sandbox's event log (keeping the last [`EVENTS_KEPT`]).
-    pub async fn event(&self, id: &str, event: Event) -> Result<(), StoreError> {
-        let id = id.to_owned();
-        self.call(move |c| append_event(c, &id, &event).map_err(sql("record an event")))
-            .await
-    }
-
-    /// A sandbox's events, oldest first.
-    pub async fn events(&self, id: &str) -> Result<Vec<Event>, StoreError> {
-        let id = id.to_owned();
-        self.call(move |c| {
-            let mut stmt = c
-                .prepare(
-                    "SELECT at, message, request_id FROM events WHERE sandbox_id = ?1 ORDER BY at, rowid",
-                )
-                .map_err(sql("read events"))?;
-            let rows = stmt
-                .query_map([&id], |r| {
-                    Ok(Event {
-                        at: r.get(0)?,
-                        message: r.get(1)?,
-                        request_id: r.get(2)?,
-                    })
-                })
-                .map_err(sql("read events"))?;
-            rows.collect::<rusqlite::Result<_>>().map_err(sql("read events"))
         })
         .await
     }
@@ -362,19 +314,6 @@ pub(super) fn insert_row(c: &Connection, r: &Record) -> rusqlite::Result<()> {
                     r.pool.as_ref().map(|p| p.member.clone()),
                 ],
             )
-    .map(drop)
-}
-
-fn append_event(c: &Connection, id: &str, e: &Event) -> rusqlite::Result<()> {
-    c.execute(
-        "INSERT INTO events (sandbox_id, at, message, request_id) VALUES (?1, ?2, ?3, ?4)",
-        params![id, e.at, e.message, e.request_id],
-    )?;
-    c.execute(
-        "DELETE FROM events WHERE sandbox_id = ?1 AND rowid NOT IN
-         (SELECT rowid FROM events WHERE sandbox_id = ?1 ORDER BY at DESC, rowid DESC LIMIT ?2)",
-        params![id, EVENTS_KEPT],
-    )
     .map(drop)
 }
 
@@ -653,26 +592,6 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn event_log_is_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for i in 0..(EVENTS_KEPT + 10) {
-            let event = Event {
-                at: i,
-                message: format!("e{i}"),
-                request_id: Some(format!("r{i}")),
-            };
-            store.event("a", event).await.unwrap();
-        }
-        let events = store.events("a").await.unwrap();
-        assert_eq!(events.len() as i64, EVENTS_KEPT);
-        let last = events.last().unwrap();
-        assert_eq!(last.message, format!("e{}", EVENTS_KEPT + 9));
-        assert_eq!(last.request_id, Some(format!("r{}", EVENTS_KEPT + 9)));
-        assert_eq!(events[0].message, "e10");
-    }
-
     /// A state file exactly as sandboxd wrote it before schema versions (version 0 on disk,
     /// the Docker columns), with one running sandbox in it.
     fn write_unversioned_file(dir: &std::path::Path) {
@@ -724,7 +643,11 @@ mod tests {
         let s2 = store.get("s2").await.unwrap().unwrap();
         assert_eq!((s2.phase, s2.instance), (Phase::Pending, None));
         let events = store.events("s1").await.unwrap();
-        assert_eq!((events[0].at, events[0].message.as_str()), (11, "running"));
+        assert_eq!(
+            (events[0].at, events[0].kind.as_str(), events[0].message.as_str()),
+            (11, "Ready", "running")
+        );
+        assert_eq!(events[0].source, "sandboxd");
         assert_eq!((s1.owner.as_str(), s1.business_domain), ("root", None));
         drop(store);
         // Opening again is a no-op.

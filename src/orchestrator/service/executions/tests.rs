@@ -154,7 +154,7 @@ async fn handler_failures_map_to_their_codes() {
         (Some("KeyError"), Some("'x'"))
     );
     assert!(!error.traceback.is_empty());
-    let reference = rig.fake.reference(&id).unwrap();
+    let reference = rig.fake.reference_of(&id).unwrap();
     rig.fake.execd().no_interpreter.insert(reference);
     let e = run(&rig, &id, serde_json::json!({"code": "x", "event": {}})).await;
     assert_eq!(e.status.reason.as_deref(), Some("EXECUTION::RUNTIME_NOT_FOUND"));
