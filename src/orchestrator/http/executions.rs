@@ -160,6 +160,7 @@ pub(crate) async fn get_execution(
 
 #[utoipa::path(get, path = "/executions/{id}/result", params(("id" = String, Path), ("wait" = Option<f64>, Query, description = "seconds (0–300) to wait for the end")),
     responses((status = 200, body = crate::wire::executions::ExecutionResult),
+        (status = 400, description = "`wait` is not a number of seconds in 0–300", body = crate::wire::lifecycle::LifecycleError),
         (status = 404, description = "`EXECUTION::NOT_FOUND`", body = crate::wire::lifecycle::LifecycleError),
         (status = 409, description = "`EXECUTION::NOT_FINISHED`: still running after `wait`; the message names the state", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn execution_result(
@@ -231,6 +232,7 @@ fn list_query(query: &str) -> Result<ExecutionQuery, Error> {
     responses((status = 200, description = "Server-sent events: execd's `init`, `stdout`, `stderr`, `result` events of the run, then `execution_complete` or `error` \
             (`ename` the catalog code), each with an `id:`; `Last-Event-ID` (or `after`) resumes after that id. Live while it runs; after the end, \
             replayed from the stored (capped) output, a line an event", content_type = "text/event-stream", body = crate::wire::StreamEvent),
+        (status = 400, description = "`after` or `Last-Event-ID` is not an event id", body = crate::wire::lifecycle::LifecycleError),
         (status = 404, description = "`EXECUTION::NOT_FOUND`", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn execution_events(
     State(app): State<App>,
