@@ -148,6 +148,8 @@ pub enum Kind {
     Execution,
     /// A batch of executions.
     Batch,
+    /// A snapshot.
+    Snapshot,
 }
 
 impl fmt::Display for Kind {
@@ -162,6 +164,7 @@ impl fmt::Display for Kind {
             Kind::Container => "container",
             Kind::Execution => "execution",
             Kind::Batch => "batch",
+            Kind::Snapshot => "snapshot",
         })
     }
 }
@@ -218,6 +221,15 @@ pub enum Conflict {
     },
     /// An isolated execution, which this server cannot run.
     IsolationUnavailable,
+    /// A snapshot sandboxes were made from (the message names how many).
+    SnapshotInUse(String),
+    /// A snapshot that is not `Ready` (the message names its state).
+    SnapshotNotReady(String),
+    /// A snapshot of the sandbox is being taken: it cannot be paused meanwhile.
+    SnapshotInProgress(String),
+    /// A sandbox that cannot be Rootfs-paused (the message says why: made before sandboxd
+    /// kept what a resume needs, or running in a pool's member).
+    NotRestorable(String),
 }
 
 impl fmt::Display for Conflict {
@@ -233,9 +245,17 @@ impl fmt::Display for Conflict {
             Conflict::NoRoute(id) => write!(f, "sandbox {id} has no published ports (not running)"),
             Conflict::Runtime(message)
             | Conflict::TemplateNotReady(message)
-            | Conflict::TemplateInUse(message) => f.write_str(message),
+            | Conflict::TemplateInUse(message)
+            | Conflict::SnapshotInUse(message)
+            | Conflict::SnapshotNotReady(message)
+            | Conflict::NotRestorable(message) => f.write_str(message),
             Conflict::PoolExists(name) => write!(f, "a pool named {name} already exists"),
             Conflict::NotAllocated(id) => write!(f, "sandbox {id} was not acquired from a pool"),
+            Conflict::SnapshotInProgress(id) => write!(
+                f,
+                "a snapshot of sandbox {id} is being taken; pause it once the snapshot is Ready or Failed"
+            ),
+
             Conflict::TemplateExists(name) => write!(f, "a template named {name} already exists"),
             Conflict::ExecutionNotFinished { id, state } => {
                 write!(f, "execution {id} is {state}, not finished")

@@ -132,6 +132,10 @@ pub async fn serve(config: Config, lifecycle: Arc<lifecycle_log::LifecycleLogs>)
         .recover_executions()
         .await
         .map_err(|e| anyhow::anyhow!("cannot recover executions: {e}"))?;
+    service
+        .recover_snapshots()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot recover snapshots: {e}"))?;
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await

@@ -28,6 +28,9 @@ use super::http::sandboxes::{
     __path_create, __path_delete, __path_endpoint, __path_get_one, __path_list, __path_patch_metadata,
     __path_pause, __path_renew, __path_resume,
 };
+use super::http::snapshots::{
+    __path_create_snapshot, __path_delete_snapshot, __path_fork, __path_get_snapshot, __path_list_snapshots,
+};
 use super::http::system::{__path_health, __path_version};
 use super::http::templates::{
     __path_build_log, __path_create as __path_create_template, __path_delete as __path_delete_template,
@@ -43,13 +46,14 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
         title = "sandboxd",
         description = "Sandbox lifecycle server on the Docker Engine, speaking the OpenSandbox lifecycle contract. \
                        Every route is served at / and under /v1 (except /version and /metrics, bare only, and /metrics/events, \
-                       at /v1/metrics/events only). Every response carries X-Request-ID. /snapshots and \
-                       /sandboxes/{id}/networkpolicy answer 501; /pools serves warm pools on Docker. Callers authenticate with the server's API key \
+                       at /v1/metrics/events only). Every response carries X-Request-ID. \
+                       /sandboxes/{id}/networkpolicy answers 501; /pools serves warm pools on Docker. Callers authenticate with the server's API key \
                        (OPEN-SANDBOX-API-KEY: the admin `root`) or a user token from POST /v1/tokens \
                        (Authorization: Bearer); a sandbox belongs to its creator, and someone else's is 404 to \
                        everyone but admins. Every API route takes from one of the caller's rate classes \
-                       (create: POST /sandboxes, POST /templates, POST /prepulls, POST /templates/{idOrName}/prepull, POST /pools, POST /pools/{name}/acquire; read: the others); a spent class answers 429 RATE_LIMIT::EXCEEDED with \
-                       (create: POST /sandboxes, POST /templates, POST /prepulls, POST /templates/{idOrName}/prepull, POST /executions; exec: POST /sandboxes/{id}/executions[/batch]; read: the others); a spent class answers 429 RATE_LIMIT::EXCEEDED with \
+                       (create: POST /sandboxes, POST /templates, POST /prepulls, POST /templates/{idOrName}/prepull, POST /pools, POST /pools/{name}/acquire, \
+                       POST /executions, POST /sandboxes/{id}/snapshots, POST /sandboxes/{id}/fork; exec: POST /sandboxes/{id}/executions[/batch]; read: the others); \
+                       a spent class answers 429 RATE_LIMIT::EXCEEDED with \
                        Retry-After (whole seconds), RateLimit-Policy and RateLimit. /health, /version and the proxy are never limited.",
         license(name = "Apache-2.0")
     ),
@@ -61,7 +65,8 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
         create_pool, list_pools, get_pool, update_pool, delete_pool, acquire, release,
         sandbox_events, list_containers, get_container, container_status, container_logs,
         create_execution, create_one_shot, create_batch, get_batch, get_execution, execution_result, cancel_execution,
-        list_executions, execution_events
+        list_executions, execution_events,
+        create_snapshot, list_snapshots, get_snapshot, delete_snapshot, fork
     ),
     components(schemas(crate::wire::lifecycle::LifecycleError, crate::wire::lifecycle::SandboxStatus,
         crate::wire::lifecycle::ImageSpec, crate::wire::lifecycle::PlatformSpec, crate::wire::lifecycle::Volume,

@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::error::Error;
 use super::runtime::{Mount, Resources, SpecFile};
-use crate::wire::lifecycle::{CreateSandboxRequest, PlatformSpec, PreStartHook, LIFECYCLE_ENV};
+use crate::wire::lifecycle::{CreateSandboxRequest, PausePolicy, PlatformSpec, PreStartHook, LIFECYCLE_ENV};
 use crate::wire::templates::ReadinessProbe;
 
 /// The extension that asks for isolated sessions inside the sandbox.
@@ -53,6 +53,10 @@ pub struct Plan {
     pub pre_start: Option<PreStart>,
     /// A check that gates `Running` (from a template).
     pub readiness: Option<ReadinessProbe>,
+    /// The snapshot whose image `image` is (set by the service, which resolves `snapshotId`).
+    pub snapshot_id: Option<String>,
+    /// How the sandbox pauses.
+    pub pause_policy: PausePolicy,
 }
 
 /// `lifecycle.preStart`: argv without a shell, and how long it may take.
@@ -84,12 +88,15 @@ pub struct Limits {
     pub allowed_host_paths: Vec<PathBuf>,
 }
 
-/// Validates `req`.
+/// Validates `req`, whose `snapshotId`, if it had one, the service has already turned into
+/// the snapshot's image (and [`Plan::snapshot_id`] is set after).
 pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
     if req.snapshot_id.is_some() {
-        return Err(Error::UnsupportedField(
-            "snapshotId: snapshots are not supported by the Docker runtime".into(),
-        ));
+        return Err(Error::invalid(if req.image.is_some() {
+            "image and snapshotId are mutually exclusive"
+        } else {
+            "snapshotId must be resolved to its snapshot's image before planning"
+        }));
     }
     if req.template_id.is_some() {
         return Err(Error::UnsupportedField(
@@ -200,6 +207,8 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
         files: Vec::new(),
         pre_start,
         readiness: None,
+        snapshot_id: None,
+        pause_policy: req.pause_policy.unwrap_or_default(),
     })
 }
 

@@ -314,6 +314,15 @@ pub const PREPULL_NOT_FOUND: ErrorCode = entry(
     "Check the task id",
     false,
 );
+/// No such snapshot (or not the caller's).
+pub const SNAPSHOT_NOT_FOUND: ErrorCode = entry(
+    "SNAPSHOT::NOT_FOUND",
+    404,
+    alias::RESOURCE_NOT_FOUND,
+    "Snapshot not found",
+    "Check the snapshot id (GET /v1/snapshots lists yours); a snapshot is gone once deleted",
+    false,
+);
 /// No route serves the path.
 pub const GENERAL_NOT_FOUND: ErrorCode = entry(
     "GENERAL::NOT_FOUND",
@@ -390,6 +399,24 @@ pub const TEMPLATE_NOT_READY: ErrorCode = entry(
     alias::STATE_CONFLICT,
     "Template not ready",
     "Wait until the template's status is Ready",
+    true,
+);
+/// A snapshot that sandboxes were made from.
+pub const SNAPSHOT_IN_USE: ErrorCode = entry(
+    "SNAPSHOT::IN_USE",
+    409,
+    alias::STATE_CONFLICT,
+    "Snapshot in use",
+    "Delete the sandboxes made from the snapshot first (GET /v1/sandboxes shows their snapshotId)",
+    false,
+);
+/// A snapshot that is not Ready: still being taken, failed, or being deleted.
+pub const SNAPSHOT_NOT_READY: ErrorCode = entry(
+    "SNAPSHOT::NOT_READY",
+    409,
+    alias::STATE_CONFLICT,
+    "Snapshot not ready",
+    "Poll GET /v1/snapshots/{id} until its state is Ready; a Failed snapshot says why in its status and can only be deleted",
     true,
 );
 /// A pool of that name exists.
@@ -698,6 +725,7 @@ pub static ALL: &[&ErrorCode] = &[
     &POOL_NOT_FOUND,
     &PREPULL_NOT_FOUND,
     &CONTAINER_NOT_FOUND,
+    &SNAPSHOT_NOT_FOUND,
     &GENERAL_NOT_FOUND,
     &GENERAL_METHOD_NOT_ALLOWED,
     &DOCKER_SANDBOX_NOT_RUNNING,
@@ -706,6 +734,8 @@ pub static ALL: &[&ErrorCode] = &[
     &TEMPLATE_CONFLICT,
     &TEMPLATE_IN_USE,
     &TEMPLATE_NOT_READY,
+    &SNAPSHOT_IN_USE,
+    &SNAPSHOT_NOT_READY,
     &POOL_ALREADY_EXISTS,
     &POOL_NOT_ALLOCATED,
     &EXECUTION_NOT_FINISHED,

@@ -16,7 +16,8 @@ pub struct SandboxEvent {
     pub at: String,
     /// What happened: `Created`, `Starting`, `Started`, `PreStartSucceeded`, `PreStartFailed`,
     /// `Ready`, `ProbeFailed`, `StartupFailed`, `Paused`, `PauseFailed`, `Resumed`, `Renewed`,
-    /// `MetadataUpdated`, `Allocated` (from a warm pool), `Released` (to it), `Expired`,
+    /// `MetadataUpdated`, `Allocated` (from a warm pool), `Released` (to it), `SnapshotTaken`,
+    /// `SnapshotFailed`, `Forked`, `Expired`,
     /// `Exited` (with `exitCode`), `OOMKilled`, `Killed`, `Deleted`, or `Note` (a line of an
     /// older sandboxd's log).
     #[serde(rename = "type")]

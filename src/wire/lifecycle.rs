@@ -20,7 +20,8 @@ pub struct CreateSandboxRequest {
     pub name: Option<String>,
     /// The container image.
     pub image: Option<ImageSpec>,
-    /// Create from a snapshot (not supported on Docker).
+    /// Create from a snapshot (`GET /snapshots`): its image, and the source sandbox's
+    /// entrypoint and environment unless given here. Exclusive with `image`.
     #[serde(alias = "snapshot_id")]
     pub snapshot_id: Option<String>,
     /// Create from a template (Kubernetes only upstream).
@@ -64,6 +65,45 @@ pub struct CreateSandboxRequest {
     /// `periodic` hooks are refused.
     #[schema(value_type = Option<Object>)]
     pub lifecycle: Option<serde_json::Value>,
+    /// How `POST /sandboxes/{id}/pause` pauses it (OSEP-0008's field, with sandboxd's
+    /// `Freeze`): default `{"snapshotType": "Freeze"}`.
+    #[serde(alias = "pause_policy")]
+    pub pause_policy: Option<PausePolicy>,
+}
+
+/// How a sandbox pauses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum PauseMode {
+    /// Freeze every process (`docker pause`): memory and processes are kept; the sandbox
+    /// keeps its memory while paused.
+    #[default]
+    Freeze,
+    /// Commit the filesystem to an image, keep named volumes, remove the container: no
+    /// compute while paused; processes (and their memory) start afresh on resume.
+    Rootfs,
+}
+
+/// `pausePolicy`: `{snapshotType, suspendExpiry?}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PausePolicy {
+    /// `Freeze` (default) or `Rootfs`.
+    #[serde(alias = "snapshot_type")]
+    pub snapshot_type: PauseMode,
+    /// Stop the expiry clock while the sandbox is Rootfs-paused (it holds no compute then);
+    /// it runs on from where it stopped at resume. Default false: the clock runs, as upstream.
+    #[serde(default, alias = "suspend_expiry", skip_serializing_if = "std::ops::Not::not")]
+    pub suspend_expiry: bool,
+}
+
+/// The optional body of `POST /sandboxes/{id}/pause`: this pause's mode instead of the
+/// sandbox's `pausePolicy.snapshotType`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PauseRequest {
+    /// `Freeze` or `Rootfs`.
+    #[serde(default, alias = "snapshot_type")]
+    pub snapshot_type: Option<PauseMode>,
 }
 
 /// `{uri, auth?}`.
@@ -152,9 +192,12 @@ pub struct SandboxStatus {
 pub struct Sandbox {
     /// UUID.
     pub id: String,
-    /// The image it was created from.
+    /// The image it was created from (absent for one made from a snapshot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSpec>,
+    /// The snapshot it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
     /// Echo of the requested platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<PlatformSpec>,
@@ -204,6 +247,9 @@ pub struct Sandbox {
     /// For a sandbox acquired from a warm pool: `{mode: "pool", poolRef, state}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocation: Option<SandboxAllocation>,
+    /// How it pauses (sandboxd's addition; absent for the default, Freeze).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_policy: Option<PausePolicy>,
 }
 
 /// `allocation` of a pool-backed sandbox.

@@ -31,6 +31,8 @@ pub mod pools;
 pub mod prepull;
 pub mod pty;
 #[cfg(feature = "orchestrator")]
+pub mod snapshots;
+#[cfg(feature = "orchestrator")]
 pub mod templates;
 
 /// Error codes of the execd plane. Serialized in the contract's SCREAMING_SNAKE_CASE so that

@@ -63,6 +63,7 @@ impl From<&Error> for ApiError {
                 Kind::Pool => &codes::POOL_NOT_FOUND,
                 Kind::Container => &codes::CONTAINER_NOT_FOUND,
                 Kind::Execution | Kind::Batch => &codes::EXECUTION_NOT_FOUND,
+                Kind::Snapshot => &codes::SNAPSHOT_NOT_FOUND,
             }),
             Error::Invalid(_) => said(&codes::SANDBOX_INVALID_PARAMETER),
             Error::InvalidSpec(_) => said(&codes::TEMPLATE_INVALID_SPEC),
@@ -87,7 +88,11 @@ impl From<&Error> for ApiError {
                 Conflict::DeletedWhileStarting(_)
                 | Conflict::NoExpiry(_)
                 | Conflict::NoRoute(_)
-                | Conflict::Runtime(_) => &codes::SANDBOX_INVALID_STATE,
+                | Conflict::Runtime(_)
+                | Conflict::SnapshotInProgress(_)
+                | Conflict::NotRestorable(_) => &codes::SANDBOX_INVALID_STATE,
+                Conflict::SnapshotInUse(_) => &codes::SNAPSHOT_IN_USE,
+                Conflict::SnapshotNotReady(_) => &codes::SNAPSHOT_NOT_READY,
                 Conflict::TemplateExists(_) => &codes::TEMPLATE_CONFLICT,
                 Conflict::TemplateNotReady(_) => &codes::TEMPLATE_NOT_READY,
                 Conflict::TemplateInUse(_) => &codes::TEMPLATE_IN_USE,
@@ -256,6 +261,27 @@ mod tests {
                 "TEMPLATE::VERSION_NOT_FOUND",
             ),
             (Error::not_found(Kind::Prepull, "p"), 404, "PREPULL::NOT_FOUND"),
+            (Error::not_found(Kind::Snapshot, "s"), 404, "SNAPSHOT::NOT_FOUND"),
+            (
+                Error::Conflict(Conflict::SnapshotInUse(s())),
+                409,
+                "SNAPSHOT::IN_USE",
+            ),
+            (
+                Error::Conflict(Conflict::SnapshotNotReady(s())),
+                409,
+                "SNAPSHOT::NOT_READY",
+            ),
+            (
+                Error::Conflict(Conflict::SnapshotInProgress(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
+            (
+                Error::Conflict(Conflict::NotRestorable(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
             (
                 Error::not_found(Kind::Container, "c"),
                 404,

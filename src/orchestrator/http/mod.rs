@@ -19,7 +19,7 @@
 //! - `extract`: `JsonBody`, `Principal` and the auth layer.
 //! - `ratelimit`: the rate-class route layer and its 429.
 //! - `metrics`: the metrics layer, `/metrics`, `/metrics/summary`, `/v1/metrics/events`.
-//! - `sandboxes`, `prepulls`, `pools`, `executions`, `diagnostics`, `events` (the journal),
+//! - `sandboxes`, `snapshots`, `prepulls`, `pools`, `executions`, `diagnostics`, `events` (the journal),
 //!   `containers`, `proxy`, `tokens`, `system`: one file per resource, each with its `routes()`.
 
 pub(super) mod containers;
@@ -35,6 +35,7 @@ pub(super) mod prepulls;
 pub(super) mod proxy;
 mod ratelimit;
 pub(super) mod sandboxes;
+pub(super) mod snapshots;
 pub(super) mod system;
 pub(super) mod templates;
 pub(super) mod tokens;
@@ -105,6 +106,7 @@ pub fn router(app: App) -> Router {
         .merge(limited(pools::create_routes(), Class::Create))
         .merge(limited(executions::create_routes(), Class::Create))
         .merge(limited(executions::exec_routes(), Class::Exec))
+        .merge(limited(snapshots::create_routes(), Class::Create))
         .merge(limited(
             sandboxes::routes()
                 .merge(prepulls::routes())
@@ -115,6 +117,7 @@ pub fn router(app: App) -> Router {
                 .merge(tokens::routes())
                 .merge(templates::routes())
                 .merge(pools::routes())
+                .merge(snapshots::routes())
                 .merge(metrics::summary_routes())
                 .merge(system::unsupported_routes()),
             Class::Read,

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 
-use super::extract::{Caller, JsonBody};
+use super::extract::{Caller, JsonBody, OptionalJsonBody};
 use super::App;
 use crate::orchestrator::auth::Perm;
 use crate::orchestrator::error::Error;
@@ -16,7 +16,7 @@ use crate::orchestrator::spec;
 
 /// The header a create is attributed to a business domain by (seed 004).
 const BUSINESS_DOMAIN: &str = "x-business-domain";
-use crate::wire::lifecycle::{CreateSandboxRequest, RenewExpiration};
+use crate::wire::lifecycle::{CreateSandboxRequest, PauseRequest, RenewExpiration};
 
 /// `POST /sandboxes`, apart from the rest: it takes from the `create` rate class (mounted at
 /// `/` and `/v1`, behind auth).
@@ -38,8 +38,11 @@ pub(super) fn routes() -> Router<App> {
 
 #[utoipa::path(post, path = "/sandboxes", request_body = crate::wire::lifecycle::CreateSandboxRequest,
     params(("X-Business-Domain" = Option<String>, Header, description = "recorded as the sandbox's `businessDomain` (1–63 of `a-z 0-9 -`) and filterable")),
-    responses((status = 202, description = "running: execd answered /ping; owned by the caller", body = crate::wire::lifecycle::CreateSandboxResponse),
-        (status = 400, description = "invalid request, unsupported field, a bad `X-Business-Domain`, or an image that cannot be had", body = crate::wire::lifecycle::LifecycleError),
+    responses((status = 202, description = "running: execd answered /ping; owned by the caller. With `snapshotId`: made from the snapshot's image, with its source's \
+            entrypoint and environment unless given", body = crate::wire::lifecycle::CreateSandboxResponse),
+        (status = 400, description = "invalid request, unsupported field, a bad `X-Business-Domain`, an image that cannot be had, or both `image` and `snapshotId`", body = crate::wire::lifecycle::LifecycleError),
+        (status = 404, description = "`SNAPSHOT::NOT_FOUND`: no such snapshot of the caller's", body = crate::wire::lifecycle::LifecycleError),
+        (status = 409, description = "`SNAPSHOT::NOT_READY`: the snapshot is not Ready", body = crate::wire::lifecycle::LifecycleError),
         (status = 401, body = crate::wire::lifecycle::LifecycleError),
         (status = 403, description = "`AUTH::FORBIDDEN` (a viewer) or `QUOTA::EXCEEDED` (the user owns as many sandboxes as it may)", body = crate::wire::lifecycle::LifecycleError),
         (status = 429, description = "`RATE_LIMIT::EXCEEDED`: the caller's `create` class is spent (a create refused by validation spends a token too); \
@@ -158,21 +161,28 @@ pub(crate) async fn patch_metadata(
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/pause", params(("id" = String, Path)),
-    responses((status = 202, description = "paused (a freeze the cgroup v1 freezer gives up on while processes start is retried: 5 tries over about 2 s)"),
-        (status = 404, body = crate::wire::lifecycle::LifecycleError), (status = 409, description = "`DOCKER::SANDBOX_NOT_RUNNING`: not running (the message names the state)", body = crate::wire::lifecycle::LifecycleError),
+    request_body(content = Option<crate::wire::lifecycle::PauseRequest>, description = "optional (upstream sends none): `{\"snapshotType\": \"Freeze\"|\"Rootfs\"}` overrides the sandbox's `pausePolicy` for this pause"),
+    responses((status = 202, description = "paused. Freeze: every process frozen (a freeze the cgroup v1 freezer gives up on while processes start is retried: 5 tries over about 2 s). \
+            Rootfs: the filesystem committed (volumes excluded) and the container removed: `Paused`, reason `HIBERNATED`"),
+        (status = 400, description = "a bad body", body = crate::wire::lifecycle::LifecycleError),
+        (status = 404, body = crate::wire::lifecycle::LifecycleError), (status = 409, description = "`DOCKER::SANDBOX_NOT_RUNNING`: not running (the message names the state; a pause in flight is `Pausing`); \
+            `SANDBOX::INVALID_STATE`: a snapshot of it is being taken", body = crate::wire::lifecycle::LifecycleError),
         (status = 500, description = "`SANDBOX::INTERNAL_ERROR`: the freezer failed on every try; the sandbox stays Running", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn pause(
     State(app): State<App>,
     Caller(caller): Caller,
     Path(id): Path<String>,
+    OptionalJsonBody(body): OptionalJsonBody<PauseRequest>,
 ) -> Result<StatusCode, Error> {
     caller.require(Perm::Write)?;
-    app.service.pause(&id, &caller).await?;
+    let mode = body.and_then(|b| b.snapshot_type);
+    app.service.pause(&id, mode, &caller).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/resume", params(("id" = String, Path)),
-    responses((status = 202, description = "resumed (retried as pause is)"), (status = 404, body = crate::wire::lifecycle::LifecycleError),
+    responses((status = 202, description = "running again: thawed (retried as pause is), or, after a Rootfs pause, created again from the committed filesystem with the same id, token, \
+            environment, entrypoint and volumes (processes start afresh; endpoints may change)"), (status = 404, body = crate::wire::lifecycle::LifecycleError),
         (status = 409, description = "`DOCKER::SANDBOX_NOT_PAUSED`: not paused (the message names the state)", body = crate::wire::lifecycle::LifecycleError),
         (status = 500, description = "`SANDBOX::INTERNAL_ERROR`: the freezer failed on every try; the sandbox stays Paused", body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn resume(

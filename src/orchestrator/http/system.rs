@@ -20,11 +20,7 @@ pub(super) fn version_routes() -> Router<App> {
 
 /// Contract routes this runtime answers with 501 (behind auth).
 pub(super) fn unsupported_routes() -> Router<App> {
-    Router::new()
-        .route("/sandboxes/{id}/snapshots", any(no_snapshots))
-        .route("/snapshots", any(no_snapshots))
-        .route("/snapshots/{id}", any(no_snapshots))
-        .route("/sandboxes/{id}/networkpolicy", any(no_network_policy))
+    Router::new().route("/sandboxes/{id}/networkpolicy", any(no_network_policy))
 }
 
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "`{\"status\": \"healthy\"}`")))]
@@ -40,10 +36,6 @@ pub(crate) async fn version(State(app): State<App>) -> Json<serde_json::Value> {
         "runtime": kind.as_str(),
         "dockerApiVersion": version,
     }))
-}
-
-async fn no_snapshots() -> Error {
-    Error::Unsupported(Feature::Snapshots)
 }
 
 async fn no_network_policy() -> Error {

@@ -40,9 +40,9 @@ use futures_util::{FutureExt as _, StreamExt};
 use sha2::Digest as _;
 
 use super::{
-    Capabilities, ContainerInfo, Fut, Instance, LayerStep, LogQuery, Mount, Observed, Platform, PullError,
-    PullEvent, PullFailure, Purpose, RegistryAuth, Runtime, RuntimeError, RuntimeEvent, RuntimeKind,
-    SandboxSpec, SpecFile, Target, Usage, EXECD_PORT,
+    Capabilities, ContainerInfo, Fut, ImageRole, Instance, LayerStep, LogQuery, Mount, Observed, Platform,
+    PullError, PullEvent, PullFailure, Purpose, RegistryAuth, Runtime, RuntimeError, RuntimeEvent,
+    RuntimeKind, SandboxSpec, SpecFile, Target, Usage, EXECD_PORT,
 };
 use crate::wire::time::format_ms;
 
@@ -68,9 +68,9 @@ pub const LABEL_MANUAL: &str = "opensandbox.io/manual-cleanup";
 pub const LABEL_INSTANCE: &str = "io.execd.sandboxd.instance";
 /// Label of the agent volumes.
 pub const LABEL_AGENT: &str = "io.execd.sandboxd.agent";
-/// Label: what a container is for, [`ROLE_SANDBOX`] or [`ROLE_BUILD`] (and, on an image a
-/// build committed, [`ROLE_IMAGE`]). In the reserved `sandboxd.io/` prefix, so no sandbox's
-/// metadata can set it.
+/// Label: what a container is for, [`ROLE_SANDBOX`] or [`ROLE_BUILD`] (and, on an image
+/// sandboxd committed, [`ROLE_IMAGE`], [`ROLE_SNAPSHOT`] or [`ROLE_PAUSED`]). In the reserved
+/// `sandboxd.io/` prefix, so no sandbox's metadata can set it.
 pub const LABEL_ROLE: &str = "sandboxd.io/role";
 /// [`LABEL_ROLE`] of sandboxes. Set on every sandbox explicitly, since a container inherits
 /// the labels of its image and a built image carries [`ROLE_IMAGE`].
@@ -81,6 +81,13 @@ pub const ROLE_BUILD: &str = "template-build";
 /// container (it can change values, not drop keys), so the image says what it is instead of
 /// "build": a container made from it by hand is never taken for an orphaned build.
 pub const ROLE_IMAGE: &str = "template-image";
+/// [`LABEL_ROLE`] of a snapshot's image (`opensandbox-snapshots:<id>`, also a fork's).
+pub const ROLE_SNAPSHOT: &str = "snapshot-image";
+/// [`LABEL_ROLE`] of a Rootfs-paused sandbox's image (`sandboxd-paused/<id>:latest`).
+pub const ROLE_PAUSED: &str = "paused-image";
+/// Environment variables a commit blanks: the sandbox's execd token (a container made from
+/// the image sets its own) and its pre-start hook (it ran; its work is in the layer).
+const BLANKED_ENV: [&str; 2] = ["EXECD_ACCESS_TOKEN", crate::wire::lifecycle::LIFECYCLE_ENV];
 /// Label of a build container and its image: the template's name.
 pub const LABEL_TEMPLATE: &str = "sandboxd.io/template";
 /// Label of a build container and its image: the version built.
@@ -364,8 +371,14 @@ impl Docker {
         Ok(binds)
     }
 
-    /// Creates (does not start) the container with execd as its init and returns its id.
-    async fn create_container(&self, spec: SandboxSpec, agent: &str) -> Result<String, RuntimeError> {
+    /// Creates (does not start) the container with execd as its init and returns its id. Its
+    /// ports are published on `ports` where given, else on any free host port.
+    async fn create_container(
+        &self,
+        spec: SandboxSpec,
+        agent: &str,
+        ports: Ports,
+    ) -> Result<String, RuntimeError> {
         if spec.isolation && self.settings.isolation_profile.is_none() {
             return Err(RuntimeError::Rejected(
                 "isolation: sandboxd has no seccomp profile for isolated sessions".into(),
@@ -396,15 +409,16 @@ impl Docker {
         let mut entrypoint = vec![AGENT_PATH.to_owned(), "init".to_owned(), "--".to_owned()];
         entrypoint.extend(spec.entrypoint);
         let publish_ip = Some(self.settings.publish_ip.to_string());
-        let binding = || {
+        let binding = |port: Option<u16>| {
             Some(vec![PortBinding {
                 host_ip: publish_ip.clone(),
-                host_port: Some(String::new()), // any free port
+                // Empty: any free port.
+                host_port: Some(port.map(|p| p.to_string()).unwrap_or_default()),
             }])
         };
         let port_bindings = HashMap::from([
-            (format!("{EXECD_PORT}/tcp"), binding()),
-            (format!("{HTTP_PORT}/tcp"), binding()),
+            (format!("{EXECD_PORT}/tcp"), binding(ports.execd)),
+            (format!("{HTTP_PORT}/tcp"), binding(ports.http)),
         ]);
         let mut security_opt = vec!["no-new-privileges:true".to_owned()];
         let (mut masked_paths, mut readonly_paths, mut tmpfs) = (None, None, None);
@@ -519,6 +533,30 @@ impl Docker {
         }
     }
 
+    /// Creates the container, writes its files and starts it; on failure removes it.
+    async fn create_started(
+        &self,
+        spec: SandboxSpec,
+        agent: &str,
+        files: &[SpecFile],
+        ports: Ports,
+    ) -> Result<Instance, RuntimeError> {
+        let container = self.create_container(spec, agent, ports).await?;
+        let started = async {
+            self.write_files(&container, files).await?;
+            self.start_container(&container).await
+        };
+        match started.await {
+            Ok(ports) => Ok(ports.instance(container)),
+            Err(e) => {
+                if let Err(removal) = self.remove_container(&container).await {
+                    tracing::error!(%container, error = %removal, "cannot remove a container that failed to start; reconciliation will retry");
+                }
+                Err(e)
+            }
+        }
+    }
+
     fn connect_ip(&self) -> IpAddr {
         if self.settings.publish_ip.is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -538,6 +576,7 @@ impl Runtime for Docker {
             freeze: true,
             isolation: self.settings.isolation_profile.is_some(),
             builds: true,
+            snapshots: true,
         }
     }
 
@@ -545,25 +584,23 @@ impl Runtime for Docker {
         self.api.client_version().to_string()
     }
 
+    /// A replacement (a Rootfs resume) is published on its predecessor's host ports first;
+    /// when the engine cannot bind them (taken meanwhile), on any free ones.
     fn create(&self, mut spec: SandboxSpec) -> Fut<'_, Instance> {
         async move {
             self.ensure_image(&spec.image).await?;
             let agent = self.ensure_agent(&spec.image).await?;
             let files = std::mem::take(&mut spec.files);
-            let container = self.create_container(spec, &agent).await?;
-            let started = async {
-                self.write_files(&container, &files).await?;
-                self.start_container(&container).await
-            };
-            match started.await {
-                Ok(ports) => Ok(ports.instance(container)),
-                Err(e) => {
-                    if let Err(removal) = self.remove_container(&container).await {
-                        tracing::error!(%container, error = %removal, "cannot remove a container that failed to start; reconciliation will retry");
+            let wanted = spec.previous.as_ref().map(Ports::of).unwrap_or_default();
+            if wanted != Ports::default() {
+                match self.create_started(spec.clone(), &agent, &files, wanted).await {
+                    Err(RuntimeError::Engine { message, .. }) if port_taken(&message) => {
+                        tracing::info!(sandbox = %spec.id, %message, "the previous host ports are taken; publishing on free ones");
                     }
-                    Err(e)
+                    other => return other,
                 }
             }
+            self.create_started(spec, &agent, &files, Ports::default()).await
         }
         .boxed()
     }
@@ -659,27 +696,35 @@ impl Runtime for Docker {
         self.remove_container(&instance.reference).boxed()
     }
 
-    /// Stops the container (execd forwards the SIGTERM; the rest is killed after
-    /// [`STOP_GRACE_SECONDS`]), so nothing writes while its layer is saved and no freeze is
-    /// needed (the cgroup v1 freezer gives up while processes start), then commits it with the
-    /// base image's configuration. `docker commit` merges the container's configuration into
-    /// the one given wherever that is empty or lacks a key, so every field that differs is
-    /// given explicitly: the base's entrypoint (an empty list, never none, or the merge puts
-    /// execd's init back) and command, its labels with [`LABEL_ROLE`] set to [`ROLE_IMAGE`], and
-    /// its environment with `EXECD_ACCESS_TOKEN` blanked (the build's token must not be kept;
-    /// sandboxes set their own). The container's exposed ports (execd's and 8080) stay.
-    fn commit<'a>(&'a self, instance: &'a Instance, image: &'a str) -> Fut<'a, ()> {
+    /// A template build's container is stopped first (execd forwards the SIGTERM; the rest is
+    /// killed after [`STOP_GRACE_SECONDS`]), so nothing writes while its layer is saved; a
+    /// sandbox's is frozen by the engine for the commit only (`pause=true`, which leaves a
+    /// frozen one frozen), and a freezer that gives up is [`RuntimeError::Transient`]. The
+    /// image gets the base image's configuration: `docker commit` merges the container's
+    /// configuration into the one given wherever that is empty or lacks a key, so every field
+    /// that differs is given explicitly: the base's entrypoint (an empty list, never none, or
+    /// the merge puts execd's init back) and command, its labels with [`LABEL_ROLE`] set to the
+    /// role's, and its environment with [`BLANKED_ENV`] blanked (the container's token must
+    /// not be kept; a container made from the image sets its own). The container's exposed
+    /// ports (execd's and 8080) stay.
+    fn commit<'a>(&'a self, instance: &'a Instance, image: &'a str, role: ImageRole) -> Fut<'a, ()> {
         async move {
             let container = &instance.reference;
-            let options = bollard::query_parameters::StopContainerOptionsBuilder::default()
-                .t(STOP_GRACE_SECONDS)
-                .build();
-            match self.api.stop_container(container, Some(options)).await {
-                Ok(()) => {}
-                // 304: already stopped.
-                Err(BollardError::DockerResponseServerError { status_code: 304, .. }) => {}
-                Err(e) => return Err(classify("stop the container", e)),
-            }
+            let live = match role {
+                ImageRole::Template => {
+                    let options = bollard::query_parameters::StopContainerOptionsBuilder::default()
+                        .t(STOP_GRACE_SECONDS)
+                        .build();
+                    match self.api.stop_container(container, Some(options)).await {
+                        Ok(()) => {}
+                        // 304: already stopped.
+                        Err(BollardError::DockerResponseServerError { status_code: 304, .. }) => {}
+                        Err(e) => return Err(classify("stop the container", e)),
+                    }
+                    false
+                }
+                ImageRole::Snapshot | ImageRole::Paused => true,
+            };
             let info = self
                 .api
                 .inspect_container(container, None)
@@ -698,10 +743,20 @@ impl Runtime for Docker {
                 .unwrap_or_default();
             let (repo, tag) = split_reference(image);
             let mut labels = base.labels.unwrap_or_default();
-            labels.insert(LABEL_ROLE.into(), ROLE_IMAGE.into());
+            labels.insert(
+                LABEL_ROLE.into(),
+                match role {
+                    ImageRole::Template => ROLE_IMAGE,
+                    ImageRole::Snapshot => ROLE_SNAPSHOT,
+                    ImageRole::Paused => ROLE_PAUSED,
+                }
+                .into(),
+            );
             let mut env = base.env.unwrap_or_default();
-            env.retain(|e| !e.starts_with("EXECD_ACCESS_TOKEN="));
-            env.push("EXECD_ACCESS_TOKEN=".into());
+            for name in BLANKED_ENV {
+                env.retain(|e| !e.starts_with(&format!("{name}=")));
+                env.push(format!("{name}="));
+            }
             let config = bollard::models::ContainerConfig {
                 entrypoint: Some(base.entrypoint.unwrap_or_default()),
                 cmd: Some(base.cmd.unwrap_or_default()),
@@ -714,14 +769,14 @@ impl Runtime for Docker {
             let mut options = bollard::query_parameters::CommitContainerOptionsBuilder::default()
                 .container(container)
                 .repo(repo)
-                .pause(false);
+                .pause(live);
             if let Some(tag) = tag {
                 options = options.tag(tag);
             }
             self.api
                 .commit_container(options.build(), config)
                 .await
-                .map_err(|e| classify("commit the container", e))?;
+                .map_err(|e| freezer_error(classify("commit the container", e)))?;
             Ok(())
         }
         .boxed()
@@ -916,6 +971,13 @@ fn freezer_error(e: RuntimeError) -> RuntimeError {
         }
         other => other,
     }
+}
+
+/// The engine's words when a host port a container asks for is not free (dockerd: "Bind for
+/// 127.0.0.1:40001 failed: port is already allocated"; or the kernel's "address already in
+/// use").
+fn port_taken(message: &str) -> bool {
+    message.contains("port is already allocated") || message.contains("address already in use")
 }
 
 /// A progress message of `/images/create` → a layer's step; `None` for messages about the

@@ -21,8 +21,8 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::Semaphore;
 
 use super::{
-    Capabilities, ContainerInfo, ContainerRole, Fut, Instance, LayerStep, LogQuery, Observed, Platform,
-    PullError, PullEvent, Purpose, RegistryAuth, Runtime, RuntimeError, RuntimeEvent, RuntimeKind,
+    Capabilities, ContainerInfo, ContainerRole, Fut, ImageRole, Instance, LayerStep, LogQuery, Observed,
+    Platform, PullError, PullEvent, Purpose, RegistryAuth, Runtime, RuntimeError, RuntimeEvent, RuntimeKind,
     SandboxSpec, Target, Usage, EXECD_PORT,
 };
 use crate::wire::{RunCommandRequest, StreamEvent};
@@ -158,6 +158,10 @@ struct Inner {
     commands: Vec<RunCommandRequest>,
     /// (instance reference, image) of every commit, in order.
     commits: Vec<(String, String)>,
+    /// The role of every committed image.
+    roles: HashMap<String, ImageRole>,
+    /// Images a sandbox uses, which `remove_image` refuses.
+    images_in_use: BTreeSet<String>,
 }
 
 /// The fake.
@@ -336,6 +340,7 @@ impl FakeRuntime {
                     isolation: false,
                     files: Vec::new(),
                     purpose: Purpose::Sandbox,
+                    previous: None,
                 },
                 observed,
                 answers: true,
@@ -386,6 +391,22 @@ impl FakeRuntime {
     /// (instance reference, image) of every commit so far.
     pub fn commits(&self) -> Vec<(String, String)> {
         self.lock().commits.clone()
+    }
+
+    /// The role `image` was committed with.
+    pub fn image_role(&self, image: &str) -> Option<ImageRole> {
+        self.lock().roles.get(image).copied()
+    }
+
+    /// Makes `remove_image` of `image` refuse with a conflict while `in_use`, as an engine
+    /// does for an image a container was made from.
+    pub fn set_image_in_use(&self, image: &str, in_use: bool) {
+        let mut inner = self.lock();
+        if in_use {
+            inner.images_in_use.insert(image.to_owned());
+        } else {
+            inner.images_in_use.remove(image);
+        }
     }
 
     /// How many times `op` was called.
@@ -687,6 +708,7 @@ impl Runtime for FakeRuntime {
             freeze: true,
             isolation: false,
             builds: true,
+            snapshots: true,
         }
     }
 
@@ -804,7 +826,9 @@ impl Runtime for FakeRuntime {
         .boxed()
     }
 
-    fn commit<'a>(&'a self, instance: &'a Instance, image: &'a str) -> Fut<'a, ()> {
+    /// A template build's container is left exited (143, as after `docker stop`); a
+    /// sandbox's goes on as it was.
+    fn commit<'a>(&'a self, instance: &'a Instance, image: &'a str, role: ImageRole) -> Fut<'a, ()> {
         async move {
             self.enter(Op::Commit)?;
             let mut inner = self.lock();
@@ -812,12 +836,15 @@ impl Runtime for FakeRuntime {
                 .sandboxes
                 .get_mut(&instance.reference)
                 .ok_or_else(|| RuntimeError::NotFound(instance.reference.clone()))?;
-            s.observed = Observed::Exited {
-                code: Some(143),
-                oom: false,
-                message: None,
-            };
+            if role == ImageRole::Template {
+                s.observed = Observed::Exited {
+                    code: Some(143),
+                    oom: false,
+                    message: None,
+                };
+            }
             inner.images.insert(image.to_owned());
+            inner.roles.insert(image.to_owned(), role);
             inner.commits.push((instance.reference.clone(), image.to_owned()));
             Ok(())
         }
@@ -841,7 +868,13 @@ impl Runtime for FakeRuntime {
     fn remove_image<'a>(&'a self, image: &'a str) -> Fut<'a, ()> {
         async move {
             self.enter(Op::RemoveImage)?;
-            self.lock().images.remove(image);
+            let mut inner = self.lock();
+            if inner.images_in_use.contains(image) {
+                return Err(RuntimeError::Conflict(format!(
+                    "image {image} is being used by a container"
+                )));
+            }
+            inner.images.remove(image);
             Ok(())
         }
         .boxed()

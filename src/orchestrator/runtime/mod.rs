@@ -27,7 +27,8 @@ pub const EXECD_PORT: u16 = 44772;
 pub type Fut<'a, T> = BoxFuture<'a, Result<T, RuntimeError>>;
 
 /// Which runtime serves the sandboxes (`/version` says it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
     /// The Docker Engine API.
     Docker,
@@ -57,6 +58,9 @@ pub struct Capabilities {
     pub isolation: bool,
     /// Template builds: [`Runtime::commit`] makes a local image sandboxes can run.
     pub builds: bool,
+    /// Snapshots, forks and Rootfs pause: [`Runtime::commit`] of a running sandbox, and a
+    /// create from the image it made.
+    pub snapshots: bool,
 }
 
 /// Everything a runtime needs to start one sandbox. No runtime's syntax in it: mounts are
@@ -86,6 +90,22 @@ pub struct SandboxSpec {
     pub files: Vec<SpecFile>,
     /// What the instance is for.
     pub purpose: Purpose,
+    /// The instance this one replaces (a Rootfs resume): the runtime reuses what it can of
+    /// it (Docker: the same host ports, when they are still free).
+    pub previous: Option<Instance>,
+}
+
+/// What a committed image is, which also says how [`Runtime::commit`] takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageRole {
+    /// A template version's built image: the build container is stopped first, so nothing
+    /// writes while its layer is saved, and removed afterwards.
+    Template,
+    /// A snapshot (also the one a fork takes): the sandbox is frozen only while its layer is
+    /// saved and goes on running.
+    Snapshot,
+    /// A Rootfs pause: taken as a snapshot is, then the sandbox is removed.
+    Paused,
 }
 
 /// What an instance is for. Only sandboxes are listed by [`Runtime::observe_all`] (and so
@@ -117,8 +137,9 @@ pub struct SpecFile {
     pub mode: u32,
 }
 
-/// Resource limits of one sandbox.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Resource limits of one sandbox. Serialisable because a sandbox's launch is stored for a
+/// Rootfs resume (never part of the API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resources {
     /// CPU, in billionths of a CPU.
     pub nano_cpus: Option<i64>,
@@ -128,8 +149,8 @@ pub struct Resources {
     pub pids: i64,
 }
 
-/// A volume in a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A volume in a sandbox. Stored with the sandbox's launch for a Rootfs resume.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mount {
     /// A directory of the host (already checked against the allowed prefixes).
     HostPath {
@@ -154,8 +175,9 @@ pub enum Mount {
 }
 
 /// A runtime's handle on one sandbox: opaque to the service, stored in the neutral columns
-/// `runtime`, `runtime_ref`, `runtime_data`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `runtime`, `runtime_ref`, `runtime_data` (and, for a Rootfs-paused sandbox, the one it
+/// had, with its hibernation).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Instance {
     /// Which runtime made it.
     pub kind: RuntimeKind,
@@ -451,10 +473,13 @@ pub trait Runtime: Send + Sync + 'static {
     fn unpause<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()>;
     /// Kills and removes the sandbox. Already gone is fine.
     fn remove<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()>;
-    /// Stops the instance and saves its filesystem as the local image `image` (`repo:tag`),
-    /// whose entrypoint and command are those of the image the instance was created from, not
-    /// execd's init. The instance is left stopped, to be removed.
-    fn commit<'a>(&'a self, instance: &'a Instance, image: &'a str) -> Fut<'a, ()>;
+    /// Saves the instance's filesystem (not its volumes) as the local image `image`
+    /// (`repo:tag`), whose entrypoint and command are those of the image the instance was
+    /// created from, not execd's init, labelled with `role`. A [`ImageRole::Template`]
+    /// instance is stopped first and left stopped, to be removed; any other is frozen while
+    /// its layer is saved ([`RuntimeError::Transient`] when the freezer gives up) and goes on
+    /// running (a frozen one stays frozen).
+    fn commit<'a>(&'a self, instance: &'a Instance, image: &'a str, role: ImageRole) -> Fut<'a, ()>;
     /// Every template-build instance of this sandboxd instance that the runtime holds,
     /// whatever process created it.
     fn builds(&self) -> Fut<'_, Vec<Instance>>;

@@ -38,7 +38,9 @@ use super::templates::{phase, spec_file};
 use super::Service;
 use crate::orchestrator::error::Error;
 use crate::orchestrator::execd_client::{last_bytes, CommandEnd};
-use crate::orchestrator::runtime::{Instance, Purpose, Resources, RuntimeError, SandboxSpec, EXECD_PORT};
+use crate::orchestrator::runtime::{
+    ImageRole, Instance, Purpose, Resources, RuntimeError, SandboxSpec, EXECD_PORT,
+};
 use crate::orchestrator::store::{TemplateRow, VersionRow};
 use crate::wire::RunCommandRequest;
 
@@ -363,6 +365,7 @@ impl Service {
                 template: row.name.clone(),
                 version: v.version,
             },
+            previous: None,
         };
         let instance = self
             .runtime
@@ -435,7 +438,7 @@ impl Service {
         }
         let image = format!("sandboxd/tpl-{}:v{}", row.name, v.version);
         self.runtime
-            .commit(instance, &image)
+            .commit(instance, &image, ImageRole::Template)
             .await
             .map_err(|e| runtime_failure("commit the build", &e))?;
         Ok(image)

@@ -37,7 +37,7 @@ async fn the_journal_types_what_sandboxd_does_and_outlives_the_sandbox() {
         .await
         .unwrap()
         .id;
-    rig.service.pause(&id, &alice).await.unwrap();
+    rig.service.pause(&id, None, &alice).await.unwrap();
     rig.service.resume(&id, &alice).await.unwrap();
     rig.service.delete(&id, &alice).await.unwrap();
 
@@ -107,7 +107,7 @@ async fn a_follower_gets_events_as_they_come_and_ends_after_the_delete() {
     assert_eq!(follow.next().await.unwrap().kind, "Ready");
     let pausing = {
         let (service, id) = (rig.service.clone(), id.clone());
-        tokio::spawn(async move { service.pause(&id, &root()).await })
+        tokio::spawn(async move { service.pause(&id, None, &root()).await })
     };
     assert_eq!(follow.next().await.unwrap().kind, "Paused");
     pausing.await.unwrap().unwrap();

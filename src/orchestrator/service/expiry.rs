@@ -45,7 +45,7 @@ impl Service {
     }
 
     /// Removes one expired sandbox. False when it should be tried again soon.
-    async fn expire(&self, id: &str) -> bool {
+    pub(super) async fn expire(&self, id: &str) -> bool {
         // Re-read: a renew may have moved it since the query.
         let record = match self.store.get(id).await {
             Ok(Some(record)) => record,
@@ -89,6 +89,8 @@ impl Service {
             return false;
         }
         self.lifecycle.forget(id);
+        // A Rootfs-paused sandbox that expires leaves no image behind.
+        self.remove_paused_images(&record).await;
         tracing::info!(sandbox = id, "sandbox expired and was removed");
         true
     }

@@ -4,7 +4,9 @@
 //!
 //! - `sandboxes`: create, read, list, delete, metadata, renew, endpoints and the proxy's target,
 //!   and the mapping of [`Observed`](super::runtime::Observed) onto the contract's states.
-//! - `pause`: freeze and thaw, with retries of what the freezer gives up on.
+//! - `pause`: pause and resume: Freeze (freeze and thaw, with retries of what the freezer
+//!   gives up on) and Rootfs (commit, remove, create again).
+//! - `snapshots`: snapshots, create from one, and forks.
 //! - `diagnostics`: logs and events of every scope, as upstream's diagnostics routes.
 //! - `events`: the structured event journal, the runtime's event stream into it, and its
 //!   retention.
@@ -35,6 +37,9 @@ mod pools;
 mod prepull;
 mod reconcile;
 mod sandboxes;
+mod snapshots;
+#[cfg(test)]
+mod snapshots_tests;
 mod startup;
 mod template_import;
 mod templates;
@@ -58,6 +63,7 @@ pub use executions::{wait_seconds, ExecutionQuery, ExecutionSettings, NumberedEv
 pub use pools::PoolSettings;
 pub use prepull::{PrepullQuery, PrepullSnapshot};
 pub use sandboxes::{ListFilter, ProxyRoute};
+pub use snapshots::SnapshotFilter;
 pub use template_import::{ExportSelection, ImportOptions, Incoming, Strategy};
 pub use templates::TemplateFilter;
 
@@ -140,6 +146,8 @@ pub struct Service {
     journal: tokio::sync::watch::Sender<i64>,
     /// Executions this process runs.
     executions: executions::Executions,
+    /// Snapshot commits in flight.
+    captures: snapshots::Captures,
 }
 
 impl Service {
@@ -166,6 +174,7 @@ impl Service {
             lifecycle: Arc::new(LifecycleLogs::default()),
             journal: tokio::sync::watch::channel(0).0,
             executions: executions::Executions::default(),
+            captures: snapshots::Captures::default(),
         }
     }
 

@@ -1,5 +1,15 @@
-//! `POST /sandboxes/{id}/pause` and `/resume`: freeze and thaw, retrying what the freezer
-//! gives up on while processes start.
+//! `POST /sandboxes/{id}/pause` and `/resume` in the sandbox's mode (design §11.1), or the
+//! one the pause names:
+//!
+//! - Freeze: freeze and thaw every process, retrying what the freezer gives up on while
+//!   processes start. Memory, processes and kernels survive.
+//! - Rootfs: commit the filesystem (volumes excluded) to `sandboxd-paused/<id>:<epoch ms>`,
+//!   remove the container, keep named volumes (`Committing` → `Hibernated`); resume creates
+//!   the container again from that image with the same id, token, labels, environment,
+//!   entrypoint and volumes, on the same host ports when free (`Restoring` → `Ready`).
+//!   Processes start afresh. With `pausePolicy.suspendExpiry` the expiry clock stops while
+//!   hibernated. Each step moves the phase only from the one it expects, so a second pause
+//!   or a resume racing it gets a 409.
 
 use std::future::Future;
 use std::time::Duration;
@@ -7,10 +17,18 @@ use std::time::Duration;
 use super::sandboxes::status;
 use super::Service;
 use crate::orchestrator::auth::Principal;
-use crate::orchestrator::error::{Conflict, Error};
-use crate::orchestrator::runtime::{Instance, Observed, RuntimeError};
-use crate::orchestrator::store::{EventType, Phase, Record};
+use crate::orchestrator::error::{Conflict, Error, Feature};
+use crate::orchestrator::runtime::{
+    ImageRole, Instance, Observed, Purpose, RuntimeError, SandboxSpec, EXECD_PORT,
+};
+use crate::orchestrator::store::{EventType, Hibernation, Phase, Record, SnapshotState};
+use crate::wire::lifecycle::{PauseMode, LIFECYCLE_ENV};
 use crate::wire::time::now_ms;
+
+/// The reason of a Rootfs pause's and resume's events.
+const ROOTFS: &str = "Rootfs";
+/// The repository Rootfs pauses commit to (a tag per pause).
+pub const PAUSED_REPOSITORY: &str = "sandboxd-paused";
 
 /// Pauses between the tries of a freeze or thaw that the cgroup v1 freezer gave up on:
 /// 5 tries in all, about 1.5 s of waiting (the design's "5 tries over about 2 s").
@@ -76,14 +94,231 @@ impl Freeze {
 }
 
 impl Service {
-    /// `POST /sandboxes/{id}/pause`: freezes a running sandbox. 409 when it is not running.
-    pub async fn pause(&self, id: &str, caller: &Principal) -> Result<(), Error> {
-        self.freeze(id, Freeze::Pause, caller).await
+    /// `POST /sandboxes/{id}/pause`: pauses a running sandbox in `mode`, or its pause
+    /// policy's. 409 when it is not running, or a snapshot of it is being taken.
+    pub async fn pause(&self, id: &str, mode: Option<PauseMode>, caller: &Principal) -> Result<(), Error> {
+        let record = self.owned(id, caller).await?;
+        let snapshotting = self
+            .store
+            .snapshots()
+            .await?
+            .iter()
+            .any(|s| s.sandbox_id == id && s.state == SnapshotState::Creating);
+        if snapshotting {
+            return Err(Error::Conflict(Conflict::SnapshotInProgress(id.to_owned())));
+        }
+        match mode.unwrap_or(record.pause_policy.snapshot_type) {
+            PauseMode::Freeze => self.freeze(id, Freeze::Pause, caller).await,
+            PauseMode::Rootfs => self.hibernate(id, caller).await,
+        }
     }
 
-    /// `POST /sandboxes/{id}/resume`: thaws a paused sandbox. 409 when it is not paused.
+    /// `POST /sandboxes/{id}/resume`: thaws a frozen sandbox, or creates a Rootfs-paused one
+    /// again. 409 when it is not paused.
     pub async fn resume(&self, id: &str, caller: &Principal) -> Result<(), Error> {
-        self.freeze(id, Freeze::Resume, caller).await
+        let record = self.owned(id, caller).await?;
+        if record.phase == Phase::Hibernated {
+            self.restore(record).await
+        } else {
+            self.freeze(id, Freeze::Resume, caller).await
+        }
+    }
+
+    /// A Rootfs pause: commit (the sandbox frozen meanwhile, retried as a Freeze pause is),
+    /// then remove the container. A failed commit leaves the sandbox Running as it was.
+    async fn hibernate(&self, id: &str, caller: &Principal) -> Result<(), Error> {
+        if !self.runtime.capabilities().snapshots {
+            return Err(Error::Unsupported(Feature::Snapshots));
+        }
+        let (mut record, instance) = self.freezer_target(id, Freeze::Pause, caller).await?;
+        if record.launch.is_none() {
+            let why = if record.pool.is_some() {
+                "it runs in a warm pool's member; pause it with Freeze, or release it"
+            } else {
+                "it was created before sandboxd kept what a Rootfs resume needs; pause it with Freeze"
+            };
+            return Err(Error::Conflict(Conflict::NotRestorable(format!(
+                "sandbox {id} cannot be paused with Rootfs: {why}"
+            ))));
+        }
+        let from = record.phase;
+        let image = format!("{PAUSED_REPOSITORY}/{id}:{}", now_ms());
+        record.phase = Phase::Committing;
+        record.transition_at = now_ms();
+        record.hibernation = Some(Hibernation {
+            image: image.clone(),
+            previous: instance.clone(),
+            suspended_ms: None,
+        });
+        if !self.store.update_from(&record, from).await? {
+            return Err(Freeze::Pause.refused(id, "Pausing".into()));
+        }
+        let commit = || self.runtime.commit(&instance, &image, ImageRole::Paused);
+        let (committed, tries) = retry_transient(commit, tokio::time::sleep).await;
+        let removed = match committed {
+            Ok(()) => self.runtime.remove(&instance).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            // Still running as it was: back to Ready, without the image.
+            let _ = self.runtime.remove_image(&image).await;
+            record.phase = from;
+            record.hibernation = None;
+            record.transition_at = now_ms();
+            self.store.update_from(&record, Phase::Committing).await?;
+            let e = match e {
+                RuntimeError::Transient(m) => {
+                    let e = Error::FreezerGaveUp { verb: "pause", tries };
+                    tracing::warn!(sandbox = id, error = %m, "{e}");
+                    e
+                }
+                other => other.into(),
+            };
+            self.log_event_because(
+                id,
+                EventType::PauseFailed,
+                Some(ROOTFS.into()),
+                format!("Rootfs pause failed: {e}"),
+            )
+            .await;
+            return Err(e);
+        }
+        // The instance ran from an earlier pause's image, which nothing uses now.
+        let earlier = record.launch.as_mut().and_then(|l| l.image.take());
+        let now = now_ms();
+        record.instance = None;
+        record.phase = Phase::Hibernated;
+        record.transition_at = now;
+        if record.pause_policy.suspend_expiry {
+            if let (Some(h), Some(at)) = (record.hibernation.as_mut(), record.expires_at.take()) {
+                h.suspended_ms = Some((at - now).max(0));
+            }
+        }
+        if !self.store.update_from(&record, Phase::Committing).await? {
+            // Deleted (or expired) during the commit: the images have no sandbox left.
+            if let Some(l) = record.launch.as_mut() {
+                l.image = earlier;
+            }
+            self.remove_paused_images(&record).await;
+            return Err(Error::no_sandbox(id));
+        }
+        if let Some(image) = earlier {
+            if let Err(e) = self.runtime.remove_image(&image).await {
+                tracing::warn!(sandbox = id, %image, error = %e, "cannot remove an earlier pause's image");
+            }
+        }
+        self.expiry_changed.notify_one();
+        self.log_event_because(
+            id,
+            EventType::Paused,
+            Some(ROOTFS.into()),
+            with_tries(
+                &format!("paused (Rootfs): committed to {image}, the container removed"),
+                tries,
+            ),
+        )
+        .await;
+        tracing::info!(sandbox = id, %image, "sandbox hibernated");
+        Ok(())
+    }
+
+    /// A Rootfs resume: the container again, from the hibernation's image, waited for until
+    /// execd answers. On failure the sandbox stays Rootfs-paused, for another try.
+    async fn restore(&self, mut record: Record) -> Result<(), Error> {
+        let id = record.id.clone();
+        let (Some(hibernation), Some(launch)) = (record.hibernation.clone(), record.launch.clone()) else {
+            return Err(Error::Conflict(Conflict::NotRestorable(format!(
+                "sandbox {id} is Rootfs-paused but its record lacks what a resume needs"
+            ))));
+        };
+        record.phase = Phase::Restoring;
+        record.transition_at = now_ms();
+        if !self.store.update_from(&record, Phase::Hibernated).await? {
+            return Err(Freeze::Resume.refused(&id, "Resuming".into()));
+        }
+        let expires_at = match hibernation.suspended_ms {
+            Some(left) => Some(now_ms() + left),
+            None => record.expires_at,
+        };
+        let mut env = launch.env.clone();
+        // The hook ran at create; its work is in the committed filesystem.
+        env.remove(LIFECYCLE_ENV);
+        let spec = SandboxSpec {
+            id: id.clone(),
+            image: hibernation.image.clone(),
+            entrypoint: record.entrypoint.clone(),
+            env,
+            labels: record.metadata.clone(),
+            expires_at,
+            resources: launch.resources,
+            mounts: launch.mounts.clone(),
+            isolation: launch.isolation,
+            files: Vec::new(),
+            purpose: Purpose::Sandbox,
+            previous: Some(hibernation.previous.clone()),
+        };
+        let started = async {
+            let instance = self.runtime.create(spec).await?;
+            let ready = match self.runtime.target(&instance, EXECD_PORT) {
+                Some(target) => self
+                    .wait_ready(&instance, &target, &record.token, false)
+                    .await
+                    .map(drop),
+                None => Err(self
+                    .exit_error(&instance)
+                    .await?
+                    .unwrap_or_else(|| Error::StartFailed("the runtime published no port for execd".into()))),
+            };
+            match ready {
+                Ok(()) => Ok(instance),
+                Err(e) => {
+                    if let Err(removal) = self.runtime.remove(&instance).await {
+                        tracing::error!(sandbox = %id, error = %removal, "cannot remove a sandbox that failed to resume");
+                    }
+                    Err(e)
+                }
+            }
+        };
+        let instance = match started.await {
+            Ok(instance) => instance,
+            Err(e) => {
+                record.phase = Phase::Hibernated;
+                record.transition_at = now_ms();
+                self.store.update_from(&record, Phase::Restoring).await?;
+                self.log_event_because(
+                    &id,
+                    EventType::PauseFailed,
+                    Some(ROOTFS.into()),
+                    format!("Rootfs resume failed: {e}"),
+                )
+                .await;
+                return Err(e);
+            }
+        };
+        record.instance = Some(instance.clone());
+        record.phase = Phase::Ready;
+        record.transition_at = now_ms();
+        record.expires_at = expires_at;
+        record.hibernation = None;
+        if let Some(l) = record.launch.as_mut() {
+            l.image = Some(hibernation.image.clone());
+        }
+        if !self.store.update_from(&record, Phase::Restoring).await? {
+            // Deleted during the resume.
+            let _ = self.runtime.remove(&instance).await;
+            self.remove_paused_images(&record).await;
+            return Err(Error::no_sandbox(&id));
+        }
+        self.expiry_changed.notify_one();
+        self.log_event_because(
+            &id,
+            EventType::Resumed,
+            Some(ROOTFS.into()),
+            format!("resumed (Rootfs): running again from {}", hibernation.image),
+        )
+        .await;
+        tracing::info!(sandbox = %id, "sandbox restored");
+        Ok(())
     }
 
     async fn freeze(&self, id: &str, way: Freeze, caller: &Principal) -> Result<(), Error> {

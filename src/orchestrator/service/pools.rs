@@ -760,6 +760,11 @@ impl Service {
             timeout: req.timeout,
             env: shown_env,
             pool: None,
+            snapshot_id: None,
+            pause_policy: Default::default(),
+            // Its container is the pool member's: it cannot be Rootfs-paused.
+            launch: None,
+            hibernation: None,
         };
         let timeout = self.settings.pools.acquire_timeout;
         let deadline = Instant::now() + timeout;

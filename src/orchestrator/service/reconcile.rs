@@ -14,9 +14,17 @@ use std::collections::BTreeSet;
 use super::startup::STARTUP_INTERRUPTED;
 use super::Service;
 use crate::orchestrator::error::Error;
-use crate::orchestrator::runtime::Observed;
-use crate::orchestrator::store::{Failure, Phase};
+use crate::orchestrator::runtime::{Instance, Observed};
+use crate::orchestrator::store::{Failure, Phase, Record};
 use crate::wire::time::now_ms;
+
+/// What became of a sandbox in a Rootfs pause at start-up.
+enum Rootfs {
+    /// Kept (adopted).
+    Kept,
+    /// Expired or lost, and forgotten.
+    Removed,
+}
 
 /// What one reconciliation did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +84,23 @@ impl Service {
                 done.left_alone += 1;
                 continue;
             }
+            if matches!(
+                record.phase,
+                Phase::Committing | Phase::Hibernated | Phase::Restoring
+            ) {
+                let instance = live.get(record.runtime_key()).map(|(i, _)| i);
+                match self.reconcile_rootfs(record, instance, now).await {
+                    Ok(Rootfs::Kept) => done.adopted += 1,
+                    Ok(Rootfs::Removed) => done.removed += 1,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reconcile a Rootfs-paused sandbox");
+                        done.failed += 1;
+                    }
+                }
+                continue;
+            }
             let Some((instance, observed)) = live.get(record.runtime_key()) else {
+                self.remove_paused_images(&record).await;
                 match self.store.remove(&record.id).await {
                     Ok(_) => done.forgotten += 1,
                     Err(e) => {
@@ -106,6 +130,9 @@ impl Service {
                     Ok(()) => self.store.remove(&record.id).await.map(drop).map_err(Error::from),
                     Err(e) => Err(e.into()),
                 };
+                if removal.is_ok() {
+                    self.remove_paused_images(&record).await;
+                }
                 match removal {
                     Ok(()) => done.removed += 1,
                     Err(e) => {
@@ -153,6 +180,65 @@ impl Service {
         );
         self.expiry_changed.notify_one();
         Ok(done)
+    }
+
+    /// A sandbox in a Rootfs pause or resume: kept `Hibernated` (its image holds it; no
+    /// instance is expected), unless it has expired. A pause or resume that a restart cut
+    /// short is settled by what exists: a commit whose container still exists is undone (the
+    /// sandbox runs on, `Ready`); one whose container is gone had finished (the container is
+    /// removed only after the commit), so the sandbox is `Hibernated` if its image exists. A
+    /// resume's half-made container is removed and the sandbox is `Hibernated` again.
+    async fn reconcile_rootfs(
+        &self,
+        mut record: Record,
+        live: Option<&Instance>,
+        now: i64,
+    ) -> Result<Rootfs, Error> {
+        match record.phase {
+            Phase::Committing => match live {
+                Some(_) => {
+                    if let Some(h) = record.hibernation.take() {
+                        let _ = self.runtime.remove_image(&h.image).await;
+                    }
+                    record.phase = Phase::Ready;
+                }
+                None => {
+                    let image = record.hibernation.as_ref().map(|h| h.image.clone());
+                    let present = match &image {
+                        Some(image) => self.runtime.image_present(image, None).await?,
+                        None => false,
+                    };
+                    if !present {
+                        tracing::warn!(sandbox = %record.id, "a Rootfs pause cut short left neither container nor image; forgotten");
+                        self.store.remove(&record.id).await?;
+                        return Ok(Rootfs::Removed);
+                    }
+                    record.instance = None;
+                    record.phase = Phase::Hibernated;
+                    if record.pause_policy.suspend_expiry {
+                        if let (Some(h), Some(at)) = (record.hibernation.as_mut(), record.expires_at.take()) {
+                            h.suspended_ms = Some((at - now).max(0));
+                        }
+                    }
+                }
+            },
+            Phase::Restoring => {
+                if let Some(instance) = live {
+                    self.runtime.remove(instance).await?;
+                }
+                record.instance = None;
+                record.phase = Phase::Hibernated;
+            }
+            _ => {}
+        }
+        if record.phase == Phase::Hibernated && record.expires_at.is_some_and(|t| t <= now) {
+            self.store.remove(&record.id).await?;
+            self.remove_paused_images(&record).await;
+            return Ok(Rootfs::Removed);
+        }
+        record.transition_at = now;
+        self.store.update(&record).await?;
+        Ok(Rootfs::Kept)
     }
 
     /// Removes the sandboxes of this instance that have no record: a create the runtime

@@ -21,10 +21,10 @@ use crate::orchestrator::error::{Conflict, Error};
 use crate::orchestrator::execd_client::Ping;
 use crate::orchestrator::runtime::{Instance, Observed, Purpose, Resources, SandboxSpec, Target, EXECD_PORT};
 use crate::orchestrator::spec::{self, Plan};
-use crate::orchestrator::store::{EventType, Failure, NewEvent, Phase, Record, Source, TemplateRef};
+use crate::orchestrator::store::{EventType, Failure, Launch, NewEvent, Phase, Record, Source, TemplateRef};
 use crate::wire::lifecycle::{
     CreateSandboxRequest, CreateSandboxResponse, Endpoint, ImageSpec, Lifecycle, ListSandboxesResponse,
-    RenewExpiration, Sandbox, SandboxAllocation, SandboxStatus, LIFECYCLE_ENV,
+    PausePolicy, RenewExpiration, Sandbox, SandboxAllocation, SandboxStatus, LIFECYCLE_ENV,
 };
 use crate::wire::time::{format_ms, now_ms, parse_ms};
 
@@ -83,7 +83,9 @@ impl Service {
             return self.acquire_for_create(&pool, req, caller, business_domain).await;
         }
         let (req, template) = self.resolve_template(req, caller).await?;
+        let (req, snapshot) = self.resolve_snapshot(req, caller).await?;
         let mut plan = spec::plan(req, &self.settings.limits)?;
+        plan.snapshot_id = snapshot;
         if let Some(t) = &template {
             t.apply(&mut plan);
         }
@@ -143,8 +145,20 @@ impl Service {
             timeout: plan.timeout,
             env: plan.env.clone(),
             pool: None,
+            snapshot_id: plan.snapshot_id.clone(),
+            pause_policy: plan.pause_policy,
+            launch: None,
+            hibernation: None,
         };
         self.store.insert(&record).await?;
+        if let Some(snapshot) = &plan.snapshot_id {
+            // Recorded first, checked after: a snapshot delete either sees this sandbox, or
+            // has already moved the snapshot on from Ready, which this sees.
+            if let Err(e) = self.usable_snapshot(snapshot, caller).await {
+                self.discard(&record).await;
+                return Err(e);
+            }
+        }
         self.log_event(
             &record.id,
             EventType::Created,
@@ -232,6 +246,20 @@ impl Service {
             tracing::error!(sandbox = %record.id, error = %e, "cannot forget sandbox");
         }
         self.lifecycle.forget(&record.id);
+        self.remove_paused_images(record).await;
+    }
+
+    /// Removes the images Rootfs pauses committed a forgotten sandbox to: the one it is
+    /// paused in, and the one its instance ran from after a resume. Best effort (logged),
+    /// since the sandbox is forgotten either way.
+    pub(super) async fn remove_paused_images(&self, record: &Record) {
+        let hibernated = record.hibernation.as_ref().map(|h| &h.image);
+        let resumed = record.launch.as_ref().and_then(|l| l.image.as_ref());
+        for image in hibernated.into_iter().chain(resumed) {
+            if let Err(e) = self.runtime.remove_image(image).await {
+                tracing::warn!(sandbox = %record.id, %image, error = %e, "cannot remove a paused sandbox's image");
+            }
+        }
     }
 
     /// What the runtime is asked to create for a sandbox (or pool member) `id` whose execd
@@ -287,6 +315,7 @@ impl Service {
             isolation: plan.isolation,
             files: plan.files,
             purpose: Purpose::Sandbox,
+            previous: None,
         })
     }
 
@@ -294,6 +323,13 @@ impl Service {
     /// when `gated` (a pre-start hook or readiness probe follows), until it answers at all.
     async fn provision(&self, record: &mut Record, plan: Plan, gated: bool) -> Result<Provisioned, Error> {
         let spec = self.sandbox_spec(&record.id, &record.token, record.expires_at, plan)?;
+        record.launch = Some(Launch {
+            env: spec.env.clone(),
+            resources: spec.resources,
+            mounts: spec.mounts.clone(),
+            isolation: spec.isolation,
+            image: None,
+        });
         let t = Instant::now();
         let instance = self.runtime.create(spec).await?;
         record.instance = Some(instance.clone());
@@ -325,7 +361,7 @@ impl Service {
     }
 
     /// When the sandbox has already ended: an error with its exit code and last output.
-    async fn exit_error(&self, instance: &Instance) -> Result<Option<Error>, Error> {
+    pub(super) async fn exit_error(&self, instance: &Instance) -> Result<Option<Error>, Error> {
         let code = match self.runtime.observe(instance).await? {
             Observed::Exited { code, .. } => code,
             Observed::Gone => {
@@ -540,6 +576,7 @@ impl Service {
         self.log_event(id, EventType::Deleted, "deleted").await;
         self.store.remove(id).await?;
         self.lifecycle.forget(id);
+        self.remove_paused_images(&record).await;
         self.expiry_changed.notify_one();
         tracing::info!(sandbox = id, "sandbox deleted");
         Ok(())
@@ -597,10 +634,14 @@ impl Service {
                 body.expires_at
             )));
         }
-        if record.expires_at.is_none() {
-            return Err(Error::Conflict(Conflict::NoExpiry(id.to_owned())));
+        match &mut record.hibernation {
+            // The clock is stopped while Rootfs-paused: the renewal is what is left at resume.
+            Some(h) if h.suspended_ms.is_some() => h.suspended_ms = Some(at - now_ms()),
+            _ if record.expires_at.is_none() => {
+                return Err(Error::Conflict(Conflict::NoExpiry(id.to_owned())))
+            }
+            _ => record.expires_at = Some(at),
         }
-        record.expires_at = Some(at);
         if !self.store.update(&record).await? {
             return Err(Error::no_sandbox(id));
         }
@@ -687,8 +728,10 @@ impl Service {
         let target = match record.phase {
             _ if record.failure.is_some() => Err(not_running("Failed")),
             Phase::Pending | Phase::PreStart | Phase::Probing => Err(not_running("Pending")),
-            Phase::Paused => Err(not_running("Paused")),
+            Phase::Paused | Phase::Hibernated => Err(not_running("Paused")),
             Phase::Released => Err(not_running("Terminated")),
+            Phase::Committing => Err(not_running("Pausing")),
+            Phase::Restoring => Err(not_running("Resuming")),
             Phase::Ready => self.target(&record, port),
         };
         Ok(ProxyRoute {
@@ -756,10 +799,11 @@ pub struct ProxyRoute {
 pub(super) fn view(record: &Record, observed: &Observed) -> Sandbox {
     Sandbox {
         id: record.id.clone(),
-        image: Some(ImageSpec {
+        image: record.snapshot_id.is_none().then(|| ImageSpec {
             uri: record.image.clone(),
             auth: None,
         }),
+        snapshot_id: record.snapshot_id.clone(),
         platform: record.platform.clone(),
         status: status(record, observed),
         metadata: Some(record.metadata.clone()),
@@ -777,6 +821,7 @@ pub(super) fn view(record: &Record, observed: &Observed) -> Sandbox {
         timeout: record.timeout,
         env: Some(record.env.clone()).filter(|e| !e.is_empty()),
         allocation: allocation(record),
+        pause_policy: Some(record.pause_policy).filter(|p| *p != PausePolicy::default()),
     }
 }
 
@@ -813,6 +858,13 @@ pub(super) fn status(record: &Record, observed: &Observed) -> SandboxStatus {
         Phase::PreStart => return s("Pending", "PRE_START_RUNNING", None),
         Phase::Probing => return s("Pending", "READINESS_PROBE", None),
         Phase::Released => return s("Terminated", "RELEASED", Some("released to its pool".into())),
+        // A Rootfs pause and resume: the record is the truth (there may be no instance).
+        Phase::Committing => return s("Pausing", "COMMITTING", None),
+        Phase::Hibernated => {
+            let message = "paused with Rootfs: the filesystem is kept, processes start afresh on resume";
+            return s("Paused", "HIBERNATED", Some(message.into()));
+        }
+        Phase::Restoring => return s("Resuming", "RESTORING", None),
         Phase::Ready | Phase::Paused => {}
     }
     match observed {

@@ -529,7 +529,7 @@ async fn pause_retries_the_freezer_and_resume_thaws() {
     rig.fake.fail(Op::Pause, 2, || {
         RuntimeError::Transient("unable to freeze".into())
     });
-    rig.service.pause(&id, &root()).await.unwrap();
+    rig.service.pause(&id, None, &root()).await.unwrap();
     assert_eq!(rig.fake.calls(Op::Pause), 3);
     assert_eq!(
         rig.service.get(&id, &root()).await.unwrap().status.state,
@@ -550,7 +550,7 @@ async fn pause_retries_the_freezer_and_resume_thaws() {
         .unwrap_err();
     assert!(matches!(&e, Error::Conflict(Conflict::NotRunning { state, .. }) if state == "Paused"));
 
-    let e = rig.service.pause(&id, &root()).await.unwrap_err();
+    let e = rig.service.pause(&id, None, &root()).await.unwrap_err();
     assert!(
         matches!(&e, Error::Conflict(Conflict::NotRunning { state, .. }) if state == "Paused"),
         "{e:?}"
@@ -575,7 +575,7 @@ async fn a_freezer_that_keeps_failing_leaves_the_sandbox_running() {
     rig.fake.fail(Op::Pause, 5, || {
         RuntimeError::Transient("unable to freeze".into())
     });
-    let e = rig.service.pause(&id, &root()).await.unwrap_err();
+    let e = rig.service.pause(&id, None, &root()).await.unwrap_err();
     assert!(
         matches!(
             e,
@@ -665,7 +665,7 @@ async fn someone_elses_sandbox_is_not_found_on_every_route() {
         .id;
     let gone = |r: Result<(), Error>| matches!(r, Err(Error::NotFound { .. }));
     assert!(gone(rig.service.get(&id, &bob).await.map(drop)));
-    assert!(gone(rig.service.pause(&id, &bob).await));
+    assert!(gone(rig.service.pause(&id, None, &bob).await));
     assert!(gone(rig.service.resume(&id, &bob).await));
     assert!(gone(rig.service.delete(&id, &bob).await));
     assert!(gone(
@@ -958,7 +958,7 @@ async fn a_pre_start_sandbox_is_pending_at_once_and_running_when_its_hook_finish
         matches!(route.target, Err(Error::Conflict(Conflict::NotRunning { ref state, .. })) if state == "Pending")
     );
     assert!(matches!(
-        rig.service.pause(&id, &root()).await,
+        rig.service.pause(&id, None, &root()).await,
         Err(Error::Conflict(_))
     ));
 

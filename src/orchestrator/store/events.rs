@@ -51,6 +51,12 @@ pub enum EventType {
     Allocated,
     /// Given back to its pool.
     Released,
+    /// A snapshot of it is Ready (the message names it).
+    SnapshotTaken,
+    /// A snapshot of it failed (the message says why).
+    SnapshotFailed,
+    /// Sandboxes were forked from it.
+    Forked,
     /// Deleted: the journal is kept for the retention period after this.
     Deleted,
     /// A line of the event log of a sandboxd older than the journal.
@@ -80,6 +86,9 @@ impl EventType {
             EventType::Killed => "Killed",
             EventType::Allocated => "Allocated",
             EventType::Released => "Released",
+            EventType::SnapshotTaken => "SnapshotTaken",
+            EventType::SnapshotFailed => "SnapshotFailed",
+            EventType::Forked => "Forked",
             EventType::Deleted => "Deleted",
             EventType::Note => "Note",
         }

@@ -18,6 +18,7 @@ mod executions;
 mod pools;
 mod prepulls;
 mod sandboxes;
+mod snapshots;
 mod templates;
 mod tokens;
 
@@ -31,7 +32,8 @@ pub use events::{Event, EventType, NewEvent, Source, EVENTS_KEPT};
 pub use executions::{BatchPlace, BatchRow, ExecutionFilter, ExecutionRow};
 pub use pools::{MemberRow, MemberState, PoolRow};
 pub use prepulls::{PrepullFilter, PrepullRow, PREPULLS_KEPT_MS};
-pub use sandboxes::{Failure, Phase, PoolLink, Record, RowError, TemplateRef};
+pub use sandboxes::{Failure, Hibernation, Launch, Phase, PoolLink, Record, RowError, TemplateRef};
+pub use snapshots::{SnapshotRow, SnapshotSource, SnapshotState};
 pub use templates::{ApplyError, TemplateChange, TemplateRow, VersionRow};
 pub use tokens::TokenRecord;
 
@@ -299,6 +301,27 @@ const MIGRATIONS: &[&str] = &[
         total INTEGER NOT NULL,
         created_at INTEGER NOT NULL
      );",
+    // 9: snapshots; the snapshot a sandbox was made from, its pause policy, what it was
+    // launched with (for a Rootfs resume) and, while Rootfs-paused, its hibernation (JSON).
+    "CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        name TEXT,
+        owner TEXT NOT NULL,
+        image TEXT NOT NULL,
+        source TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        message TEXT,
+        created_at INTEGER NOT NULL,
+        transition_at INTEGER NOT NULL
+     );
+     CREATE INDEX snapshots_sandbox ON snapshots (sandbox_id);
+     ALTER TABLE sandboxes ADD COLUMN snapshot_id TEXT;
+     CREATE INDEX sandboxes_snapshot ON sandboxes (snapshot_id);
+     ALTER TABLE sandboxes ADD COLUMN pause_policy TEXT;
+     ALTER TABLE sandboxes ADD COLUMN launch TEXT;
+     ALTER TABLE sandboxes ADD COLUMN hibernation TEXT;",
 ];
 
 /// The schema version this build writes.

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{sql, Store, StoreError};
-use crate::orchestrator::runtime::{Instance, RuntimeKind};
-use crate::wire::lifecycle::PlatformSpec;
+use crate::orchestrator::runtime::{Instance, Mount, Resources, RuntimeKind};
+use crate::wire::lifecycle::{PausePolicy, PlatformSpec};
 
 const TABLE: &str = "sandboxes";
 
@@ -29,6 +29,15 @@ pub enum Phase {
     /// A pool-backed sandbox given back to its pool (`POST /sandboxes/{id}/release`): no
     /// instance any more; the record stays, `Terminated`, until its short expiry.
     Released,
+    /// A Rootfs pause is committing the sandbox's filesystem (its hibernation is recorded):
+    /// `Pausing`, `COMMITTING`.
+    Committing,
+    /// Rootfs-paused: no instance, the filesystem in the hibernation's image: `Paused`,
+    /// `HIBERNATED`.
+    Hibernated,
+    /// A Rootfs resume is creating the sandbox again from its hibernation's image:
+    /// `Resuming`, `RESTORING`.
+    Restoring,
 }
 
 impl Phase {
@@ -40,6 +49,9 @@ impl Phase {
             Phase::Ready => "ready",
             Phase::Paused => "paused",
             Phase::Released => "released",
+            Phase::Committing => "committing",
+            Phase::Hibernated => "hibernated",
+            Phase::Restoring => "restoring",
         }
     }
 
@@ -51,6 +63,9 @@ impl Phase {
             "ready" => Some(Phase::Ready),
             "paused" => Some(Phase::Paused),
             "released" => Some(Phase::Released),
+            "committing" => Some(Phase::Committing),
+            "hibernated" => Some(Phase::Hibernated),
+            "restoring" => Some(Phase::Restoring),
             _ => None,
         }
     }
@@ -103,6 +118,15 @@ pub struct Record {
     /// For a sandbox acquired from a warm pool: the pool and the member whose instance it
     /// runs in.
     pub pool: Option<PoolLink>,
+    /// The snapshot it was made from.
+    pub snapshot_id: Option<String>,
+    /// How it pauses.
+    pub pause_policy: PausePolicy,
+    /// What the runtime was asked to create (`None` for sandboxes made before it was kept,
+    /// which cannot be Rootfs-paused).
+    pub launch: Option<Launch>,
+    /// Where its filesystem is kept while Rootfs-paused (set from `Committing` to `Restoring`).
+    pub hibernation: Option<Hibernation>,
 }
 
 impl Record {
@@ -111,6 +135,38 @@ impl Record {
     pub fn runtime_key(&self) -> &str {
         self.pool.as_ref().map_or(&self.id, |p| &p.member)
     }
+}
+
+/// What a sandbox was launched with, beyond its record: what a Rootfs resume creates it with
+/// again (from its hibernation's image, without files: they are in the image).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Launch {
+    /// The environment the runtime was given (sandboxd's variables included).
+    pub env: BTreeMap<String, String>,
+    /// Limits.
+    pub resources: Resources,
+    /// Volumes (named volumes survive a Rootfs pause and are mounted again).
+    pub mounts: Vec<Mount>,
+    /// Isolated sessions.
+    pub isolation: bool,
+    /// The image the instance runs from when a Rootfs resume made it from its hibernation's
+    /// (`None`: the record's): removed with the instance, since nothing else uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// A Rootfs-paused sandbox's filesystem and what it had.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hibernation {
+    /// The committed image, `sandboxd-paused/<id>:<epoch ms>` (a tag per pause, so that the
+    /// image a resumed instance runs from is never re-tagged by the next pause and can be
+    /// removed by name after it).
+    pub image: String,
+    /// The instance it had (a resume tries its host ports first).
+    pub previous: Instance,
+    /// With `suspendExpiry`: the milliseconds it had left when paused (its `expires_at` is
+    /// cleared meanwhile, and set again on resume).
+    pub suspended_ms: Option<i64>,
 }
 
 /// The pool member a pool-backed sandbox runs in.
@@ -153,7 +209,8 @@ pub struct RowError {
 
 const COLUMNS: &str = "id, runtime, runtime_ref, runtime_data, image, entrypoint, metadata, \
      extensions, platform, token, created_at, expires_at, phase, transition_at, owner, business_domain, \
-     template_id, template_name, template_version, failure, name, resource_limits, timeout, env, pool, pool_member";
+     template_id, template_name, template_version, failure, name, resource_limits, timeout, env, pool, pool_member, \
+     snapshot_id, pause_policy, launch, hibernation";
 
 impl Store {
     /// Adds a new sandbox.
@@ -163,14 +220,16 @@ impl Store {
             .await
     }
 
-    /// Writes back every mutable column of `r`. Returns false when the sandbox is gone.
+    /// Writes back every mutable column of `r` (its launch is set once, after create). Returns
+    /// false when the sandbox is gone.
     pub async fn update(&self, r: &Record) -> Result<bool, StoreError> {
         let r = r.clone();
         self.call(move |c| {
             let (runtime, reference, data) = instance_columns(&r);
             c.execute(
                 "UPDATE sandboxes SET runtime = ?2, runtime_ref = ?3, runtime_data = ?4,
-                 metadata = ?5, expires_at = ?6, phase = ?7, transition_at = ?8, failure = ?9 WHERE id = ?1",
+                 metadata = ?5, expires_at = ?6, phase = ?7, transition_at = ?8, failure = ?9,
+                 hibernation = ?10, launch = ?11 WHERE id = ?1",
                 params![
                     r.id,
                     runtime,
@@ -180,11 +239,60 @@ impl Store {
                     r.expires_at,
                     r.phase.as_str(),
                     r.transition_at,
-                    r.failure.as_ref().map(json)
+                    r.failure.as_ref().map(json),
+                    r.hibernation.as_ref().map(json),
+                    r.launch.as_ref().map(json),
                 ],
             )
             .map(|n| n == 1)
             .map_err(sql("update a sandbox"))
+        })
+        .await
+    }
+
+    /// Writes back `r` (as [`Store::update`]) only if the stored phase is still `from`: the
+    /// one writer that wins a transition (two pauses at once, a resume racing a pause).
+    /// Returns false when the phase had moved on (or the sandbox is gone).
+    pub async fn update_from(&self, r: &Record, from: Phase) -> Result<bool, StoreError> {
+        let r = r.clone();
+        self.call(move |c| {
+            let (runtime, reference, data) = instance_columns(&r);
+            c.execute(
+                "UPDATE sandboxes SET runtime = ?2, runtime_ref = ?3, runtime_data = ?4,
+                 metadata = ?5, expires_at = ?6, phase = ?7, transition_at = ?8, failure = ?9,
+                 hibernation = ?10, launch = ?11 WHERE id = ?1 AND phase = ?12",
+                params![
+                    r.id,
+                    runtime,
+                    reference,
+                    data,
+                    json(&r.metadata),
+                    r.expires_at,
+                    r.phase.as_str(),
+                    r.transition_at,
+                    r.failure.as_ref().map(json),
+                    r.hibernation.as_ref().map(json),
+                    r.launch.as_ref().map(json),
+                    from.as_str(),
+                ],
+            )
+            .map(|n| n == 1)
+            .map_err(sql("update a sandbox"))
+        })
+        .await
+    }
+
+    /// How many sandboxes were made from snapshot `id`.
+    pub async fn count_from_snapshot(&self, id: &str) -> Result<u64, StoreError> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM sandboxes WHERE snapshot_id = ?1",
+                [&id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(sql("count a snapshot's sandboxes"))
         })
         .await
     }
@@ -284,7 +392,7 @@ impl Store {
 pub(super) fn insert_row(c: &Connection, r: &Record) -> rusqlite::Result<()> {
     let (runtime, reference, data) = instance_columns(r);
     c.execute(
-                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"),
+                &format!("INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"),
                 params![
                     r.id,
                     runtime,
@@ -312,6 +420,10 @@ pub(super) fn insert_row(c: &Connection, r: &Record) -> rusqlite::Result<()> {
                     json(&r.env),
                     r.pool.as_ref().map(|p| p.pool.clone()),
                     r.pool.as_ref().map(|p| p.member.clone()),
+                    r.snapshot_id,
+                    json(&r.pause_policy),
+                    r.launch.as_ref().map(json),
+                    r.hibernation.as_ref().map(json),
                 ],
             )
     .map(drop)
@@ -360,6 +472,10 @@ struct Raw {
     env: String,
     pool: Option<String>,
     pool_member: Option<String>,
+    snapshot_id: Option<String>,
+    pause_policy: Option<String>,
+    launch: Option<String>,
+    hibernation: Option<String>,
 }
 
 fn raw(r: &Row<'_>) -> rusqlite::Result<Raw> {
@@ -390,6 +506,10 @@ fn raw(r: &Row<'_>) -> rusqlite::Result<Raw> {
         env: r.get(23)?,
         pool: r.get(24)?,
         pool_member: r.get(25)?,
+        snapshot_id: r.get(26)?,
+        pause_policy: r.get(27)?,
+        launch: r.get(28)?,
+        hibernation: r.get(29)?,
     })
 }
 
@@ -449,6 +569,22 @@ fn record(raw: Raw) -> Result<Record, RowError> {
         (Some(pool), Some(member)) => Some(PoolLink { pool, member }),
         _ => return Err(corrupt("pool_member")),
     };
+    let pause_policy = raw
+        .pause_policy
+        .map(|p| serde_json::from_str(&p))
+        .transpose()
+        .map_err(|_| corrupt("pause_policy"))?
+        .unwrap_or_default();
+    let launch = raw
+        .launch
+        .map(|l| serde_json::from_str(&l))
+        .transpose()
+        .map_err(|_| corrupt("launch"))?;
+    let hibernation = raw
+        .hibernation
+        .map(|h| serde_json::from_str(&h))
+        .transpose()
+        .map_err(|_| corrupt("hibernation"))?;
     Ok(Record {
         id: id.clone(),
         instance,
@@ -475,6 +611,10 @@ fn record(raw: Raw) -> Result<Record, RowError> {
             .map_err(|_| corrupt("timeout"))?,
         env,
         pool,
+        snapshot_id: raw.snapshot_id,
+        pause_policy,
+        launch,
+        hibernation,
     })
 }
 
@@ -514,6 +654,10 @@ mod tests {
             timeout: expires_at.map(|_| 60),
             env: BTreeMap::from([("K".into(), "v".into())]),
             pool: None,
+            snapshot_id: None,
+            pause_policy: PausePolicy::default(),
+            launch: None,
+            hibernation: None,
         }
     }
 
@@ -574,14 +718,53 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut r = sample("s", 1, None);
+        r.snapshot_id = Some("snap-1".into());
+        r.pause_policy = PausePolicy {
+            snapshot_type: crate::wire::lifecycle::PauseMode::Rootfs,
+            suspend_expiry: true,
+        };
+        r.launch = Some(Launch {
+            env: BTreeMap::from([("EXECD_ACCESS_TOKEN".into(), "t".into())]),
+            resources: Resources {
+                nano_cpus: Some(1),
+                memory: None,
+                pids: 9,
+            },
+            mounts: vec![Mount::Volume {
+                name: "v".into(),
+                sub_path: Some("a".into()),
+                mount_path: "/v".into(),
+                read_only: true,
+            }],
+            isolation: false,
+            image: None,
+        });
         store.insert(&r).await.unwrap();
+        assert_eq!(store.get("s").await.unwrap().unwrap(), r);
+        let instance = Instance {
+            kind: RuntimeKind::Docker,
+            reference: "c1".into(),
+            data: "{}".into(),
+        };
         for phase in [
             Phase::PreStart,
             Phase::Probing,
             Phase::Ready,
             Phase::Paused,
+            Phase::Committing,
+            Phase::Hibernated,
+            Phase::Restoring,
+            Phase::Released,
             Phase::Pending,
         ] {
+            r.hibernation = (phase == Phase::Hibernated).then(|| Hibernation {
+                image: "sandboxd-paused/s:1".into(),
+                previous: instance.clone(),
+                suspended_ms: Some(5),
+            });
+            if phase == Phase::Restoring {
+                r.launch.as_mut().unwrap().image = Some("sandboxd-paused/s:1".into());
+            }
             r.phase = phase;
             r.failure = (phase == Phase::PreStart).then(|| Failure {
                 reason: "PRE_START_FAILED".into(),
@@ -590,6 +773,11 @@ mod tests {
             assert!(store.update(&r).await.unwrap());
             assert_eq!(store.get("s").await.unwrap().unwrap(), r, "{phase:?}");
         }
+        // A transition from a phase the row is no longer in does nothing.
+        r.phase = Phase::Ready;
+        assert!(!store.update_from(&r, Phase::Hibernated).await.unwrap());
+        assert!(store.update_from(&r, Phase::Pending).await.unwrap());
+        assert_eq!(store.get("s").await.unwrap().unwrap().phase, Phase::Ready);
     }
 
     /// A state file exactly as sandboxd wrote it before schema versions (version 0 on disk,

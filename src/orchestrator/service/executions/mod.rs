@@ -400,7 +400,9 @@ impl Service {
         let state = match record.phase {
             _ if record.failure.is_some() => Some("Failed"),
             Phase::Pending | Phase::PreStart | Phase::Probing => Some("Pending"),
-            Phase::Paused => Some("Paused"),
+            Phase::Paused | Phase::Hibernated => Some("Paused"),
+            Phase::Committing => Some("Pausing"),
+            Phase::Restoring => Some("Resuming"),
             Phase::Released => Some("Terminated"),
             Phase::Ready => None,
         };

@@ -368,7 +368,7 @@ async fn bad_requests_are_refused_before_anything_runs() {
         .await
         .unwrap_err();
     assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
-    rig.service.pause(&id, &root()).await.unwrap();
+    rig.service.pause(&id, None, &root()).await.unwrap();
     let e = rig
         .service
         .submit_execution(&id, req(serde_json::json!({"command": "echo"})), None, &root())
