@@ -26,6 +26,7 @@ mod sandboxd_limits;
 mod sandboxd_startup;
 mod security;
 mod session;
+mod snapshots;
 mod template_builds;
 mod util;
 mod watch;

@@ -70,3 +70,44 @@ def test_rate_limits_reach_the_sdk_as_upstream_means_them():
             except Exception:
                 pass
         server.stop()
+
+
+def test_snapshot_create_restore_list_and_delete(sandboxd, sandboxes, config):
+    """The 1.1.1 SDK's snapshot calls: `Sandbox.create_snapshot`, the manager's
+    get/list/delete, and `Sandbox.create(snapshot_id=...)`; a snapshot in use is not deleted."""
+    import pytest
+    from opensandbox import SandboxManagerSync, SandboxSync
+    from opensandbox.exceptions import SandboxApiException
+    from opensandbox.models.sandboxes import SnapshotFilter
+
+    from conftest import BUSYBOX_IMAGE
+    from helpers import wait_for
+
+    src = sandboxes.create(config, BUSYBOX_IMAGE, entrypoint=["sleep", "infinity"])
+    sh(src, "echo 'from the source' > /tmp/snap.txt")
+    snap = src.create_snapshot(name="sdk-snap")
+    assert snap.sandbox_id == src.id
+    assert snap.name == "sdk-snap"
+    assert snap.status.state == "Creating"
+    manager = SandboxManagerSync.create(connection_config=config)
+    wait_for(lambda: manager.get_snapshot(snap.id).status.state == "Ready", timeout=120, what="a Ready snapshot")
+    listed = manager.list_snapshots(SnapshotFilter(sandbox_id=src.id, states=["Ready"]))
+    assert [s.id for s in listed.snapshot_infos] == [snap.id]
+    assert listed.pagination.total_items == 1
+    named = manager.list_snapshots(SnapshotFilter(name="sdk-snap", sandbox_id=src.id))
+    assert [s.id for s in named.snapshot_infos] == [snap.id]
+
+    child = SandboxSync.create(snapshot_id=snap.id, metadata={"sdk-run": sandboxd.run_id},
+                               connection_config=config, entrypoint=["sleep", "infinity"])
+    sandboxes.created.append(child)
+    assert sh(child, "cat /tmp/snap.txt") == "from the source"
+    assert child.get_info().snapshot_id == snap.id
+
+    with pytest.raises(SandboxApiException) as refused:
+        manager.delete_snapshot(snap.id)
+    assert refused.value.status_code == 409
+    child.kill()
+    manager.delete_snapshot(snap.id)
+    with pytest.raises(SandboxApiException) as gone:
+        manager.get_snapshot(snap.id)
+    assert gone.value.status_code == 404
