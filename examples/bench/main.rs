@@ -23,6 +23,7 @@ mod lifecycle;
 mod limits;
 mod pools;
 mod prepull;
+mod snapshots;
 mod templates;
 mod terminal;
 
@@ -59,6 +60,7 @@ fn areas() -> Vec<(&'static str, Vec<Section>)> {
         ("templates", templates::sections()),
         ("pools", pools::sections()),
         ("executions", executions::sections()),
+        ("snapshots", snapshots::sections()),
     ]
 }
 

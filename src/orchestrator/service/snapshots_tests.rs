@@ -533,7 +533,7 @@ async fn a_fork_whose_sandbox_fails_leaves_nothing_of_itself() {
         .unwrap_err();
     assert!(matches!(e, Error::Runtime(RuntimeError::Rejected(_))), "{e:?}");
     let ids: Vec<String> = rig.fake.sandboxes().values().map(|s| s.spec.id.clone()).collect();
-    assert_eq!(ids, [source.clone()], "only the source is left");
+    assert_eq!(ids, std::slice::from_ref(&source), "only the source is left");
     let page = SnapshotFilter {
         page: 1,
         page_size: 20,
