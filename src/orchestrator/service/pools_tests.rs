@@ -725,3 +725,39 @@ async fn members_show_in_the_containers_view_and_their_events_in_the_sandbox_jou
     let kinds: Vec<&str> = journal.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["Allocated", "Exited"], "{journal:?}");
 }
+
+#[tokio::test]
+async fn a_pooled_sandbox_pauses_with_freeze_and_snapshots_but_not_with_rootfs() {
+    let rig = rig(Duration::from_secs(5)).await;
+    let s = &rig.service;
+    s.create_pool(pool_request("pausing", capacity(0, 1, 0, 2)), &root())
+        .await
+        .unwrap();
+    rig.wait_available("pausing", 1).await;
+    let sandbox = rig.acquire("pausing").await.unwrap();
+    let e = s
+        .pause(
+            &sandbox.id,
+            Some(crate::wire::lifecycle::PauseMode::Rootfs),
+            &root(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Conflict(Conflict::NotRestorable(m)) if m.contains("pool")),
+        "{e:?}"
+    );
+    let snap = s
+        .create_snapshot(&sandbox.id, Default::default(), &root())
+        .await
+        .unwrap();
+    let id = snap.id.clone();
+    wait_for("the pooled sandbox's snapshot is Ready", || {
+        let (s, id) = (s.clone(), id.clone());
+        async move { s.get_snapshot(&id, &root()).await.unwrap().status.state == "Ready" }
+    })
+    .await;
+    s.pause(&sandbox.id, None, &root()).await.unwrap();
+    assert_eq!(s.get(&sandbox.id, &root()).await.unwrap().status.state, "Paused");
+    s.resume(&sandbox.id, &root()).await.unwrap();
+}
