@@ -891,7 +891,7 @@ async fn bad_input_gets_clear_errors_and_leaves_nothing() {
     assert_eq!(list["pagination"]["totalItems"], 0, "{list}");
 
     // Routes of the 1.1.1 server that the Docker runtime does not offer: 501, not 404.
-    for path in ["/v1/sandboxes/x/networkpolicy", "/v1/snapshots"] {
+    for path in ["/v1/sandboxes/x/networkpolicy"] {
         let (status, err) = d.json(Method::GET, path, None).await;
         assert_eq!(status, 501, "{path}: {err}");
         assert!(
