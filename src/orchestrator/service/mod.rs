@@ -226,16 +226,20 @@ fn paginate<T>(items: Vec<T>, page: u32, page_size: u32) -> (Vec<T>, crate::wire
         .skip(skip as usize)
         .take(size as usize)
         .collect();
-    (
-        page_items,
-        crate::wire::lifecycle::Pagination {
-            page,
-            page_size,
-            total_items: total,
-            total_pages: total.div_ceil(size),
-            has_next_page: skip + size < total,
-        },
-    )
+    (page_items, page_of(page, page_size, total))
+}
+
+/// Where page `page` of `page_size` items sits among `total`.
+fn page_of(page: u32, page_size: u32, total: u64) -> crate::wire::lifecycle::Pagination {
+    let size = u64::from(page_size.max(1));
+    let skip = u64::from(page.max(1) - 1) * size;
+    crate::wire::lifecycle::Pagination {
+        page,
+        page_size,
+        total_items: total,
+        total_pages: total.div_ceil(size),
+        has_next_page: skip + size < total,
+    }
 }
 
 #[cfg(test)]

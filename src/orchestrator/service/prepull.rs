@@ -40,7 +40,6 @@ use crate::orchestrator::auth::{Perm, Principal, Role};
 use crate::orchestrator::error::{Error, Kind};
 use crate::orchestrator::runtime::{Platform, PullError, PullFailure, RegistryAuth};
 use crate::orchestrator::store::{PrepullFilter, PrepullRow, PREPULLS_KEPT_MS};
-use crate::wire::lifecycle::Pagination;
 use crate::wire::prepull::{
     CreatePrepullRequest, ListPrepullsResponse, PrepullProgress, PrepullState, PrepullStatus, PrepullTask,
     DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT,
@@ -369,17 +368,9 @@ impl Service {
             page_size: query.page_size.clamp(1, 200),
         };
         let (rows, total) = self.store.prepulls(&filter).await?;
-        let size = u64::from(filter.page_size);
-        let pages = total.div_ceil(size);
         Ok(ListPrepullsResponse {
             items: rows.iter().map(task).collect(),
-            pagination: Pagination {
-                page: filter.page,
-                page_size: filter.page_size,
-                total_items: total,
-                total_pages: pages,
-                has_next_page: u64::from(filter.page) < pages,
-            },
+            pagination: super::page_of(filter.page, filter.page_size, total),
         })
     }
 

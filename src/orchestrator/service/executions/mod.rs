@@ -41,7 +41,6 @@ use crate::wire::executions::{
     Execution, ExecutionOutput, ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus,
     ExecutionType, ListExecutionsResponse, DEFAULT_TIMEOUT, MAX_TIMEOUT, MAX_WAIT,
 };
-use crate::wire::lifecycle::Pagination;
 use crate::wire::time::{format_ms, now_ms};
 use crate::wire::{EventType, StreamEvent};
 
@@ -632,17 +631,9 @@ impl Service {
             page_size: query.page_size.clamp(1, 200),
         };
         let (rows, total) = self.store.executions(&filter).await?;
-        let size = u64::from(filter.page_size);
-        let pages = total.div_ceil(size);
         Ok(ListExecutionsResponse {
             items: rows.iter().map(execution).collect(),
-            pagination: Pagination {
-                page: filter.page,
-                page_size: filter.page_size,
-                total_items: total,
-                total_pages: pages,
-                has_next_page: u64::from(filter.page) < pages,
-            },
+            pagination: super::page_of(filter.page, filter.page_size, total),
         })
     }
 
