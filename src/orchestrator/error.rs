@@ -219,7 +219,7 @@ pub enum Conflict {
         /// Its state.
         state: String,
     },
-    /// An isolated execution, which this server cannot run.
+    /// An isolated execution in a sandbox made without isolated sessions.
     IsolationUnavailable,
     /// A snapshot sandboxes were made from (the message names how many).
     SnapshotInUse(String),
@@ -264,7 +264,8 @@ impl fmt::Display for Conflict {
                 write!(f, "execution {id} has already finished ({state})")
             }
             Conflict::IsolationUnavailable => f.write_str(
-                "isolated executions are not available: execd's isolated sessions are not wired to executions yet",
+                "isolated executions need a sandbox made with extensions[\"bootstrap.execd.isolation\"] = \"enable\" \
+                 (on a sandboxd started with an isolation profile)",
             ),
         }
     }

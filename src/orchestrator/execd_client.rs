@@ -717,6 +717,56 @@ impl ExecdClient {
             .map_err(|_| ExecdError::Unreachable(format!("no answer within {EXEC_TIMEOUT:?}")))?
     }
 
+    /// `POST /v1/isolated/session`: a new isolated session; its id.
+    pub async fn create_isolated_session(
+        &self,
+        target: &Target,
+        token: &str,
+        request: &crate::wire::isolated::CreateIsolatedSessionRequest,
+    ) -> Result<String, ExecdError> {
+        let body = serde_json::to_vec(request).map_err(|e| ExecdError::Unreachable(e.to_string()))?;
+        let bytes = self
+            .exchange(
+                target,
+                token,
+                hyper::Method::POST,
+                "/v1/isolated/session",
+                Some(("application/json", body)),
+            )
+            .await?;
+        serde_json::from_slice::<crate::wire::isolated::IsolatedCreateSessionResponse>(&bytes)
+            .map(|s| s.session_id)
+            .map_err(|e| ExecdError::Broken(format!("not an isolated session: {e}")))
+    }
+
+    /// `POST /v1/isolated/session/{sid}/run` in the foreground: its events as they come (execd
+    /// interrupts the run if this stream is dropped before its end).
+    pub async fn run_isolated(
+        &self,
+        target: &Target,
+        token: &str,
+        session: &str,
+        request: &crate::wire::isolated::IsolatedRunRequest,
+    ) -> Result<EventStream, ExecdError> {
+        let body = serde_json::to_vec(request).map_err(|e| ExecdError::Unreachable(e.to_string()))?;
+        let path = format!("/v1/isolated/session/{}/run", encode(session));
+        self.stream(target, token, hyper::Method::POST, &path, Some(body), &[])
+            .await
+    }
+
+    /// `DELETE /v1/isolated/session/{sid}`: kills its processes and removes it.
+    pub async fn delete_isolated_session(
+        &self,
+        target: &Target,
+        token: &str,
+        session: &str,
+    ) -> Result<(), ExecdError> {
+        let path = format!("/v1/isolated/session/{}", encode(session));
+        self.exchange(target, token, hyper::Method::DELETE, &path, None)
+            .await
+            .map(drop)
+    }
+
     /// `DELETE /directories?path=`: `rm -rf`.
     pub async fn remove_dir(&self, target: &Target, token: &str, path: &str) -> Result<(), ExecdError> {
         let path = format!("/directories?path={}", encode(path));

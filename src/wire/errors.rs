@@ -461,7 +461,7 @@ pub const EXECUTION_ISOLATION_UNAVAILABLE: ErrorCode = entry(
     409,
     alias::STATE_CONFLICT,
     "Isolation unavailable",
-    "Run without isolated: true; isolated executions are not available on this server",
+    "Create the sandbox with extensions[\"bootstrap.execd.isolation\"]=\"enable\", or run without isolated: true",
     false,
 );
 

@@ -166,8 +166,9 @@ pub struct ExecutionRequest {
     /// Working directory (commands and handlers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
-    /// Run inside an execd isolated session (not built yet: 409
-    /// `EXECUTION::ISOLATION_UNAVAILABLE` when true).
+    /// Commands and handlers: run inside a fresh execd isolated session (the sandbox needs
+    /// `extensions["bootstrap.execd.isolation"]="enable"`, else 409
+    /// `EXECUTION::ISOLATION_UNAVAILABLE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolated: Option<bool>,
     /// One-shot (`POST /v1/executions` only): the template to make the sandbox from.

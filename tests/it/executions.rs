@@ -680,3 +680,134 @@ async fn a_one_shot_execution_from_a_pool_releases_its_member_and_a_full_pool_is
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
 }
+
+#[tokio::test]
+async fn isolated_executions_run_in_a_jail_of_their_own() {
+    let Some((image, d)) = setup("python") else { return };
+    let mut body = sandbox_body(image, &["tail", "-f", "/dev/null"]);
+    body["extensions"] = json!({"bootstrap.execd.isolation": "enable"});
+    let sb = d.create(body).await["id"].as_str().unwrap().to_owned();
+
+    // A command: its own hostname, the sandbox's files read-only, a private /tmp.
+    let e = run(
+        &d,
+        &sb,
+        json!({"command": "hostname; touch /etc/x 2>/dev/null && echo wrote || echo read-only; echo mine > /tmp/mine; cat /tmp/mine; echo $GREETING",
+               "isolated": true, "envs": {"GREETING": "hi"}, "cwd": "/tmp"}),
+    )
+    .await;
+    assert_eq!(state(&e), "Succeeded", "{e}");
+    let (_, result) = d
+        .json(
+            Method::GET,
+            &format!("/v1/executions/{}/result", e["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(result["stdout"], "sandbox\nread-only\nmine\nhi\n", "{result}");
+    let outside = run(
+        &d,
+        &sb,
+        json!({"command": "test -e /tmp/mine && echo leaked || echo clean; hostname"}),
+    )
+    .await;
+    let (_, outside) = d
+        .json(
+            Method::GET,
+            &format!("/v1/executions/{}/result", outside["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(
+        outside["stdout"].as_str().unwrap().starts_with("clean\n"),
+        "{outside}"
+    );
+    assert_ne!(
+        outside["stdout"], "clean\nsandbox\n",
+        "the plain run is not jailed: {outside}"
+    );
+
+    // argv, quoted as given.
+    let e = run(
+        &d,
+        &sb,
+        json!({"argv": ["printf", "%s|", "a b", "it's"], "isolated": true}),
+    )
+    .await;
+    let (_, result) = d
+        .json(
+            Method::GET,
+            &format!("/v1/executions/{}/result", e["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    // (execd's events carry whole lines, so the last one ends with a newline here too.)
+    assert_eq!(result["stdout"], "a b|it's|\n", "{result}");
+
+    // The seed's handler, isolated: the result comes back through its bound directory.
+    let e = run(
+        &d,
+        &sb,
+        json!({"code": "def handler(event):\n    print('noise')\n    return {\"status\": \"ok\", \"data\": event}",
+               "event": {"name": "Alice"}, "isolated": true}),
+    )
+    .await;
+    assert_eq!(state(&e), "Succeeded", "{e}");
+    let (_, result) = d
+        .json(
+            Method::GET,
+            &format!("/v1/executions/{}/result", e["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        result["result"],
+        json!({"status": "ok", "data": {"name": "Alice"}}),
+        "{result}"
+    );
+    assert_eq!(result["stdout"], "noise\n", "{result}");
+
+    // A timeout ends the session, and with it the run.
+    let e = run(
+        &d,
+        &sb,
+        json!({"code": "import time\ndef handler(event):\n    time.sleep(600)", "event": {}, "isolated": true, "timeout": 1}),
+    )
+    .await;
+    assert_eq!(state(&e), "TimedOut", "{e}");
+
+    // Every run's session is gone once it ended.
+    let execd = d.endpoint(&sb, 44772, false).await;
+    let sessions: Value = execd
+        .req(Method::GET, "/v1/isolated/sessions")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sessions["sessions"], json!([]), "{sessions}");
+
+    // Code runs in a context, which a session has not; a sandbox without the extension says why.
+    let (status, err) = d
+        .json(
+            Method::POST,
+            &format!("/v1/sandboxes/{sb}/executions"),
+            Some(json!({"code": "1 + 1", "isolated": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    let plain = d.create(sandbox_body(image, &["tail", "-f", "/dev/null"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, err) = d
+        .json(
+            Method::POST,
+            &format!("/v1/sandboxes/{plain}/executions"),
+            Some(json!({"command": "true", "isolated": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert_eq!(err["code"], "EXECUTION::ISOLATION_UNAVAILABLE", "{err}");
+}

@@ -15,7 +15,7 @@ use super::run::{outcome_of, Sandbox};
 use super::runner::Language;
 use super::{new_id, new_row, validate, Job, Live};
 use crate::orchestrator::auth::{Perm, Principal};
-use crate::orchestrator::error::{Error, Kind};
+use crate::orchestrator::error::{Conflict, Error, Kind};
 use crate::orchestrator::runtime::EXECD_PORT;
 use crate::orchestrator::service::Service;
 use crate::orchestrator::store::{BatchPlace, BatchRow, ExecutionFilter, ExecutionRow, Record};
@@ -91,6 +91,9 @@ impl Service {
         caller.require(Perm::Write)?;
         let jobs = validate_batch(&req)?;
         let record = self.running_sandbox(sandbox_id, caller).await?;
+        if jobs.iter().any(|(_, job)| job.isolated) && !super::isolation_enabled(&record) {
+            return Err(Error::Conflict(Conflict::IsolationUnavailable));
+        }
         let batch = BatchRow {
             id: format!("batch-{}", uuid::Uuid::new_v4()),
             owner: caller.id.clone(),

@@ -196,6 +196,8 @@ pub(super) struct Job {
     pub timeout: u64,
     pub envs: Option<std::collections::BTreeMap<String, String>>,
     pub cwd: Option<String>,
+    /// Run inside an execd isolated session (commands and handlers).
+    pub isolated: bool,
 }
 
 /// What a job runs.
@@ -287,8 +289,11 @@ pub(super) fn validate(req: &ExecutionRequest, one_shot: bool) -> Result<Job, Er
             return Err(Error::invalid(format!("envs: {bad:?} is not a variable name")));
         }
     }
-    if req.isolated == Some(true) {
-        return Err(Error::Conflict(Conflict::IsolationUnavailable));
+    let isolated = req.isolated == Some(true);
+    if isolated && kind == ExecutionType::Code {
+        return Err(Error::invalid(
+            "isolated applies to commands and handlers: code runs in a code context, which an isolated session has not",
+        ));
     }
     let payload = match kind {
         ExecutionType::Command => match (&req.command, &req.argv) {
@@ -329,7 +334,17 @@ pub(super) fn validate(req: &ExecutionRequest, one_shot: bool) -> Result<Job, Er
         timeout,
         envs: req.envs.clone(),
         cwd: req.cwd.clone(),
+        isolated,
     })
+}
+
+/// Whether `record`'s sandbox was made with execd's isolated sessions enabled
+/// (`extensions["bootstrap.execd.isolation"] = "enable"`).
+pub(super) fn isolation_enabled(record: &Record) -> bool {
+    record
+        .extensions
+        .get(crate::orchestrator::spec::ISOLATION_EXTENSION)
+        .is_some_and(|v| v == "enable")
 }
 
 fn is_identifier(name: &str) -> bool {
@@ -441,6 +456,9 @@ impl Service {
         caller.require(Perm::Write)?;
         let job = validate(&req, false)?;
         let record = self.running_sandbox(sandbox_id, caller).await?;
+        if job.isolated && !isolation_enabled(&record) {
+            return Err(Error::Conflict(Conflict::IsolationUnavailable));
+        }
         self.check_running_quota(caller).await?;
         let row = new_row(
             new_id(),

@@ -22,6 +22,9 @@ use crate::orchestrator::store::{ExecutionRow, Record};
 use crate::wire::code::{ContextRef, RunCodeRequest};
 use crate::wire::errors::{self as codes, ErrorCode};
 use crate::wire::executions::{ExecutionError, ExecutionOutput, ExecutionState, ExecutionType};
+use crate::wire::isolated::{
+    CreateIsolatedSessionRequest, IsolatedOverlaySpec, IsolatedRunRequest, MountMode,
+};
 use crate::wire::lifecycle::CreateSandboxRequest;
 use crate::wire::time::{format_ms, now_ms};
 use crate::wire::{ErrorDetail, EventType, RunCommandRequest, StreamEvent};
@@ -35,6 +38,23 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// execd's own time limit on a command sandboxd starts, beyond the execution's deadline: it
 /// ends the run should sandboxd not be there to interrupt it.
 const BACKSTOP: Duration = Duration::from_secs(10);
+
+/// The prefix of an isolated run's `execd_ref`, before its session id.
+const ISOLATED_REF: &str = "isolated:";
+
+/// The isolated session `row` runs in, if it does.
+fn isolated_session(row: &ExecutionRow) -> Option<&str> {
+    row.execd_ref.as_deref()?.strip_prefix(ISOLATED_REF)
+}
+
+/// `words` as one POSIX shell line, each single-quoted.
+fn shell_words(words: &[String]) -> String {
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', r"'\''")))
+        .collect();
+    quoted.join(" ")
+}
 
 /// How consuming a run's events ended.
 #[derive(Debug)]
@@ -167,6 +187,13 @@ impl Service {
                 .settle_execution(row, live, outcome(row, Ending::Lost(message)))
                 .await;
         };
+        if job.isolated && !super::isolation_enabled(&record) {
+            let o = outcome_of(
+                &codes::EXECUTION_ISOLATION_UNAVAILABLE,
+                crate::orchestrator::error::Conflict::IsolationUnavailable.to_string(),
+            );
+            return self.settle_execution(row, live, o).await;
+        }
         let sandbox = Sandbox { record, target };
         let now = now_ms();
         row.state = ExecutionState::Running;
@@ -179,6 +206,7 @@ impl Service {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!(execution = %row.id, error = %e, "execd did not start the run");
+                self.end_isolated_session(row, &sandbox).await;
                 let ending = match e {
                     ExecdError::Refused { message, .. } => Ending::Failed(message),
                     other if self.executor_gone(&sandbox).await => {
@@ -207,7 +235,9 @@ impl Service {
             (_, ending) => outcome(row, ending),
         };
         self.settle_execution(row, live, settled).await;
-        if row.kind == ExecutionType::Handler {
+        let isolated = isolated_session(row).is_some();
+        self.end_isolated_session(row, sandbox).await;
+        if row.kind == ExecutionType::Handler || isolated {
             let dir = runner::dir(&row.id);
             if let Err(e) = self
                 .execd
@@ -222,11 +252,14 @@ impl Service {
     /// Asks execd to start the run.
     async fn start(
         &self,
-        row: &ExecutionRow,
+        row: &mut ExecutionRow,
         job: &Job,
         sandbox: &Sandbox,
         context: Option<String>,
     ) -> Result<EventStream, ExecdError> {
+        if job.isolated {
+            return self.start_isolated(row, job, sandbox).await;
+        }
         let (target, token) = (&sandbox.target, sandbox.record.token.as_str());
         let backstop = i64::try_from((Duration::from_secs(job.timeout) + GRACE + BACKSTOP).as_millis())
             .unwrap_or(i64::MAX);
@@ -249,22 +282,8 @@ impl Service {
                     .start_command(target, token, &command(None, Some(argv.clone())))
                     .await
             }
-            Payload::Handler { code, handler, event } => {
-                let language = job.language.unwrap_or(Language::Python);
-                let dir = runner::dir(&row.id);
-                let event = serde_json::to_vec(event).unwrap_or_else(|_| b"null".to_vec());
-                self.execd
-                    .upload(
-                        target,
-                        token,
-                        &[
-                            (format!("{dir}/{}", language.file()), code.clone().into_bytes()),
-                            (format!("{dir}/event.json"), event),
-                        ],
-                    )
-                    .await?;
-                let deadline = format_ms(row.deadline_at.unwrap_or_default());
-                let argv = language.argv(&dir, handler, &row.id, &sandbox.record.id, &deadline);
+            Payload::Handler { .. } => {
+                let argv = self.upload_handler(row, job, sandbox).await?;
                 self.execd
                     .start_command(target, token, &command(None, Some(argv)))
                     .await
@@ -279,6 +298,106 @@ impl Service {
                 };
                 self.execd.run_code(target, token, &request).await
             }
+        }
+    }
+
+    /// Uploads a handler's code and event into its directory; the runner's argv.
+    async fn upload_handler(
+        &self,
+        row: &ExecutionRow,
+        job: &Job,
+        sandbox: &Sandbox,
+    ) -> Result<Vec<String>, ExecdError> {
+        let Payload::Handler { code, handler, event } = &job.payload else {
+            return Err(ExecdError::Broken("not a handler".into()));
+        };
+        let language = job.language.unwrap_or(Language::Python);
+        let dir = runner::dir(&row.id);
+        let event = serde_json::to_vec(event).unwrap_or_else(|_| b"null".to_vec());
+        self.execd
+            .upload(
+                &sandbox.target,
+                &sandbox.record.token,
+                &[
+                    (format!("{dir}/{}", language.file()), code.clone().into_bytes()),
+                    (format!("{dir}/event.json"), event),
+                ],
+            )
+            .await?;
+        let deadline = format_ms(row.deadline_at.unwrap_or_default());
+        Ok(language.argv(&dir, handler, &row.id, &sandbox.record.id, &deadline))
+    }
+
+    /// Starts the run inside a fresh execd isolated session (`/v1/isolated`): the sandbox's
+    /// filesystem read-only, a private `/tmp`, its own pid namespace and hostname, and the
+    /// run's directory bound read-write (a handler's `result.json` reaches sandboxd through it). The session is stored as the run's
+    /// `execd_ref` (deleted when the run ends, or to interrupt it). A foreground isolated run
+    /// ends when its stream drops, so it is not followed again: a broken stream is `Lost`.
+    async fn start_isolated(
+        &self,
+        row: &mut ExecutionRow,
+        job: &Job,
+        sandbox: &Sandbox,
+    ) -> Result<EventStream, ExecdError> {
+        let (target, token) = (&sandbox.target, sandbox.record.token.as_str());
+        // The run's directory (a handler's files and result), bound read-write: the one place
+        // it can write that outlives it until sandboxd removes the directory.
+        let overlays = vec![IsolatedOverlaySpec {
+            path: runner::dir(&row.id),
+            mode: Some(MountMode::Rw),
+            persist: None,
+        }];
+        let script = match &job.payload {
+            Payload::Shell(text) => text.clone(),
+            Payload::Argv(argv) => format!("exec {}", shell_words(argv)),
+            Payload::Handler { .. } => format!(
+                "exec {}",
+                shell_words(&self.upload_handler(row, job, sandbox).await?)
+            ),
+            Payload::Code { .. } => return Err(ExecdError::Broken("code does not run isolated".into())),
+        };
+        let script = match &job.cwd {
+            Some(cwd) => format!(
+                "cd {} || exit 1\n{script}",
+                shell_words(std::slice::from_ref(cwd))
+            ),
+            None => script,
+        };
+        let backstop = Duration::from_secs(job.timeout) + GRACE + BACKSTOP;
+        let session = self
+            .execd
+            .create_isolated_session(
+                target,
+                token,
+                &CreateIsolatedSessionRequest {
+                    overlays: Some(overlays),
+                    idle_timeout_seconds: i64::try_from(backstop.as_secs()).ok(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        row.execd_ref = Some(format!("{ISOLATED_REF}{session}"));
+        self.save(row).await;
+        let run = IsolatedRunRequest {
+            code: script,
+            envs: job.envs.clone(),
+            timeout_seconds: i64::try_from(backstop.as_secs()).ok(),
+            background: None,
+        };
+        self.execd.run_isolated(target, token, &session, &run).await
+    }
+
+    /// Deletes the isolated session of `row`'s run, if it has one (its processes die).
+    async fn end_isolated_session(&self, row: &ExecutionRow, sandbox: &Sandbox) {
+        let Some(session) = isolated_session(row) else {
+            return;
+        };
+        if let Err(e) = self
+            .execd
+            .delete_isolated_session(&sandbox.target, &sandbox.record.token, session)
+            .await
+        {
+            tracing::debug!(execution = %row.id, error = %e, "cannot delete the isolated session");
         }
     }
 
@@ -314,6 +433,9 @@ impl Service {
                     dirty = false;
                 }
                 let attempt = match (&row.execd_ref, row.kind) {
+                    _ if isolated_session(row).is_some() => {
+                        Err(ExecdError::Broken("an isolated run ends with its stream".into()))
+                    }
                     (Some(id), ExecutionType::Command | ExecutionType::Handler) => {
                         self.execd
                             .follow_command(target, token, id, row.last_event_id)
@@ -342,8 +464,12 @@ impl Service {
                             }
                         } else {
                             gone_since = None;
-                            if row.kind == ExecutionType::Code {
-                                return Ending::Lost(format!("the code run's stream broke off: {e}"));
+                            if row.kind == ExecutionType::Code || isolated_session(row).is_some() {
+                                // Not followed again; an interrupt already sent decides the end.
+                                return match interrupted {
+                                    Some((ending, _)) => ending,
+                                    None => Ending::Lost(format!("the run's stream broke off: {e}")),
+                                };
                             }
                         }
                     }
@@ -438,6 +564,9 @@ impl Service {
 
     /// Asks execd to interrupt the run (its process group, or its code cell).
     async fn interrupt(&self, row: &ExecutionRow, sandbox: &Sandbox) {
+        if isolated_session(row).is_some() {
+            return self.end_isolated_session(row, sandbox).await;
+        }
         let Some(id) = &row.execd_ref else { return };
         if let Err(e) = self
             .execd
@@ -744,7 +873,12 @@ impl Service {
             let live = self.executions.register(&row.id, row.state);
             let reattach = row.state == ExecutionState::Running
                 && row.execd_ref.is_some()
-                && row.kind != ExecutionType::Code;
+                && row.kind != ExecutionType::Code
+                && isolated_session(&row).is_none();
+            if let (Some(sandbox), false) = (&sandbox, reattach) {
+                // An isolated run died with sandboxd's stream; its session goes too.
+                self.end_isolated_session(&row, sandbox).await;
+            }
             match sandbox.filter(|_| reattach) {
                 Some(sandbox) => {
                     tracing::info!(execution = %row.id, after = row.last_event_id, "re-attaching to an execution");

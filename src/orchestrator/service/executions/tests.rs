@@ -332,6 +332,7 @@ async fn bad_requests_are_refused_before_anything_runs() {
         serde_json::json!({"command": "x", "contextId": "c"}),
         serde_json::json!({"command": "x", "templateId": "t"}),
         serde_json::json!({"argv": []}),
+        serde_json::json!({"code": "1", "isolated": true}),
     ];
     for body in invalid {
         let e = rig
@@ -359,6 +360,35 @@ async fn bad_requests_are_refused_before_anything_runs() {
         .await
         .unwrap_err();
     assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
+    // A sandbox made without isolated sessions cannot run an isolated job, alone or in a batch.
+    let e = rig
+        .service
+        .submit_execution(
+            &id,
+            req(serde_json::json!({"command": "true", "isolated": true})),
+            None,
+            &root(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Conflict(Conflict::IsolationUnavailable)),
+        "{e:?}"
+    );
+    let e = rig
+        .service
+        .submit_batch(
+            &id,
+            batch(serde_json::json!({"jobs": [{"id": "a", "command": "true"}, {"id": "b", "command": "true", "isolated": true}]})),
+            None,
+            &root(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Conflict(Conflict::IsolationUnavailable)),
+        "{e:?}"
+    );
     assert!(serde_json::from_value::<ExecutionRequest>(serde_json::json!({"comand": "x"})).is_err());
     // Someone else's sandbox is not found; a paused one is a conflict (and stays paused).
     let alice = user("alice", Role::User);
