@@ -811,3 +811,65 @@ async fn isolated_executions_run_in_a_jail_of_their_own() {
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
     assert_eq!(err["code"], "EXECUTION::ISOLATION_UNAVAILABLE", "{err}");
 }
+
+/// The host's node (a Debian package on every machine this project builds on), bound into a
+/// python sandbox read-only: the JavaScript runner end to end. Without it, the same handler
+/// is `EXECUTION::RUNTIME_NOT_FOUND`.
+#[tokio::test]
+async fn a_javascript_handler_runs_where_node_is() {
+    if !docker_available() {
+        return;
+    }
+    let node = std::fs::canonicalize(
+        String::from_utf8(
+            std::process::Command::new("sh")
+                .args(["-c", "command -v node"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim(),
+    )
+    .expect("node is needed on this host");
+    let node = node.to_str().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let d = Sandboxd::start_with(
+        data.path(),
+        &format!("js-{}", std::process::id()),
+        &["--allow-host-path", node],
+    );
+    let handler = json!({
+        "language": "javascript",
+        "code": "exports.handler = async (event, context) => {\n  console.log('side');\n  return {status: 'ok', data: event, via: context.sandboxId.length > 0};\n};",
+        "event": {"name": "Alice"},
+    });
+    let mut body = sandbox_body(image("python"), &["tail", "-f", "/dev/null"]);
+    body["volumes"] = json!([{"name": "node", "host": {"path": node}, "mountPath": "/usr/local/bin/node", "readOnly": true}]);
+    let with = d.create(body).await["id"].as_str().unwrap().to_owned();
+    let e = run(&d, &with, handler.clone()).await;
+    assert_eq!(state(&e), "Succeeded", "{e}");
+    let (_, result) = d
+        .json(
+            Method::GET,
+            &format!("/v1/executions/{}/result", e["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        result["result"],
+        json!({"status": "ok", "data": {"name": "Alice"}, "via": true}),
+        "{result}"
+    );
+    assert_eq!(result["stdout"], "side\n", "{result}");
+
+    let without = d
+        .create(sandbox_body(image("python"), &["tail", "-f", "/dev/null"]))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let e = run(&d, &without, handler).await;
+    assert_eq!(state(&e), "Failed", "{e}");
+    assert_eq!(e["status"]["reason"], "EXECUTION::RUNTIME_NOT_FOUND", "{e}");
+}

@@ -101,8 +101,9 @@ const fail = (kind, e) => {
   } catch (e) { fail('handler_error', e); }
   let text;
   try {
+    if (typeof result === 'function' || typeof result === 'symbol')
+      throw new TypeError(`a ${typeof result} is not JSON`);
     text = JSON.stringify({ok: true, result: result === undefined ? null : result});
-    if (text === undefined) throw new TypeError('the result is not JSON');
   } catch (e) { fail('not_serializable', e); }
   write(text);
   process.exit(0);
@@ -269,33 +270,36 @@ mod tests {
         assert_eq!(&argv[3..], ["/tmp/.sandboxd/exec-1", "main", "exec-1", "sb", "t"]);
     }
 
-    /// The runner itself, with the host's python3 when there is one: prints never reach the
-    /// result, coroutines are awaited, two-parameter handlers get the context, and failures
-    /// are classified.
+    /// Runs `language`'s runner on the host's interpreter (python3 and node are on every
+    /// machine this project is built on): the result, and what the handler printed.
+    fn run_runner(
+        language: Language,
+        code: &str,
+        handler: &str,
+        event: &str,
+    ) -> (Result<serde_json::Value, ExecutionError>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(language.file()), code).unwrap();
+        std::fs::write(dir.path().join("event.json"), event).unwrap();
+        let d = dir.path().to_str().unwrap();
+        let argv = language.argv(d, handler, "exec-1", "sb-1", "2030-01-01T00:00:00Z");
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("{} is needed on this host: {e}", argv[0]));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let bytes = std::fs::read(dir.path().join("result.json")).unwrap();
+        (
+            read_result(&bytes),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// The Python runner: prints never reach the result, coroutines are awaited,
+    /// two-parameter handlers get the context, and failures are classified.
     #[test]
     fn the_python_runner_runs_handlers() {
-        let Ok(python) = std::process::Command::new("python3").arg("--version").output() else {
-            eprintln!("no python3 on this host: skipped");
-            return;
-        };
-        assert!(python.status.success());
-        let run = |code: &str, handler: &str, event: &str| {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("handler.py"), code).unwrap();
-            std::fs::write(dir.path().join("event.json"), event).unwrap();
-            let d = dir.path().to_str().unwrap();
-            let argv = Language::Python.argv(d, handler, "exec-1", "sb-1", "2030-01-01T00:00:00Z");
-            let out = std::process::Command::new(&argv[0])
-                .args(&argv[1..])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let bytes = std::fs::read(dir.path().join("result.json")).unwrap();
-            (
-                read_result(&bytes),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-            )
-        };
+        let run = |code: &str, handler: &str, event: &str| run_runner(Language::Python, code, handler, event);
         let (r, stdout) = run(
             "def handler(event):\n    print('{\"ok\": false}')\n    return {\"status\": \"ok\", \"data\": event}\n",
             "handler",
@@ -328,6 +332,59 @@ mod tests {
         let (r, _) = run("def handler(event):\n    return {1, 2}\n", "handler", "{}");
         assert_eq!(r.unwrap_err().code, "EXECUTION::RESULT_NOT_SERIALIZABLE");
         let (r, _) = run("def handler(event:\n", "handler", "{}");
+        assert_eq!(r.unwrap_err().name.as_deref(), Some("SyntaxError"));
+    }
+
+    /// The JavaScript runner, the same cases: prints beside the result, async and
+    /// two-parameter handlers, a handler found as a plain function or an export, failures.
+    #[test]
+    fn the_javascript_runner_runs_handlers() {
+        let run =
+            |code: &str, handler: &str, event: &str| run_runner(Language::JavaScript, code, handler, event);
+        let (r, stdout) = run(
+            "function handler(event) {\n  console.log('{\"ok\": false}');\n  return {status: 'ok', data: event};\n}\n",
+            "handler",
+            r#"{"name":"Alice"}"#,
+        );
+        assert_eq!(
+            r,
+            Ok(serde_json::json!({"status": "ok", "data": {"name": "Alice"}}))
+        );
+        assert_eq!(stdout, "{\"ok\": false}\n");
+        let (r, _) = run(
+            "exports.main = async (event, context) => { await null; return context.executionId; };\n",
+            "main",
+            "null",
+        );
+        assert_eq!(r, Ok(serde_json::json!("exec-1")));
+        let (r, _) = run("function handler(event) { return event.x.y; }\n", "handler", "{}");
+        let e = r.unwrap_err();
+        assert_eq!(
+            (e.code.as_str(), e.name.as_deref()),
+            ("EXECUTION::HANDLER_ERROR", Some("TypeError"))
+        );
+        assert!(
+            e.traceback.iter().any(|l| l.contains("handler.js")),
+            "{:?}",
+            e.traceback
+        );
+        let (r, _) = run("const x = 1;\n", "handler", "{}");
+        assert_eq!(r.unwrap_err().code, "EXECUTION::HANDLER_NOT_FOUND");
+        let (r, _) = run("function handler() { return () => 1; }\n", "handler", "{}");
+        assert_eq!(
+            r.unwrap_err().code,
+            "EXECUTION::RESULT_NOT_SERIALIZABLE",
+            "not silently null"
+        );
+        let (r, _) = run("function handler() {}\n", "handler", "{}");
+        assert_eq!(
+            r,
+            Ok(serde_json::Value::Null),
+            "undefined is null, as Python's None"
+        );
+        let (r, _) = run("function handler() { return 10n; }\n", "handler", "{}");
+        assert_eq!(r.unwrap_err().code, "EXECUTION::RESULT_NOT_SERIALIZABLE");
+        let (r, _) = run("function handler(event {\n", "handler", "{}");
         assert_eq!(r.unwrap_err().name.as_deref(), Some("SyntaxError"));
     }
 }
