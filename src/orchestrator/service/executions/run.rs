@@ -415,7 +415,9 @@ impl Service {
         let left = row.deadline_at.unwrap_or(i64::MAX / 2) - now_ms();
         let deadline = Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0));
         let mut interrupted: Option<(Ending, Instant)> = None;
-        let mut persist = tokio::time::interval(PERSIST_EVERY);
+        // The first tick a period away: an interval's first tick is immediate, which would
+        // store the row between a run's first events, in its critical path.
+        let mut persist = tokio::time::interval_at(Instant::now() + PERSIST_EVERY, PERSIST_EVERY);
         persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty = false;
         let mut gone_since: Option<Instant> = None;
