@@ -604,7 +604,10 @@ impl Service {
                 created_at: now_ms(),
                 ready_at: None,
             };
-            self.store.insert_member(&member).await?;
+            if !self.store.insert_member(&member).await? {
+                tracing::debug!(pool = %pool.name, "pool deleted while scaling up");
+                return Ok(());
+            }
             self.pools.lock_warming().insert(member.id.clone());
             let (service, pool) = (self.clone(), pool.clone());
             tasks.spawn(async move { service.follow_warm_up(pool, member).await });

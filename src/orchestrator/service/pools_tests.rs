@@ -399,7 +399,11 @@ async fn an_allocated_sandbox_survives_pool_delete() {
     let kept = rig.acquire("doomed").await.unwrap();
     rig.wait_available("doomed", 2).await;
     s.delete_pool("doomed").await.unwrap();
-    assert_eq!(rig.fake.sandboxes().len(), 1, "idle members are removed");
+    // Idle members go at once; one still warming goes when its warm-up sees the pool gone.
+    wait_for("idle and warming members are removed", || async {
+        s.pools.lock_warming().is_empty() && rig.fake.sandboxes().len() == 1
+    })
+    .await;
     assert_eq!(s.get(&kept.id, &root()).await.unwrap().status.state, "Running");
     assert!(matches!(
         s.get_pool("doomed").await.unwrap_err(),
@@ -422,7 +426,7 @@ async fn members_of_a_deleted_pool_left_behind_are_removed_and_stale_warming_one
     // A row of a pool that no longer exists, with its container, as a crash would leave.
     let instance = rig.fake.plant("pm-left", Observed::Running);
     s.store
-        .insert_member(&MemberRow {
+        .insert_stray_member(&MemberRow {
             id: "pm-left".into(),
             pool: "gone".into(),
             state: MemberState::Idle,
@@ -436,7 +440,7 @@ async fn members_of_a_deleted_pool_left_behind_are_removed_and_stale_warming_one
         .unwrap();
     // A warming member nothing follows (sandboxd restarted mid warm-up).
     s.store
-        .insert_member(&MemberRow {
+        .insert_stray_member(&MemberRow {
             id: "pm-stale".into(),
             pool: "gone".into(),
             state: MemberState::Warming,

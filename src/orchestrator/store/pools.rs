@@ -235,16 +235,34 @@ impl Store {
     }
 
     /// Adds a member (before its instance exists, so that no sweep takes its container for an
-    /// orphan).
-    pub async fn insert_member(&self, m: &MemberRow) -> Result<(), StoreError> {
+    /// orphan), in the same statement as the check that its pool still exists: false when the
+    /// pool was deleted meanwhile (a reconciler pass that read it before), and nothing stored.
+    pub async fn insert_member(&self, m: &MemberRow) -> Result<bool, StoreError> {
+        self.put_member(m, true).await
+    }
+
+    /// [`Store::insert_member`] without the pool check: a member a crash left behind.
+    #[cfg(test)]
+    pub async fn insert_stray_member(&self, m: &MemberRow) -> Result<(), StoreError> {
+        self.put_member(m, false).await.map(drop)
+    }
+
+    async fn put_member(&self, m: &MemberRow, pool_must_exist: bool) -> Result<bool, StoreError> {
         let m = m.clone();
         self.call(move |c| {
             let (runtime, reference, data) = match &m.instance {
                 Some(i) => (Some(i.kind.as_str()), Some(i.reference.clone()), Some(i.data.clone())),
                 None => (None, None, None),
             };
+            let guard = if pool_must_exist {
+                " WHERE EXISTS (SELECT 1 FROM pools WHERE name = ?2)"
+            } else {
+                ""
+            };
             c.execute(
-                &format!("INSERT INTO pool_members ({MEMBER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                &format!(
+                    "INSERT INTO pool_members ({MEMBER_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10{guard}"
+                ),
                 params![
                     m.id,
                     m.pool,
@@ -258,7 +276,7 @@ impl Store {
                     m.ready_at
                 ],
             )
-            .map(drop)
+            .map(|n| n == 1)
             .map_err(sql("insert a pool member"))
         })
         .await

@@ -295,96 +295,60 @@ mod tests {
         )
     }
 
-    /// The Python runner: prints never reach the result, coroutines are awaited,
-    /// two-parameter handlers get the context, and failures are classified.
-    #[test]
-    fn the_python_runner_runs_handlers() {
-        let run = |code: &str, handler: &str, event: &str| run_runner(Language::Python, code, handler, event);
-        let (r, stdout) = run(
-            "def handler(event):\n    print('{\"ok\": false}')\n    return {\"status\": \"ok\", \"data\": event}\n",
-            "handler",
-            r#"{"name":"Alice"}"#,
-        );
-        assert_eq!(
-            r,
-            Ok(serde_json::json!({"status": "ok", "data": {"name": "Alice"}}))
-        );
-        assert_eq!(stdout, "{\"ok\": false}\n");
-        let (r, _) = run(
-            "import asyncio\nasync def main(event, context):\n    await asyncio.sleep(0)\n    return context['executionId']\n",
-            "main",
-            "null",
-        );
-        assert_eq!(r, Ok(serde_json::json!("exec-1")));
-        let (r, _) = run("def handler(event):\n    return event['x']\n", "handler", "{}");
-        let e = r.unwrap_err();
-        assert_eq!(
-            (e.code.as_str(), e.name.as_deref()),
-            ("EXECUTION::HANDLER_ERROR", Some("KeyError"))
-        );
-        assert!(
-            e.traceback.iter().any(|l| l.contains("KeyError")),
-            "{:?}",
-            e.traceback
-        );
-        let (r, _) = run("x = 1\n", "handler", "{}");
-        assert_eq!(r.unwrap_err().code, "EXECUTION::HANDLER_NOT_FOUND");
-        let (r, _) = run("def handler(event):\n    return {1, 2}\n", "handler", "{}");
-        assert_eq!(r.unwrap_err().code, "EXECUTION::RESULT_NOT_SERIALIZABLE");
-        let (r, _) = run("def handler(event:\n", "handler", "{}");
-        assert_eq!(r.unwrap_err().name.as_deref(), Some("SyntaxError"));
+    /// What one case expects of a runner.
+    enum Expect {
+        /// This result, and this printed output (when given).
+        Result(serde_json::Value, Option<&'static str>),
+        /// This error code, and this exception name (when given).
+        Error(&'static str, Option<&'static str>),
     }
 
-    /// The JavaScript runner, the same cases: prints beside the result, async and
-    /// two-parameter handlers, a handler found as a plain function or an export, failures.
+    /// Both runners over the same cases: prints never reach the result, coroutines are
+    /// awaited, two-parameter handlers get the context, a handler is found as a function or
+    /// an export, and failures are classified (a JS function result is not a silent null).
     #[test]
-    fn the_javascript_runner_runs_handlers() {
-        let run =
-            |code: &str, handler: &str, event: &str| run_runner(Language::JavaScript, code, handler, event);
-        let (r, stdout) = run(
-            "function handler(event) {\n  console.log('{\"ok\": false}');\n  return {status: 'ok', data: event};\n}\n",
-            "handler",
-            r#"{"name":"Alice"}"#,
-        );
-        assert_eq!(
-            r,
-            Ok(serde_json::json!({"status": "ok", "data": {"name": "Alice"}}))
-        );
-        assert_eq!(stdout, "{\"ok\": false}\n");
-        let (r, _) = run(
-            "exports.main = async (event, context) => { await null; return context.executionId; };\n",
-            "main",
-            "null",
-        );
-        assert_eq!(r, Ok(serde_json::json!("exec-1")));
-        let (r, _) = run("function handler(event) { return event.x.y; }\n", "handler", "{}");
-        let e = r.unwrap_err();
-        assert_eq!(
-            (e.code.as_str(), e.name.as_deref()),
-            ("EXECUTION::HANDLER_ERROR", Some("TypeError"))
-        );
-        assert!(
-            e.traceback.iter().any(|l| l.contains("handler.js")),
-            "{:?}",
-            e.traceback
-        );
-        let (r, _) = run("const x = 1;\n", "handler", "{}");
-        assert_eq!(r.unwrap_err().code, "EXECUTION::HANDLER_NOT_FOUND");
-        let (r, _) = run("function handler() { return () => 1; }\n", "handler", "{}");
-        assert_eq!(
-            r.unwrap_err().code,
-            "EXECUTION::RESULT_NOT_SERIALIZABLE",
-            "not silently null"
-        );
-        let (r, _) = run("function handler() {}\n", "handler", "{}");
-        assert_eq!(
-            r,
-            Ok(serde_json::Value::Null),
-            "undefined is null, as Python's None"
-        );
-        let (r, _) = run("function handler() { return 10n; }\n", "handler", "{}");
-        assert_eq!(r.unwrap_err().code, "EXECUTION::RESULT_NOT_SERIALIZABLE");
-        let (r, _) = run("function handler(event {\n", "handler", "{}");
-        assert_eq!(r.unwrap_err().name.as_deref(), Some("SyntaxError"));
+    fn both_runners_run_handlers_and_classify_failures() {
+        use serde_json::json;
+        use Expect::{Error as Fails, Result as Gives};
+        let alice = r#"{"name":"Alice"}"#;
+        let ok_alice = json!({"status": "ok", "data": {"name": "Alice"}});
+        let cases: [(Language, &str, &str, &str, Expect); 14] = [
+            (Language::Python, "def handler(event):\n    print('{\"ok\": false}')\n    return {\"status\": \"ok\", \"data\": event}\n", "handler", alice, Gives(ok_alice.clone(), Some("{\"ok\": false}\n"))),
+            (Language::Python, "import asyncio\nasync def main(event, context):\n    await asyncio.sleep(0)\n    return context['executionId']\n", "main", "null", Gives(json!("exec-1"), None)),
+            (Language::Python, "def handler(event):\n    return event['x']\n", "handler", "{}", Fails("EXECUTION::HANDLER_ERROR", Some("KeyError"))),
+            (Language::Python, "x = 1\n", "handler", "{}", Fails("EXECUTION::HANDLER_NOT_FOUND", None)),
+            (Language::Python, "def handler(event):\n    return {1, 2}\n", "handler", "{}", Fails("EXECUTION::RESULT_NOT_SERIALIZABLE", None)),
+            (Language::Python, "def handler(event:\n", "handler", "{}", Fails("EXECUTION::HANDLER_ERROR", Some("SyntaxError"))),
+            (Language::JavaScript, "function handler(event) {\n  console.log('{\"ok\": false}');\n  return {status: 'ok', data: event};\n}\n", "handler", alice, Gives(ok_alice, Some("{\"ok\": false}\n"))),
+            (Language::JavaScript, "exports.main = async (event, context) => { await null; return context.executionId; };\n", "main", "null", Gives(json!("exec-1"), None)),
+            (Language::JavaScript, "function handler(event) { return event.x.y; }\n", "handler", "{}", Fails("EXECUTION::HANDLER_ERROR", Some("TypeError"))),
+            (Language::JavaScript, "const x = 1;\n", "handler", "{}", Fails("EXECUTION::HANDLER_NOT_FOUND", None)),
+            (Language::JavaScript, "function handler() { return () => 1; }\n", "handler", "{}", Fails("EXECUTION::RESULT_NOT_SERIALIZABLE", None)),
+            (Language::JavaScript, "function handler() { return 10n; }\n", "handler", "{}", Fails("EXECUTION::RESULT_NOT_SERIALIZABLE", None)),
+            (Language::JavaScript, "function handler() {}\n", "handler", "{}", Gives(serde_json::Value::Null, None)),
+            (Language::JavaScript, "function handler(event {\n", "handler", "{}", Fails("EXECUTION::HANDLER_ERROR", Some("SyntaxError"))),
+        ];
+        for (language, code, handler, event, expect) in cases {
+            let (result, stdout) = run_runner(language, code, handler, event);
+            let case = format!("{} {code:?}", language.as_str());
+            match expect {
+                Gives(value, printed) => {
+                    assert_eq!(result, Ok(value), "{case}");
+                    if let Some(printed) = printed {
+                        assert_eq!(stdout, printed, "{case}");
+                    }
+                }
+                Fails(code, name) => {
+                    let e = result.expect_err(&case);
+                    assert_eq!(e.code, code, "{case}");
+                    if let Some(name) = name {
+                        assert_eq!(e.name.as_deref(), Some(name), "{case}");
+                        if code == "EXECUTION::HANDLER_ERROR" && name != "SyntaxError" {
+                            assert!(e.traceback.len() > 1, "{case}: {:?}", e.traceback);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
