@@ -19,6 +19,14 @@ bash scripts/build-agent.sh >&2
 cargo build --locked -j"$jobs" --profile bench-tool --example bench --bin sandboxd >&2
 
 mkdir -p target/bench
+# The upstream server the `upstream` area compares sandboxd with, in a venv of its own (never
+# the project's): only when that area is asked for by name, or when every area runs.
+if [ $# -eq 0 ] || printf '%s\n' "$@" | grep -q -e upstream -e vs-opensandbox; then
+  if [ ! -x target/bench-osb/bin/opensandbox-server ]; then
+    python3 -m venv target/bench-osb >&2
+    target/bench-osb/bin/pip install -q 'opensandbox-server==1.1.1' >&2
+  fi
+fi
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
   rev="$rev+dirty"

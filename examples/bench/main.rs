@@ -26,6 +26,7 @@ mod prepull;
 mod snapshots;
 mod templates;
 mod terminal;
+mod upstream;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -61,6 +62,7 @@ fn areas() -> Vec<(&'static str, Vec<Section>)> {
         ("pools", pools::sections()),
         ("executions", executions::sections()),
         ("snapshots", snapshots::sections()),
+        ("upstream", upstream::sections()),
     ]
 }
 
