@@ -28,9 +28,13 @@ function h(tag, attrs, ...children) {
   return el;
 }
 const view = () => document.getElementById('view');
+// Replaces an element's children, leaving out the null/false of conditional parts.
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
 function mount(...nodes) {
   cleanup();
-  view().replaceChildren(...nodes);
+  fill(view(), ...nodes);
 }
 function toast(text, bad) {
   const t = document.getElementById('toast');
@@ -170,7 +174,7 @@ function loginPage() {
     } catch (e) {
       sessionStorage.removeItem(CRED_KEY);
       syncChrome();
-      status.replaceChildren(errorBox(e));
+      fill(status, errorBox(e));
     }
   } },
     h('h1', {}, 'Sign in'),
@@ -208,7 +212,7 @@ function listPage() {
     try {
       const list = await api('GET', v1('/sandboxes?pageSize=100'));
       const items = list.items || [];
-      body.replaceChildren(...(items.length ? items.map((sb) => h('tr', { 'data-id': sb.id, 'data-state': sb.status && sb.status.state },
+      fill(body, ...(items.length ? items.map((sb) => h('tr', { 'data-id': sb.id, 'data-state': sb.status && sb.status.state },
         h('td', {}, h('a', { href: '#/sandbox/' + encodeURIComponent(sb.id) }, h('code', {}, sb.id))),
         h('td', { title: (sb.status && sb.status.message) || '' }, stateBadge(sb.status && sb.status.state)),
         h('td', {}, origin(sb)),
@@ -220,8 +224,8 @@ function listPage() {
         } }, 'Delete')))) : [h('tr', {}, h('td', { colspan: 6, class: 'muted empty' }, 'No sandboxes yet.'))]));
       table.dataset.count = items.length;
       stamp.textContent = 'refreshed ' + new Date().toLocaleTimeString();
-      err.replaceChildren();
-    } catch (e) { err.replaceChildren(errorBox(e)); }
+      fill(err);
+    } catch (e) { fill(err, errorBox(e)); }
     if (!stopped) timer = setTimeout(load, REFRESH_MS);
   }
   onLeave(() => { stopped = true; clearTimeout(timer); });
@@ -238,14 +242,14 @@ function createPage() {
   mount(h('form', { class: 'card narrow', id: 'create-form', onsubmit: async (ev) => {
     ev.preventDefault();
     submit.disabled = true;
-    status.replaceChildren(h('p', { class: 'muted' }, 'creating…'));
+    fill(status, h('p', { class: 'muted' }, 'creating…'));
     try {
       const body = { image: { uri: image.value.trim() }, entrypoint: entry.value.trim().split(/\s+/).filter(Boolean) };
       if (timeout.value) body.timeout = Number(timeout.value);
       const sb = await api('POST', v1('/sandboxes'), body);
       go('#/sandbox/' + encodeURIComponent(sb.id));
     } catch (e) {
-      status.replaceChildren(errorBox(e));
+      fill(status, errorBox(e));
       submit.disabled = false;
     }
   } },
@@ -275,13 +279,13 @@ function sandboxPage(id, tab) {
     try {
       const sb = await api('GET', v1('/sandboxes/' + encodeURIComponent(id)));
       info.dataset.state = sb.status && sb.status.state;
-      info.replaceChildren(
+      fill(info,
         h('span', {}, stateBadge(sb.status && sb.status.state)),
         h('span', {}, h('b', {}, 'from '), origin(sb)),
         h('span', {}, h('b', {}, 'age '), age(sb.createdAt)),
         h('span', {}, h('b', {}, 'expires '), until(sb.expiresAt)),
         sb.status && sb.status.message ? h('span', { class: 'muted' }, sb.status.message) : null);
-    } catch (e) { info.replaceChildren(errorBox(e)); }
+    } catch (e) { fill(info, errorBox(e)); }
     if (!stopped) timer = setTimeout(refresh, REFRESH_MS);
   }
   onLeave(() => { stopped = true; clearTimeout(timer); });
@@ -306,7 +310,7 @@ async function whenRunning(id, note) {
 function terminalTab(id, panel) {
   const status = h('p', { class: 'muted', id: 'term-status' }, 'connecting…');
   const box = h('div', { class: 'terminal', id: 'terminal' });
-  panel.replaceChildren(status, box);
+  fill(panel, status, box);
   const term = new Terminal({ cols: 100, rows: 28, fontSize: 14, cursorBlink: true,
     theme: { background: '#0f172a', foreground: '#e2e8f0', cursor: '#38bdf8' } });
   term.open(box);
@@ -354,7 +358,7 @@ function terminalTab(id, panel) {
       term.on('resize', ({ cols, rows }) => {
         if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'resize', cols, rows }));
       });
-    } catch (e) { status.replaceChildren(errorBox(e)); }
+    } catch (e) { fill(status, errorBox(e)); }
   })();
 }
 
@@ -369,7 +373,7 @@ function filesTab(id, panel) {
   const picker = h('input', { type: 'file', id: 'upload-file', multiple: true });
   const progress = h('progress', { id: 'upload-progress', max: 100, value: 0, hidden: true });
   const pct = h('span', { class: 'muted', id: 'upload-pct' });
-  panel.replaceChildren(
+  fill(panel,
     h('form', { class: 'bar', onsubmit: (ev) => { ev.preventDefault(); load(); } },
       h('label', { class: 'inline' }, 'Directory ', path), h('button', { type: 'submit', id: 'list' }, 'List'),
       h('span', { class: 'spacer' }),
@@ -381,7 +385,7 @@ function filesTab(id, panel) {
       const entries = await api('GET', base + '/directories/list?path=' + encodeURIComponent(dir) + '&depth=1');
       entries.sort((a, b) => (a.type === 'directory') === (b.type === 'directory') ? a.path.localeCompare(b.path) : a.type === 'directory' ? -1 : 1);
       const up = dir === '/' ? null : h('tr', {}, h('td', { colspan: 5 }, h('a', { href: '#', onclick: (ev) => { ev.preventDefault(); path.value = dir.replace(/\/[^/]*$/, '') || '/'; load(); } }, '..')));
-      list.replaceChildren(...[up, ...entries.map((f) => {
+      fill(list, ...[up, ...entries.map((f) => {
         const name = f.path.split('/').pop();
         const isDir = f.type === 'directory';
         return h('tr', { 'data-name': name },
@@ -392,8 +396,8 @@ function filesTab(id, panel) {
           h('td', { class: 'actions' }, f.type === 'file' ? h('button', { class: 'link', type: 'button', onclick: () => download(f.path, name) }, 'Download') : ''));
       })].filter(Boolean));
       table.dataset.dir = dir;
-      err.replaceChildren();
-    } catch (e) { err.replaceChildren(errorBox(e)); }
+      fill(err);
+    } catch (e) { fill(err, errorBox(e)); }
   }
   async function download(p, name) {
     try {
@@ -437,7 +441,7 @@ function filesTab(id, panel) {
     xhr.onerror = () => { pct.textContent = 'failed'; toast('upload failed: network error', true); };
     xhr.send(form);
   });
-  whenRunning(id, (t) => err.replaceChildren(h('p', { class: 'muted' }, t))).then(load, (e) => err.replaceChildren(errorBox(e)));
+  whenRunning(id, (t) => fill(err, h('p', { class: 'muted' }, t))).then(load, (e) => fill(err, errorBox(e)));
 }
 
 // Reads a server-sent-event stream with fetch() (so it carries the credential headers,
@@ -468,7 +472,7 @@ function metricsTab(id, panel) {
   const legend = h('div', { class: 'legend' },
     h('span', { class: 'key cpu' }, 'CPU %'), h('span', { class: 'key mem' }, 'Memory %'),
     h('span', { class: 'muted', id: 'metrics-now' }, 'waiting for samples…'));
-  panel.replaceChildren(legend, canvas);
+  fill(panel, legend, canvas);
   const points = [];
   const MAX = 120;
   const ctrl = new AbortController();
@@ -493,6 +497,12 @@ function metricsTab(id, panel) {
         if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
       });
       ctx.stroke();
+      const last = points[points.length - 1];
+      if (last) {
+        ctx.fillStyle = color; ctx.beginPath();
+        ctx.arc(W - R, T + (H - T - B) * (1 - Math.min(100, Math.max(0, last[key])) / 100), 3.5, 0, 2 * Math.PI);
+        ctx.fill();
+      }
     };
     line('cpu', '#2563eb');
     line('mem', '#16a34a');
@@ -502,12 +512,12 @@ function metricsTab(id, panel) {
     try {
       await whenRunning(id, (t) => { legend.lastChild.textContent = t; });
       await readSse(execd(id) + '/metrics/watch?interval_ms=1000', ctrl.signal, (m) => {
-        const cpu = m.cpu_used_pct / Math.max(1, m.cpu_count || 1);
+        const cpu = m.cpu_used_pct; // already 0–100 % of cpu_count
         const mem = m.mem_total_mib ? (100 * m.mem_used_mib) / m.mem_total_mib : 0;
         points.push({ cpu, mem });
         if (points.length > MAX) points.shift();
         canvas.dataset.points = points.length;
-        legend.lastChild.textContent = 'CPU ' + m.cpu_used_pct.toFixed(1) + '% of ' + m.cpu_count + ' CPU · memory ' +
+        legend.lastChild.textContent = 'CPU ' + m.cpu_used_pct.toFixed(1) + '% of ' + m.cpu_count + ' CPUs · memory ' +
           Math.round(m.mem_used_mib) + ' / ' + Math.round(m.mem_total_mib) + ' MiB · ' + m.process_count + ' processes';
         draw();
       });
@@ -520,17 +530,17 @@ function logsTab(id, panel) {
   const scope = h('select', { id: 'log-scope' }, ['all', 'container', 'lifecycle', 'process'].map((s) => h('option', { value: s }, s)));
   const pre = h('pre', { class: 'log', id: 'logs' });
   const note = h('div');
-  panel.replaceChildren(h('div', { class: 'bar' }, h('label', { class: 'inline' }, 'Scope ', scope),
+  fill(panel, h('div', { class: 'bar' }, h('label', { class: 'inline' }, 'Scope ', scope),
     h('button', { type: 'button', id: 'reload-logs', onclick: () => load() }, 'Reload')), note, pre);
   async function load() {
     try {
       const d = await api('GET', v1('/sandboxes/' + encodeURIComponent(id) + '/diagnostics/logs?scope=' + scope.value + '&tail=500'));
       pre.textContent = d.content || '(empty)';
       pre.dataset.loaded = 'true';
-      note.replaceChildren(...(d.warnings || []).map((w) => h('p', { class: 'muted' }, typeof w === 'string' ? w : JSON.stringify(w))),
+      fill(note, ...(d.warnings || []).map((w) => h('p', { class: 'muted' }, typeof w === 'string' ? w : JSON.stringify(w))),
         d.truncated ? h('p', { class: 'muted' }, 'older lines left out') : null);
       pre.scrollTop = pre.scrollHeight;
-    } catch (e) { note.replaceChildren(errorBox(e)); }
+    } catch (e) { fill(note, errorBox(e)); }
   }
   scope.addEventListener('change', load);
   load();
@@ -542,7 +552,7 @@ function eventsTab(id, panel) {
   const table = h('table', { class: 'grid', id: 'events' },
     h('thead', {}, h('tr', {}, ['#', 'When', 'Type', 'Source', 'Message'].map((t) => h('th', {}, t)))), body);
   const err = h('div');
-  panel.replaceChildren(err, table);
+  fill(panel, err, table);
   let since = 0;
   let stopped = false;
   let timer = null;
@@ -557,8 +567,8 @@ function eventsTab(id, panel) {
       }
       since = d.nextSince || since;
       table.dataset.count = body.children.length;
-      err.replaceChildren();
-    } catch (e) { err.replaceChildren(errorBox(e)); }
+      fill(err);
+    } catch (e) { fill(err, errorBox(e)); }
     if (!stopped) timer = setTimeout(load, REFRESH_MS);
   }
   onLeave(() => { stopped = true; clearTimeout(timer); });
@@ -577,11 +587,11 @@ function simpleList(title, tableId, path, columns, row) {
     try {
       const d = await api('GET', v1(path));
       const items = (d && d.items) || [];
-      body.replaceChildren(...(items.length ? items.map((it) => h('tr', {}, row(it).map((c) => h('td', {}, c))))
+      fill(body, ...(items.length ? items.map((it) => h('tr', {}, row(it).map((c) => h('td', {}, c))))
         : [h('tr', {}, h('td', { colspan: columns.length, class: 'muted empty' }, 'None yet.'))]));
       table.dataset.count = items.length;
-      err.replaceChildren();
-    } catch (e) { err.replaceChildren(errorBox(e)); }
+      fill(err);
+    } catch (e) { fill(err, errorBox(e)); }
     if (!stopped) timer = setTimeout(load, REFRESH_MS * 2);
   }
   onLeave(() => { stopped = true; clearTimeout(timer); });
