@@ -9,6 +9,7 @@ is for a condition in the page.
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -42,7 +43,13 @@ class State:
 @pytest.fixture(scope="module")
 def console(browser, sandboxd):
     browser.get(sandboxd.url + "/console")
-    return browser
+    yield browser
+    # Whatever step stopped the run, the sandbox and the pool go (already gone: 404, fine).
+    for path in ([f"/v1/sandboxes/{State.sandbox}"] if State.sandbox else []) + ["/v1/pools/console-pool"]:
+        try:
+            api(sandboxd, "DELETE", path)
+        except urllib.error.HTTPError:
+            pass
 
 
 def test_the_assets_carry_a_strict_csp_and_need_no_credential(sandboxd):
@@ -218,4 +225,3 @@ def test_delete_the_sandbox_from_the_list(console, sandboxd):
     row.find_element(By.CSS_SELECTOR, "button.danger").click()
     wait(console).until(EC.alert_is_present()).accept()
     wait(console).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, f"tr[data-id='{State.sandbox}']")))
-    api(sandboxd, "DELETE", "/v1/pools/console-pool")

@@ -40,12 +40,36 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 /// The embedded assets: name, content type, bytes.
 const ASSETS: &[(&str, &str, &[u8])] = &[
-    ("index.html", "text/html; charset=utf-8", include_bytes!("console/index.html")),
-    ("app.js", "text/javascript; charset=utf-8", include_bytes!("console/app.js")),
-    ("app.css", "text/css; charset=utf-8", include_bytes!("console/app.css")),
-    ("vendor/xterm.js", "text/javascript; charset=utf-8", include_bytes!("console/vendor/xterm.js")),
-    ("vendor/xterm.css", "text/css; charset=utf-8", include_bytes!("console/vendor/xterm.css")),
-    ("vendor/LICENSE.xterm", "text/plain; charset=utf-8", include_bytes!("console/vendor/LICENSE.xterm")),
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_bytes!("console/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("console/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_bytes!("console/app.css"),
+    ),
+    (
+        "vendor/xterm.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("console/vendor/xterm.js"),
+    ),
+    (
+        "vendor/xterm.css",
+        "text/css; charset=utf-8",
+        include_bytes!("console/vendor/xterm.css"),
+    ),
+    (
+        "vendor/LICENSE.xterm",
+        "text/plain; charset=utf-8",
+        include_bytes!("console/vendor/LICENSE.xterm"),
+    ),
 ];
 
 /// The asset routes (public: mounted at `/` only, outside auth).
@@ -77,7 +101,10 @@ fn serve(name: &str) -> Response {
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -107,7 +134,10 @@ pub(crate) async fn mint_ticket(
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     caller.require(Perm::Read)?;
-    let route = app.service.proxy_target(&id, crate::orchestrator::runtime::EXECD_PORT).await?;
+    let route = app
+        .service
+        .proxy_target(&id, crate::orchestrator::runtime::EXECD_PORT)
+        .await?;
     if !caller.may_see(&route.owner) {
         return Err(Error::no_sandbox(&id));
     }
@@ -206,9 +236,15 @@ mod tests {
 
     #[test]
     fn the_ticket_is_taken_out_of_the_query() {
-        assert_eq!(take_ticket("a=1&sandboxd_ticket=xy&b=2"), (Some("xy".into()), "a=1&b=2".into()));
+        assert_eq!(
+            take_ticket("a=1&sandboxd_ticket=xy&b=2"),
+            (Some("xy".into()), "a=1&b=2".into())
+        );
         assert_eq!(take_ticket("a=1"), (None, "a=1".into()));
-        assert_eq!(take_ticket("sandboxd_ticket=z"), (Some("z".into()), String::new()));
+        assert_eq!(
+            take_ticket("sandboxd_ticket=z"),
+            (Some("z".into()), String::new())
+        );
     }
 
     #[test]
