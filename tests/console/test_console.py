@@ -8,7 +8,10 @@ is for a condition in the page.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import socket
 import urllib.error
 import urllib.request
 
@@ -169,6 +172,21 @@ def api(sandboxd, method, path, body=None):
         return r.status, json.loads(r.read() or b"null")
 
 
+def upgrade_status(base, path):
+    """The status line's code of a WebSocket handshake on `path` (raw, with no credential header)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = s.recv(1024)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
 def test_templates_and_pools_pages(console, sandboxd):
     status, _ = api(sandboxd, "POST", "/v1/templates",
                     {"name": "console-tpl", "spec": {"image": IMAGE, "command": ["sleep", "3600"], "ttl": 600}})
@@ -211,6 +229,11 @@ def test_a_ticket_is_spent_by_its_websocket(sandboxd):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(anon)
     assert e.value.code == 401
+    # Through the real proxy: the ticket opens one WebSocket, then it is spent.
+    _, pty = api(sandboxd, "POST", f"/v1/sandboxes/{State.sandbox}/proxy/44772/pty", {})
+    ws_path = f"/v1/sandboxes/{State.sandbox}/proxy/44772/pty/{pty['session_id']}/ws?sandboxd_ticket={body['ticket']}"
+    assert upgrade_status(sandboxd.url, ws_path) == 101
+    assert upgrade_status(sandboxd.url, ws_path) == 401
     # A ticket on a plain (non-upgrade) request is refused, not taken as a credential.
     plain = urllib.request.Request(
         f"{sandboxd.url}/v1/sandboxes/{State.sandbox}/proxy/44772/ping?sandboxd_ticket={body['ticket']}")
