@@ -16,6 +16,10 @@ packages+=(bubblewrap python3)
 # Image prepull tests and benchmark: local registries (scripts/registry.sh): the CNCF
 # distribution, htpasswd for the one with auth, curl to probe them.
 packages+=(docker-registry apache2-utils curl)
+# The web console's browser tests (scripts/test-console.sh): a real headless Chromium and its
+# WebDriver; node-xterm is where the console's vendored xterm.js comes from
+# (scripts/vendor-xterm.py, only needed to re-vendor it).
+packages+=(chromium chromium-driver node-xterm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -37,13 +41,14 @@ command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 
 # Python venv for the tests: real ipykernel (whose kernelspec lands in .venv/share/jupyter),
-# jupyter_client for the benchmark anchor, matplotlib for figure capture.
+# jupyter_client for the benchmark anchor, matplotlib for figure capture, selenium for the
+# console's browser tests.
 venv=.venv
 if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c 'import pytest, ipykernel, jupyter_client, matplotlib, jwt, prometheus_client, schemathesis' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import pytest, ipykernel, jupyter_client, matplotlib, jwt, prometheus_client, schemathesis, selenium' 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
 fi
 

@@ -2,7 +2,8 @@
 # The test suite: unit tests and the integration suite against the real binaries (nextest),
 # including the agent image on the Docker engine (so the static agent is built first; a no-op
 # when fresh), then the short API fuzzing of both documents (scripts/api-fuzz.sh), the SDK
-# suites (scripts/test-sdk.sh), the seed tests (scripts/test-seeds.sh) and a short run of the
+# suites (scripts/test-sdk.sh), the seed tests (scripts/test-seeds.sh), the web console in a
+# headless Chromium (scripts/test-console.sh) and a short run of the
 # coverage-guided fuzzers (scripts/fuzz.sh). All always run; the result fails if any failed,
 # and the log ends with one summary line per part. Arguments go to nextest only.
 #
@@ -36,6 +37,7 @@ scripts/registry.sh stop >/dev/null 2>&1 || true
 part api-fuzz '^api-fuzz (execd|sandboxd): ' scripts/api-fuzz.sh
 part sdk '^test-sdk: (ok|FAILED)' scripts/test-sdk.sh
 part seeds '([0-9]+ passed|failed|error).* in [0-9.]+s' scripts/test-seeds.sh
+part console '([0-9]+ passed|failed|error).* in [0-9.]+s' scripts/test-console.sh
 if [[ ${EXECD_TEST_FUZZ:-1} != 0 ]]; then
   part fuzz '^fuzz: [0-9]+ targets' scripts/fuzz.sh all "${EXECD_TEST_FUZZ_SECONDS:-5}"
 fi

@@ -341,6 +341,8 @@ pub enum AuthFailure {
     TokenExpired,
     /// A bearer token that was revoked.
     TokenRevoked,
+    /// A console WebSocket ticket that is unknown, used, expired or for another sandbox.
+    InvalidTicket,
 }
 
 impl AuthFailure {
@@ -353,6 +355,9 @@ impl AuthFailure {
             AuthFailure::InvalidToken => "the bearer token is not valid",
             AuthFailure::TokenExpired => "the bearer token has expired",
             AuthFailure::TokenRevoked => "the bearer token was revoked",
+            AuthFailure::InvalidTicket => {
+                "the console ticket is unknown, already used, expired or for another sandbox"
+            }
         }
     }
 }

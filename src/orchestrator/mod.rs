@@ -210,6 +210,7 @@ pub async fn serve(config: Config, lifecycle: Arc<lifecycle_log::LifecycleLogs>)
         metrics,
         metrics_public: config.metrics_public,
         errors_docs_base_url: config.errors_docs_base_url.clone().map(Into::into),
+        tickets: Default::default(),
     });
     // The one line scripts and tests wait for.
     println!("sandboxd listening on http://{local}");

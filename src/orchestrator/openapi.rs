@@ -4,6 +4,7 @@
 
 use utoipa::OpenApi;
 
+use super::http::console::__path_mint_ticket;
 use super::http::containers::{
     __path_container_logs, __path_container_status, __path_get_container, __path_list_containers,
 };
@@ -59,7 +60,7 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
     ),
     paths(
         health, version, prometheus_metrics, metrics_summary, metrics_event, create, list, get_one, delete, patch_metadata, pause, resume, renew,
-        endpoint, diagnostics, proxy, mint, current, revoke, create_template, list_templates, get_template, update_template,
+        endpoint, diagnostics, proxy, mint_ticket, mint, current, revoke, create_template, list_templates, get_template, update_template,
         delete_template, template_versions, template_version, build_log, rollback, export_one, export_many, import,
         create_prepull, list_prepulls, get_prepull, delete_prepull, prepull_events, prepull_template,
         create_pool, list_pools, get_pool, update_pool, delete_pool, acquire, release,

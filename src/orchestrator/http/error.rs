@@ -105,7 +105,7 @@ impl From<&Error> for ApiError {
             Error::Unauthenticated(failure) => said(match failure {
                 AuthFailure::Missing => &codes::MISSING_API_KEY,
                 AuthFailure::InvalidApiKey => &codes::INVALID_API_KEY,
-                AuthFailure::InvalidToken => &codes::AUTH_INVALID_TOKEN,
+                AuthFailure::InvalidToken | AuthFailure::InvalidTicket => &codes::AUTH_INVALID_TOKEN,
                 AuthFailure::TokenExpired => &codes::AUTH_TOKEN_EXPIRED,
                 AuthFailure::TokenRevoked => &codes::AUTH_TOKEN_REVOKED,
             }),

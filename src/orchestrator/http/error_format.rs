@@ -130,6 +130,7 @@ mod tests {
             limiter: Arc::new(crate::orchestrator::ratelimit::Limiter::new(Default::default())),
             metrics: Arc::new(crate::orchestrator::metrics::Metrics::new()),
             metrics_public: false,
+            tickets: Default::default(),
         };
         Rig { app, fake, _dir: dir }
     }

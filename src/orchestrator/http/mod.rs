@@ -1,6 +1,8 @@
 //! sandboxd's HTTP edge, the only part of the orchestrator that sees axum. Routes are mounted
 //! at `/` and `/v1` (as upstream's server), in three sub-routers:
 //!
+//! - console: `/console/...`, the web console's embedded assets (bare path only; no credential,
+//!   they hold no data).
 //! - public: `/health` (and the bare `/version`; the bare `/metrics` with `--metrics-public`):
 //!   no credential, never rate limited.
 //! - proxy: `/sandboxes/{id}/proxy/{port}/...`: the sandbox's own token or an authorised
@@ -22,6 +24,7 @@
 //! - `sandboxes`, `snapshots`, `prepulls`, `pools`, `executions`, `diagnostics`, `events` (the journal),
 //!   `containers`, `proxy`, `tokens`, `system`: one file per resource, each with its `routes()`.
 
+pub(super) mod console;
 pub(super) mod containers;
 pub(super) mod diagnostics;
 pub(super) mod error;
@@ -73,6 +76,8 @@ pub struct App {
     pub metrics_public: bool,
     /// Where `docs/errors.md` is served (`error_link` of the detailed error body).
     pub errors_docs_base_url: Option<Arc<str>>,
+    /// The web console's one-time WebSocket tickets.
+    pub tickets: Arc<console::Tickets>,
 }
 
 /// `status` with `body` and a `Location` header naming what was made.
@@ -115,6 +120,7 @@ pub fn router(app: App) -> Router {
                 .merge(events::routes())
                 .merge(containers::routes())
                 .merge(tokens::routes())
+                .merge(console::routes())
                 .merge(templates::routes())
                 .merge(pools::routes())
                 .merge(snapshots::routes())
@@ -135,6 +141,7 @@ pub fn router(app: App) -> Router {
     };
     Router::new()
         .merge(system::version_routes())
+        .merge(console::asset_routes())
         .merge(prometheus)
         .nest("/v1", v1_only)
         .merge(lifecycle.clone())

@@ -12,10 +12,11 @@ use axum::routing::any;
 use axum::Router;
 use http_body_util::BodyExt;
 
+use super::console;
 use super::extract::{self, API_KEY_HEADER};
 use super::App;
 use crate::auth::{constant_time_eq, TOKEN_HEADER};
-use crate::orchestrator::error::Error;
+use crate::orchestrator::error::{AuthFailure, Error};
 use crate::orchestrator::spec;
 use crate::relay::RelayError;
 
@@ -73,7 +74,30 @@ pub(crate) async fn proxy(
         return Err(Error::invalid("the proxy path must not contain .."));
     }
     let port = spec::parse_port(&at.port)?;
-    let caller = extract::principal(&app, req.headers());
+    // A WebSocket upgrade may prove itself with a console ticket instead of headers (a
+    // browser cannot set them); the ticket is spent here and never forwarded.
+    let (ticket, query) = match req.uri().query() {
+        Some(q) => {
+            let (ticket, rest) = console::take_ticket(q);
+            (ticket, (!rest.is_empty()).then_some(rest))
+        }
+        None => (None, None),
+    };
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let caller = match ticket {
+        Some(t) if upgrade => app
+            .tickets
+            .redeem(&t, id)
+            .ok_or(Error::Unauthenticated(AuthFailure::InvalidTicket)),
+        Some(_) => Err(Error::invalid(format!(
+            "{}: a console ticket is only taken on a WebSocket upgrade",
+            console::TICKET_PARAM
+        ))),
+        None => extract::principal(&app, req.headers()),
+    };
     let route = match app.service.proxy_target(id, port).await {
         Ok(found) => found,
         // Without a credential, an unknown sandbox is a 401 like any other: existence is
@@ -91,9 +115,9 @@ pub(crate) async fn proxy(
     }
     let target = route.target?;
     let mut path_and_query = format!("{}/{rest}", target.prefix);
-    if let Some(q) = req.uri().query() {
+    if let Some(q) = query {
         path_and_query.push('?');
-        path_and_query.push_str(q);
+        path_and_query.push_str(&q);
     }
     let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let req = req.map(|body: Body| body.map_err(Into::into).boxed_unsync());
