@@ -346,12 +346,13 @@ pub fn check_resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Res
     resource_limits(limits).map(drop)
 }
 
+/// Limits to apply to a running sandbox, and each as given.
+pub type LiveLimits = (Resources, BTreeMap<String, String>);
+
 /// A `resourceLimits` override applied to a running sandbox (a pool acquire's): the limits
 /// as numbers (a pids limit of 0: unchanged), and each as given (trimmed text). Bad values are
 /// 400s, as at create.
-pub fn live_limits(
-    limits: BTreeMap<String, serde_json::Value>,
-) -> Result<(Resources, BTreeMap<String, String>), Error> {
+pub fn live_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<LiveLimits, Error> {
     let (memory, nano_cpus, pids, given) = resource_limits(limits)?;
     let resources = Resources {
         nano_cpus,

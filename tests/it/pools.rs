@@ -446,6 +446,21 @@ async fn a_resource_limits_override_on_acquire_changes_the_members_limits_live()
     )
     .await;
     wait_available(&d, "sized", 1).await;
+    // §14.3: an idle member shows to an admin only, as a pool-member.
+    let (status, listed) = d.json(Method::GET, "/v1/containers", None).await;
+    assert_eq!(status, 200, "{listed}");
+    let roles: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["pool-member"], "{listed}");
+    let user = crate::sandboxd::mint(&d, "pool-user", "user").await;
+    let (status, theirs, _) =
+        crate::sandboxd::as_bearer(&d, &user, Method::GET, "/v1/containers", None).await;
+    assert_eq!(status, 200, "{theirs}");
+    assert_eq!(theirs["items"], json!([]), "{theirs}");
     let limits_of = |container: &str| {
         let out = crate::sandboxd::docker(&[
             "inspect",

@@ -183,7 +183,7 @@ struct Acquire {
     entrypoint: Option<Vec<String>>,
     business_domain: Option<String>,
     /// A `resourceLimits` override: the limits to apply live, and as given.
-    resize: Option<(Resources, BTreeMap<String, String>)>,
+    resize: Option<spec::LiveLimits>,
 }
 
 impl Service {
@@ -1171,9 +1171,7 @@ fn pod_template(template: &serde_json::Value) -> Result<serde_json::Value, Error
 }
 
 /// A `resourceLimits` override of an acquire, checked; `None` when none is given.
-fn resize(
-    limits: Option<BTreeMap<String, serde_json::Value>>,
-) -> Result<Option<(Resources, BTreeMap<String, String>)>, Error> {
+fn resize(limits: Option<BTreeMap<String, serde_json::Value>>) -> Result<Option<spec::LiveLimits>, Error> {
     match limits {
         Some(l) if l.values().any(|v| !v.is_null()) => spec::live_limits(l).map(Some),
         _ => Ok(None),
