@@ -180,6 +180,13 @@ pub enum Conflict {
         /// Its state.
         state: String,
     },
+    /// Start of a sandbox that is not awaiting start (`autoStart: false`).
+    NotAwaitingStart {
+        /// Sandbox id.
+        id: String,
+        /// Its state.
+        state: String,
+    },
     /// Resume on a sandbox that is not paused.
     NotPaused {
         /// Sandbox id.
@@ -237,6 +244,11 @@ impl fmt::Display for Conflict {
         match self {
             Conflict::NotRunning { id, state } => write!(f, "sandbox {id} is {state}"),
             Conflict::NotPaused { id, state } => write!(f, "sandbox {id} is {state}, not Paused"),
+            Conflict::NotAwaitingStart { id, state } => write!(
+                f,
+                "sandbox {id} is {state}, not awaiting start (only a sandbox created with \
+                 extensions[\"sandboxd.autoStart\"]=\"false\" and not yet started can be started)"
+            ),
             Conflict::DeletedWhileStarting(id) => write!(f, "sandbox {id} was deleted while starting"),
             Conflict::NoExpiry(id) => write!(
                 f,

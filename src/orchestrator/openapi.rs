@@ -27,7 +27,7 @@ use super::http::prepulls::{
 use super::http::proxy::__path_proxy;
 use super::http::sandboxes::{
     __path_create, __path_delete, __path_endpoint, __path_get_one, __path_list, __path_patch_metadata,
-    __path_pause, __path_renew, __path_resume,
+    __path_pause, __path_renew, __path_resume, __path_start,
 };
 use super::http::snapshots::{
     __path_create_snapshot, __path_delete_snapshot, __path_fork, __path_get_snapshot, __path_list_snapshots,
@@ -59,7 +59,7 @@ use super::http::tokens::{__path_current, __path_mint, __path_revoke};
         license(name = "Apache-2.0")
     ),
     paths(
-        health, version, prometheus_metrics, metrics_summary, metrics_event, create, list, get_one, delete, patch_metadata, pause, resume, renew,
+        health, version, prometheus_metrics, metrics_summary, metrics_event, create, list, get_one, delete, patch_metadata, pause, resume, start, renew,
         endpoint, diagnostics, proxy, mint_ticket, mint, current, revoke, create_template, list_templates, get_template, update_template,
         delete_template, template_versions, template_version, build_log, rollback, export_one, export_many, import,
         create_prepull, list_prepulls, get_prepull, delete_prepull, prepull_events, prepull_template,

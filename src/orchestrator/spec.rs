@@ -12,6 +12,8 @@ use crate::wire::templates::ReadinessProbe;
 
 /// The extension that asks for isolated sessions inside the sandbox.
 pub const ISOLATION_EXTENSION: &str = "bootstrap.execd.isolation";
+/// The extension that, `"false"`, creates the sandbox without starting it (design §15).
+pub const AUTO_START_EXTENSION: &str = "sandboxd.autoStart";
 /// Label and metadata prefixes reserved for sandboxd itself (upstream's, and its own).
 const RESERVED_PREFIXES: [&str; 2] = ["opensandbox.io/", "sandboxd.io/"];
 /// At most this many volumes.
@@ -57,6 +59,8 @@ pub struct Plan {
     pub snapshot_id: Option<String>,
     /// How the sandbox pauses.
     pub pause_policy: PausePolicy,
+    /// Whether the sandbox starts at create (else at `POST /sandboxes/{id}/start`).
+    pub auto_start: bool,
 }
 
 /// `lifecycle.preStart`: argv without a shell, and how long it may take.
@@ -186,6 +190,15 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
             )))
         }
     };
+    let auto_start = match extensions.get(AUTO_START_EXTENSION).map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "extensions.{AUTO_START_EXTENSION}: expected \"true\" or \"false\", got {other:?}"
+            )))
+        }
+    };
     let mounts = volumes(req.volumes.unwrap_or_default(), limits)?;
     Ok(Plan {
         name,
@@ -209,6 +222,7 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
         readiness: None,
         snapshot_id: None,
         pause_policy: req.pause_policy.unwrap_or_default(),
+        auto_start,
     })
 }
 
@@ -330,6 +344,22 @@ pub fn timeout(value: Option<&serde_json::Value>, max: u64) -> Result<Option<u64
 /// Checks `resourceLimits`-style quantities (a template's `resources`).
 pub fn check_resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<(), Error> {
     resource_limits(limits).map(drop)
+}
+
+/// Limits to apply to a running sandbox, and each as given.
+pub type LiveLimits = (Resources, BTreeMap<String, String>);
+
+/// A `resourceLimits` override applied to a running sandbox (a pool acquire's): the limits
+/// as numbers (a pids limit of 0: unchanged), and each as given (trimmed text). Bad values are
+/// 400s, as at create.
+pub fn live_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<LiveLimits, Error> {
+    let (memory, nano_cpus, pids, given) = resource_limits(limits)?;
+    let resources = Resources {
+        nano_cpus,
+        memory,
+        pids: pids.unwrap_or(0),
+    };
+    Ok((resources, given))
 }
 
 /// `resourceLimits` → (memory bytes, nano CPUs, pids), and each limit as given (trimmed text).
@@ -855,6 +885,10 @@ mod tests {
             (
                 json!({"extensions": {"bootstrap.execd.isolation": "maybe"}}),
                 "enable",
+            ),
+            (
+                json!({"extensions": {"sandboxd.autoStart": "later"}}),
+                "sandboxd.autoStart",
             ),
             (
                 json!({"volumes": [{"name": "a", "host": {"path": "/etc"}, "mountPath": "/x"}]}),

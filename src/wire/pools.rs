@@ -159,4 +159,8 @@ pub struct AcquireRequest {
     pub env: Option<BTreeMap<String, Option<String>>>,
     /// A display name (1–128 printable characters), as `POST /sandboxes` takes it.
     pub name: Option<String>,
+    /// `cpu`, `memory`, `pids` over the pool's, applied to the member live (`docker update`)
+    /// before it is handed out; as `POST /sandboxes` takes them.
+    #[serde(alias = "resource_limits")]
+    pub resource_limits: Option<BTreeMap<String, serde_json::Value>>,
 }

@@ -1,6 +1,7 @@
 //! The integration suite: every test starts the real `execd` (or `sandboxd`) binary.
 
 mod auth;
+mod autostart;
 mod cli;
 mod code;
 mod command;

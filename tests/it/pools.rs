@@ -429,3 +429,90 @@ async fn pool_bad_input_gets_clear_errors() {
         (409, &json!("POOL::NOT_ALLOCATED"))
     );
 }
+
+#[tokio::test]
+async fn a_resource_limits_override_on_acquire_changes_the_members_limits_live() {
+    let Some((image, d, _dir)) = start() else {
+        return;
+    };
+    create_pool(
+        &d,
+        pool_body(
+            &d,
+            "sized",
+            image,
+            json!({"bufferMin": 0, "bufferMax": 1, "poolMin": 0, "poolMax": 2}),
+        ),
+    )
+    .await;
+    wait_available(&d, "sized", 1).await;
+    // §14.3: an idle member shows to an admin only, as a pool-member.
+    let (status, listed) = d.json(Method::GET, "/v1/containers", None).await;
+    assert_eq!(status, 200, "{listed}");
+    let roles: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["pool-member"], "{listed}");
+    let user = crate::sandboxd::mint(&d, "pool-user", "user").await;
+    let (status, theirs, _) =
+        crate::sandboxd::as_bearer(&d, &user, Method::GET, "/v1/containers", None).await;
+    assert_eq!(status, 200, "{theirs}");
+    assert_eq!(theirs["items"], json!([]), "{theirs}");
+    let limits_of = |container: &str| {
+        let out = crate::sandboxd::docker(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
+            container,
+        ]);
+        out.trim().to_owned()
+    };
+    let (status, sandbox) = d
+        .json(
+            Method::POST,
+            "/v1/pools/sized/acquire",
+            Some(json!({"resourceLimits": {"memory": "300Mi", "cpu": "1"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sandbox}");
+    let id = sandbox["id"].as_str().unwrap();
+    assert_eq!(
+        sandbox["resourceLimits"],
+        json!({"cpu": "1", "memory": "300Mi"}),
+        "{sandbox}"
+    );
+    let (container, _) = identity(&d, id).await;
+    assert_eq!(
+        limits_of(&container),
+        format!("{} 1000000000", 300 << 20),
+        "docker inspect of {container}"
+    );
+    // The sandbox uses the new limit: the cgroup says so from inside.
+    let execd = d.endpoint(id, 44772, false).await;
+    let (out, code) = execd
+        .run("cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
+        .await;
+    assert_eq!((out.trim(), code), (format!("{}", 300 << 20).as_str(), 0));
+
+    // Bad values are 400 and take no member.
+    wait_available(&d, "sized", 1).await;
+    for limits in [
+        json!({"memory": "1Ki"}),
+        json!({"cpu": "lots"}),
+        json!({"disk": "1Gi"}),
+    ] {
+        let (status, body) = d
+            .json(
+                Method::POST,
+                "/v1/pools/sized/acquire",
+                Some(json!({"resourceLimits": limits})),
+            )
+            .await;
+        assert_eq!(status, 400, "{limits}: {body}");
+        assert_eq!(body["code"], "SANDBOX::INVALID_PARAMETER", "{body}");
+    }
+    assert_eq!(pool_status(&d, "sized").await["available"], 1);
+}

@@ -409,3 +409,44 @@ async fn a_snapshot_is_ready_makes_sandboxes_and_is_deleted_once_unused() {
         "{body}"
     );
 }
+
+/// §11.1: a Rootfs-paused sandbox expires on schedule (its clock runs while paused unless
+/// `suspendExpiry`) and leaves no image or container behind; a pause of an unknown id is 404.
+#[tokio::test]
+async fn a_rootfs_paused_sandbox_expires_and_leaves_no_image() {
+    let Some((image, d)) = setup("busybox") else {
+        return;
+    };
+    let _cleanup = leftovers(&d);
+    let id = create_id(&d, sandbox_body(image, &["sleep", "infinity"])).await;
+    pause(&d, &id, Some("Rootfs")).await;
+    let paused_images = || {
+        docker(&[
+            "images",
+            "-q",
+            "--filter",
+            &format!("reference=sandboxd-paused/{id}"),
+        ])
+    };
+    assert!(
+        !paused_images().trim().is_empty(),
+        "the Rootfs image exists while paused"
+    );
+    // Renewed to expire in two seconds.
+    let at = execd::wire::time::now_ms() + 2_000;
+    let (status, body) = post(
+        &d,
+        &format!("/v1/sandboxes/{id}/renew-expiration"),
+        Some(json!({"expiresAt": execd::wire::time::format_ms(at)})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(60, "the paused sandbox to expire", async || {
+        (d.info(&id).await.0 == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert_eq!(paused_images().trim(), "", "no paused image left");
+    assert_eq!(containers_of_sandbox(&id).trim(), "", "no container left");
+    let (status, body) = post(&d, "/v1/sandboxes/no-such-sandbox/pause", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}

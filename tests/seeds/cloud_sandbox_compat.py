@@ -23,12 +23,26 @@ names and return shapes and maps them:
   `exit_code` (a command's; code: 0 on success, 1 otherwise), `stdout`, `stderr`,
   `duration_ms`.
 
-Pools and file calls come with their capabilities (design §10).
+- pools (design §10): `acquire_sandbox()` → `POST /v1/pools/{pool}/acquire` (`pool` the
+  client's, `default` unless given: the seed names none), answered as the seed's `SandboxInfo`
+  with `container_id` and `ip` from the containers view (`GET /v1/containers/{sandbox_id}`);
+  `release_sandbox(id)` → `POST /v1/sandboxes/{id}/release`; `get_sandbox_stats()` →
+  `GET /v1/pools/{pool}`'s `status` (`total`, `allocated`, `available`, `warming`, `failed`);
+- the high-level `Sandbox` (`create`, `resume`, `run_code`, `run_command`, `pause`, `destroy`,
+  a context manager): a token for `user_id`, then the client's calls. `pause()` is a Freeze
+  pause (the default `pausePolicy`: memory and processes kept, so the seed's `x = 42` survives)
+  and returns the sandbox id as the session id; `Sandbox.resume` resumes it and waits until it
+  runs. `run_code` runs in the language's default code context, so state carries from one call
+  to the next.
+
+The seed's public images are mapped through `images` (per client) or `DEFAULT_IMAGES` (for the
+`Sandbox` class, whose examples pass none). File calls are not mapped.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -97,13 +111,32 @@ class ExecuteResult:
     raw: dict = field(repr=False, default_factory=dict)
 
 
+@dataclass
+class SandboxInfo:
+    """The seed's pool answer: sandbox id, container id, status, ip."""
+
+    sandbox_id: str
+    container_id: str | None
+    status: str
+    ip: str | None
+    raw: dict = field(repr=False, default_factory=dict)
+
+
+# The seed's public images as this machine has them, for clients made without `images`.
+DEFAULT_IMAGES: dict[str, str] = {}
+# The image `Sandbox.create` uses when given none (the seed's examples' image).
+DEFAULT_IMAGE = "python:3.11-slim"
+
+
 class SandboxClient:
     """The seed's low-level client."""
 
-    def __init__(self, base_url: str, images: dict[str, str] | None = None, timeout: float = 120):
+    def __init__(self, base_url: str, images: dict[str, str] | None = None, timeout: float = 120,
+                 pool: str = "default"):
         self.base_url = base_url.rstrip("/")
-        self.images = images or {}
+        self.images = images if images is not None else dict(DEFAULT_IMAGES)
         self.timeout = timeout
+        self.pool = pool
         self._token: str | None = None
 
     # Authentication
@@ -152,6 +185,29 @@ class SandboxClient:
 
     def resume_session(self, session_id: str) -> None:
         self._call("POST", f"/v1/sandboxes/{session_id}/resume")
+
+    # Sandbox operations (pools)
+
+    def acquire_sandbox(self) -> SandboxInfo:
+        s = self._call("POST", f"/v1/pools/{self.pool}/acquire", {})
+        container = self._call("GET", f"/v1/containers/{s['id']}")
+        return SandboxInfo(
+            sandbox_id=s["id"],
+            container_id=container.get("id"),
+            status=_STATUS.get(s["status"]["state"], "unknown"),
+            ip=container.get("ip"),
+            raw=s,
+        )
+
+    def release_sandbox(self, sandbox_id: str) -> None:
+        self._call("POST", f"/v1/sandboxes/{sandbox_id}/release")
+
+    def get_sandbox_stats(self) -> dict:
+        pool = self._call("GET", f"/v1/pools/{self.pool}")
+        stats = dict(pool["status"])
+        stats["pool"] = pool["name"]
+        stats["capacity"] = pool["capacitySpec"]
+        return stats
 
     # Execution
 
@@ -223,3 +279,71 @@ def _session(s: dict) -> Session:
         expires_at=s.get("expiresAt"),
         raw=s,
     )
+
+
+@dataclass
+class RunResult:
+    """What `Sandbox.run_code` and `run_command` answer (the client's `ExecuteResult`)."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_ms: int
+
+
+class Sandbox:
+    """The seed's high-level class: one sandbox (session) of one user."""
+
+    def __init__(self, client: SandboxClient, sandbox_id: str):
+        self.client = client
+        self.id = sandbox_id
+
+    @staticmethod
+    def _client(base_url: str, user_id: str, **kwargs) -> SandboxClient:
+        client = SandboxClient(base_url=base_url, **kwargs)
+        client.set_token(client.get_token(user_id=user_id)["access_token"])
+        return client
+
+    @classmethod
+    def create(cls, base_url: str, user_id: str, image: str | None = None, cpu_count: int | None = None,
+               memory_mb: int | None = None, **kwargs) -> "Sandbox":
+        client = cls._client(base_url, user_id, **kwargs)
+        session = client.create_session(image=image or DEFAULT_IMAGE, cpu_count=cpu_count or 1,
+                                        memory_mb=memory_mb or 512)
+        return cls(client, session.id)
+
+    @classmethod
+    def resume(cls, session_id: str, base_url: str, user_id: str = "anonymous", wait: float = 60,
+               **kwargs) -> "Sandbox":
+        client = cls._client(base_url, user_id, **kwargs)
+        client.resume_session(session_id)
+        deadline = time.monotonic() + wait
+        while (status := client.get_session(session_id).status) != "running":
+            if time.monotonic() > deadline:
+                raise SandboxError(0, None, f"session {session_id} is {status} after resume")
+            time.sleep(0.1)
+        return cls(client, session_id)
+
+    def run_code(self, code: str, language: str = "python", timeout: int = 300) -> RunResult:
+        r = self.client.execute(sandbox_id=self.id, code=code, language=language, timeout=timeout)
+        return RunResult(r.exit_code, r.stdout, r.stderr, r.duration_ms)
+
+    def run_command(self, command: str, timeout: int = 300) -> RunResult:
+        r = self.client.execute(sandbox_id=self.id, command=command, timeout=timeout)
+        return RunResult(r.exit_code, r.stdout, r.stderr, r.duration_ms)
+
+    def pause(self) -> str:
+        self.client.pause_session(self.id)
+        return self.id
+
+    def destroy(self) -> None:
+        self.client.delete_session(self.id)
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.destroy()
+        except NotFoundError:
+            pass

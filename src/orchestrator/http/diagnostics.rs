@@ -1,5 +1,5 @@
 //! `GET /sandboxes/{id}/diagnostics/{logs|events}`: the scoped JSON descriptor, or the
-//! deprecated plain text without `scope`.
+//! deprecated plain text without `scope`; `…/{inspect|summary}`: plain text only.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderName, HeaderValue};
@@ -18,7 +18,8 @@ pub(super) fn routes() -> Router<App> {
     Router::new().route("/sandboxes/{id}/diagnostics/{kind}", get(diagnostics))
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}/diagnostics/{kind}", params(("id" = String, Path), ("kind" = String, Path, description = "`logs` or `events`"),
+#[utoipa::path(get, path = "/sandboxes/{id}/diagnostics/{kind}", params(("id" = String, Path), ("kind" = String, Path, description = "`logs` or `events` (scoped or plain), or `inspect` (the sandbox and its container as sandboxd and the runtime see them, \
+            `key: value` lines) or `summary` (inspect, the last events and the last lines of output, each under `=== name ===`), plain text only"),
         ("scope" = Option<String>, Query, description = "logs: `container` (the entrypoint's output, with timestamps), `lifecycle` (sandboxd's own log lines \
             about the sandbox, the last 1000), `process` (execd's own log), `all` (the three, each under a `=== scope ===` header); events: `lifecycle` \
             (what sandboxd recorded), `runtime` (what the runtime reported: start, die, oom, kill, pause, unpause), `all` (both, by time). \
@@ -31,7 +32,7 @@ pub(super) fn routes() -> Router<App> {
             content((crate::wire::lifecycle::DiagnosticContent = "application/json"), (String = "text/plain; charset=utf-8")),
             headers(("Deprecation" = String, description = "`true` on the plain-text form"))),
         (status = 400, description = "`DIAGNOSTICS_SCOPE_UNSUPPORTED`: a scope not served for the kind (the message lists those that are); \
-            `SANDBOX::INVALID_PARAMETER`: bad `tail` or `since` (the message names it)", body = crate::wire::lifecycle::LifecycleError),
+            `SANDBOX::INVALID_PARAMETER`: bad `tail` or `since`, or a `scope` for `inspect`/`summary` (the message names it)", body = crate::wire::lifecycle::LifecycleError),
         (status = 403, description = "`DIAGNOSTICS::DISABLED`: the server runs with `--diagnostics false`", body = crate::wire::lifecycle::LifecycleError),
         (status = 404, body = crate::wire::lifecycle::LifecycleError)))]
 pub(crate) async fn diagnostics(

@@ -86,6 +86,7 @@ impl From<&Error> for ApiError {
                 Conflict::NotRunning { .. } => &codes::DOCKER_SANDBOX_NOT_RUNNING,
                 Conflict::NotPaused { .. } => &codes::DOCKER_SANDBOX_NOT_PAUSED,
                 Conflict::DeletedWhileStarting(_)
+                | Conflict::NotAwaitingStart { .. }
                 | Conflict::NoExpiry(_)
                 | Conflict::NoRoute(_)
                 | Conflict::Runtime(_)
@@ -396,6 +397,11 @@ mod tests {
             ),
             (
                 Error::Conflict(Conflict::NoExpiry(s())),
+                409,
+                "SANDBOX::INVALID_STATE",
+            ),
+            (
+                Error::Conflict(Conflict::NotAwaitingStart { id: s(), state: s() }),
                 409,
                 "SANDBOX::INVALID_STATE",
             ),

@@ -32,6 +32,7 @@ pub(super) fn routes() -> Router<App> {
         .route("/sandboxes/{id}/metadata", patch(patch_metadata))
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/start", post(start))
         .route("/sandboxes/{id}/renew-expiration", post(renew))
         .route("/sandboxes/{id}/endpoints/{port}", get(endpoint))
 }
@@ -193,6 +194,21 @@ pub(crate) async fn resume(
     caller.require(Perm::Write)?;
     app.service.resume(&id, &caller).await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/start", params(("id" = String, Path)),
+    responses((status = 202, description = "started: a sandbox created with `extensions[\"sandboxd.autoStart\"]=\"false\"` (`Pending`, reason `AWAITING_START`)             runs, and its execd answered /ping", body = crate::wire::lifecycle::Sandbox),
+        (status = 404, body = crate::wire::lifecycle::LifecycleError),
+        (status = 409, description = "`SANDBOX::INVALID_STATE`: not awaiting start (already started, or starting; the message names the state)", body = crate::wire::lifecycle::LifecycleError),
+        (status = 500, description = "the sandbox failed to start (its last output in the message); it stays `Failed`, reason `START_FAILED`", body = crate::wire::lifecycle::LifecycleError)))]
+pub(crate) async fn start(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    caller.require(Perm::Write)?;
+    let sandbox = app.service.start_sandbox(&id, &caller).await?;
+    Ok((StatusCode::ACCEPTED, Json(sandbox)).into_response())
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/renew-expiration", params(("id" = String, Path)), request_body = crate::wire::lifecycle::RenewExpiration,

@@ -28,7 +28,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::Context as _;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, MountType, MountVolumeOptions, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, ContainerUpdateBody, HostConfig, MountType, MountVolumeOptions, PortBinding,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
@@ -41,7 +43,7 @@ use sha2::Digest as _;
 
 use super::{
     Capabilities, ContainerInfo, Fut, ImageRole, Instance, LayerStep, LogQuery, Mount, Observed, Platform,
-    PullError, PullEvent, PullFailure, Purpose, RegistryAuth, Runtime, RuntimeError, RuntimeEvent,
+    PullError, PullEvent, PullFailure, Purpose, RegistryAuth, Resources, Runtime, RuntimeError, RuntimeEvent,
     RuntimeKind, SandboxSpec, SpecFile, Target, Usage, EXECD_PORT,
 };
 use crate::wire::time::format_ms;
@@ -541,9 +543,14 @@ impl Docker {
         files: &[SpecFile],
         ports: Ports,
     ) -> Result<Instance, RuntimeError> {
+        let start = spec.start;
         let container = self.create_container(spec, agent, ports).await?;
         let started = async {
             self.write_files(&container, files).await?;
+            if !start {
+                // Created only: no ports are published until `start`.
+                return Ok(Ports::default());
+            }
             self.start_container(&container).await
         };
         match started.await {
@@ -577,6 +584,7 @@ impl Runtime for Docker {
             isolation: self.settings.isolation_profile.is_some(),
             builds: true,
             snapshots: true,
+            host_network: self.settings.network == "host",
         }
     }
 
@@ -601,6 +609,33 @@ impl Runtime for Docker {
                 }
             }
             self.create_started(spec, &agent, &files, Ports::default()).await
+        }
+        .boxed()
+    }
+
+    fn start<'a>(&'a self, instance: &'a Instance) -> Fut<'a, Instance> {
+        async move {
+            let ports = self.start_container(&instance.reference).await?;
+            Ok(ports.instance(instance.reference.clone()))
+        }
+        .boxed()
+    }
+
+    /// A pids limit of 0 is left as it is. The memory swap limit follows the memory limit as at create (the engine's default
+    /// there: twice the memory), so that a larger memory limit is not refused as above it.
+    fn resize<'a>(&'a self, instance: &'a Instance, resources: Resources) -> Fut<'a, ()> {
+        async move {
+            let body = ContainerUpdateBody {
+                memory: resources.memory,
+                memory_swap: resources.memory.map(|m| m.saturating_mul(2)),
+                nano_cpus: resources.nano_cpus,
+                pids_limit: (resources.pids > 0).then_some(resources.pids),
+                ..Default::default()
+            };
+            self.api
+                .update_container(&instance.reference, body)
+                .await
+                .map_err(|e| classify("update the container's limits", e))
         }
         .boxed()
     }

@@ -22,8 +22,8 @@ use tokio::sync::Semaphore;
 
 use super::{
     Capabilities, ContainerInfo, ContainerRole, Fut, ImageRole, Instance, LayerStep, LogQuery, Observed,
-    Platform, PullError, PullEvent, Purpose, RegistryAuth, Runtime, RuntimeError, RuntimeEvent, RuntimeKind,
-    SandboxSpec, Target, Usage, EXECD_PORT,
+    Platform, PullError, PullEvent, Purpose, RegistryAuth, Resources, Runtime, RuntimeError, RuntimeEvent,
+    RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
 };
 use crate::wire::{RunCommandRequest, StreamEvent};
 
@@ -53,6 +53,10 @@ pub enum Op {
     Builds,
     /// [`Runtime::remove_image`].
     RemoveImage,
+    /// [`Runtime::start`].
+    Start,
+    /// [`Runtime::resize`].
+    Resize,
 }
 
 /// How a `/command` running one shell text answers (an install command of a template build).
@@ -162,6 +166,8 @@ struct Inner {
     roles: HashMap<String, ImageRole>,
     /// Images a sandbox uses, which `remove_image` refuses.
     images_in_use: BTreeSet<String>,
+    /// What [`Capabilities::host_network`] says.
+    host_network: bool,
 }
 
 /// The fake.
@@ -265,6 +271,11 @@ impl FakeRuntime {
         queue.extend((0..times).map(|_| error()));
     }
 
+    /// Whether sandboxes share the host's network ([`Capabilities::host_network`]).
+    pub fn set_host_network(&self, host: bool) {
+        self.lock().host_network = host;
+    }
+
     /// How sandboxes created from now on behave.
     pub fn behave(&self, behaviour: Behaviour) {
         self.lock().behaviour = behaviour;
@@ -341,6 +352,7 @@ impl FakeRuntime {
                     files: Vec::new(),
                     purpose: Purpose::Sandbox,
                     previous: None,
+                    start: true,
                 },
                 observed,
                 answers: true,
@@ -709,6 +721,7 @@ impl Runtime for FakeRuntime {
             isolation: false,
             builds: true,
             snapshots: true,
+            host_network: self.lock().host_network,
         }
     }
 
@@ -734,7 +747,14 @@ impl Runtime for FakeRuntime {
                     false,
                 ),
             };
-            let starting = inner.behaviour == Behaviour::Starting;
+            let mut starting = inner.behaviour == Behaviour::Starting;
+            let (observed, answers) = if spec.start {
+                (observed, answers)
+            } else {
+                // Created only: `start` makes it behave as scripted then.
+                starting = false;
+                (Observed::Starting, false)
+            };
             inner.sandboxes.insert(
                 reference.clone(),
                 FakeSandbox {
@@ -748,6 +768,61 @@ impl Runtime for FakeRuntime {
                 },
             );
             Ok(instance(reference))
+        }
+        .boxed()
+    }
+
+    /// The sandbox then behaves as sandboxes created now do ([`FakeRuntime::behave`]).
+    fn start<'a>(&'a self, instance: &'a Instance) -> Fut<'a, Instance> {
+        async move {
+            self.enter(Op::Start)?;
+            let mut inner = self.lock();
+            let behaviour = inner.behaviour;
+            let s = inner
+                .sandboxes
+                .get_mut(&instance.reference)
+                .ok_or_else(|| RuntimeError::NotFound(instance.reference.clone()))?;
+            if s.observed != Observed::Starting {
+                return Err(RuntimeError::Conflict("already started".into()));
+            }
+            (s.observed, s.answers, s.starting) = match behaviour {
+                Behaviour::Healthy => (Observed::Running, true, false),
+                Behaviour::Silent => (Observed::Running, false, false),
+                Behaviour::Starting => (Observed::Running, false, true),
+                Behaviour::Exits(code) => (
+                    Observed::Exited {
+                        code: Some(code),
+                        oom: false,
+                        message: None,
+                    },
+                    false,
+                    false,
+                ),
+            };
+            s.spec.start = true;
+            Ok(instance.clone())
+        }
+        .boxed()
+    }
+
+    fn resize<'a>(&'a self, instance: &'a Instance, resources: Resources) -> Fut<'a, ()> {
+        async move {
+            self.enter(Op::Resize)?;
+            let mut inner = self.lock();
+            let s = inner
+                .sandboxes
+                .get_mut(&instance.reference)
+                .ok_or_else(|| RuntimeError::NotFound(instance.reference.clone()))?;
+            if let Some(memory) = resources.memory {
+                s.spec.resources.memory = Some(memory);
+            }
+            if let Some(cpus) = resources.nano_cpus {
+                s.spec.resources.nano_cpus = Some(cpus);
+            }
+            if resources.pids > 0 {
+                s.spec.resources.pids = resources.pids;
+            }
+            Ok(())
         }
         .boxed()
     }
@@ -1034,7 +1109,8 @@ impl Runtime for FakeRuntime {
     fn target(&self, instance: &Instance, port: u16) -> Option<Target> {
         let inner = self.lock();
         let s = inner.sandboxes.get(&instance.reference)?;
-        if matches!(s.observed, Observed::Exited { .. } | Observed::Gone) {
+        // As Docker's: a container created and not started has no published ports.
+        if matches!(s.observed, Observed::Exited { .. } | Observed::Gone) || !s.spec.start {
             return None;
         }
         // As Docker's: execd's port itself, other ports through its proxy.

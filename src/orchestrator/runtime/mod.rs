@@ -61,6 +61,10 @@ pub struct Capabilities {
     /// Snapshots, forks and Rootfs pause: [`Runtime::commit`] of a running sandbox, and a
     /// create from the image it made.
     pub snapshots: bool,
+    /// Sandboxes share the host's network (Docker `--network host`): nothing is published,
+    /// so a Rootfs pause, which removes the container and restores it behind its published
+    /// ports, is refused.
+    pub host_network: bool,
 }
 
 /// Everything a runtime needs to start one sandbox. No runtime's syntax in it: mounts are
@@ -93,6 +97,9 @@ pub struct SandboxSpec {
     /// The instance this one replaces (a Rootfs resume): the runtime reuses what it can of
     /// it (Docker: the same host ports, when they are still free).
     pub previous: Option<Instance>,
+    /// Whether [`Runtime::create`] starts it (`false`: created, execd injected and files
+    /// written, not started until [`Runtime::start`]; `extensions["sandboxd.autoStart"]`).
+    pub start: bool,
 }
 
 /// What a committed image is, which also says how [`Runtime::commit`] takes it.
@@ -461,8 +468,15 @@ pub trait Runtime: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
     /// A version line for `/version` (Docker: the negotiated API version).
     fn version(&self) -> String;
-    /// Creates and starts a sandbox. On failure it leaves nothing behind.
+    /// Creates and starts a sandbox (only creates it when `spec.start` is false). On failure
+    /// it leaves nothing behind.
     fn create(&self, spec: SandboxSpec) -> Fut<'_, Instance>;
+    /// Starts a sandbox created without starting it; returns the instance as it now is (with
+    /// the ports the runtime published).
+    fn start<'a>(&'a self, instance: &'a Instance) -> Fut<'a, Instance>;
+    /// Changes a running sandbox's CPU, memory and process limits in place (Docker: `docker
+    /// update`). Limits left `None` (pids: 0) are kept.
+    fn resize<'a>(&'a self, instance: &'a Instance, resources: Resources) -> Fut<'a, ()>;
     /// What the sandbox is doing now.
     fn observe<'a>(&'a self, instance: &'a Instance) -> Fut<'a, Observed>;
     /// Every sandbox of this sandboxd instance the runtime holds, by sandbox id.

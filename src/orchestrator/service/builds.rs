@@ -366,6 +366,7 @@ impl Service {
                 version: v.version,
             },
             previous: None,
+            start: true,
         };
         let instance = self
             .runtime

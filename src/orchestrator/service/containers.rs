@@ -198,7 +198,7 @@ fn visible(c: &ContainerInfo, owners: &BTreeMap<String, String>, caller: &Princi
 }
 
 /// The state a container is listed with.
-fn state_name(o: &Observed) -> &'static str {
+pub(super) fn state_name(o: &Observed) -> &'static str {
     match o {
         Observed::Starting => "Created",
         Observed::Running => "Running",

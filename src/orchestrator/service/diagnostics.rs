@@ -14,7 +14,9 @@
 //! `tail` and `since` apply to every scope (to each section of `all`); content beyond 4 MiB
 //! is cut from the front (`truncated`). A section that cannot be read is left empty with a
 //! warning. The deprecated form without `scope` is the container's output (logs) or every
-//! event (events), as plain text.
+//! event (events), as plain text; `inspect` (the sandbox and its container as sandboxd and the
+//! runtime see them now) and `summary` (inspect, the last events and the last lines of output,
+//! each under a header) exist only in that form.
 
 use super::events::event_line;
 use super::Service;
@@ -23,7 +25,7 @@ use crate::orchestrator::error::{Denial, Error};
 use crate::orchestrator::runtime::{Instance, LogQuery, EXECD_PORT};
 use crate::orchestrator::store::{Event, Phase, Record};
 use crate::wire::lifecycle::DiagnosticContent;
-use crate::wire::time::parse_ms;
+use crate::wire::time::{format_ms, parse_ms};
 
 /// Where sandboxd has execd write its own log inside every sandbox (`EXECD_LOG_FILE`).
 pub const EXECD_LOG_FILE: &str = "/tmp/opensandbox/execd.log";
@@ -37,6 +39,8 @@ const PLAIN_EVENT_LINES: usize = 50;
 /// The most content one answer carries; more is cut from the front.
 pub const MAX_CONTENT: usize = 4 << 20;
 
+/// The kinds served only as the deprecated plain text.
+const PLAIN_KINDS: &[&str] = &["inspect", "summary"];
 /// The logs scopes.
 const LOG_SCOPES: &[&str] = &["container", "lifecycle", "process", "all"];
 /// The events scopes.
@@ -99,6 +103,11 @@ impl Service {
     ) -> Result<DiagnosticContent, Error> {
         let scope = query.scope.as_deref().unwrap_or("all");
         let record = self.diagnosable(id, kind, caller).await?;
+        if PLAIN_KINDS.contains(&kind) {
+            return Err(Error::invalid(format!(
+                "scope: /diagnostics/{kind} is plain text and takes no scope (scopes are for logs and events)"
+            )));
+        }
         let supported = if kind == "logs" { LOG_SCOPES } else { EVENT_SCOPES };
         if !supported.contains(&scope) {
             return Err(Error::ScopeUnsupported {
@@ -164,17 +173,142 @@ impl Service {
         caller: &Principal,
     ) -> Result<String, Error> {
         let record = self.diagnosable(id, kind, caller).await?;
-        let mut text = if kind == "logs" {
+        let logs = |record: &Record| {
             let tail = query.tail.unwrap_or(PLAIN_LOG_LINES);
-            self.container_section(&record, tail, query.since, false)
-                .await
-                .text
-        } else {
+            let record = record.clone();
+            async move {
+                let section = self.container_section(&record, tail, query.since, false).await;
+                match section.warning {
+                    Some(w) if section.text.is_empty() => format!("({w})\n"),
+                    _ => section.text,
+                }
+            }
+        };
+        let events = || async {
             let tail = query.tail.unwrap_or(PLAIN_EVENT_LINES);
-            self.events_section(id, "all", tail, query.since).await?.text
+            Ok::<_, Error>(self.events_section(id, "all", tail, query.since).await?.text)
+        };
+        let mut text = match kind {
+            "logs" => logs(&record).await,
+            "events" => events().await?,
+            "inspect" => self.inspect_text(&record).await,
+            _ => format!(
+                "=== inspect ===\n{}=== events ===\n{}=== logs ===\n{}",
+                self.inspect_text(&record).await,
+                events().await?,
+                logs(&record).await
+            ),
         };
         cut_front(&mut text, MAX_CONTENT);
         Ok(text)
+    }
+
+    /// The sandbox as sandboxd records it and its container as the runtime sees it now, one
+    /// `key: value` per line.
+    async fn inspect_text(&self, record: &Record) -> String {
+        let observed = self.observed(record).await;
+        let mut lines = vec![format!("sandbox: {}", record.id)];
+        match &observed {
+            Ok(observed) => {
+                let status = super::sandboxes::status(record, observed);
+                let mut state = format!("state: {}", status.state);
+                if let Some(reason) = &status.reason {
+                    state.push_str(&format!(" ({reason})"));
+                }
+                if let Some(message) = &status.message {
+                    state.push_str(&format!(": {message}"));
+                }
+                lines.push(state);
+            }
+            Err(e) => lines.push(format!("state: unknown (the runtime could not be asked: {e})")),
+        }
+        if let Some(name) = &record.name {
+            lines.push(format!("name: {name}"));
+        }
+        lines.push(format!("image: {}", record.image));
+        if let Some(snapshot) = &record.snapshot_id {
+            lines.push(format!("snapshot: {snapshot}"));
+        }
+        lines.push(format!("entrypoint: {}", record.entrypoint.join(" ")));
+        lines.push(format!("owner: {}", record.owner));
+        lines.push(format!("createdAt: {}", format_ms(record.created_at)));
+        lines.push(format!(
+            "expiresAt: {}",
+            record
+                .expires_at
+                .map(format_ms)
+                .unwrap_or_else(|| "none (manual cleanup)".into())
+        ));
+        lines.push(format!("pausePolicy: {:?}", record.pause_policy.snapshot_type));
+        if let Some(pool) = &record.pool {
+            lines.push(format!("pool: {}", pool.pool));
+        }
+        if !record.resource_limits.is_empty() {
+            let limits: Vec<String> = record
+                .resource_limits
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            lines.push(format!("resourceLimits: {}", limits.join(", ")));
+        }
+        match &record.instance {
+            None => lines.push("container: none".into()),
+            Some(instance) => {
+                lines.push(format!(
+                    "container: {} ({})",
+                    instance.reference,
+                    instance.kind.as_str()
+                ));
+                match self.runtime.container(&instance.reference).await {
+                    Ok(Some(c)) => {
+                        lines.push(format!(
+                            "containerState: {}",
+                            super::containers::state_name(&c.observed)
+                        ));
+                        if let crate::orchestrator::runtime::Observed::Exited { code, oom, message } =
+                            &c.observed
+                        {
+                            lines.push(format!(
+                                "exitCode: {}",
+                                code.map_or("unknown".into(), |c| c.to_string())
+                            ));
+                            lines.push(format!("oomKilled: {oom}"));
+                            if let Some(m) = message {
+                                lines.push(format!("error: {m}"));
+                            }
+                        }
+                        if let Some(ip) = &c.ip {
+                            lines.push(format!("ip: {ip}"));
+                        }
+                        if let Some(at) = c.started_at {
+                            lines.push(format!("startedAt: {}", format_ms(at)));
+                        }
+                        let r = c.resources;
+                        lines.push(format!(
+                            "limits: cpu={} memory={} pids={}",
+                            r.nano_cpus
+                                .map_or("unlimited".into(), |n| format!("{}", n as f64 / 1e9)),
+                            r.memory.map_or("unlimited".into(), |m| m.to_string()),
+                            r.pids
+                        ));
+                    }
+                    Ok(None) => lines.push("containerState: gone".into()),
+                    Err(e) => lines.push(format!("containerState: unknown ({e})")),
+                }
+                if let Ok(Some(u)) = self.runtime.usage(&instance.reference).await {
+                    lines.push(format!(
+                        "usage: cpu {:.1}%, memory {} of {} bytes, pids {}",
+                        u.cpu_percent,
+                        u.memory_bytes,
+                        u.memory_limit_bytes.map_or("unlimited".into(), |l| l.to_string()),
+                        u.pids.map_or("unknown".into(), |p| p.to_string())
+                    ));
+                }
+            }
+        }
+        let mut text = lines.join("\n");
+        text.push('\n');
+        text
     }
 
     /// The sandbox, when diagnostics are on, `kind` is one, and `caller` may see it.
@@ -183,7 +317,7 @@ impl Service {
             return Err(Error::Forbidden(Denial::DiagnosticsDisabled));
         }
         let record = self.owned(id, caller).await?;
-        if kind != "logs" && kind != "events" {
+        if kind != "logs" && kind != "events" && !PLAIN_KINDS.contains(&kind) {
             return Err(Error::no_sandbox(&format!("{id}/diagnostics/{kind}")));
         }
         Ok(record)

@@ -109,6 +109,9 @@ impl Service {
         }
         match mode.unwrap_or(record.pause_policy.snapshot_type) {
             PauseMode::Freeze => self.freeze(id, Freeze::Pause, caller).await,
+            PauseMode::Rootfs if self.runtime.capabilities().host_network => {
+                Err(Error::invalid(super::sandboxes::ROOTFS_HOST_NETWORK))
+            }
             PauseMode::Rootfs => self.hibernate(id, caller).await,
         }
     }
@@ -256,6 +259,7 @@ impl Service {
             files: Vec::new(),
             purpose: Purpose::Sandbox,
             previous: Some(hibernation.previous.clone()),
+            start: true,
         };
         let started = async {
             let instance = self.runtime.create(spec).await?;

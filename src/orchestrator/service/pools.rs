@@ -31,7 +31,7 @@ use super::sandboxes::{status, view, EXECD_ENVS_FILE};
 use super::Service;
 use crate::orchestrator::auth::{Principal, Role};
 use crate::orchestrator::error::{Conflict, Denial, Error, Kind};
-use crate::orchestrator::runtime::{Instance, Observed, EXECD_PORT};
+use crate::orchestrator::runtime::{Instance, Observed, Resources, RuntimeError, EXECD_PORT};
 use crate::orchestrator::spec;
 use crate::orchestrator::store::{EventType, MemberRow, MemberState, Phase, PoolRow, Record};
 use crate::wire::lifecycle::{CreateSandboxRequest, CreateSandboxResponse, Sandbox};
@@ -182,6 +182,8 @@ struct Acquire {
     extensions: BTreeMap<String, String>,
     entrypoint: Option<Vec<String>>,
     business_domain: Option<String>,
+    /// A `resourceLimits` override: the limits to apply live, and as given.
+    resize: Option<spec::LiveLimits>,
 }
 
 impl Service {
@@ -316,6 +318,7 @@ impl Service {
             extensions: BTreeMap::from([(POOL_REF.to_owned(), name.to_owned())]),
             entrypoint: None,
             business_domain: None,
+            resize: resize(req.resource_limits)?,
         };
         let record = self.acquire(name, acquire, caller).await?;
         Ok(view(&record, &Observed::Running))
@@ -380,6 +383,7 @@ impl Service {
             extensions,
             entrypoint,
             business_domain,
+            resize: resize(req.resource_limits)?,
         };
         let record = self.acquire(&name, acquire, caller).await?;
         Ok(CreateSandboxResponse {
@@ -741,6 +745,10 @@ impl Service {
         };
         let mut shown_env = strings("env");
         shown_env.extend(req.env.clone());
+        let mut shown_limits = strings("resourceLimits");
+        if let Some((_, given)) = &req.resize {
+            shown_limits.extend(given.clone());
+        }
         let record = Record {
             id: uuid::Uuid::new_v4().to_string(),
             instance: None,
@@ -759,7 +767,7 @@ impl Service {
             template: None,
             failure: None,
             name: req.name.clone(),
-            resource_limits: strings("resourceLimits"),
+            resource_limits: shown_limits,
             timeout: req.timeout,
             env: shown_env,
             pool: None,
@@ -798,7 +806,13 @@ impl Service {
             let _ = tokio::time::timeout_at(deadline, changed).await;
         };
         self.pools.poke.notify_one();
-        if let Err(e) = self.prepare_acquired(&record, &pool_entrypoint, &req.env).await {
+        let prepared = async {
+            if let Some((resources, given)) = &req.resize {
+                self.resize_acquired(&record, *resources, given).await?;
+            }
+            self.prepare_acquired(&record, &pool_entrypoint, &req.env).await
+        };
+        if let Err(e) = prepared.await {
             tracing::warn!(sandbox = %record.id, error = %e, "cannot prepare an acquired member; releasing it");
             if let Err(e) = self.end_allocation(&record, false).await {
                 tracing::error!(sandbox = %record.id, error = %e, "cannot release a member that failed to prepare");
@@ -816,6 +830,33 @@ impl Service {
         .await;
         tracing::info!(sandbox = %record.id, pool = name, "sandbox acquired from pool");
         Ok(record)
+    }
+
+    /// Applies a `resourceLimits` override to the acquired member, live. The engine's refusal
+    /// of a value (a memory limit below what the container uses) is the caller's 400.
+    async fn resize_acquired(
+        &self,
+        record: &Record,
+        resources: Resources,
+        given: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        let instance = record
+            .instance
+            .as_ref()
+            .ok_or_else(|| Error::Internal("an allocated member has no instance".into()))?;
+        let t = Instant::now();
+        self.runtime
+            .resize(instance, resources)
+            .await
+            .map_err(|e| match e {
+                RuntimeError::Rejected(message) => {
+                    Error::invalid(format!("resourceLimits: the runtime refused them: {message}"))
+                }
+                other => other.into(),
+            })?;
+        let limits: Vec<String> = given.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        tracing::info!(sandbox = %record.id, limits = %limits.join(","), ms = t.elapsed().as_millis(), "acquired member resized");
+        Ok(())
     }
 
     /// Makes the member the new sandbox's: its id and the request's env in execd's env file
@@ -1127,6 +1168,14 @@ fn pod_template(template: &serde_json::Value) -> Result<serde_json::Value, Error
         request["resourceLimits"] = limits.into();
     }
     Ok(request)
+}
+
+/// A `resourceLimits` override of an acquire, checked; `None` when none is given.
+fn resize(limits: Option<BTreeMap<String, serde_json::Value>>) -> Result<Option<spec::LiveLimits>, Error> {
+    match limits {
+        Some(l) if l.values().any(|v| !v.is_null()) => spec::live_limits(l).map(Some),
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]

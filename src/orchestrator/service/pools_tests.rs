@@ -765,3 +765,80 @@ async fn a_pooled_sandbox_pauses_with_freeze_and_snapshots_but_not_with_rootfs()
     assert_eq!(s.get(&sandbox.id, &root()).await.unwrap().status.state, "Paused");
     s.resume(&sandbox.id, &root()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_resource_limits_override_is_applied_live_to_the_acquired_member() {
+    let rig = rig(Duration::from_secs(5)).await;
+    let s = &rig.service;
+    s.create_pool(pool_request("sized", capacity(0, 2, 0, 3)), &root())
+        .await
+        .unwrap();
+    rig.wait_available("sized", 2).await;
+    let req: AcquireRequest = serde_json::from_value(serde_json::json!({
+        "resourceLimits": {"memory": "512Mi", "pids": "64"},
+    }))
+    .unwrap();
+    let sandbox = s.acquire_from_pool("sized", req, &root()).await.unwrap();
+    let record = s.store.get(&sandbox.id).await.unwrap().unwrap();
+    let member = &rig.fake.sandboxes()[&record.instance.unwrap().reference];
+    assert_eq!(member.spec.resources.memory, Some(512 << 20));
+    assert_eq!(
+        member.spec.resources.nano_cpus,
+        Some(500_000_000),
+        "the pool's cpu is kept"
+    );
+    assert_eq!(member.spec.resources.pids, 64);
+    let shown = sandbox.resource_limits.unwrap();
+    assert_eq!(shown["memory"], "512Mi");
+    assert_eq!(shown["cpu"], "500m");
+    // Through create with poolRef as well.
+    let req = serde_json::from_value(serde_json::json!({
+        "resourceLimits": {"cpu": "1"},
+        "extensions": {"poolRef": "sized"},
+    }))
+    .unwrap();
+    let created = s.create(req, &root(), None).await.unwrap();
+    let record = s.store.get(&created.id).await.unwrap().unwrap();
+    let member = &rig.fake.sandboxes()[&record.instance.unwrap().reference];
+    assert_eq!(member.spec.resources.nano_cpus, Some(1_000_000_000));
+    assert_eq!(member.spec.resources.memory, Some(256 << 20));
+
+    // Bad values are 400 before any member is taken.
+    rig.wait_available("sized", 1).await;
+    let before = rig.status("sized").await.allocated;
+    for (limits, field) in [
+        (serde_json::json!({"memory": "1Ki"}), "6Mi"),
+        (serde_json::json!({"cpu": "lots"}), "resourceLimits.cpu"),
+        (serde_json::json!({"disk": "1Gi"}), "unknown resource"),
+    ] {
+        let req: AcquireRequest =
+            serde_json::from_value(serde_json::json!({"resourceLimits": limits})).unwrap();
+        match s.acquire_from_pool("sized", req, &root()).await.unwrap_err() {
+            Error::Invalid(m) => assert!(m.contains(field), "{m}"),
+            other => panic!("expected 400, got {other:?}"),
+        }
+    }
+    assert_eq!(rig.status("sized").await.allocated, before);
+
+    // A value the runtime refuses is the caller's 400; the member goes back (recycled).
+    rig.fake
+        .fail(crate::orchestrator::runtime::fake::Op::Resize, 1, || {
+            crate::orchestrator::runtime::RuntimeError::Rejected(
+                "Minimum memory limit can not be less than memory reservation limit".into(),
+            )
+        });
+    let req: AcquireRequest =
+        serde_json::from_value(serde_json::json!({"resourceLimits": {"memory": "64Mi"}})).unwrap();
+    match s.acquire_from_pool("sized", req, &root()).await.unwrap_err() {
+        Error::Invalid(m) => assert!(
+            m.contains("resourceLimits") && m.contains("memory reservation"),
+            "{m}"
+        ),
+        other => panic!("expected 400, got {other:?}"),
+    }
+    assert_eq!(
+        rig.status("sized").await.allocated,
+        before,
+        "the refused member is not held"
+    );
+}

@@ -20,13 +20,23 @@ use crate::orchestrator::error::Denial;
 use crate::orchestrator::error::{Conflict, Error};
 use crate::orchestrator::execd_client::Ping;
 use crate::orchestrator::runtime::{Instance, Observed, Purpose, Resources, SandboxSpec, Target, EXECD_PORT};
-use crate::orchestrator::spec::{self, Plan};
+use crate::orchestrator::spec::{self, Plan, AUTO_START_EXTENSION};
 use crate::orchestrator::store::{EventType, Failure, Launch, NewEvent, Phase, Record, Source, TemplateRef};
 use crate::wire::lifecycle::{
     CreateSandboxRequest, CreateSandboxResponse, Endpoint, ImageSpec, Lifecycle, ListSandboxesResponse,
-    PausePolicy, RenewExpiration, Sandbox, SandboxAllocation, SandboxStatus, LIFECYCLE_ENV,
+    PauseMode, PausePolicy, RenewExpiration, Sandbox, SandboxAllocation, SandboxStatus, LIFECYCLE_ENV,
 };
 use crate::wire::time::{format_ms, now_ms, parse_ms};
+
+/// The status reason of a sandbox created with `autoStart: false`, not yet started.
+pub const AWAITING_START: &str = "AWAITING_START";
+/// The failure reason of a sandbox that `POST /sandboxes/{id}/start` could not bring up.
+pub const START_FAILED: &str = "START_FAILED";
+
+/// Why a Rootfs pause is refused on a host-network runtime (design §11.1).
+pub(super) const ROOTFS_HOST_NETWORK: &str = "pausePolicy Rootfs cannot be used with the host network mode \
+     (sandboxd runs with --network host): a Rootfs pause removes the container and restores it behind \
+     its published ports, which the host network has none of; use Freeze";
 
 /// Probes of `/ping` between two looks at whether the sandbox has already exited.
 const PINGS_PER_LOOK: u32 = 16;
@@ -119,6 +129,15 @@ impl Service {
                 "isolation: sandboxd has no seccomp profile for isolated sessions".into(),
             ));
         }
+        if plan.pause_policy.snapshot_type == PauseMode::Rootfs && self.runtime.capabilities().host_network {
+            return Err(Error::invalid(ROOTFS_HOST_NETWORK));
+        }
+        let gate = Gate::of(&plan);
+        if !plan.auto_start && gate.is_some() {
+            return Err(Error::invalid(format!(
+                "extensions.{AUTO_START_EXTENSION}=false cannot be combined with a preStart hook or a readiness probe"
+            )));
+        }
         let started = Instant::now();
         let now = now_ms();
         let mut token = [0u8; 24];
@@ -165,7 +184,17 @@ impl Service {
             format!("create requested: image {}", plan.image),
         )
         .await;
-        let gate = Gate::of(&plan);
+        if !plan.auto_start {
+            let span = tracing::info_span!("create", sandbox_id = %record.id);
+            return match self.create_stopped(&mut record, plan).instrument(span).await {
+                Ok(response) => Ok(response),
+                Err(e) => {
+                    tracing::warn!(sandbox = %record.id, error = %e, "create failed");
+                    self.discard(&record).await;
+                    Err(e)
+                }
+            };
+        }
         // Every line logged while it is provisioned is the sandbox's (its lifecycle log).
         let span = tracing::info_span!("create", sandbox_id = %record.id);
         let provisioned = self
@@ -316,13 +345,15 @@ impl Service {
             files: plan.files,
             purpose: Purpose::Sandbox,
             previous: None,
+            start: true,
         })
     }
 
-    /// Creates and starts the sandbox and waits for its execd: until `/ping` answers 200, or
-    /// when `gated` (a pre-start hook or readiness probe follows), until it answers at all.
-    async fn provision(&self, record: &mut Record, plan: Plan, gated: bool) -> Result<Provisioned, Error> {
-        let spec = self.sandbox_spec(&record.id, &record.token, record.expires_at, plan)?;
+    /// Has the runtime create the sandbox (and start it, when `start`), and records its
+    /// instance and launch.
+    async fn instantiate(&self, record: &mut Record, plan: Plan, start: bool) -> Result<Instance, Error> {
+        let mut spec = self.sandbox_spec(&record.id, &record.token, record.expires_at, plan)?;
+        spec.start = start;
         record.launch = Some(Launch {
             env: spec.env.clone(),
             resources: spec.resources,
@@ -330,10 +361,135 @@ impl Service {
             isolation: spec.isolation,
             image: None,
         });
-        let t = Instant::now();
         let instance = self.runtime.create(spec).await?;
         record.instance = Some(instance.clone());
         self.store.update(record).await?;
+        Ok(instance)
+    }
+
+    /// `autoStart: false`: the sandbox's container is created, execd injected, and left
+    /// unstarted; the sandbox is `Pending` (`AWAITING_START`) until
+    /// [`Service::start_sandbox`].
+    async fn create_stopped(&self, record: &mut Record, plan: Plan) -> Result<CreateSandboxResponse, Error> {
+        self.instantiate(record, plan, false).await?;
+        record.phase = Phase::AwaitingStart;
+        record.transition_at = now_ms();
+        if !self.store.update(record).await? {
+            return Err(Error::Conflict(Conflict::DeletedWhileStarting(record.id.clone())));
+        }
+        self.log_event_because(
+            &record.id,
+            EventType::Created,
+            Some(AWAITING_START.into()),
+            "created, not started (autoStart false)",
+        )
+        .await;
+        tracing::info!(sandbox = %record.id, image = %record.image, "sandbox created, awaiting start");
+        self.expiry_changed.notify_one();
+        Ok(CreateSandboxResponse {
+            id: record.id.clone(),
+            status: status(record, &Observed::Starting),
+            metadata: Some(record.metadata.clone()).filter(|m| !m.is_empty()),
+            platform: record.platform.clone(),
+            expires_at: record.expires_at.map(format_ms),
+            created_at: format_ms(record.created_at),
+            entrypoint: record.entrypoint.clone(),
+            template_id: record.template.as_ref().map(|t| t.id.clone()),
+            template_name: record.template.as_ref().map(|t| t.name.clone()),
+            template_version: record.template.as_ref().map(|t| t.version),
+            name: record.name.clone(),
+            allocation: None,
+        })
+    }
+
+    /// `POST /sandboxes/{id}/start`: starts a sandbox created with `autoStart: false` and
+    /// answers once its execd does, as a create would. 409 when it is not awaiting start. A
+    /// start that fails leaves the sandbox `Failed` (`START_FAILED`, with why) for its owner
+    /// to read and delete.
+    pub async fn start_sandbox(&self, id: &str, caller: &Principal) -> Result<Sandbox, Error> {
+        let record = self.owned(id, caller).await?;
+        let instance = match (&record.instance, record.phase) {
+            (Some(i), Phase::AwaitingStart) if record.failure.is_none() => i.clone(),
+            _ => {
+                let observed = self.observed(&record).await?;
+                return Err(Error::Conflict(Conflict::NotAwaitingStart {
+                    id: id.to_owned(),
+                    state: status(&record, &observed).state,
+                }));
+            }
+        };
+        let mut starting = record.clone();
+        starting.phase = Phase::Pending;
+        starting.transition_at = now_ms();
+        if !self.store.update_from(&starting, Phase::AwaitingStart).await? {
+            // Another start (or a delete) got there first.
+            let state = match self.store.get(id).await? {
+                Some(r) => status(&r, &Observed::Running).state,
+                None => return Err(Error::no_sandbox(id)),
+            };
+            return Err(Error::Conflict(Conflict::NotAwaitingStart {
+                id: id.to_owned(),
+                state,
+            }));
+        }
+        let started = Instant::now();
+        let span = tracing::info_span!("start", sandbox_id = %id);
+        let ready = async {
+            let instance = self.runtime.start(&instance).await?;
+            starting.instance = Some(instance.clone());
+            if !self.store.update(&starting).await? {
+                return Err(Error::Conflict(Conflict::DeletedWhileStarting(id.to_owned())));
+            }
+            match self.runtime.target(&instance, EXECD_PORT) {
+                Some(target) => self
+                    .wait_ready(&instance, &target, &starting.token, false)
+                    .await
+                    .map(drop),
+                None => Err(self
+                    .exit_error(&instance)
+                    .await?
+                    .unwrap_or_else(|| Error::StartFailed("the runtime published no port for execd".into()))),
+            }
+        }
+        .instrument(span)
+        .await;
+        match ready {
+            Ok(()) => {
+                starting.phase = Phase::Ready;
+                starting.transition_at = now_ms();
+                if !self.store.update(&starting).await? {
+                    return Err(Error::Conflict(Conflict::DeletedWhileStarting(id.to_owned())));
+                }
+                let ms = started.elapsed().as_millis();
+                self.log_event(
+                    id,
+                    EventType::Ready,
+                    format!("started on request: execd answered after {ms} ms"),
+                )
+                .await;
+                tracing::info!(sandbox = id, ms, "sandbox started");
+                Ok(view(&starting, &Observed::Running))
+            }
+            Err(Error::Conflict(Conflict::DeletedWhileStarting(id))) => {
+                Err(Error::Conflict(Conflict::DeletedWhileStarting(id)))
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = id, error = %e, "start failed");
+                let failure = Failure {
+                    reason: START_FAILED.into(),
+                    message: e.to_string(),
+                };
+                self.fail_startup(id, failure).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates and starts the sandbox and waits for its execd: until `/ping` answers 200, or
+    /// when `gated` (a pre-start hook or readiness probe follows), until it answers at all.
+    async fn provision(&self, record: &mut Record, plan: Plan, gated: bool) -> Result<Provisioned, Error> {
+        let t = Instant::now();
+        let instance = self.instantiate(record, plan, true).await?;
         let created = t.elapsed();
         let answered = match self.runtime.target(&instance, EXECD_PORT) {
             Some(target) => self
@@ -727,7 +883,9 @@ impl Service {
         };
         let target = match record.phase {
             _ if record.failure.is_some() => Err(not_running("Failed")),
-            Phase::Pending | Phase::PreStart | Phase::Probing => Err(not_running("Pending")),
+            Phase::Pending | Phase::PreStart | Phase::Probing | Phase::AwaitingStart => {
+                Err(not_running("Pending"))
+            }
             Phase::Paused | Phase::Hibernated => Err(not_running("Paused")),
             Phase::Released => Err(not_running("Terminated")),
             Phase::Committing => Err(not_running("Pausing")),
@@ -855,6 +1013,10 @@ pub(super) fn status(record: &Record, observed: &Observed) -> SandboxStatus {
     }
     match record.phase {
         Phase::Pending => return s("Pending", "SANDBOX_STARTING", None),
+        Phase::AwaitingStart => {
+            let message = "created with autoStart false: POST /v1/sandboxes/{id}/start starts it";
+            return s("Pending", AWAITING_START, Some(message.into()));
+        }
         Phase::PreStart => return s("Pending", "PRE_START_RUNNING", None),
         Phase::Probing => return s("Pending", "READINESS_PROBE", None),
         Phase::Released => return s("Terminated", "RELEASED", Some("released to its pool".into())),

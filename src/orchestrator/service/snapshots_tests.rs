@@ -513,6 +513,56 @@ async fn a_fork_takes_one_snapshot_and_makes_each_sandbox_from_it() {
     assert!(matches!(e, Error::Forbidden(Denial::Quota { .. })), "{e:?}");
 }
 
+/// §11.3: a snapshot outlives its source and cannot be deleted while sandboxes made from it
+/// exist. A fork's snapshot is such a snapshot: kept while any of its sandboxes lives (409
+/// `SNAPSHOT::IN_USE`), even after the source is gone, and deletable (its image removed)
+/// once the last is deleted.
+#[tokio::test]
+async fn a_forks_snapshot_is_kept_while_its_sandboxes_live_and_deletable_after() {
+    let rig = rig().await;
+    let source = rig.sandbox(serde_json::json!({})).await;
+    let forked = rig
+        .service
+        .fork(
+            &source,
+            ForkRequest {
+                count: Some(2),
+                metadata: None,
+            },
+            &root(),
+        )
+        .await
+        .unwrap();
+    let image = format!("opensandbox-snapshots:{}", forked.snapshot_id);
+    rig.service.delete(&source, &root()).await.unwrap();
+    for child in &forked.items {
+        let e = rig
+            .service
+            .delete_snapshot(&forked.snapshot_id, &root())
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, Error::Conflict(Conflict::SnapshotInUse(_))), "{e:?}");
+        assert!(rig.fake.has_image(&image), "kept while in use");
+        let snap = rig
+            .service
+            .get_snapshot(&forked.snapshot_id, &root())
+            .await
+            .unwrap();
+        assert_eq!(snap.status.state, "Ready", "a refused delete leaves it Ready");
+        rig.service.delete(&child.id, &root()).await.unwrap();
+    }
+    rig.service
+        .delete_snapshot(&forked.snapshot_id, &root())
+        .await
+        .unwrap();
+    assert!(!rig.fake.has_image(&image), "the image goes with the snapshot");
+    assert!(rig
+        .service
+        .get_snapshot(&forked.snapshot_id, &root())
+        .await
+        .is_err());
+}
+
 #[tokio::test]
 async fn a_fork_whose_sandbox_fails_leaves_nothing_of_itself() {
     let rig = rig().await;

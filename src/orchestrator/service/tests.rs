@@ -1210,3 +1210,250 @@ async fn a_restart_during_startup_marks_the_sandbox_interrupted_and_keeps_it() {
         "{events:?}"
     );
 }
+
+/// A create request with `extensions["sandboxd.autoStart"]="false"`.
+fn awaiting_request() -> CreateSandboxRequest {
+    serde_json::from_value(serde_json::json!({
+        "image": {"uri": "busybox"},
+        "entrypoint": ["sleep", "infinity"],
+        "timeout": 600,
+        "extensions": {"sandboxd.autoStart": "false"},
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn auto_start_false_creates_without_starting_until_start() {
+    let rig = rig().await;
+    let s = &rig.service;
+    let created = s.create(awaiting_request(), &root(), None).await.unwrap();
+    assert_eq!(created.status.state, "Pending");
+    assert_eq!(created.status.reason.as_deref(), Some("AWAITING_START"));
+    let spec = rig.fake.sandboxes().into_values().next().unwrap().spec;
+    assert!(!spec.start, "the runtime was asked to create only");
+    assert!(
+        spec.env.contains_key("EXECD_ACCESS_TOKEN"),
+        "execd is injected at create"
+    );
+    let shown = s.get(&created.id, &root()).await.unwrap().status;
+    assert_eq!(
+        (shown.state.as_str(), shown.reason.as_deref()),
+        ("Pending", Some("AWAITING_START"))
+    );
+    // Not running: pause, executions and the proxy refuse it.
+    let e = s.pause(&created.id, None, &root()).await.unwrap_err();
+    assert!(matches!(e, Error::Conflict(Conflict::NotRunning { .. })), "{e:?}");
+    let route = s.proxy_target(&created.id, 44772).await.unwrap();
+    assert!(route.target.is_err());
+    // Someone else's is 404.
+    let other = user("mallory", Role::User);
+    assert!(matches!(
+        s.start_sandbox(&created.id, &other).await.unwrap_err(),
+        Error::NotFound { .. }
+    ));
+
+    let started = s.start_sandbox(&created.id, &root()).await.unwrap();
+    assert_eq!(started.status.state, "Running");
+    assert_eq!(s.get(&created.id, &root()).await.unwrap().status.state, "Running");
+    let route = s.proxy_target(&created.id, 44772).await.unwrap();
+    assert!(route.target.is_ok());
+    // Twice: 409, naming the state.
+    match s.start_sandbox(&created.id, &root()).await.unwrap_err() {
+        Error::Conflict(Conflict::NotAwaitingStart { state, .. }) => assert_eq!(state, "Running"),
+        other => panic!("expected 409, got {other:?}"),
+    }
+    let kinds: Vec<String> = s
+        .store
+        .events(&created.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.iter().filter(|k| *k == "Created").count() >= 1, "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("Ready"), "{kinds:?}");
+    // A sandbox created normally is not awaiting start either.
+    let plain = s.create(request(Some(600)), &root(), None).await.unwrap();
+    assert!(matches!(
+        s.start_sandbox(&plain.id, &root()).await.unwrap_err(),
+        Error::Conflict(Conflict::NotAwaitingStart { .. })
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_starts_start_once_and_a_failed_start_is_recorded() {
+    let rig = rig_with_timeout(Duration::from_millis(300)).await;
+    let s = &rig.service;
+    let created = s.create(awaiting_request(), &root(), None).await.unwrap();
+    let caller = root();
+    let (a, b) = tokio::join!(
+        s.start_sandbox(&created.id, &caller),
+        s.start_sandbox(&created.id, &caller)
+    );
+    assert_eq!(
+        [a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "exactly one start wins: {a:?} {b:?}"
+    );
+    let refused = if a.is_err() { a } else { b };
+    assert!(matches!(
+        refused.unwrap_err(),
+        Error::Conflict(Conflict::NotAwaitingStart { .. })
+    ));
+
+    // A sandbox whose execd never answers once started: Failed, START_FAILED, kept.
+    let silent = s.create(awaiting_request(), &root(), None).await.unwrap();
+    rig.fake.behave(Behaviour::Silent);
+    assert!(matches!(
+        s.start_sandbox(&silent.id, &root()).await.unwrap_err(),
+        Error::StartFailed(_)
+    ));
+    let status = s.get(&silent.id, &root()).await.unwrap().status;
+    assert_eq!(
+        (status.state.as_str(), status.reason.as_deref()),
+        ("Failed", Some("START_FAILED"))
+    );
+    s.delete(&silent.id, &root()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sandbox_awaiting_start_stays_awaiting_across_a_restart() {
+    let rig = rig().await;
+    let created = rig
+        .service
+        .create(awaiting_request(), &root(), None)
+        .await
+        .unwrap();
+    let restarted = Service::for_tests(rig._dir.path(), &rig.fake, "key", 86_400, Duration::from_secs(10));
+    let done = restarted.reconcile().await.unwrap();
+    assert_eq!((done.adopted, done.removed, done.forgotten), (1, 0, 0));
+    let status = restarted.get(&created.id, &root()).await.unwrap().status;
+    assert_eq!(
+        (status.state.as_str(), status.reason.as_deref()),
+        ("Pending", Some("AWAITING_START"))
+    );
+    let started = restarted.start_sandbox(&created.id, &root()).await.unwrap();
+    assert_eq!(started.status.state, "Running");
+}
+
+#[tokio::test]
+async fn auto_start_bad_values_and_gated_plans_are_refused() {
+    let rig = rig().await;
+    let s = &rig.service;
+    let bad: CreateSandboxRequest = serde_json::from_value(serde_json::json!({
+        "image": {"uri": "busybox"}, "entrypoint": ["sleep", "1"],
+        "extensions": {"sandboxd.autoStart": "no"},
+    }))
+    .unwrap();
+    assert!(
+        matches!(s.create(bad, &root(), None).await.unwrap_err(), Error::Invalid(m) if m.contains("sandboxd.autoStart"))
+    );
+    let hooked: CreateSandboxRequest = serde_json::from_value(serde_json::json!({
+        "image": {"uri": "busybox"}, "entrypoint": ["sleep", "1"],
+        "lifecycle": {"preStart": {"command": ["true"]}},
+        "extensions": {"sandboxd.autoStart": "false"},
+    }))
+    .unwrap();
+    assert!(
+        matches!(s.create(hooked, &root(), None).await.unwrap_err(), Error::Invalid(m) if m.contains("preStart"))
+    );
+    rig.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn rootfs_with_the_host_network_is_refused_at_create_and_at_pause() {
+    let rig = rig().await;
+    let s = &rig.service;
+    rig.fake.set_host_network(true);
+    let rootfs: CreateSandboxRequest = serde_json::from_value(serde_json::json!({
+        "image": {"uri": "busybox"}, "entrypoint": ["sleep", "infinity"],
+        "pausePolicy": {"snapshotType": "Rootfs"},
+    }))
+    .unwrap();
+    match s.create(rootfs, &root(), None).await.unwrap_err() {
+        Error::Invalid(m) => assert!(m.contains("Rootfs") && m.contains("host network"), "{m}"),
+        other => panic!("expected 400, got {other:?}"),
+    }
+    rig.assert_nothing_left().await;
+    let freeze = s.create(request(Some(600)), &root(), None).await.unwrap();
+    let e = s
+        .pause(
+            &freeze.id,
+            Some(crate::wire::lifecycle::PauseMode::Rootfs),
+            &root(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Invalid(ref m) if m.contains("host network")),
+        "{e:?}"
+    );
+    assert_eq!(s.get(&freeze.id, &root()).await.unwrap().status.state, "Running");
+    s.pause(&freeze.id, None, &root()).await.unwrap();
+}
+
+#[tokio::test]
+async fn plain_inspect_and_summary_diagnostics() {
+    let rig = rig().await;
+    let s = &rig.service;
+    let created = s.create(request(Some(600)), &root(), None).await.unwrap();
+    let q = DiagnosticsQuery::default();
+    let inspect = s
+        .plain_diagnostics(&created.id, "inspect", &q, &root())
+        .await
+        .unwrap();
+    for line in [
+        format!("sandbox: {}", created.id),
+        "state: Running (CONTAINER_RUNNING)".into(),
+        "image: busybox".into(),
+        "containerState: Running".into(),
+        "usage: cpu 1.5%".into(),
+    ] {
+        assert!(inspect.contains(&line), "{line:?} missing from:\n{inspect}");
+    }
+    rig.fake.set_logs(&created.id, "hello from the entrypoint\n");
+    let summary = s
+        .plain_diagnostics(&created.id, "summary", &q, &root())
+        .await
+        .unwrap();
+    let (i, e, l) = (
+        summary.find("=== inspect ===").unwrap(),
+        summary.find("=== events ===").unwrap(),
+        summary.find("=== logs ===").unwrap(),
+    );
+    assert!(i < e && e < l, "{summary}");
+    assert!(summary[e..l].contains("Ready"), "{summary}");
+    assert!(summary[l..].contains("hello from the entrypoint"), "{summary}");
+    // An exited container says how it ended.
+    rig.fake.set_observed(
+        &created.id,
+        Observed::Exited {
+            code: Some(137),
+            oom: true,
+            message: None,
+        },
+    );
+    let inspect = s
+        .plain_diagnostics(&created.id, "inspect", &q, &root())
+        .await
+        .unwrap();
+    assert!(
+        inspect.contains("exitCode: 137") && inspect.contains("oomKilled: true"),
+        "{inspect}"
+    );
+    // Plain only; someone else's is 404.
+    let scoped = DiagnosticsQuery {
+        scope: Some("all".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.diagnostics(&created.id, "inspect", &scoped, &root()).await.unwrap_err(),
+        Error::Invalid(m) if m.contains("scope")
+    ));
+    assert!(matches!(
+        s.plain_diagnostics(&created.id, "summary", &q, &user("mallory", Role::User))
+            .await
+            .unwrap_err(),
+        Error::NotFound { .. }
+    ));
+}

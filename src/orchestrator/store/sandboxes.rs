@@ -38,6 +38,9 @@ pub enum Phase {
     /// A Rootfs resume is creating the sandbox again from its hibernation's image:
     /// `Resuming`, `RESTORING`.
     Restoring,
+    /// Created with `extensions["sandboxd.autoStart"]="false"`: the instance exists, not
+    /// started, until `POST /sandboxes/{id}/start`: `Pending`, `AWAITING_START`.
+    AwaitingStart,
 }
 
 impl Phase {
@@ -52,6 +55,7 @@ impl Phase {
             Phase::Committing => "committing",
             Phase::Hibernated => "hibernated",
             Phase::Restoring => "restoring",
+            Phase::AwaitingStart => "awaiting_start",
         }
     }
 
@@ -66,6 +70,7 @@ impl Phase {
             "committing" => Some(Phase::Committing),
             "hibernated" => Some(Phase::Hibernated),
             "restoring" => Some(Phase::Restoring),
+            "awaiting_start" => Some(Phase::AwaitingStart),
             _ => None,
         }
     }

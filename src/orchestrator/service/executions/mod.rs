@@ -413,7 +413,7 @@ impl Service {
         let record = self.owned(id, caller).await?;
         let state = match record.phase {
             _ if record.failure.is_some() => Some("Failed"),
-            Phase::Pending | Phase::PreStart | Phase::Probing => Some("Pending"),
+            Phase::Pending | Phase::PreStart | Phase::Probing | Phase::AwaitingStart => Some("Pending"),
             Phase::Paused | Phase::Hibernated => Some("Paused"),
             Phase::Committing => Some("Pausing"),
             Phase::Restoring => Some("Resuming"),
