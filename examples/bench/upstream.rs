@@ -4,7 +4,8 @@
 //! image), so both servers start the same image with the same agent. Every figure alternates
 //! between the two servers request by request, so load on the shared machine falls on both.
 //!
-//! - cold create → first `true` done through the returned execd endpoint, p50;
+//! - cold create → execd answering `/ping` → first `true` done through the returned execd
+//!   endpoint (what an SDK does), p50;
 //! - `GET /v1/sandboxes` (no query: each server's default page) with 100 sandboxes present;
 //! - 20 creates at once, until all answered, and how many failed on each side.
 
@@ -80,7 +81,11 @@ impl Api {
             let resp = req.send().await?;
             let status = resp.status();
             let text = resp.text().await?;
-            ensure!(status.is_success(), "{}: {method} {path}: {status} {text}", self.name);
+            ensure!(
+                status.is_success(),
+                "{}: {method} {path}: {status} {text}",
+                self.name
+            );
             Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
         }
         .await;
@@ -96,13 +101,16 @@ impl Api {
             "image": {"uri": IMAGE}, "entrypoint": ["sleep", "100000"], "timeout": 3600,
             "resourceLimits": {"cpu": "500m", "memory": "256Mi"},
         });
-        let created = self.call(reqwest::Method::POST, "/v1/sandboxes", Some(&body)).await?;
+        let created = self
+            .call(reqwest::Method::POST, "/v1/sandboxes", Some(&body))
+            .await?;
         let id = created["id"].as_str().context("no id")?.to_owned();
         self.made.lock().unwrap().insert(id.clone());
         Ok(id)
     }
 
-    /// Create, then `true` through the execd endpoint the server gives, to its end.
+    /// Create, then `/ping` until execd answers, then `true` through the execd endpoint the server
+    /// gives, to its end.
     async fn create_then_true(&self) -> anyhow::Result<(Duration, String)> {
         let started = Instant::now();
         let id = self.create().await?;
@@ -110,6 +118,25 @@ impl Api {
         let ep = self.call(reqwest::Method::GET, &path, None).await?;
         let base = format!("http://{}", ep["endpoint"].as_str().context("no endpoint")?);
         let token = ep["headers"]["x-execd-access-token"].as_str().unwrap_or("");
+        // What the SDKs do after a create: `/ping` until execd answers (upstream answers the
+        // create before its execd listens; sandboxd's is answering by then, so one ping).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ping = self
+                .client
+                .get(format!("{base}/ping"))
+                .header("X-EXECD-ACCESS-TOKEN", token)
+                .send()
+                .await;
+            if ping.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                bail!("{}: execd of {id} never answered /ping", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if let Err(e) = command_true(&self.client, &base, token).await {
             self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(e.context(format!("{}: first command", self.name)));
@@ -213,7 +240,17 @@ impl Drop for Upstream {
 /// Builds our agent's execd image for the upstream server (cached by Docker's layers).
 fn ensure_agent_image() -> anyhow::Result<()> {
     let ok = Command::new("docker")
-        .args(["build", "-q", "-f", "Dockerfile.agent", "--target", "agent", "-t", AGENT_IMAGE, "."])
+        .args([
+            "build",
+            "-q",
+            "-f",
+            "Dockerfile.agent",
+            "--target",
+            "agent",
+            "-t",
+            AGENT_IMAGE,
+            ".",
+        ])
         .stdout(Stdio::null())
         .status()?
         .success();
@@ -224,7 +261,16 @@ fn ensure_agent_image() -> anyhow::Result<()> {
 async fn versus(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     ensure_image()?;
     ensure_agent_image()?;
-    let args = ["--api-key", KEY, "--rate-create", "0", "--rate-read", "0", "--max-sandboxes-per-user", "1000"];
+    let args = [
+        "--api-key",
+        KEY,
+        "--rate-create",
+        "0",
+        "--rate-read",
+        "0",
+        "--max-sandboxes-per-user",
+        "1000",
+    ];
     let sandboxd = Sandboxd::start_with(ctx, &args)?;
     let (mut upstream, upstream_base) = Upstream::start().await?;
     let ours = Api::new("sandboxd", sandboxd.base.clone())?;
@@ -262,7 +308,11 @@ async fn measure(ctx: &Ctx, ours: &Api, theirs: &Api) -> anyhow::Result<Vec<Row>
             let more = (PRESENT - have).min(8);
             join_all((0..more).map(|_| api.create())).await;
         }
-        ensure!(api.made.lock().unwrap().len() >= PRESENT, "{}: could not make {PRESENT} sandboxes", api.name);
+        ensure!(
+            api.made.lock().unwrap().len() >= PRESENT,
+            "{}: could not make {PRESENT} sandboxes",
+            api.name
+        );
     }
     let lists = ctx.count(50);
     let mut list: [Vec<Duration>; 2] = Default::default();
@@ -290,22 +340,40 @@ async fn measure(ctx: &Ctx, ours: &Api, theirs: &Api) -> anyhow::Result<Vec<Row>
     let (l_ours, l_theirs) = (percentile_ms(&list[0], 50.0), percentile_ms(&list[1], 50.0));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     Ok(vec![
-        Row::new(format!("sandboxd: cold create → first command done (busybox), p50 of {n}"), c_ours, "ms")
-            .anchor("opensandbox-server 1.1.1, same image and agent, p50", c_theirs)
-            .goal(Goal::RatioAtMost(0.5)),
-        Row::new(format!("sandboxd: GET /v1/sandboxes with {PRESENT} present, p50 of {lists}"), l_ours, "ms")
-            .anchor("opensandbox-server 1.1.1, the same request, p50", l_theirs)
-            .goal(Goal::RatioAtMost(0.1)),
-        Row::new(format!("sandboxd: {BURST} creates at once, until all answered"), ms(burst[0]), "ms")
-            .anchor("opensandbox-server 1.1.1, the same burst", ms(burst[1])),
         Row::new(
-            format!("sandboxd: failed requests in this section (burst failures: {})", burst_failed[0]),
+            format!("sandboxd: cold create → first command done (busybox), p50 of {n}"),
+            c_ours,
+            "ms",
+        )
+        .anchor("opensandbox-server 1.1.1, same image and agent, p50", c_theirs)
+        .goal(Goal::RatioAtMost(0.5)),
+        Row::new(
+            format!("sandboxd: GET /v1/sandboxes with {PRESENT} present, p50 of {lists}"),
+            l_ours,
+            "ms",
+        )
+        .anchor("opensandbox-server 1.1.1, the same request, p50", l_theirs)
+        .goal(Goal::RatioAtMost(0.1)),
+        Row::new(
+            format!("sandboxd: {BURST} creates at once, until all answered"),
+            ms(burst[0]),
+            "ms",
+        )
+        .anchor("opensandbox-server 1.1.1, the same burst", ms(burst[1])),
+        Row::new(
+            format!(
+                "sandboxd: failed requests in this section (burst failures: {})",
+                burst_failed[0]
+            ),
             ours.failed() as f64,
             "",
         )
         .goal(Goal::AtMost(0.0)),
         Row::new(
-            format!("opensandbox-server: failed requests in this section (burst failures: {})", burst_failed[1]),
+            format!(
+                "opensandbox-server: failed requests in this section (burst failures: {})",
+                burst_failed[1]
+            ),
             theirs.failed() as f64,
             "",
         ),

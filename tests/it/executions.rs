@@ -697,27 +697,13 @@ async fn isolated_executions_run_in_a_jail_of_their_own() {
     )
     .await;
     assert_eq!(state(&e), "Succeeded", "{e}");
-    let (_, result) = d
-        .json(
-            Method::GET,
-            &format!("/v1/executions/{}/result", e["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
-    assert_eq!(result["stdout"], "sandbox\nread-only\nmine\nhi\n", "{result}");
+    assert_eq!(e["stdout"], "sandbox\nread-only\nmine\nhi\n", "{e}");
     let outside = run(
         &d,
         &sb,
         json!({"command": "test -e /tmp/mine && echo leaked || echo clean; hostname"}),
     )
     .await;
-    let (_, outside) = d
-        .json(
-            Method::GET,
-            &format!("/v1/executions/{}/result", outside["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
     assert!(
         outside["stdout"].as_str().unwrap().starts_with("clean\n"),
         "{outside}"
@@ -734,15 +720,8 @@ async fn isolated_executions_run_in_a_jail_of_their_own() {
         json!({"argv": ["printf", "%s|", "a b", "it's"], "isolated": true}),
     )
     .await;
-    let (_, result) = d
-        .json(
-            Method::GET,
-            &format!("/v1/executions/{}/result", e["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
     // (execd's events carry whole lines, so the last one ends with a newline here too.)
-    assert_eq!(result["stdout"], "a b|it's|\n", "{result}");
+    assert_eq!(e["stdout"], "a b|it's|\n", "{e}");
 
     // The seed's handler, isolated: the result comes back through its bound directory.
     let e = run(
@@ -753,19 +732,12 @@ async fn isolated_executions_run_in_a_jail_of_their_own() {
     )
     .await;
     assert_eq!(state(&e), "Succeeded", "{e}");
-    let (_, result) = d
-        .json(
-            Method::GET,
-            &format!("/v1/executions/{}/result", e["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
     assert_eq!(
-        result["result"],
+        e["result"],
         json!({"status": "ok", "data": {"name": "Alice"}}),
-        "{result}"
+        "{e}"
     );
-    assert_eq!(result["stdout"], "noise\n", "{result}");
+    assert_eq!(e["stdout"], "noise\n", "{e}");
 
     // A timeout ends the session, and with it the run.
     let e = run(
@@ -849,19 +821,12 @@ async fn a_javascript_handler_runs_where_node_is() {
     let with = d.create(body).await["id"].as_str().unwrap().to_owned();
     let e = run(&d, &with, handler.clone()).await;
     assert_eq!(state(&e), "Succeeded", "{e}");
-    let (_, result) = d
-        .json(
-            Method::GET,
-            &format!("/v1/executions/{}/result", e["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
     assert_eq!(
-        result["result"],
+        e["result"],
         json!({"status": "ok", "data": {"name": "Alice"}, "via": true}),
-        "{result}"
+        "{e}"
     );
-    assert_eq!(result["stdout"], "side\n", "{result}");
+    assert_eq!(e["stdout"], "side\n", "{e}");
 
     let without = d
         .create(sandbox_body(image("python"), &["tail", "-f", "/dev/null"]))
