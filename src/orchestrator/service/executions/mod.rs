@@ -115,6 +115,8 @@ pub(super) struct Live {
     changed: watch::Sender<(ExecutionState, u64)>,
     /// Set by a delete; the run interrupts execd and ends `Cancelled`.
     cancel: watch::Sender<bool>,
+    /// The row as stored at the end, so a waiting submit answers without reading it back.
+    settled: Mutex<Option<ExecutionRow>>,
 }
 
 #[derive(Default)]
@@ -131,6 +133,7 @@ impl Live {
             log: Mutex::new(EventLog::default()),
             changed: watch::Sender::new((state, 0)),
             cancel: watch::Sender::new(false),
+            settled: Mutex::new(None),
         })
     }
 
@@ -590,8 +593,11 @@ impl Service {
     async fn wait_for_end(&self, id: &str, wait: Duration) -> Result<ExecutionRow, Error> {
         if let Some(live) = self.executions.get(id) {
             let mut rx = live.changed.subscribe();
-            drop(live);
             let _ = tokio::time::timeout(wait, rx.wait_for(|(s, _)| s.is_terminal())).await;
+            let settled = live.settled.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(row) = settled {
+                return Ok(row);
+            }
         }
         self.store
             .execution(id)

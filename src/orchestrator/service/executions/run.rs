@@ -682,6 +682,7 @@ impl Service {
         if let Some(terminal) = terminal_event(row, now) {
             live.push(terminal);
         }
+        *live.settled.lock().unwrap_or_else(|e| e.into_inner()) = Some(row.clone());
         live.set_state(row.state);
         tracing::info!(execution = %row.id, state = row.state.as_str(), ms = row.duration_ms.unwrap_or(0), "execution ended");
     }
