@@ -141,6 +141,37 @@ impl Rig {
         Ok(took)
     }
 
+    /// `true` as a command execution through sandboxd: submit with `?wait`, the answer.
+    async fn true_via_sandboxd(&self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let e = self
+            .post(
+                &format!("/v1/sandboxes/{}/executions?wait=30", self.sandbox),
+                &json!({"argv": ["true"]}),
+                200,
+            )
+            .await?;
+        let took = t.elapsed();
+        ensure!(e["status"]["state"] == "Succeeded", "unexpected answer: {e}");
+        Ok(took)
+    }
+
+    /// `true` through execd's `/command` directly, to the end of its stream.
+    async fn true_via_execd(&self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let body = self
+            .execd(reqwest::Method::POST, "/command")
+            .json(&json!({"argv": ["true"]}))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let took = t.elapsed();
+        ensure!(body.contains("execution_complete"), "unexpected /command answer: {body}");
+        Ok(took)
+    }
+
     /// The same code through execd's `/code` (the default python context), to the end of
     /// its stream.
     async fn via_code(&self) -> anyhow::Result<Duration> {
@@ -252,6 +283,24 @@ async fn handler(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             }
         }
     }
+    // sandboxd's own share, without a python start in either side's time: `true` as a command
+    // execution beside the same command straight to execd, alternating.
+    let trues = ctx.count(100);
+    let (mut via, mut straight) = (Vec::new(), Vec::new());
+    for n in 0..trues + 5 {
+        let (a, b) = if n % 2 == 0 {
+            let a = rig.true_via_sandboxd().await?;
+            (a, rig.true_via_execd().await?)
+        } else {
+            let b = rig.true_via_execd().await?;
+            (rig.true_via_sandboxd().await?, b)
+        };
+        if n >= 5 {
+            via.push(a);
+            straight.push(b);
+        }
+    }
+    let (v50, t50) = (percentile_ms(&via, 50.0), percentile_ms(&straight, 50.0));
     let (s50, c50, d50) = (
         percentile_ms(&sandboxd, 50.0),
         percentile_ms(&code, 50.0),
@@ -274,11 +323,18 @@ async fn handler(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         )
         .anchor("through sandboxd, p50", s50),
         Row::new(
-            "what sandboxd adds to the direct execd calls (p50 difference)",
+            "handler: through sandboxd minus directly (p50 difference; python's start dominates both)",
             s50 - d50,
             "ms",
+        ),
+        Row::new(
+            format!("`{{\"argv\":[\"true\"]}}` execution through sandboxd (submit ?wait → answer), p50 of {trues}"),
+            v50,
+            "ms",
         )
-        .goal(Goal::AtMost(3.0)),
+        .anchor("the same command straight to execd `/command`, p50", t50),
+        Row::new("what sandboxd adds to an execution (p50 difference of the two above)", v50 - t50, "ms")
+            .goal(Goal::AtMost(3.0)),
     ])
 }
 
