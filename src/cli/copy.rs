@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use indicatif::ProgressBar;
 use reqwest::Method;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::client::{json, send, Execd};
 use super::connect::Connection;
