@@ -6,6 +6,7 @@
 #   127.0.0.1:5000/prepull-test:1    the canonical one (benchmarks, general tests)
 #   127.0.0.1:5000/prepull-cancel:1  its own layers, so tests that pull in parallel never share one
 #   127.0.0.1:5001/prepull-auth:1    behind auth
+#   127.0.0.1:5000/prepull-cli:1     the CLI's `prepull` test's own
 # Each image is execd-test/busybox plus one ~30 MB layer of random bytes, so a pull's byte
 # progress is visible; it is built offline (scripts/build-test-image.sh busybox, then a
 # classic `docker build` from that local image) and removed locally after the push, so that
@@ -29,7 +30,7 @@ user=prepull
 password=prepull-secret
 blob_mb=30
 # name port: the images each registry must hold.
-images=("prepull-test 5000" "prepull-cancel 5000" "prepull-auth 5001")
+images=("prepull-test 5000" "prepull-cancel 5000" "prepull-auth 5001" "prepull-cli 5000")
 
 # HTTP status of GET http://127.0.0.1:PORT/PATH (000 when nothing answers).
 status() {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use indicatif::ProgressBar;
 use reqwest::Method;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::client::{json, send, Execd};
 use super::connect::Connection;
@@ -127,20 +127,10 @@ fn file_chunks(
     file: tokio::fs::File,
     progress: ProgressBar,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    futures_util::stream::unfold(Some(file), move |state| {
-        let progress = progress.clone();
-        async move {
-            let mut file = state?;
-            let mut buf = vec![0u8; CHUNK];
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    progress.inc(n as u64);
-                    Some((Ok(Bytes::from(buf)), Some(file)))
-                }
-                Err(e) => Some((Err(e), None)),
-            }
+    use futures_util::StreamExt as _;
+    tokio_util::io::ReaderStream::with_capacity(file, CHUNK).inspect(move |chunk| {
+        if let Ok(chunk) = chunk {
+            progress.inc(chunk.len() as u64);
         }
     })
 }

@@ -1,5 +1,5 @@
 //! `sandboxd`'s client subcommands: `ls`, `create`, `get`, `rm`, `logs`, `events`, `exec`,
-//! `cp`, `pause`, `resume`, `token`, `completion`. Each one is a few HTTP calls to a running
+//! `cp`, `pause`, `resume`, `run`, `template`, `pool`, `prepull`, `token`, `completion`. Each one is a few HTTP calls to a running
 //! sandboxd (and, through its server proxy, to a sandbox's execd), printed for a person or as
 //! JSON/YAML for a script.
 //!
@@ -14,7 +14,11 @@ mod copy;
 mod error;
 mod exec;
 mod output;
+mod pools;
+mod prepull;
+mod run;
 mod sandboxes;
+mod templates;
 mod terminal;
 mod tokens;
 
@@ -30,7 +34,8 @@ pub enum ClientCommand {
     /// List sandboxes, newest first.
     #[command(visible_alias = "list")]
     Ls(sandboxes::LsArgs),
-    /// Create a sandbox from an image; waits until its execd answers, then prints its id.
+    /// Create a sandbox from an image or a template; waits until its execd answers, then
+    /// prints its id.
     Create(sandboxes::CreateArgs),
     /// Show sandboxes in detail.
     #[command(visible_alias = "inspect")]
@@ -50,6 +55,17 @@ pub enum ClientCommand {
     Pause(sandboxes::IdsArgs),
     /// Resume paused sandboxes.
     Resume(sandboxes::IdsArgs),
+    /// Run an execution job (a command, code or a handler) in a sandbox, or in one made from a
+    /// template or taken from a pool; waits and prints its result, exit code propagated.
+    Run(run::RunArgs),
+    /// Templates: apply YAML files, list, show, versions, rollback, export, delete.
+    #[command(visible_alias = "templates")]
+    Template(templates::TemplateArgs),
+    /// Warm pools: list, create, show, delete; acquire and release sandboxes.
+    #[command(visible_alias = "pools")]
+    Pool(pools::PoolArgs),
+    /// Pull an image onto sandboxd's host ahead of time, with a live progress bar.
+    Prepull(prepull::PrepullArgs),
     /// Mint, show and revoke user tokens.
     Token(tokens::TokenArgs),
     /// Print a shell completion script: `sandboxd completion bash > /etc/bash_completion.d/sandboxd`.
@@ -108,6 +124,10 @@ async fn dispatch(command: ClientCommand) -> Result<u8, CliError> {
         ClientCommand::Cp(args) => copy::cp(args).await,
         ClientCommand::Pause(args) => sandboxes::act(args, "pause").await,
         ClientCommand::Resume(args) => sandboxes::act(args, "resume").await,
+        ClientCommand::Run(args) => run::run(args).await,
+        ClientCommand::Template(args) => templates::template(args).await,
+        ClientCommand::Pool(args) => pools::pool(args).await,
+        ClientCommand::Prepull(args) => prepull::prepull(args).await,
         ClientCommand::Token(args) => tokens::token(args).await,
         ClientCommand::Completion(_) => unreachable!("handled before the runtime starts"),
     }

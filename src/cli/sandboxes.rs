@@ -39,17 +39,27 @@ pub struct LsArgs {
 /// `create`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  sandboxd create python:3.12\n  sandboxd create --timeout 0 --cpu 1 --memory 512Mi -e A=1 -l team=ml busybox -- sleep 86400"
+    override_usage = "sandboxd create [OPTIONS] IMAGE [-- ENTRYPOINT...]\n       sandboxd create [OPTIONS] --template NAME[@VERSION] [-- ENTRYPOINT...]",
+    after_help = "Examples:\n  sandboxd create python:3.12\n  sandboxd create --timeout 0 --cpu 1 --memory 512Mi -e A=1 -l team=ml busybox -- sleep 86400\n  sandboxd create --template python-ds@2 -e X=1   # the template's spec, with overrides"
 )]
 pub struct CreateArgs {
     /// The image (pulled when missing).
-    image: String,
-    /// The sandbox's main process [default: tail -f /dev/null].
+    #[arg(required_unless_present = "template", conflicts_with = "template")]
+    image: Option<String>,
+    /// Make it from a template (name or id), at its latest version or `@VERSION`; the flags
+    /// below override the template's spec.
+    #[arg(long, value_name = "NAME[@VERSION]")]
+    template: Option<String>,
+    /// The sandbox's main process [default: the template's command, else tail -f /dev/null].
     #[arg(last = true, value_name = "ENTRYPOINT")]
     entrypoint: Vec<String>,
-    /// Seconds until the sandbox expires (at least 60); 0 keeps it until `rm`.
-    #[arg(long, default_value_t = 600)]
-    timeout: u64,
+    /// Seconds until the sandbox expires (at least 60); 0 keeps it until `rm`
+    /// [default: the template's ttl, else 600].
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// A display name (not unique).
+    #[arg(long = "name", value_name = "NAME")]
+    display_name: Option<String>,
     /// CPU limit, a Kubernetes quantity (`1`, `500m`).
     #[arg(long)]
     cpu: Option<String>,
@@ -172,16 +182,38 @@ pub async fn ls(args: LsArgs) -> Result<u8, CliError> {
 /// Creates a sandbox and prints its id once create returns (execd answers inside).
 pub async fn create(args: CreateArgs) -> Result<u8, CliError> {
     let client = args.conn.client()?;
-    let entrypoint = if args.entrypoint.is_empty() {
-        vec!["tail".into(), "-f".into(), "/dev/null".into()]
-    } else {
-        args.entrypoint
+    let mut body = json!({});
+    let source = match (&args.template, &args.image) {
+        (Some(template), _) => {
+            let (name, version) = super::templates::name_at_version(template)?;
+            body["templateId"] = json!(name);
+            if let Some(v) = version {
+                body["templateVersion"] = json!(v);
+            }
+            format!("template {template}")
+        }
+        (None, image) => {
+            let image = image.clone().unwrap_or_default();
+            body["image"] = json!({"uri": image});
+            if args.entrypoint.is_empty() {
+                body["entrypoint"] = json!(["tail", "-f", "/dev/null"]);
+            }
+            // Without a template, sandboxd's own default would be no expiry at all.
+            body["timeout"] = json!(args.timeout.unwrap_or(600));
+            image
+        }
     };
-    let mut body = json!({
-        "image": {"uri": args.image},
-        "entrypoint": entrypoint,
-        "timeout": if args.timeout == 0 { Value::Null } else { json!(args.timeout) },
-    });
+    if !args.entrypoint.is_empty() {
+        body["entrypoint"] = json!(args.entrypoint);
+    }
+    match args.timeout {
+        Some(0) => body["timeout"] = Value::Null,
+        Some(t) => body["timeout"] = json!(t),
+        None => {}
+    }
+    if let Some(name) = args.display_name {
+        body["name"] = json!(name);
+    }
     let mut limits = BTreeMap::new();
     if let Some(cpu) = args.cpu {
         limits.insert("cpu", cpu);
@@ -198,7 +230,7 @@ pub async fn create(args: CreateArgs) -> Result<u8, CliError> {
     if !args.metadata.is_empty() {
         body["metadata"] = json!(args.metadata.into_iter().collect::<BTreeMap<_, _>>());
     }
-    let wait = spinner(format!("creating a sandbox from {}", args.image));
+    let wait = spinner(format!("creating a sandbox from {source}"));
     let created: Result<CreateSandboxResponse, _> = client
         .json(client.request(Method::POST, "/sandboxes").json(&body))
         .await;
@@ -274,7 +306,7 @@ async fn each(args: &IdsArgs, method: Method, path: impl Fn(&str) -> String) -> 
     partial(failed, args.ids.len())
 }
 
-fn partial(failed: usize, total: usize) -> Result<u8, CliError> {
+pub(super) fn partial(failed: usize, total: usize) -> Result<u8, CliError> {
     match failed {
         0 => Ok(0),
         // The one failure was reported already: just the exit code.

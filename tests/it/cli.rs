@@ -498,6 +498,10 @@ fn cli_help_and_completions() {
         "cp",
         "pause",
         "resume",
+        "run",
+        "template",
+        "pool",
+        "prepull",
         "token",
         "completion",
     ] {
@@ -521,6 +525,18 @@ fn cli_help_and_completions() {
     assert!(help(&["cp"]).contains("ID:PATH"));
     assert!(help(&["create"]).contains("--memory"));
     assert!(help(&["token", "create"]).contains("--role"));
+    assert!(help(&["create"]).contains("--template <NAME[@VERSION]>"));
+    assert!(help(&["template", "apply"]).contains("--strategy <STRATEGY>"));
+    assert!(help(&["template", "apply"]).contains("create-only"));
+    for sub in ["apply", "ls", "get", "versions", "rollback", "export", "rm"] {
+        assert!(help(&["template", sub]).contains(&format!("Usage: sandboxd template {sub}")));
+    }
+    for sub in ["ls", "create", "get", "rm", "acquire", "release"] {
+        assert!(help(&["pool", sub]).contains(&format!("Usage: sandboxd pool {sub}")));
+    }
+    assert!(help(&["pool", "create"]).contains("--buffer-min"));
+    assert!(help(&["run"]).contains("--handler-file") && help(&["run"]).contains("124"));
+    assert!(help(&["prepull"]).contains("--detach"));
     for shell in ["bash", "zsh", "fish"] {
         let out = Command::new(env!("CARGO_BIN_EXE_sandboxd"))
             .args(["completion", shell])
@@ -575,4 +591,487 @@ fn cli_exec_straight_to_an_execd() {
     term.expect("direct-9");
     term.type_line("exit 7");
     assert_eq!(term.exit_code(), Some(7), "{}", term.text());
+}
+
+/// `create --template` of a sandbox tagged with the harness's run label; its id.
+fn create_from_template(sbd: &Sandboxd, template: &str) -> String {
+    let label = format!("{RUN_LABEL}={}", sbd.run);
+    let out = ok(cli(sbd).args(["create", "-l", &label, "--template", template]));
+    out.trim().to_owned()
+}
+
+fn template_yaml(name: &str, image: &str, greeting: &str) -> String {
+    format!(
+        "apiVersion: sandboxd.io/v1\nkind: Template\nmetadata: {{name: {name}, tags: [cli]}}\nspec:\n  image: {image}\n  \
+         command: [tail, -f, /dev/null]\n  ttl: 600\n  env: {{GREETING: {greeting}}}\n"
+    )
+}
+
+#[test]
+fn cli_templates_apply_list_version_rollback_export_and_make_sandboxes() {
+    let Some((image, sbd)) = setup("busybox") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tpl.yaml");
+    let apply = |greeting: &str, extra: &[&str]| {
+        std::fs::write(&file, template_yaml("cli-tpl", image, greeting)).unwrap();
+        ok(cli(&sbd)
+            .args(["template", "apply", "-f", file.to_str().unwrap()])
+            .args(extra))
+    };
+    // A table row per item, by what happened to it.
+    let created = apply("v1", &[]);
+    assert!(created.starts_with("NAME "), "{created}");
+    assert_eq!(
+        row(&created, "cli-tpl").split_whitespace().collect::<Vec<_>>(),
+        ["cli-tpl", "created", "1", "-"]
+    );
+    assert!(row(&apply("v1", &[]), "cli-tpl").contains("unchanged"));
+    // A dry run reports the update and changes nothing.
+    let dry = apply("v2", &["--dry-run"]);
+    assert!(
+        row(&dry, "cli-tpl").contains("updated") && dry.contains("dry run"),
+        "{dry}"
+    );
+    let skipped = apply("v2", &["--strategy", "create-only"]);
+    assert!(row(&skipped, "cli-tpl").contains("skipped"), "{skipped}");
+    let updated = apply("v2", &[]);
+    assert!(row(&updated, "cli-tpl").contains("1 → 2"), "{updated}");
+    // JSON is the API's ImportResult.
+    let result: Value = serde_json::from_str(&apply("v2", &["-o", "json"])).unwrap();
+    assert_eq!(result["unchanged"][0]["version"], 2, "{result}");
+
+    // ls, get (latest or @VERSION), versions.
+    let table = ok(cli(&sbd).args(["template", "ls"]));
+    assert!(
+        table.starts_with("NAME ") && row(&table, "cli-tpl").contains(" 2 "),
+        "{table}"
+    );
+    assert_eq!(
+        ok(cli(&sbd).args(["template", "ls", "-q", "--tag", "cli"])),
+        "cli-tpl\n"
+    );
+    assert_eq!(ok(cli(&sbd).args(["template", "ls", "-q", "--tag", "none"])), "");
+    let latest: Value =
+        serde_json::from_str(&ok(cli(&sbd).args(["template", "get", "cli-tpl", "-o", "json"]))).unwrap();
+    assert_eq!(
+        (
+            latest["latestVersion"].as_u64(),
+            latest["spec"]["env"]["GREETING"].as_str()
+        ),
+        (Some(2), Some("v2"))
+    );
+    let v1 = ok(cli(&sbd).args(["template", "get", "cli-tpl@1", "-o", "yaml"]));
+    assert!(v1.contains("version: 1") && v1.contains("GREETING: v1"), "{v1}");
+    assert!(ok(cli(&sbd).args(["template", "get", "cli-tpl"])).contains("Version:        2"));
+    let versions = ok(cli(&sbd).args(["template", "versions", "cli-tpl"]));
+    let rows: Vec<&str> = versions.lines().skip(1).collect();
+    assert!(
+        rows.len() == 2 && rows[0].starts_with("2 ") && rows[1].starts_with("1 "),
+        "{versions}"
+    );
+    let out = run(cli(&sbd).args(["template", "get", "cli-tpl@9"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("TEMPLATE::VERSION_NOT_FOUND"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(cli(&sbd).args(["template", "get", "cli-tpl@x"]));
+    assert_eq!(out.status.code(), Some(2), "a bad NAME@VERSION is a usage error");
+
+    // Sandboxes from the latest and from @1, and a one-shot run in a fresh one.
+    let sb2 = create_from_template(&sbd, "cli-tpl");
+    assert_eq!(
+        ok(cli(&sbd).args(["exec", &sb2, "--", "sh", "-c", "echo $GREETING"])),
+        "v2\n"
+    );
+    let sb1 = create_from_template(&sbd, "cli-tpl@1");
+    assert_eq!(
+        ok(cli(&sbd).args(["exec", &sb1, "--", "sh", "-c", "echo $GREETING"])),
+        "v1\n"
+    );
+    let got: Value = serde_json::from_str(&ok(cli(&sbd).args(["get", &sb1, "-o", "json"]))).unwrap();
+    assert_eq!(got["templateVersion"], 1, "{got}");
+    let out = run(cli(&sbd).args(["run", "--template", "cli-tpl@1", "--sh", "echo $GREETING; exit 4"]));
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(4), "v1\n"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Rollback copies version 1's spec as version 3.
+    let rolled = ok(cli(&sbd).args(["template", "rollback", "cli-tpl", "--to", "1"]));
+    assert_eq!(rolled, "cli-tpl: version 3 has version 1's spec (was 2)\n");
+    let latest: Value =
+        serde_json::from_str(&ok(cli(&sbd).args(["template", "get", "cli-tpl", "-o", "json"]))).unwrap();
+    assert_eq!(
+        (
+            latest["latestVersion"].as_u64(),
+            latest["spec"]["env"]["GREETING"].as_str()
+        ),
+        (Some(3), Some("v1"))
+    );
+
+    // Export round-trips through rm and apply.
+    let exported = ok(cli(&sbd).args(["template", "export", "cli-tpl"]));
+    assert!(
+        exported.contains("kind: Template") && exported.contains("GREETING: v1"),
+        "{exported}"
+    );
+    let v2 = ok(cli(&sbd).args(["template", "export", "cli-tpl@2"]));
+    assert!(v2.contains("GREETING: v2"), "{v2}");
+    assert!(ok(cli(&sbd).args(["template", "export", "--all"])).contains("cli-tpl"));
+    ok(cli(&sbd).args(["rm", &sb1, &sb2]));
+    assert_eq!(ok(cli(&sbd).args(["template", "rm", "cli-tpl"])), "cli-tpl\n");
+    assert_eq!(ok(cli(&sbd).args(["template", "ls", "-q"])), "");
+    let mut from_stdin = cli(&sbd);
+    from_stdin
+        .args(["template", "apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = from_stdin.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exported.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        row(&stdout(&out), "cli-tpl").contains("created"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A document that does not read: the server's code and its line:column; a bad item: exit 1.
+    std::fs::write(
+        &file,
+        "kind: Template\nmetadata: {name: x}\nspec:\n  image: a\n  startup_scirpt: b\n",
+    )
+    .unwrap();
+    let out = run(cli(&sbd).args(["template", "apply", "-f", file.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("TEMPLATE::IMPORT_INVALID") && stderr(&out).contains("startup_scirpt"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(&file, template_yaml("Bad_Name", image, "x")).unwrap();
+    let out = run(cli(&sbd).args(["template", "apply", "-f", file.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        row(&stdout(&out), "Bad_Name").contains("failed"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("item 0 (Bad_Name)"), "{}", stderr(&out));
+    let out = run(cli(&sbd).args(["template", "apply", "-f", "/nonexistent.yaml"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("reading /nonexistent.yaml"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// The table row that starts with `first`.
+fn row<'a>(table: &'a str, first: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(first))
+        .unwrap_or_else(|| panic!("no row {first} in:\n{table}"))
+}
+
+#[test]
+fn cli_pools_create_acquire_release_and_rm() {
+    let Some((image, sbd)) = setup("busybox") else {
+        return;
+    };
+    let label = format!("{RUN_LABEL}={}", sbd.run);
+    let created = ok(cli(&sbd).args([
+        "pool",
+        "create",
+        "cli-pool",
+        "--image",
+        image,
+        "-l",
+        &label,
+        "-e",
+        "FROM_POOL=yes",
+        "--buffer-min",
+        "1",
+        "--buffer-max",
+        "1",
+        "--pool-max",
+        "3",
+        "--memory",
+        "128Mi",
+    ]));
+    assert_eq!(created, "cli-pool\n");
+    let pool = wait_for(120, "a warm member", || {
+        let pool: Value =
+            serde_json::from_str(&ok(cli(&sbd).args(["pool", "get", "cli-pool", "-o", "json"]))).unwrap();
+        (pool["status"]["available"] == 1).then_some(pool)
+    });
+    assert_eq!(pool["capacitySpec"]["poolMax"], 3, "{pool}");
+    let table = ok(cli(&sbd).args(["pool", "ls"]));
+    assert!(
+        table.starts_with("NAME ") && row(&table, "cli-pool").contains(image),
+        "{table}"
+    );
+    assert!(ok(cli(&sbd).args(["pool", "get", "cli-pool"])).contains("Members:"));
+
+    // Acquire: a running sandbox with the pool's and the request's environment.
+    let id = ok(cli(&sbd).args(["pool", "acquire", "cli-pool", "-e", "TASK=42", "-l", &label]))
+        .trim()
+        .to_owned();
+    assert_eq!(id.len(), 36, "{id}");
+    assert_eq!(
+        ok(cli(&sbd).args(["exec", &id, "--", "sh", "-c", "echo $FROM_POOL $TASK"])),
+        "yes 42\n"
+    );
+    // A job in another member, released after it.
+    let out = run(cli(&sbd).args(["run", "--pool", "cli-pool", "--sh", "echo $FROM_POOL-job"]));
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(0), "yes-job\n"),
+        "{}",
+        stderr(&out)
+    );
+
+    assert_eq!(ok(cli(&sbd).args(["pool", "release", &id])), format!("{id}\n"));
+    let got: Value = serde_json::from_str(&ok(cli(&sbd).args(["get", &id, "-o", "json"]))).unwrap();
+    assert_eq!(got["status"]["state"], "Terminated", "{got}");
+    let out = run(cli(&sbd).args(["pool", "release", &id]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("POOL::NOT_ALLOCATED"), "{}", stderr(&out));
+
+    // Bad input is the server's 400, named; a missing pool is 404.
+    let out = run(cli(&sbd).args([
+        "pool",
+        "create",
+        "bad",
+        "--image",
+        image,
+        "--buffer-min",
+        "5",
+        "--pool-max",
+        "2",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("SANDBOX::INVALID_PARAMETER"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(cli(&sbd).args(["pool", "create", "x"]));
+    assert_eq!(out.status.code(), Some(2), "--image or --template is required");
+
+    assert_eq!(ok(cli(&sbd).args(["pool", "rm", "cli-pool"])), "cli-pool\n");
+    let out = run(cli(&sbd).args(["pool", "get", "cli-pool"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("POOL::NOT_FOUND"), "{}", stderr(&out));
+    assert_eq!(ok(cli(&sbd).args(["pool", "ls", "-o", "json"])).trim(), "[]");
+}
+
+#[test]
+fn cli_run_waits_prints_the_result_and_propagates_the_exit_code() {
+    let Some((image, sbd)) = setup("python") else {
+        return;
+    };
+    let id = create(&sbd, image, &[], &[]);
+    // A command: its output on our stdout and stderr, its exit code ours.
+    let out = run(cli(&sbd).args(["run", &id, "--", "sh", "-c", "echo out; echo err >&2; exit 3"]));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "out\n");
+    assert!(stderr(&out).starts_with("err\n"), "{}", stderr(&out));
+    assert_eq!(
+        ok(cli(&sbd).args(["run", &id, "-e", "A=7", "-w", "/tmp", "--sh", "echo $A $PWD"])),
+        "7 /tmp\n"
+    );
+    // Code: the last expression is printed.
+    assert_eq!(ok(cli(&sbd).args(["run", &id, "--code", "6 * 7"])), "42\n");
+    // A handler: its result as JSON; an exception is exit 1 with its name.
+    let dir = tempfile::tempdir().unwrap();
+    let handler = dir.path().join("h.py");
+    std::fs::write(&handler, "def handler(event):\n    if event.get('boom'):\n        raise ValueError('no')\n    return {'double': event['n'] * 2}\n").unwrap();
+    let h = handler.to_str().unwrap();
+    let result: Value = serde_json::from_str(&ok(cli(&sbd).args([
+        "run",
+        &id,
+        "--handler-file",
+        h,
+        "--event",
+        r#"{"n": 21}"#,
+    ])))
+    .unwrap();
+    assert_eq!(result, serde_json::json!({"double": 42}));
+    let out = run(cli(&sbd).args(["run", &id, "--handler-file", h, "--event", r#"{"boom": true}"#]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("EXECUTION::HANDLER_ERROR: ValueError: no"),
+        "{}",
+        stderr(&out)
+    );
+    // A timeout: 124, and why.
+    let out = run(cli(&sbd).args(["run", &id, "--timeout", "1", "--", "sleep", "30"]));
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(stderr(&out).contains("TimedOut"), "{}", stderr(&out));
+    // -o json is the stored Execution; -d returns its id at once, readable later.
+    let json: Value =
+        serde_json::from_str(&ok(cli(&sbd).args(["run", &id, "-o", "json", "--", "true"]))).unwrap();
+    assert_eq!(
+        (json["status"]["state"].as_str(), json["exitCode"].as_i64()),
+        (Some("Succeeded"), Some(0)),
+        "{json}"
+    );
+    let detached = ok(cli(&sbd).args(["run", "-d", &id, "--sh", "sleep 1; echo later"]))
+        .trim()
+        .to_owned();
+    assert!(detached.starts_with("exec-"), "{detached}");
+    // Ctrl-C cancels the job: 130.
+    let mut child = cli(&sbd)
+        .args(["run", &id, "--sh", "touch /tmp/started; sleep 300"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(20, "the job to run", || {
+        run(cli(&sbd).args(["exec", &id, "--", "test", "-e", "/tmp/started"]))
+            .status
+            .success()
+            .then_some(())
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let status = wait_for(30, "run to end on Ctrl-C", || child.try_wait().unwrap());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("cancelling exec-") && err.contains("Cancelled"),
+        "{err}"
+    );
+    // Bad input: the server's 400 names it; a missing sandbox is 404; nothing to run is usage.
+    let out = run(cli(&sbd).args(["run", &id, "--timeout", "0", "--", "true"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("SANDBOX::INVALID_PARAMETER"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(cli(&sbd).args(["run", "no-such-sandbox", "--", "true"]));
+    assert!(stderr(&out).contains("SANDBOX::NOT_FOUND"), "{}", stderr(&out));
+    assert_eq!(run(cli(&sbd).args(["run", &id])).status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_prepull_shows_live_progress_on_a_terminal_and_lines_otherwise() {
+    use crate::prepull::{image_present, registries, Forget, Valve, MIB, REGISTRY};
+    if !registries() {
+        return;
+    }
+    let _forget = Forget::now("prepull-cli");
+    let sbd = crate::sandboxd::Sandboxd::start();
+    // Not a terminal: plain lines, percent growing as the valve opens step by step.
+    let valve = Valve::to(REGISTRY, 4 * MIB).await;
+    let image = format!("127.0.0.1:{}/prepull-cli:1", valve.port);
+    let mut child = cli(&sbd)
+        .args(["prepull", &image])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let percent_lines = || -> Vec<u64> {
+        lines
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(": Pulling "))
+            .filter_map(|l| l.split(": Pulling ").nth(1)?.split('%').next()?.parse().ok())
+            .collect()
+    };
+    for step in 1..=3u64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let seen = loop {
+            let p = percent_lines();
+            if p.len() as u64 >= step {
+                break p;
+            }
+            if Instant::now() > deadline {
+                let text = lines.lock().unwrap().clone();
+                let task = ok(cli(&sbd).args(["prepull", "-d", &image, "-o", "json"]));
+                panic!("no progress line {step} in:\n{text}\nthe task: {task}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        valve.allow(8 * MIB);
+    }
+    valve.allow(u64::MAX);
+    let status = wait_for(120, "prepull to end", || child.try_wait().unwrap());
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(status.success(), "{}", lines.lock().unwrap());
+    assert!(
+        out.starts_with("pp-") && out.trim_end().ends_with(&format!("{image} Completed")),
+        "{out}"
+    );
+    assert!(
+        !lines.lock().unwrap().contains('\x1b'),
+        "no escape codes off a terminal"
+    );
+
+    // On a terminal: a progress bar that moves while the valve lets bytes through.
+    drop(_forget);
+    let _forget = Forget::now("prepull-cli");
+    let valve = Valve::to(REGISTRY, 4 * MIB).await;
+    let image = format!("127.0.0.1:{}/prepull-cli:1", valve.port);
+    let mut cmd = cli(&sbd);
+    cmd.args(["prepull", &image]);
+    let mut term = OnPty::spawn(cmd, 120, 30);
+    term.expect("Pulling");
+    let bar = |t: &str| t.contains('[') && t.contains("MiB") && t.contains("layers");
+    wait_for(30, "a progress bar", || bar(&term.text()).then_some(()));
+    valve.allow(u64::MAX);
+    assert_eq!(term.exit_code(), Some(0), "{}", term.text());
+    assert!(term.text().contains("Completed"), "{}", term.text());
+    assert!(image_present(&image));
+
+    // Present now: Completed at once, and -o json is the task.
+    let again: Value = serde_json::from_str(&ok(cli(&sbd).args(["prepull", &image, "-o", "json"]))).unwrap();
+    assert_eq!(
+        (
+            again["status"]["state"].as_str(),
+            again["status"]["reason"].as_str()
+        ),
+        (Some("Completed"), Some("ALREADY_PRESENT"))
+    );
+    let out = run(cli(&sbd).args(["prepull", "Not An Image"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("PREPULL::INVALID_IMAGE"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -25,16 +25,16 @@ use crate::docker::docker_available;
 use crate::sandboxd::{docker, Sandboxd};
 use crate::util::eventually;
 
-const REGISTRY: &str = "127.0.0.1:5000";
+pub(crate) const REGISTRY: &str = "127.0.0.1:5000";
 const AUTH_REGISTRY: &str = "127.0.0.1:5001";
 const USER: &str = "prepull";
 const PASSWORD: &str = "prepull-secret";
-const MIB: u64 = 1024 * 1024;
+pub(crate) const MIB: u64 = 1024 * 1024;
 
 /// Starts the local registries (a no-op while they run and hold the test images). Docker
 /// tests are skipped without an engine, as everywhere in this suite; with one, a registry
 /// that cannot start fails the test, unless `EXECD_TEST_SKIP_REGISTRY=1` says to skip.
-fn registries() -> bool {
+pub(crate) fn registries() -> bool {
     if !docker_available() {
         return false;
     }
@@ -59,10 +59,10 @@ fn registries() -> bool {
 
 /// Removes every local image of repository `name` (any registry, any tag), so that a pull
 /// downloads its layers again; also on drop.
-struct Forget(&'static str);
+pub(crate) struct Forget(&'static str);
 
 impl Forget {
-    fn now(name: &'static str) -> Self {
+    pub(crate) fn now(name: &'static str) -> Self {
         let f = Forget(name);
         f.clean();
         f
@@ -87,7 +87,7 @@ impl Drop for Forget {
     }
 }
 
-fn image_present(reference: &str) -> bool {
+pub(crate) fn image_present(reference: &str) -> bool {
     Command::new("docker")
         .args(["image", "inspect", reference])
         .stdout(Stdio::null())
@@ -97,15 +97,15 @@ fn image_present(reference: &str) -> bool {
 }
 
 /// A TCP relay to a registry that passes registry→client bytes only up to an allowance.
-struct Valve {
-    port: u16,
+pub(crate) struct Valve {
+    pub(crate) port: u16,
     allowed: watch::Sender<u64>,
     passed: Arc<AtomicU64>,
     accept: tokio::task::JoinHandle<()>,
 }
 
 impl Valve {
-    async fn to(upstream: &'static str, allowed: u64) -> Self {
+    pub(crate) async fn to(upstream: &'static str, allowed: u64) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = watch::channel(allowed);
@@ -130,11 +130,11 @@ impl Valve {
     }
 
     /// Lets `bytes` more through.
-    fn allow(&self, bytes: u64) {
+    pub(crate) fn allow(&self, bytes: u64) {
         self.allowed.send_modify(|a| *a = a.saturating_add(bytes));
     }
 
-    fn passed(&self) -> u64 {
+    pub(crate) fn passed(&self) -> u64 {
         self.passed.load(Ordering::Relaxed)
     }
 }

@@ -112,36 +112,23 @@ pub(crate) async fn command_logs(
     Ok(resp)
 }
 
-/// Streams bytes `start..end` of `file` in chunks read off the async workers.
+/// Streams bytes `start..end` of `file` in chunks of up to 256 KiB, read off the async workers
+/// (tokio's `File` reads on the blocking pool).
 fn read_range(
-    file: std::fs::File,
+    mut file: std::fs::File,
     start: u64,
     end: u64,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send {
-    let file = std::sync::Arc::new(file);
-    futures_util::stream::unfold(start, move |pos| {
-        let file = std::sync::Arc::clone(&file);
-        async move {
-            if pos >= end {
-                return None;
-            }
-            let want = (end - pos).min(256 << 10) as usize;
-            let read = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let mut buf = vec![0u8; want];
-                let n = file.read_at(&mut buf, pos)?;
-                buf.truncate(n);
-                Ok::<_, std::io::Error>(buf)
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            match read {
-                Ok(buf) if buf.is_empty() => None,
-                Ok(buf) => Some((Ok(bytes::Bytes::from(buf.clone())), pos + buf.len() as u64)),
-                Err(e) => Some((Err(e), end)),
-            }
+    use futures_util::future::Either;
+    use std::io::Seek as _;
+    use tokio::io::AsyncReadExt as _;
+    match file.seek(std::io::SeekFrom::Start(start)) {
+        Ok(_) => {
+            let range = tokio::fs::File::from_std(file).take(end.saturating_sub(start));
+            Either::Left(tokio_util::io::ReaderStream::with_capacity(range, 256 << 10))
         }
-    })
+        Err(e) => Either::Right(futures_util::stream::once(std::future::ready(Err(e)))),
+    }
 }
 
 #[derive(Deserialize)]

@@ -123,9 +123,7 @@ pub(crate) async fn download_isolated_file(
     let len = if size == 0 { 0 } else { end + 1 - start };
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     let _ = start_reader(file, start, len, tx);
-    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut resp = body.into_response();
     *resp.status_mut() = if partial {
         StatusCode::PARTIAL_CONTENT
@@ -488,9 +486,7 @@ pub(crate) async fn diff_isolated_session(
             }
         })
         .map_err(|e| ApiError::runtime(e.to_string()))?;
-    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut resp = body.into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/gzip"));

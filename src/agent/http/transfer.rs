@@ -36,9 +36,10 @@ const METADATA_MAX: usize = 64 << 10;
 /// A streaming body fed by a blocking producer.
 fn channel_body(capacity: usize) -> (mpsc::Sender<io::Result<Bytes>>, Body) {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(capacity);
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    (tx, Body::from_stream(stream))
+    (
+        tx,
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
 }
 
 /// What produces a streamed body: called with a sender that returns false once the client has

@@ -113,8 +113,9 @@ pub(super) struct Live {
     log: Mutex<EventLog>,
     /// The state, and a tick for every event appended: watchers wake on either.
     changed: watch::Sender<(ExecutionState, u64)>,
-    /// Set by a delete; the run interrupts execd and ends `Cancelled`.
-    cancel: watch::Sender<bool>,
+    /// Cancelled by a delete; the run interrupts execd and ends `Cancelled`. (A token, not a
+    /// `watch<bool>`: a cancel between the run's first look and its wait is not missed.)
+    cancel: tokio_util::sync::CancellationToken,
     /// The row as stored at the end, so a waiting submit answers without reading it back.
     settled: Mutex<Option<ExecutionRow>>,
 }
@@ -132,7 +133,7 @@ impl Live {
         Arc::new(Self {
             log: Mutex::new(EventLog::default()),
             changed: watch::Sender::new((state, 0)),
-            cancel: watch::Sender::new(false),
+            cancel: tokio_util::sync::CancellationToken::new(),
             settled: Mutex::new(None),
         })
     }
@@ -677,7 +678,7 @@ impl Service {
         }
         match self.executions.get(id) {
             Some(live) => {
-                live.cancel.send_replace(true);
+                live.cancel.cancel();
                 tracing::info!(execution = id, "execution cancel requested");
             }
             // Unfinished but run by no task of this process: nothing can end it otherwise.

@@ -172,7 +172,7 @@ impl Service {
         live: &Live,
         context: Option<String>,
     ) {
-        if *live.cancel.borrow() {
+        if live.cancel.is_cancelled() {
             return self
                 .settle_execution(row, live, outcome(row, Ending::Cancelled))
                 .await;
@@ -411,7 +411,6 @@ impl Service {
         mut stream: Option<EventStream>,
     ) -> Ending {
         let (target, token) = (&sandbox.target, sandbox.record.token.as_str());
-        let mut cancel = live.cancel.subscribe();
         let left = row.deadline_at.unwrap_or(i64::MAX / 2) - now_ms();
         let deadline = Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0));
         let mut interrupted: Option<(Ending, Instant)> = None;
@@ -482,11 +481,9 @@ impl Service {
             let grace = interrupted.as_ref().map(|(_, until)| *until);
             tokio::select! {
                 biased;
-                Ok(()) = cancel.changed(), if interrupted.is_none() => {
-                    if *cancel.borrow() {
-                        self.interrupt(row, sandbox).await;
-                        interrupted = Some((Ending::Cancelled, Instant::now() + GRACE));
-                    }
+                () = live.cancel.cancelled(), if interrupted.is_none() => {
+                    self.interrupt(row, sandbox).await;
+                    interrupted = Some((Ending::Cancelled, Instant::now() + GRACE));
                 }
                 () = tokio::time::sleep_until(deadline), if interrupted.is_none() => {
                     self.interrupt(row, sandbox).await;
