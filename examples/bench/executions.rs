@@ -168,7 +168,10 @@ impl Rig {
             .text()
             .await?;
         let took = t.elapsed();
-        ensure!(body.contains("execution_complete"), "unexpected /command answer: {body}");
+        ensure!(
+            body.contains("execution_complete"),
+            "unexpected /command answer: {body}"
+        );
         Ok(took)
     }
 
