@@ -18,9 +18,7 @@ use super::sandboxes::status;
 use super::Service;
 use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::{Conflict, Error, Feature};
-use crate::orchestrator::runtime::{
-    ImageRole, Instance, Observed, Purpose, RuntimeError, SandboxSpec, EXECD_PORT,
-};
+use crate::orchestrator::runtime::{ImageRole, Instance, Observed, Purpose, RuntimeError, SandboxSpec};
 use crate::orchestrator::store::{EventType, Hibernation, Phase, Record, SnapshotState};
 use crate::wire::lifecycle::{PauseMode, LIFECYCLE_ENV};
 use crate::wire::time::now_ms;
@@ -263,16 +261,10 @@ impl Service {
         };
         let started = async {
             let instance = self.runtime.create(spec).await?;
-            let ready = match self.runtime.target(&instance, EXECD_PORT) {
-                Some(target) => self
-                    .wait_ready(&instance, &target, &record.token, false)
-                    .await
-                    .map(drop),
-                None => Err(self
-                    .exit_error(&instance)
-                    .await?
-                    .unwrap_or_else(|| Error::StartFailed("the runtime published no port for execd".into()))),
-            };
+            let ready = self
+                .execd_answers(&instance, &record.token, false)
+                .await
+                .map(drop);
             match ready {
                 Ok(()) => Ok(instance),
                 Err(e) => {

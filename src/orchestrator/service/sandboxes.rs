@@ -239,20 +239,7 @@ impl Service {
                     }
                 }
                 self.expiry_changed.notify_one();
-                Ok(CreateSandboxResponse {
-                    id: record.id.clone(),
-                    status: status(&record, &Observed::Running),
-                    metadata: Some(record.metadata.clone()).filter(|m| !m.is_empty()),
-                    platform: record.platform.clone(),
-                    expires_at: record.expires_at.map(format_ms),
-                    created_at: format_ms(record.created_at),
-                    entrypoint: record.entrypoint.clone(),
-                    template_id: record.template.as_ref().map(|t| t.id.clone()),
-                    template_name: record.template.as_ref().map(|t| t.name.clone()),
-                    template_version: record.template.as_ref().map(|t| t.version),
-                    name: record.name.clone(),
-                    allocation: None,
-                })
+                Ok(created_response(&record, &Observed::Running))
             }
             Err(e) => {
                 tracing::warn!(sandbox = %record.id, error = %e, "create failed");
@@ -386,20 +373,7 @@ impl Service {
         .await;
         tracing::info!(sandbox = %record.id, image = %record.image, "sandbox created, awaiting start");
         self.expiry_changed.notify_one();
-        Ok(CreateSandboxResponse {
-            id: record.id.clone(),
-            status: status(record, &Observed::Starting),
-            metadata: Some(record.metadata.clone()).filter(|m| !m.is_empty()),
-            platform: record.platform.clone(),
-            expires_at: record.expires_at.map(format_ms),
-            created_at: format_ms(record.created_at),
-            entrypoint: record.entrypoint.clone(),
-            template_id: record.template.as_ref().map(|t| t.id.clone()),
-            template_name: record.template.as_ref().map(|t| t.name.clone()),
-            template_version: record.template.as_ref().map(|t| t.version),
-            name: record.name.clone(),
-            allocation: None,
-        })
+        Ok(created_response(record, &Observed::Starting))
     }
 
     /// `POST /sandboxes/{id}/start`: starts a sandbox created with `autoStart: false` and
@@ -440,16 +414,9 @@ impl Service {
             if !self.store.update(&starting).await? {
                 return Err(Error::Conflict(Conflict::DeletedWhileStarting(id.to_owned())));
             }
-            match self.runtime.target(&instance, EXECD_PORT) {
-                Some(target) => self
-                    .wait_ready(&instance, &target, &starting.token, false)
-                    .await
-                    .map(drop),
-                None => Err(self
-                    .exit_error(&instance)
-                    .await?
-                    .unwrap_or_else(|| Error::StartFailed("the runtime published no port for execd".into()))),
-            }
+            self.execd_answers(&instance, &starting.token, false)
+                .await
+                .map(drop)
         }
         .instrument(span)
         .await;
@@ -491,18 +458,7 @@ impl Service {
         let t = Instant::now();
         let instance = self.instantiate(record, plan, true).await?;
         let created = t.elapsed();
-        let answered = match self.runtime.target(&instance, EXECD_PORT) {
-            Some(target) => self
-                .wait_ready(&instance, &target, &record.token, gated)
-                .await
-                .map(|ping| (ping, target)),
-            // An exited container has no published ports: say why it exited.
-            None => Err(self
-                .exit_error(&instance)
-                .await?
-                .unwrap_or_else(|| Error::StartFailed("the runtime published no port for execd".into()))),
-        };
-        let (ping, execd) = match answered {
+        let (ping, execd) = match self.execd_answers(&instance, &record.token, gated).await {
             Ok(answered) => answered,
             // A hook that failed fast ends the sandbox before execd is seen answering; that is
             // the sandbox's failure to record, not the create's.
@@ -514,6 +470,26 @@ impl Service {
         };
         tracing::debug!(sandbox = %record.id, ?created, ready = ?t.elapsed(), "provisioned");
         Ok(Provisioned::Answered { ping, execd })
+    }
+
+    /// Waits until `instance`'s execd answers `/ping` ([`Service::wait_ready`]); its answer and
+    /// where it listens. A sandbox that published no port has exited: the error says why.
+    pub(super) async fn execd_answers(
+        &self,
+        instance: &Instance,
+        token: &str,
+        gated: bool,
+    ) -> Result<(Ping, Target), Error> {
+        match self.runtime.target(instance, EXECD_PORT) {
+            Some(target) => self
+                .wait_ready(instance, &target, token, gated)
+                .await
+                .map(|ping| (ping, target)),
+            None => Err(self
+                .exit_error(instance)
+                .await?
+                .unwrap_or_else(|| Error::StartFailed("the runtime published no port for execd".into()))),
+        }
     }
 
     /// When the sandbox has already ended: an error with its exit code and last output.
@@ -1051,5 +1027,23 @@ pub(super) fn status(record: &Record, observed: &Observed) -> SandboxStatus {
             Some("the container was removed outside sandboxd".into()),
         ),
         Observed::Unknown(what) => s("Unknown", "CONTAINER_STATE_UNKNOWN", Some(what.clone())),
+    }
+}
+
+/// The answer of a create: the record as `observed`.
+fn created_response(record: &Record, observed: &Observed) -> CreateSandboxResponse {
+    CreateSandboxResponse {
+        id: record.id.clone(),
+        status: status(record, observed),
+        metadata: Some(record.metadata.clone()).filter(|m| !m.is_empty()),
+        platform: record.platform.clone(),
+        expires_at: record.expires_at.map(format_ms),
+        created_at: format_ms(record.created_at),
+        entrypoint: record.entrypoint.clone(),
+        template_id: record.template.as_ref().map(|t| t.id.clone()),
+        template_name: record.template.as_ref().map(|t| t.name.clone()),
+        template_version: record.template.as_ref().map(|t| t.version),
+        name: record.name.clone(),
+        allocation: None,
     }
 }
