@@ -539,6 +539,29 @@ impl ExecdClient {
             .map_err(|_| ExecdError::Unreachable(format!("no answer within {EXEC_TIMEOUT:?}")))?
     }
 
+    /// `POST path` with `request` as JSON; the answer read as `A` (`what` names it in the
+    /// error when it is not one).
+    async fn post_json<R: serde::Serialize, A: serde::de::DeserializeOwned>(
+        &self,
+        target: &Target,
+        token: &str,
+        path: &str,
+        request: &R,
+        what: &str,
+    ) -> Result<A, ExecdError> {
+        let body = serde_json::to_vec(request).map_err(|e| ExecdError::Unreachable(e.to_string()))?;
+        let bytes = self
+            .exchange(
+                target,
+                token,
+                hyper::Method::POST,
+                path,
+                Some(("application/json", body)),
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ExecdError::Broken(format!("not {what}: {e}")))
+    }
+
     /// `send` a request whose answer is an event stream.
     async fn stream(
         &self,
@@ -619,23 +642,19 @@ impl ExecdClient {
         token: &str,
         language: &str,
     ) -> Result<String, ExecdError> {
-        let body = serde_json::to_vec(&crate::wire::code::CreateContextRequest {
+        let request = crate::wire::code::CreateContextRequest {
             language: language.to_owned(),
             cwd: None,
-        })
-        .map_err(|e| ExecdError::Unreachable(e.to_string()))?;
-        let bytes = self
-            .exchange(
-                target,
-                token,
-                hyper::Method::POST,
-                "/code/context",
-                Some(("application/json", body)),
-            )
-            .await?;
-        serde_json::from_slice::<crate::wire::code::CodeContext>(&bytes)
-            .map(|c| c.id)
-            .map_err(|e| ExecdError::Broken(format!("not a code context: {e}")))
+        };
+        self.post_json::<_, crate::wire::code::CodeContext>(
+            target,
+            token,
+            "/code/context",
+            &request,
+            "a code context",
+        )
+        .await
+        .map(|c| c.id)
     }
 
     /// `DELETE /code/contexts/{id}`.
@@ -724,19 +743,15 @@ impl ExecdClient {
         token: &str,
         request: &crate::wire::isolated::CreateIsolatedSessionRequest,
     ) -> Result<String, ExecdError> {
-        let body = serde_json::to_vec(request).map_err(|e| ExecdError::Unreachable(e.to_string()))?;
-        let bytes = self
-            .exchange(
-                target,
-                token,
-                hyper::Method::POST,
-                "/v1/isolated/session",
-                Some(("application/json", body)),
-            )
-            .await?;
-        serde_json::from_slice::<crate::wire::isolated::IsolatedCreateSessionResponse>(&bytes)
-            .map(|s| s.session_id)
-            .map_err(|e| ExecdError::Broken(format!("not an isolated session: {e}")))
+        self.post_json::<_, crate::wire::isolated::IsolatedCreateSessionResponse>(
+            target,
+            token,
+            "/v1/isolated/session",
+            request,
+            "an isolated session",
+        )
+        .await
+        .map(|s| s.session_id)
     }
 
     /// `POST /v1/isolated/session/{sid}/run` in the foreground: its events as they come (execd

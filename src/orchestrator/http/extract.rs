@@ -135,6 +135,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJsonBody<T>
     }
 }
 
+/// A `state` query value: comma-separated names, trimmed, empty ones dropped (the parameter
+/// may also repeat; the caller extends its list with each).
+pub(super) fn states(value: &str) -> impl Iterator<Item = String> + '_ {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,13 +93,7 @@ fn list_filter(query: &str) -> Result<ListFilter, Error> {
     };
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
-            "state" => filter.states.extend(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned),
-            ),
+            "state" => filter.states.extend(super::extract::states(&value)),
             "metadata" => {
                 for (k, v) in form_urlencoded::parse(value.as_bytes()) {
                     if k.is_empty() {

@@ -78,13 +78,7 @@ fn snapshot_filter(query: &str) -> Result<SnapshotFilter, Error> {
         match key.as_ref() {
             "sandboxId" | "sandbox_id" => filter.sandbox_id = Some(value.into_owned()),
             "name" => filter.name = Some(value.into_owned()),
-            "state" => filter.states.extend(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned),
-            ),
+            "state" => filter.states.extend(super::extract::states(&value)),
             "page" => filter.page = super::extract::page(&value)?,
             "pageSize" | "page_size" => filter.page_size = super::extract::page_size(&value)?,
             _ => {}
