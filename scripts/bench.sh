@@ -8,10 +8,17 @@
 #   scripts/bench.sh roundtrip stream # only sections whose area/section name matches
 #   scripts/bench.sh --list           # section names
 #   scripts/bench.sh --quick          # reduced counts, to check the harness itself
+#   scripts/bench.sh density [N]      # N idle sandboxes on this host (default 500; only when
+#                                     # named): create rate, memory, list and delete at N
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 jobs="${CARGO_JOBS:-2}"
+# `density N`: the count goes to the harness through its environment (EXECD_BENCH_DENSITY_N).
+if [ "${1:-}" = density ] && [[ "${2:-}" =~ ^[0-9]+$ ]]; then
+  export EXECD_BENCH_DENSITY_N="$2"
+  set -- density "${@:3}"
+fi
 agent=target/x86_64-unknown-linux-musl/release/execd
 out=target/bench/results.md
 
