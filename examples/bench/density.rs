@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _};
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
 use futures_util::{stream, StreamExt as _};
 use serde_json::{json, Value};
 
@@ -413,7 +415,7 @@ async fn measure(
     let sample = memory_sample(&containers);
 
     eprintln!("density: list latency with {n} present …");
-    let lists = list_latency(server, n).await?;
+    let lists = list_latency(server, docker, labelled, n).await?;
 
     eprintln!("density: idle for {} s …", IDLE_WINDOW.as_secs());
     let idle = idle_cpu(pid, &containers).await?;
@@ -832,14 +834,23 @@ struct Lists {
     page: Vec<Duration>,
     all: Vec<Duration>,
     health: Vec<Duration>,
+    /// The engine's list of the same containers, which sandboxd asks for on every list.
+    engine: Vec<Duration>,
 }
 
-async fn list_latency(server: &Server, n: usize) -> anyhow::Result<Lists> {
+async fn list_latency(
+    server: &Server,
+    docker: &bollard::Docker,
+    labelled: &Labelled,
+    n: usize,
+) -> anyhow::Result<Lists> {
     let mut l = Lists {
         page: Vec::new(),
         all: Vec::new(),
         health: Vec::new(),
+        engine: Vec::new(),
     };
+    let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL}={}", labelled.value)])]);
     for _ in 0..3 {
         server.get("/v1/sandboxes").await?; // warm
     }
@@ -850,6 +861,14 @@ async fn list_latency(server: &Server, n: usize) -> anyhow::Result<Lists> {
         let t = Instant::now();
         let page = server.get("/v1/sandboxes").await?;
         l.page.push(t.elapsed());
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let t = Instant::now();
+        let listed = docker.list_containers(Some(options)).await?;
+        l.engine.push(t.elapsed());
+        ensure!(listed.len() == n, "the engine listed {} containers, {n} expected", listed.len());
         if round == 0 {
             let total = page["pagination"]["totalItems"].as_u64().unwrap_or(0);
             ensure!(total == n as u64, "the list says {total} sandboxes, {n} expected");
@@ -874,6 +893,7 @@ async fn list_latency(server: &Server, n: usize) -> anyhow::Result<Lists> {
 impl Lists {
     fn rows(&self, n: usize) -> Vec<Row> {
         let health = percentile_ms(&self.health, 50.0);
+        let (page, engine) = (percentile_ms(&self.page, 50.0), percentile_ms(&self.engine, 50.0));
         vec![
             Row::new(
                 format!("`GET /v1/sandboxes` (default page of 20) with {n} present, p50 of {}", self.page.len()),
@@ -892,6 +912,15 @@ impl Lists {
                 "ms",
             )
             .anchor("`GET /health`, p50", health),
+            Row::new(
+                format!(
+                    "context: the engine's list of the same {n} containers (`GET /containers/json?all=1`, label filter: what sandboxd asks on every list), p50, interleaved"
+                ),
+                engine,
+                "ms",
+            )
+            .anchor("sandboxd's default page, p50", page),
+            Row::new("context: sandboxd's own share of a list (p50 difference)", page - engine, "ms"),
         ]
     }
 }
