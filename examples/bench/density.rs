@@ -21,25 +21,27 @@
 //! and the section fails unless none is left. Containers of an earlier run that was killed
 //! outright (its process gone) are removed by label at the start.
 
-use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context as _};
+use anyhow::{anyhow, ensure, Context as _};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures_util::{stream, StreamExt as _};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::harness::{mb, median, percentile_ms, proc_status_bytes, Ctx, Goal, Row};
 use crate::lifecycle::{ensure_image, IMAGE as BUSYBOX};
 use crate::Section;
+use host::{engine_pss, grown_mb, host_used, Census, Cgroup};
+use server::{sweep_dead_runs, Labelled, Server};
+
+mod host;
+mod server;
 
 /// The second image: debootstrap minbase with python3 and ipykernel.
 const PYTHON: &str = "execd-test/python:bookworm";
@@ -78,7 +80,10 @@ struct Size {
 fn env_count(name: &str, default: usize) -> anyhow::Result<usize> {
     match std::env::var(name) {
         Ok(v) => {
-            let n: usize = v.trim().parse().with_context(|| format!("{name}={v:?} is not a count"))?;
+            let n: usize = v
+                .trim()
+                .parse()
+                .with_context(|| format!("{name}={v:?} is not a count"))?;
             ensure!(n >= 1, "{name} must be at least 1");
             Ok(n)
         }
@@ -101,220 +106,6 @@ fn image_of(i: usize) -> &'static str {
         BUSYBOX
     } else {
         PYTHON
-    }
-}
-
-/// The containers this run labelled, removed by label when dropped (the last resort).
-struct Labelled {
-    value: String,
-}
-
-impl Labelled {
-    fn new() -> Self {
-        Self {
-            value: std::process::id().to_string(),
-        }
-    }
-
-    /// Ids of the containers carrying this run's label.
-    fn containers(&self) -> anyhow::Result<Vec<String>> {
-        containers_labelled(&format!("{LABEL}={}", self.value))
-    }
-
-    /// `docker rm -f` of every container with this run's label; how many there were.
-    fn sweep(&self) -> anyhow::Result<usize> {
-        let ids = self.containers()?;
-        remove_containers(&ids)?;
-        Ok(ids.len())
-    }
-}
-
-impl Drop for Labelled {
-    fn drop(&mut self) {
-        match self.sweep() {
-            Ok(0) => {}
-            Ok(n) => eprintln!("density: removed {n} labelled containers left behind"),
-            Err(e) => eprintln!("density: the label sweep failed: {e:#}"),
-        }
-    }
-}
-
-fn containers_labelled(filter: &str) -> anyhow::Result<Vec<String>> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--no-trunc", "--filter"])
-        .arg(format!("label={filter}"))
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run docker ps")?;
-    ensure!(out.status.success(), "docker ps failed: {}", out.status);
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect())
-}
-
-fn remove_containers(ids: &[String]) -> anyhow::Result<()> {
-    for chunk in ids.chunks(100) {
-        let status = Command::new("docker")
-            .args(["rm", "-f"])
-            .args(chunk)
-            .stdout(Stdio::null())
-            .status()
-            .context("cannot run docker rm")?;
-        ensure!(status.success(), "docker rm -f failed: {status}");
-    }
-    Ok(())
-}
-
-/// Removes the containers of earlier runs that were killed outright (their harness is gone).
-fn sweep_dead_runs() -> anyhow::Result<()> {
-    let out = Command::new("docker")
-        .args(["ps", "-a", "--no-trunc", "--format"])
-        .arg(format!("{{{{.ID}}}} {{{{.Label \"{LABEL}\"}}}}"))
-        .args(["--filter", &format!("label={LABEL}")])
-        .output()
-        .context("cannot run docker ps")?;
-    ensure!(out.status.success(), "docker ps failed: {}", out.status);
-    let dead: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (id, pid) = l.split_once(' ')?;
-            let alive = pid
-                .parse::<u32>()
-                .is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
-            (!alive).then(|| id.to_owned())
-        })
-        .collect();
-    if !dead.is_empty() {
-        eprintln!("density: removing {} containers of an earlier, killed run", dead.len());
-        remove_containers(&dead)?;
-    }
-    Ok(())
-}
-
-/// The section's own sandboxd, in its own process group so that a Ctrl-C at the terminal
-/// reaches only the harness, which then cleans up through it; killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-    client: reqwest::Client,
-    made: Mutex<BTreeSet<String>>,
-    /// The metadata every sandbox of this run carries (it becomes its container's label).
-    metadata: Value,
-    _data: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(ctx: &Ctx, size: &Size, labelled: &Labelled) -> anyhow::Result<Self> {
-        let data = tempfile::tempdir()?;
-        // Raised for the bench only: the per-user quota (N plus room) and the request rates.
-        let quota = (size.n + 100).to_string();
-        let mut child = Command::new(&ctx.sandboxd)
-            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--agent"])
-            .arg(&ctx.agent)
-            .arg("--data-dir")
-            .arg(data.path())
-            .args(["--rate-create", "0", "--rate-read", "0", "--max-sandboxes-per-user"])
-            .arg(quota)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start {}", ctx.sandboxd.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-        let base = line
-            .trim()
-            .strip_prefix("sandboxd listening on ")
-            .with_context(|| format!("unexpected first line {line:?}"))?
-            .to_owned();
-        Ok(Self {
-            child,
-            base,
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(120))
-                .build()?,
-            made: Mutex::default(),
-            metadata: json!({ LABEL: labelled.value }),
-            _data: data,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// An idle sandbox of `image`; its id once sandboxd answered (execd is up by then).
-    async fn create(&self, image: &str) -> anyhow::Result<String> {
-        let env = if image == PYTHON {
-            json!({ PYTHON_ENV.0: PYTHON_ENV.1 })
-        } else {
-            json!({})
-        };
-        self.create_with(image, env).await
-    }
-
-    /// A sandbox of `image` with `env`.
-    async fn create_with(&self, image: &str, env: Value) -> anyhow::Result<String> {
-        let body = json!({
-            "image": {"uri": image}, "entrypoint": ["sleep", "1000000"], "timeout": 7200,
-            "metadata": self.metadata, "env": env,
-        });
-        let resp = self
-            .client
-            .post(format!("{}/v1/sandboxes", self.base))
-            .json(&body)
-            .send()
-            .await?;
-        if resp.status() != 202 {
-            bail!("create {image}: {} {}", resp.status(), resp.text().await?);
-        }
-        let answer: Value = resp.json().await?;
-        let id = answer["id"].as_str().context("no id")?.to_owned();
-        self.made.lock().unwrap().insert(id.clone());
-        Ok(id)
-    }
-
-    async fn delete(&self, id: &str) -> anyhow::Result<()> {
-        let resp = self
-            .client
-            .delete(format!("{}/v1/sandboxes/{id}", self.base))
-            .send()
-            .await?;
-        ensure!(
-            resp.status().is_success() || resp.status() == 404,
-            "delete {id}: {}",
-            resp.status()
-        );
-        self.made.lock().unwrap().remove(id);
-        Ok(())
-    }
-
-    /// Deletes every sandbox still recorded as made, `concurrency` at a time; how many failed.
-    async fn delete_all(&self, concurrency: usize) -> usize {
-        let ids: Vec<String> = self.made.lock().unwrap().iter().cloned().collect();
-        stream::iter(ids)
-            .map(|id| async move { self.delete(&id).await })
-            .buffer_unordered(concurrency)
-            .filter(|r| std::future::ready(r.is_err()))
-            .count()
-            .await
-    }
-
-    /// `GET path` to its end; fails unless 200.
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self.client.get(format!("{}{path}", self.base)).send().await?;
-        ensure!(resp.status() == 200, "GET {path}: {}", resp.status());
-        Ok(resp.json().await?)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -486,8 +277,12 @@ async fn measure(
             .anchor("sandboxd VmRSS with none", mb(rss0)),
     );
     rows.push(
-        Row::new(format!("sandboxd peak RSS (VmHWM) with {n} sandboxes"), mb(hwm), "MB")
-            .anchor("sandboxd VmHWM with none", mb(hwm0)),
+        Row::new(
+            format!("sandboxd peak RSS (VmHWM) with {n} sandboxes"),
+            mb(hwm),
+            "MB",
+        )
+        .anchor("sandboxd VmHWM with none", mb(hwm0)),
     );
     rows.push(
         Row::new("sandboxd VmRSS after deleting them all", mb(rss_after), "MB")
@@ -720,7 +515,11 @@ fn memory_sample(containers: &[Container]) -> MemorySample {
         cgroup: Default::default(),
     };
     for (k, image) in [BUSYBOX, PYTHON].into_iter().enumerate() {
-        for c in containers.iter().filter(|c| c.image == image).take(MEMORY_SAMPLE / 2) {
+        for c in containers
+            .iter()
+            .filter(|c| c.image == image)
+            .take(MEMORY_SAMPLE / 2)
+        {
             if let Ok(rss) = proc_status_bytes(c.pid, "VmRSS") {
                 s.execd[k].push(mb(rss));
             }
@@ -757,7 +556,10 @@ impl MemorySample {
             };
             rows.push(
                 Row::new(
-                    format!("container memory (cgroup) of an idle {name} sandbox{what}, median of {}", cgroup.len()),
+                    format!(
+                        "container memory (cgroup) of an idle {name} sandbox{what}, median of {}",
+                        cgroup.len()
+                    ),
                     median(cgroup),
                     "MB",
                 )
@@ -799,7 +601,10 @@ async fn warm_kernel(server: &Server, docker: &bollard::Docker) -> anyhow::Resul
             if settled {
                 break;
             }
-            ensure!(Instant::now() < deadline, "the warm kernel of {id} did not settle in 60 s");
+            ensure!(
+                Instant::now() < deadline,
+                "the warm kernel of {id} did not settle in 60 s"
+            );
         }
         warm.memory.push(mb(cgroup.memory()?));
         warm.cpu.push(last);
@@ -868,7 +673,11 @@ async fn list_latency(
         let t = Instant::now();
         let listed = docker.list_containers(Some(options)).await?;
         l.engine.push(t.elapsed());
-        ensure!(listed.len() == n, "the engine listed {} containers, {n} expected", listed.len());
+        ensure!(
+            listed.len() == n,
+            "the engine listed {} containers, {n} expected",
+            listed.len()
+        );
         if round == 0 {
             let total = page["pagination"]["totalItems"].as_u64().unwrap_or(0);
             ensure!(total == n as u64, "the list says {total} sandboxes, {n} expected");
@@ -877,7 +686,9 @@ async fn list_latency(
             let t = Instant::now();
             let mut seen = 0;
             for p in 1.. {
-                let page = server.get(&format!("/v1/sandboxes?pageSize=200&page={p}")).await?;
+                let page = server
+                    .get(&format!("/v1/sandboxes?pageSize=200&page={p}"))
+                    .await?;
                 seen += page["items"].as_array().map_or(0, Vec::len);
                 if !page["pagination"]["hasNextPage"].as_bool().unwrap_or(false) {
                     break;
@@ -954,7 +765,10 @@ impl Idle {
         let share = |d: Duration| d.as_secs_f64() / self.window.as_secs_f64() * 100.0;
         vec![
             Row::new(
-                format!("sandboxd CPU with {n} idle sandboxes (share of one core over {} s)", self.window.as_secs()),
+                format!(
+                    "sandboxd CPU with {n} idle sandboxes (share of one core over {} s)",
+                    self.window.as_secs()
+                ),
                 share(self.sandboxd),
                 "%",
             ),
@@ -964,264 +778,5 @@ impl Idle {
                 "%",
             ),
         ]
-    }
-}
-
-/// CPU time used so far, by who used it: this run's sandboxd, the engine's processes
-/// (dockerd, containerd, shims with the runc runs they reaped, fuse-overlayfs, docker-proxy),
-/// the containers' cgroups, this harness, and the whole machine.
-#[derive(Default, Clone)]
-struct Census {
-    sandboxd: Duration,
-    engine: Duration,
-    sandboxes: Duration,
-    harness: Duration,
-    machine: Duration,
-    /// Per (pid, start time): the engine processes' CPU, so a process that only exists in the
-    /// later census counts in full.
-    engine_procs: HashMap<(u32, u64), Duration>,
-}
-
-/// Process names (`comm`, 15 bytes at most) of the container engine.
-const ENGINE: &[&str] = &[
-    "dockerd",
-    "containerd",
-    "containerd-shim",
-    "runc",
-    "fuse-overlayfs",
-    "docker-proxy",
-];
-
-impl Census {
-    fn take(sandboxd: u32) -> anyhow::Result<Self> {
-        let mut c = Census::default();
-        for entry in std::fs::read_dir("/proc")? {
-            let Some(pid) = entry?.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Some(stat) = ProcStat::read(pid) else { continue };
-            if pid == sandboxd {
-                c.sandboxd = stat.cpu;
-            } else if ENGINE.contains(&stat.comm.as_str()) {
-                c.engine_procs.insert((pid, stat.start), stat.cpu);
-            }
-        }
-        c.engine = c.engine_procs.values().sum();
-        c.harness = crate::harness::rusage_cpu(libc::RUSAGE_SELF);
-        c.machine = machine_busy()?;
-        Ok(c)
-    }
-
-    /// What was used between `before` and `self`.
-    fn since(&self, before: &Census) -> Census {
-        let engine = self
-            .engine_procs
-            .iter()
-            .map(|(k, now)| now.saturating_sub(before.engine_procs.get(k).copied().unwrap_or_default()))
-            .sum();
-        Census {
-            sandboxd: self.sandboxd.saturating_sub(before.sandboxd),
-            engine,
-            sandboxes: self.sandboxes.saturating_sub(before.sandboxes),
-            harness: self.harness.saturating_sub(before.harness),
-            machine: self.machine.saturating_sub(before.machine),
-            engine_procs: HashMap::new(),
-        }
-    }
-
-    fn rows(&self, n: usize, wall: Duration) -> Vec<Row> {
-        let per = |d: Duration| d.as_secs_f64() * 1e3 / n as f64;
-        let ours = self.sandboxd + self.engine + self.sandboxes + self.harness;
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        vec![
-            Row::new(
-                "create phase, CPU per sandbox: the engine (dockerd, containerd, shims and their runc runs, fuse-overlayfs, docker-proxy)",
-                per(self.engine),
-                "ms",
-            ),
-            Row::new("create phase, CPU per sandbox: sandboxd", per(self.sandboxd), "ms"),
-            Row::new(
-                "create phase, CPU per sandbox: inside the sandbox (its cgroup: execd, `sleep`, python's warm kernel)",
-                per(self.sandboxes),
-                "ms",
-            ),
-            Row::new("create phase, CPU per sandbox: this harness", per(self.harness), "ms"),
-            Row::new(
-                "create phase, CPU per sandbox: everything else on the machine (other work)",
-                per(self.machine.saturating_sub(ours)),
-                "ms",
-            ),
-            Row::new(
-                format!("create phase: machine busy (all {cores} cores)"),
-                self.machine.as_secs_f64() / (wall.as_secs_f64() * cores as f64) * 100.0,
-                "%",
-            ),
-        ]
-    }
-}
-
-/// The fields of `/proc/<pid>/stat` the census needs.
-struct ProcStat {
-    comm: String,
-    /// Start time in clock ticks after boot (tells a reused pid apart).
-    start: u64,
-    /// utime + stime + cutime + cstime: its own CPU and that of the children it reaped.
-    cpu: Duration,
-}
-
-impl ProcStat {
-    fn read(pid: u32) -> Option<Self> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let open = text.find('(')?;
-        let close = text.rfind(')')?;
-        let comm = text[open + 1..close].to_owned();
-        let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
-        // Field numbers as in proc(5); `fields[0]` is field 3 (state).
-        let field = |i: usize| fields.get(i - 3)?.parse::<u64>().ok();
-        let ticks = field(14)? + field(15)? + field(16)? + field(17)?;
-        Some(Self {
-            comm,
-            start: field(22)?,
-            cpu: ticks_to_duration(ticks),
-        })
-    }
-}
-
-fn ticks_to_duration(ticks: u64) -> Duration {
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros(ticks * 1_000_000 / hz)
-}
-
-/// Busy CPU time of the whole machine so far (`/proc/stat`, everything but idle and iowait).
-fn machine_busy() -> anyhow::Result<Duration> {
-    let text = std::fs::read_to_string("/proc/stat")?;
-    let line = text.lines().next().context("empty /proc/stat")?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    ensure!(v.len() >= 8, "short cpu line in /proc/stat");
-    // user nice system idle iowait irq softirq steal
-    Ok(ticks_to_duration(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]))
-}
-
-/// `after − before` in MB, negative when it shrank (other work on the machine).
-fn grown_mb(before: u64, after: u64) -> f64 {
-    (after as f64 - before as f64) / 1e6
-}
-
-/// Host memory in use: MemTotal − MemAvailable, in bytes.
-fn host_used() -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo")?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("no {name} in /proc/meminfo"))?;
-        let kib: u64 = line[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()?;
-        Ok(kib * 1024)
-    };
-    Ok(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?))
-}
-
-/// Summed PSS of the engine's per-container processes (shims, fuse-overlayfs, docker-proxy),
-/// in bytes; processes that cannot be read count nothing.
-fn engine_pss() -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| {
-                matches!(c.trim_end(), "containerd-shim" | "fuse-overlayfs" | "docker-proxy")
-            })
-        })
-        .filter_map(|pid| {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-            let line = text.lines().find(|l| l.starts_with("Pss:"))?;
-            let kib: u64 = line[4..].trim().trim_end_matches("kB").trim().parse().ok()?;
-            Some(kib * 1024)
-        })
-        .sum()
-}
-
-/// A process's memory and CPU cgroup (v1 or v2), found from `/proc/<pid>/cgroup`.
-struct Cgroup {
-    memory: PathBuf,
-    cpu: PathBuf,
-    v2: bool,
-}
-
-impl Cgroup {
-    fn of(pid: u32) -> anyhow::Result<Self> {
-        let path = format!("/proc/{pid}/cgroup");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        let (mut memory, mut cpu, mut unified) = (None, None, None);
-        for line in text.lines() {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, p) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let p = p.trim_start_matches('/');
-            if controllers.is_empty() {
-                unified = Some(p.to_owned());
-            }
-            for ctl in controllers.split(',') {
-                match ctl {
-                    "memory" => memory = Some(PathBuf::from("/sys/fs/cgroup/memory").join(p)),
-                    "cpuacct" => cpu = Some(PathBuf::from(format!("/sys/fs/cgroup/{controllers}")).join(p)),
-                    _ => {}
-                }
-            }
-        }
-        match (memory, cpu, unified) {
-            (Some(memory), Some(cpu), _) => Ok(Self { memory, cpu, v2: false }),
-            (_, _, Some(p)) => {
-                let dir = PathBuf::from("/sys/fs/cgroup").join(p);
-                Ok(Self {
-                    memory: dir.clone(),
-                    cpu: dir,
-                    v2: true,
-                })
-            }
-            _ => bail!("no memory or cpu cgroup in {path}"),
-        }
-    }
-
-    /// Memory charged to the cgroup (`memory.current`, v1 `memory.usage_in_bytes`).
-    fn memory(&self) -> anyhow::Result<u64> {
-        let file = self
-            .memory
-            .join(if self.v2 { "memory.current" } else { "memory.usage_in_bytes" });
-        let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        Ok(text.trim().parse()?)
-    }
-
-    /// The processes in the cgroup.
-    fn procs(&self) -> Vec<u32> {
-        std::fs::read_to_string(self.memory.join("cgroup.procs"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    }
-
-    /// CPU used by the cgroup so far (`cpu.stat` usage_usec, v1 `cpuacct.usage`).
-    fn cpu(&self) -> anyhow::Result<Duration> {
-        if self.v2 {
-            let text = std::fs::read_to_string(self.cpu.join("cpu.stat"))?;
-            let usec: u64 = text
-                .lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .context("no usage_usec")?
-                .trim()
-                .parse()?;
-            Ok(Duration::from_micros(usec))
-        } else {
-            let text = std::fs::read_to_string(self.cpu.join("cpuacct.usage"))?;
-            Ok(Duration::from_nanos(text.trim().parse()?))
-        }
     }
 }
