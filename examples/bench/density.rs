@@ -102,7 +102,7 @@ impl Size {
 
 /// The image of the `i`th container of a run: busybox and python alternating.
 fn image_of(i: usize) -> &'static str {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         BUSYBOX
     } else {
         PYTHON
@@ -179,15 +179,8 @@ async fn measure(
 
     eprintln!("density: creating {n} sandboxes …");
     let census0 = Census::take(pid)?;
-    let created = create_all(server, size).await;
-    let ids = server.made.lock().unwrap().iter().cloned().collect::<Vec<_>>();
-    let containers = inspect_all(docker, labelled, size.concurrency).await?;
+    let created = create_all(server, size).await?;
     let mut census1 = Census::take(pid)?;
-    census1.sandboxes = containers
-        .iter()
-        .filter_map(|c| Cgroup::of(c.pid).ok()?.cpu().ok())
-        .sum();
-    let created = created?;
     ensure!(
         created.done.len() == n,
         "only {} of {n} creates succeeded ({} failed: {})",
@@ -195,6 +188,13 @@ async fn measure(
         created.failed.len(),
         created.failed.first().map(String::as_str).unwrap_or("")
     );
+    let ids = server.made.lock().unwrap().iter().cloned().collect::<Vec<_>>();
+    let containers = inspect_all(docker, labelled, size.concurrency).await?;
+    // The containers' cgroups hold their CPU since they were made (all after `census0`).
+    census1.sandboxes = containers
+        .iter()
+        .filter_map(|c| Cgroup::of(c.pid).ok()?.cpu().ok())
+        .sum();
     ensure!(ids.len() == n, "{} sandboxes recorded, {n} expected", ids.len());
 
     let rss = proc_status_bytes(pid, "VmRSS")?;
