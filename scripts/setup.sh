@@ -42,13 +42,13 @@ command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 
 # Python venv for the tests: real ipykernel (whose kernelspec lands in .venv/share/jupyter),
 # jupyter_client for the benchmark anchor, matplotlib for figure capture, selenium for the
-# console's browser tests.
+# console's browser tests, kubernetes-validate for the Kubernetes objects' schema check.
 venv=.venv
 if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c 'import pytest, ipykernel, jupyter_client, matplotlib, jwt, prometheus_client, schemathesis, selenium' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import pytest, ipykernel, jupyter_client, matplotlib, jwt, prometheus_client, schemathesis, selenium, kubernetes_validate' 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
 fi
 

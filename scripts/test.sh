@@ -31,7 +31,8 @@ part() {
   return 0
 }
 
-part nextest '^ +Summary \[' cargo nextest run --locked -j2 --no-fail-fast "$@"
+# With the Kubernetes runtime (feature k8s): its builders, request-contract and schema tests.
+part nextest '^ +Summary \[' cargo nextest run --locked -j2 --no-fail-fast --features k8s "$@"
 # The prepull tests start local registries (scripts/registry.sh); nothing after them needs one.
 scripts/registry.sh stop >/dev/null 2>&1 || true
 part api-fuzz '^api-fuzz (execd|sandboxd): ' scripts/api-fuzz.sh

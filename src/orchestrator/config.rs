@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "sandboxd",
     version,
-    about = "Sandbox lifecycle server on the Docker Engine (OpenSandbox wire contract)"
+    about = "Sandbox lifecycle server on the Docker Engine or Kubernetes (OpenSandbox wire contract)"
 )]
 pub struct Cli {
     /// What to do.
@@ -28,6 +28,16 @@ pub enum Command {
     /// sandboxd.
     #[command(flatten)]
     Client(crate::cli::ClientCommand),
+}
+
+/// Which runtime serves the sandboxes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeName {
+    /// The local Docker Engine.
+    #[default]
+    Docker,
+    /// A Kubernetes cluster (feature `k8s`).
+    Kubernetes,
 }
 
 /// Server settings.
@@ -57,7 +67,23 @@ pub struct Config {
     /// Most sandboxes one non-admin user may own at once (beyond: 403 `QUOTA::EXCEEDED`).
     #[arg(long, env = "SANDBOXD_MAX_SANDBOXES_PER_USER", default_value_t = 50)]
     pub max_sandboxes_per_user: u64,
-    /// The static execd to inject [default: `execd` next to sandboxd, then
+    /// Where sandboxes run: `docker` (the local engine) or `kubernetes` (pods, through the API
+    /// server of the kubeconfig or the in-cluster service account; needs a sandboxd built
+    /// with `--features k8s`).
+    #[arg(long, env = "SANDBOXD_RUNTIME", value_enum, default_value_t)]
+    pub runtime: RuntimeName,
+    /// Kubernetes: the namespace sandboxes are made in.
+    #[arg(long, env = "SANDBOXD_KUBE_NAMESPACE", default_value = "default")]
+    pub kube_namespace: String,
+    /// Kubernetes: the agent image (`Dockerfile.agent`) whose `/execd install` each sandbox's
+    /// init container runs.
+    #[arg(long, env = "SANDBOXD_KUBE_AGENT_IMAGE", default_value = concat!("execd-agent:", env!("CARGO_PKG_VERSION")))]
+    pub kube_agent_image: String,
+    /// Kubernetes: how long a create waits for the pod to be Ready, in seconds (then the pod
+    /// is deleted and the create fails).
+    #[arg(long, env = "SANDBOXD_KUBE_CREATE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub kube_create_timeout: u64,
+    /// The static execd to inject (Docker) [default: `execd` next to sandboxd, then
     /// target/x86_64-unknown-linux-musl/release/execd].
     #[arg(long, env = "SANDBOXD_AGENT")]
     pub agent: Option<PathBuf>,

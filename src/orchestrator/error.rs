@@ -290,14 +290,19 @@ pub enum Feature {
     Snapshots,
     /// `/sandboxes/{id}/networkpolicy`.
     NetworkPolicy,
+    /// A Freeze pause (`capabilities().freeze`: Kubernetes has no freezer for pods).
+    FreezePause,
 }
 
 impl Feature {
     fn message(self) -> &'static str {
         match self {
-            Feature::Snapshots => "snapshots are not supported by sandboxd's Docker runtime",
-            Feature::NetworkPolicy => {
-                "network policies need the egress sidecar, which sandboxd's Docker runtime does not run"
+            Feature::Snapshots => {
+                "snapshots and Rootfs pause are not supported by this sandboxd's runtime (they commit the sandbox's filesystem to a local image)"
+            }
+            Feature::NetworkPolicy => "network policies need the egress sidecar, which sandboxd does not run",
+            Feature::FreezePause => {
+                "pausing with Freeze is not supported by this sandboxd's runtime (Kubernetes has no freezer for pods)"
             }
         }
     }

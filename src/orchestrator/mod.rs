@@ -1,11 +1,12 @@
 //! The lifecycle orchestrator (`sandboxd`): the OpenSandbox lifecycle API over a runtime (the
-//! Docker Engine today), execd injected into any image, SQLite state, expiry, and a streaming
+//! Docker Engine, or Kubernetes with the `k8s` feature), execd injected into any image, SQLite state, expiry, and a streaming
 //! proxy to each sandbox. Must never import `agent`: the two meet only on the wire.
 //!
 //! - `config`: flags and environment.
 //! - `http`: the edge (the only part that sees axum): routes, auth, request ids, the proxy.
 //! - `service`: what each route does, over the store and `dyn Runtime` (no axum, no bollard).
-//! - `runtime`: the `Runtime` trait; `docker` (the only bollard user) and a test fake.
+//! - `runtime`: the `Runtime` trait; `docker` (the only bollard user), `kubernetes` (the only
+//!   kube user, feature `k8s`) and a test fake.
 //! - `store`: the versioned SQLite state file, on its own thread.
 //! - `spec`: create requests → runtime-neutral plans, or errors naming the field.
 //! - `ratelimit`: the per-caller rate classes (keyed GCRA); `metrics`: request metrics.
@@ -63,20 +64,11 @@ pub async fn serve(config: Config, lifecycle: Arc<lifecycle_log::LifecycleLogs>)
     }
     let data_dir = config.data_dir();
     let store = store::Store::open(&data_dir)?;
-    let agent = config.agent_path();
-    let docker = runtime::docker::Docker::connect(runtime::docker::Settings {
-        agent: agent.clone(),
-        instance: store.instance.clone(),
-        publish_ip: config.publish_ip,
-        public_host: config.public_host(),
-        network: config.network.clone(),
-        isolation_profile: Some(ISOLATION_SECCOMP.to_owned()),
-    })
-    .await?;
+    let runtime = connect_runtime(&config, &store.instance).await?;
     tracing::info!(
         data_dir = %data_dir.display(),
-        agent = %agent.display(),
-        docker_api = %runtime::Runtime::version(&docker),
+        runtime = runtime.kind().as_str(),
+        version = %runtime.version(),
         "starting"
     );
     let keys = auth::jwt::Keys::new(
@@ -107,8 +99,7 @@ pub async fn serve(config: Config, lifecycle: Arc<lifecycle_log::LifecycleLogs>)
         retention: Duration::from_secs(config.events_retention_hours.saturating_mul(3600)),
     };
     let service = Arc::new(
-        service::Service::new(store, Arc::new(docker), authority, settings)
-            .with_diagnostics(diagnostics, lifecycle),
+        service::Service::new(store, runtime, authority, settings).with_diagnostics(diagnostics, lifecycle),
     );
     // Opened before reconciliation, so that what happens to containers from here on is
     // journalled.
@@ -227,6 +218,45 @@ pub async fn serve(config: Config, lifecycle: Arc<lifecycle_log::LifecycleLogs>)
     journal_sweeper.abort();
     executions.abort();
     Ok(())
+}
+
+/// The runtime `--runtime` names, connected: Docker (the agent packed for injection) or
+/// Kubernetes (the API server asked its version, so an unreachable one fails start-up).
+async fn connect_runtime(config: &Config, instance: &str) -> anyhow::Result<Arc<dyn runtime::Runtime>> {
+    match config.runtime {
+        config::RuntimeName::Docker => {
+            let agent = config.agent_path();
+            tracing::info!(agent = %agent.display(), "the Docker runtime");
+            let docker = runtime::docker::Docker::connect(runtime::docker::Settings {
+                agent,
+                instance: instance.to_owned(),
+                publish_ip: config.publish_ip,
+                public_host: config.public_host(),
+                network: config.network.clone(),
+                isolation_profile: Some(ISOLATION_SECCOMP.to_owned()),
+            })
+            .await?;
+            Ok(Arc::new(docker))
+        }
+        config::RuntimeName::Kubernetes => connect_kubernetes(config, instance).await,
+    }
+}
+
+#[cfg(feature = "k8s")]
+async fn connect_kubernetes(config: &Config, instance: &str) -> anyhow::Result<Arc<dyn runtime::Runtime>> {
+    let kubernetes = runtime::kubernetes::Kubernetes::connect(runtime::kubernetes::Settings {
+        namespace: config.kube_namespace.clone(),
+        agent_image: config.kube_agent_image.clone(),
+        instance: instance.to_owned(),
+        create_timeout: Duration::from_secs(config.kube_create_timeout),
+    })
+    .await?;
+    Ok(Arc::new(kubernetes))
+}
+
+#[cfg(not(feature = "k8s"))]
+async fn connect_kubernetes(_config: &Config, _instance: &str) -> anyhow::Result<Arc<dyn runtime::Runtime>> {
+    anyhow::bail!("--runtime kubernetes: this sandboxd was built without the Kubernetes runtime (cargo build --features k8s)")
 }
 
 async fn shutdown() {

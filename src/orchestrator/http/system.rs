@@ -7,6 +7,7 @@ use axum::{Json, Router};
 
 use super::App;
 use crate::orchestrator::error::{Error, Feature};
+use crate::orchestrator::runtime::RuntimeKind;
 
 /// `/health`: no credential (mounted at `/` and `/v1`).
 pub(super) fn public_routes() -> Router<App> {
@@ -28,13 +29,17 @@ pub(crate) async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "healthy"}))
 }
 
-#[utoipa::path(get, path = "/version", responses((status = 200, description = "`{version, runtime, dockerApiVersion}` (bare path only)")))]
+#[utoipa::path(get, path = "/version", responses((status = 200, description = "`{version, runtime, dockerApiVersion}` on Docker, `{version, runtime, kubernetesVersion}` on Kubernetes (bare path only)")))]
 pub(crate) async fn version(State(app): State<App>) -> Json<serde_json::Value> {
     let (kind, version) = app.service.runtime_version();
+    let key = match kind {
+        RuntimeKind::Kubernetes => "kubernetesVersion",
+        _ => "dockerApiVersion",
+    };
     Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "runtime": kind.as_str(),
-        "dockerApiVersion": version,
+        key: version,
     }))
 }
 

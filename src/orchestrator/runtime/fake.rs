@@ -168,6 +168,8 @@ struct Inner {
     images_in_use: BTreeSet<String>,
     /// What [`Capabilities::host_network`] says.
     host_network: bool,
+    /// [`Capabilities::freeze`] false (as on Kubernetes).
+    no_freeze: bool,
 }
 
 /// The fake.
@@ -274,6 +276,11 @@ impl FakeRuntime {
     /// Whether sandboxes share the host's network ([`Capabilities::host_network`]).
     pub fn set_host_network(&self, host: bool) {
         self.lock().host_network = host;
+    }
+
+    /// Whether the runtime can freeze sandboxes ([`Capabilities::freeze`]; Kubernetes cannot).
+    pub fn set_freeze(&self, freeze: bool) {
+        self.lock().no_freeze = !freeze;
     }
 
     /// How sandboxes created from now on behave.
@@ -716,12 +723,13 @@ impl Runtime for FakeRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let state = self.lock();
         Capabilities {
-            freeze: true,
+            freeze: !state.no_freeze,
             isolation: false,
             builds: true,
             snapshots: true,
-            host_network: self.lock().host_network,
+            host_network: state.host_network,
         }
     }
 

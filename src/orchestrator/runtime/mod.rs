@@ -5,6 +5,8 @@
 //! [`Target`].
 //!
 //! - `docker`: the Docker Engine (bollard), execd injected through a shared volume.
+//! - `kubernetes` (feature `k8s`): pods through the API server (kube-rs), execd installed by
+//!   an init container.
 //! - `fake` (tests only): an in-memory runtime with scriptable failures and a real HTTP
 //!   `/ping`, so the lifecycle service is unit-tested without an engine.
 
@@ -13,6 +15,8 @@ pub mod docker;
 pub mod fake;
 #[cfg(test)]
 pub mod fake_execd;
+#[cfg(feature = "k8s")]
+pub mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,6 +36,9 @@ pub type Fut<'a, T> = BoxFuture<'a, Result<T, RuntimeError>>;
 pub enum RuntimeKind {
     /// The Docker Engine API.
     Docker,
+    /// A Kubernetes API server (pods). Named in every build, so that a state file written by
+    /// a `k8s` build reads anywhere (its sandboxes are then another runtime's, left alone).
+    Kubernetes,
     /// The in-memory test runtime.
     #[cfg(test)]
     Fake,
@@ -42,6 +49,7 @@ impl RuntimeKind {
     pub fn as_str(self) -> &'static str {
         match self {
             RuntimeKind::Docker => "docker",
+            RuntimeKind::Kubernetes => "kubernetes",
             #[cfg(test)]
             RuntimeKind::Fake => "fake",
         }

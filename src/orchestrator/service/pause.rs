@@ -106,6 +106,9 @@ impl Service {
             return Err(Error::Conflict(Conflict::SnapshotInProgress(id.to_owned())));
         }
         match mode.unwrap_or(record.pause_policy.snapshot_type) {
+            PauseMode::Freeze if !self.runtime.capabilities().freeze => {
+                Err(Error::Unsupported(Feature::FreezePause))
+            }
             PauseMode::Freeze => self.freeze(id, Freeze::Pause, caller).await,
             PauseMode::Rootfs if self.runtime.capabilities().host_network => {
                 Err(Error::invalid(super::sandboxes::ROOTFS_HOST_NETWORK))

@@ -1392,6 +1392,27 @@ async fn rootfs_with_the_host_network_is_refused_at_create_and_at_pause() {
     s.pause(&freeze.id, None, &root()).await.unwrap();
 }
 
+/// Issue 18: a runtime without a freezer (Kubernetes) answers a Freeze pause 501 from its
+/// capabilities, without asking the runtime, and the sandbox goes on running.
+#[tokio::test]
+async fn issue18_freeze_pause_without_a_freezer_is_unsupported() {
+    let rig = rig().await;
+    let s = &rig.service;
+    rig.fake.set_freeze(false);
+    let created = s.create(request(Some(600)), &root(), None).await.unwrap();
+    for mode in [None, Some(crate::wire::lifecycle::PauseMode::Freeze)] {
+        let e = s.pause(&created.id, mode, &root()).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Unsupported(crate::orchestrator::error::Feature::FreezePause)
+            ),
+            "{e:?}"
+        );
+    }
+    assert_eq!(s.get(&created.id, &root()).await.unwrap().status.state, "Running");
+}
+
 #[tokio::test]
 async fn plain_inspect_and_summary_diagnostics() {
     let rig = rig().await;

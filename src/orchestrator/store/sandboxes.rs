@@ -626,6 +626,7 @@ fn record(raw: Raw) -> Result<Record, RowError> {
 pub(super) fn runtime_kind(name: &str) -> Option<RuntimeKind> {
     match name {
         "docker" => Some(RuntimeKind::Docker),
+        "kubernetes" => Some(RuntimeKind::Kubernetes),
         #[cfg(test)]
         "fake" => Some(RuntimeKind::Fake),
         _ => None,
