@@ -446,7 +446,8 @@ async fn observe_all_lists_this_instances_pods_by_label() {
 
 #[tokio::test]
 async fn api_errors_are_classified() {
-    let cases: [(u16, &str, fn(&Result<Observed, RuntimeError>) -> bool); 7] = [
+    type Wanted = fn(&Result<Observed, RuntimeError>) -> bool;
+    let cases: [(u16, &str, Wanted); 7] = [
         (404, "NotFound", |r| matches!(r, Ok(Observed::Gone))),
         (409, "Conflict", |r| matches!(r, Err(RuntimeError::Conflict(_)))),
         (422, "Invalid", |r| matches!(r, Err(RuntimeError::Rejected(_)))),
