@@ -10,7 +10,7 @@ log() { printf 'test-sdk: %s\n' "$*"; }
 
 # The binaries and images under test (each a no-op when fresh).
 scripts/build-agent.sh || exit 1
-cargo build --locked -j"${CARGO_JOBS:-2}" --bin sandboxd || exit 1
+cargo build --locked -j"${CARGO_JOBS:-2}" --features k8s --bin sandboxd || exit 1
 scripts/build-test-image.sh all || exit 1
 
 mkdir -p target/sdk-tests
