@@ -10,6 +10,7 @@ pub mod env;
 pub mod files;
 pub mod http;
 pub mod init;
+pub mod install;
 pub mod isolate;
 pub mod isolated;
 pub mod kernel;
@@ -19,6 +20,7 @@ pub mod output;
 pub mod process;
 pub mod proxy;
 pub mod pty;
+pub mod seed;
 pub mod session;
 pub mod stream;
 pub mod watch;
@@ -162,7 +164,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// execd's own binary, re-executed as the jail of isolated sessions (robust to the file being
 /// replaced on disk while execd runs).
-const SELF_EXE: &str = "/proc/self/exe";
+pub const SELF_EXE: &str = "/proc/self/exe";
 
 fn isolation_settings(config: &Config, state_dir: &Path) -> isolated::Settings {
     let nonzero = |v: u64| (v > 0).then_some(v);
@@ -240,6 +242,18 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
     process::become_subreaper();
     let reaper = Reaper::start().context("cannot watch SIGCHLD")?;
     let runtime = Arc::new(Runtime::new(&config, Arc::clone(&reaper))?);
+    // Seed files go in place before anything answers or starts; a failure ends init.
+    match (&config.seed_files, &entrypoint) {
+        (Some(manifest), Some(_)) => {
+            let manifest = manifest.clone();
+            let placed = tokio::task::spawn_blocking(move || seed::place_all(&manifest)).await??;
+            tracing::info!(files = placed, "seed files placed");
+        }
+        (Some(_), None) => {
+            tracing::warn!("seed files are placed only in init mode (execd init -- <entrypoint>); ignored")
+        }
+        (None, _) => {}
+    }
     let addr = SocketAddr::new(config.listen_host(entrypoint.is_some()), config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
