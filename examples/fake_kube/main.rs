@@ -14,6 +14,7 @@
 //! `fake-kube=<--docker-label>`) before it exits.
 
 mod api;
+mod containers;
 mod docklet;
 mod store;
 

@@ -8,7 +8,8 @@
 //! containers) replaces the name and never writes into the running file, so it never meets
 //! `ETXTBSY`. Synchronous.
 
-use std::fs::{File, Permissions};
+use std::fs::Permissions;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -53,7 +54,9 @@ pub fn install(source: &Path, dir: &Path) -> Result<PathBuf, InstallError> {
         path: source.to_owned(),
         source: source_err,
     };
-    let mut from = File::open(source).map_err(read_self)?;
+    // Read whole (a few MB) and written with `write_all`, which the agent links already:
+    // `io::copy` between files would link std's copy_file_range path, kilobytes more.
+    let bytes = std::fs::read(source).map_err(read_self)?;
     CreatedDirs::create(dir)?.keep();
     let target = dir.join(TARGET_NAME);
     let temp = TempFile::create_beside(&target, 0o700)?;
@@ -61,7 +64,7 @@ pub fn install(source: &Path, dir: &Path) -> Result<PathBuf, InstallError> {
         path: temp.path().to_owned(),
         source: e,
     };
-    std::io::copy(&mut from, &mut temp.file()).map_err(write)?;
+    temp.file().write_all(&bytes).map_err(write)?;
     // fchmod rather than the create mode, which the umask would narrow.
     temp.file()
         .set_permissions(Permissions::from_mode(MODE))

@@ -242,18 +242,6 @@ pub async fn serve(config: Config, entrypoint: Option<Vec<String>>) -> anyhow::R
     process::become_subreaper();
     let reaper = Reaper::start().context("cannot watch SIGCHLD")?;
     let runtime = Arc::new(Runtime::new(&config, Arc::clone(&reaper))?);
-    // Seed files go in place before anything answers or starts; a failure ends init.
-    match (&config.seed_files, &entrypoint) {
-        (Some(manifest), Some(_)) => {
-            let manifest = manifest.clone();
-            let placed = tokio::task::spawn_blocking(move || seed::place_all(&manifest)).await??;
-            tracing::info!(files = placed, "seed files placed");
-        }
-        (Some(_), None) => {
-            tracing::warn!("seed files are placed only in init mode (execd init -- <entrypoint>); ignored")
-        }
-        (None, _) => {}
-    }
     let addr = SocketAddr::new(config.listen_host(entrypoint.is_some()), config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -25,6 +25,13 @@ fn main() -> ExitCode {
         eprintln!("execd: {e:#}");
         return ExitCode::from(2);
     }
+    // Init's seed files go in place before the runtime, the API or the entrypoint starts.
+    if let (Some(manifest), Some(_)) = (&cli.config.seed_files, &entrypoint) {
+        if let Err(e) = execd::agent::seed::place_all(manifest) {
+            eprintln!("execd: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
