@@ -54,8 +54,7 @@ pub fn install(source: &Path, dir: &Path) -> Result<PathBuf, InstallError> {
         path: source.to_owned(),
         source: source_err,
     };
-    // Read whole (a few MB) and written with `write_all`, which the agent links already:
-    // `io::copy` between files would link std's copy_file_range path, kilobytes more.
+    // Read whole: the agent is a few MB.
     let bytes = std::fs::read(source).map_err(read_self)?;
     CreatedDirs::create(dir)?.keep();
     let target = dir.join(TARGET_NAME);
