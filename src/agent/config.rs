@@ -19,7 +19,7 @@ pub struct Cli {
     /// Server settings.
     #[command(flatten)]
     pub config: Config,
-    /// Run as init (PID 1) in front of an entrypoint.
+    /// Run as init (PID 1) in front of an entrypoint, or install execd into a directory.
     #[command(subcommand)]
     pub mode: Option<Mode>,
     /// Upstream's spelling of init mode: `execd --init <entrypoint...>`.
@@ -36,6 +36,13 @@ pub enum Mode {
         /// The entrypoint and its arguments (after `--`).
         #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
         entrypoint: Vec<String>,
+    },
+    /// Copy this executable to DIR/execd atomically (temp file, fsync, mode 0755, rename),
+    /// creating DIR when missing: a Kubernetes init container fills the pod's shared volume
+    /// with it. A re-run over a running copy is safe.
+    Install {
+        /// The directory (e.g. /opt/opensandbox).
+        dir: PathBuf,
     },
 }
 
@@ -126,6 +133,11 @@ pub struct Config {
         hide = true
     )]
     pub grace_shutdown: Option<String>,
+    /// Init mode: a JSON manifest (`[{"key","path","mode"}, …]`) of files lying beside it,
+    /// each copied to its absolute `path` with its `mode` before the entrypoint starts (a
+    /// ConfigMap mounted by sandboxd's Kubernetes runtime).
+    #[arg(long = "seed-files", env = crate::agent::seed::SEED_FILES_ENV, hide = true)]
+    pub seed_files: Option<PathBuf>,
     /// Lifecycle hooks as JSON (`{"preStart":{"command":[...],"timeoutSeconds":60}}`), as the
     /// orchestrator sets them. Init mode runs `preStart` before the entrypoint, answering
     /// `/ping` with 503 `STARTING` meanwhile; `periodic` hooks are not run.
@@ -193,7 +205,7 @@ mod tests {
         assert_eq!(cli.config.port, 0);
         match cli.mode {
             Some(Mode::Init { entrypoint }) => assert_eq!(entrypoint, ["sh", "-c", "exit 3"]),
-            None => panic!("init mode not parsed"),
+            other => panic!("init mode not parsed: {other:?}"),
         }
         let legacy = Cli::try_parse_from(["execd", "--init", "tail", "-f", "/dev/null"]).unwrap();
         assert_eq!(legacy.init_argv.unwrap(), ["tail", "-f", "/dev/null"]);

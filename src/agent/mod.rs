@@ -10,6 +10,7 @@ pub mod env;
 pub mod files;
 pub mod http;
 pub mod init;
+pub mod install;
 pub mod isolate;
 pub mod isolated;
 pub mod kernel;
@@ -19,6 +20,7 @@ pub mod output;
 pub mod process;
 pub mod proxy;
 pub mod pty;
+pub mod seed;
 pub mod session;
 pub mod stream;
 pub mod watch;
@@ -162,7 +164,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// execd's own binary, re-executed as the jail of isolated sessions (robust to the file being
 /// replaced on disk while execd runs).
-const SELF_EXE: &str = "/proc/self/exe";
+pub const SELF_EXE: &str = "/proc/self/exe";
 
 fn isolation_settings(config: &Config, state_dir: &Path) -> isolated::Settings {
     let nonzero = |v: u64| (v > 0).then_some(v);

@@ -16,14 +16,22 @@ fn main() -> ExitCode {
         return ExitCode::from(execd::agent::isolate::jail::main().clamp(0, 255) as u8);
     }
     let cli = Cli::parse();
+    let entrypoint = match cli.mode {
+        Some(Mode::Install { dir }) => return install(&dir),
+        Some(Mode::Init { entrypoint }) => Some(entrypoint),
+        None => cli.init_argv,
+    };
     if let Err(e) = init_logging(&cli.config) {
         eprintln!("execd: {e:#}");
         return ExitCode::from(2);
     }
-    let entrypoint = match cli.mode {
-        Some(Mode::Init { entrypoint }) => Some(entrypoint),
-        None => cli.init_argv,
-    };
+    // Init's seed files go in place before the runtime, the API or the entrypoint starts.
+    if let (Some(manifest), Some(_)) = (&cli.config.seed_files, &entrypoint) {
+        if let Err(e) = execd::agent::seed::place_all(manifest) {
+            eprintln!("execd: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -40,6 +48,21 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("execd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `execd install DIR`: no runtime, no logging set-up; one line on success.
+fn install(dir: &std::path::Path) -> ExitCode {
+    let this = std::path::Path::new(execd::agent::SELF_EXE);
+    match execd::agent::install::install(this, dir) {
+        Ok(target) => {
+            println!("installed {}", target.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("execd: install into {}: {e}", dir.display());
             ExitCode::from(1)
         }
     }

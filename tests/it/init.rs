@@ -226,3 +226,116 @@ async fn a_pre_start_hook_that_outlives_its_timeout_is_killed_with_its_group() {
     })
     .await;
 }
+
+/// `execd install DIR`, as a Kubernetes init container runs it.
+fn execd_install(dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_execd"))
+        .arg("install")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn install_copies_execd_into_a_new_directory_and_over_a_running_copy() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("opt/opensandbox");
+    let out = execd_install(&dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let installed = dir.join("execd");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(env!("CARGO_BIN_EXE_execd")).unwrap()
+    );
+    assert_eq!(
+        std::fs::metadata(&installed).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+    // The installed copy runs; installing again while it runs replaces it (no ETXTBSY).
+    let mut running = std::process::Command::new(&installed)
+        .args(["--host", "127.0.0.1", "--port", "0", "--state-dir"])
+        .arg(d.path().join("state"))
+        .env_remove("EXECD_ACCESS_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(running.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    let again = execd_install(&dir);
+    let _ = running.kill();
+    let _ = running.wait();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temp file left");
+
+    let file = d.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let failed = execd_install(&file.join("sub"));
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+}
+
+#[tokio::test]
+async fn init_places_seed_files_before_the_entrypoint_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    let seed = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let target = root.path().join("a/b/hello.txt");
+    let seen = root.path().join("seen");
+    std::fs::write(seed.path().join("f0"), "hello seed").unwrap();
+    let manifest = seed.path().join("manifest.json");
+    std::fs::write(
+        &manifest,
+        json!([{"key": "f0", "path": target, "mode": 0o600}]).to_string(),
+    )
+    .unwrap();
+    // The entrypoint copies the file at its very start: it must already be there.
+    let script = format!("cat {} > {}; exec sleep 30", target.display(), seen.display());
+    let agent = Agent::start_with(Opts {
+        env: vec![("EXECD_SEED_FILES".into(), manifest.display().to_string())],
+        ..init(&["sh", "-c", &script])
+    });
+    let copied = eventually(10, "the entrypoint to read the seed file", async || {
+        std::fs::read_to_string(&seen).ok().filter(|s| !s.is_empty())
+    })
+    .await;
+    assert_eq!(copied, "hello seed");
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    drop(agent);
+}
+
+#[test]
+fn init_with_a_bad_seed_manifest_fails_before_the_entrypoint_naming_it() {
+    let seed = tempfile::tempdir().unwrap();
+    let marker = seed.path().join("entrypoint-ran");
+    let manifest = seed.path().join("manifest.json");
+    std::fs::write(&manifest, r#"[{"key":"f0","path":"relative/x"}]"#).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_execd"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--state-dir"])
+        .arg(seed.path().join("state"))
+        .env("EXECD_SEED_FILES", &manifest)
+        .args(["init", "--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("manifest.json") && stderr.contains("not absolute"),
+        "{stderr}"
+    );
+    assert!(!marker.exists(), "the entrypoint never started");
+}

@@ -8,6 +8,7 @@ mod command;
 mod diagnostics;
 mod docker;
 mod executions;
+mod fake_kube;
 mod faults;
 mod files;
 mod init;
