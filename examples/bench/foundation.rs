@@ -192,6 +192,30 @@ async fn round_trip(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         )
         .anchor(&a50, p(anchor, 50.0)),
         Row::new(
+            format!("per-command overhead: `{SHELL}` round trip − spawn+wait `bash -c true`, p50"),
+            p(shell, 50.0) - p(bash, 50.0),
+            "ms",
+        )
+        .goal(Goal::AtMost(0.2)),
+        Row::new(
+            format!("per-command overhead: `{SHELL}` round trip − spawn+wait `bash -c true`, p99"),
+            p(shell, 99.0) - p(bash, 99.0),
+            "ms",
+        )
+        .goal(Goal::AtMost(0.6)),
+        Row::new(
+            format!("per-command overhead: `{ARGV}` round trip − spawn+wait `/bin/true`, p50"),
+            p(argv, 50.0) - p(anchor, 50.0),
+            "ms",
+        )
+        .goal(Goal::AtMost(0.2)),
+        Row::new(
+            format!("per-command overhead: `{ARGV}` round trip − spawn+wait `/bin/true`, p99"),
+            p(argv, 99.0) - p(anchor, 99.0),
+            "ms",
+        )
+        .goal(Goal::AtMost(0.6)),
+        Row::new(
             format!("agent VmRSS after {} commands", 1 + 2 * (warm + n)),
             mb(rss_end),
             "MB",
