@@ -7,6 +7,10 @@ use execd::agent::config::{Cli, Mode};
 use execd::logging::{self, Sink};
 use tracing_subscriber::filter::{filter_fn, Targets};
 
+/// Cap of the runtime's blocking pool: it also runs one output pump per running foreground
+/// command (execd::agent::output), for as long as the command runs.
+const MAX_BLOCKING_THREADS: usize = 8192;
+
 fn main() -> ExitCode {
     // The jail of an isolated session: execd re-executed by itself, before any other setup.
     if std::env::args_os()
@@ -32,7 +36,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("execd: cannot start runtime: {e}");
