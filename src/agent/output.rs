@@ -2,7 +2,7 @@
 //!
 //! [`LineSplitter`] cuts a byte stream into lines the way upstream does (`\n`, `\r` and `\r\n`
 //! end a line; the terminator is dropped; a blank line becomes `"\n"`). [`pump`] is the loop a
-//! dedicated thread runs per execution: it polls the pipes, reads in large chunks, and appends
+//! blocking thread runs per execution: it polls the pipes, reads in large chunks, and appends
 //! each chunk's lines to the journal as one batch. Synchronous code on purpose: a blocking
 //! thread per execution keeps the async workers free and is the fastest path for bulk output.
 //! [`PumpThread`] owns such a thread for a supervisor (commands, isolated runs): one of the
