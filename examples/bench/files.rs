@@ -64,10 +64,10 @@ fn read_all(src: &std::path::Path) -> anyhow::Result<Duration> {
     Ok(t.elapsed())
 }
 
-/// `POST /files/upload` of `src` to `dst` as a streamed multipart body.
+/// `POST {url}` (execd's `/files/upload`) of `src` to `dst` as a streamed multipart body.
 async fn upload(
     client: &reqwest::Client,
-    agent: &Agent,
+    url: &str,
     src: &std::path::Path,
     dst: &str,
 ) -> anyhow::Result<Duration> {
@@ -111,7 +111,7 @@ async fn upload(
         .chain(futures_util::stream::iter([Ok(Bytes::from(tail))]));
     let t = Instant::now();
     let resp = client
-        .post(agent.url("/files/upload"))
+        .post(url)
         .header(
             "content-type",
             format!("multipart/form-data; boundary={boundary}"),
@@ -123,6 +123,28 @@ async fn upload(
     let text = resp.text().await.unwrap_or_default();
     ensure!(status == 200, "upload answered {status}: {text}");
     Ok(t.elapsed())
+}
+
+/// A server on loopback whose one route reads a request body to its end and answers 200: the
+/// rate at which the bench client alone can send an upload. Returns the route's URL.
+async fn sink() -> anyhow::Result<String> {
+    use axum::http::StatusCode;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let route = axum::routing::post(|body: axum::body::Body| async move {
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            if chunk.is_err() {
+                return StatusCode::BAD_REQUEST;
+            }
+        }
+        StatusCode::OK
+    });
+    let app = axum::Router::new().route("/sink", route);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/sink"))
 }
 
 /// `GET /files/download` of `path`, counting the bytes.
@@ -155,11 +177,15 @@ async fn transfer(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     make_file(&src, size)?;
     let agent = Agent::start(&ctx.agent)?;
     let client = client()?;
+    let sink = sink().await?;
     let rounds = if ctx.quick { 1 } else { 3 };
     let (mut up, mut copy, mut down, mut read) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut alone = Vec::new();
     for i in 0..rounds {
+        alone.push(upload(&client, &sink, &src, "unused").await?);
         let dst = dir.path().join(format!("up{i}.bin"));
-        up.push(upload(&client, &agent, &src, dst.to_str().context("path")?).await?);
+        let url = agent.url("/files/upload");
+        up.push(upload(&client, &url, &src, dst.to_str().context("path")?).await?);
         ensure!(std::fs::metadata(&dst)?.len() == size as u64, "uploaded size");
         std::fs::remove_file(&dst)?;
         let c = dir.path().join(format!("cp{i}.bin"));
@@ -183,6 +209,12 @@ async fn transfer(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         )
         .anchor("copy + fsync of the same file with std", rate(&copy))
         .goal(Goal::AtLeast(1.0)),
+        Row::new(
+            format!("context: the bench client alone: the same upload to a server that discards it, median of {rounds}"),
+            rate(&alone),
+            "GB/s",
+        )
+        .anchor("the upload through execd", rate(&up)),
         Row::new(
             format!("download of {amount}, median of {rounds}"),
             rate(&down),
