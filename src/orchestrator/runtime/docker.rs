@@ -60,6 +60,10 @@ pub const HTTP_PORT: u16 = 8080;
 /// How long a commit's stop waits for the container's processes to end before killing them.
 const STOP_GRACE_SECONDS: i32 = 10;
 
+/// Above this many instances, [`Runtime::observe_many`] lists every sandbox instead (one
+/// filter value per instance makes the engine's request long; a page is at most 200).
+const OBSERVE_MANY_MAX: usize = 200;
+
 /// Label: the sandbox id (upstream's name).
 pub const LABEL_ID: &str = "opensandbox.io/id";
 /// Label: expiry (RFC 3339), or absent.
@@ -170,6 +174,57 @@ pub struct Docker {
 }
 
 impl Docker {
+    /// The engine's list of this instance's sandboxes (build containers left out), by sandbox
+    /// id; with `ids`, only the containers with those ids (the engine ORs `id` filters and
+    /// looks each up rather than walking every container).
+    fn list_sandboxes(&self, ids: Option<Vec<String>>) -> Fut<'_, BTreeMap<String, (Instance, Observed)>> {
+        async move {
+            let mut filters = HashMap::from([(
+                "label".to_owned(),
+                vec![format!("{LABEL_INSTANCE}={}", self.settings.instance)],
+            )]);
+            if let Some(ids) = ids {
+                filters.insert("id".to_owned(), ids);
+            }
+            let options = ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build();
+            let containers = self
+                .api
+                .list_containers(Some(options))
+                .await
+                .map_err(|e| classify("list containers", e))?;
+            Ok(containers
+                .into_iter()
+                .filter_map(|c| {
+                    let labels = c.labels.as_ref()?;
+                    if labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_BUILD) {
+                        return None;
+                    }
+                    let id = labels.get(LABEL_ID)?.clone();
+                    let status = c.state.map(|s| s.to_string()).unwrap_or_default();
+                    let exit_code = c.status.as_deref().and_then(exit_code_of_status);
+                    let published = |port: u16| {
+                        c.ports
+                            .as_ref()?
+                            .iter()
+                            .find_map(|p| (p.private_port == port).then_some(p.public_port).flatten())
+                    };
+                    let ports = Ports {
+                        execd: published(EXECD_PORT),
+                        http: published(HTTP_PORT),
+                    };
+                    Some((
+                        id,
+                        (ports.instance(c.id?), observed(&status, exit_code, false, None)),
+                    ))
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
     /// Connects to the local engine (DOCKER_HOST or the default socket), negotiates the API
     /// version, and packs the agent for injection.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
@@ -663,48 +718,20 @@ impl Runtime for Docker {
     }
 
     fn observe_all(&self) -> Fut<'_, BTreeMap<String, (Instance, Observed)>> {
-        async move {
-            let filters = HashMap::from([(
-                "label".to_owned(),
-                vec![format!("{LABEL_INSTANCE}={}", self.settings.instance)],
-            )]);
-            let options = ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build();
-            let containers = self
-                .api
-                .list_containers(Some(options))
-                .await
-                .map_err(|e| classify("list containers", e))?;
-            Ok(containers
-                .into_iter()
-                .filter_map(|c| {
-                    let labels = c.labels.as_ref()?;
-                    if labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_BUILD) {
-                        return None;
-                    }
-                    let id = labels.get(LABEL_ID)?.clone();
-                    let status = c.state.map(|s| s.to_string()).unwrap_or_default();
-                    let exit_code = c.status.as_deref().and_then(exit_code_of_status);
-                    let published = |port: u16| {
-                        c.ports
-                            .as_ref()?
-                            .iter()
-                            .find_map(|p| (p.private_port == port).then_some(p.public_port).flatten())
-                    };
-                    let ports = Ports {
-                        execd: published(EXECD_PORT),
-                        http: published(HTTP_PORT),
-                    };
-                    Some((
-                        id,
-                        (ports.instance(c.id?), observed(&status, exit_code, false, None)),
-                    ))
-                })
-                .collect())
+        self.list_sandboxes(None)
+    }
+
+    fn observe_many<'a>(
+        &'a self,
+        instances: &'a [Instance],
+    ) -> Fut<'a, BTreeMap<String, (Instance, Observed)>> {
+        if instances.is_empty() {
+            return async { Ok(BTreeMap::new()) }.boxed();
         }
-        .boxed()
+        if instances.len() > OBSERVE_MANY_MAX {
+            return self.observe_all();
+        }
+        self.list_sandboxes(Some(instances.iter().map(|i| i.reference.clone()).collect()))
     }
 
     fn pause<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()> {

@@ -39,6 +39,8 @@ pub enum Op {
     Observe,
     /// [`Runtime::observe_all`].
     ObserveAll,
+    /// [`Runtime::observe_many`].
+    ObserveMany,
     /// [`Runtime::pause`].
     Pause,
     /// [`Runtime::unpause`].
@@ -150,6 +152,8 @@ struct Inner {
     /// What `logs` returns for sandboxes without their own.
     logs: Option<String>,
     calls: Vec<Op>,
+    /// The references each [`Runtime::observe_many`] asked about, in order.
+    observed_many: Vec<Vec<String>>,
     next: u64,
     /// Images present.
     images: BTreeSet<String>,
@@ -431,6 +435,11 @@ impl FakeRuntime {
     /// How many times `op` was called.
     pub fn calls(&self, op: Op) -> usize {
         self.lock().calls.iter().filter(|&&c| c == op).count()
+    }
+
+    /// The references each [`Runtime::observe_many`] asked about, in order.
+    pub fn observed_many(&self) -> Vec<Vec<String>> {
+        self.lock().observed_many.clone()
     }
 
     /// Marks `image` as present.
@@ -860,6 +869,31 @@ impl Runtime for FakeRuntime {
                         s.spec.id.clone(),
                         (instance(reference.clone()), s.observed.clone()),
                     )
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn observe_many<'a>(
+        &'a self,
+        instances: &'a [Instance],
+    ) -> Fut<'a, BTreeMap<String, (Instance, Observed)>> {
+        async move {
+            self.enter(Op::ObserveMany)?;
+            let mut inner = self.lock();
+            let asked: Vec<String> = instances.iter().map(|i| i.reference.clone()).collect();
+            inner.observed_many.push(asked);
+            Ok(instances
+                .iter()
+                .filter_map(|i| {
+                    let s = inner.sandboxes.get(&i.reference)?;
+                    (s.spec.purpose == Purpose::Sandbox).then(|| {
+                        (
+                            s.spec.id.clone(),
+                            (instance(i.reference.clone()), s.observed.clone()),
+                        )
+                    })
                 })
                 .collect())
         }

@@ -489,6 +489,16 @@ pub trait Runtime: Send + Sync + 'static {
     fn observe<'a>(&'a self, instance: &'a Instance) -> Fut<'a, Observed>;
     /// Every sandbox of this sandboxd instance the runtime holds, by sandbox id.
     fn observe_all(&self) -> Fut<'_, BTreeMap<String, (Instance, Observed)>>;
+    /// Those of `instances` the runtime holds, by sandbox id, as [`Runtime::observe_all`]
+    /// reports them; one missing is gone. It may report more than asked: the default is
+    /// `observe_all` (Docker asks the engine for only these when that is cheaper).
+    fn observe_many<'a>(
+        &'a self,
+        instances: &'a [Instance],
+    ) -> Fut<'a, BTreeMap<String, (Instance, Observed)>> {
+        let _ = instances;
+        self.observe_all()
+    }
     /// Freezes every process ([`RuntimeError::Transient`] when worth a retry).
     fn pause<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()>;
     /// Thaws a frozen sandbox.

@@ -669,23 +669,39 @@ impl Service {
                 }
             }
         }
-        let live = self.runtime.observe_all().await?;
-        let observed = |r: &Record| match live.get(r.runtime_key()) {
-            Some((_, o)) => o.clone(),
-            None => Observed::Gone,
-        };
+        records.retain(|r| filter.metadata.iter().all(|(k, v)| r.metadata.get(k) == Some(v)));
         let wanted: Vec<String> = filter.states.iter().map(|s| s.to_ascii_lowercase()).collect();
-        for r in &records {
-            self.note_observed(r, &observed(r)).await;
+        if wanted.is_empty() {
+            // No state filter: the page is known from the records alone, so the runtime is
+            // asked only about its instances (the engine's list of every container is what
+            // costs at hundreds of sandboxes).
+            let (page, pagination) = super::paginate(records, filter.page, filter.page_size);
+            let instances: Vec<Instance> = page.iter().filter_map(|r| r.instance.clone()).collect();
+            let live = self.runtime.observe_many(&instances).await?;
+            let items = self.observed_views(&page, &live).await;
+            return Ok(ListSandboxesResponse { items, pagination });
         }
-        let matching: Vec<Sandbox> = records
-            .iter()
-            .filter(|r| filter.metadata.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
-            .map(|r| view(r, &observed(r)))
-            .filter(|s| wanted.is_empty() || wanted.contains(&s.status.state.to_ascii_lowercase()))
+        // A state filter needs every sandbox's live state.
+        let live = self.runtime.observe_all().await?;
+        let matching: Vec<Sandbox> = self
+            .observed_views(&records, &live)
+            .await
+            .into_iter()
+            .filter(|s| wanted.contains(&s.status.state.to_ascii_lowercase()))
             .collect();
         let (items, pagination) = super::paginate(matching, filter.page, filter.page_size);
         Ok(ListSandboxesResponse { items, pagination })
+    }
+
+    /// The views of `records` by what `live` (by runtime key) says, each observation noted.
+    async fn observed_views(&self, records: &[Record], live: &BTreeMap<String, (Instance, Observed)>) -> Vec<Sandbox> {
+        let mut views = Vec::with_capacity(records.len());
+        for r in records {
+            let observed = live.get(r.runtime_key()).map_or(Observed::Gone, |(_, o)| o.clone());
+            self.note_observed(r, &observed).await;
+            views.push(view(r, &observed));
+        }
+        views
     }
 
     /// `DELETE /sandboxes/{id}`: kills and removes the sandbox, forgets it. A pool-backed

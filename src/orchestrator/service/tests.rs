@@ -1478,3 +1478,73 @@ async fn plain_inspect_and_summary_diagnostics() {
         Error::NotFound { .. }
     ));
 }
+
+#[tokio::test]
+async fn an_unfiltered_list_asks_the_runtime_only_about_its_page_and_lists_as_a_state_filtered_one() {
+    let rig = rig().await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let mut req = request(Some(600));
+        req.metadata = Some(BTreeMap::from([(
+            "team".to_owned(),
+            if i % 2 == 0 { "ml" } else { "web" }.to_owned(),
+        )]));
+        created.push(rig.service.create(req, &root(), None).await.unwrap().id);
+    }
+    let page = |page, page_size| ListFilter {
+        page,
+        page_size,
+        ..Default::default()
+    };
+    let ids = |items: &[crate::wire::lifecycle::Sandbox]| items.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+    // Every live state is asked for: the runtime's whole list, the order the reference.
+    let all_running = ListFilter {
+        states: vec!["Running".into()],
+        ..page(1, 200)
+    };
+    let everything = rig.service.list(all_running, &root()).await.unwrap();
+    assert_eq!(everything.items.len(), 5);
+    let observe_all = rig.fake.calls(Op::ObserveAll);
+    let mut paged = Vec::new();
+    for n in 1..=3 {
+        let listed = rig.service.list(page(n, 2), &root()).await.unwrap();
+        assert_eq!(listed.pagination.total_items, 5);
+        assert_eq!(listed.pagination.has_next_page, n < 3);
+        let asked = rig.fake.observed_many().pop().unwrap();
+        let mut expected: Vec<String> = ids(&listed.items)
+            .iter()
+            .map(|id| rig.fake.reference_of(id).unwrap())
+            .collect();
+        expected.sort();
+        let mut asked_sorted = asked.clone();
+        asked_sorted.sort();
+        assert_eq!(asked_sorted, expected, "page {n} asks about its own instances only");
+        assert!(listed.items.iter().all(|s| s.status.state == "Running"));
+        paged.extend(ids(&listed.items));
+    }
+    assert_eq!(paged, ids(&everything.items), "same order, same pages");
+    assert_eq!(rig.fake.calls(Op::ObserveAll), observe_all, "no list of everything");
+    // Filters on the records are kept; a page past the end asks about nothing.
+    let web = ListFilter {
+        metadata: vec![("team".into(), "web".into())],
+        ..page(1, 20)
+    };
+    let listed = rig.service.list(web, &root()).await.unwrap();
+    let expected: Vec<String> = ids(&everything.items)
+        .into_iter()
+        .filter(|id| created.iter().position(|c| c == id).unwrap() % 2 == 1)
+        .collect();
+    assert_eq!(ids(&listed.items), expected);
+    assert!(rig.service.list(page(9, 20), &root()).await.unwrap().items.is_empty());
+    assert_eq!(rig.fake.observed_many().pop().unwrap(), Vec::<String>::new());
+    // What a page observes is noted (a pause made behind sandboxd's back), and only that.
+    let last = everything.items[4].id.clone();
+    rig.fake.set_observed(&last, Observed::Paused);
+    rig.service.list(page(1, 2), &root()).await.unwrap();
+    let record = rig.service.store.get(&last).await.unwrap().unwrap();
+    assert_eq!(record.phase, Phase::Ready, "not on the page, not observed");
+    let listed = rig.service.list(page(3, 2), &root()).await.unwrap();
+    assert_eq!(listed.items[0].status.state, "Paused");
+    let record = rig.service.store.get(&last).await.unwrap().unwrap();
+    assert_eq!(record.phase, Phase::Paused);
+}
