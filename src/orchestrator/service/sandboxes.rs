@@ -694,10 +694,16 @@ impl Service {
     }
 
     /// The views of `records` by what `live` (by runtime key) says, each observation noted.
-    async fn observed_views(&self, records: &[Record], live: &BTreeMap<String, (Instance, Observed)>) -> Vec<Sandbox> {
+    async fn observed_views(
+        &self,
+        records: &[Record],
+        live: &BTreeMap<String, (Instance, Observed)>,
+    ) -> Vec<Sandbox> {
         let mut views = Vec::with_capacity(records.len());
         for r in records {
-            let observed = live.get(r.runtime_key()).map_or(Observed::Gone, |(_, o)| o.clone());
+            let observed = live
+                .get(r.runtime_key())
+                .map_or(Observed::Gone, |(_, o)| o.clone());
             self.note_observed(r, &observed).await;
             views.push(view(r, &observed));
         }

@@ -1496,7 +1496,8 @@ async fn an_unfiltered_list_asks_the_runtime_only_about_its_page_and_lists_as_a_
         page_size,
         ..Default::default()
     };
-    let ids = |items: &[crate::wire::lifecycle::Sandbox]| items.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+    let ids =
+        |items: &[crate::wire::lifecycle::Sandbox]| items.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
     // Every live state is asked for: the runtime's whole list, the order the reference.
     let all_running = ListFilter {
         states: vec!["Running".into()],
@@ -1518,12 +1519,19 @@ async fn an_unfiltered_list_asks_the_runtime_only_about_its_page_and_lists_as_a_
         expected.sort();
         let mut asked_sorted = asked.clone();
         asked_sorted.sort();
-        assert_eq!(asked_sorted, expected, "page {n} asks about its own instances only");
+        assert_eq!(
+            asked_sorted, expected,
+            "page {n} asks about its own instances only"
+        );
         assert!(listed.items.iter().all(|s| s.status.state == "Running"));
         paged.extend(ids(&listed.items));
     }
     assert_eq!(paged, ids(&everything.items), "same order, same pages");
-    assert_eq!(rig.fake.calls(Op::ObserveAll), observe_all, "no list of everything");
+    assert_eq!(
+        rig.fake.calls(Op::ObserveAll),
+        observe_all,
+        "no list of everything"
+    );
     // Filters on the records are kept; a page past the end asks about nothing.
     let web = ListFilter {
         metadata: vec![("team".into(), "web".into())],
@@ -1535,7 +1543,13 @@ async fn an_unfiltered_list_asks_the_runtime_only_about_its_page_and_lists_as_a_
         .filter(|id| created.iter().position(|c| c == id).unwrap() % 2 == 1)
         .collect();
     assert_eq!(ids(&listed.items), expected);
-    assert!(rig.service.list(page(9, 20), &root()).await.unwrap().items.is_empty());
+    assert!(rig
+        .service
+        .list(page(9, 20), &root())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
     assert_eq!(rig.fake.observed_many().pop().unwrap(), Vec::<String>::new());
     // What a page observes is noted (a pause made behind sandboxd's back), and only that.
     let last = everything.items[4].id.clone();
