@@ -46,5 +46,5 @@ fi
 echo
 echo "test summary:"
 for s in "${summary[@]}"; do printf '  %s\n' "$s"; done
-grep -h -A4 '^test-sdk: summary' target/test-logs/sdk.log | sed 's/^/  /' || true
+grep -h -A5 '^test-sdk: summary' target/test-logs/sdk.log | sed 's/^/  /' || true
 exit "$rc"

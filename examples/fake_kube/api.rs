@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::docklet::Docklet;
-use crate::store::{kind_of, ApiErr, Change, Kind, Notice, Selectors, Store};
+use crate::store::{is_gated, kind_of, ApiErr, Change, Kind, Notice, Selectors, Store};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -118,7 +118,7 @@ async fn create(State(ctx): State<Ctx>, Path(path): Path<Params>, body: Bytes) -
         m.remove("resourceVersion");
     }
     let created = ctx.store.create(kind, ns, obj)?;
-    if kind.plural == "pods" {
+    if kind.plural == "pods" && !is_gated(&created) {
         ctx.docklet.start(created.clone());
     }
     Ok(ok(StatusCode::CREATED, created))
@@ -314,9 +314,21 @@ fn update(
     edit: impl FnOnce(Value) -> Result<Value, ApiErr>,
 ) -> Result<Response, ApiErr> {
     let kind = kind(&path)?;
-    let updated = ctx
-        .store
-        .update(kind, part(&path, "ns"), part(&path, "name"), status_only, edit)?;
+    // Seen under the store's lock, so only the update that removes the last gate starts the pod.
+    let mut was_gated = false;
+    let updated = ctx.store.update(
+        kind,
+        part(&path, "ns"),
+        part(&path, "name"),
+        status_only,
+        |current| {
+            was_gated = is_gated(&current);
+            edit(current)
+        },
+    )?;
+    if kind.plural == "pods" && was_gated && !is_gated(&updated) {
+        ctx.docklet.start(updated.clone());
+    }
     Ok(ok(StatusCode::OK, updated))
 }
 

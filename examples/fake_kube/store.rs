@@ -204,6 +204,13 @@ fn normalize(kind: Kind, obj: &mut Value) {
     }
 }
 
+/// Whether a pod still has scheduling gates (`spec.schedulingGates` non-empty).
+pub fn is_gated(pod: &Value) -> bool {
+    pod.pointer("/spec/schedulingGates")
+        .and_then(Value::as_array)
+        .is_some_and(|g| !g.is_empty())
+}
+
 fn meta(obj: &Value, field: &str) -> Option<String> {
     obj.pointer(&format!("/metadata/{field}"))
         .and_then(Value::as_str)
@@ -287,6 +294,14 @@ impl Store {
         m.insert("generation".into(), 1.into());
         m.remove("deletionTimestamp");
         match kind.plural {
+            // A gated pod is not scheduled (the docklet leaves it alone) until the last gate
+            // is removed, as kube-scheduler does (KEP-3521).
+            "pods" if is_gated(&obj) => {
+                obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort",
+                    "conditions": [{"type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
+                        "message": "Scheduling is blocked due to non-empty scheduling gates",
+                        "lastTransitionTime": now()}]})
+            }
             "pods" => {
                 obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort",
                     "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}]})
@@ -356,6 +371,23 @@ impl Store {
             next["status"] = status;
         } else if kind.plural == "pods" {
             next["status"] = current.get("status").cloned().unwrap_or(Value::Null);
+            // The apiserver lets an update only remove scheduling gates.
+            let gates = |p: &Value| {
+                p.pointer("/spec/schedulingGates")
+                    .and_then(Value::as_array)
+                    .cloned()
+            };
+            let before = gates(&current).unwrap_or_default();
+            if let Some(added) = gates(&next)
+                .unwrap_or_default()
+                .iter()
+                .find(|g| !before.contains(g))
+            {
+                return Err(ApiErr::invalid(format!(
+                    "Pod \"{name}\" is invalid: spec.schedulingGates: Forbidden: only deletion is allowed, but found new scheduling gate '{}'",
+                    added.get("name").and_then(Value::as_str).unwrap_or_default()
+                )));
+            }
         }
         normalize(kind, &mut next);
         // What the client may not change.

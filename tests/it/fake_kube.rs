@@ -44,16 +44,16 @@ fn fake_kube_bin() -> PathBuf {
 }
 
 /// A running fake apiserver; SIGTERM on drop (which removes its Docker objects).
-struct FakeKube {
+pub(crate) struct FakeKube {
     child: Child,
-    kubeconfig: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
     base: String,
-    label: String,
+    pub(crate) label: String,
     _dir: tempfile::TempDir,
 }
 
 impl FakeKube {
-    fn start(extra: &[&str]) -> Self {
+    pub(crate) fn start(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         let label = format!("fake-kube-test-{}", uuid::Uuid::new_v4().simple());
@@ -89,7 +89,7 @@ impl FakeKube {
         }
     }
 
-    async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         let kc = Kubeconfig::read_from(&self.kubeconfig).unwrap();
         let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
@@ -105,7 +105,7 @@ impl FakeKube {
         eventually(60, "fake_kube to exit", async || self.child.try_wait().unwrap()).await
     }
 
-    fn docker_objects(&self, filter: &str) -> String {
+    pub(crate) fn docker_objects(&self, filter: &str) -> String {
         let ps = Command::new("docker")
             .args(["ps", "-aq", "--filter", filter])
             .output()
@@ -393,7 +393,7 @@ const AGENT_IMAGE: &str = "execd-test/agent:fake-kube";
 const USER_IMAGE: &str = "execd-test/busybox:latest";
 
 /// The `FROM scratch` agent image (no shell) from the static build of scripts/build-agent.sh.
-fn agent_image() -> &'static str {
+pub(crate) fn agent_image() -> &'static str {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     assert!(
         repo.join("target/x86_64-unknown-linux-musl/release/execd")

@@ -24,6 +24,7 @@ mod proxy;
 mod pty;
 mod replay;
 mod sandboxd;
+mod sandboxd_k8s;
 mod sandboxd_limits;
 mod sandboxd_startup;
 mod security;

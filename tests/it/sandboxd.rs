@@ -90,6 +90,11 @@ impl Sandboxd {
 
     /// [`Sandboxd::start_on`] with extra `serve` flags (e.g. rate limits).
     pub(crate) fn start_with(data_dir: &Path, run: &str, flags: &[&str]) -> Self {
+        Self::start_env(data_dir, run, flags, &[])
+    }
+
+    /// [`Sandboxd::start_with`] with extra environment (e.g. `KUBECONFIG`).
+    pub(crate) fn start_env(data_dir: &Path, run: &str, flags: &[&str], env: &[(&str, &Path)]) -> Self {
         let key = "test-key-0123456789".to_owned();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sandboxd"))
             .args(["serve", "--host", "127.0.0.1", "--port", "0", "--api-key", &key])
@@ -98,6 +103,7 @@ impl Sandboxd {
             .arg("--data-dir")
             .arg(data_dir)
             .args(flags)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -192,7 +198,7 @@ impl Sandboxd {
     }
 
     /// `POST /v1/sandboxes/{id}/renew-expiration` to `at` (epoch ms).
-    async fn renew(&self, id: &str, at: i64) -> (StatusCode, Value) {
+    pub(crate) async fn renew(&self, id: &str, at: i64) -> (StatusCode, Value) {
         let body = json!({ "expiresAt": execd::wire::time::format_ms(at) });
         self.json(
             Method::POST,
@@ -208,7 +214,7 @@ impl Sandboxd {
     }
 
     /// `POST /v1/sandboxes/{id}/{action}` (pause, resume).
-    async fn act(&self, id: &str, action: &str) -> (StatusCode, Value) {
+    pub(crate) async fn act(&self, id: &str, action: &str) -> (StatusCode, Value) {
         self.json(Method::POST, &format!("/v1/sandboxes/{id}/{action}"), None)
             .await
     }
@@ -278,7 +284,7 @@ impl Execd {
     }
 
     /// Uploads `content` to `path` (mode 644).
-    async fn upload(&self, path: &str, content: &[u8]) {
+    pub(crate) async fn upload(&self, path: &str, content: &[u8]) {
         let body = crate::files::multipart(&[
             crate::files::Part::Metadata {
                 json: json!({"path": path, "mode": 644}).to_string(),

@@ -1,0 +1,296 @@
+//! L3: sandboxd's Kubernetes runtime (`--runtime kubernetes`) against OUR MODEL OF KUBERNETES
+//! (`examples/fake_kube`, test-only), whose docklet runs the pods as real Docker containers.
+//! Everything goes through sandboxd's HTTP API: create (busybox and python), execd through the
+//! server proxy and the direct `podIP:port` endpoint, files, a template's seed files,
+//! diagnostics, list/get, delete (pod, Secret, ConfigMap gone), Freeze pause → 501, an image
+//! that cannot be pulled, `autoStart: false` (a scheduling gate), a restart (reconciled from the
+//! pods' labels) and expiry.
+//!
+//! Built with `--features k8s`; runs whenever the Docker engine answers.
+
+#![cfg(feature = "k8s")]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::Api;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::docker::docker_available;
+use crate::fake_kube::{agent_image, FakeKube};
+use crate::sandboxd::{docker, image, sandbox_body, Sandboxd};
+use crate::util::{eventually, marker};
+
+fn start_sandboxd(fake: &FakeKube, data_dir: &Path, run: &str) -> Sandboxd {
+    Sandboxd::start_env(
+        data_dir,
+        run,
+        &[
+            "--runtime",
+            "kubernetes",
+            "--kube-namespace",
+            "default",
+            "--kube-agent-image",
+            agent_image(),
+            "--kube-create-timeout",
+            "60",
+        ],
+        &[("KUBECONFIG", &fake.kubeconfig)],
+    )
+}
+
+/// The Docker containers the fake's docklet runs for sandbox `id`'s pod.
+fn pod_containers(fake: &FakeKube, id: &str) -> String {
+    docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=fake-kube={}", fake.label),
+        "--filter",
+        &format!("name=sbx-{id}"),
+    ])
+}
+
+async fn wait_running(d: &Sandboxd, id: &str) {
+    eventually(90, "the sandbox to be Running", async || {
+        let state = d.state(id).await;
+        assert!(
+            !matches!(state.as_str(), "Failed" | "Terminated"),
+            "{id}: {:?}",
+            d.info(id).await
+        );
+        (state == "Running").then_some(())
+    })
+    .await;
+}
+
+async fn gone<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(60, &format!("{name} to be deleted"), async || {
+        match api.get_opt(name).await.unwrap() {
+            None => Some(()),
+            Some(_) => None,
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sandboxd_on_the_fake_kube_runs_sandboxes_as_pods() {
+    if !docker_available() {
+        return;
+    }
+    let (busybox, python) = (image("busybox"), image("python"));
+    let fake = FakeKube::start(&[]);
+    let client = fake.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let data = tempfile::tempdir().unwrap();
+    let run = marker();
+    let mut d = start_sandboxd(&fake, data.path(), &run);
+
+    // A template with a file: it lands before the entrypoint (a ConfigMap, `execd init`).
+    let tname = format!("k8s-{}", &run[..8.min(run.len())]).to_lowercase();
+    let (status, t) = d
+        .json(
+            Method::POST,
+            "/v1/templates",
+            Some(
+                json!({"name": tname, "spec": {"image": busybox, "command": ["sleep", "100000"],
+                "files": [{"path": "/etc/seeded/hello.txt", "content": "seeded\n", "mode": "0600"}]}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+
+    let mut body = json!({"templateId": tname, "timeout": 600});
+    body["metadata"] = json!({"team": "k8s"});
+    let id = d.create(body).await["id"].as_str().unwrap().to_owned();
+    wait_running(&d, &id).await;
+    let pod = pods.get(&format!("sbx-{id}")).await.unwrap();
+    assert_eq!(pod.metadata.labels.as_ref().unwrap()["opensandbox.io/id"], id);
+    assert!(secrets.get_opt(&format!("sbx-{id}")).await.unwrap().is_some());
+    assert!(cms.get_opt(&format!("sbx-{id}-files")).await.unwrap().is_some());
+
+    for proxy in [true, false] {
+        let e = d.endpoint(&id, 44772, proxy).await;
+        let ping = e.req(Method::GET, "/ping").send().await.unwrap();
+        assert_eq!(ping.status(), 200, "ping (server proxy {proxy})");
+        let (out, code) = e
+            .run("cat /etc/seeded/hello.txt; stat -c %a /etc/seeded/hello.txt; echo $OPENSANDBOX_ID")
+            .await;
+        assert_eq!(
+            (out.as_str(), code),
+            (format!("seeded\n600\n{id}\n").as_str(), 0),
+            "proxy {proxy}"
+        );
+        e.upload(&format!("/tmp/via-{proxy}.txt"), b"file body").await;
+        let got = e
+            .req(Method::GET, &format!("/files/download?path=/tmp/via-{proxy}.txt"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200);
+        assert_eq!(got.bytes().await.unwrap().as_ref(), b"file body");
+    }
+
+    // Diagnostics: the container's log through the API server.
+    let e = d.endpoint(&id, 44772, true).await;
+    let _ = e.run("echo to-the-log > /proc/1/fd/1").await;
+    eventually(30, "the pod log", async || {
+        let resp = d
+            .req(
+                Method::GET,
+                &format!("/v1/sandboxes/{id}/diagnostics/logs?scope=container"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap().contains("to-the-log").then_some(())
+    })
+    .await;
+
+    // List and get.
+    let (status, list) = d
+        .json(Method::GET, "/v1/sandboxes?metadata=team%3Dk8s", None)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(ids, [id.as_str()], "{list}");
+    let (status, info) = d.info(&id).await;
+    assert_eq!(status, 200);
+    assert_eq!(info["metadata"]["team"], "k8s", "{info}");
+
+    // Freeze pause has no pod equivalent.
+    let (status, err) = d.act(&id, "pause").await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{err}");
+    assert_eq!(d.state(&id).await, "Running");
+
+    // Python.
+    let py = d.create(sandbox_body(python, &["tail", "-f", "/dev/null"])).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_running(&d, &py).await;
+    let (out, code) = d
+        .endpoint(&py, 44772, false)
+        .await
+        .run("python3 -c 'print(6 * 7)'")
+        .await;
+    assert_eq!((out.as_str(), code), ("42\n", 0));
+
+    // Delete: the pod, its Secret and its ConfigMap go (the last two by owner references).
+    let (status, _) = d.json(Method::DELETE, &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    gone(&pods, &format!("sbx-{id}")).await;
+    gone(&secrets, &format!("sbx-{id}")).await;
+    gone(&cms, &format!("sbx-{id}-files")).await;
+    eventually(30, "the pod's containers to go", async || {
+        pod_containers(&fake, &id).is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(d.info(&id).await.0, 404);
+
+    // An image that cannot be pulled fails at once, not after the 60 s create timeout.
+    let started = Instant::now();
+    let (status, answer) = d
+        .json(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(sandbox_body("execd-test/no-such-image:k8s-l3", &["sleep", "1"])),
+        )
+        .await;
+    let failure = if status == StatusCode::ACCEPTED {
+        let bad = answer["id"].as_str().unwrap().to_owned();
+        eventually(60, "the missing image to fail the sandbox", async || {
+            let (status, info) = d.info(&bad).await;
+            (status == 404 || info["status"]["state"] == "Failed").then_some(info)
+        })
+        .await
+    } else {
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        answer
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "took {:?}: {failure}",
+        started.elapsed()
+    );
+    let text = failure.to_string();
+    assert!(
+        text.contains("IMAGE_NOT_FOUND") || text.contains("IMAGE_PULL"),
+        "{failure}"
+    );
+
+    // autoStart false: the pod waits behind its scheduling gate, unscheduled, no containers.
+    let mut body = sandbox_body(busybox, &["sleep", "100000"]);
+    body["extensions"] = json!({"sandboxd.autoStart": "false"});
+    let created = d.create(body).await;
+    assert_eq!(created["status"]["state"], "Pending", "{created}");
+    let gated = created["id"].as_str().unwrap().to_owned();
+    let pod = pods.get(&format!("sbx-{gated}")).await.unwrap();
+    let status_of = |p: &Pod| serde_json::to_value(p.status.clone()).unwrap();
+    let st = status_of(&pod);
+    assert_eq!(st["phase"], "Pending", "{st}");
+    assert_eq!(st["conditions"][0]["reason"], "SchedulingGated", "{st}");
+    assert!(pod_containers(&fake, &gated).is_empty());
+    assert_eq!(d.state(&gated).await, "Pending");
+    // As the apiserver: a gate may be removed, never added.
+    let add = kube::api::Patch::Json::<()>(
+        serde_json::from_value(
+            json!([{"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": "k8s-l3/extra"}}]),
+        )
+        .unwrap(),
+    );
+    match pods
+        .patch(&format!("sbx-{gated}"), &Default::default(), &add)
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (422, "Invalid")),
+        other => panic!("adding a scheduling gate: {other:?}"),
+    }
+    let (status, answer) = d.act(&gated, "start").await;
+    assert!(status.is_success(), "{status}: {answer}");
+    wait_running(&d, &gated).await;
+    assert!(!pod_containers(&fake, &gated).is_empty());
+
+    // Restart: sandboxd finds its sandboxes again from the pods' labels.
+    d.stop();
+    let d2 = start_sandboxd(&fake, data.path(), &run);
+    for kept in [&py, &gated] {
+        let (status, info) = d2.info(kept).await;
+        assert_eq!(status, 200, "{info}");
+        assert_eq!(info["status"]["state"], "Running", "{info}");
+    }
+    let (out, _) = d2.endpoint(&py, 44772, true).await.run("echo adopted").await;
+    assert_eq!(out, "adopted\n");
+
+    // Expiry deletes the pod.
+    let (status, _) = d2.renew(&gated, execd::wire::time::now_ms() + 1500).await;
+    assert_eq!(status, 200);
+    eventually(30, "the expired sandbox to go", async || {
+        (d2.info(&gated).await.0 == 404).then_some(())
+    })
+    .await;
+    gone(&pods, &format!("sbx-{gated}")).await;
+    gone(&secrets, &format!("sbx-{gated}")).await;
+
+    let (status, _) = d2
+        .json(Method::DELETE, &format!("/v1/sandboxes/{py}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    gone(&pods, &format!("sbx-{py}")).await;
+    drop(d2);
+    drop(d);
+}
