@@ -110,6 +110,29 @@ pub struct SandboxSpec {
     pub start: bool,
 }
 
+#[cfg(test)]
+impl SandboxSpec {
+    /// A started sandbox of `image` running `entrypoint` with nothing else set: tests change
+    /// the fields they are about.
+    pub fn for_test(id: &str, image: &str, entrypoint: &[&str]) -> Self {
+        SandboxSpec {
+            id: id.into(),
+            image: image.into(),
+            entrypoint: entrypoint.iter().map(|a| (*a).to_owned()).collect(),
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            expires_at: None,
+            resources: Resources::default(),
+            mounts: Vec::new(),
+            isolation: false,
+            files: Vec::new(),
+            purpose: Purpose::Sandbox,
+            previous: None,
+            start: true,
+        }
+    }
+}
+
 /// What a committed image is, which also says how [`Runtime::commit`] takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageRole {

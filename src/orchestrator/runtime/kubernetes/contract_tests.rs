@@ -12,7 +12,7 @@ use kube::client::Body;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::orchestrator::runtime::{Purpose, SpecFile};
+use crate::orchestrator::runtime::SpecFile;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 type Reply = tower_test::mock::SendResponse<Response<Body>>;
@@ -34,19 +34,9 @@ fn runtime(create_timeout: Duration) -> (Kubernetes, Handle) {
 
 fn spec(id: &str) -> SandboxSpec {
     SandboxSpec {
-        id: id.into(),
-        image: "python:3.12".into(),
-        entrypoint: vec!["sleep".into(), "infinity".into()],
         env: BTreeMap::from([("EXECD_ACCESS_TOKEN".into(), "tok-1".into())]),
-        labels: BTreeMap::new(),
         expires_at: Some(1_800_000_000_000),
-        resources: Resources::default(),
-        mounts: Vec::new(),
-        isolation: false,
-        files: Vec::new(),
-        purpose: Purpose::Sandbox,
-        previous: None,
-        start: true,
+        ..SandboxSpec::for_test(id, "python:3.12", &["sleep", "infinity"])
     }
 }
 
@@ -149,6 +139,22 @@ fn pending_pod(name: &str, waiting: Option<&str>) -> Value {
             "state": {"waiting": {"reason": reason, "message": "pull access denied"}}}]);
     }
     pod
+}
+
+/// A create without template files up to its wait: the Secret and the Pod stored, and the
+/// Secret handed to the pod (`uid` u-1).
+async fn created_without_files(handle: &mut Handle, id: &str) {
+    let secret = expect(handle, Method::POST, "/api/v1/namespaces/sbx/secrets").await;
+    let body = secret.body.clone();
+    secret.answer(201, stored(body, "s-1"));
+    let pod = expect(handle, Method::POST, "/api/v1/namespaces/sbx/pods").await;
+    let body = pod.body.clone();
+    pod.answer(201, stored(body, "u-1"));
+    let path = format!("/api/v1/namespaces/sbx/secrets/sbx-{id}");
+    expect(handle, Method::PATCH, &path).await.answer(
+        200,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("sbx-{id}")}}),
+    );
 }
 
 /// The three deletes of a removal, in order, each answered `answers[i]` (200, else 404); the
@@ -261,22 +267,7 @@ async fn create_makes_the_secret_files_and_pod_hands_them_to_the_pod_and_waits_f
 async fn an_image_that_cannot_be_pulled_fails_the_create_at_once_and_deletes_everything() {
     let (rt, mut handle) = runtime(Duration::from_secs(60));
     let verifier = tokio::spawn(async move {
-        let secret = expect(&mut handle, Method::POST, "/api/v1/namespaces/sbx/secrets").await;
-        let body = secret.body.clone();
-        secret.answer(201, stored(body, "s-1"));
-        let pod = expect(&mut handle, Method::POST, "/api/v1/namespaces/sbx/pods").await;
-        let body = pod.body.clone();
-        pod.answer(201, stored(body, "u-1"));
-        let patch = expect(
-            &mut handle,
-            Method::PATCH,
-            "/api/v1/namespaces/sbx/secrets/sbx-img",
-        )
-        .await;
-        patch.answer(
-            200,
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sbx-img"}}),
-        );
+        created_without_files(&mut handle, "img").await;
         let get = expect(&mut handle, Method::GET, "/api/v1/namespaces/sbx/pods/sbx-img").await;
         get.answer(200, pending_pod("sbx-img", Some("ErrImagePull")));
         expect_deletes(&mut handle, "img", [200, 200, 404]).await;
@@ -294,22 +285,7 @@ async fn an_image_that_cannot_be_pulled_fails_the_create_at_once_and_deletes_eve
 async fn a_pod_not_ready_in_time_is_deleted_and_the_create_says_pod_ready_timeout() {
     let (rt, mut handle) = runtime(Duration::from_secs(2));
     let verifier = tokio::spawn(async move {
-        let secret = expect(&mut handle, Method::POST, "/api/v1/namespaces/sbx/secrets").await;
-        let body = secret.body.clone();
-        secret.answer(201, stored(body, "s-1"));
-        let pod = expect(&mut handle, Method::POST, "/api/v1/namespaces/sbx/pods").await;
-        let body = pod.body.clone();
-        pod.answer(201, stored(body, "u-1"));
-        let patch = expect(
-            &mut handle,
-            Method::PATCH,
-            "/api/v1/namespaces/sbx/secrets/sbx-slow",
-        )
-        .await;
-        patch.answer(
-            200,
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sbx-slow"}}),
-        );
+        created_without_files(&mut handle, "slow").await;
         let mut gets = 0;
         loop {
             let asked = next(&mut handle).await;

@@ -610,9 +610,6 @@ mod tests {
 
     fn spec() -> SandboxSpec {
         SandboxSpec {
-            id: "abc".into(),
-            image: "python:3.12".into(),
-            entrypoint: vec!["python3".into(), "-m".into(), "http.server".into()],
             env: BTreeMap::from([
                 ("EXECD_ACCESS_TOKEN".into(), "secret-token".into()),
                 ("OPENSANDBOX_ID".into(), "abc".into()),
@@ -625,12 +622,7 @@ mod tests {
                 memory: Some(512 * 1024 * 1024),
                 pids: 4096,
             },
-            mounts: Vec::new(),
-            isolation: false,
-            files: Vec::new(),
-            purpose: Purpose::Sandbox,
-            previous: None,
-            start: true,
+            ..SandboxSpec::for_test("abc", "python:3.12", &["python3", "-m", "http.server"])
         }
     }
 

@@ -8,13 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::objects::Objects;
-use crate::orchestrator::runtime::{Mount, Purpose, Resources, SandboxSpec, SpecFile};
+use crate::orchestrator::runtime::{Mount, Resources, SandboxSpec, SpecFile};
 
 fn base(id: &str) -> SandboxSpec {
     SandboxSpec {
-        id: id.into(),
-        image: "python:3.12".into(),
-        entrypoint: vec!["python3".into(), "-m".into(), "http.server".into()],
         env: BTreeMap::from([
             ("EXECD_ACCESS_TOKEN".into(), "t0k3n".into()),
             ("OPENSANDBOX_ID".into(), id.into()),
@@ -26,12 +23,7 @@ fn base(id: &str) -> SandboxSpec {
             memory: Some(256 * 1024 * 1024),
             pids: 4096,
         },
-        mounts: Vec::new(),
-        isolation: false,
-        files: Vec::new(),
-        purpose: Purpose::Sandbox,
-        previous: None,
-        start: true,
+        ..SandboxSpec::for_test(id, "python:3.12", &["python3", "-m", "http.server"])
     }
 }
 
