@@ -350,21 +350,7 @@ impl FakeRuntime {
         inner.sandboxes.insert(
             reference.clone(),
             FakeSandbox {
-                spec: SandboxSpec {
-                    id: id.to_owned(),
-                    image: "planted".into(),
-                    entrypoint: vec!["sleep".into()],
-                    env: BTreeMap::new(),
-                    labels: BTreeMap::new(),
-                    expires_at: None,
-                    resources: Default::default(),
-                    mounts: Vec::new(),
-                    isolation: false,
-                    files: Vec::new(),
-                    purpose: Purpose::Sandbox,
-                    previous: None,
-                    start: true,
-                },
+                spec: SandboxSpec::for_test(id, "planted", &["sleep"]),
                 observed,
                 answers: true,
                 starting: false,
