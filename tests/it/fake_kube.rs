@@ -432,9 +432,23 @@ fn is_ready(p: Option<&Pod>) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn wait_for(pods: &Api<Pod>, name: &str, cond: impl Fn(Option<&Pod>) -> bool + Send + 'static) -> Pod {
-    let found = match tokio::time::timeout(Duration::from_secs(90), await_condition(pods.clone(), name, cond))
-        .await
+/// Waits until `cond` holds for the pod, or the pod has ended (phase `Failed` or `Succeeded`,
+/// which Kubernetes never leaves), which fails at once unless `cond` holds for it.
+async fn wait_for(
+    pods: &Api<Pod>,
+    name: &str,
+    cond: impl Fn(Option<&Pod>) -> bool + Send + Sync + 'static,
+) -> Pod {
+    let cond = std::sync::Arc::new(cond);
+    let until = {
+        let cond = cond.clone();
+        move |p: Option<&Pod>| cond(p) || has_ended(p)
+    };
+    let found = match tokio::time::timeout(
+        Duration::from_secs(90),
+        await_condition(pods.clone(), name, until),
+    )
+    .await
     {
         Ok(found) => found.unwrap(),
         Err(_) => {
@@ -442,7 +456,19 @@ async fn wait_for(pods: &Api<Pod>, name: &str, cond: impl Fn(Option<&Pod>) -> bo
             panic!("pod {name} did not reach the condition: {status:?}")
         }
     };
-    found.unwrap_or_else(|| panic!("pod {name} is gone"))
+    let found = found.unwrap_or_else(|| panic!("pod {name} is gone"));
+    assert!(
+        cond(Some(&found)),
+        "pod {name} ended without reaching the condition: {:?}",
+        found.status
+    );
+    found
+}
+
+fn has_ended(p: Option<&Pod>) -> bool {
+    p.and_then(|p| p.status.as_ref())
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| matches!(phase, "Failed" | "Succeeded"))
 }
 
 #[tokio::test]
