@@ -256,6 +256,18 @@ impl Drop for Agent {
     }
 }
 
+/// The base URL from a spawned `sandboxd serve`'s first line (`sandboxd listening on
+/// http://…`); its stdout must be piped.
+pub fn sandboxd_base(child: &mut Child) -> anyhow::Result<String> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+    Ok(line
+        .trim()
+        .strip_prefix("sandboxd listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_owned())
+}
+
 /// `GET /ping` on a fresh connection with a hand-written request (no client library in the way).
 pub fn ping_raw(addr: &str) -> anyhow::Result<()> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;

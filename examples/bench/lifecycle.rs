@@ -4,7 +4,6 @@
 //! through sandboxd's server proxy beside the same command on the direct endpoint.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
-use crate::harness::{percentile_ms, Ctx, Goal, Row};
+use crate::harness::{percentile_ms, sandboxd_base, Ctx, Goal, Row};
 use crate::Section;
 
 /// The image both sides start: static busybox, nothing else.
@@ -62,13 +61,7 @@ impl Sandboxd {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("cannot start {}", ctx.sandboxd.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-        let base = line
-            .trim()
-            .strip_prefix("sandboxd listening on ")
-            .with_context(|| format!("unexpected first line {line:?}"))?
-            .to_owned();
+        let base = sandboxd_base(&mut child)?;
         Ok(Self {
             child,
             base,

@@ -2,7 +2,6 @@
 //! label on everything the section makes, with the clean-up by label that is its last resort.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -13,7 +12,7 @@ use futures_util::{stream, StreamExt as _};
 use serde_json::{json, Value};
 
 use super::{Size, LABEL, PYTHON, PYTHON_ENV};
-use crate::harness::Ctx;
+use crate::harness::{sandboxd_base, Ctx};
 
 /// The containers this run labelled, removed by label when dropped (the last resort).
 pub(super) struct Labelled {
@@ -143,13 +142,7 @@ impl Server {
             .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start {}", ctx.sandboxd.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-        let base = line
-            .trim()
-            .strip_prefix("sandboxd listening on ")
-            .with_context(|| format!("unexpected first line {line:?}"))?
-            .to_owned();
+        let base = sandboxd_base(&mut child)?;
         Ok(Self {
             child,
             base,

@@ -32,8 +32,8 @@ use bollard::models::{
     ContainerCreateBody, ContainerUpdateBody, HostConfig, MountType, MountVolumeOptions, PortBinding,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -186,15 +186,7 @@ impl Docker {
             if let Some(ids) = ids {
                 filters.insert("id".to_owned(), ids);
             }
-            let options = ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build();
-            let containers = self
-                .api
-                .list_containers(Some(options))
-                .await
-                .map_err(|e| classify("list containers", e))?;
+            let containers = containers::list(&self.api, &filters).await?;
             Ok(containers
                 .into_iter()
                 .filter_map(|c| {
@@ -853,15 +845,7 @@ impl Runtime for Docker {
                     format!("{LABEL_ROLE}={ROLE_BUILD}"),
                 ],
             )]);
-            let options = ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build();
-            let containers = self
-                .api
-                .list_containers(Some(options))
-                .await
-                .map_err(|e| classify("list containers", e))?;
+            let containers = containers::list(&self.api, &filters).await?;
             Ok(containers
                 .into_iter()
                 // A sandbox always has its id; a build never does.

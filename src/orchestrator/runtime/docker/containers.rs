@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerInspectResponse, ContainerStatsResponse, EventMessage};
+use bollard::models::{ContainerInspectResponse, ContainerStatsResponse, ContainerSummary, EventMessage};
 use bollard::query_parameters::{
     EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, StatsOptionsBuilder,
 };
@@ -101,20 +101,27 @@ fn runtime_event(message: &EventMessage) -> Option<RuntimeEvent> {
     })
 }
 
+/// The engine's list of every container (running or not) that `filters` select.
+pub(super) async fn list(
+    api: &bollard::Docker,
+    filters: &HashMap<String, Vec<String>>,
+) -> Result<Vec<ContainerSummary>, RuntimeError> {
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(filters)
+        .build();
+    api.list_containers(Some(options))
+        .await
+        .map_err(|e| classify("list containers", e))
+}
+
 /// Every container of `instance` that has a role, inspected.
 pub(super) async fn containers(
     api: &bollard::Docker,
     instance: &str,
 ) -> Result<Vec<ContainerInfo>, RuntimeError> {
     let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_INSTANCE}={instance}")])]);
-    let options = ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let listed = api
-        .list_containers(Some(options))
-        .await
-        .map_err(|e| classify("list containers", e))?;
+    let listed = list(api, &filters).await?;
     let ids: Vec<String> = listed
         .into_iter()
         .filter(|c| c.labels.as_ref().and_then(role).is_some())

@@ -763,3 +763,23 @@ fn event_of(pod: &Pod, kind: RuntimeEventKind) -> RuntimeEvent {
         kind,
     }
 }
+
+/// A host path and a named volume with a sub-path: the two kinds of mount, for the builder
+/// and schema tests.
+#[cfg(test)]
+fn sample_mounts() -> Vec<super::Mount> {
+    use super::Mount;
+    vec![
+        Mount::HostPath {
+            path: "/srv/data".into(),
+            mount_path: "/data".into(),
+            read_only: true,
+        },
+        Mount::Volume {
+            name: "cache".into(),
+            sub_path: Some("pip".into()),
+            mount_path: "/root/.cache".into(),
+            read_only: false,
+        },
+    ]
+}

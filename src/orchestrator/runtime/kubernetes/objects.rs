@@ -822,19 +822,7 @@ mod tests {
     #[test]
     fn mounts_become_host_paths_and_claims() {
         let mut s = spec();
-        s.mounts = vec![
-            Mount::HostPath {
-                path: "/srv/data".into(),
-                mount_path: "/data".into(),
-                read_only: true,
-            },
-            Mount::Volume {
-                name: "cache".into(),
-                sub_path: Some("pip".into()),
-                mount_path: "/root/.cache".into(),
-                read_only: false,
-            },
-        ];
+        s.mounts = super::super::sample_mounts();
         let pod = pod_json(&s);
         let volumes = pod["spec"]["volumes"].as_array().unwrap();
         assert!(volumes.contains(&json!({"name": "vol-0", "hostPath": {"path": "/srv/data"}})));

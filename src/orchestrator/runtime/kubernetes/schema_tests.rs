@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::objects::Objects;
-use crate::orchestrator::runtime::{Mount, Resources, SandboxSpec, SpecFile};
+use crate::orchestrator::runtime::{Resources, SandboxSpec, SpecFile};
 
 fn base(id: &str) -> SandboxSpec {
     SandboxSpec {
@@ -48,19 +48,7 @@ fn matrix() -> Vec<SandboxSpec> {
     s.isolation = true;
     specs.push(s);
     let mut s = base("mounts");
-    s.mounts = vec![
-        Mount::HostPath {
-            path: "/srv/data".into(),
-            mount_path: "/data".into(),
-            read_only: true,
-        },
-        Mount::Volume {
-            name: "cache".into(),
-            sub_path: Some("pip".into()),
-            mount_path: "/root/.cache".into(),
-            read_only: false,
-        },
-    ];
+    s.mounts = super::sample_mounts();
     specs.push(s);
     let mut s = base("manual");
     s.expires_at = None;
