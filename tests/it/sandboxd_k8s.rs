@@ -11,7 +11,6 @@
 #![cfg(feature = "k8s")]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::Api;
@@ -202,8 +201,8 @@ async fn sandboxd_on_the_fake_kube_runs_sandboxes_as_pods() {
     .await;
     assert_eq!(d.info(&id).await.0, 404);
 
-    // An image that cannot be pulled fails at once, not after the 60 s create timeout.
-    let started = Instant::now();
+    // An image that cannot be pulled fails as such (the pull failure, seen at once), not by
+    // the 60 s create timeout, whose error would name POD_READY_TIMEOUT instead.
     let (status, answer) = d
         .json(
             Method::POST,
@@ -222,12 +221,8 @@ async fn sandboxd_on_the_fake_kube_runs_sandboxes_as_pods() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
         answer
     };
-    assert!(
-        started.elapsed() < Duration::from_secs(45),
-        "took {:?}: {failure}",
-        started.elapsed()
-    );
     let text = failure.to_string();
+    assert!(!text.contains("POD_READY_TIMEOUT"), "{failure}");
     assert!(
         text.contains("IMAGE_NOT_FOUND") || text.contains("IMAGE_PULL"),
         "{failure}"
