@@ -20,6 +20,10 @@ packages+=(docker-registry apache2-utils curl)
 # WebDriver; node-xterm is where the console's vendored xterm.js comes from
 # (scripts/vendor-xterm.py, only needed to re-vendor it).
 packages+=(chromium chromium-driver node-xterm)
+# The slow tier of the Kubernetes runtime (tests/it/podman_kube.rs): `podman kube play` runs the
+# builders' injection pod as an independent pod runtime; catatonit is the pods' init, netavark
+# the network stack it was tested with (Debian 12: podman 4.3.1).
+packages+=(podman catatonit netavark)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -18,6 +18,7 @@ mod limits;
 mod load;
 mod logging;
 mod metrics;
+mod podman_kube;
 mod pools;
 mod prepull;
 mod proxy;
