@@ -8,6 +8,7 @@
 #   scripts/bench.sh roundtrip stream # only sections whose area/section name matches
 #   scripts/bench.sh --list           # section names
 #   scripts/bench.sh --quick          # reduced counts, to check the harness itself
+#   scripts/bench.sh k8s              # the Kubernetes runtime on examples/fake_kube beside Docker
 #   scripts/bench.sh density [N]      # N idle sandboxes on this host (default 500; only when
 #                                     # named): create rate, memory, list and delete at N
 set -euo pipefail
@@ -23,7 +24,9 @@ agent=target/x86_64-unknown-linux-musl/release/execd
 out=target/bench/results.md
 
 bash scripts/build-agent.sh >&2
-cargo build --locked -j"$jobs" --profile bench-tool --example bench --bin sandboxd >&2
+# With the Kubernetes runtime and OUR MODEL OF KUBERNETES (examples/fake_kube), for the `k8s`
+# area (sandboxd --runtime kubernetes beside --runtime docker).
+cargo build --locked -j"$jobs" --profile bench-tool --features k8s --example bench --example fake_kube --bin sandboxd >&2
 
 mkdir -p target/bench
 # The upstream server the `upstream` area compares sandboxd with, in a venv of its own (never

@@ -38,17 +38,26 @@ pub fn sections() -> Vec<Section> {
 pub(crate) struct Sandboxd {
     child: Child,
     pub(crate) base: String,
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
     _data: tempfile::TempDir,
 }
 
 impl Sandboxd {
-    fn start(ctx: &Ctx) -> anyhow::Result<Self> {
+    pub(crate) fn start(ctx: &Ctx) -> anyhow::Result<Self> {
         Self::start_with(ctx, &[])
     }
 
     /// A sandboxd with extra `serve` flags (an API key, rate classes).
     pub(crate) fn start_with(ctx: &Ctx, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_env(ctx, args, &[])
+    }
+
+    /// A sandboxd with extra `serve` flags and environment (`KUBECONFIG`).
+    pub(crate) fn start_env(
+        ctx: &Ctx,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let mut child = Command::new(&ctx.sandboxd)
             .args(["serve", "--host", "127.0.0.1", "--port", "0", "--agent"])
@@ -56,6 +65,7 @@ impl Sandboxd {
             .arg("--data-dir")
             .arg(data.path())
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -70,7 +80,7 @@ impl Sandboxd {
         })
     }
 
-    async fn create(&self) -> anyhow::Result<String> {
+    pub(crate) async fn create(&self) -> anyhow::Result<String> {
         let resp = self
             .client
             .post(format!("{}/v1/sandboxes", self.base))
@@ -84,7 +94,7 @@ impl Sandboxd {
         Ok(body["id"].as_str().context("no id")?.to_owned())
     }
 
-    async fn endpoint(&self, id: &str, server_proxy: bool) -> anyhow::Result<(String, String)> {
+    pub(crate) async fn endpoint(&self, id: &str, server_proxy: bool) -> anyhow::Result<(String, String)> {
         let ep: Value = self
             .client
             .get(format!(
@@ -105,7 +115,7 @@ impl Sandboxd {
         ))
     }
 
-    async fn delete(&self, id: &str) -> anyhow::Result<()> {
+    pub(crate) async fn delete(&self, id: &str) -> anyhow::Result<()> {
         self.client
             .delete(format!("{}/v1/sandboxes/{id}", self.base))
             .send()
@@ -153,7 +163,7 @@ pub(crate) fn ensure_image() -> anyhow::Result<()> {
 }
 
 /// The bare Engine sequence: create, start, exec `true` to its end; returns its duration.
-async fn docker_sequence(docker: &bollard::Docker, n: usize) -> anyhow::Result<Duration> {
+pub(crate) async fn docker_sequence(docker: &bollard::Docker, n: usize) -> anyhow::Result<Duration> {
     let name = format!("execd-bench-anchor-{}-{n}", std::process::id());
     let started = Instant::now();
     let body = ContainerCreateBody {

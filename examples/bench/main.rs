@@ -20,6 +20,7 @@ mod files;
 mod foundation;
 mod harness;
 mod isolated;
+mod kube;
 mod lifecycle;
 mod limits;
 mod pools;
@@ -64,6 +65,7 @@ fn areas() -> Vec<(&'static str, Vec<Section>)> {
         ("executions", executions::sections()),
         ("snapshots", snapshots::sections()),
         ("upstream", upstream::sections()),
+        ("k8s", kube::sections()),
         ("density", density::sections()),
     ]
 }

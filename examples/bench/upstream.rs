@@ -26,7 +26,7 @@ const KEY: &str = "bench-key-0123456789";
 /// The upstream server's entry point in its venv.
 const UPSTREAM: &str = "target/bench-osb/bin/opensandbox-server";
 /// Our agent as an execd image (`docker build -f Dockerfile.agent`), made by scripts/bench.sh.
-const AGENT_IMAGE: &str = "execd-agent:bench";
+pub(crate) const AGENT_IMAGE: &str = "execd-agent:bench";
 /// How many sandboxes are present while lists are timed.
 const PRESENT: usize = 100;
 /// How many creates are sent at once.
@@ -238,7 +238,7 @@ impl Drop for Upstream {
 }
 
 /// Builds our agent's execd image for the upstream server (cached by Docker's layers).
-fn ensure_agent_image() -> anyhow::Result<()> {
+pub(crate) fn ensure_agent_image() -> anyhow::Result<()> {
     let ok = Command::new("docker")
         .args([
             "build",

@@ -43,6 +43,7 @@ pub fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/version", get(version))
         .route("/fake-kube/compact", post(compact))
+        .route("/fake-kube/timings", get(timings))
         .route("/api/{version}/{plural}", get(list_or_watch))
         .route("/api/{version}/namespaces/{ns}/{plural}", collection.clone())
         .route("/api/{version}/namespaces/{ns}/{plural}/{name}", object.clone())
@@ -101,6 +102,11 @@ async fn version() -> Json<Value> {
 async fn compact(State(ctx): State<Ctx>) -> StatusCode {
     ctx.store.compact();
     StatusCode::NO_CONTENT
+}
+
+/// The docklet's own time per pod (a benchmark hook: `scripts/bench.sh k8s`).
+async fn timings(State(ctx): State<Ctx>) -> Json<HashMap<String, crate::docklet::Timing>> {
+    Json(ctx.docklet.timings())
 }
 
 async fn create(State(ctx): State<Ctx>, Path(path): Path<Params>, body: Bytes) -> Result<Response, ApiErr> {

@@ -40,6 +40,19 @@ pub struct Docklet {
     /// children are killed on drop).
     tasks: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     http: reqwest::Client,
+    /// How long each pod (`namespace/name`) took here, served by `GET /fake-kube/timings`
+    /// so that a benchmark can tell the docklet's own time from its client's.
+    timings: Mutex<HashMap<String, Timing>>,
+}
+
+/// The docklet's own time for one pod, in ms from the start of its materialization (the
+/// pod's create answered, its task started): `running` once every container was started
+/// through the `docker` CLI and the pod IP read (the Docker work), `ready` once every
+/// readinessProbe passed (the Docker work plus the probe loop's cadence).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timing {
+    running: Option<f64>,
+    ready: Option<f64>,
 }
 
 /// Runs `docker ARGS`; its trimmed stdout, or its stderr as the error.
@@ -161,7 +174,25 @@ impl Docklet {
             state_dir,
             tasks: Mutex::default(),
             http: reqwest::Client::new(),
+            timings: Mutex::default(),
         })
+    }
+
+    /// Every pod's [`Timing`], by `namespace/name` (the latest pod of that name).
+    pub fn timings(&self) -> HashMap<String, Timing> {
+        self.timings.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn timed(&self, ns: &str, name: &str, begun: Instant, ready: bool) {
+        let ms = begun.elapsed().as_secs_f64() * 1000.0;
+        let mut timings = self.timings.lock().unwrap_or_else(|p| p.into_inner());
+        let t = timings.entry(format!("{ns}/{name}")).or_default();
+        if ready {
+            t.ready.get_or_insert(ms);
+        } else {
+            t.running = Some(ms);
+            t.ready = None;
+        }
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::JoinHandle<()>>> {
@@ -294,6 +325,7 @@ impl Docklet {
 
     /// The pod's life, from volumes to the last container's exit.
     async fn run(self: Arc<Self>, pod: Value) {
+        let begun = Instant::now();
         let meta = |f: &str| {
             pod.pointer(&format!("/metadata/{f}"))
                 .and_then(Value::as_str)
@@ -473,6 +505,7 @@ impl Docklet {
         run.pod_ip = Some(ip.clone()).filter(|ip| !ip.is_empty());
         run.phase = "Running";
         self.publish(&mut run);
+        self.timed(&ns, &name, begun, false);
 
         // Supervise: exits and readiness.
         let (exit_tx, mut exits) = mpsc::channel::<(usize, i64, bool)>(main_cs.len());
@@ -507,6 +540,9 @@ impl Docklet {
             run.ready[i] = p.is_none();
         }
         self.publish(&mut run);
+        if run.ready.iter().all(|r| *r) {
+            self.timed(&ns, &name, begun, true);
+        }
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut done = vec![false; main_cs.len()];
         loop {
@@ -549,6 +585,9 @@ impl Docklet {
                         p.due = Instant::now() + Duration::from_secs(next);
                     }
                     self.publish(&mut run);
+                    if run.ready.iter().all(|r| *r) {
+                        self.timed(&ns, &name, begun, true);
+                    }
                 }
             }
         }
