@@ -208,7 +208,7 @@ async fn create_vs_docker(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             "ms",
         )
         .anchor(
-            "on Docker: create → first command minus the bare Engine sequence, median",
+            "on Docker: create → first command minus the bare Engine sequence (whose first command is a `docker exec`, not execd's HTTP), median",
             median(&docker_own),
         ),
     ])
