@@ -100,7 +100,7 @@ impl Service {
                 continue;
             }
             let Some((instance, observed)) = live.get(record.runtime_key()) else {
-                self.remove_paused_images(&record).await;
+                self.remove_leftovers(&record).await;
                 match self.store.remove(&record.id).await {
                     Ok(_) => done.forgotten += 1,
                     Err(e) => {
@@ -131,7 +131,7 @@ impl Service {
                     Err(e) => Err(e.into()),
                 };
                 if removal.is_ok() {
-                    self.remove_paused_images(&record).await;
+                    self.remove_leftovers(&record).await;
                 }
                 match removal {
                     Ok(()) => done.removed += 1,
@@ -197,15 +197,16 @@ impl Service {
         match record.phase {
             Phase::Committing => match live {
                 Some(_) => {
-                    if let Some(h) = record.hibernation.take() {
+                    if let Some(h) = record.hibernation.take().filter(|h| !h.workspace_only) {
                         let _ = self.runtime.remove_image(&h.image).await;
                     }
                     record.phase = Phase::Ready;
                 }
                 None => {
-                    let image = record.hibernation.as_ref().map(|h| h.image.clone());
-                    let present = match &image {
-                        Some(image) => self.runtime.image_present(image, None).await?,
+                    let present = match &record.hibernation {
+                        // The instance was all there was to remove: its workspace holds it.
+                        Some(h) if h.workspace_only => true,
+                        Some(h) => self.runtime.image_present(&h.image, None).await?,
                         None => false,
                     };
                     if !present {
@@ -233,7 +234,7 @@ impl Service {
         }
         if record.phase == Phase::Hibernated && record.expires_at.is_some_and(|t| t <= now) {
             self.store.remove(&record.id).await?;
-            self.remove_paused_images(&record).await;
+            self.remove_leftovers(&record).await;
             return Ok(Rootfs::Removed);
         }
         record.transition_at = now;
