@@ -187,7 +187,9 @@ impl Service {
     /// short is settled by what exists: a commit whose container still exists is undone (the
     /// sandbox runs on, `Ready`); one whose container is gone had finished (the container is
     /// removed only after the commit), so the sandbox is `Hibernated` if its image exists. A
-    /// resume's half-made container is removed and the sandbox is `Hibernated` again.
+    /// resume's half-made container is removed and the sandbox is `Hibernated` again. A
+    /// workspace-only pause (nothing committed) whose instance still exists is finished: the
+    /// instance removed, `Hibernated` (its removal may have been under way).
     async fn reconcile_rootfs(
         &self,
         mut record: Record,
@@ -196,8 +198,20 @@ impl Service {
     ) -> Result<Rootfs, Error> {
         match record.phase {
             Phase::Committing => match live {
+                // Nothing to commit, and the instance may be on its way out (a pod being
+                // deleted): the pause is finished, not undone.
+                Some(instance) if record.hibernation.as_ref().is_some_and(|h| h.workspace_only) => {
+                    self.runtime.remove(instance).await?;
+                    record.instance = None;
+                    record.phase = Phase::Hibernated;
+                    if record.pause_policy.suspend_expiry {
+                        if let (Some(h), Some(at)) = (record.hibernation.as_mut(), record.expires_at.take()) {
+                            h.suspended_ms = Some((at - now).max(0));
+                        }
+                    }
+                }
                 Some(_) => {
-                    if let Some(h) = record.hibernation.take().filter(|h| !h.workspace_only) {
+                    if let Some(h) = record.hibernation.take() {
                         let _ = self.runtime.remove_image(&h.image).await;
                     }
                     record.phase = Phase::Ready;

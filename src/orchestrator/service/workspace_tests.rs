@@ -5,7 +5,7 @@
 use super::tests::{rig, root, Rig};
 use crate::orchestrator::error::{Error, Feature};
 use crate::orchestrator::runtime::fake::Op;
-use crate::orchestrator::runtime::{RootfsPause, Workspace};
+use crate::orchestrator::runtime::{RootfsPause, Runtime as _, Workspace};
 use crate::orchestrator::store::Phase;
 use crate::wire::lifecycle::CreateSandboxRequest;
 use crate::wire::time::now_ms;
@@ -208,4 +208,48 @@ async fn a_volume_at_workspace_cannot_be_combined_with_a_persistent_workspace() 
         .unwrap_err();
     assert!(matches!(plan, Error::Invalid(_)), "{plan:?}");
     assert!(plan.to_string().contains("/workspace"), "{plan}");
+}
+
+#[tokio::test]
+async fn a_restart_finishes_a_workspace_only_pause_it_cut_short_and_keeps_the_workspace() {
+    let rig = rig().await;
+    rig.fake.set_rootfs_pause(RootfsPause::Workspace);
+    // Cut short before the instance was removed (or while it was going): finished.
+    let live = sandbox(&rig, persistent()).await;
+    let mut record = rig.service.store.get(&live).await.unwrap().unwrap();
+    record.phase = Phase::Committing;
+    record.hibernation = Some(crate::orchestrator::store::Hibernation {
+        image: "busybox".into(),
+        previous: record.instance.clone().unwrap(),
+        suspended_ms: None,
+        workspace_only: true,
+    });
+    rig.service.store.update(&record).await.unwrap();
+    // Cut short after the instance was gone: nothing to check an image for.
+    let gone = sandbox(&rig, persistent()).await;
+    let mut record = rig.service.store.get(&gone).await.unwrap().unwrap();
+    rig.fake.remove(record.instance.as_ref().unwrap()).await.unwrap();
+    record.phase = Phase::Committing;
+    record.hibernation = Some(crate::orchestrator::store::Hibernation {
+        image: "busybox".into(),
+        previous: record.instance.clone().unwrap(),
+        suspended_ms: None,
+        workspace_only: true,
+    });
+    rig.service.store.update(&record).await.unwrap();
+
+    let done = rig.service.reconcile().await.unwrap();
+    assert_eq!((done.forgotten, done.removed), (0, 0), "{done:?}");
+    for id in [&live, &gone] {
+        assert_eq!(
+            state(&rig, id).await,
+            ("Paused".into(), Some("HIBERNATED".into())),
+            "{id}"
+        );
+        assert_eq!(instances(&rig, id), 0, "{id}");
+        assert!(rig.fake.workspaces().contains(id), "{id}");
+        rig.service.resume(id, &root()).await.unwrap();
+        assert_eq!(state(&rig, id).await.0, "Running", "{id}");
+    }
+    assert_eq!(rig.fake.calls(Op::ImagePresent), 0, "no image is looked for");
 }
