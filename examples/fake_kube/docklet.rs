@@ -258,7 +258,10 @@ impl Docklet {
         });
     }
 
-    /// Removes the Docker volume of a deleted claim.
+    /// Removes the Docker volume of a deleted claim. A claim deleted while a pod being torn
+    /// down still mounts it keeps its volume until that pod's container is gone (as the
+    /// apiserver's `kubernetes.io/pvc-protection` finalizer does): the removal is retried for
+    /// up to a minute.
     pub fn claim_deleted(self: &Arc<Self>, pvc: &Value) {
         let meta = |f: &str| {
             pvc.pointer(&format!("/metadata/{f}"))
@@ -268,8 +271,20 @@ impl Docklet {
         };
         let volume = self.claim_volume(&meta("namespace"), &meta("name"));
         tokio::spawn(async move {
-            if let Err(e) = docker(["volume", "rm", "-f", &volume]).await {
-                tracing::warn!(%volume, error = %e, "cannot remove a claim's volume (in use?)");
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            let mut pause = std::time::Duration::from_millis(100);
+            loop {
+                match docker(["volume", "rm", "-f", &volume]).await {
+                    Ok(_) => return,
+                    Err(e) if tokio::time::Instant::now() >= deadline => {
+                        tracing::warn!(%volume, error = %e, "cannot remove a claim's volume (still in use?)");
+                        return;
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                    }
+                }
             }
         });
     }

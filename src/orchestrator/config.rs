@@ -83,6 +83,10 @@ pub struct Config {
     /// is deleted and the create fails).
     #[arg(long, env = "SANDBOXD_KUBE_CREATE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub kube_create_timeout: u64,
+    /// Kubernetes: the storage class of persistent workspace claims (`workspace.persistent`)
+    /// [default: the cluster's default class].
+    #[arg(long, env = "SANDBOXD_KUBE_STORAGE_CLASS")]
+    pub kube_storage_class: Option<String>,
     /// The static execd to inject (Docker) [default: `execd` next to sandboxd, then
     /// target/x86_64-unknown-linux-musl/release/execd].
     #[arg(long, env = "SANDBOXD_AGENT")]

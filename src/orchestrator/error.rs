@@ -292,6 +292,9 @@ pub enum Feature {
     NetworkPolicy,
     /// A Freeze pause (`capabilities().freeze`: Kubernetes has no freezer for pods).
     FreezePause,
+    /// A Rootfs pause of a sandbox without a persistent workspace, on a runtime that keeps
+    /// only that (`RootfsPause::Workspace`: Kubernetes).
+    RootfsWithoutWorkspace,
 }
 
 impl Feature {
@@ -303,6 +306,9 @@ impl Feature {
             Feature::NetworkPolicy => "network policies need the egress sidecar, which sandboxd does not run",
             Feature::FreezePause => {
                 "pausing with Freeze is not supported by this sandboxd's runtime (Kubernetes has no freezer for pods)"
+            }
+            Feature::RootfsWithoutWorkspace => {
+                "pausing with Rootfs on this sandboxd's runtime keeps only a persistent workspace, and this sandbox has none: create it with \"workspace\": {\"persistent\": true} (its /workspace then survives the pause; nothing else does)"
             }
         }
     }

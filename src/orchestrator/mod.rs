@@ -249,6 +249,7 @@ async fn connect_kubernetes(config: &Config, instance: &str) -> anyhow::Result<A
         agent_image: config.kube_agent_image.clone(),
         instance: instance.to_owned(),
         create_timeout: Duration::from_secs(config.kube_create_timeout),
+        storage_class: config.kube_storage_class.clone(),
     })
     .await?;
     Ok(Arc::new(kubernetes))

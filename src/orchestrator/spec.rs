@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use super::error::Error;
-use super::runtime::{Mount, Resources, SpecFile};
-use crate::wire::lifecycle::{CreateSandboxRequest, PausePolicy, PlatformSpec, PreStartHook, LIFECYCLE_ENV};
+use super::runtime::{Mount, Resources, SpecFile, Workspace, WORKSPACE_DIR};
+use crate::wire::lifecycle::{
+    CreateSandboxRequest, PausePolicy, PlatformSpec, PreStartHook, WorkspaceSpec, LIFECYCLE_ENV,
+};
 use crate::wire::templates::ReadinessProbe;
 
 /// The extension that asks for isolated sessions inside the sandbox.
@@ -61,6 +63,8 @@ pub struct Plan {
     pub pause_policy: PausePolicy,
     /// Whether the sandbox starts at create (else at `POST /sandboxes/{id}/start`).
     pub auto_start: bool,
+    /// A persistent workspace at `/workspace` (`workspace.persistent`).
+    pub workspace: Option<Workspace>,
 }
 
 /// `lifecycle.preStart`: argv without a shell, and how long it may take.
@@ -200,6 +204,7 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
         }
     };
     let mounts = volumes(req.volumes.unwrap_or_default(), limits)?;
+    let workspace = workspace(req.workspace, &mounts)?;
     Ok(Plan {
         name,
         image,
@@ -223,7 +228,49 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
         snapshot_id: None,
         pause_policy: req.pause_policy.unwrap_or_default(),
         auto_start,
+        workspace,
     })
+}
+
+/// The smallest persistent workspace that may be asked for.
+const MIN_WORKSPACE_BYTES: i64 = 1024 * 1024;
+
+/// `workspace`: `None` unless `persistent`; a `size` is a quantity of at least 1Mi, and only
+/// with `persistent`; no volume of the request may take `/workspace` itself.
+fn workspace(spec: Option<WorkspaceSpec>, mounts: &[Mount]) -> Result<Option<Workspace>, Error> {
+    let Some(spec) = spec else { return Ok(None) };
+    if !spec.persistent {
+        return match spec.size {
+            Some(_) => Err(Error::invalid("workspace.size needs workspace.persistent: true")),
+            None => Ok(None),
+        };
+    }
+    let size_bytes = match spec.size.as_deref().map(str::trim) {
+        None => None,
+        Some(text) => {
+            let bytes = parse_bytes(text).ok_or_else(|| {
+                Error::invalid(format!(
+                    "workspace.size: invalid quantity {text:?} (expected e.g. \"10Gi\")"
+                ))
+            })?;
+            if bytes < MIN_WORKSPACE_BYTES {
+                return Err(Error::invalid(format!("workspace.size: {text} is below 1Mi")));
+            }
+            Some(bytes)
+        }
+    };
+    let taken = mounts.iter().any(|m| {
+        let path = match m {
+            Mount::HostPath { mount_path, .. } | Mount::Volume { mount_path, .. } => mount_path,
+        };
+        Path::new(path) == Path::new(WORKSPACE_DIR)
+    });
+    if taken {
+        return Err(Error::invalid(format!(
+            "volumes: {WORKSPACE_DIR} is the persistent workspace's; mount the volume elsewhere or drop workspace.persistent"
+        )));
+    }
+    Ok(Some(Workspace { size_bytes }))
 }
 
 /// Longest display name, in characters.
@@ -671,6 +718,74 @@ mod tests {
 
     fn err(extra: serde_json::Value) -> Error {
         plan(req(extra), &limits()).unwrap_err()
+    }
+
+    #[test]
+    fn a_persistent_workspace_is_checked_and_sized() {
+        let ws = |v: serde_json::Value| plan(req(json!({"workspace": v})), &limits()).map(|p| p.workspace);
+        assert_eq!(
+            ws(json!({"persistent": true})).unwrap(),
+            Some(Workspace { size_bytes: None })
+        );
+        assert_eq!(
+            ws(json!({"persistent": true, "size": " 10Gi "})).unwrap(),
+            Some(Workspace {
+                size_bytes: Some(10 << 30)
+            })
+        );
+        assert_eq!(ws(json!({"persistent": false})).unwrap(), None);
+        assert_eq!(ws(json!({})).unwrap(), None);
+        assert_eq!(plan(req(json!({})), &limits()).unwrap().workspace, None);
+        for (bad, says) in [
+            (
+                json!({"persistent": false, "size": "1Gi"}),
+                "workspace.size needs workspace.persistent",
+            ),
+            (
+                json!({"size": "1Gi"}),
+                "workspace.size needs workspace.persistent",
+            ),
+            (
+                json!({"persistent": true, "size": "lots"}),
+                "workspace.size: invalid quantity \"lots\"",
+            ),
+            (
+                json!({"persistent": true, "size": "-1Gi"}),
+                "workspace.size: invalid quantity",
+            ),
+            (
+                json!({"persistent": true, "size": "512Ki"}),
+                "workspace.size: 512Ki is below 1Mi",
+            ),
+        ] {
+            let e = ws(bad.clone()).unwrap_err();
+            assert!(matches!(e, Error::Invalid(_)), "{bad}: {e:?}");
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        let e = err(json!({
+            "workspace": {"persistent": true},
+            "volumes": [{"name": "w", "pvc": {"claimName": "x"}, "mountPath": "/workspace/"}],
+        }));
+        assert!(
+            e.to_string().contains("/workspace is the persistent workspace's"),
+            "{e}"
+        );
+        // Without a persistent workspace a volume may take /workspace, as before.
+        let p = plan(
+            req(json!({"volumes": [{"name": "w", "pvc": {"claimName": "x"}, "mountPath": "/workspace"}]})),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(p.workspace, None);
+        // Unknown fields and wrong types are refused by the JSON extractor's catalogued 400.
+        assert!(
+            serde_json::from_value::<CreateSandboxRequest>(json!({"workspace": {"persistant": true}}))
+                .is_err()
+        );
+        assert!(
+            serde_json::from_value::<CreateSandboxRequest>(json!({"workspace": {"persistent": "yes"}}))
+                .is_err()
+        );
     }
 
     #[test]

@@ -69,6 +69,25 @@ pub struct CreateSandboxRequest {
     /// `Freeze`): default `{"snapshotType": "Freeze"}`.
     #[serde(alias = "pause_policy")]
     pub pause_policy: Option<PausePolicy>,
+    /// `/workspace` in a volume of the sandbox's own (sandboxd's addition): `{persistent:
+    /// true, size?: "10Gi"}`. It survives a Rootfs pause (on Kubernetes it is all that does)
+    /// and is removed with the sandbox.
+    pub workspace: Option<WorkspaceSpec>,
+}
+
+/// `workspace`: `{persistent, size?}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkspaceSpec {
+    /// Keep `/workspace` in a volume of its own (Kubernetes: the PersistentVolumeClaim
+    /// `sbx-<id>-ws`; Docker: the named volume `sandboxd-ws-<id>`). Default false: it lives in
+    /// the sandbox's own filesystem.
+    #[serde(default)]
+    pub persistent: bool,
+    /// Its size as a quantity (`10Gi`), only with `persistent`: what the Kubernetes claim
+    /// requests (default `1Gi`); Docker's local volumes have no size and ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
 }
 
 /// How a sandbox pauses.
@@ -250,6 +269,9 @@ pub struct Sandbox {
     /// How it pauses (sandboxd's addition; absent for the default, Freeze).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_policy: Option<PausePolicy>,
+    /// Its persistent workspace, as created (sandboxd's addition; absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceSpec>,
 }
 
 /// `allocation` of a pool-backed sandbox.

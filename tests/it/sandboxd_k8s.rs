@@ -22,7 +22,7 @@ use crate::fake_kube::{agent_image, FakeKube};
 use crate::sandboxd::{docker, image, sandbox_body, Sandboxd};
 use crate::util::{eventually, marker};
 
-fn start_sandboxd(fake: &FakeKube, data_dir: &Path, run: &str) -> Sandboxd {
+pub(crate) fn start_sandboxd(fake: &FakeKube, data_dir: &Path, run: &str) -> Sandboxd {
     Sandboxd::start_env(
         data_dir,
         run,
@@ -41,7 +41,7 @@ fn start_sandboxd(fake: &FakeKube, data_dir: &Path, run: &str) -> Sandboxd {
 }
 
 /// The Docker containers the fake's docklet runs for sandbox `id`'s pod.
-fn pod_containers(fake: &FakeKube, id: &str) -> String {
+pub(crate) fn pod_containers(fake: &FakeKube, id: &str) -> String {
     docker(&[
         "ps",
         "-aq",
@@ -52,7 +52,7 @@ fn pod_containers(fake: &FakeKube, id: &str) -> String {
     ])
 }
 
-async fn wait_running(d: &Sandboxd, id: &str) {
+pub(crate) async fn wait_running(d: &Sandboxd, id: &str) {
     eventually(90, "the sandbox to be Running", async || {
         let state = d.state(id).await;
         assert!(
@@ -65,7 +65,7 @@ async fn wait_running(d: &Sandboxd, id: &str) {
     .await;
 }
 
-async fn gone<K>(api: &Api<K>, name: &str)
+pub(crate) async fn gone<K>(api: &Api<K>, name: &str)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {

@@ -77,9 +77,10 @@ impl From<&Error> for ApiError {
                 ApiError::with_status(&codes::SANDBOX_API_NOT_SUPPORTED, 400, e.to_string())
             }
             Error::Unsupported(feature) => said(match feature {
-                Feature::Snapshots | Feature::NetworkPolicy | Feature::FreezePause => {
-                    &codes::SANDBOX_API_NOT_SUPPORTED
-                }
+                Feature::Snapshots
+                | Feature::NetworkPolicy
+                | Feature::FreezePause
+                | Feature::RootfsWithoutWorkspace => &codes::SANDBOX_API_NOT_SUPPORTED,
             }),
             Error::HostPathNotAllowed(_) => said(&codes::SANDBOX_HOST_PATH_NOT_ALLOWED),
             Error::TooLarge { .. } => said(&codes::SANDBOX_PAYLOAD_TOO_LARGE),

@@ -43,8 +43,8 @@ use sha2::Digest as _;
 
 use super::{
     Capabilities, ContainerInfo, Fut, ImageRole, Instance, LayerStep, LogQuery, Mount, Observed, Platform,
-    PullError, PullEvent, PullFailure, Purpose, RegistryAuth, Resources, Runtime, RuntimeError, RuntimeEvent,
-    RuntimeKind, SandboxSpec, SpecFile, Target, Usage, EXECD_PORT,
+    PullError, PullEvent, PullFailure, Purpose, RegistryAuth, Resources, RootfsPause, Runtime, RuntimeError,
+    RuntimeEvent, RuntimeKind, SandboxSpec, SpecFile, Target, Usage, EXECD_PORT, WORKSPACE_DIR,
 };
 use crate::wire::time::format_ms;
 
@@ -72,6 +72,13 @@ pub const LABEL_EXPIRES: &str = "opensandbox.io/expires-at";
 pub const LABEL_MANUAL: &str = "opensandbox.io/manual-cleanup";
 /// Label: which sandboxd state file owns the container.
 pub const LABEL_INSTANCE: &str = "io.execd.sandboxd.instance";
+/// The named volume that holds sandbox `id`'s persistent workspace (`workspace.persistent`):
+/// mounted at `/workspace`, kept by a Rootfs pause as every volume is, removed with the
+/// sandbox.
+pub fn workspace_volume(id: &str) -> String {
+    format!("sandboxd-ws-{id}")
+}
+
 /// Label of the agent volumes.
 pub const LABEL_AGENT: &str = "io.execd.sandboxd.agent";
 /// Label: what a container is for, [`ROLE_SANDBOX`] or [`ROLE_BUILD`] (and, on an image
@@ -433,7 +440,16 @@ impl Docker {
                 "isolation: sandboxd has no seccomp profile for isolated sessions".into(),
             ));
         }
-        let binds = self.binds(&spec.mounts).await?;
+        let mut mounts = spec.mounts.clone();
+        if spec.workspace.is_some() {
+            mounts.push(Mount::Volume {
+                name: workspace_volume(&spec.id),
+                sub_path: None,
+                mount_path: WORKSPACE_DIR.into(),
+                read_only: false,
+            });
+        }
+        let binds = self.binds(&mounts).await?;
         let mut labels: HashMap<String, String> = spec.labels.into_iter().collect();
         labels.insert(LABEL_INSTANCE.into(), self.settings.instance.clone());
         let name = match &spec.purpose {
@@ -632,6 +648,7 @@ impl Runtime for Docker {
             builds: true,
             snapshots: true,
             host_network: self.settings.network == "host",
+            rootfs_pause: RootfsPause::Commit,
         }
     }
 
@@ -852,6 +869,25 @@ impl Runtime for Docker {
                 .filter(|c| c.labels.as_ref().is_some_and(|l| !l.contains_key(LABEL_ID)))
                 .filter_map(|c| Some(Ports::default().instance(c.id?)))
                 .collect())
+        }
+        .boxed()
+    }
+
+    /// The named volume [`workspace_volume`]; already gone is fine.
+    fn remove_workspace<'a>(&'a self, id: &'a str) -> Fut<'a, ()> {
+        async move {
+            let name = workspace_volume(id);
+            match self
+                .api
+                .remove_volume(&name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) => match classify("remove the workspace volume", e) {
+                    RuntimeError::NotFound(_) => Ok(()),
+                    other => Err(other),
+                },
+            }
         }
         .boxed()
     }

@@ -59,6 +59,8 @@ pub enum Op {
     Start,
     /// [`Runtime::resize`].
     Resize,
+    /// [`Runtime::remove_workspace`].
+    RemoveWorkspace,
 }
 
 /// How a `/command` running one shell text answers (an install command of a template build).
@@ -174,6 +176,10 @@ struct Inner {
     host_network: bool,
     /// [`Capabilities::freeze`] false (as on Kubernetes).
     no_freeze: bool,
+    /// What [`Capabilities::rootfs_pause`] says.
+    rootfs_pause: super::RootfsPause,
+    /// The sandbox ids whose persistent workspace exists.
+    workspaces: BTreeSet<String>,
 }
 
 /// The fake.
@@ -285,6 +291,16 @@ impl FakeRuntime {
     /// Whether the runtime can freeze sandboxes ([`Capabilities::freeze`]; Kubernetes cannot).
     pub fn set_freeze(&self, freeze: bool) {
         self.lock().no_freeze = !freeze;
+    }
+
+    /// How a Rootfs pause keeps a sandbox ([`Capabilities::rootfs_pause`]).
+    pub fn set_rootfs_pause(&self, how: super::RootfsPause) {
+        self.lock().rootfs_pause = how;
+    }
+
+    /// The sandbox ids whose persistent workspace exists now.
+    pub fn workspaces(&self) -> BTreeSet<String> {
+        self.lock().workspaces.clone()
     }
 
     /// How sandboxes created from now on behave.
@@ -725,6 +741,7 @@ impl Runtime for FakeRuntime {
             builds: true,
             snapshots: true,
             host_network: state.host_network,
+            rootfs_pause: state.rootfs_pause,
         }
     }
 
@@ -736,6 +753,9 @@ impl Runtime for FakeRuntime {
         async move {
             self.enter(Op::Create)?;
             let mut inner = self.lock();
+            if spec.workspace.is_some() {
+                inner.workspaces.insert(spec.id.clone());
+            }
             inner.next += 1;
             let reference = format!("fake-{}", inner.next);
             let (observed, answers) = match inner.behaviour {
@@ -924,6 +944,15 @@ impl Runtime for FakeRuntime {
         async move {
             self.enter(Op::Remove)?;
             self.lock().sandboxes.remove(&instance.reference);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn remove_workspace<'a>(&'a self, id: &'a str) -> Fut<'a, ()> {
+        async move {
+            self.enter(Op::RemoveWorkspace)?;
+            self.lock().workspaces.remove(id);
             Ok(())
         }
         .boxed()

@@ -73,6 +73,35 @@ pub struct Capabilities {
     /// so a Rootfs pause, which removes the container and restores it behind its published
     /// ports, is refused.
     pub host_network: bool,
+    /// What a Rootfs pause keeps of a sandbox on this runtime.
+    pub rootfs_pause: RootfsPause,
+}
+
+/// How a runtime keeps a Rootfs-paused sandbox's files while it has no instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RootfsPause {
+    /// [`Runtime::commit`] saves the whole filesystem (volumes, the persistent workspace
+    /// among them, are kept as they are); needs `snapshots`. Docker.
+    #[default]
+    Commit,
+    /// Only the sandbox's persistent workspace ([`SandboxSpec::workspace`]) survives: the
+    /// instance is removed and made again with it; everything outside `/workspace` starts
+    /// from the image. A sandbox without one cannot be Rootfs-paused. Kubernetes (its claim).
+    Workspace,
+}
+
+/// Where a sandbox's persistent workspace is mounted.
+pub const WORKSPACE_DIR: &str = "/workspace";
+
+/// A sandbox's persistent workspace (`workspace.persistent`): a volume of its own at
+/// [`WORKSPACE_DIR`], kept across Rootfs pauses and removed with the sandbox
+/// ([`Runtime::remove_workspace`]). Stored with the sandbox's launch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Workspace {
+    /// The size asked for, bytes (`None`: the runtime's default). Kubernetes requests it for
+    /// the claim; Docker's local volumes have no size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
 }
 
 /// Everything a runtime needs to start one sandbox. No runtime's syntax in it: mounts are
@@ -108,6 +137,10 @@ pub struct SandboxSpec {
     /// Whether [`Runtime::create`] starts it (`false`: created, execd injected and files
     /// written, not started until [`Runtime::start`]; `extensions["sandboxd.autoStart"]`).
     pub start: bool,
+    /// A persistent workspace at [`WORKSPACE_DIR`]: created by [`Runtime::create`] when
+    /// missing, found again when it exists (a Rootfs resume), never removed by
+    /// [`Runtime::remove`].
+    pub workspace: Option<Workspace>,
 }
 
 #[cfg(test)]
@@ -129,6 +162,7 @@ impl SandboxSpec {
             purpose: Purpose::Sandbox,
             previous: None,
             start: true,
+            workspace: None,
         }
     }
 }
@@ -526,8 +560,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn pause<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()>;
     /// Thaws a frozen sandbox.
     fn unpause<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()>;
-    /// Kills and removes the sandbox. Already gone is fine.
+    /// Kills and removes the sandbox. Already gone is fine. Its persistent workspace stays.
     fn remove<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()>;
+    /// Removes sandbox `id`'s persistent workspace (after its instance). Already gone, or
+    /// never made, is fine.
+    fn remove_workspace<'a>(&'a self, id: &'a str) -> Fut<'a, ()>;
     /// Saves the instance's filesystem (not its volumes) as the local image `image`
     /// (`repo:tag`), whose entrypoint and command are those of the image the instance was
     /// created from, not execd's init, labelled with `role`. A [`ImageRole::Template`]

@@ -367,6 +367,7 @@ impl Service {
             },
             previous: None,
             start: true,
+            workspace: None,
         };
         let instance = self
             .runtime

@@ -90,7 +90,7 @@ impl Service {
         }
         self.lifecycle.forget(id);
         // A Rootfs-paused sandbox that expires leaves no image behind.
-        self.remove_paused_images(&record).await;
+        self.remove_leftovers(&record).await;
         tracing::info!(sandbox = id, "sandbox expired and was removed");
         true
     }

@@ -48,6 +48,8 @@ mod templates_tests;
 #[cfg(test)]
 mod tests;
 mod tokens;
+#[cfg(test)]
+mod workspace_tests;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

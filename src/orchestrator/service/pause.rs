@@ -7,7 +7,11 @@
 //!   remove the container, keep named volumes (`Committing` → `Hibernated`); resume creates
 //!   the container again from that image with the same id, token, labels, environment,
 //!   entrypoint and volumes, on the same host ports when free (`Restoring` → `Ready`).
-//!   Processes start afresh. With `pausePolicy.suspendExpiry` the expiry clock stops while
+//!   Processes start afresh. On a runtime that keeps only the persistent workspace
+//!   (Kubernetes: [`RootfsPause::Workspace`]) nothing is committed: the instance is removed,
+//!   its `workspace.persistent` volume kept, and the resume makes it again from its image
+//!   with that volume; a sandbox without one gets a 501 naming the fix.
+//!   With `pausePolicy.suspendExpiry` the expiry clock stops while
 //!   hibernated. Each step moves the phase only from the one it expects, so a second pause
 //!   or a resume racing it gets a 409.
 
@@ -18,11 +22,15 @@ use super::sandboxes::status;
 use super::Service;
 use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::{Conflict, Error, Feature};
-use crate::orchestrator::runtime::{ImageRole, Instance, Observed, Purpose, RuntimeError, SandboxSpec};
+use crate::orchestrator::runtime::{
+    ImageRole, Instance, Observed, Purpose, RootfsPause, RuntimeError, SandboxSpec,
+};
 use crate::orchestrator::store::{EventType, Hibernation, Phase, Record, SnapshotState};
 use crate::wire::lifecycle::{PauseMode, LIFECYCLE_ENV};
 use crate::wire::time::now_ms;
 
+/// How long a workspace-only Rootfs pause waits for the removed instance to be gone.
+const GONE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The reason of a Rootfs pause's and resume's events.
 const ROOTFS: &str = "Rootfs";
 /// The repository Rootfs pauses commit to (a tag per pause).
@@ -129,13 +137,18 @@ impl Service {
     }
 
     /// A Rootfs pause: commit (the sandbox frozen meanwhile, retried as a Freeze pause is),
-    /// then remove the container. A failed commit leaves the sandbox Running as it was.
+    /// then remove the container. A failed commit leaves the sandbox Running as it was. On a
+    /// runtime that keeps only the persistent workspace ([`RootfsPause::Workspace`]) nothing
+    /// is committed: the instance is removed (and waited for until gone, since the resume
+    /// makes one of the same name) and its workspace stays.
     async fn hibernate(&self, id: &str, caller: &Principal) -> Result<(), Error> {
-        if !self.runtime.capabilities().snapshots {
+        let capabilities = self.runtime.capabilities();
+        let workspace_only = capabilities.rootfs_pause == RootfsPause::Workspace;
+        if !workspace_only && !capabilities.snapshots {
             return Err(Error::Unsupported(Feature::Snapshots));
         }
         let (mut record, instance) = self.freezer_target(id, Freeze::Pause, caller).await?;
-        if record.launch.is_none() {
+        let Some(launch) = &record.launch else {
             let why = if record.pool.is_some() {
                 "it runs in a warm pool's member; pause it with Freeze, or release it"
             } else {
@@ -144,28 +157,47 @@ impl Service {
             return Err(Error::Conflict(Conflict::NotRestorable(format!(
                 "sandbox {id} cannot be paused with Rootfs: {why}"
             ))));
+        };
+        if workspace_only && launch.workspace.is_none() {
+            return Err(Error::Unsupported(Feature::RootfsWithoutWorkspace));
         }
         let from = record.phase;
-        let image = format!("{PAUSED_REPOSITORY}/{id}:{}", now_ms());
+        let image = if workspace_only {
+            // Nothing committed, ever: the instance runs from the sandbox's own image.
+            record.image.clone()
+        } else {
+            format!("{PAUSED_REPOSITORY}/{id}:{}", now_ms())
+        };
         record.phase = Phase::Committing;
         record.transition_at = now_ms();
         record.hibernation = Some(Hibernation {
             image: image.clone(),
             previous: instance.clone(),
             suspended_ms: None,
+            workspace_only,
         });
         if !self.store.update_from(&record, from).await? {
             return Err(Freeze::Pause.refused(id, "Pausing".into()));
         }
-        let commit = || self.runtime.commit(&instance, &image, ImageRole::Paused);
-        let (committed, tries) = retry_transient(commit, tokio::time::sleep).await;
+        let (committed, tries) = if workspace_only {
+            (Ok(()), 1)
+        } else {
+            let commit = || self.runtime.commit(&instance, &image, ImageRole::Paused);
+            retry_transient(commit, tokio::time::sleep).await
+        };
         let removed = match committed {
             Ok(()) => self.runtime.remove(&instance).await,
             Err(e) => Err(e),
         };
+        let removed = match removed {
+            Ok(()) if workspace_only => self.wait_gone(&instance).await,
+            other => other,
+        };
         if let Err(e) = removed {
             // Still running as it was: back to Ready, without the image.
-            let _ = self.runtime.remove_image(&image).await;
+            if !workspace_only {
+                let _ = self.runtime.remove_image(&image).await;
+            }
             record.phase = from;
             record.hibernation = None;
             record.transition_at = now_ms();
@@ -203,7 +235,7 @@ impl Service {
             if let Some(l) = record.launch.as_mut() {
                 l.image = earlier;
             }
-            self.remove_paused_images(&record).await;
+            self.remove_leftovers(&record).await;
             return Err(Error::no_sandbox(id));
         }
         if let Some(image) = earlier {
@@ -212,14 +244,16 @@ impl Service {
             }
         }
         self.expiry_changed.notify_one();
+        let what = if workspace_only {
+            "paused (Rootfs): the instance removed, its persistent workspace kept".to_owned()
+        } else {
+            format!("paused (Rootfs): committed to {image}, the container removed")
+        };
         self.log_event_because(
             id,
             EventType::Paused,
             Some(ROOTFS.into()),
-            with_tries(
-                &format!("paused (Rootfs): committed to {image}, the container removed"),
-                tries,
-            ),
+            with_tries(&what, tries),
         )
         .await;
         tracing::info!(sandbox = id, %image, "sandbox hibernated");
@@ -261,6 +295,7 @@ impl Service {
             purpose: Purpose::Sandbox,
             previous: Some(hibernation.previous.clone()),
             start: true,
+            workspace: launch.workspace,
         };
         let started = async {
             let instance = self.runtime.create(spec).await?;
@@ -300,12 +335,13 @@ impl Service {
         record.expires_at = expires_at;
         record.hibernation = None;
         if let Some(l) = record.launch.as_mut() {
-            l.image = Some(hibernation.image.clone());
+            // Nothing was committed for a workspace-only pause: it runs from its own image.
+            l.image = (!hibernation.workspace_only).then(|| hibernation.image.clone());
         }
         if !self.store.update_from(&record, Phase::Restoring).await? {
             // Deleted during the resume.
             let _ = self.runtime.remove(&instance).await;
-            self.remove_paused_images(&record).await;
+            self.remove_leftovers(&record).await;
             return Err(Error::no_sandbox(&id));
         }
         self.expiry_changed.notify_one();
@@ -313,11 +349,43 @@ impl Service {
             &id,
             EventType::Resumed,
             Some(ROOTFS.into()),
-            format!("resumed (Rootfs): running again from {}", hibernation.image),
+            if hibernation.workspace_only {
+                format!(
+                    "resumed (Rootfs): running again from {} with its persistent workspace",
+                    hibernation.image
+                )
+            } else {
+                format!("resumed (Rootfs): running again from {}", hibernation.image)
+            },
         )
         .await;
         tracing::info!(sandbox = %id, "sandbox restored");
         Ok(())
+    }
+
+    /// Waits until the runtime no longer holds `instance` (a pod being deleted still exists
+    /// for a while, and a resume makes one of the same name), for up to [`GONE_TIMEOUT`].
+    async fn wait_gone(&self, instance: &Instance) -> Result<(), RuntimeError> {
+        let deadline = tokio::time::Instant::now() + GONE_TIMEOUT;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            if self.runtime.observe(instance).await? == Observed::Gone {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(RuntimeError::Engine {
+                    op: "wait for the instance to go",
+                    message: format!(
+                        "{} was still there {} s after its removal",
+                        instance.reference,
+                        GONE_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
     }
 
     async fn freeze(&self, id: &str, way: Freeze, caller: &Principal) -> Result<(), Error> {

@@ -930,6 +930,12 @@ impl Service {
             .map_err(|e| Error::invalid(format!("the pool's template is not a sandbox spec: {e}")))?;
         let (req, template) = self.resolve_template(req, owner).await?;
         let mut plan = spec::plan(req, &self.settings.limits)?;
+        if plan.workspace.is_some() {
+            // A member outlives any one sandbox, and a pooled sandbox cannot be Rootfs-paused.
+            return Err(Error::invalid(
+                "workspace.persistent: a pool's members cannot have a persistent workspace",
+            ));
+        }
         if let Some(t) = &template {
             t.apply(&mut plan);
             // A member is ready when execd answers; its readiness probe is not run.

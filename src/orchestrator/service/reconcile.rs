@@ -100,7 +100,7 @@ impl Service {
                 continue;
             }
             let Some((instance, observed)) = live.get(record.runtime_key()) else {
-                self.remove_paused_images(&record).await;
+                self.remove_leftovers(&record).await;
                 match self.store.remove(&record.id).await {
                     Ok(_) => done.forgotten += 1,
                     Err(e) => {
@@ -131,7 +131,7 @@ impl Service {
                     Err(e) => Err(e.into()),
                 };
                 if removal.is_ok() {
-                    self.remove_paused_images(&record).await;
+                    self.remove_leftovers(&record).await;
                 }
                 match removal {
                     Ok(()) => done.removed += 1,
@@ -187,7 +187,9 @@ impl Service {
     /// short is settled by what exists: a commit whose container still exists is undone (the
     /// sandbox runs on, `Ready`); one whose container is gone had finished (the container is
     /// removed only after the commit), so the sandbox is `Hibernated` if its image exists. A
-    /// resume's half-made container is removed and the sandbox is `Hibernated` again.
+    /// resume's half-made container is removed and the sandbox is `Hibernated` again. A
+    /// workspace-only pause (nothing committed) whose instance still exists is finished: the
+    /// instance removed, `Hibernated` (its removal may have been under way).
     async fn reconcile_rootfs(
         &self,
         mut record: Record,
@@ -196,6 +198,18 @@ impl Service {
     ) -> Result<Rootfs, Error> {
         match record.phase {
             Phase::Committing => match live {
+                // Nothing to commit, and the instance may be on its way out (a pod being
+                // deleted): the pause is finished, not undone.
+                Some(instance) if record.hibernation.as_ref().is_some_and(|h| h.workspace_only) => {
+                    self.runtime.remove(instance).await?;
+                    record.instance = None;
+                    record.phase = Phase::Hibernated;
+                    if record.pause_policy.suspend_expiry {
+                        if let (Some(h), Some(at)) = (record.hibernation.as_mut(), record.expires_at.take()) {
+                            h.suspended_ms = Some((at - now).max(0));
+                        }
+                    }
+                }
                 Some(_) => {
                     if let Some(h) = record.hibernation.take() {
                         let _ = self.runtime.remove_image(&h.image).await;
@@ -203,9 +217,10 @@ impl Service {
                     record.phase = Phase::Ready;
                 }
                 None => {
-                    let image = record.hibernation.as_ref().map(|h| h.image.clone());
-                    let present = match &image {
-                        Some(image) => self.runtime.image_present(image, None).await?,
+                    let present = match &record.hibernation {
+                        // The instance was all there was to remove: its workspace holds it.
+                        Some(h) if h.workspace_only => true,
+                        Some(h) => self.runtime.image_present(&h.image, None).await?,
                         None => false,
                     };
                     if !present {
@@ -233,7 +248,7 @@ impl Service {
         }
         if record.phase == Phase::Hibernated && record.expires_at.is_some_and(|t| t <= now) {
             self.store.remove(&record.id).await?;
-            self.remove_paused_images(&record).await;
+            self.remove_leftovers(&record).await;
             return Ok(Rootfs::Removed);
         }
         record.transition_at = now;

@@ -24,7 +24,8 @@ use crate::orchestrator::spec::{self, Plan, AUTO_START_EXTENSION};
 use crate::orchestrator::store::{EventType, Failure, Launch, NewEvent, Phase, Record, Source, TemplateRef};
 use crate::wire::lifecycle::{
     CreateSandboxRequest, CreateSandboxResponse, Endpoint, ImageSpec, Lifecycle, ListSandboxesResponse,
-    PauseMode, PausePolicy, RenewExpiration, Sandbox, SandboxAllocation, SandboxStatus, LIFECYCLE_ENV,
+    PauseMode, PausePolicy, RenewExpiration, Sandbox, SandboxAllocation, SandboxStatus, WorkspaceSpec,
+    LIFECYCLE_ENV,
 };
 use crate::wire::time::{format_ms, now_ms, parse_ms};
 
@@ -262,18 +263,28 @@ impl Service {
             tracing::error!(sandbox = %record.id, error = %e, "cannot forget sandbox");
         }
         self.lifecycle.forget(&record.id);
-        self.remove_paused_images(record).await;
+        self.remove_leftovers(record).await;
     }
 
-    /// Removes the images Rootfs pauses committed a forgotten sandbox to: the one it is
-    /// paused in, and the one its instance ran from after a resume. Best effort (logged),
-    /// since the sandbox is forgotten either way.
-    pub(super) async fn remove_paused_images(&self, record: &Record) {
-        let hibernated = record.hibernation.as_ref().map(|h| &h.image);
+    /// Removes what a forgotten sandbox leaves beside its instance: the images Rootfs pauses
+    /// committed it to (the one it is paused in, and the one its instance ran from after a
+    /// resume) and its persistent workspace. Best effort (logged), since the sandbox is
+    /// forgotten either way.
+    pub(super) async fn remove_leftovers(&self, record: &Record) {
+        let hibernated = record
+            .hibernation
+            .as_ref()
+            .filter(|h| !h.workspace_only)
+            .map(|h| &h.image);
         let resumed = record.launch.as_ref().and_then(|l| l.image.as_ref());
         for image in hibernated.into_iter().chain(resumed) {
             if let Err(e) = self.runtime.remove_image(image).await {
                 tracing::warn!(sandbox = %record.id, %image, error = %e, "cannot remove a paused sandbox's image");
+            }
+        }
+        if record.launch.as_ref().is_some_and(|l| l.workspace.is_some()) {
+            if let Err(e) = self.runtime.remove_workspace(&record.id).await {
+                tracing::warn!(sandbox = %record.id, error = %e, "cannot remove a sandbox's persistent workspace");
             }
         }
     }
@@ -333,6 +344,7 @@ impl Service {
             purpose: Purpose::Sandbox,
             previous: None,
             start: true,
+            workspace: plan.workspace,
         })
     }
 
@@ -347,6 +359,7 @@ impl Service {
             mounts: spec.mounts.clone(),
             isolation: spec.isolation,
             image: None,
+            workspace: spec.workspace,
         });
         let instance = self.runtime.create(spec).await?;
         record.instance = Some(instance.clone());
@@ -730,7 +743,7 @@ impl Service {
         self.log_event(id, EventType::Deleted, "deleted").await;
         self.store.remove(id).await?;
         self.lifecycle.forget(id);
-        self.remove_paused_images(&record).await;
+        self.remove_leftovers(&record).await;
         self.expiry_changed.notify_one();
         tracing::info!(sandbox = id, "sandbox deleted");
         Ok(())
@@ -978,6 +991,14 @@ pub(super) fn view(record: &Record, observed: &Observed) -> Sandbox {
         env: Some(record.env.clone()).filter(|e| !e.is_empty()),
         allocation: allocation(record),
         pause_policy: Some(record.pause_policy).filter(|p| *p != PausePolicy::default()),
+        workspace: record
+            .launch
+            .as_ref()
+            .and_then(|l| l.workspace)
+            .map(|w| WorkspaceSpec {
+                persistent: true,
+                size: w.size_bytes.map(|b| b.to_string()),
+            }),
     }
 }
 

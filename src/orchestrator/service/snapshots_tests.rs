@@ -830,6 +830,7 @@ async fn a_restart_keeps_hibernated_sandboxes_and_settles_interrupted_pauses() {
         image: format!("sandboxd-paused/{committing}:1"),
         previous: record.instance.clone().unwrap(),
         suspended_ms: None,
+        workspace_only: false,
     });
     rig.fake.add_image(&format!("sandboxd-paused/{committing}:1"));
     rig.service.store.update(&record).await.unwrap();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{sql, Store, StoreError};
-use crate::orchestrator::runtime::{Instance, Mount, Resources, RuntimeKind};
+use crate::orchestrator::runtime::{Instance, Mount, Resources, RuntimeKind, Workspace};
 use crate::wire::lifecycle::{PausePolicy, PlatformSpec};
 
 const TABLE: &str = "sandboxes";
@@ -158,6 +158,9 @@ pub struct Launch {
     /// (`None`: the record's): removed with the instance, since nothing else uses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Its persistent workspace (made again at a Rootfs resume, removed with the sandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<Workspace>,
 }
 
 /// A Rootfs-paused sandbox's filesystem and what it had.
@@ -172,6 +175,11 @@ pub struct Hibernation {
     /// With `suspendExpiry`: the milliseconds it had left when paused (its `expires_at` is
     /// cleared meanwhile, and set again on resume).
     pub suspended_ms: Option<i64>,
+    /// Nothing was committed: `image` is the one the sandbox ran from, and its persistent
+    /// workspace is all that was kept (a runtime whose Rootfs pause is
+    /// [`RootfsPause::Workspace`](crate::orchestrator::runtime::RootfsPause::Workspace)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub workspace_only: bool,
 }
 
 /// The pool member a pool-backed sandbox runs in.
@@ -744,6 +752,9 @@ mod tests {
             }],
             isolation: false,
             image: None,
+            workspace: Some(Workspace {
+                size_bytes: Some(1 << 30),
+            }),
         });
         store.insert(&r).await.unwrap();
         assert_eq!(store.get("s").await.unwrap().unwrap(), r);
@@ -767,6 +778,7 @@ mod tests {
                 image: "sandboxd-paused/s:1".into(),
                 previous: instance.clone(),
                 suspended_ms: Some(5),
+                workspace_only: true,
             });
             if phase == Phase::Restoring {
                 r.launch.as_mut().unwrap().image = Some("sandboxd-paused/s:1".into());

@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 use super::*;
 use crate::orchestrator::runtime::SpecFile;
 
+#[path = "workspace_contract_tests.rs"]
+mod workspace;
+
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 type Reply = tower_test::mock::SendResponse<Response<Body>>;
 
@@ -28,6 +31,7 @@ fn runtime(create_timeout: Duration) -> (Kubernetes, Handle) {
         agent_image: "sandboxd/execd:test".into(),
         instance: INSTANCE.into(),
         create_timeout,
+        storage_class: None,
     };
     (Kubernetes::new(client, settings), handle)
 }

@@ -10,17 +10,20 @@
 //! and one watcher over them feeds the event journal.
 //!
 //! Not offered (capabilities, so the service answers 501): freeze pause, commits (snapshots,
-//! Rootfs pause, template builds), resize, image prepull (the kubelet pulls at pod start),
+//! template builds; a Rootfs pause keeps only the persistent workspace), resize, image prepull (the kubelet pulls at pod start),
 //! usage samples.
 //!
 //! - `objects`: the pure builders (Secret, ConfigMap, Pod, patches) and pod state →
 //!   [`Observed`].
+//! - `workspace`: the persistent workspace's claim (`sbx-<id>-ws`), which a Rootfs pause
+//!   keeps when it deletes the pod ([`RootfsPause::Workspace`]).
 
 #[cfg(test)]
 mod contract_tests;
 pub mod objects;
 #[cfg(test)]
 mod schema_tests;
+pub mod workspace;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -37,8 +40,8 @@ use kube::runtime::{watcher, WatchStreamExt as _};
 
 use super::{
     Capabilities, ContainerInfo, ContainerRole, Fut, ImageRole, Instance, LogQuery, Observed, Platform,
-    PullError, PullEvent, PullFailure, RegistryAuth, Resources, Runtime, RuntimeError, RuntimeEvent,
-    RuntimeEventKind, RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
+    PullError, PullEvent, PullFailure, RegistryAuth, Resources, RootfsPause, Runtime, RuntimeError,
+    RuntimeEvent, RuntimeEventKind, RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
 };
 use crate::wire::time::now_ms;
 use objects::{Objects, LABEL_ID};
@@ -59,6 +62,8 @@ pub struct Settings {
     pub instance: String,
     /// How long a create waits for the pod to be Ready.
     pub create_timeout: Duration,
+    /// The storage class of workspace claims (`None`: the cluster's default).
+    pub storage_class: Option<String>,
 }
 
 /// A Kubernetes [`Instance`]'s data: the pod's uid and IP.
@@ -132,6 +137,8 @@ pub struct Kubernetes {
     client: kube::Client,
     objects: Objects,
     create_timeout: Duration,
+    /// The storage class of workspace claims (`None`: the cluster's default).
+    storage_class: Option<String>,
     /// `/version`'s line, read once at connect.
     version: String,
 }
@@ -167,6 +174,7 @@ impl Kubernetes {
                 instance: settings.instance,
             },
             create_timeout: settings.create_timeout,
+            storage_class: settings.storage_class,
         }
     }
 
@@ -226,6 +234,8 @@ impl Kubernetes {
         let files = self.objects.files(spec)?;
         let pod = self.objects.pod(spec)?;
         let post = PostParams::default();
+        // Kept on failure: the sandbox's delete removes it (a resume must not lose it).
+        self.ensure_workspace(spec).await?;
         self.secrets()
             .create(&post, &secret)
             .await
@@ -386,6 +396,7 @@ impl Runtime for Kubernetes {
             builds: false,
             snapshots: false,
             host_network: false,
+            rootfs_pause: RootfsPause::Workspace,
         }
     }
 
@@ -488,6 +499,10 @@ impl Runtime for Kubernetes {
             self.delete_all(id).await
         }
         .boxed()
+    }
+
+    fn remove_workspace<'a>(&'a self, id: &'a str) -> Fut<'a, ()> {
+        self.delete_workspace(id).boxed()
     }
 
     fn commit<'a>(&'a self, _instance: &'a Instance, _image: &'a str, _role: ImageRole) -> Fut<'a, ()> {

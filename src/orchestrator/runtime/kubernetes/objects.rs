@@ -123,7 +123,7 @@ pub struct SeedFile {
 }
 
 impl Objects {
-    fn meta(&self, name: String, spec: &SandboxSpec) -> ObjectMeta {
+    pub(super) fn meta(&self, name: String, spec: &SandboxSpec) -> ObjectMeta {
         ObjectMeta {
             name: Some(name),
             namespace: Some(self.namespace.clone()),
@@ -297,6 +297,10 @@ impl Objects {
                 read_only: read_only.then_some(true),
                 ..Default::default()
             });
+        }
+        if let Some((volume, mount)) = super::workspace::volume(spec) {
+            volumes.push(volume);
+            mounts.push(mount);
         }
 
         let mut add: Vec<String> = DEFAULT_CAPS.iter().map(|c| (*c).to_owned()).collect();

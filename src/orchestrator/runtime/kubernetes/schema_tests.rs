@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::objects::Objects;
-use crate::orchestrator::runtime::{Resources, SandboxSpec, SpecFile};
+use crate::orchestrator::runtime::{Resources, SandboxSpec, SpecFile, Workspace};
 
 fn base(id: &str) -> SandboxSpec {
     SandboxSpec {
@@ -58,6 +58,11 @@ fn matrix() -> Vec<SandboxSpec> {
     let mut s = base("later");
     s.start = false;
     specs.push(s);
+    let mut s = base("workspace");
+    s.workspace = Some(Workspace {
+        size_bytes: Some(10 << 30),
+    });
+    specs.push(s);
     specs
 }
 
@@ -99,6 +104,9 @@ fn issue18_objects_and_deploy_manifests_pass_kubernetes_validate_strict() {
         if let Some(files) = objects.files(&spec).unwrap() {
             docs.push(yaml_serde::to_string(&files).unwrap());
         }
+        if let Some(claim) = super::workspace::claim(&objects, &spec, Some("standard")) {
+            docs.push(yaml_serde::to_string(&claim).unwrap());
+        }
         docs.push(yaml_serde::to_string(&objects.pod(&spec).unwrap()).unwrap());
         std::fs::write(dir.path().join(format!("{}.yaml", spec.id)), docs.join("---\n")).unwrap();
     }
@@ -114,6 +122,7 @@ fn issue18_objects_and_deploy_manifests_pass_kubernetes_validate_strict() {
         "{report}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // 6 specs: a Secret and a Pod each, one ConfigMap; 6 deploy documents.
-    assert!(report.contains("19 documents, 0 failed"), "{report}");
+    // 7 specs: a Secret and a Pod each, one ConfigMap, one PersistentVolumeClaim; 6 deploy
+    // documents.
+    assert!(report.contains("22 documents, 0 failed"), "{report}");
 }
