@@ -207,6 +207,7 @@ fn spec(id: &str, user_image: &str, token: &str) -> SandboxSpec {
         purpose: Purpose::Sandbox,
         previous: None,
         start: true,
+        workspace: None,
     }
 }
 
