@@ -5,7 +5,8 @@
 //! diagnostics, list/get, delete (pod, Secret, ConfigMap gone), Freeze pause → 501, an image
 //! that cannot be pulled, `autoStart: false` (a scheduling gate), a restart (reconciled from the
 //! pods' labels) and expiry. The events diagnostic shows the cluster's events of each pod
-//! (`Scheduled`, `Pulled`, `Started`; the pull failure of a missing image).
+//! (`Scheduled`, `Pulled`, `Started`; the pull failure of a missing image, on a gated sandbox
+//! whose start fails).
 //!
 //! Built with `--features k8s`; runs whenever the Docker engine answers.
 //!
@@ -315,24 +316,47 @@ async fn scenarios(cluster: Cluster) {
             Some(sandbox_body("execd-test/no-such-image:k8s-l3", &["sleep", "1"])),
         )
         .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    let bad = answer["id"].as_str().unwrap().to_owned();
-    let failure = eventually(60, "the missing image to fail the sandbox", async || {
-        let (status, info) = d.info(&bad).await;
-        assert_eq!(status, 200, "{info}");
-        (info["status"]["state"] == "Failed").then_some(info)
-    })
-    .await;
+    let failure = if status == StatusCode::ACCEPTED {
+        let bad = answer["id"].as_str().unwrap().to_owned();
+        eventually(60, "the missing image to fail the sandbox", async || {
+            let (status, info) = d.info(&bad).await;
+            (status == 404 || info["status"]["state"] == "Failed").then_some(info)
+        })
+        .await
+    } else {
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        answer
+    };
     let text = failure.to_string();
     assert!(!text.contains("POD_READY_TIMEOUT"), "{failure}");
     assert!(
         text.contains("IMAGE_NOT_FOUND") || text.contains("IMAGE_PULL"),
         "{failure}"
     );
-    // Its events say why, in the kubelet's words, though the pod is gone.
-    let events = runtime_events(&d, &bad).await;
-    assert!(events.contains("Failed to pull image"), "{events}");
-    assert!(events.contains("Error: ErrImagePull"), "{events}");
+    // A sandbox that stays to be diagnosed (created gated, so its start is what fails): its
+    // events say why, in the kubelet's words.
+    let mut body = sandbox_body("execd-test/no-such-image:k8s-l3", &["sleep", "1"]);
+    body["extensions"] = json!({"sandboxd.autoStart": "false"});
+    let bad = d.create(body).await["id"].as_str().unwrap().to_owned();
+    let (status, answer) = d.act(&bad, "start").await;
+    assert!(!status.is_success(), "{status}: {answer}");
+    assert_eq!(d.state(&bad).await, "Failed");
+    let events = eventually(30, "the pull failure among the pod's events", async || {
+        let events = runtime_events(&d, &bad).await;
+        events.contains("Error: ErrImagePull").then_some(events)
+    })
+    .await;
+    assert!(
+        events.contains(
+            " Failed [kubernetes Warning] Failed to pull image \"execd-test/no-such-image:k8s-l3\""
+        ),
+        "{events}"
+    );
+    let (status, _) = d
+        .json(Method::DELETE, &format!("/v1/sandboxes/{bad}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    gone(&pods, &format!("sbx-{bad}")).await;
 
     // autoStart false: the pod waits behind its scheduling gate, unscheduled, no containers.
     let mut body = sandbox_body(busybox, &["sleep", "100000"]);
