@@ -43,6 +43,9 @@ pub struct Docklet {
     /// How long each pod (`namespace/name`) took here, served by `GET /fake-kube/timings`
     /// so that a benchmark can tell the docklet's own time from its client's.
     timings: Mutex<HashMap<String, Timing>>,
+    /// The event already recorded for each (pod uid, field path, reason, message), so that a
+    /// repeat bumps its `count` as the kubelet's event correlator does. Dropped with the pod.
+    recorded: Mutex<HashMap<EventKey, String>>,
 }
 
 /// The docklet's own time for one pod, in ms from the start of its materialization (the
@@ -54,6 +57,12 @@ pub struct Timing {
     running: Option<f64>,
     ready: Option<f64>,
 }
+
+/// What makes two events the same one, repeated.
+type EventKey = (String, String, String, String);
+
+/// The node every pod is "scheduled" to (the fake has no nodes).
+const NODE: &str = "fake-kube";
 
 /// Runs `docker ARGS`; its trimmed stdout, or its stderr as the error.
 pub(crate) async fn docker<I, S>(args: I) -> Result<String, String>
@@ -92,6 +101,18 @@ pub(crate) fn docker_name(parts: &[&str]) -> String {
             }
         })
         .collect()
+}
+
+/// The kubelet's default `imagePullPolicy`: `Always` for `:latest` or no tag (and no
+/// digest), else `IfNotPresent`.
+fn default_pull_policy(image: &str) -> &'static str {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    let tag = name.split_once(':').map(|(_, t)| t);
+    if image.contains('@') || tag.is_some_and(|t| t != "latest") {
+        "IfNotPresent"
+    } else {
+        "Always"
+    }
 }
 
 /// The pod's `status`, as the docklet keeps it.
@@ -175,6 +196,7 @@ impl Docklet {
             tasks: Mutex::default(),
             http: reqwest::Client::new(),
             timings: Mutex::default(),
+            recorded: Mutex::default(),
         })
     }
 
@@ -243,18 +265,29 @@ impl Docklet {
             if let Some(task) = me.tasks().remove(&uid) {
                 task.abort();
             }
-            me.event(
-                &ns,
-                &name,
-                &uid,
-                "Normal",
-                "Killing",
-                "Stopping the pod's containers",
-            );
+            let running: Vec<String> = pod
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|s| s.pointer("/state/running").is_some())
+                .filter_map(|s| s.get("name").and_then(Value::as_str).map(str::to_owned))
+                .collect();
+            for c in running {
+                me.container_event(
+                    &ns,
+                    &name,
+                    &uid,
+                    &format!("spec.containers{{{c}}}"),
+                    ("Normal", "Killing"),
+                    &format!("Stopping container {c}"),
+                );
+            }
             let filter = format!("label={POD_UID_LABEL}={uid}");
             me.remove_docker_objects(&filter, grace.clamp(0, 5)).await;
             let _ = tokio::fs::remove_dir_all(me.state_dir.join(&uid)).await;
             let _ = me.store.remove(kind("pods"), &ns, &name, Some(&uid));
+            me.recorded().retain(|k, _| k.0 != uid);
         });
     }
 
@@ -318,19 +351,127 @@ impl Docklet {
         let _ = tokio::fs::remove_dir_all(&self.state_dir).await;
     }
 
+    fn recorded(&self) -> std::sync::MutexGuard<'_, HashMap<EventKey, String>> {
+        self.recorded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An event of the pod as a whole, reported by the kubelet (or the scheduler).
     fn event(&self, ns: &str, pod: &str, uid: &str, type_: &str, reason: &str, message: &str) {
+        self.container_event(ns, pod, uid, "", (type_, reason), message);
+    }
+
+    /// A core/v1 `Event` as the kubelet records one: `involvedObject` the pod (with the
+    /// container's `fieldPath`, as `spec.containers{sandbox}`), `source` and
+    /// `reportingComponent` the kubelet (the scheduler for `Scheduled`); the same event again
+    /// bumps `count` and `lastTimestamp` instead of adding one.
+    fn container_event(
+        &self,
+        ns: &str,
+        pod: &str,
+        uid: &str,
+        field_path: &str,
+        (type_, reason): (&str, &str),
+        message: &str,
+    ) {
         let at = now();
-        let _ = self.store.create(
-            kind("events"),
+        let key = (
+            uid.to_owned(),
+            field_path.to_owned(),
+            reason.to_owned(),
+            message.to_owned(),
+        );
+        let events = kind("events");
+        let seen = self.recorded().get(&key).cloned();
+        if let Some(name) = seen {
+            let bumped = self.store.update(events, ns, &name, false, |mut e| {
+                let count = e.get("count").and_then(Value::as_i64).unwrap_or(1);
+                e["count"] = (count + 1).into();
+                e["lastTimestamp"] = at.clone().into();
+                Ok(e)
+            });
+            if bumped.is_ok() {
+                return;
+            }
+        }
+        let component = if reason == "Scheduled" {
+            "default-scheduler"
+        } else {
+            "kubelet"
+        };
+        let mut involved =
+            json!({"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": pod, "uid": uid});
+        if !field_path.is_empty() {
+            involved["fieldPath"] = field_path.into();
+        }
+        let created = self.store.create(
+            events,
             ns,
             json!({
                 "metadata": {"generateName": format!("{pod}.")},
-                "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": pod, "uid": uid},
+                "involvedObject": involved,
                 "reason": reason, "message": message, "type": type_, "count": 1,
-                "source": {"component": "fake-kube-docklet", "host": "fake-kube"},
-                "reportingComponent": "fake-kube-docklet", "firstTimestamp": at, "lastTimestamp": at,
+                "source": {"component": component, "host": NODE},
+                "reportingComponent": component, "reportingInstance": NODE,
+                "firstTimestamp": at, "lastTimestamp": at,
             }),
         );
+        if let Some(name) = created
+            .ok()
+            .as_ref()
+            .and_then(|e| e.pointer("/metadata/name"))
+            .and_then(Value::as_str)
+        {
+            self.recorded().insert(key, name.to_owned());
+        }
+    }
+
+    /// The kubelet's image step for one container, with its events: an image present
+    /// locally is `Pulled` ("already present on machine" under `IfNotPresent`; under
+    /// `Always`, the default for `:latest` or no tag, `Pulling` then `Pulled`, though the
+    /// fake never contacts a registry); a missing one is `Pulling`, then `Failed` twice, as
+    /// the kubelet reports `ErrImagePull`. Err: the waiting message.
+    async fn pull(&self, run: &Run, c: &Container, field_path: &str) -> Result<(), String> {
+        let image = c.image.clone().unwrap_or_default();
+        let event = |type_: &str, reason: &str, message: &str| {
+            self.container_event(&run.ns, &run.name, &run.uid, field_path, (type_, reason), message);
+        };
+        let present = docker(["image", "inspect", "-f", "{{.Size}}", image.as_str()]).await;
+        let policy = c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| default_pull_policy(&image).into());
+        match present {
+            Ok(_) if policy != "Always" => {
+                event(
+                    "Normal",
+                    "Pulled",
+                    &format!("Container image \"{image}\" already present on machine"),
+                );
+                Ok(())
+            }
+            Ok(size) => {
+                event("Normal", "Pulling", &format!("Pulling image \"{image}\""));
+                event(
+                    "Normal",
+                    "Pulled",
+                    &format!("Successfully pulled image \"{image}\" in 0s (0s including waiting). Image size: {size} bytes."),
+                );
+                Ok(())
+            }
+            Err(_) => {
+                let why = format!("image {image:?} is not present locally (the fake apiserver never pulls)");
+                if policy != "Never" {
+                    event("Normal", "Pulling", &format!("Pulling image \"{image}\""));
+                }
+                event(
+                    "Warning",
+                    "Failed",
+                    &format!("Failed to pull image \"{image}\": {why}"),
+                );
+                event("Warning", "Failed", "Error: ErrImagePull");
+                Err(why)
+            }
+        }
     }
 
     fn publish(&self, run: &mut Run) {
@@ -429,15 +570,36 @@ impl Docklet {
 
         // Init containers, in order, each to completion.
         for (i, c) in init_cs.iter().enumerate() {
+            let field_path = format!("spec.initContainers{{{}}}", c.name);
+            if let Err(msg) = self.pull(&run, c, &field_path).await {
+                run.init[i] = container_status(c, state_waiting("ErrImagePull", &msg), None);
+                self.publish(&mut run);
+                return;
+            }
             let docker_id = match self.create(&pod, &spec, c, &volumes, None).await {
                 Ok(id) => id,
                 Err((reason, msg)) => {
                     run.init[i] = container_status(c, state_waiting(reason, &msg), None);
-                    self.event(&ns, &name, &uid, "Warning", "Failed", &msg);
+                    self.container_event(
+                        &ns,
+                        &name,
+                        &uid,
+                        &field_path,
+                        ("Warning", "Failed"),
+                        &format!("Error: {reason}"),
+                    );
                     self.publish(&mut run);
                     return;
                 }
             };
+            self.container_event(
+                &ns,
+                &name,
+                &uid,
+                &field_path,
+                ("Normal", "Created"),
+                &format!("Created container: {}", c.name),
+            );
             let cname = self.container_name(&name, &uid, &c.name);
             if let Err(e) = docker(["start", cname.as_str()]).await {
                 run.init[i] = container_status(c, state_waiting("RunContainerError", &e), Some(&docker_id));
@@ -446,6 +608,14 @@ impl Docklet {
             }
             let started = now();
             run.init[i] = container_status(c, json!({"running": {"startedAt": started}}), Some(&docker_id));
+            self.container_event(
+                &ns,
+                &name,
+                &uid,
+                &field_path,
+                ("Normal", "Started"),
+                &format!("Started container {}", c.name),
+            );
             self.publish(&mut run);
             let code: i64 = docker(["wait", cname.as_str()])
                 .await
@@ -481,16 +651,37 @@ impl Docklet {
         let mut ids = Vec::new();
         let first = self.container_name(&name, &uid, &main_cs[0].name);
         for (i, c) in main_cs.iter().enumerate() {
+            let field_path = format!("spec.containers{{{}}}", c.name);
+            if let Err(msg) = self.pull(&run, c, &field_path).await {
+                run.main[i] = container_status(c, state_waiting("ErrImagePull", &msg), None);
+                self.publish(&mut run);
+                return;
+            }
             let network = (i > 0).then_some(first.as_str());
             match self.create(&pod, &spec, c, &volumes, network).await {
                 Ok(id) => ids.push(id),
                 Err((reason, msg)) => {
                     run.main[i] = container_status(c, state_waiting(reason, &msg), None);
-                    self.event(&ns, &name, &uid, "Warning", "Failed", &msg);
+                    self.container_event(
+                        &ns,
+                        &name,
+                        &uid,
+                        &field_path,
+                        ("Warning", "Failed"),
+                        &format!("Error: {reason}"),
+                    );
                     self.publish(&mut run);
                     return;
                 }
             }
+            self.container_event(
+                &ns,
+                &name,
+                &uid,
+                &field_path,
+                ("Normal", "Created"),
+                &format!("Created container: {}", c.name),
+            );
         }
         for (i, c) in main_cs.iter().enumerate() {
             let cname = self.container_name(&name, &uid, &c.name);
@@ -500,12 +691,12 @@ impl Docklet {
                 return;
             }
             run.main[i] = container_status(c, json!({"running": {"startedAt": now()}}), Some(&ids[i]));
-            self.event(
+            self.container_event(
                 &ns,
                 &name,
                 &uid,
-                "Normal",
-                "Started",
+                &format!("spec.containers{{{}}}", c.name),
+                ("Normal", "Started"),
                 &format!("Started container {}", c.name),
             );
         }
@@ -583,9 +774,19 @@ impl Docklet {
                 _ = tick.tick() => {
                     for (i, p) in probes.iter_mut().enumerate() {
                         let Some(p) = p.as_mut().filter(|p| !done[i] && Instant::now() >= p.due) else { continue };
-                        let ok = self.probe(&p.probe, &ip, &main_cs[i], &self.container_name(&name, &uid, &main_cs[i].name)).await;
+                        let probed = self.probe(&p.probe, &ip, &main_cs[i], &self.container_name(&name, &uid, &main_cs[i].name)).await;
                         let period = p.probe.period_seconds.unwrap_or(10).max(1) as u64;
-                        if ok {
+                        if let Err(why) = &probed {
+                            self.container_event(
+                                &ns,
+                                &name,
+                                &uid,
+                                &format!("spec.containers{{{}}}", main_cs[i].name),
+                                ("Warning", "Unhealthy"),
+                                &format!("Readiness probe failed: {why}"),
+                            );
+                        }
+                        if probed.is_ok() {
                             p.failures = 0;
                             run.ready[i] = true;
                         } else {
@@ -608,7 +809,8 @@ impl Docklet {
         }
     }
 
-    async fn probe(&self, probe: &Probe, ip: &str, c: &Container, cname: &str) -> bool {
+    /// One probe, with why it failed in the kubelet's words (Go's `net/http` errors).
+    async fn probe(&self, probe: &Probe, ip: &str, c: &Container, cname: &str) -> Result<(), String> {
         let port = |p: &IntOrString| match p {
             IntOrString::Int(n) => Some(*n),
             IntOrString::String(name) => c
@@ -620,34 +822,47 @@ impl Docklet {
         };
         let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
         if let Some(h) = &probe.http_get {
-            let Some(port) = port(&h.port) else { return false };
+            let port = port(&h.port).ok_or_else(|| format!("no port named {:?}", h.port))?;
             let host = h.host.as_deref().unwrap_or(ip);
             let path = h.path.as_deref().unwrap_or("/");
-            let mut req = self
-                .http
-                .get(format!("http://{host}:{port}{path}"))
-                .timeout(timeout);
+            let url = format!("http://{host}:{port}{path}");
+            let mut req = self.http.get(&url).timeout(timeout);
             for header in h.http_headers.iter().flatten() {
                 req = req.header(&header.name, &header.value);
             }
-            return req
-                .send()
-                .await
-                .is_ok_and(|r| (200..400).contains(&r.status().as_u16()));
+            return match req.send().await {
+                Ok(r) if (200..400).contains(&r.status().as_u16()) => Ok(()),
+                Ok(r) => Err(format!("HTTP probe failed with statuscode: {}", r.status().as_u16())),
+                Err(e) if e.is_connect() => Err(format!(
+                    "Get \"{url}\": dial tcp {host}:{port}: connect: connection refused"
+                )),
+                Err(e) if e.is_timeout() => Err(format!(
+                    "Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+                )),
+                Err(e) => Err(format!("Get \"{url}\": {e}")),
+            };
         }
         if let Some(t) = &probe.tcp_socket {
-            let Some(port) = port(&t.port) else { return false };
+            let port = port(&t.port).ok_or_else(|| format!("no port named {:?}", t.port))?;
             let host = t.host.as_deref().unwrap_or(ip).to_owned();
-            return tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port as u16)))
-                .await
-                .is_ok_and(|r| r.is_ok());
+            return match tokio::time::timeout(
+                timeout,
+                tokio::net::TcpStream::connect((host.as_str(), port as u16)),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(format!("dial tcp {host}:{port}: connect: connection refused")),
+                Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
+            };
         }
         if let Some(cmd) = probe.exec.as_ref().and_then(|e| e.command.as_ref()) {
             return docker(["exec".to_owned(), cname.to_owned()].iter().chain(cmd))
                 .await
-                .is_ok();
+                .map(drop)
+                .map_err(|e| format!("command {cmd:?} failed: {e}"));
         }
-        false
+        Err("the fake runs no gRPC probes".into())
     }
 
     /// `pods/log`: `docker logs` of the container, streamed, with `tailLines`,

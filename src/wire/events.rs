@@ -28,7 +28,7 @@ pub struct SandboxEvent {
     pub reason: Option<String>,
     /// For people.
     pub message: String,
-    /// Who reported it: `sandboxd` or `docker`.
+    /// Who reported it: `sandboxd`, `docker` or `kubernetes`.
     pub source: String,
     /// The exit code, on `Exited`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
 use kube::api::{
     Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -568,6 +568,37 @@ async fn fake_kube_runs_the_agent_injection_pod_with_seed_files_and_collects_its
             .exit_code,
         0
     );
+    // The kubelet's events, by the field selector `kubectl describe pod` uses.
+    let events: Api<Event> = Api::default_namespaced(client.clone());
+    let of_pod = ListParams::default().fields("involvedObject.name=sbx-1,involvedObject.kind=Pod");
+    let seen: Vec<(String, String)> = events
+        .list(&of_pod)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| {
+            let path = e.involved_object.field_path.unwrap_or_default();
+            (path, e.reason.unwrap_or_default())
+        })
+        .collect();
+    for (path, reason) in [
+        ("", "Scheduled"),
+        ("spec.initContainers{execd-installer}", "Pulled"),
+        ("spec.initContainers{execd-installer}", "Created"),
+        ("spec.initContainers{execd-installer}", "Started"),
+        ("spec.containers{sandbox}", "Pulled"),
+        ("spec.containers{sandbox}", "Created"),
+        ("spec.containers{sandbox}", "Started"),
+    ] {
+        assert!(
+            seen.contains(&(path.to_owned(), reason.to_owned())),
+            "no {reason} of {path:?}: {seen:?}"
+        );
+    }
+    let other = ListParams::default().fields("involvedObject.name=sbx-1,involvedObject.kind=Secret");
+    assert!(events.list(&other).await.unwrap().items.is_empty());
+
     let ip = status.pod_ip.expect("a pod IP");
     let base = format!("http://{ip}:44772");
     let http = reqwest::Client::new();

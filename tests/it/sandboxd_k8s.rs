@@ -4,13 +4,24 @@
 //! server proxy and the direct `podIP:port` endpoint, files, a template's seed files,
 //! diagnostics, list/get, delete (pod, Secret, ConfigMap gone), Freeze pause → 501, an image
 //! that cannot be pulled, `autoStart: false` (a scheduling gate), a restart (reconciled from the
-//! pods' labels) and expiry.
+//! pods' labels) and expiry. The events diagnostic shows the cluster's events of each pod
+//! (`Scheduled`, `Pulled`, `Started`; the pull failure of a missing image, on a gated sandbox
+//! whose start fails).
 //!
 //! Built with `--features k8s`; runs whenever the Docker engine answers.
+//!
+//! L4 (design §16.6): the same scenarios against a real cluster, in
+//! `sandboxd_on_a_real_cluster_runs_the_l3_scenarios`, ignored unless asked for
+//! (`--run-ignored only`, as `scripts/test.sh` does when `SANDBOXD_K8S_E2E=1`): it needs
+//! `KUBECONFIG` and `SANDBOXD_AGENT_IMAGE` (an agent image the cluster can pull), and pod IPs
+//! this machine can reach. Optional: `SANDBOXD_K8S_NAMESPACE` (default `default`),
+//! `SANDBOXD_K8S_BUSYBOX` and `SANDBOXD_K8S_PYTHON` (default `busybox:1.36`,
+//! `python:3.12-slim`). It has never been run on the machines this project is built on (no
+//! cluster there); it fails, never passes, when started without them.
 
 #![cfg(feature = "k8s")]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::Api;
@@ -22,34 +33,105 @@ use crate::fake_kube::{agent_image, FakeKube};
 use crate::sandboxd::{docker, image, sandbox_body, Sandboxd};
 use crate::util::{eventually, marker};
 
-pub(crate) fn start_sandboxd(fake: &FakeKube, data_dir: &Path, run: &str) -> Sandboxd {
-    Sandboxd::start_env(
-        data_dir,
-        run,
-        &[
-            "--runtime",
-            "kubernetes",
-            "--kube-namespace",
-            "default",
-            "--kube-agent-image",
-            agent_image(),
-            "--kube-create-timeout",
-            "60",
-        ],
-        &[("KUBECONFIG", &fake.kubeconfig)],
-    )
+/// Where the scenarios run: our model of Kubernetes (L3), or a real cluster (L4).
+pub(crate) struct Cluster {
+    kubeconfig: PathBuf,
+    namespace: String,
+    agent_image: String,
+    busybox: String,
+    python: String,
+    /// The fake, whose pods are Docker containers this test can look at.
+    pub(crate) fake: Option<FakeKube>,
 }
 
-/// The Docker containers the fake's docklet runs for sandbox `id`'s pod.
-pub(crate) fn pod_containers(fake: &FakeKube, id: &str) -> String {
-    docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=fake-kube={}", fake.label),
-        "--filter",
-        &format!("name=sbx-{id}"),
-    ])
+impl Cluster {
+    pub(crate) fn fake() -> Self {
+        let fake = FakeKube::start(&[]);
+        Self {
+            kubeconfig: fake.kubeconfig.clone(),
+            namespace: "default".into(),
+            agent_image: agent_image().into(),
+            busybox: image("busybox").into(),
+            python: image("python").into(),
+            fake: Some(fake),
+        }
+    }
+
+    /// The real cluster the environment names; panics naming what is missing.
+    fn real() -> Self {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| panic!("L4 needs {name} (see the module docs); this is not a pass"))
+        };
+        assert_eq!(
+            var("SANDBOXD_K8S_E2E"),
+            "1",
+            "L4 runs only with SANDBOXD_K8S_E2E=1"
+        );
+        let or = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+        Self {
+            kubeconfig: var("KUBECONFIG").into(),
+            namespace: or("SANDBOXD_K8S_NAMESPACE", "default"),
+            agent_image: var("SANDBOXD_AGENT_IMAGE"),
+            busybox: or("SANDBOXD_K8S_BUSYBOX", "busybox:1.36"),
+            python: or("SANDBOXD_K8S_PYTHON", "python:3.12-slim"),
+            fake: None,
+        }
+    }
+
+    async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(kc, &options).await.unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    pub(crate) fn start_sandboxd(&self, data_dir: &Path, run: &str) -> Sandboxd {
+        Sandboxd::start_env(
+            data_dir,
+            run,
+            &[
+                "--runtime",
+                "kubernetes",
+                "--kube-namespace",
+                &self.namespace,
+                "--kube-agent-image",
+                &self.agent_image,
+                "--kube-create-timeout",
+                "60",
+            ],
+            &[("KUBECONFIG", &self.kubeconfig)],
+        )
+    }
+
+    /// The Docker containers the fake's docklet runs for sandbox `id`'s pod; `None` on a real
+    /// cluster.
+    pub(crate) fn pod_containers(&self, id: &str) -> Option<String> {
+        let fake = self.fake.as_ref()?;
+        Some(docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=fake-kube={}", fake.label),
+            "--filter",
+            &format!("name=sbx-{id}"),
+        ]))
+    }
+}
+
+/// The `content` of sandbox `id`'s events diagnostic with `scope=runtime`.
+async fn runtime_events(d: &Sandboxd, id: &str) -> String {
+    let (status, body) = d
+        .json(
+            Method::GET,
+            &format!("/v1/sandboxes/{id}/diagnostics/events?scope=runtime"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["content"].as_str().unwrap_or_default().to_owned()
 }
 
 pub(crate) async fn wait_running(d: &Sandboxd, id: &str) {
@@ -83,15 +165,26 @@ async fn sandboxd_on_the_fake_kube_runs_sandboxes_as_pods() {
     if !docker_available() {
         return;
     }
-    let (busybox, python) = (image("busybox"), image("python"));
-    let fake = FakeKube::start(&[]);
-    let client = fake.client().await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    scenarios(Cluster::fake()).await;
+}
+
+#[tokio::test]
+#[ignore = "L4: needs a real cluster (SANDBOXD_K8S_E2E=1, KUBECONFIG, SANDBOXD_AGENT_IMAGE); scripts/test.sh runs it when they are set"]
+async fn sandboxd_on_a_real_cluster_runs_the_l3_scenarios() {
+    scenarios(Cluster::real()).await;
+}
+
+/// The L3 scenarios, on the fake or a real cluster.
+async fn scenarios(cluster: Cluster) {
+    let (busybox, python) = (cluster.busybox.as_str(), cluster.python.as_str());
+    let client = cluster.client().await;
+    let ns = cluster.namespace.as_str();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let data = tempfile::tempdir().unwrap();
     let run = marker();
-    let mut d = start_sandboxd(&fake, data.path(), &run);
+    let mut d = cluster.start_sandboxd(data.path(), &run);
 
     // A template with a file: it lands before the entrypoint (a ConfigMap, `execd init`).
     let tname = format!("k8s-{}", &run[..8.min(run.len())]).to_lowercase();
@@ -136,6 +229,16 @@ async fn sandboxd_on_the_fake_kube_runs_sandboxes_as_pods() {
             .unwrap();
         assert_eq!(got.status(), 200);
         assert_eq!(got.bytes().await.unwrap().as_ref(), b"file body");
+    }
+
+    // Diagnostics: the cluster's events of the pod (the scheduler's and the kubelet's).
+    let events = runtime_events(&d, &id).await;
+    for line in [
+        " Scheduled [kubernetes Normal] Successfully assigned ",
+        " Pulled [kubernetes Normal] ",
+        " Started [kubernetes Normal] Started container sandbox",
+    ] {
+        assert!(events.contains(line), "no {line:?}: {events}");
     }
 
     // Diagnostics: the container's log through the API server.
@@ -196,7 +299,10 @@ async fn sandboxd_on_the_fake_kube_runs_sandboxes_as_pods() {
     gone(&secrets, &format!("sbx-{id}")).await;
     gone(&cms, &format!("sbx-{id}-files")).await;
     eventually(30, "the pod's containers to go", async || {
-        pod_containers(&fake, &id).is_empty().then_some(())
+        cluster
+            .pod_containers(&id)
+            .is_none_or(|c| c.is_empty())
+            .then_some(())
     })
     .await;
     assert_eq!(d.info(&id).await.0, 404);
@@ -227,6 +333,30 @@ async fn sandboxd_on_the_fake_kube_runs_sandboxes_as_pods() {
         text.contains("IMAGE_NOT_FOUND") || text.contains("IMAGE_PULL"),
         "{failure}"
     );
+    // A sandbox that stays to be diagnosed (created gated, so its start is what fails): its
+    // events say why, in the kubelet's words.
+    let mut body = sandbox_body("execd-test/no-such-image:k8s-l3", &["sleep", "1"]);
+    body["extensions"] = json!({"sandboxd.autoStart": "false"});
+    let bad = d.create(body).await["id"].as_str().unwrap().to_owned();
+    let (status, answer) = d.act(&bad, "start").await;
+    assert!(!status.is_success(), "{status}: {answer}");
+    assert_eq!(d.state(&bad).await, "Failed");
+    let events = eventually(30, "the pull failure among the pod's events", async || {
+        let events = runtime_events(&d, &bad).await;
+        events.contains("Error: ErrImagePull").then_some(events)
+    })
+    .await;
+    assert!(
+        events.contains(
+            " Failed [kubernetes Warning] Failed to pull image \"execd-test/no-such-image:k8s-l3\""
+        ),
+        "{events}"
+    );
+    let (status, _) = d
+        .json(Method::DELETE, &format!("/v1/sandboxes/{bad}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    gone(&pods, &format!("sbx-{bad}")).await;
 
     // autoStart false: the pod waits behind its scheduling gate, unscheduled, no containers.
     let mut body = sandbox_body(busybox, &["sleep", "100000"]);
@@ -239,7 +369,7 @@ async fn sandboxd_on_the_fake_kube_runs_sandboxes_as_pods() {
     let st = status_of(&pod);
     assert_eq!(st["phase"], "Pending", "{st}");
     assert_eq!(st["conditions"][0]["reason"], "SchedulingGated", "{st}");
-    assert!(pod_containers(&fake, &gated).is_empty());
+    assert!(cluster.pod_containers(&gated).is_none_or(|c| c.is_empty()));
     assert_eq!(d.state(&gated).await, "Pending");
     // As the apiserver: a gate may be removed, never added.
     let add = kube::api::Patch::Json::<()>(
@@ -258,11 +388,11 @@ async fn sandboxd_on_the_fake_kube_runs_sandboxes_as_pods() {
     let (status, answer) = d.act(&gated, "start").await;
     assert!(status.is_success(), "{status}: {answer}");
     wait_running(&d, &gated).await;
-    assert!(!pod_containers(&fake, &gated).is_empty());
+    assert!(cluster.pod_containers(&gated).is_none_or(|c| !c.is_empty()));
 
     // Restart: sandboxd finds its sandboxes again from the pods' labels.
     d.stop();
-    let d2 = start_sandboxd(&fake, data.path(), &run);
+    let d2 = cluster.start_sandboxd(data.path(), &run);
     for kept in [&py, &gated] {
         let (status, info) = d2.info(kept).await;
         assert_eq!(status, 200, "{info}");

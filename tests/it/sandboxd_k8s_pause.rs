@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::docker::docker_available;
 use crate::fake_kube::FakeKube;
 use crate::sandboxd::{docker, image, sandbox_body};
-use crate::sandboxd_k8s::{gone, pod_containers, start_sandboxd, wait_running};
+use crate::sandboxd_k8s::{gone, wait_running, Cluster};
 use crate::util::{eventually, marker};
 
 /// The Docker volume the fake's docklet holds claim `sbx-<id>-ws` in, if any.
@@ -39,13 +39,14 @@ async fn issue18_rootfs_pause_on_kubernetes_keeps_the_workspace_claim_and_resume
         return;
     }
     let busybox = image("busybox");
-    let fake = FakeKube::start(&[]);
+    let cluster = Cluster::fake();
+    let fake = cluster.fake.as_ref().expect("the fake");
     let client = fake.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
     let data = tempfile::tempdir().unwrap();
     let run = marker();
-    let d = start_sandboxd(&fake, data.path(), &run);
+    let d = cluster.start_sandboxd(data.path(), &run);
 
     let mut body = sandbox_body(busybox, &["sleep", "100000"]);
     body["workspace"] = json!({"persistent": true, "size": "64Mi"});
@@ -84,7 +85,7 @@ async fn issue18_rootfs_pause_on_kubernetes_keeps_the_workspace_claim_and_resume
         "no pod while paused"
     );
     eventually(30, "the pod's containers to go", async || {
-        pod_containers(&fake, &id).is_empty().then_some(())
+        cluster.pod_containers(&id).unwrap_or_default().is_empty().then_some(())
     })
     .await;
     assert!(claims.get_opt(&format!("sbx-{id}-ws")).await.unwrap().is_some());

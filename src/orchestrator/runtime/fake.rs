@@ -21,9 +21,9 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::Semaphore;
 
 use super::{
-    Capabilities, ContainerInfo, ContainerRole, Fut, ImageRole, Instance, LayerStep, LogQuery, Observed,
-    Platform, PullError, PullEvent, Purpose, RegistryAuth, Resources, Runtime, RuntimeError, RuntimeEvent,
-    RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
+    Capabilities, ContainerInfo, ContainerRole, Fut, ImageRole, Instance, LayerStep, LogQuery, ObjectEvent,
+    Observed, Platform, PullError, PullEvent, Purpose, RegistryAuth, Resources, Runtime, RuntimeError,
+    RuntimeEvent, RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
 };
 use crate::wire::{RunCommandRequest, StreamEvent};
 
@@ -61,6 +61,8 @@ pub enum Op {
     Resize,
     /// [`Runtime::remove_workspace`].
     RemoveWorkspace,
+    /// [`Runtime::object_events`].
+    ObjectEvents,
 }
 
 /// How a `/command` running one shell text answers (an install command of a template build).
@@ -180,6 +182,8 @@ struct Inner {
     rootfs_pause: super::RootfsPause,
     /// The sandbox ids whose persistent workspace exists.
     workspaces: BTreeSet<String>,
+    /// What [`Runtime::object_events`] says, by sandbox id.
+    object_events: HashMap<String, Vec<ObjectEvent>>,
 }
 
 /// The fake.
@@ -274,6 +278,11 @@ impl FakeRuntime {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What [`Runtime::object_events`] answers for sandbox `id`.
+    pub fn set_object_events(&self, id: &str, events: Vec<ObjectEvent>) {
+        self.lock().object_events.insert(id.to_owned(), events);
     }
 
     /// The next `times` calls of `op` fail with what `error` makes.
@@ -858,6 +867,18 @@ impl Runtime for FakeRuntime {
                 .sandboxes
                 .get(&instance.reference)
                 .map_or(Observed::Gone, |s| s.observed.clone()))
+        }
+        .boxed()
+    }
+
+    fn object_events<'a>(
+        &'a self,
+        id: &'a str,
+        _instance: Option<&'a Instance>,
+    ) -> Fut<'a, Vec<ObjectEvent>> {
+        async move {
+            self.enter(Op::ObjectEvents)?;
+            Ok(self.lock().object_events.get(id).cloned().unwrap_or_default())
         }
         .boxed()
     }

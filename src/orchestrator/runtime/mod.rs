@@ -497,6 +497,22 @@ pub struct ContainerInfo {
     pub resources: Resources,
 }
 
+/// Something the runtime's control plane recorded about a sandbox's container, read when
+/// asked rather than journaled (Kubernetes `Event`s: the scheduler's and the kubelet's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectEvent {
+    /// When it last happened, epoch ms.
+    pub at: i64,
+    /// `Normal` or `Warning`.
+    pub severity: String,
+    /// The reporter's short why (`Scheduled`, `Pulled`, `Failed`, `Unhealthy`).
+    pub reason: String,
+    /// For people.
+    pub message: String,
+    /// How many times it happened (repeats are folded into one).
+    pub count: i32,
+}
+
 /// A sample of what a running container uses.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Usage {
@@ -598,6 +614,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// as they happen. The stream ends when the runtime's connection does (the caller
     /// reconnects).
     fn events(&self, since: Option<i64>) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
+    /// What the runtime's control plane recorded about sandbox `id`'s container (`instance`,
+    /// when the sandbox has one), oldest first. None by default: the Docker engine's events
+    /// come through [`Runtime::events`] and are journaled.
+    fn object_events<'a>(&'a self, id: &'a str, instance: Option<&'a Instance>) -> Fut<'a, Vec<ObjectEvent>> {
+        let _ = (id, instance);
+        Box::pin(async { Ok(Vec::new()) })
+    }
     /// Every container this sandboxd manages (sandboxes and any other role).
     fn containers(&self) -> Fut<'_, Vec<ContainerInfo>>;
     /// One container by the runtime's id or name, when this sandboxd manages it.

@@ -22,7 +22,7 @@ use super::events::event_line;
 use super::Service;
 use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::{Denial, Error};
-use crate::orchestrator::runtime::{Instance, LogQuery, EXECD_PORT};
+use crate::orchestrator::runtime::{Instance, LogQuery, ObjectEvent, EXECD_PORT};
 use crate::orchestrator::store::{Event, Phase, Record};
 use crate::wire::lifecycle::DiagnosticContent;
 use crate::wire::time::{format_ms, parse_ms};
@@ -136,7 +136,10 @@ impl Service {
             }
             sections
         } else {
-            vec![(scope, self.events_section(id, scope, tail, query.since).await?)]
+            vec![(
+                scope,
+                self.events_section(&record, scope, tail, query.since).await?,
+            )]
         };
         let headed = kind == "logs" && scope == "all";
         let mut content = String::new();
@@ -186,7 +189,7 @@ impl Service {
         };
         let events = || async {
             let tail = query.tail.unwrap_or(PLAIN_EVENT_LINES);
-            Ok::<_, Error>(self.events_section(id, "all", tail, query.since).await?.text)
+            Ok::<_, Error>(self.events_section(&record, "all", tail, query.since).await?.text)
         };
         let mut text = match kind {
             "logs" => logs(&record).await,
@@ -407,20 +410,24 @@ impl Service {
     }
 
     /// The journal, as lines: `lifecycle` (sandboxd's events), `runtime` (the runtime's) or
-    /// `all`, by time.
+    /// `all`, by time. `runtime` and `all` include what the runtime's control plane recorded
+    /// of the sandbox's container (Kubernetes Events), read now; when it cannot be read, the
+    /// journal's lines come with a warning.
     async fn events_section(
         &self,
-        id: &str,
+        record: &Record,
         scope: &str,
         tail: usize,
         since: Option<i64>,
     ) -> Result<Section, Error> {
+        let id = record.id.as_str();
+        let recent = |at: i64| since.is_none_or(|s| at >= s);
         let mut events: Vec<Event> = self
             .store
             .events(id)
             .await?
             .into_iter()
-            .filter(|e| since.is_none_or(|s| e.at >= s))
+            .filter(|e| recent(e.at))
             .filter(|e| match scope {
                 "lifecycle" => e.source == "sandboxd",
                 "runtime" => e.source != "sandboxd",
@@ -429,8 +436,41 @@ impl Service {
             .collect();
         // The runtime's events carry the runtime's clock: order by time, then as recorded.
         events.sort_by_key(|e| (e.at, e.seq));
-        Ok(Section::of_lines(events.iter().map(event_line).collect(), tail))
+        let mut lines: Vec<(i64, String)> = events.iter().map(|e| (e.at, event_line(e))).collect();
+        let mut warning = None;
+        if scope != "lifecycle" {
+            match self.runtime.object_events(id, record.instance.as_ref()).await {
+                Ok(found) => lines.extend(
+                    found
+                        .iter()
+                        .filter(|e| recent(e.at))
+                        .map(|e| (e.at, object_event_line(self.runtime.kind().as_str(), e))),
+                ),
+                Err(e) => warning = Some(format!("the runtime's events cannot be read: {e}")),
+            }
+            // Stable: the journal's order is kept among equal times.
+            lines.sort_by_key(|(at, _)| *at);
+        }
+        let mut section = Section::of_lines(lines.into_iter().map(|(_, line)| line).collect(), tail);
+        section.warning = warning;
+        Ok(section)
     }
+}
+
+/// One event of the runtime's control plane as a line, shaped like the journal's:
+/// `<time> <Reason> [<runtime> <Normal|Warning>] <message>[ (x<count>)]`.
+fn object_event_line(runtime: &str, e: &ObjectEvent) -> String {
+    let mut line = format!(
+        "{} {} [{runtime} {}] {}",
+        format_ms(e.at),
+        e.reason,
+        e.severity,
+        e.message
+    );
+    if e.count > 1 {
+        line.push_str(&format!(" (x{})", e.count));
+    }
+    line
 }
 
 /// The lines at or after `since` (epoch ms), by the time each line starts with; a line

@@ -12,7 +12,7 @@ use futures_util::StreamExt as _;
 use super::{Service, REQUEST_ID};
 use crate::orchestrator::auth::Principal;
 use crate::orchestrator::error::Error;
-use crate::orchestrator::runtime::{Observed, RuntimeEvent, RuntimeEventKind};
+use crate::orchestrator::runtime::{Observed, RuntimeEvent, RuntimeEventKind, RuntimeKind};
 use crate::orchestrator::store::{Event, EventType, NewEvent, Source};
 use crate::wire::events::{SandboxEvent, SandboxEventList};
 use crate::wire::time::{format_ms, now_ms};
@@ -149,7 +149,7 @@ impl Service {
                 kind,
                 reason,
                 message,
-                source: Source::Docker,
+                source: self.runtime_source(),
                 exit_code,
                 request_id: None,
             },
@@ -157,6 +157,15 @@ impl Service {
         .await;
         if let RuntimeEventKind::Died { .. } = event.kind {
             self.note_oom_after_exit(id, &event.reference, event.at).await;
+        }
+    }
+
+    /// Who reports the runtime's events: the Docker engine, or the Kubernetes runtime's pod
+    /// watch.
+    fn runtime_source(&self) -> Source {
+        match self.runtime.kind() {
+            RuntimeKind::Kubernetes => Source::Kubernetes,
+            _ => Source::Docker,
         }
     }
 
@@ -203,7 +212,7 @@ impl Service {
                 kind: EventType::OomKilled,
                 reason: Some("OOMKilled".to_owned()),
                 message: "the container was killed for exceeding its memory limit".to_owned(),
-                source: Source::Docker,
+                source: self.runtime_source(),
                 exit_code: None,
                 request_id: None,
             },

@@ -11,8 +11,8 @@ use super::{ContainerFilter, DiagnosticsQuery, DiagnosticsSettings, Service};
 use crate::orchestrator::auth::Role;
 use crate::orchestrator::error::{Denial, Error, Kind};
 use crate::orchestrator::lifecycle_log::LifecycleLogs;
-use crate::orchestrator::runtime::fake::FakeRuntime;
-use crate::orchestrator::runtime::{Observed, RuntimeEvent, RuntimeEventKind};
+use crate::orchestrator::runtime::fake::{FakeRuntime, Op};
+use crate::orchestrator::runtime::{ObjectEvent, Observed, RuntimeError, RuntimeEvent, RuntimeEventKind};
 use crate::wire::events::SandboxEvent;
 
 fn kinds(events: &[SandboxEvent]) -> Vec<&str> {
@@ -485,4 +485,86 @@ async fn users_see_only_their_own_containers() {
         .collect()
         .await;
     assert_eq!(logs.len(), 1);
+}
+
+#[tokio::test]
+async fn the_runtime_scope_adds_the_control_planes_events_by_time_and_survives_their_failure() {
+    let (service, fake, _logs, _dir) = diagnosable(DiagnosticsSettings::default()).await;
+    let id = service
+        .create(request(Some(600)), &root(), None)
+        .await
+        .unwrap()
+        .id;
+    let now = crate::wire::time::now_ms();
+    service
+        .note_runtime_event(&RuntimeEvent {
+            sandbox_id: Some(id.clone()),
+            reference: fake.reference_of(&id).unwrap(),
+            at: now + 1000,
+            kind: RuntimeEventKind::Died { code: Some(3) },
+        })
+        .await;
+    let event = |at: i64, severity: &str, reason: &str, message: &str, count: i32| ObjectEvent {
+        at,
+        severity: severity.into(),
+        reason: reason.into(),
+        message: message.into(),
+        count,
+    };
+    fake.set_object_events(
+        &id,
+        vec![
+            event(
+                now + 500,
+                "Normal",
+                "Pulled",
+                "Container image \"x\" already present on machine",
+                1,
+            ),
+            event(
+                now + 2000,
+                "Warning",
+                "Unhealthy",
+                "Readiness probe failed: HTTP probe failed with statuscode: 503",
+                3,
+            ),
+        ],
+    );
+    let get = |scope: &'static str| {
+        let (service, id) = (service.clone(), id.clone());
+        async move { service.diagnostics(&id, "events", &scoped(scope), &root()).await }
+    };
+
+    let runtime = get("runtime").await.unwrap();
+    let lines: Vec<&str> = runtime.content.lines().collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].ends_with(" Pulled [fake Normal] Container image \"x\" already present on machine"),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains(" Exited(3) [docker] "), "{lines:?}");
+    assert!(
+        lines[2].ends_with(
+            " Unhealthy [fake Warning] Readiness probe failed: HTTP probe failed with statuscode: 503 (x3)"
+        ),
+        "{lines:?}"
+    );
+    assert!(runtime.warnings.is_empty(), "{runtime:?}");
+    let all = get("all").await.unwrap();
+    assert!(all.content.contains(" Pulled [fake Normal]"), "{}", all.content);
+    let ours = get("lifecycle").await.unwrap();
+    assert!(!ours.content.contains("[fake "), "{}", ours.content);
+
+    // The control plane cannot be asked: the journal's lines, and a warning saying so.
+    fake.fail(Op::ObjectEvents, 1, || {
+        RuntimeError::Unavailable("apiserver down".into())
+    });
+    let runtime = get("runtime").await.unwrap();
+    assert_eq!(runtime.content.lines().count(), 1, "{}", runtime.content);
+    assert_eq!(runtime.warnings.len(), 1, "{runtime:?}");
+    assert!(
+        runtime.warnings[0].contains("the runtime's events cannot be read: ")
+            && runtime.warnings[0].contains("apiserver down"),
+        "{runtime:?}"
+    );
 }

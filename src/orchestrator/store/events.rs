@@ -102,6 +102,8 @@ pub enum Source {
     Sandboxd,
     /// The Docker engine's event stream.
     Docker,
+    /// The Kubernetes runtime's watch of its pods.
+    Kubernetes,
 }
 
 impl Source {
@@ -110,6 +112,7 @@ impl Source {
         match self {
             Source::Sandboxd => "sandboxd",
             Source::Docker => "docker",
+            Source::Kubernetes => "kubernetes",
         }
     }
 }

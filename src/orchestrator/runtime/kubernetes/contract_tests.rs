@@ -522,3 +522,133 @@ async fn the_event_stream_reports_changes_after_the_first_listing_and_relists_af
     assert_eq!(first.reference, "sbx-w");
     assert_eq!(first.kind, RuntimeEventKind::Started);
 }
+
+#[tokio::test]
+async fn the_events_of_a_sandbox_are_its_pods_events_listed_by_field_selector() {
+    let (rt, mut handle) = runtime(Duration::from_secs(60));
+    let verifier = tokio::spawn(async move {
+        let list = expect(&mut handle, Method::GET, "/api/v1/namespaces/sbx/events").await;
+        assert_eq!(
+            list.query.get("fieldSelector").map(String::as_str),
+            Some("involvedObject.name=sbx-a,involvedObject.kind=Pod")
+        );
+        let event = |name: &str, reason: &str, at: &str| {
+            json!({"metadata": {"name": name, "namespace": NS},
+                   "involvedObject": {"kind": "Pod", "name": "sbx-a", "namespace": NS},
+                   "reason": reason, "message": format!("{reason} message"), "type": "Normal", "count": 1,
+                   "firstTimestamp": at, "lastTimestamp": at})
+        };
+        list.answer(
+            200,
+            json!({"apiVersion": "v1", "kind": "EventList", "metadata": {"resourceVersion": "3"},
+                   "items": [event("sbx-a.2", "Started", "2026-01-01T00:00:03Z"),
+                             event("sbx-a.1", "Scheduled", "2026-01-01T00:00:01Z")]}),
+        );
+        // A sandbox without an instance (its create failed): the pod name a create gives.
+        let list = expect(&mut handle, Method::GET, "/api/v1/namespaces/sbx/events").await;
+        assert_eq!(
+            list.query.get("fieldSelector").map(String::as_str),
+            Some("involvedObject.name=sbx-b,involvedObject.kind=Pod")
+        );
+        list.fail(403, "Forbidden");
+    });
+    let instance = PodData::default().instance("sbx-a".into());
+    let got = rt.object_events("a", Some(&instance)).await.unwrap();
+    let reasons: Vec<&str> = got.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(reasons, ["Scheduled", "Started"], "oldest first: {got:?}");
+    assert_eq!(got[0].message, "Scheduled message");
+    let refused = rt.object_events("b", None).await;
+    verifier.await.unwrap();
+    assert!(matches!(refused, Err(RuntimeError::Engine { .. })), "{refused:?}");
+}
+
+/// `observe_all` answered without asking the server (a request would never be answered).
+async fn from_the_store(rt: &Kubernetes) -> Vec<String> {
+    let all = tokio::time::timeout(Duration::from_secs(5), rt.observe_all())
+        .await
+        .expect("observe_all asked the server instead of the store")
+        .unwrap();
+    all.into_keys().collect()
+}
+
+#[tokio::test]
+async fn the_store_answers_once_synced_and_keeps_its_state_through_a_410_relist() {
+    let (rt, mut handle) = runtime(Duration::from_secs(60));
+    let mut events = rt.events(None);
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if tx.send(event.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let labelled = |name: &str, rv: &str, pod: Value| {
+        let mut pod = pod;
+        pod["metadata"]["labels"] = json!({"opensandbox.io/id": name.trim_start_matches("sbx-")});
+        pod["metadata"]["resourceVersion"] = json!(rv);
+        pod
+    };
+    let list = expect(&mut handle, Method::GET, "/api/v1/namespaces/sbx/pods").await;
+    list.answer(
+        200,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "5"},
+               "items": [labelled("sbx-a", "4", ready_pod("sbx-a", "10.0.0.1")),
+                         labelled("sbx-gone", "5", ready_pod("sbx-gone", "10.0.0.2"))]}),
+    );
+    // The watch from 5 means the listing is in the store: reads answer from it.
+    let watch = expect(&mut handle, Method::GET, "/api/v1/namespaces/sbx/pods").await;
+    assert_eq!(watch.query.get("watch").map(String::as_str), Some("true"));
+    assert_eq!(from_the_store(&rt).await, ["a", "gone"]);
+    let observed = tokio::time::timeout(
+        Duration::from_secs(5),
+        rt.observe(&PodData::default().instance("sbx-a".into())),
+    )
+    .await
+    .expect("observe asked the server instead of the store");
+    assert_eq!(observed.unwrap(), Observed::Running);
+
+    // 410: the watcher re-lists; until the new listing is complete, the old state stands.
+    let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": "too old resource version: 5 (9)", "reason": "Expired", "code": 410}});
+    watch.reply.send_response(
+        Response::builder()
+            .status(200)
+            .body(Body::from(format!("{gone}\n").into_bytes()))
+            .unwrap(),
+    );
+    let relist = expect(&mut handle, Method::GET, "/api/v1/namespaces/sbx/pods").await;
+    assert!(!relist.query.contains_key("watch"), "{:?}", relist.query);
+    assert_eq!(
+        from_the_store(&rt).await,
+        ["a", "gone"],
+        "the re-list loses no state"
+    );
+
+    // The new listing: `gone` was deleted meanwhile, `b` created.
+    relist.answer(
+        200,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"},
+               "items": [labelled("sbx-a", "4", ready_pod("sbx-a", "10.0.0.1")),
+                         labelled("sbx-b", "8", ready_pod("sbx-b", "10.0.0.3"))]}),
+    );
+    let _watch = expect(&mut handle, Method::GET, "/api/v1/namespaces/sbx/pods").await;
+    assert_eq!(from_the_store(&rt).await, ["a", "b"]);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(30), heard.recv())
+            .await
+            .expect("the re-list's events")
+            .expect("the stream goes on");
+        got.push((event.reference, event.kind));
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            ("sbx-b".to_owned(), RuntimeEventKind::Started),
+            ("sbx-gone".to_owned(), RuntimeEventKind::Killed { signal: None }),
+        ]
+    );
+    consumer.abort();
+}

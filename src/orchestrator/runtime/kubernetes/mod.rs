@@ -17,16 +17,21 @@
 //!   [`Observed`].
 //! - `workspace`: the persistent workspace's claim (`sbx-<id>-ws`), which a Rootfs pause
 //!   keeps when it deletes the pod ([`RootfsPause::Workspace`]).
+//! - `cache`: the reflector store the pod watcher feeds, which reads answer from.
+//! - `events`: the cluster's `Event`s of a pod, for the events diagnostic.
 
+mod cache;
 #[cfg(test)]
 mod contract_tests;
+mod events;
 pub mod objects;
 #[cfg(test)]
 mod schema_tests;
 pub mod workspace;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -34,13 +39,13 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt as _, StreamExt as _};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt as _};
 
 use super::{
-    Capabilities, ContainerInfo, ContainerRole, Fut, ImageRole, Instance, LogQuery, Observed, Platform,
-    PullError, PullEvent, PullFailure, RegistryAuth, Resources, RootfsPause, Runtime, RuntimeError,
+    Capabilities, ContainerInfo, ContainerRole, Fut, ImageRole, Instance, LogQuery, ObjectEvent, Observed,
+    Platform, PullError, PullEvent, PullFailure, RegistryAuth, Resources, RootfsPause, Runtime, RuntimeError,
     RuntimeEvent, RuntimeEventKind, RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
 };
 use crate::wire::time::now_ms;
@@ -141,6 +146,8 @@ pub struct Kubernetes {
     storage_class: Option<String>,
     /// `/version`'s line, read once at connect.
     version: String,
+    /// The pods as the watcher last reported them; shared with the event stream that feeds it.
+    cache: Arc<cache::PodCache>,
 }
 
 impl Kubernetes {
@@ -175,6 +182,7 @@ impl Kubernetes {
             },
             create_timeout: settings.create_timeout,
             storage_class: settings.storage_class,
+            cache: Arc::default(),
         }
     }
 
@@ -192,6 +200,28 @@ impl Kubernetes {
 
     fn list_params(&self) -> ListParams {
         ListParams::default().labels(&objects::selector(&self.objects.instance))
+    }
+
+    /// This instance's pods: from the watcher's store once it is trusted (plus any pod this
+    /// process created that the watcher has not reported yet), else a list.
+    async fn listed_pods(&self) -> Result<Vec<Pod>, RuntimeError> {
+        let Some(snapshot) = self.cache.snapshot() else {
+            let pods = self
+                .pods()
+                .list(&self.list_params())
+                .await
+                .map_err(|e| classify("list pods", e))?;
+            return Ok(pods.items);
+        };
+        let mut pods: Vec<Pod> = snapshot.pods.iter().map(|p| Pod::clone(p)).collect();
+        for name in snapshot.unseen {
+            match self.pods().get_opt(&name).await {
+                Ok(Some(pod)) => pods.push(pod),
+                Ok(None) => self.cache.forget(&name),
+                Err(e) => return Err(classify("read the pod", e)),
+            }
+        }
+        Ok(pods)
     }
 
     /// Deletes what sandbox `id` is made of: the pod (at once, as `docker rm -f`), its Secret
@@ -252,6 +282,9 @@ impl Kubernetes {
                 .create(&post, &pod)
                 .await
                 .map_err(|e| classify("create the pod", e))?;
+            if let Some(name) = &pod.metadata.name {
+                self.cache.created(name);
+            }
             let (name, uid) = (
                 pod.metadata.name.clone().unwrap_or_default(),
                 pod.metadata.uid.clone().unwrap_or_default(),
@@ -448,6 +481,9 @@ impl Runtime for Kubernetes {
 
     fn observe<'a>(&'a self, instance: &'a Instance) -> Fut<'a, Observed> {
         async move {
+            if let Some(pod) = self.cache.get(&self.objects.namespace, &instance.reference) {
+                return Ok(objects::observed(&pod));
+            }
             match self.pods().get(&instance.reference).await {
                 Ok(pod) => Ok(objects::observed(&pod)),
                 Err(e) => match classify("read the pod", e) {
@@ -461,13 +497,8 @@ impl Runtime for Kubernetes {
 
     fn observe_all(&self) -> Fut<'_, BTreeMap<String, (Instance, Observed)>> {
         async move {
-            let pods = self
-                .pods()
-                .list(&self.list_params())
-                .await
-                .map_err(|e| classify("list pods", e))?;
+            let pods = self.listed_pods().await?;
             Ok(pods
-                .items
                 .iter()
                 .filter_map(|pod| {
                     let id = pod.metadata.labels.as_ref()?.get(LABEL_ID)?.clone();
@@ -592,13 +623,17 @@ impl Runtime for Kubernetes {
     /// state compared with the last one seen: `Started` when it starts running, `Died` (and
     /// `Oom`) when its sandbox container ends, `Killed` when the pod is deleted before that.
     /// The first listing only sets the baseline. `since` is not replayable here (the API
-    /// server keeps no event history of pods), so events start from now.
+    /// server keeps no event history of pods), so events start from now. The same watcher
+    /// feeds the reflector store that reads answer from (`cache`), each change stored before
+    /// it is reported.
     fn events(&self, _since: Option<i64>) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
         let config = watcher::Config::default().labels(&objects::selector(&self.objects.instance));
-        let stream = watcher(self.pods(), config).default_backoff();
+        let (writer, feeder) = self.cache.feed();
+        let stream = watcher(self.pods(), config).default_backoff().reflect(writer);
         let mut tracker = Tracker::default();
         stream
             .filter_map(move |item| {
+                feeder.note(&item);
                 let events = match item {
                     Ok(event) => tracker.note(event),
                     Err(e) => {
@@ -615,12 +650,18 @@ impl Runtime for Kubernetes {
 
     fn containers(&self) -> Fut<'_, Vec<ContainerInfo>> {
         async move {
-            let pods = self
-                .pods()
-                .list(&self.list_params())
-                .await
-                .map_err(|e| classify("list pods", e))?;
-            Ok(pods.items.iter().map(Self::container_info).collect())
+            let pods = self.listed_pods().await?;
+            Ok(pods.iter().map(Self::container_info).collect())
+        }
+        .boxed()
+    }
+
+    /// The cluster's events of the sandbox's pod (`kubectl describe pod`'s), listed now.
+    fn object_events<'a>(&'a self, id: &'a str, instance: Option<&'a Instance>) -> Fut<'a, Vec<ObjectEvent>> {
+        async move {
+            let pod = events::pod_of(id, instance.map(|i| i.reference.as_str()));
+            let api: Api<Event> = Api::namespaced(self.client.clone(), &self.objects.namespace);
+            events::of_pod(api, &pod).await
         }
         .boxed()
     }
@@ -697,23 +738,72 @@ struct Tracker {
     pods: HashMap<String, Seen>,
     /// Set once the first listing is complete; until then pods only set the baseline.
     primed: bool,
+    /// A re-list under way (after a 410 or a broken watch): what it listed so far and the
+    /// events that makes, reported at its end, when the reflector's store shows the same.
+    relist: Option<Relist>,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default)]
+struct Relist {
+    listed: HashSet<String>,
+    events: Vec<RuntimeEvent>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Seen {
     running: bool,
     ended: bool,
+    /// Its sandbox (label), for the `Killed` of a pod that vanished while the watch was down.
+    sandbox_id: Option<String>,
 }
 
 impl Tracker {
     fn note(&mut self, event: watcher::Event<Pod>) -> Vec<RuntimeEvent> {
         match event {
-            watcher::Event::Init => Vec::new(),
-            watcher::Event::InitDone => {
-                self.primed = true;
+            watcher::Event::Init => {
+                if self.primed {
+                    self.relist = Some(Relist::default());
+                }
                 Vec::new()
             }
-            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => self.applied(&pod),
+            watcher::Event::InitDone => {
+                self.primed = true;
+                let Some(relist) = self.relist.take() else {
+                    return Vec::new();
+                };
+                let mut events = relist.events;
+                // Deleted while the watch was down: no Delete comes for them.
+                let vanished: Vec<String> = self
+                    .pods
+                    .keys()
+                    .filter(|name| !relist.listed.contains(*name))
+                    .cloned()
+                    .collect();
+                for name in vanished {
+                    let seen = self.pods.remove(&name).unwrap_or_default();
+                    if !seen.ended {
+                        events.push(RuntimeEvent {
+                            sandbox_id: seen.sandbox_id,
+                            reference: name,
+                            at: now_ms(),
+                            kind: RuntimeEventKind::Killed { signal: None },
+                        });
+                    }
+                }
+                events
+            }
+            watcher::Event::InitApply(pod) => {
+                let events = self.applied(&pod);
+                match &mut self.relist {
+                    Some(relist) => {
+                        relist.listed.extend(pod.metadata.name.clone());
+                        relist.events.extend(events);
+                        Vec::new()
+                    }
+                    None => events,
+                }
+            }
+            watcher::Event::Apply(pod) => self.applied(&pod),
             watcher::Event::Delete(pod) => {
                 let Some(name) = pod.metadata.name.clone() else {
                     return Vec::new();
@@ -731,27 +821,34 @@ impl Tracker {
         let Some(name) = pod.metadata.name.clone() else {
             return Vec::new();
         };
-        let now = match objects::observed(pod) {
-            Observed::Running => Seen {
-                running: true,
-                ended: false,
-            },
-            Observed::Exited { .. } => Seen {
-                running: false,
-                ended: true,
-            },
-            _ => Seen::default(),
+        let (running, ended) = match objects::observed(pod) {
+            Observed::Running => (true, false),
+            Observed::Exited { .. } => (false, true),
+            _ => (false, false),
         };
-        let before = self.pods.insert(name, now);
+        let sandbox_id = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_ID))
+            .cloned();
+        let before = self.pods.insert(
+            name,
+            Seen {
+                running,
+                ended,
+                sandbox_id,
+            },
+        );
         if !self.primed {
             return Vec::new();
         }
         let before = before.unwrap_or_default();
         let mut events = Vec::new();
-        if now.running && !before.running {
+        if running && !before.running {
             events.push(event_of(pod, RuntimeEventKind::Started));
         }
-        if now.ended && !before.ended {
+        if ended && !before.ended {
             if let Observed::Exited { code, oom, .. } = objects::observed(pod) {
                 if oom {
                     events.push(event_of(pod, RuntimeEventKind::Oom));
