@@ -85,11 +85,15 @@ async fn issue18_rootfs_pause_on_kubernetes_keeps_the_workspace_claim_and_resume
         "no pod while paused"
     );
     eventually(30, "the pod's containers to go", async || {
-        cluster.pod_containers(&id).unwrap_or_default().is_empty().then_some(())
+        cluster
+            .pod_containers(&id)
+            .unwrap_or_default()
+            .is_empty()
+            .then_some(())
     })
     .await;
     assert!(claims.get_opt(&format!("sbx-{id}-ws")).await.unwrap().is_some());
-    assert!(!claim_volume(&fake, &id).is_empty(), "the claim's volume stays");
+    assert!(!claim_volume(fake, &id).is_empty(), "the claim's volume stays");
     let (status, err) = d.act(&id, "pause").await;
     assert_eq!(status, StatusCode::CONFLICT, "a second pause: {err}");
 
@@ -116,7 +120,7 @@ async fn issue18_rootfs_pause_on_kubernetes_keeps_the_workspace_claim_and_resume
     gone(&pods, &format!("sbx-{id}")).await;
     gone(&claims, &format!("sbx-{id}-ws")).await;
     eventually(60, "the claim's Docker volume to go", async || {
-        claim_volume(&fake, &id).is_empty().then_some(())
+        claim_volume(fake, &id).is_empty().then_some(())
     })
     .await;
 
