@@ -31,8 +31,9 @@ part() {
   return 0
 }
 
-# With the Kubernetes runtime (feature k8s): its builders, request-contract and schema tests.
-part nextest '^ +Summary \[' cargo nextest run --locked -j2 --no-fail-fast --features k8s "$@"
+# With the Kubernetes runtime and its port-forward mode (feature k8s-portforward = k8s +
+# kube/ws): its builders, request-contract and schema tests, the fake_kube suites.
+part nextest '^ +Summary \[' cargo nextest run --locked -j2 --no-fail-fast --features k8s-portforward "$@"
 # The prepull tests start local registries (scripts/registry.sh); nothing after them needs one.
 scripts/registry.sh stop >/dev/null 2>&1 || true
 part api-fuzz '^api-fuzz (execd|sandboxd): ' scripts/api-fuzz.sh

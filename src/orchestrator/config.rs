@@ -40,6 +40,17 @@ pub enum RuntimeName {
     Kubernetes,
 }
 
+/// How a Kubernetes sandboxd reaches sandbox ports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubeEndpointMode {
+    /// The pod IP (sandboxd runs in the cluster); clients get it too.
+    #[default]
+    PodIp,
+    /// A `pods/portforward` tunnel through the API server per connection (feature
+    /// `k8s-portforward`); clients always get the server proxy.
+    PortForward,
+}
+
 /// Server settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -83,6 +94,11 @@ pub struct Config {
     /// is deleted and the create fails).
     #[arg(long, env = "SANDBOXD_KUBE_CREATE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub kube_create_timeout: u64,
+    /// Kubernetes: how sandboxd reaches sandbox ports: `pod-ip` (in the cluster) or
+    /// `port-forward` (outside it, through the API server; needs a build with `--features
+    /// k8s-portforward`, and every endpoint is then the server proxy).
+    #[arg(long, env = "SANDBOXD_KUBE_ENDPOINT_MODE", value_enum, default_value_t)]
+    pub kube_endpoint_mode: KubeEndpointMode,
     /// The static execd to inject (Docker) [default: `execd` next to sandboxd, then
     /// target/x86_64-unknown-linux-musl/release/execd].
     #[arg(long, env = "SANDBOXD_AGENT")]

@@ -26,6 +26,7 @@ mod pty;
 mod replay;
 mod sandboxd;
 mod sandboxd_k8s;
+mod sandboxd_k8s_portforward;
 mod sandboxd_limits;
 mod sandboxd_startup;
 mod security;
