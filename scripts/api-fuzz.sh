@@ -35,7 +35,7 @@ done
 
 st=.venv/bin/schemathesis
 [ -x "$st" ] || { echo "api-fuzz: $st missing: run scripts/setup.sh" >&2; exit 2; }
-cargo build -q -j2 --features k8s --bin execd --bin sandboxd || exit 1
+cargo build -q -j2 --features k8s-portforward --bin execd --bin sandboxd || exit 1
 
 out=target/api-fuzz
 mkdir -p "$out"

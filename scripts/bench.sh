@@ -26,7 +26,7 @@ out=target/bench/results.md
 bash scripts/build-agent.sh >&2
 # With the Kubernetes runtime and OUR MODEL OF KUBERNETES (examples/fake_kube), for the `k8s`
 # area (sandboxd --runtime kubernetes beside --runtime docker).
-cargo build --locked -j"$jobs" --profile bench-tool --features k8s --example bench --example fake_kube --bin sandboxd >&2
+cargo build --locked -j"$jobs" --profile bench-tool --features k8s-portforward --example bench --example fake_kube --bin sandboxd >&2
 
 mkdir -p target/bench
 # The upstream server the `upstream` area compares sandboxd with, in a venv of its own (never

@@ -9,7 +9,7 @@ run_pytest_suite() {
   shift 3
   # The binaries under test (each a no-op when fresh).
   scripts/build-agent.sh || return 1
-  cargo build --locked -j"${CARGO_JOBS:-2}" --features k8s --bin sandboxd || return 1
+  cargo build --locked -j"${CARGO_JOBS:-2}" --features k8s-portforward --bin sandboxd || return 1
   local pytest=.venv/bin/pytest
   if [ ! -x "$pytest" ]; then
     log "$pytest is missing: run scripts/setup.sh"

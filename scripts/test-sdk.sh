@@ -21,7 +21,7 @@ fi
 
 # The binaries and images under test (each a no-op when fresh).
 scripts/build-agent.sh || exit 1
-cargo build --locked -j"${CARGO_JOBS:-2}" --features k8s --bin sandboxd --example fake_kube || exit 1
+cargo build --locked -j"${CARGO_JOBS:-2}" --features k8s-portforward --bin sandboxd --example fake_kube || exit 1
 scripts/build-test-image.sh all || exit 1
 
 # The fake API server for the k8s run: started now, stopped (its pods removed) at exit.

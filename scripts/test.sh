@@ -32,8 +32,9 @@ part() {
   return 0
 }
 
-# With the Kubernetes runtime (feature k8s): its builders, request-contract and schema tests.
-part nextest '^ +Summary \[' cargo nextest run --locked -j2 --no-fail-fast --features k8s "$@"
+# With the Kubernetes runtime and its port-forward mode (feature k8s-portforward = k8s +
+# kube/ws): its builders, request-contract and schema tests, the fake_kube suites.
+part nextest '^ +Summary \[' cargo nextest run --locked -j2 --no-fail-fast --features k8s-portforward "$@"
 # L4, the Kubernetes runtime against a real cluster (design §16.6): only with SANDBOXD_K8S_E2E=1,
 # KUBECONFIG and SANDBOXD_AGENT_IMAGE (the test is #[ignore]d, so the run above never counts it).
 # Otherwise its summary line says it was not run, and why.
@@ -42,7 +43,7 @@ if [[ ${SANDBOXD_K8S_E2E:-} == 1 ]]; then
     summary+=("$(printf '%-10s %s' k8s-e2e 'FAILED: SANDBOXD_K8S_E2E=1 needs KUBECONFIG and SANDBOXD_AGENT_IMAGE')")
     ((rc == 0)) && rc=1
   else
-    part k8s-e2e '^ +Summary \[' cargo nextest run --locked -j2 --no-fail-fast --features k8s \
+    part k8s-e2e '^ +Summary \[' cargo nextest run --locked -j2 --no-fail-fast --features k8s-portforward \
       --run-ignored only -E 'test(=sandboxd_k8s::sandboxd_on_a_real_cluster_runs_the_l3_scenarios)'
   fi
 else

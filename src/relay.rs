@@ -86,8 +86,9 @@ pub enum RelayError {
 /// A connection pool and the tunnels of upgraded connections.
 pub struct Relay {
     client: Client<HttpConnector, RelayBody>,
-    /// Byte tunnels of upgraded (WebSocket) connections. Each ends when either side closes;
-    /// dropping the relay aborts the rest.
+    /// Byte tunnels of upgraded (WebSocket) connections, and the connections of
+    /// [`Relay::forward_over`]. Each ends when either side closes (an exchange's connection:
+    /// once answered); dropping the relay aborts the rest.
     tunnels: Mutex<JoinSet<()>>,
 }
 
@@ -123,7 +124,7 @@ impl Relay {
     /// between the two upgraded connections. `client` is the peer, for `X-Forwarded-For`.
     pub async fn forward(
         &self,
-        mut req: Request<RelayBody>,
+        req: Request<RelayBody>,
         dest: SocketAddr,
         path_and_query: &str,
         client: Option<SocketAddr>,
@@ -135,25 +136,7 @@ impl Relay {
             .path_and_query(path_and_query)
             .build()
             .map_err(RelayError::Uri)?;
-        let upgrade = upgrade_protocol(req.headers());
-        let downstream = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-
-        let (parts, body) = req.into_parts();
-        let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        if let Some(protocol) = &upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol.clone());
-        }
-        set_forwarded(&mut headers, client);
-        edit(&mut headers);
-
-        let mut out = Request::new(body);
-        *out.method_mut() = parts.method;
-        *out.uri_mut() = uri;
-        *out.version_mut() = Version::HTTP_11;
-        *out.headers_mut() = headers;
-
+        let (out, downstream) = outgoing(req, uri, client, edit);
         let mut resp = self.client.request(out).await.map_err(|source| {
             if source.is_connect() {
                 RelayError::Connect { dest, source }
@@ -161,21 +144,58 @@ impl Relay {
                 RelayError::Upstream { dest, source }
             }
         })?;
+        self.answer(&mut resp, downstream, dest.to_string());
+        Ok(resp)
+    }
 
+    /// [`Relay::forward`] over `io`, a connection the caller opened to the target (a runtime's
+    /// tunnel to a sandbox port sandboxd cannot route to), named `dest` in logs: one exchange
+    /// on its own connection (nothing pooled), the rest as `forward`.
+    pub async fn forward_over<S>(
+        &self,
+        req: Request<RelayBody>,
+        io: S,
+        dest: &str,
+        path_and_query: &str,
+        client: Option<SocketAddr>,
+        edit: impl FnOnce(&mut HeaderMap),
+    ) -> Result<Response<Incoming>, OverError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let uri = Uri::builder()
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(OverError::Uri)?;
+        let (out, downstream) = outgoing(req, uri, client, edit);
+        let mut resp = send_over(io, out, &self.tunnels)
+            .await
+            .map_err(OverError::Upstream)?;
+        self.answer(&mut resp, downstream, dest.to_owned());
+        Ok(resp)
+    }
+
+    /// The target's answer on its way back: a `101` to an upgrade starts the tunnel, anything
+    /// else loses its hop-by-hop headers.
+    fn answer(
+        &self,
+        resp: &mut Response<Incoming>,
+        downstream: Option<hyper::upgrade::OnUpgrade>,
+        dest: String,
+    ) {
         match downstream {
             Some(downstream) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                let upstream = hyper::upgrade::on(&mut resp);
+                let upstream = hyper::upgrade::on(resp);
                 self.spawn_tunnel(dest, downstream, upstream);
             }
             _ => strip_hop_by_hop(resp.headers_mut()),
         }
-        Ok(resp)
     }
 
     /// Relays bytes both ways between the client's and the target's upgraded connections.
     fn spawn_tunnel(
         &self,
-        dest: SocketAddr,
+        dest: String,
         downstream: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
     ) {
@@ -185,14 +205,94 @@ impl Relay {
             let (down, up) = match tokio::try_join!(downstream, upstream) {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::debug!(%dest, error = %e, "relay upgrade failed");
+                    tracing::debug!(dest = %dest, error = %e, "relay upgrade failed");
                     return;
                 }
             };
             tunnel(TokioIo::new(down), TokioIo::new(up), HALF_CLOSE_LINGER).await;
-            tracing::debug!(%dest, "relay tunnel ended");
+            tracing::debug!(dest = %dest, "relay tunnel ended");
         });
     }
+}
+
+/// The request as it goes to the target: `uri`, HTTP/1.1, no hop-by-hop headers (but the
+/// upgrade asked for, if any), `X-Forwarded-*` set, then `edit`ed; and the client's side of
+/// the upgrade, when it asked for one.
+fn outgoing(
+    mut req: Request<RelayBody>,
+    uri: Uri,
+    client: Option<SocketAddr>,
+    edit: impl FnOnce(&mut HeaderMap),
+) -> (Request<RelayBody>, Option<hyper::upgrade::OnUpgrade>) {
+    let upgrade = upgrade_protocol(req.headers());
+    let downstream = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    if let Some(protocol) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+    set_forwarded(&mut headers, client);
+    edit(&mut headers);
+
+    let mut out = Request::new(body);
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = headers;
+    (out, downstream)
+}
+
+/// Why [`Relay::forward_over`] could not relay a request.
+#[derive(Debug, thiserror::Error)]
+pub enum OverError {
+    /// The path and query do not form a valid URI.
+    #[error("invalid target path: {0}")]
+    Uri(#[source] hyper::http::Error),
+    /// The exchange over the connection failed.
+    #[error("the target did not answer: {0}")]
+    Upstream(#[source] hyper::Error),
+}
+
+/// Sends `req` over `io`, a connection the caller opened: one HTTP/1 exchange (upgrades
+/// allowed), the request line in origin form, `Host` from the URI's authority unless the
+/// request has one. The connection's task goes into `tasks`, its owner (dropping the set
+/// aborts it); it ends by itself once the answer is read, or hands the stream to the upgrade.
+pub async fn send_over<S, B>(
+    io: S,
+    mut req: Request<B>,
+    tasks: &Mutex<JoinSet<()>>,
+) -> Result<Response<Incoming>, hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    if let Some(authority) = req.uri().authority().cloned() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().entry(header::HOST).or_insert(host);
+        }
+    }
+    let origin = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from);
+    *req.uri_mut() = origin;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    {
+        let mut tasks = tasks.lock().unwrap_or_else(|e| e.into_inner());
+        while tasks.try_join_next().is_some() {} // reap finished ones
+        tasks.spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "a tunnelled connection failed");
+            }
+        });
+    }
+    sender.send_request(req).await
 }
 
 /// Copies bytes both ways between `a` and `b` until one direction has finished (EOF or error),

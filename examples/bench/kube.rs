@@ -44,7 +44,7 @@ impl FakeKube {
             .join("fake_kube");
         if !bin.exists() {
             bail!(
-                "{} is missing (scripts/bench.sh builds it with --features k8s)",
+                "{} is missing (scripts/bench.sh builds it with --features k8s-portforward)",
                 bin.display()
             );
         }

@@ -1,7 +1,8 @@
 //! The HTTP face of OUR MODEL OF KUBERNETES (test-only): the apiserver's REST paths for the
 //! kinds in `store::KINDS`, `Status` error bodies, list and watch (newline-delimited JSON
 //! events, bookmarks, 410 as an `ERROR` event as the apiserver sends it), patches by content
-//! type, `pods/log`, and a test hook `POST /fake-kube/compact`.
+//! type, `pods/log`, `pods/portforward` (WebSocket, `portforward.rs`), and a test hook
+//! `POST /fake-kube/compact`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -445,11 +446,24 @@ async fn read_sub(
     State(ctx): State<Ctx>,
     Path(path): Path<Params>,
     Query(q): Query<Params>,
+    req: axum::extract::Request,
 ) -> Result<Response, ApiErr> {
     let kind = kind(&path)?;
     let pod = ctx.store.get(kind, part(&path, "ns"), part(&path, "name"))?;
     match (kind.plural, part(&path, "sub")) {
         ("pods", "log") => ctx.docklet.logs(&pod, &q).await,
+        ("pods", "portforward") => {
+            use axum::extract::FromRequestParts as _;
+            let (mut parts, _) = req.into_parts();
+            let ws = axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &())
+                .await
+                .map_err(|e| ApiErr {
+                    code: 400,
+                    reason: "BadRequest",
+                    message: format!("port-forward needs a WebSocket upgrade: {}", e.body_text()),
+                })?;
+            crate::portforward::serve(&ctx.docklet, &pod, &q, ws).await
+        }
         (_, "status") => Ok(ok(StatusCode::OK, pod)),
         (_, other) => Err(ApiErr {
             code: 404,

@@ -6,7 +6,8 @@
 //! on the default bridge and the others in its network namespace. The docklet owns the pod's
 //! `status`: phase, podIP (the first container's bridge IP), conditions, container states,
 //! readiness from the readinessProbe, `ErrImagePull` for an image that is not present locally
-//! (it never pulls). Everything it creates carries the `--docker-label` and the pod's uid, so
+//! (it never pulls); with `--unroutable-pod-ips`, a podIP from 192.0.2.0/24 instead of the
+//! real one (`pods/portforward` still reaches the pod). Everything it creates carries the `--docker-label` and the pod's uid, so
 //! a delete or the fake's exit removes it all. Async: a task per pod, aborted on delete.
 
 use std::collections::HashMap;
@@ -46,6 +47,10 @@ pub struct Docklet {
     /// The event already recorded for each (pod uid, field path, reason, message), so that a
     /// repeat bumps its `count` as the kubelet's event correlator does. Dropped with the pod.
     recorded: Mutex<HashMap<EventKey, String>>,
+    /// `--unroutable-pod-ips`: the podIP reported is from 192.0.2.0/24, not the real one.
+    unroutable: bool,
+    /// The last unroutable address handed out (its last octet).
+    next_unroutable: std::sync::atomic::AtomicU8,
 }
 
 /// The docklet's own time for one pod, in ms from the start of its materialization (the
@@ -188,7 +193,7 @@ struct ProbeState {
 }
 
 impl Docklet {
-    pub fn new(store: Arc<Store>, label: String, state_dir: PathBuf) -> Arc<Self> {
+    pub fn new(store: Arc<Store>, label: String, state_dir: PathBuf, unroutable: bool) -> Arc<Self> {
         Arc::new(Self {
             store,
             label,
@@ -197,6 +202,8 @@ impl Docklet {
             http: reqwest::Client::new(),
             timings: Mutex::default(),
             recorded: Mutex::default(),
+            unroutable,
+            next_unroutable: std::sync::atomic::AtomicU8::new(0),
         })
     }
 
@@ -215,6 +222,21 @@ impl Docklet {
             t.running = Some(ms);
             t.ready = None;
         }
+    }
+
+    /// The podIP to report for a pod whose container has `real`: `real`, or with
+    /// `--unroutable-pod-ips` one of 192.0.2.1–254 in turn.
+    fn reported_ip(&self, real: &str) -> Option<String> {
+        if real.is_empty() {
+            return None;
+        }
+        if !self.unroutable {
+            return Some(real.to_owned());
+        }
+        let n = self
+            .next_unroutable
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(format!("192.0.2.{}", n % 254 + 1))
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::JoinHandle<()>>> {
@@ -708,7 +730,7 @@ impl Docklet {
         ])
         .await
         .unwrap_or_default();
-        run.pod_ip = Some(ip.clone()).filter(|ip| !ip.is_empty());
+        run.pod_ip = self.reported_ip(&ip);
         run.phase = "Running";
         self.publish(&mut run);
         self.timed(&ns, &name, begun, false);

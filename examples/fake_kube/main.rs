@@ -16,6 +16,7 @@
 mod api;
 mod containers;
 mod docklet;
+mod portforward;
 mod store;
 
 use std::io::Write;
@@ -51,6 +52,11 @@ struct Cli {
     /// Watch events kept for watches that resume; older resourceVersions get 410 Gone.
     #[arg(long, default_value_t = 1000)]
     watch_history: usize,
+    /// Report pod IPs from 192.0.2.0/24 (TEST-NET-1, routed nowhere) instead of the
+    /// containers' bridge IPs, so that only a client going through `pods/portforward` reaches
+    /// a pod (the docklet's own probes still use the real address).
+    #[arg(long)]
+    unroutable_pod_ips: bool,
 }
 
 fn kubeconfig(addr: SocketAddr, namespace: &str) -> String {
@@ -85,7 +91,12 @@ async fn main() -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
     let store = Arc::new(store::Store::new(cli.watch_history));
-    let docklet = docklet::Docklet::new(Arc::clone(&store), cli.docker_label, state_dir);
+    let docklet = docklet::Docklet::new(
+        Arc::clone(&store),
+        cli.docker_label,
+        state_dir,
+        cli.unroutable_pod_ips,
+    );
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;

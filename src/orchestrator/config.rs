@@ -40,6 +40,17 @@ pub enum RuntimeName {
     Kubernetes,
 }
 
+/// How a Kubernetes sandboxd reaches sandbox ports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubeEndpointMode {
+    /// The pod IP (sandboxd runs in the cluster); clients get it too.
+    #[default]
+    PodIp,
+    /// A `pods/portforward` tunnel through the API server per connection (feature
+    /// `k8s-portforward`); clients always get the server proxy.
+    PortForward,
+}
+
 /// Server settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -87,6 +98,11 @@ pub struct Config {
     /// [default: the cluster's default class].
     #[arg(long, env = "SANDBOXD_KUBE_STORAGE_CLASS")]
     pub kube_storage_class: Option<String>,
+    /// Kubernetes: how sandboxd reaches sandbox ports: `pod-ip` (in the cluster) or
+    /// `port-forward` (outside it, through the API server; needs a build with `--features
+    /// k8s-portforward`, and every endpoint is then the server proxy).
+    #[arg(long, env = "SANDBOXD_KUBE_ENDPOINT_MODE", value_enum, default_value_t)]
+    pub kube_endpoint_mode: KubeEndpointMode,
     /// The static execd to inject (Docker) [default: `execd` next to sandboxd, then
     /// target/x86_64-unknown-linux-musl/release/execd].
     #[arg(long, env = "SANDBOXD_AGENT")]

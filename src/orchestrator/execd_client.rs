@@ -4,7 +4,8 @@
 //! warm-up), the tail of a file (execd's own log, for diagnostics), and what executions need:
 //! commands and code as event streams (SSE parsed as it arrives, keep-alives included so a
 //! reader can tell a quiet run from a dead connection), following a command's journal from an
-//! event id, interrupts, code contexts, and file upload, download and removal.
+//! event id, interrupts, code contexts, and file upload, download and removal. Each call dials
+//! the target's TCP address, or opens a connection through the runtime's tunnel (one per call).
 
 use std::time::Duration;
 
@@ -14,8 +15,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::runtime::Target;
+use super::runtime::{Dial, Target};
 use crate::auth::TOKEN_HEADER;
+use crate::relay::BoxError;
 use crate::wire::{ErrorBody, ErrorCode, EventType, RunCommandRequest, StreamEvent};
 
 /// The content type of JSON bodies.
@@ -110,6 +112,9 @@ pub struct ExecdClient {
     http: Client<HttpConnector, Full<Bytes>>,
     /// Executions: pooled connections (a handler run is several calls in a row).
     pooled: Client<HttpConnector, Full<Bytes>>,
+    /// The connections of exchanges over a runtime's tunnel (one each, never pooled), owned
+    /// here so that none outlives the client; each ends once its answer is read.
+    tunnelled: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl Default for ExecdClient {
@@ -131,6 +136,24 @@ impl ExecdClient {
             pooled: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(5))
                 .build(connector),
+            tunnelled: std::sync::Mutex::new(tokio::task::JoinSet::new()),
+        }
+    }
+
+    /// Sends `req` to `target`: on `client` to a TCP address, or over a new connection
+    /// through the runtime's tunnel.
+    async fn request(
+        &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
+        target: &Target,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, BoxError> {
+        match &target.dial {
+            Dial::Tcp(_) => Ok(client.request(req).await?),
+            Dial::Tunnel(tunnel) => {
+                let io = tunnel.open().await?;
+                Ok(crate::relay::send_over(io, req, &self.tunnelled).await?)
+            }
         }
     }
 
@@ -157,7 +180,7 @@ impl ExecdClient {
         body: Option<(&str, Vec<u8>)>,
         headers: &[(hyper::header::HeaderName, String)],
     ) -> Result<(u16, Bytes), String> {
-        let uri = format!("http://{}{}{path}", target.dial, target.prefix);
+        let uri = format!("http://{}{}{path}", target.authority(), target.prefix);
         let mut req = hyper::Request::builder().method(method).uri(uri);
         if target.execd {
             req = req.header(TOKEN_HEADER, token);
@@ -172,8 +195,7 @@ impl ExecdClient {
             .body(Full::new(body.map(|(_, b)| Bytes::from(b)).unwrap_or_default()))
             .map_err(|e| format!("invalid request: {e}"))?;
         let resp = self
-            .http
-            .request(req)
+            .request(&self.http, target, req)
             .await
             .map_err(|e| format!("cannot reach the sandbox: {e}"))?;
         let status = resp.status().as_u16();
@@ -260,7 +282,7 @@ impl ExecdClient {
         mut output: impl FnMut(&str),
     ) -> Result<CommandEnd, String> {
         let body = serde_json::to_vec(request).map_err(|e| format!("cannot encode the command: {e}"))?;
-        let uri = format!("http://{}{}/command", execd.dial, execd.prefix);
+        let uri = format!("http://{}{}/command", execd.authority(), execd.prefix);
         let mut req = hyper::Request::builder()
             .method(hyper::Method::POST)
             .uri(uri)
@@ -272,8 +294,7 @@ impl ExecdClient {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| format!("invalid request: {e}"))?;
         let resp = self
-            .http
-            .request(req)
+            .request(&self.http, execd, req)
             .await
             .map_err(|e| format!("cannot reach execd: {e}"))?;
         let status = resp.status().as_u16();
@@ -335,12 +356,16 @@ impl ExecdClient {
         port: u16,
         timeout: Duration,
     ) -> Result<(), ProbeFailure> {
-        if !target.execd {
-            return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target.dial)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(_)) => Err(ProbeFailure::Refused(port)),
-                Err(_) => Err(ProbeFailure::TimedOut(timeout)),
-            };
+        match &target.dial {
+            Dial::Tcp(addr) if !target.execd => {
+                return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(_)) => Err(ProbeFailure::Refused(port)),
+                    Err(_) => Err(ProbeFailure::TimedOut(timeout)),
+                };
+            }
+            Dial::Tunnel(tunnel) if !target.execd => return probe_tunnel(tunnel, port, timeout).await,
+            _ => {}
         }
         let call = self.call(target, token, hyper::Method::GET, "/", None);
         match tokio::time::timeout(timeout, call).await {
@@ -349,6 +374,35 @@ impl ExecdClient {
             Ok(Ok((502, body))) if refused(&body) => Err(ProbeFailure::Refused(port)),
             Ok(Ok(_)) => Ok(()),
         }
+    }
+}
+
+/// A `tcpSocket` probe through a tunnel, which opens whether or not anything listens at its
+/// end: the far side closes it (Kubernetes: after an error on the port's error channel) when
+/// nothing accepted the connection. So a close (or an error) before `timeout` fails it; bytes
+/// from the port, or silence until `timeout` (a server waiting for its client to speak),
+/// pass, as through execd's port proxy.
+async fn probe_tunnel(
+    tunnel: &super::runtime::Tunnel,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), ProbeFailure> {
+    use tokio::io::AsyncReadExt as _;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut io = match tokio::time::timeout_at(deadline, tunnel.open()).await {
+        Err(_) => return Err(ProbeFailure::TimedOut(timeout)),
+        Ok(Err(e)) => {
+            return Err(ProbeFailure::Unreachable(format!(
+                "cannot open {}: {e}",
+                tunnel.name
+            )))
+        }
+        Ok(Ok(io)) => io,
+    };
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout_at(deadline, io.read(&mut byte)).await {
+        Err(_) | Ok(Ok(1..)) => Ok(()),
+        Ok(Ok(0) | Err(_)) => Err(ProbeFailure::Refused(port)),
     }
 }
 
@@ -491,7 +545,7 @@ impl ExecdClient {
         body: Option<(&str, Vec<u8>)>,
         headers: &[(&str, String)],
     ) -> Result<hyper::Response<hyper::body::Incoming>, ExecdError> {
-        let uri = format!("http://{}{}{path}", target.dial, target.prefix);
+        let uri = format!("http://{}{}{path}", target.authority(), target.prefix);
         let mut req = hyper::Request::builder().method(method).uri(uri);
         if target.execd {
             req = req.header(TOKEN_HEADER, token);
@@ -509,8 +563,7 @@ impl ExecdClient {
         let req = req
             .body(Full::new(bytes))
             .map_err(|e| ExecdError::Unreachable(format!("invalid request: {e}")))?;
-        self.pooled
-            .request(req)
+        self.request(&self.pooled, target, req)
             .await
             .map_err(|e| ExecdError::Unreachable(e.to_string()))
     }
@@ -958,6 +1011,102 @@ pub fn last_bytes(text: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::orchestrator::runtime::{Tunnel, TunnelIo, EXECD_PORT};
+    use futures_util::FutureExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A tunnel to `port` whose every connection is one end of an in-memory pipe, the other
+    /// handed to `far` (what listens at the tunnel's end).
+    fn tunnel<F, Fut>(port: u16, far: F) -> Tunnel
+    where
+        F: Fn(tokio::io::DuplexStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let far = std::sync::Arc::new(far);
+        Tunnel::new(format!("test port {port}"), port, move || {
+            let far = far.clone();
+            async move {
+                let (near, end) = tokio::io::duplex(64 * 1024);
+                tokio::spawn(far(end));
+                Ok(Box::new(near) as Box<dyn TunnelIo>)
+            }
+            .boxed()
+        })
+    }
+
+    fn tunnelled(tunnel: Tunnel, execd: bool) -> Target {
+        Target {
+            dial: Dial::Tunnel(tunnel),
+            public: None,
+            prefix: String::new(),
+            execd,
+        }
+    }
+
+    #[tokio::test]
+    async fn execd_calls_through_a_tunnel_are_http_over_the_runtimes_stream() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let heads = seen.clone();
+        let execd = tunnelled(
+            tunnel(EXECD_PORT, move |mut end| {
+                let heads = heads.clone();
+                async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && end.read(&mut byte).await.unwrap_or(0) == 1 {
+                        head.push(byte[0]);
+                    }
+                    heads
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).to_lowercase());
+                    let _ = end
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+            }),
+            true,
+        );
+        let client = ExecdClient::new();
+        assert_eq!(client.ping(&execd, "tok-1").await, Ping::Ready);
+        assert_eq!(client.ping(&execd, "tok-1").await, Ping::Ready);
+        let heads = seen.lock().unwrap().clone();
+        assert_eq!(heads.len(), 2, "a connection per call: {heads:?}");
+        for head in &heads {
+            assert!(head.starts_with("get /ping http/1.1\r\n"), "origin form: {head}");
+            assert!(head.contains("host: localhost:44772\r\n"), "{head}");
+            assert!(head.contains("x-execd-access-token: tok-1\r\n"), "{head}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tcp_probe_through_a_tunnel_fails_on_a_close_and_passes_on_bytes_or_silence() {
+        let client = ExecdClient::new();
+        let timeout = Duration::from_secs(3);
+        let refused = tunnelled(tunnel(8000, |end| async move { drop(end) }), false);
+        assert_eq!(
+            client.probe_tcp(&refused, "t", 8000, timeout).await,
+            Err(ProbeFailure::Refused(8000))
+        );
+        let talks = tunnelled(
+            tunnel(8000, |mut end| async move {
+                let _ = end.write_all(b"SSH-2.0\r\n").await;
+                std::future::pending::<()>().await;
+            }),
+            false,
+        );
+        assert_eq!(client.probe_tcp(&talks, "t", 8000, timeout).await, Ok(()));
+        let silent = tunnelled(
+            tunnel(8000, |end| async move {
+                std::future::pending::<()>().await;
+                drop(end);
+            }),
+            false,
+        );
+        let started = tokio::time::Instant::now();
+        assert_eq!(client.probe_tcp(&silent, "t", 8000, timeout).await, Ok(()));
+        assert!(started.elapsed() >= timeout, "silence passes only at the timeout");
+    }
 
     #[test]
     fn command_streams_pass_on_completion_and_fail_with_code_and_output() {

@@ -250,6 +250,10 @@ async fn connect_kubernetes(config: &Config, instance: &str) -> anyhow::Result<A
         instance: instance.to_owned(),
         create_timeout: Duration::from_secs(config.kube_create_timeout),
         storage_class: config.kube_storage_class.clone(),
+        endpoint_mode: match config.kube_endpoint_mode {
+            config::KubeEndpointMode::PodIp => runtime::kubernetes::EndpointMode::PodIp,
+            config::KubeEndpointMode::PortForward => runtime::kubernetes::EndpointMode::PortForward,
+        },
     })
     .await?;
     Ok(Arc::new(kubernetes))

@@ -4,7 +4,7 @@
 //! agent's injection pod (`execd install` in an init container from the `FROM scratch` agent
 //! image, `execd init` with seed files and a token from a Secret in the main container).
 //!
-//! Built with `--features k8s`, which also builds the example. Docker tests run whenever the
+//! Built with `--features k8s` (CI: `k8s-portforward`), which also builds the example. Docker tests run whenever the
 //! engine answers (see `docker.rs`).
 
 #![cfg(feature = "k8s")]
@@ -715,4 +715,60 @@ async fn fake_kube_reports_err_image_pull_and_init_errors_and_cleans_up_at_exit(
         "",
         "everything the fake created is gone"
     );
+}
+
+/// `pods/portforward` over WebSocket as kube-rs speaks it (`v4.channel.k8s.io`, a data and an
+/// error channel per port, each opened by the port): one forward of two ports of a pod whose
+/// reported IP is unroutable (`--unroutable-pod-ips`), the first to busybox's `httpd` (an
+/// HTTP exchange through it), the second to nothing (the kubelet's error on its error
+/// channel); a pod that does not exist is the apiserver's 404.
+#[cfg(feature = "k8s-portforward")]
+#[tokio::test]
+async fn fake_kube_port_forwards_over_websocket_to_pods_with_unroutable_ips() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if !docker_available() {
+        return;
+    }
+    let fake = FakeKube::start(&["--unroutable-pod-ips"]);
+    let pods: Api<Pod> = Api::default_namespaced(fake.client().await);
+    let web = pod(json!({"metadata": {"name": "web"}, "spec": {"containers": [{
+        "name": "c", "image": USER_IMAGE,
+        "command": ["sh", "-c", "mkdir -p /www && echo hello-pf > /www/index.html && exec httpd -f -p 8000 -h /www"],
+    }]}}));
+    pods.create(&PostParams::default(), &web).await.unwrap();
+    let p = wait_for(&pods, "web", is_ready).await;
+    let ip = p.status.unwrap().pod_ip.unwrap();
+    assert!(ip.starts_with("192.0.2."), "{ip}");
+
+    // httpd may not listen yet when the pod is Ready (it has no probe): ask until it answers.
+    let page = eventually(30, "httpd through the port-forward", async || {
+        let mut forward = pods.portforward("web", &[8000, 8001]).await.unwrap();
+        let mut stream = forward.take_stream(8000).unwrap();
+        let error = forward.take_error(8001).unwrap();
+        stream
+            .write_all(b"GET /index.html HTTP/1.0\r\nHost: web\r\n\r\n")
+            .await
+            .unwrap();
+        let mut page = String::new();
+        stream.read_to_string(&mut page).await.unwrap();
+        // Port 8001: nothing listens, and the error says so.
+        let message = tokio::time::timeout(Duration::from_secs(30), error)
+            .await
+            .expect("no error for port 8001")
+            .expect("the error channel closed without a message");
+        assert!(
+            message.contains("error forwarding port 8001 to pod web"),
+            "{message}"
+        );
+        drop((stream, forward));
+        page.contains("200 OK").then_some(page)
+    })
+    .await;
+    assert!(page.ends_with("hello-pf\n"), "{page}");
+
+    match pods.portforward("nope", &[80]).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 404, "{s:?}"),
+        Err(other) => panic!("a missing pod: {other:?}"),
+        Ok(_) => panic!("a missing pod was port-forwarded"),
+    }
 }

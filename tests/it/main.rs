@@ -27,6 +27,7 @@ mod replay;
 mod sandboxd;
 mod sandboxd_k8s;
 mod sandboxd_k8s_pause;
+mod sandboxd_k8s_portforward;
 mod sandboxd_limits;
 mod sandboxd_startup;
 mod security;

@@ -17,8 +17,9 @@ use super::extract::{self, API_KEY_HEADER};
 use super::App;
 use crate::auth::{constant_time_eq, TOKEN_HEADER};
 use crate::orchestrator::error::{AuthFailure, Error};
+use crate::orchestrator::runtime::Dial;
 use crate::orchestrator::spec;
-use crate::relay::RelayError;
+use crate::relay::{OverError, RelayError};
 
 /// The proxy's routes (mounted at `/` and `/v1`, outside the auth layer).
 pub(super) fn routes() -> Router<App> {
@@ -122,36 +123,69 @@ pub(crate) async fn proxy(
     let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let req = req.map(|body: Body| body.map_err(Into::into).boxed_unsync());
     let sandbox_token = target.execd.then_some(token);
-    let resp = app
-        .relay
-        .forward(req, target.dial, &path_and_query, client, |headers| {
-            for name in &STRIPPED {
-                headers.remove(name);
-            }
-            headers.remove(TOKEN_HEADER);
-            if let Some(token) = sandbox_token
-                .as_deref()
-                .and_then(|t| HeaderValue::from_str(t).ok())
-            {
-                headers.insert(TOKEN_HEADER, token);
-            }
-        })
-        .await;
+    let edit = |headers: &mut axum::http::HeaderMap| {
+        for name in &STRIPPED {
+            headers.remove(name);
+        }
+        headers.remove(TOKEN_HEADER);
+        if let Some(token) = sandbox_token
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(t).ok())
+        {
+            headers.insert(TOKEN_HEADER, token);
+        }
+    };
+    let resp = match &target.dial {
+        Dial::Tcp(addr) => app
+            .relay
+            .forward(req, *addr, &path_and_query, client, edit)
+            .await
+            .map_err(|e| match e {
+                RelayError::Uri(e) => Failed::Path(e),
+                other => Failed::Unreachable(other.to_string()),
+            }),
+        Dial::Tunnel(tunnel) => match tokio::time::timeout(TUNNEL_OPEN, tunnel.open()).await {
+            Ok(Ok(io)) => app
+                .relay
+                .forward_over(req, io, &tunnel.name, &path_and_query, client, edit)
+                .await
+                .map_err(|e| match e {
+                    OverError::Uri(e) => Failed::Path(e),
+                    other => Failed::Unreachable(other.to_string()),
+                }),
+            Ok(Err(e)) => Err(Failed::Unreachable(format!("cannot open {}: {e}", tunnel.name))),
+            Err(_) => Err(Failed::Unreachable(format!(
+                "cannot open {} within {TUNNEL_OPEN:?}",
+                tunnel.name
+            ))),
+        },
+    };
     match resp {
         Ok(resp) => {
             let mut resp = resp.map(Body::new);
             resp.extensions_mut().insert(Relayed);
             Ok(resp)
         }
-        Err(RelayError::Uri(e)) => Err(Error::invalid(format!("invalid proxy path: {e}"))),
+        Err(Failed::Path(e)) => Err(Error::invalid(format!("invalid proxy path: {e}"))),
         // An exited container's port refuses at once: say so by its state, not as a 502.
-        Err(other) => match app.service.unreachable(id).await {
+        Err(Failed::Unreachable(reason)) => match app.service.unreachable(id).await {
             Some(state) => Err(state),
             None => Err(Error::Unreachable {
                 id: id.to_owned(),
                 port,
-                reason: other.to_string(),
+                reason,
             }),
         },
     }
+}
+
+/// How long opening a runtime's tunnel may take (as the relay's TCP connect timeout).
+const TUNNEL_OPEN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a request was not relayed.
+enum Failed {
+    /// The path and query do not form a valid URI.
+    Path(axum::http::Error),
+    /// The sandbox port could not be reached, or broke off before answering.
+    Unreachable(String),
 }

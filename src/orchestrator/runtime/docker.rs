@@ -42,9 +42,9 @@ use futures_util::{FutureExt as _, StreamExt};
 use sha2::Digest as _;
 
 use super::{
-    Capabilities, ContainerInfo, Fut, ImageRole, Instance, LayerStep, LogQuery, Mount, Observed, Platform,
-    PullError, PullEvent, PullFailure, Purpose, RegistryAuth, Resources, RootfsPause, Runtime, RuntimeError,
-    RuntimeEvent, RuntimeKind, SandboxSpec, SpecFile, Target, Usage, EXECD_PORT, WORKSPACE_DIR,
+    Capabilities, ContainerInfo, Dial, Fut, ImageRole, Instance, LayerStep, LogQuery, Mount, Observed,
+    Platform, PullError, PullEvent, PullFailure, Purpose, RegistryAuth, Resources, RootfsPause, Runtime,
+    RuntimeError, RuntimeEvent, RuntimeKind, SandboxSpec, SpecFile, Target, Usage, EXECD_PORT, WORKSPACE_DIR,
 };
 use crate::wire::time::format_ms;
 
@@ -1010,8 +1010,8 @@ impl Runtime for Docker {
             other => (ports.execd?, format!("/proxy/{other}"), true),
         };
         Some(Target {
-            dial: SocketAddr::new(self.connect_ip(), host_port),
-            public: format!("{}:{host_port}", self.settings.public_host),
+            dial: Dial::Tcp(SocketAddr::new(self.connect_ip(), host_port)),
+            public: Some(format!("{}:{host_port}", self.settings.public_host)),
             prefix,
             execd,
         })

@@ -21,7 +21,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::Semaphore;
 
 use super::{
-    Capabilities, ContainerInfo, ContainerRole, Fut, ImageRole, Instance, LayerStep, LogQuery, ObjectEvent,
+    Capabilities, ContainerInfo, ContainerRole, Dial, Fut, ImageRole, Instance, LayerStep, LogQuery, ObjectEvent,
     Observed, Platform, PullError, PullEvent, Purpose, RegistryAuth, Resources, Runtime, RuntimeError,
     RuntimeEvent, RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
 };
@@ -1197,8 +1197,8 @@ impl Runtime for FakeRuntime {
             other => format!("/{}/proxy/{other}", instance.reference),
         };
         Some(Target {
-            dial: self.ping,
-            public: self.ping.to_string(),
+            dial: Dial::Tcp(self.ping),
+            public: Some(self.ping.to_string()),
             prefix,
             execd: port != HTTP_PORT,
         })

@@ -288,15 +288,96 @@ pub enum Observed {
 /// Where to dial one port of a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// The address sandboxd dials.
-    pub dial: SocketAddr,
-    /// `host:port` as clients reach it directly (endpoints without the server proxy).
-    pub public: String,
+    /// How sandboxd reaches the port.
+    pub dial: Dial,
+    /// `host:port` as clients reach it directly (endpoints without the server proxy); `None`
+    /// when they cannot, so that every endpoint is the server proxy's.
+    pub public: Option<String>,
     /// Path prefix at the target: `/proxy/<port>` when execd relays the port.
     pub prefix: String,
     /// Whether the target is execd, which takes the sandbox's token (and nothing else may).
     pub execd: bool,
 }
+
+impl Target {
+    /// `host:port` for the request line's URI and `Host` (a tunnel's port is on `localhost`,
+    /// as `kubectl port-forward` shows it).
+    pub fn authority(&self) -> String {
+        match &self.dial {
+            Dial::Tcp(addr) => addr.to_string(),
+            Dial::Tunnel(tunnel) => format!("localhost:{}", tunnel.port),
+        }
+    }
+}
+
+/// How sandboxd reaches one port of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dial {
+    /// A TCP address sandboxd connects to (Docker's published port, a pod IP).
+    Tcp(SocketAddr),
+    /// A byte stream the runtime opens for each connection (Kubernetes port-forward through
+    /// the API server), for a sandboxd that cannot route to the sandbox.
+    Tunnel(Tunnel),
+}
+
+/// A byte stream to one port of a sandbox, as a runtime opens it.
+pub trait TunnelIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> TunnelIo for T {}
+
+/// What opens one connection of a [`Tunnel`].
+type Opener = dyn Fn() -> BoxFuture<'static, std::io::Result<Box<dyn TunnelIo>>> + Send + Sync;
+
+/// Opens a fresh connection to one port of a sandbox each time it is asked: what sandboxd
+/// dials when it has no route to the sandbox's address. Runtime-neutral: the runtime supplies
+/// the opener, and the execd client and the server proxy speak HTTP over what it returns.
+#[derive(Clone)]
+pub struct Tunnel {
+    /// What the tunnel reaches, for logs and errors (`pod sbx-… port 44772`).
+    pub name: String,
+    /// The sandbox port at its end.
+    pub port: u16,
+    open: std::sync::Arc<Opener>,
+}
+
+impl Tunnel {
+    /// A tunnel named `name` to `port` whose connections `open` makes.
+    pub fn new(
+        name: String,
+        port: u16,
+        open: impl Fn() -> BoxFuture<'static, std::io::Result<Box<dyn TunnelIo>>> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name,
+            port,
+            open: std::sync::Arc::new(open),
+        }
+    }
+
+    /// One new connection through the tunnel.
+    pub async fn open(&self) -> std::io::Result<Box<dyn TunnelIo>> {
+        (self.open)().await
+    }
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("name", &self.name)
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+/// Two tunnels are the same when they reach the same port of the same thing (the opener is
+/// code, not data).
+impl PartialEq for Tunnel {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.port == other.port
+    }
+}
+
+impl Eq for Tunnel {}
 
 /// A failed runtime call.
 #[derive(Debug, thiserror::Error)]

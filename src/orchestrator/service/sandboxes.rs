@@ -841,7 +841,15 @@ impl Service {
             ));
         }
         let token_headers = || BTreeMap::from([(TOKEN_HEADER.to_owned(), record.token.clone())]);
-        if use_server_proxy {
+        // A target clients cannot reach (Kubernetes port-forward: sandboxd itself tunnels
+        // through the API server) is always behind the server proxy, whatever was asked.
+        let direct = if use_server_proxy {
+            None
+        } else {
+            let target = self.target(&record, port)?;
+            target.public.clone().map(|public| (target, public))
+        };
+        let Some((target, public)) = direct else {
             let server = self
                 .server_endpoint
                 .get()
@@ -850,8 +858,7 @@ impl Service {
                 endpoint: format!("{server}/v1/sandboxes/{id}/proxy/{port}"),
                 headers: token_headers(),
             });
-        }
-        let target = self.target(&record, port)?;
+        };
         // As upstream's Docker runtime: every port but 8080 goes through execd's `/proxy`,
         // execd's own included (`host:P/proxy/44772`; upstream's e2e asserts that form, and
         // every SDK appends its paths to the endpoint). The server proxy reaches 44772
@@ -862,7 +869,7 @@ impl Service {
             String::new()
         };
         Ok(Endpoint {
-            endpoint: format!("{}{path}", target.public),
+            endpoint: format!("{public}{path}"),
             headers: if target.execd {
                 token_headers()
             } else {

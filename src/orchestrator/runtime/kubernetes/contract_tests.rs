@@ -24,6 +24,10 @@ const NS: &str = "sbx";
 const INSTANCE: &str = "inst1";
 
 fn runtime(create_timeout: Duration) -> (Kubernetes, Handle) {
+    runtime_in(create_timeout, EndpointMode::PodIp)
+}
+
+fn runtime_in(create_timeout: Duration, endpoint_mode: EndpointMode) -> (Kubernetes, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, NS);
     let settings = Settings {
@@ -32,6 +36,7 @@ fn runtime(create_timeout: Duration) -> (Kubernetes, Handle) {
         instance: INSTANCE.into(),
         create_timeout,
         storage_class: None,
+        endpoint_mode,
     };
     (Kubernetes::new(client, settings), handle)
 }
@@ -261,10 +266,10 @@ async fn create_makes_the_secret_files_and_pod_hands_them_to_the_pod_and_waits_f
     assert_eq!(instance.kind, RuntimeKind::Kubernetes);
     assert_eq!(instance.reference, "sbx-abc");
     let execd = rt.target(&instance, EXECD_PORT).unwrap();
-    assert_eq!(execd.dial, "10.1.2.3:44772".parse().unwrap());
+    assert_eq!(execd.dial, Dial::Tcp("10.1.2.3:44772".parse().unwrap()));
     assert!(execd.execd);
     let app = rt.target(&instance, 8080).unwrap();
-    assert_eq!((app.public.as_str(), app.execd), ("10.1.2.3:8080", false));
+    assert_eq!((app.public.as_deref(), app.execd), (Some("10.1.2.3:8080"), false));
 }
 
 #[tokio::test]
@@ -377,7 +382,7 @@ async fn start_removes_the_scheduling_gate_with_a_json_patch_and_waits() {
     let _handle = verifier.await.unwrap();
     assert_eq!(
         rt.target(&started, EXECD_PORT).unwrap().dial,
-        "10.0.0.9:44772".parse().unwrap()
+        Dial::Tcp("10.0.0.9:44772".parse().unwrap())
     );
 }
 
@@ -651,4 +656,91 @@ async fn the_store_answers_once_synced_and_keeps_its_state_through_a_410_relist(
         ]
     );
     consumer.abort();
+/// Port-forward mode: a target is a tunnel (no address for clients), and each connection
+/// through it is a WebSocket upgrade of `pods/{name}/portforward?ports=P` offering
+/// `v4.channel.k8s.io`; an API server that refuses it (403, RBAC) fails the connection with
+/// its message.
+#[cfg(feature = "k8s-portforward")]
+#[tokio::test]
+async fn port_forward_targets_are_tunnels_opened_by_a_portforward_upgrade() {
+    let (rt, mut handle) = runtime_in(Duration::from_secs(60), EndpointMode::PortForward);
+    let instance = PodData {
+        uid: Some("u-1".into()),
+        ip: Some("192.0.2.7".parse().unwrap()),
+    }
+    .instance("sbx-abc".into());
+    let gated = PodData::default().instance("sbx-abc".into());
+    assert!(
+        rt.target(&gated, EXECD_PORT).is_none(),
+        "no route before the pod has run"
+    );
+
+    for (port, execd) in [(EXECD_PORT, true), (8000, false)] {
+        let target = rt.target(&instance, port).unwrap();
+        assert_eq!(
+            (target.public.as_deref(), target.execd, target.prefix.as_str()),
+            (None, execd, "")
+        );
+        assert_eq!(target.authority(), format!("localhost:{port}"));
+        let Dial::Tunnel(tunnel) = &target.dial else {
+            panic!("not a tunnel: {target:?}");
+        };
+        assert_eq!(tunnel.port, port);
+        let verifier = async {
+            let (request, reply) = tokio::time::timeout(Duration::from_secs(30), handle.next_request())
+                .await
+                .expect("no portforward request")
+                .expect("the client went away");
+            assert_eq!(request.method(), Method::GET);
+            assert_eq!(
+                request.uri().path(),
+                "/api/v1/namespaces/sbx/pods/sbx-abc/portforward"
+            );
+            let query: BTreeMap<String, String> =
+                form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+                    .into_owned()
+                    .filter(|(k, _)| !k.is_empty())
+                    .collect();
+            assert_eq!(query, BTreeMap::from([("ports".into(), port.to_string())]));
+            let header = |name: &str| {
+                request
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+                    .unwrap_or_default()
+            };
+            assert_eq!(header("upgrade"), "websocket");
+            assert!(
+                header("connection").contains("upgrade"),
+                "{:?}",
+                request.headers()
+            );
+            assert!(
+                header("sec-websocket-protocol")
+                    .split(',')
+                    .any(|p| p.trim() == "v4.channel.k8s.io"),
+                "{:?}",
+                request.headers()
+            );
+            assert!(!header("sec-websocket-key").is_empty());
+            let asked = Asked {
+                method: Method::GET,
+                path: String::new(),
+                query: BTreeMap::new(),
+                content_type: None,
+                body: Value::Null,
+                reply,
+            };
+            asked.fail(403, "Forbidden");
+        };
+        let (opened, ()) = tokio::join!(tunnel.open(), verifier);
+        let Err(e) = opened else {
+            panic!("a refused port-forward opened");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("port-forward to pod sbx-abc") && text.contains("Forbidden"),
+            "{text}"
+        );
+    }
 }

@@ -6,7 +6,8 @@
 //! garbage collector removes them with it), and waits until the pod is Ready with an IP; an
 //! image that cannot be pulled fails it at once, and a pod not Ready in time is deleted.
 //! `autoStart` false creates the pod behind a scheduling gate that `start` removes. Endpoints
-//! are the pod IP (sandboxd runs in the cluster). Pods are listed by this sandboxd's labels,
+//! are the pod IP (sandboxd runs in the cluster), or with [`EndpointMode::PortForward`]
+//! (feature `k8s-portforward`) tunnels through the API server. Pods are listed by this sandboxd's labels,
 //! and one watcher over them feeds the event journal.
 //!
 //! Not offered (capabilities, so the service answers 501): freeze pause, commits (snapshots,
@@ -19,12 +20,15 @@
 //!   keeps when it deletes the pod ([`RootfsPause::Workspace`]).
 //! - `cache`: the reflector store the pod watcher feeds, which reads answer from.
 //! - `events`: the cluster's `Event`s of a pod, for the events diagnostic.
+//! - `portforward` (feature `k8s-portforward`): targets as `pods/portforward` tunnels.
 
 mod cache;
 #[cfg(test)]
 mod contract_tests;
 mod events;
 pub mod objects;
+#[cfg(feature = "k8s-portforward")]
+pub mod portforward;
 #[cfg(test)]
 mod schema_tests;
 pub mod workspace;
@@ -44,7 +48,7 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, Po
 use kube::runtime::{watcher, WatchStreamExt as _};
 
 use super::{
-    Capabilities, ContainerInfo, ContainerRole, Fut, ImageRole, Instance, LogQuery, ObjectEvent, Observed,
+    Capabilities, ContainerInfo, ContainerRole, Dial, Fut, ImageRole, Instance, LogQuery, ObjectEvent, Observed,
     Platform, PullError, PullEvent, PullFailure, RegistryAuth, Resources, RootfsPause, Runtime, RuntimeError,
     RuntimeEvent, RuntimeEventKind, RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
 };
@@ -69,6 +73,20 @@ pub struct Settings {
     pub create_timeout: Duration,
     /// The storage class of workspace claims (`None`: the cluster's default).
     pub storage_class: Option<String>,
+    /// How sandboxd reaches sandbox ports.
+    pub endpoint_mode: EndpointMode,
+}
+
+/// How sandboxd reaches a sandbox's ports (design §16.2, "Endpoint").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EndpointMode {
+    /// `podIP:port`: sandboxd runs in the cluster (or routes to it); clients get the pod
+    /// address too.
+    #[default]
+    PodIp,
+    /// A `pods/portforward` tunnel through the API server per connection (feature
+    /// `k8s-portforward`), for a sandboxd outside the cluster; clients get the server proxy.
+    PortForward,
 }
 
 /// A Kubernetes [`Instance`]'s data: the pod's uid and IP.
@@ -144,6 +162,7 @@ pub struct Kubernetes {
     create_timeout: Duration,
     /// The storage class of workspace claims (`None`: the cluster's default).
     storage_class: Option<String>,
+    endpoint_mode: EndpointMode,
     /// `/version`'s line, read once at connect.
     version: String,
     /// The pods as the watcher last reported them; shared with the event stream that feeds it.
@@ -155,6 +174,11 @@ impl Kubernetes {
     /// in-cluster service account) and asks the API server its version, so that a server
     /// that cannot be reached fails start-up within [`CONNECT_TIMEOUT`] instead of hanging.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        if settings.endpoint_mode == EndpointMode::PortForward && !cfg!(feature = "k8s-portforward") {
+            anyhow::bail!(
+                "--kube-endpoint-mode port-forward: this sandboxd was built without it (cargo build --features k8s-portforward)"
+            );
+        }
         let client = tokio::time::timeout(CONNECT_TIMEOUT, kube::Client::try_default())
             .await
             .map_err(|_| anyhow::anyhow!("no Kubernetes client configuration within {CONNECT_TIMEOUT:?}"))?
@@ -183,6 +207,7 @@ impl Kubernetes {
             create_timeout: settings.create_timeout,
             storage_class: settings.storage_class,
             cache: Arc::default(),
+            endpoint_mode: settings.endpoint_mode,
         }
     }
 
@@ -584,15 +609,24 @@ impl Runtime for Kubernetes {
     }
 
     /// The pod IP: execd on 44772, any other port directly (a pod's ports need no
-    /// publishing). `public` is the same address: clients in the cluster reach it.
+    /// publishing). `public` is the same address: clients in the cluster reach it. In
+    /// port-forward mode, a tunnel through the API server to the same port, and no address
+    /// for clients. Either way only a pod that has had an IP (has run) has a route.
     fn target(&self, instance: &Instance, port: u16) -> Option<Target> {
         let ip = PodData::of(instance).ip?;
-        Some(Target {
-            dial: SocketAddr::new(ip, port),
-            public: SocketAddr::new(ip, port).to_string(),
-            prefix: String::new(),
-            execd: port == EXECD_PORT,
-        })
+        match self.endpoint_mode {
+            EndpointMode::PodIp => Some(Target {
+                dial: Dial::Tcp(SocketAddr::new(ip, port)),
+                public: Some(SocketAddr::new(ip, port).to_string()),
+                prefix: String::new(),
+                execd: port == EXECD_PORT,
+            }),
+            #[cfg(feature = "k8s-portforward")]
+            EndpointMode::PortForward => Some(portforward::target(self.pods(), &instance.reference, port)),
+            // `connect` refuses the mode in a build without it.
+            #[cfg(not(feature = "k8s-portforward"))]
+            EndpointMode::PortForward => None,
+        }
     }
 
     /// Never present here: there is no node-local image store sandboxd can see, so a prepull
