@@ -21,22 +21,22 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 type Reply = tower_test::mock::SendResponse<Response<Body>>;
 
 const NS: &str = "sbx";
-const INSTANCE: &str = "inst1";
-
-fn runtime(create_timeout: Duration) -> (Kubernetes, Handle) {
     runtime_in(create_timeout, EndpointMode::PodIp)
 }
 
 fn runtime_in(create_timeout: Duration, endpoint_mode: EndpointMode) -> (Kubernetes, Handle) {
+const INSTANCE: &str = "inst1";
+
+fn runtime(create_timeout: Duration) -> (Kubernetes, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, NS);
     let settings = Settings {
         namespace: NS.into(),
+        endpoint_mode,
         agent_image: "sandboxd/execd:test".into(),
         instance: INSTANCE.into(),
         create_timeout,
         storage_class: None,
-        endpoint_mode,
     };
     (Kubernetes::new(client, settings), handle)
 }
@@ -528,6 +528,95 @@ async fn the_event_stream_reports_changes_after_the_first_listing_and_relists_af
     assert_eq!(first.kind, RuntimeEventKind::Started);
 }
 
+/// Port-forward mode: a target is a tunnel (no address for clients), and each connection
+/// through it is a WebSocket upgrade of `pods/{name}/portforward?ports=P` offering
+/// `v4.channel.k8s.io`; an API server that refuses it (403, RBAC) fails the connection with
+/// its message.
+#[cfg(feature = "k8s-portforward")]
+#[tokio::test]
+async fn port_forward_targets_are_tunnels_opened_by_a_portforward_upgrade() {
+    let (rt, mut handle) = runtime_in(Duration::from_secs(60), EndpointMode::PortForward);
+    let instance = PodData {
+        uid: Some("u-1".into()),
+        ip: Some("192.0.2.7".parse().unwrap()),
+    }
+    .instance("sbx-abc".into());
+    let gated = PodData::default().instance("sbx-abc".into());
+    assert!(
+        rt.target(&gated, EXECD_PORT).is_none(),
+        "no route before the pod has run"
+    );
+
+    for (port, execd) in [(EXECD_PORT, true), (8000, false)] {
+        let target = rt.target(&instance, port).unwrap();
+        assert_eq!(
+            (target.public.as_deref(), target.execd, target.prefix.as_str()),
+            (None, execd, "")
+        );
+        assert_eq!(target.authority(), format!("localhost:{port}"));
+        let Dial::Tunnel(tunnel) = &target.dial else {
+            panic!("not a tunnel: {target:?}");
+        };
+        assert_eq!(tunnel.port, port);
+        let verifier = async {
+            let (request, reply) = tokio::time::timeout(Duration::from_secs(30), handle.next_request())
+                .await
+                .expect("no portforward request")
+                .expect("the client went away");
+            assert_eq!(request.method(), Method::GET);
+            assert_eq!(
+                request.uri().path(),
+                "/api/v1/namespaces/sbx/pods/sbx-abc/portforward"
+            );
+            let query: BTreeMap<String, String> =
+                form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+                    .into_owned()
+                    .filter(|(k, _)| !k.is_empty())
+                    .collect();
+            assert_eq!(query, BTreeMap::from([("ports".into(), port.to_string())]));
+            let header = |name: &str| {
+                request
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+                    .unwrap_or_default()
+            };
+            assert_eq!(header("upgrade"), "websocket");
+            assert!(
+                header("connection").contains("upgrade"),
+                "{:?}",
+                request.headers()
+            );
+            assert!(
+                header("sec-websocket-protocol")
+                    .split(',')
+                    .any(|p| p.trim() == "v4.channel.k8s.io"),
+                "{:?}",
+                request.headers()
+            );
+            assert!(!header("sec-websocket-key").is_empty());
+            let asked = Asked {
+                method: Method::GET,
+                path: String::new(),
+                query: BTreeMap::new(),
+                content_type: None,
+                body: Value::Null,
+                reply,
+            };
+            asked.fail(403, "Forbidden");
+        };
+        let (opened, ()) = tokio::join!(tunnel.open(), verifier);
+        let Err(e) = opened else {
+            panic!("a refused port-forward opened");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("port-forward to pod sbx-abc") && text.contains("Forbidden"),
+            "{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_events_of_a_sandbox_are_its_pods_events_listed_by_field_selector() {
     let (rt, mut handle) = runtime(Duration::from_secs(60));
@@ -656,91 +745,4 @@ async fn the_store_answers_once_synced_and_keeps_its_state_through_a_410_relist(
         ]
     );
     consumer.abort();
-/// Port-forward mode: a target is a tunnel (no address for clients), and each connection
-/// through it is a WebSocket upgrade of `pods/{name}/portforward?ports=P` offering
-/// `v4.channel.k8s.io`; an API server that refuses it (403, RBAC) fails the connection with
-/// its message.
-#[cfg(feature = "k8s-portforward")]
-#[tokio::test]
-async fn port_forward_targets_are_tunnels_opened_by_a_portforward_upgrade() {
-    let (rt, mut handle) = runtime_in(Duration::from_secs(60), EndpointMode::PortForward);
-    let instance = PodData {
-        uid: Some("u-1".into()),
-        ip: Some("192.0.2.7".parse().unwrap()),
-    }
-    .instance("sbx-abc".into());
-    let gated = PodData::default().instance("sbx-abc".into());
-    assert!(
-        rt.target(&gated, EXECD_PORT).is_none(),
-        "no route before the pod has run"
-    );
-
-    for (port, execd) in [(EXECD_PORT, true), (8000, false)] {
-        let target = rt.target(&instance, port).unwrap();
-        assert_eq!(
-            (target.public.as_deref(), target.execd, target.prefix.as_str()),
-            (None, execd, "")
-        );
-        assert_eq!(target.authority(), format!("localhost:{port}"));
-        let Dial::Tunnel(tunnel) = &target.dial else {
-            panic!("not a tunnel: {target:?}");
-        };
-        assert_eq!(tunnel.port, port);
-        let verifier = async {
-            let (request, reply) = tokio::time::timeout(Duration::from_secs(30), handle.next_request())
-                .await
-                .expect("no portforward request")
-                .expect("the client went away");
-            assert_eq!(request.method(), Method::GET);
-            assert_eq!(
-                request.uri().path(),
-                "/api/v1/namespaces/sbx/pods/sbx-abc/portforward"
-            );
-            let query: BTreeMap<String, String> =
-                form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
-                    .into_owned()
-                    .filter(|(k, _)| !k.is_empty())
-                    .collect();
-            assert_eq!(query, BTreeMap::from([("ports".into(), port.to_string())]));
-            let header = |name: &str| {
-                request
-                    .headers()
-                    .get(name)
-                    .map(|v| v.to_str().unwrap().to_ascii_lowercase())
-                    .unwrap_or_default()
-            };
-            assert_eq!(header("upgrade"), "websocket");
-            assert!(
-                header("connection").contains("upgrade"),
-                "{:?}",
-                request.headers()
-            );
-            assert!(
-                header("sec-websocket-protocol")
-                    .split(',')
-                    .any(|p| p.trim() == "v4.channel.k8s.io"),
-                "{:?}",
-                request.headers()
-            );
-            assert!(!header("sec-websocket-key").is_empty());
-            let asked = Asked {
-                method: Method::GET,
-                path: String::new(),
-                query: BTreeMap::new(),
-                content_type: None,
-                body: Value::Null,
-                reply,
-            };
-            asked.fail(403, "Forbidden");
-        };
-        let (opened, ()) = tokio::join!(tunnel.open(), verifier);
-        let Err(e) = opened else {
-            panic!("a refused port-forward opened");
-        };
-        let text = e.to_string();
-        assert!(
-            text.contains("port-forward to pod sbx-abc") && text.contains("Forbidden"),
-            "{text}"
-        );
-    }
 }
