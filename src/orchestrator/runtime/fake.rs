@@ -21,9 +21,9 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::Semaphore;
 
 use super::{
-    Capabilities, ContainerInfo, ContainerRole, Dial, Fut, ImageRole, Instance, LayerStep, LogQuery, ObjectEvent,
-    Observed, Platform, PullError, PullEvent, Purpose, RegistryAuth, Resources, Runtime, RuntimeError,
-    RuntimeEvent, RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
+    Capabilities, ContainerInfo, ContainerRole, Dial, Fut, ImageRole, Instance, LayerStep, LogQuery,
+    ObjectEvent, Observed, Platform, PullError, PullEvent, Purpose, RegistryAuth, Resources, Runtime,
+    RuntimeError, RuntimeEvent, RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
 };
 use crate::wire::{RunCommandRequest, StreamEvent};
 

@@ -21,13 +21,13 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 type Reply = tower_test::mock::SendResponse<Response<Body>>;
 
 const NS: &str = "sbx";
+const INSTANCE: &str = "inst1";
+
+fn runtime(create_timeout: Duration) -> (Kubernetes, Handle) {
     runtime_in(create_timeout, EndpointMode::PodIp)
 }
 
 fn runtime_in(create_timeout: Duration, endpoint_mode: EndpointMode) -> (Kubernetes, Handle) {
-const INSTANCE: &str = "inst1";
-
-fn runtime(create_timeout: Duration) -> (Kubernetes, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, NS);
     let settings = Settings {

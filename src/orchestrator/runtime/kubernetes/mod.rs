@@ -48,9 +48,9 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, Po
 use kube::runtime::{watcher, WatchStreamExt as _};
 
 use super::{
-    Capabilities, ContainerInfo, ContainerRole, Dial, Fut, ImageRole, Instance, LogQuery, ObjectEvent, Observed,
-    Platform, PullError, PullEvent, PullFailure, RegistryAuth, Resources, RootfsPause, Runtime, RuntimeError,
-    RuntimeEvent, RuntimeEventKind, RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
+    Capabilities, ContainerInfo, ContainerRole, Dial, Fut, ImageRole, Instance, LogQuery, ObjectEvent,
+    Observed, Platform, PullError, PullEvent, PullFailure, RegistryAuth, Resources, RootfsPause, Runtime,
+    RuntimeError, RuntimeEvent, RuntimeEventKind, RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
 };
 use crate::wire::time::now_ms;
 use objects::{Objects, LABEL_ID};
