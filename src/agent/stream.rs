@@ -672,10 +672,7 @@ impl Cursor {
                     let read = tokio::task::spawn_blocking(move || read.read(&file))
                         .await
                         .unwrap_or_else(|e| Err(io::Error::other(e)));
-                    return Some(read.map(|bytes| {
-                        self.pos += bytes.len() as u64;
-                        bytes
-                    }));
+                    return Some(read.inspect(|bytes| self.pos += bytes.len() as u64));
                 }
                 Next::End => return None,
                 Next::Wait => {
@@ -939,12 +936,12 @@ mod tests {
     /// One batch of a mixed journal: raw events now and then, else output lines of both
     /// streams with quotes, escapes, invalid UTF-8 and blank lines, timestamps changing.
     fn mixed_batch(w: &mut EventWriter<'_>, b: u64) {
-        if b % 9 == 0 {
+        if b.is_multiple_of(9) {
             w.event(&StreamEvent::init(&format!("batch {b}"), b as i64));
             return;
         }
         for i in 0..40u64 {
-            let kind = if (b + i) % 5 == 0 {
+            let kind = if (b + i).is_multiple_of(5) {
                 OutputKind::Stderr
             } else {
                 OutputKind::Stdout
