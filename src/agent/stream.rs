@@ -2,7 +2,8 @@
 //!
 //! Every execution owns a [`Journal`]: an append-only sequence of events with ids 1, 2, 3…,
 //! stored already rendered as standard SSE (`id: N\ndata: <json>\n\n`). The newest bytes live
-//! in a bounded in-memory ring of segments; older segments spill to a file in the state dir, so
+//! in a bounded in-memory ring of segments; older segments spill to a file in the state dir
+//! (packed to about half their size, and unpacked exactly when read: see [`packed`]), so
 //! a command that prints gigabytes keeps execd's memory flat; a finished journal over 64 KiB
 //! moves the rest of its ring there too, as records outlive their streams. An HTTP stream is a
 //! [`Cursor`] over the journal: it can start at the beginning or after any event id
@@ -33,6 +34,11 @@ use tokio::sync::watch;
 
 use crate::wire::StreamEvent;
 
+mod packed;
+mod render;
+
+pub use render::{escape_json_into, EventWriter};
+
 /// In-memory bytes a journal keeps before spilling its oldest segments to disk.
 const MEMORY_CAP: usize = 1 << 20;
 /// In-memory bytes past which a bulk writer waits for the spill thread to catch up.
@@ -41,7 +47,7 @@ const BACKLOG_CAP: usize = 2 * MEMORY_CAP;
 const FINISHED_MEMORY_CAP: usize = 64 << 10;
 /// Most bytes the spill thread writes for one journal before turning to the next.
 const SPILL_WRITE: usize = 1 << 20;
-/// Most bytes a cursor reads from the spill file at once.
+/// Most bytes a cursor reads back from the spill file at once (but at least one whole batch).
 const SPILL_READ: usize = 256 << 10;
 /// SSE comment sent when a stream has been quiet this long, so proxies keep it open.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -54,63 +60,6 @@ pub enum OutputKind {
     Stdout,
     /// Standard error.
     Stderr,
-}
-
-impl OutputKind {
-    fn json_prefix(self) -> &'static [u8] {
-        match self {
-            OutputKind::Stdout => br#"{"type":"stdout","text":""#,
-            OutputKind::Stderr => br#"{"type":"stderr","text":""#,
-        }
-    }
-}
-
-/// Renders events into SSE bytes; handed to the closure of [`Journal::write`].
-pub struct EventWriter<'a> {
-    buf: &'a mut Vec<u8>,
-    next_id: &'a mut u64,
-}
-
-impl EventWriter<'_> {
-    /// Appends an arbitrary event.
-    pub fn event(&mut self, event: &StreamEvent) {
-        self.frame_start();
-        // Serializing a struct of strings and integers into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *self.buf, event);
-        self.buf.extend_from_slice(b"\n\n");
-    }
-
-    /// Appends a `stdout`/`stderr` event whose text is `line`. An empty line is sent as `"\n"`,
-    /// as upstream does, so that blank lines stay visible. Bytes that are not UTF-8 become U+FFFD.
-    ///
-    /// This is the hot path of command streaming, so the JSON is written by hand; a unit test
-    /// checks that it parses to the same event serde would produce.
-    pub fn output_line(&mut self, kind: OutputKind, line: &[u8], timestamp: i64) {
-        self.output_chunk(kind, if line.is_empty() { b"\n" } else { line }, timestamp);
-    }
-
-    /// Appends a `stdout`/`stderr` event with `chunk` as its text, exactly as read (kernels
-    /// send raw chunks, newlines included). Bytes that are not UTF-8 become U+FFFD.
-    pub fn output_chunk(&mut self, kind: OutputKind, chunk: &[u8], timestamp: i64) {
-        self.frame_start();
-        self.buf.extend_from_slice(kind.json_prefix());
-        match std::str::from_utf8(chunk) {
-            Ok(text) => escape_json_into(self.buf, text),
-            Err(_) => escape_json_into(self.buf, &String::from_utf8_lossy(chunk)),
-        }
-        self.buf.extend_from_slice(b"\",\"timestamp\":");
-        self.buf
-            .extend_from_slice(itoa_i64(timestamp, &mut [0u8; 20]).as_bytes());
-        self.buf.extend_from_slice(b"}\n\n");
-    }
-
-    fn frame_start(&mut self) {
-        self.buf.extend_from_slice(b"id: ");
-        self.buf
-            .extend_from_slice(itoa_i64(*self.next_id as i64, &mut [0u8; 20]).as_bytes());
-        self.buf.extend_from_slice(b"\ndata: ");
-        *self.next_id += 1;
-    }
 }
 
 /// An append-only, replayable event log of one execution.
@@ -134,8 +83,8 @@ struct Inner {
     len: u64,
     /// Newest segments, oldest first; together they hold bytes `mem_start..len`.
     mem: VecDeque<Bytes>,
-    /// Bytes `0..mem_start` are in the spill file; only the spill thread advances it, after
-    /// its write has completed.
+    /// Bytes `0..mem_start` are in the spill file (as packed records: see [`packed`]); only
+    /// the spill thread advances it, after its write has completed.
     mem_start: u64,
     mem_bytes: usize,
     /// The spill file, once the spill thread has created it.
@@ -146,7 +95,13 @@ struct Inner {
     /// The spill file could not be created or written: memory may grow rather than lose bytes.
     spill_failed: bool,
     /// `(first event id, byte offset)` of every appended batch, for resuming after an id.
+    /// Batches and segments correspond one to one: each append with any bytes adds one of each.
     batches: Vec<(u64, u64)>,
+    /// Where the record of each spilled batch starts in the spill file, by batch index: the
+    /// first `spilled_at.len()` batches are on disk, the rest in `mem`.
+    spilled_at: Vec<u64>,
+    /// Bytes of the spill file written so far: where the next record goes.
+    spill_end: u64,
     /// Set once the terminal event is in; later writes are dropped.
     finished: bool,
 }
@@ -167,6 +122,8 @@ impl Journal {
                 spilling: false,
                 spill_failed: false,
                 batches: Vec::new(),
+                spilled_at: Vec::new(),
+                spill_end: 0,
                 finished: false,
             }),
             room: Condvar::new(),
@@ -216,10 +173,7 @@ impl Journal {
         }
         let first_id = inner.next_id;
         let mut buf = buffer(capacity);
-        render(&mut EventWriter {
-            buf: &mut buf,
-            next_id: &mut inner.next_id,
-        });
+        render(&mut EventWriter::new(&mut buf, &mut inner.next_id));
         if !buf.is_empty() {
             let offset = inner.len;
             inner.batches.push((first_id, offset));
@@ -269,8 +223,8 @@ impl Journal {
     }
 
     /// One step of the spill thread: writes the oldest in-memory segments that are over the
-    /// cap (at most [`SPILL_WRITE`] bytes) to the file, then drops them from memory. Returns
-    /// whether more is left to spill. Blocking; runs only on the spill thread.
+    /// cap (at most [`SPILL_WRITE`] bytes) to the file, packed, then drops them from memory.
+    /// Returns whether more is left to spill. Blocking; runs only on the spill thread.
     fn spill_step(&self) -> bool {
         let (file, at, segments) = {
             let inner = self.lock();
@@ -278,8 +232,15 @@ impl Journal {
             if count == 0 {
                 return self.spill_done(inner, false);
             }
-            let segments: Vec<Bytes> = inner.mem.iter().take(count).cloned().collect();
-            (inner.spill.clone(), inner.mem_start, segments)
+            let first = inner.spilled_at.len();
+            let segments: Vec<(u64, Bytes)> = inner
+                .mem
+                .iter()
+                .take(count)
+                .zip(&inner.batches[first..])
+                .map(|(segment, &(id, _))| (id, segment.clone()))
+                .collect();
+            (inner.spill.clone(), inner.spill_end, segments)
         };
         let file = match file {
             Some(f) => f,
@@ -288,7 +249,18 @@ impl Journal {
                 None => return self.spill_done(self.lock(), true),
             },
         };
-        if let Err(e) = write_segments(&file, at, &segments) {
+        // Output packs to about half its SSE size; a raw batch grows the buffer.
+        let size: usize = segments.iter().map(|(_, s)| s.len()).sum();
+        let mut records = buffer(size / 2 + size / 8 + 1024);
+        let mut starts = Vec::with_capacity(segments.len());
+        for (id, segment) in &segments {
+            starts.push(at + records.len() as u64);
+            packed::pack(segment, *id, &mut records);
+        }
+        let end = at + records.len() as u64;
+        let written = file.write_all_at(&records, at);
+        drop(into_bytes(records));
+        if let Err(e) = written {
             tracing::warn!(error = %e, "journal spill write failed; keeping it in memory");
             return self.spill_done(self.lock(), true);
         }
@@ -301,6 +273,8 @@ impl Journal {
                 inner.mem_bytes -= segment.len();
             }
         }
+        inner.spilled_at.extend(starts);
+        inner.spill_end = end;
         let more = inner.spill_plan().0 > 0;
         if more {
             drop(inner);
@@ -380,7 +354,7 @@ impl Journal {
         // Spilled batches never come back to memory, so these bounds stay valid.
         let seek = Seek {
             file: inner.spill.clone(),
-            end,
+            batch: inner.spilled_batches(i, i + 1),
             skip: id - first,
         };
         (start, Some(seek))
@@ -429,6 +403,37 @@ impl Inner {
         (count, bytes)
     }
 
+    /// Spilled batches `i..j` as a [`SpillRead`] from the start of batch `i`.
+    fn spilled_batches(&self, i: usize, j: usize) -> SpillRead {
+        let end = match j < self.spilled_at.len() {
+            true => (self.batches[j].1, self.spilled_at[j]),
+            false => (self.mem_start, self.spill_end),
+        };
+        SpillRead {
+            pos: self.batches[i].1,
+            batches: (i..j)
+                .map(|k| (self.batches[k].0, self.batches[k].1, self.spilled_at[k]))
+                .collect(),
+            end,
+        }
+    }
+
+    /// What to read from the spill file for a cursor at `pos` (which has spilled): the batch
+    /// holding it, and those after it while the bytes from `pos` stay under [`SPILL_READ`].
+    fn spilled_read(&self, pos: u64) -> SpillRead {
+        let spilled = self.spilled_at.len();
+        let i = self.batches[..spilled].partition_point(|&(_, offset)| offset <= pos) - 1;
+        let end_of = |k: usize| self.batches.get(k + 1).map_or(self.len, |&(_, offset)| offset);
+        let mut j = i + 1;
+        while j < spilled && end_of(j) - pos <= SPILL_READ as u64 {
+            j += 1;
+        }
+        SpillRead {
+            pos,
+            ..self.spilled_batches(i, j)
+        }
+    }
+
     /// Bytes `from..to`, all of which are in memory.
     fn slice(&self, from: u64, to: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity((to - from) as usize);
@@ -469,20 +474,44 @@ impl Drop for Inner {
     }
 }
 
-/// Writes `segments` to `file` from offset `at`, as one write when there are several (the
-/// segments of small writers are small).
-fn write_segments(file: &File, at: u64, segments: &[Bytes]) -> io::Result<()> {
-    if let [one] = segments {
-        return file.write_all_at(one, at);
+/// A run of spilled batches to read back, found under the journal's lock and read off it.
+struct SpillRead {
+    /// Where the reader is: inside the first batch.
+    pos: u64,
+    /// `(first event id, byte offset, record offset)` of each batch, in order.
+    batches: Vec<(u64, u64, u64)>,
+    /// `(byte offset, record offset)` where the last batch ends.
+    end: (u64, u64),
+}
+
+impl SpillRead {
+    /// Reads the records and unpacks them: the journal's bytes from `pos` to the end of the
+    /// last batch. Blocking.
+    fn read(&self, file: &File) -> io::Result<Bytes> {
+        let (Some(&(_, start, from)), (end, to)) = (self.batches.first(), self.end) else {
+            return Ok(Bytes::new());
+        };
+        let mut records = read_buffer((to - from) as usize);
+        file.read_exact_at(&mut records, from)?;
+        let mut out = buffer((end - start) as usize);
+        let unpacked = self.batches.iter().enumerate().try_for_each(|(k, &(id, _, at))| {
+            let next = self.batches.get(k + 1).map_or(to, |b| b.2);
+            packed::unpack(
+                &records[(at - from) as usize..(next - from) as usize],
+                id,
+                &mut out,
+            )
+        });
+        drop(into_bytes(records));
+        unpacked?;
+        if out.len() as u64 != end - start {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "journal spill records do not match their batches",
+            ));
+        }
+        Ok(into_bytes(out).slice((self.pos - start) as usize..))
     }
-    let total = segments.iter().map(Bytes::len).sum();
-    let mut buf = buffer(total);
-    for segment in segments {
-        buf.extend_from_slice(segment);
-    }
-    let written = file.write_all_at(&buf, at);
-    drop(into_bytes(buf));
-    written
 }
 
 /// Work for the spill thread.
@@ -572,15 +601,15 @@ pub struct Cursor {
 /// Where a resume point inside a spilled batch is still to be found.
 struct Seek {
     file: Option<Arc<File>>,
-    /// Where the batch ends.
-    end: u64,
+    /// The batch, from its start.
+    batch: SpillRead,
     /// Events of the batch to skip.
     skip: u64,
 }
 
 enum Next {
     Live(Bytes),
-    Spilled(Arc<File>, u64, usize),
+    Spilled(Arc<File>, SpillRead),
     Wait,
     End,
 }
@@ -596,14 +625,9 @@ impl Cursor {
         let file = seek
             .file
             .ok_or_else(|| io::Error::other("journal spill file missing"))?;
-        let (start, len) = (self.pos, (seek.end - self.pos) as usize);
         let skipped = tokio::task::spawn_blocking(move || {
-            let mut bytes = buffer(len);
-            bytes.resize(len, 0);
-            file.read_exact_at(&mut bytes, start)?;
-            let skipped = skip_events(&bytes, seek.skip);
-            drop(into_bytes(bytes));
-            Ok::<_, io::Error>(skipped)
+            let bytes = seek.batch.read(&file)?;
+            Ok::<_, io::Error>(skip_events(&bytes, seek.skip))
         })
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e)))?;
@@ -633,9 +657,8 @@ impl Cursor {
                         None => Next::End,
                     }
                 } else {
-                    let want = (inner.mem_start - self.pos).min(SPILL_READ as u64) as usize;
                     match &inner.spill {
-                        Some(f) => Next::Spilled(Arc::clone(f), self.pos, want),
+                        Some(f) => Next::Spilled(Arc::clone(f), inner.spilled_read(self.pos)),
                         None => Next::End,
                     }
                 }
@@ -645,18 +668,11 @@ impl Cursor {
                     self.pos += bytes.len() as u64;
                     return Some(Ok(bytes));
                 }
-                Next::Spilled(file, at, want) => {
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut buf = buffer(want);
-                        buf.resize(want, 0);
-                        file.read_exact_at(&mut buf, at).map(|()| buf)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e)));
-                    return Some(read.map(|buf| {
-                        self.pos += buf.len() as u64;
-                        into_bytes(buf)
-                    }));
+                Next::Spilled(file, read) => {
+                    let read = tokio::task::spawn_blocking(move || read.read(&file))
+                        .await
+                        .unwrap_or_else(|e| Err(io::Error::other(e)));
+                    return Some(read.inspect(|bytes| self.pos += bytes.len() as u64));
                 }
                 Next::End => return None,
                 Next::Wait => {
@@ -708,6 +724,18 @@ fn buffer(capacity: usize) -> Vec<u8> {
     Vec::with_capacity(capacity)
 }
 
+/// A buffer of exactly `len` bytes to read into, recycled when large. A spare still holds the
+/// bytes it last carried (nothing clears it on its way back), so only growth past them is
+/// zero-filled: reads of spilled bytes then cost no pass over memory before the copy itself.
+fn read_buffer(len: usize) -> Vec<u8> {
+    let mut buf = match len >= RECYCLE_MIN {
+        true => spare().pop().unwrap_or_default(),
+        false => Vec::new(),
+    };
+    buf.resize(len, 0);
+    buf
+}
+
 /// `buf` as `Bytes`; a large one goes back to the spares once the last reference is dropped.
 fn into_bytes(buf: Vec<u8>) -> Bytes {
     if buf.capacity() >= RECYCLE_MIN {
@@ -738,89 +766,9 @@ impl Drop for Recycled {
     }
 }
 
-/// Writes `s` as the inside of a JSON string.
-pub fn escape_json_into(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        // Most output needs no escaping: skip it eight bytes at a time.
-        if let Some(word) = bytes.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
-            if !needs_escape(u64::from_le_bytes(word)) {
-                i += 8;
-                continue;
-            }
-        }
-        let b = bytes[i];
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x00..=0x1f => b"",
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 0xf) as usize],
-            ]);
-        } else {
-            out.extend_from_slice(escape);
-        }
-        i += 1;
-        start = i;
-    }
-    out.extend_from_slice(&bytes[start..]);
-}
-
-/// Whether any of the eight bytes in `w` is a control character, `"` or `\`. Uses the classic
-/// "some byte is below n" test, `(w - n * ONES) & !w & HIGH`, which never misses one (n <= 128);
-/// the caller checks flagged words byte by byte, so the answer only needs no false negatives.
-fn needs_escape(w: u64) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = ONES << 7;
-    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
-    let control = below(w, 0x20);
-    let quote = below(w ^ (ONES * u64::from(b'"')), 1);
-    let backslash = below(w ^ (ONES * u64::from(b'\\')), 1);
-    control | quote | backslash != 0
-}
-
-fn itoa_i64(v: i64, buf: &mut [u8; 20]) -> &str {
-    let neg = v < 0;
-    let mut n = v.unsigned_abs();
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if neg {
-        i -= 1;
-        buf[i] = b'-';
-    }
-    // Only ASCII digits and '-' were written.
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::EventType;
 
     fn journal() -> (tempfile::TempDir, Arc<Journal>) {
         let dir = tempfile::tempdir().unwrap();
@@ -842,72 +790,6 @@ mod tests {
             .filter_map(|l| l.strip_prefix("id: "))
             .map(|n| n.parse().unwrap())
             .collect()
-    }
-
-    #[test]
-    fn hand_written_output_event_matches_serde() {
-        for line in [
-            &b"plain"[..],
-            b"",
-            b"q\"uote\\ tab\t ctl\x01\x1f",
-            b"\xff\xfebad",
-            "ünï".as_bytes(),
-        ] {
-            let mut buf = Vec::new();
-            let mut id = 7;
-            EventWriter {
-                buf: &mut buf,
-                next_id: &mut id,
-            }
-            .output_line(OutputKind::Stderr, line, -5);
-            let text = String::from_utf8(buf).unwrap();
-            let data = text
-                .strip_prefix("id: 7\ndata: ")
-                .unwrap()
-                .strip_suffix("\n\n")
-                .unwrap();
-            let parsed: StreamEvent = serde_json::from_str(data).unwrap();
-            let expected_text = if line.is_empty() {
-                "\n".to_owned()
-            } else {
-                String::from_utf8_lossy(line).into_owned()
-            };
-            let expected = StreamEvent {
-                text: Some(expected_text),
-                ..StreamEvent::new(EventType::Stderr, -5)
-            };
-            assert_eq!(parsed, expected);
-        }
-    }
-
-    #[test]
-    fn escapes_every_ascii_byte_at_every_position_of_a_word() {
-        for b in 0u8..0x80 {
-            for pos in 0..17 {
-                let mut text = vec![b'a'; 17];
-                text[pos] = b;
-                let text = String::from_utf8(text).unwrap();
-                let mut json = vec![b'"'];
-                escape_json_into(&mut json, &text);
-                json.push(b'"');
-                let back: String = serde_json::from_slice(&json).unwrap();
-                assert_eq!(back, text, "byte {b:#x} at {pos}");
-            }
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn escaped_text_parses_back_to_itself(s in "(?s).{0,40}", noise in proptest::collection::vec(0u8..0x80, 0..40)) {
-            // Arbitrary text, and ASCII dense in control characters, quotes and backslashes.
-            for text in [s, String::from_utf8(noise).unwrap()] {
-                let mut json = vec![b'"'];
-                escape_json_into(&mut json, &text);
-                json.push(b'"');
-                let back: String = serde_json::from_slice(&json).unwrap();
-                proptest::prop_assert_eq!(back, text);
-            }
-        }
     }
 
     /// Issue 20 (found by `fuzz/` target `sse_resume`): `Last-Event-ID: 18446744073709551615`
@@ -1049,6 +931,76 @@ mod tests {
             ids(&drain(j.cursor(Some(15))).await),
             (16..=3001).collect::<Vec<_>>()
         );
+    }
+
+    /// One batch of a mixed journal: raw events now and then, else output lines of both
+    /// streams with quotes, escapes, invalid UTF-8 and blank lines, timestamps changing.
+    fn mixed_batch(w: &mut EventWriter<'_>, b: u64) {
+        if b.is_multiple_of(9) {
+            w.event(&StreamEvent::init(&format!("batch {b}"), b as i64));
+            return;
+        }
+        for i in 0..40u64 {
+            let kind = if (b + i).is_multiple_of(5) {
+                OutputKind::Stderr
+            } else {
+                OutputKind::Stdout
+            };
+            let mut line =
+                format!("{b}:{i} \"q\" \\ {}", "x".repeat(((b * 7 + i) % 150) as usize)).into_bytes();
+            match i % 13 {
+                0 => line.clear(),
+                1 => line.extend_from_slice(b"\xff\xfe\t\x01"),
+                _ => {}
+            }
+            w.output_line(kind, &line, 1_795_306_908_000 + ((b * 40 + i) / 70) as i64);
+        }
+    }
+
+    #[tokio::test]
+    async fn replay_across_the_spill_boundary_is_byte_exact() {
+        let (dir, j) = journal();
+        // The same batches rendered once more, apart: the bytes every replay must give.
+        let mut expected = Vec::new();
+        let mut next = 1;
+        for b in 0..400 {
+            mixed_batch(&mut EventWriter::new(&mut expected, &mut next), b);
+            j.write_bulk(16 << 10, |w| mixed_batch(w, b));
+        }
+        j.wait_spilled();
+        let (spilled, boundary_id, spilled_bytes) = {
+            let inner = j.lock();
+            let k = inner.spilled_at.len();
+            (k, inner.batches[k].0, inner.mem_start)
+        };
+        assert!(spilled > 100, "most batches spilled ({spilled})");
+        let file = std::fs::metadata(dir.path().join("j.sse")).unwrap().len();
+        assert!(
+            file * 10 < spilled_bytes * 7,
+            "the spill is packed: {file} bytes for {spilled_bytes}"
+        );
+        j.finish(&StreamEvent::complete(1, 1));
+        let mut tail = Vec::new();
+        EventWriter::new(&mut tail, &mut next).event(&StreamEvent::complete(1, 1));
+        expected.extend_from_slice(&tail);
+
+        // Where each event starts (event data never holds a blank line).
+        let mut starts = vec![0];
+        starts.extend(memchr::memmem::find_iter(&expected, b"\n\n").map(|i| i + 2));
+        let last = next - 1;
+        assert_eq!(starts.len() as u64, last + 1);
+        assert!(drain(j.cursor(None)).await == expected, "full replay");
+        let mut afters: Vec<u64> = (boundary_id - 3..=boundary_id + 2).collect();
+        afters.extend([1, 2, 39, 40, 41, 500, 4321, last - 1, last]);
+        for after in afters {
+            let got = drain(j.cursor(Some(after))).await;
+            assert!(
+                got[..] == expected[starts[after as usize]..],
+                "after {after}: {} bytes, want {}",
+                got.len(),
+                expected.len() - starts[after as usize]
+            );
+        }
     }
 
     #[test]
