@@ -85,7 +85,11 @@ async fn issue18_rootfs_pause_on_kubernetes_keeps_the_workspace_claim_and_resume
         "no pod while paused"
     );
     eventually(30, "the pod's containers to go", async || {
-        cluster.pod_containers(&id).unwrap_or_default().is_empty().then_some(())
+        cluster
+            .pod_containers(&id)
+            .unwrap_or_default()
+            .is_empty()
+            .then_some(())
     })
     .await;
     assert!(claims.get_opt(&format!("sbx-{id}-ws")).await.unwrap().is_some());
