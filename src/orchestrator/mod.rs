@@ -107,26 +107,19 @@ pub async fn serve(config: Config, lifecycle: Arc<lifecycle_log::LifecycleLogs>)
         let service = service.clone();
         async move { service.run_runtime_events().await }
     });
-    service
-        .reconcile()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reconcile with the runtime: {e}"))?;
-    service
-        .recover_prepulls()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot recover prepull tasks: {e}"))?;
-    service
-        .recover_builds()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot recover template builds: {e}"))?;
-    service
-        .recover_executions()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot recover executions: {e}"))?;
-    service
-        .recover_snapshots()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot recover snapshots: {e}"))?;
+    // A runtime that cannot be reached yet (Kubernetes: the API server) is waited for in the
+    // background, every runtime-backed route answering 503 meanwhile; otherwise sandboxd
+    // adopts what the runtime holds before it listens, and a failure stops start-up.
+    let recovery = match service.runtime_unavailable() {
+        None => {
+            recover(&service).await?;
+            None
+        }
+        Some(why) => {
+            tracing::warn!(%why, "starting without the runtime; it is connected in the background");
+            Some(tokio::spawn(recover_once_connected(service.clone())))
+        }
+    };
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await
@@ -217,11 +210,53 @@ pub async fn serve(config: Config, lifecycle: Arc<lifecycle_log::LifecycleLogs>)
     runtime_events.abort();
     journal_sweeper.abort();
     executions.abort();
+    if let Some(recovery) = recovery {
+        recovery.abort();
+    }
     Ok(())
 }
 
+/// Adopts what the runtime holds (reconciliation) and picks up the work a previous run left:
+/// prepulls, builds, executions, snapshots.
+async fn recover(service: &Arc<service::Service>) -> anyhow::Result<()> {
+    service
+        .reconcile()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reconcile with the runtime: {e}"))?;
+    service
+        .recover_prepulls()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot recover prepull tasks: {e}"))?;
+    service
+        .recover_builds()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot recover template builds: {e}"))?;
+    service
+        .recover_executions()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot recover executions: {e}"))?;
+    service
+        .recover_snapshots()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot recover snapshots: {e}"))?;
+    Ok(())
+}
+
+/// [`recover`] once the runtime is connected, retried with back-off until it succeeds.
+async fn recover_once_connected(service: Arc<service::Service>) {
+    service.runtime_connected().await;
+    let mut pause = Duration::from_millis(200);
+    while let Err(e) = recover(&service).await {
+        tracing::warn!(error = %e, retry_in = ?pause, "cannot adopt the runtime's sandboxes yet");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+    tracing::info!("the runtime is connected and its sandboxes adopted");
+}
+
 /// The runtime `--runtime` names, connected: Docker (the agent packed for injection) or
-/// Kubernetes (the API server asked its version, so an unreachable one fails start-up).
+/// Kubernetes (the API server asked its version; an unreachable one is connected in the
+/// background, every call `Unavailable` until then).
 async fn connect_runtime(config: &Config, instance: &str) -> anyhow::Result<Arc<dyn runtime::Runtime>> {
     match config.runtime {
         config::RuntimeName::Docker => {
@@ -244,7 +279,7 @@ async fn connect_runtime(config: &Config, instance: &str) -> anyhow::Result<Arc<
 
 #[cfg(feature = "k8s")]
 async fn connect_kubernetes(config: &Config, instance: &str) -> anyhow::Result<Arc<dyn runtime::Runtime>> {
-    let kubernetes = runtime::kubernetes::Kubernetes::connect(runtime::kubernetes::Settings {
+    runtime::kubernetes::Kubernetes::connect(runtime::kubernetes::Settings {
         namespace: config.kube_namespace.clone(),
         agent_image: config.kube_agent_image.clone(),
         instance: instance.to_owned(),
@@ -255,8 +290,7 @@ async fn connect_kubernetes(config: &Config, instance: &str) -> anyhow::Result<A
             config::KubeEndpointMode::PortForward => runtime::kubernetes::EndpointMode::PortForward,
         },
     })
-    .await?;
-    Ok(Arc::new(kubernetes))
+    .await
 }
 
 #[cfg(not(feature = "k8s"))]

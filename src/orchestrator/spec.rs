@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use super::error::Error;
-use super::runtime::{Mount, Resources, SpecFile, Workspace, WORKSPACE_DIR};
+use super::runtime::{Gpus, Mount, RegistryAuth, Resources, SpecFile, Workspace, WORKSPACE_DIR};
 use crate::wire::lifecycle::{
     CreateSandboxRequest, PausePolicy, PlatformSpec, PreStartHook, WorkspaceSpec, LIFECYCLE_ENV,
 };
@@ -30,6 +30,8 @@ pub struct Plan {
     pub name: Option<String>,
     /// Image reference.
     pub image: String,
+    /// The image's registry credentials (`image.auth`), for this create only.
+    pub image_auth: Option<RegistryAuth>,
     /// Entrypoint argv.
     pub entrypoint: Vec<String>,
     /// Seconds to live; `None` for manual cleanup.
@@ -133,6 +135,7 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
         None => None,
     };
     let image = req.image.ok_or_else(|| Error::invalid("image is required"))?;
+    let image_auth = image.auth.map(image_auth).transpose()?.flatten();
     let image = image.uri.trim().to_owned();
     if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Error::invalid("image.uri must be a non-empty image reference"));
@@ -160,8 +163,7 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
         }
     }
     let timeout = timeout(req.timeout.as_ref(), limits.max_timeout)?;
-    let (memory, nano_cpus, pids, resource_limits) =
-        resource_limits(req.resource_limits.unwrap_or_default())?;
+    let (resources, resource_limits) = resource_limits(req.resource_limits.unwrap_or_default())?;
     let name = req.name.map(|n| check_name(&n).map(|()| n)).transpose()?;
     let mut env = BTreeMap::new();
     for (k, v) in req.env.unwrap_or_default() {
@@ -208,14 +210,11 @@ pub fn plan(req: CreateSandboxRequest, limits: &Limits) -> Result<Plan, Error> {
     Ok(Plan {
         name,
         image,
+        image_auth,
         entrypoint,
         timeout,
         resource_limits,
-        resources: Resources {
-            nano_cpus,
-            memory,
-            pids: pids.unwrap_or(0),
-        },
+        resources,
         env,
         metadata,
         extensions,
@@ -400,20 +399,60 @@ pub type LiveLimits = (Resources, BTreeMap<String, String>);
 /// as numbers (a pids limit of 0: unchanged), and each as given (trimmed text). Bad values are
 /// 400s, as at create.
 pub fn live_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<LiveLimits, Error> {
-    let (memory, nano_cpus, pids, given) = resource_limits(limits)?;
-    let resources = Resources {
-        nano_cpus,
-        memory,
-        pids: pids.unwrap_or(0),
-    };
+    let (resources, given) = resource_limits(limits)?;
+    for (set, key) in [
+        (resources.gpu.is_some(), "gpu"),
+        (resources.disk.is_some(), "disk"),
+    ] {
+        if set {
+            return Err(Error::UnsupportedField(format!(
+                "resourceLimits.{key}: cannot be changed on a running sandbox"
+            )));
+        }
+    }
     Ok((resources, given))
 }
 
-/// `resourceLimits` → (memory bytes, nano CPUs, pids), and each limit as given (trimmed text).
-type Limited = (Option<i64>, Option<i64>, Option<i64>, BTreeMap<String, String>);
+/// `image.auth`: `{username, password}` (upstream's shape), both non-empty strings; `null` is
+/// none. The message never holds what was given.
+fn image_auth(auth: serde_json::Value) -> Result<Option<RegistryAuth>, Error> {
+    let fields = match auth {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Object(fields) => fields,
+        _ => {
+            return Err(Error::invalid(
+                "image.auth must be an object {username, password}",
+            ))
+        }
+    };
+    if let Some(other) = fields
+        .keys()
+        .find(|k| !matches!(k.as_str(), "username" | "password"))
+    {
+        return Err(Error::invalid(format!(
+            "image.auth.{other}: unknown field (expected username and password)"
+        )));
+    }
+    let field = |key: &str| match fields.get(key) {
+        Some(serde_json::Value::String(v)) if !v.is_empty() && !v.contains(['\0', '\n', '\r']) => {
+            Ok(v.clone())
+        }
+        _ => Err(Error::invalid(format!(
+            "image.auth.{key} must be a non-empty string without NUL or line breaks"
+        ))),
+    };
+    Ok(Some(RegistryAuth {
+        username: field("username")?,
+        password: field("password")?,
+    }))
+}
+
+/// `resourceLimits` → [`Resources`] (a pids limit of 0 when none was given), and each limit
+/// as given (trimmed text).
+type Limited = (Resources, BTreeMap<String, String>);
 
 fn resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<Limited, Error> {
-    let (mut memory, mut cpus, mut pids) = (None, None, None);
+    let mut resources = Resources::default();
     let mut given = BTreeMap::new();
     for (key, value) in limits {
         let text = match &value {
@@ -433,7 +472,7 @@ fn resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<Limite
                 if nano < 10_000_000 {
                     return Err(Error::invalid(format!("resourceLimits.cpu: {text} is below 10m")));
                 }
-                cpus = Some(nano);
+                resources.nano_cpus = Some(nano);
             }
             "memory" => {
                 let bytes = parse_bytes(&text).ok_or_else(bad)?;
@@ -442,23 +481,30 @@ fn resource_limits(limits: BTreeMap<String, serde_json::Value>) -> Result<Limite
                         "resourceLimits.memory: {text} is below Docker's 6Mi minimum"
                     )));
                 }
-                memory = Some(bytes);
+                resources.memory = Some(bytes);
             }
-            "pids" => pids = Some(text.parse::<i64>().ok().filter(|&p| p > 0).ok_or_else(bad)?),
+            "pids" => resources.pids = text.parse::<i64>().ok().filter(|&p| p > 0).ok_or_else(bad)?,
+            // Whether the runtime offers GPUs (and "all") is the service's to check.
             "gpu" => {
-                return Err(Error::UnsupportedField(
-                    "resourceLimits.gpu: GPUs are not supported".into(),
-                ))
+                resources.gpu = Some(match text.as_str() {
+                    "all" => Gpus::All,
+                    count => Gpus::Count(count.parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "resourceLimits.gpu: expected a whole number of GPUs (at least 1) or \"all\", got {text:?}"
+                        ))
+                    })?),
+                })
             }
+            "disk" => resources.disk = Some(parse_bytes(&text).ok_or_else(bad)?),
             other => {
                 return Err(Error::invalid(format!(
-                    "resourceLimits.{other}: unknown resource (expected cpu, memory or pids)"
+                    "resourceLimits.{other}: unknown resource (expected cpu, memory, pids, gpu or disk)"
                 )))
             }
         }
         given.insert(key, text);
     }
-    Ok((memory, cpus, pids, given))
+    Ok((resources, given))
 }
 
 /// `500m`, `1`, `0.5`, `2` → billionths of a CPU.
@@ -811,7 +857,8 @@ mod tests {
             Resources {
                 memory: Some(2 << 30),
                 nano_cpus: Some(500_000_000),
-                pids: 128
+                pids: 128,
+                ..Resources::default()
             }
         );
         assert_eq!(p.env.len(), 1);
@@ -948,6 +995,68 @@ mod tests {
         );
     }
 
+    /// Issue 18: GPUs (a count or `"all"`) and a disk limit are planned for any runtime; the
+    /// service refuses what its runtime cannot do (Docker: both; Kubernetes: `"all"`).
+    #[test]
+    fn issue18_gpu_and_disk_limits_are_planned() {
+        let p = plan(
+            req(json!({"resourceLimits": {"cpu": "1", "gpu": "2", "disk": "10Gi"}})),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(p.resources.gpu, Some(Gpus::Count(2)));
+        assert_eq!(p.resources.disk, Some(10 << 30));
+        assert_eq!(p.resource_limits["gpu"], "2");
+        assert_eq!(p.resource_limits["disk"], "10Gi");
+        let all = plan(req(json!({"resourceLimits": {"gpu": " all "}})), &limits()).unwrap();
+        assert_eq!(all.resources.gpu, Some(Gpus::All));
+        assert_eq!(
+            plan(req(json!({"resourceLimits": {"gpu": 1}})), &limits())
+                .unwrap()
+                .resources
+                .gpu,
+            Some(Gpus::Count(1)),
+            "a JSON number too"
+        );
+        let plain = plan(req(json!({})), &limits()).unwrap();
+        assert_eq!((plain.resources.gpu, plain.resources.disk), (None, None));
+        // A running sandbox's GPUs and disk cannot change (a pool acquire's override).
+        for key in ["gpu", "disk"] {
+            let e = live_limits(BTreeMap::from([(key.to_owned(), json!("1"))])).unwrap_err();
+            assert!(
+                matches!(&e, Error::UnsupportedField(m) if m.contains(key)),
+                "{e:?}"
+            );
+        }
+    }
+
+    /// Issue 18: `image.auth` is planned for the pull and hidden from `Debug`; errors never
+    /// repeat what was given.
+    #[test]
+    fn issue18_image_auth_is_planned_and_never_shown() {
+        let r = req(
+            json!({"image": {"uri": "ghcr.io/org/app:1", "auth": {"username": "robot", "password": "s3cr3t"}}}),
+        );
+        assert!(!format!("{r:?}").contains("s3cr3t"), "{r:?}");
+        let p = plan(r, &limits()).unwrap();
+        assert_eq!(
+            p.image_auth,
+            Some(RegistryAuth {
+                username: "robot".into(),
+                password: "s3cr3t".into()
+            })
+        );
+        assert!(!format!("{p:?}").contains("s3cr3t"));
+        let none = plan(
+            req(json!({"image": {"uri": "python:3", "auth": null}})),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(none.image_auth, None);
+        let e = err(json!({"image": {"uri": "python:3", "auth": {"username": "robot", "password": 7}}}));
+        assert!(!e.to_string().contains("robot"), "{e}");
+    }
+
     #[test]
     fn ports() {
         assert_eq!(parse_port("44772").unwrap(), 44772);
@@ -991,7 +1100,27 @@ mod tests {
             (json!({"image": {"uri": " "}}), "image.uri"),
             (json!({"resourceLimits": {"memory": "1Ki"}}), "6Mi"),
             (json!({"resourceLimits": {"cpu": "fast"}}), "resourceLimits.cpu"),
-            (json!({"resourceLimits": {"disk": "1Gi"}}), "unknown resource"),
+            (json!({"resourceLimits": {"scratch": "1Gi"}}), "unknown resource"),
+            (json!({"resourceLimits": {"disk": "lots"}}), "resourceLimits.disk"),
+            (json!({"resourceLimits": {"gpu": "0"}}), "resourceLimits.gpu"),
+            (json!({"resourceLimits": {"gpu": "1.5"}}), "whole number"),
+            (json!({"resourceLimits": {"gpu": "ALL"}}), "resourceLimits.gpu"),
+            (
+                json!({"image": {"uri": "python:3", "auth": "robot:pw"}}),
+                "image.auth",
+            ),
+            (
+                json!({"image": {"uri": "python:3", "auth": {"username": "robot"}}}),
+                "image.auth.password",
+            ),
+            (
+                json!({"image": {"uri": "python:3", "auth": {"username": "", "password": "pw"}}}),
+                "image.auth.username",
+            ),
+            (
+                json!({"image": {"uri": "python:3", "auth": {"username": "r", "password": "pw", "email": "e"}}}),
+                "image.auth.email",
+            ),
             (json!({"env": {"A=B": "1"}}), "env"),
             (json!({"metadata": {"opensandbox.io/id": "x"}}), "reserved"),
             (json!({"metadata": {"sandboxd.io/owner": "x"}}), "reserved"),

@@ -63,6 +63,7 @@ mod alias {
     pub const NOT_IMPLEMENTED: &str = "Sandbox.NotImplemented"; // new
     pub const BAD_GATEWAY: &str = "Sandbox.BadGateway"; // new
     pub const SERVICE_UNAVAILABLE: &str = "Sandbox.ServiceUnavailable"; // new
+    pub const GATEWAY_TIMEOUT: &str = "Sandbox.GatewayTimeout"; // new
 }
 
 const SEE_SPEC: &str = "Fix the field the message names; the request schemas are in proto/sandboxd.yaml";
@@ -587,6 +588,19 @@ pub const SANDBOX_RUNTIME_UNAVAILABLE: ErrorCode = entry(
     true,
 );
 
+// 504
+
+/// A sandbox's pod was not Ready within the Kubernetes create timeout (upstream's code); the
+/// pod was deleted.
+pub const KUBERNETES_POD_READY_TIMEOUT: ErrorCode = entry(
+    "KUBERNETES::POD_READY_TIMEOUT",
+    504,
+    alias::GATEWAY_TIMEOUT,
+    "Pod not ready in time",
+    "Retry; if it persists, the cluster could not schedule or start the pod in time (its events name why: resources, volumes, node capacity), or raise --kube-create-timeout",
+    true,
+);
+
 // Execution outcomes: not HTTP errors, but `error.code` in a 200 result.
 
 /// The handler raised.
@@ -753,6 +767,7 @@ pub static ALL: &[&ErrorCode] = &[
     &FSB_API_NOT_SUPPORTED,
     &SANDBOX_PROXY_ERROR,
     &SANDBOX_RUNTIME_UNAVAILABLE,
+    &KUBERNETES_POD_READY_TIMEOUT,
 ];
 
 /// The execution outcomes: codes of a 200 result's `error`, never of an HTTP error.

@@ -126,14 +126,25 @@ pub struct PauseRequest {
 }
 
 /// `{uri, auth?}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ImageSpec {
     /// Image reference, e.g. `python:3.12`.
     pub uri: String,
-    /// Registry credentials (accepted, never echoed).
+    /// Registry credentials `{username, password}`, used to pull the image (Docker: the
+    /// engine's pull; Kubernetes: a per-sandbox pull Secret). Never echoed, stored or logged.
     #[serde(default, skip_serializing)]
     #[schema(value_type = Option<Object>)]
     pub auth: Option<serde_json::Value>,
+}
+
+/// Hides the credentials, so that a logged request cannot leak them.
+impl std::fmt::Debug for ImageSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageSpec")
+            .field("uri", &self.uri)
+            .field("auth", &self.auth.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
 }
 
 /// `{os, arch}`.

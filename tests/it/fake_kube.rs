@@ -54,17 +54,17 @@ pub(crate) struct FakeKube {
 
 impl FakeKube {
     pub(crate) fn start(extra: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", extra)
+    }
+
+    /// On a given address (`listen`), e.g. the one a sandboxd started before it was told to
+    /// connect to.
+    pub(crate) fn start_on(listen: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         let label = format!("fake-kube-test-{}", uuid::Uuid::new_v4().simple());
         let mut child = Command::new(fake_kube_bin())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--docker-label",
-                &label,
-                "--kubeconfig-out",
-            ])
+            .args(["--listen", listen, "--docker-label", &label, "--kubeconfig-out"])
             .arg(&kubeconfig)
             .args(extra)
             .env("RUST_LOG", "warn")

@@ -196,6 +196,7 @@ fn spec(id: &str, user_image: &str, token: &str) -> SandboxSpec {
             nano_cpus: Some(500_000_000),
             memory: Some(256 * 1024 * 1024),
             pids: 4096,
+            ..Resources::default()
         },
         mounts: Vec::new(),
         isolation: false,
@@ -208,6 +209,7 @@ fn spec(id: &str, user_image: &str, token: &str) -> SandboxSpec {
         previous: None,
         start: true,
         workspace: None,
+        image_auth: None,
     }
 }
 

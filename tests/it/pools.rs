@@ -499,10 +499,12 @@ async fn a_resource_limits_override_on_acquire_changes_the_members_limits_live()
 
     // Bad values are 400 and take no member.
     wait_available(&d, "sized", 1).await;
-    for limits in [
-        json!({"memory": "1Ki"}),
-        json!({"cpu": "lots"}),
-        json!({"disk": "1Gi"}),
+    for (limits, code) in [
+        (json!({"memory": "1Ki"}), "SANDBOX::INVALID_PARAMETER"),
+        (json!({"cpu": "lots"}), "SANDBOX::INVALID_PARAMETER"),
+        (json!({"scratch": "1Gi"}), "SANDBOX::INVALID_PARAMETER"),
+        // Valid at create where the runtime offers it, never changed on a running member.
+        (json!({"disk": "1Gi"}), "SANDBOX::API_NOT_SUPPORTED"),
     ] {
         let (status, body) = d
             .json(
@@ -512,7 +514,7 @@ async fn a_resource_limits_override_on_acquire_changes_the_members_limits_live()
             )
             .await;
         assert_eq!(status, 400, "{limits}: {body}");
-        assert_eq!(body["code"], "SANDBOX::INVALID_PARAMETER", "{body}");
+        assert_eq!(body["code"], code, "{body}");
     }
     assert_eq!(pool_status(&d, "sized").await["available"], 1);
 }

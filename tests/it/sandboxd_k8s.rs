@@ -419,3 +419,122 @@ async fn scenarios(cluster: Cluster) {
     drop(d2);
     drop(d);
 }
+
+/// A kubeconfig for an API server at `addr` (plain HTTP, no credentials), as fake_kube writes.
+fn kubeconfig_for(addr: std::net::SocketAddr, path: &Path) {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: http://{addr}\n\
+         contexts:\n- name: k\n  context:\n    cluster: k\n    user: k\n    namespace: default\n\
+         current-context: k\nusers:\n- name: k\n  user: {{}}\n"
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+/// Issue 18 (design §16.6 "Bad input"): an API server that cannot be reached at start does
+/// not stop sandboxd: it listens, `/health` says `degraded`, `/version` says unreachable, and
+/// every runtime-backed route answers 503 `SANDBOX::RUNTIME_UNAVAILABLE`; once the API
+/// server answers (fake_kube started on that very port), sandboxd connects by itself and
+/// serves sandboxes.
+#[tokio::test]
+async fn issue18_sandboxd_starts_without_the_api_server_and_serves_once_it_answers() {
+    if !docker_available() {
+        return;
+    }
+    // A port nothing listens on (bound, then released), for the API server to come.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    kubeconfig_for(addr, &kubeconfig);
+    let data = tempfile::tempdir().unwrap();
+    let run = marker();
+    let d = Sandboxd::start_env(
+        data.path(),
+        &run,
+        &[
+            "--runtime",
+            "kubernetes",
+            "--kube-namespace",
+            "default",
+            "--kube-agent-image",
+            agent_image(),
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+
+    let (status, health) = d.json(Method::GET, "/health", None).await;
+    assert_eq!(status, 200, "sandboxd is up: {health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    let (_, version) = d.json(Method::GET, "/version", None).await;
+    assert!(
+        version["kubernetesVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("unreachable")),
+        "{version}"
+    );
+    let busybox = image("busybox");
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/v1/sandboxes",
+            Some(sandbox_body(busybox, &["sleep", "100000"])),
+        ),
+        (Method::GET, "/v1/containers", None),
+    ] {
+        let (status, answer) = d.json(method.clone(), path, body).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method} {path}: {answer}"
+        );
+        assert_eq!(answer["code"], "SANDBOX::RUNTIME_UNAVAILABLE", "{answer}");
+    }
+
+    let fake = FakeKube::start_on(&addr.to_string(), &[]);
+    eventually(60, "sandboxd to connect to the API server", async || {
+        let (_, health) = d.json(Method::GET, "/health", None).await;
+        (health["status"] == "healthy").then_some(())
+    })
+    .await;
+    let (_, version) = d.json(Method::GET, "/version", None).await;
+    assert!(
+        !version["kubernetesVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("unreachable"),
+        "{version}"
+    );
+    let (status, answer) = d.json(Method::GET, "/v1/containers", None).await;
+    assert_eq!(status, 200, "{answer}");
+    // With registry credentials: a pull Secret the pod names (the docklet's images are local,
+    // so it pulls nothing), gone with the sandbox.
+    let mut body = sandbox_body(busybox, &["sleep", "100000"]);
+    body["image"]["auth"] = json!({"username": "robot", "password": "s3cr3t"});
+    let id = d.create(body).await["id"].as_str().unwrap().to_owned();
+    wait_running(&d, &id).await;
+    let (out, code) = d.endpoint(&id, 44772, true).await.run("echo connected").await;
+    assert_eq!((out.as_str(), code), ("connected\n", 0));
+    let client = fake.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client, "default");
+    let pull = secrets.get(&format!("sbx-{id}-pull")).await.unwrap();
+    assert_eq!(pull.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+    let pod = pods.get(&format!("sbx-{id}")).await.unwrap();
+    let names: Vec<String> = pod
+        .spec
+        .unwrap()
+        .image_pull_secrets
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, [format!("sbx-{id}-pull")]);
+    let (status, _) = d.json(Method::DELETE, &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    gone(&pods, &format!("sbx-{id}")).await;
+    gone(&secrets, &format!("sbx-{id}-pull")).await;
+    drop(d);
+    drop(fake);
+}

@@ -141,6 +141,8 @@ impl From<&Error> for ApiError {
                     &codes::SANDBOX_RUNTIME_UNAVAILABLE,
                     format!("the container runtime cannot be reached; {SEE_LOG}"),
                 ),
+                // Says which pod and how long: the user's sandbox, not sandboxd's internals.
+                RuntimeError::ReadyTimeout(_) => said(&codes::KUBERNETES_POD_READY_TIMEOUT),
             },
             Error::Store(_) => told(
                 &codes::SANDBOX_INTERNAL_ERROR,
@@ -485,6 +487,11 @@ mod tests {
                 Error::Runtime(RuntimeError::Unavailable(s())),
                 503,
                 "SANDBOX::RUNTIME_UNAVAILABLE",
+            ),
+            (
+                Error::Runtime(RuntimeError::ReadyTimeout(s())),
+                504,
+                "KUBERNETES::POD_READY_TIMEOUT",
             ),
             (Error::Store(StoreError::Closed), 500, "SANDBOX::INTERNAL_ERROR"),
             (Error::Internal(s()), 500, "SANDBOX::INTERNAL_ERROR"),

@@ -24,9 +24,15 @@ pub(super) fn unsupported_routes() -> Router<App> {
     Router::new().route("/sandboxes/{id}/networkpolicy", any(no_network_policy))
 }
 
-#[utoipa::path(get, path = "/health", responses((status = 200, description = "`{\"status\": \"healthy\"}`")))]
-pub(crate) async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "healthy"}))
+/// 200 either way: sandboxd itself is up (a liveness probe must not restart it for the
+/// runtime's sake); while the runtime cannot be reached, `status` is `degraded` and
+/// `runtime` says why (every runtime-backed route answers 503 meanwhile).
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "`{\"status\": \"healthy\"}`; `{\"status\": \"degraded\", \"runtime\": \"<why>\"}` while the runtime (Kubernetes: the API server) cannot be reached")))]
+pub(crate) async fn health(State(app): State<App>) -> Json<serde_json::Value> {
+    Json(match app.service.runtime_unavailable() {
+        None => serde_json::json!({"status": "healthy"}),
+        Some(why) => serde_json::json!({"status": "degraded", "runtime": why}),
+    })
 }
 
 #[utoipa::path(get, path = "/version", responses((status = 200, description = "`{version, runtime, dockerApiVersion}` on Docker, `{version, runtime, kubernetesVersion}` on Kubernetes (bare path only)")))]

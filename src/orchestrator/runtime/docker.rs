@@ -339,9 +339,9 @@ impl Docker {
         }
     }
 
-    /// Makes sure the image is present, pulling it when it is not. The error says why the
-    /// image cannot be had.
-    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+    /// Makes sure the image is present, pulling it (with the request's registry credentials,
+    /// when it had some) when it is not. The error says why the image cannot be had.
+    async fn ensure_image(&self, image: &str, auth: Option<RegistryAuth>) -> Result<(), RuntimeError> {
         match self.api.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(e) => match classify("inspect the image", e) {
@@ -350,7 +350,7 @@ impl Docker {
             },
         }
         let options = CreateImageOptionsBuilder::default().from_image(image).build();
-        let mut pull = self.api.create_image(Some(options), None, None);
+        let mut pull = self.api.create_image(Some(options), None, auth.map(credentials));
         let cannot = |m: &str| {
             RuntimeError::ImageNotFound(format!(
                 "image {image:?} is not present and cannot be pulled: {m}"
@@ -363,6 +363,7 @@ impl Docker {
                 | RuntimeError::Rejected(m)
                 | RuntimeError::Conflict(m)
                 | RuntimeError::Transient(m)
+                | RuntimeError::ReadyTimeout(m)
                 | RuntimeError::ImageNotFound(m)
                 | RuntimeError::Engine { message: m, .. } => cannot(&m),
             })?;
@@ -648,6 +649,11 @@ impl Runtime for Docker {
             builds: true,
             snapshots: true,
             host_network: self.settings.network == "host",
+            // No GPU device requests, and no storage-opt size (it needs overlay2 on xfs
+            // with project quotas).
+            gpus: false,
+            all_gpus: false,
+            disk: false,
             rootfs_pause: RootfsPause::Commit,
         }
     }
@@ -660,7 +666,7 @@ impl Runtime for Docker {
     /// when the engine cannot bind them (taken meanwhile), on any free ones.
     fn create(&self, mut spec: SandboxSpec) -> Fut<'_, Instance> {
         async move {
-            self.ensure_image(&spec.image).await?;
+            self.ensure_image(&spec.image, spec.image_auth.take()).await?;
             let agent = self.ensure_agent(&spec.image).await?;
             let files = std::mem::take(&mut spec.files);
             let wanted = spec.previous.as_ref().map(Ports::of).unwrap_or_default();
@@ -961,13 +967,8 @@ impl Runtime for Docker {
         if let Some(p) = &platform {
             options = options.platform(&format!("{}/{}", p.os, p.arch));
         }
-        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
-            username: Some(a.username),
-            password: Some(a.password),
-            ..Default::default()
-        });
         self.api
-            .create_image(Some(options.build()), None, credentials)
+            .create_image(Some(options.build()), None, auth.map(credentials))
             .filter_map(|item| {
                 std::future::ready(match item {
                     Ok(info) => layer_event(&info).map(Ok),
@@ -1085,6 +1086,15 @@ fn layer_event(info: &bollard::models::CreateImageInfo) -> Option<PullEvent> {
         layer: layer.to_owned(),
         step,
     })
+}
+
+/// Registry credentials as the engine takes them (`X-Registry-Auth`).
+fn credentials(auth: RegistryAuth) -> bollard::auth::DockerCredentials {
+    bollard::auth::DockerCredentials {
+        username: Some(auth.username),
+        password: Some(auth.password),
+        ..Default::default()
+    }
 }
 
 /// A failed pull, classified: by the engine's status where it gives one before the stream

@@ -176,6 +176,9 @@ struct Inner {
     images_in_use: BTreeSet<String>,
     /// What [`Capabilities::host_network`] says.
     host_network: bool,
+    /// What [`Capabilities::gpus`] and [`Capabilities::disk`] say (as on Kubernetes: GPUs by
+    /// count only).
+    gpus: bool,
     /// [`Capabilities::freeze`] false (as on Kubernetes).
     no_freeze: bool,
     /// What [`Capabilities::rootfs_pause`] says.
@@ -295,6 +298,11 @@ impl FakeRuntime {
     /// Whether sandboxes share the host's network ([`Capabilities::host_network`]).
     pub fn set_host_network(&self, host: bool) {
         self.lock().host_network = host;
+    }
+
+    /// Offer GPUs by count and disk limits, as Kubernetes does ([`Capabilities::gpus`]).
+    pub fn offer_gpus_and_disk(&self) {
+        self.lock().gpus = true;
     }
 
     /// Whether the runtime can freeze sandboxes ([`Capabilities::freeze`]; Kubernetes cannot).
@@ -750,6 +758,9 @@ impl Runtime for FakeRuntime {
             builds: true,
             snapshots: true,
             host_network: state.host_network,
+            gpus: state.gpus,
+            all_gpus: false,
+            disk: state.gpus,
             rootfs_pause: state.rootfs_pause,
         }
     }

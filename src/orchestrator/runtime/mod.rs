@@ -73,6 +73,13 @@ pub struct Capabilities {
     /// so a Rootfs pause, which removes the container and restores it behind its published
     /// ports, is refused.
     pub host_network: bool,
+    /// GPUs by count (`resourceLimits.gpu`): Kubernetes' `nvidia.com/gpu`.
+    pub gpus: bool,
+    /// Every GPU of the host (`resourceLimits.gpu: "all"`); a pod can only ask for a count.
+    pub all_gpus: bool,
+    /// A limit on a sandbox's writable disk (`resourceLimits.disk`): Kubernetes'
+    /// `ephemeral-storage`.
+    pub disk: bool,
     /// What a Rootfs pause keeps of a sandbox on this runtime.
     pub rootfs_pause: RootfsPause,
 }
@@ -137,6 +144,10 @@ pub struct SandboxSpec {
     /// Whether [`Runtime::create`] starts it (`false`: created, execd injected and files
     /// written, not started until [`Runtime::start`]; `extensions["sandboxd.autoStart"]`).
     pub start: bool,
+    /// Credentials for the image's registry (`image.auth`): held for this create only, never
+    /// stored or logged (Docker pulls with them; Kubernetes puts them in a per-sandbox
+    /// `kubernetes.io/dockerconfigjson` Secret the pod pulls with).
+    pub image_auth: Option<RegistryAuth>,
     /// A persistent workspace at [`WORKSPACE_DIR`]: created by [`Runtime::create`] when
     /// missing, found again when it exists (a Rootfs resume), never removed by
     /// [`Runtime::remove`].
@@ -162,6 +173,7 @@ impl SandboxSpec {
             purpose: Purpose::Sandbox,
             previous: None,
             start: true,
+            image_auth: None,
             workspace: None,
         }
     }
@@ -219,6 +231,22 @@ pub struct Resources {
     pub memory: Option<i64>,
     /// Process limit.
     pub pids: i64,
+    /// GPUs (`resourceLimits.gpu`); only runtimes whose [`Capabilities::gpus`] say so take it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<Gpus>,
+    /// Writable disk, bytes (`resourceLimits.disk`); only runtimes whose
+    /// [`Capabilities::disk`] say so take it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<i64>,
+}
+
+/// How many GPUs a sandbox asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Gpus {
+    /// This many (at least 1).
+    Count(u32),
+    /// Every GPU of the host (`"all"`, Docker's `--gpus all`).
+    All,
 }
 
 /// A volume in a sandbox. Stored with the sandbox's launch for a Rootfs resume.
@@ -401,6 +429,10 @@ pub enum RuntimeError {
     /// The runtime cannot be reached.
     #[error("runtime unavailable: {0}")]
     Unavailable(String),
+    /// The sandbox was not ready within the runtime's create timeout (Kubernetes: the pod not
+    /// Ready); what was made is deleted.
+    #[error("{0}")]
+    ReadyTimeout(String),
     /// Anything else the runtime failed at.
     #[error("{op}: {message}")]
     Engine {
@@ -708,6 +740,16 @@ pub trait Runtime: Send + Sync + 'static {
     fn container<'a>(&'a self, reference: &'a str) -> Fut<'a, Option<ContainerInfo>>;
     /// A one-shot sample of what a running container uses (`None` when not running).
     fn usage<'a>(&'a self, reference: &'a str) -> Fut<'a, Option<Usage>>;
+    /// Why the runtime cannot be used now, when it cannot (Kubernetes before its API server
+    /// first answers: every call is then [`RuntimeError::Unavailable`]). `/health` says it.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+    /// Resolves once the runtime can be used (at once for a runtime connected at start-up):
+    /// start-up's reconciliation waits on it.
+    fn connected(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
     /// A container's output (stdout and stderr, interleaved) as it comes.
     fn log_stream(
         &self,

@@ -367,6 +367,7 @@ impl Service {
             },
             previous: None,
             start: true,
+            image_auth: None,
             workspace: None,
         };
         let instance = self

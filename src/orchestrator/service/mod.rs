@@ -198,6 +198,16 @@ impl Service {
         (self.runtime.kind(), self.runtime.version())
     }
 
+    /// Why the runtime cannot be used now, when it cannot (not yet connected).
+    pub fn runtime_unavailable(&self) -> Option<String> {
+        self.runtime.unavailable()
+    }
+
+    /// Resolves once the runtime can be used.
+    pub fn runtime_connected(&self) -> futures_util::future::BoxFuture<'static, ()> {
+        self.runtime.connected()
+    }
+
     /// Who checks credentials.
     pub fn authority(&self) -> &Authority {
         &self.authority

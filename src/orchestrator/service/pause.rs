@@ -295,6 +295,8 @@ impl Service {
             purpose: Purpose::Sandbox,
             previous: Some(hibernation.previous.clone()),
             start: true,
+            // Resumed from the image it was paused in, which needs no registry.
+            image_auth: None,
             workspace: launch.workspace,
         };
         let started = async {

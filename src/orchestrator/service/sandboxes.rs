@@ -19,7 +19,9 @@ use crate::orchestrator::auth::{Principal, Role};
 use crate::orchestrator::error::Denial;
 use crate::orchestrator::error::{Conflict, Error};
 use crate::orchestrator::execd_client::Ping;
-use crate::orchestrator::runtime::{Instance, Observed, Purpose, Resources, SandboxSpec, Target, EXECD_PORT};
+use crate::orchestrator::runtime::{
+    Gpus, Instance, Observed, Purpose, Resources, SandboxSpec, Target, EXECD_PORT,
+};
 use crate::orchestrator::spec::{self, Plan, AUTO_START_EXTENSION};
 use crate::orchestrator::store::{EventType, Failure, Launch, NewEvent, Phase, Record, Source, TemplateRef};
 use crate::wire::lifecycle::{
@@ -125,6 +127,7 @@ impl Service {
                 return Err(Error::Forbidden(Denial::Quota { limit }));
             }
         }
+        self.check_resources(&plan.resources)?;
         if plan.isolation && !self.runtime.capabilities().isolation {
             return Err(Error::UnsupportedField(
                 "isolation: sandboxd has no seccomp profile for isolated sessions".into(),
@@ -289,6 +292,27 @@ impl Service {
         }
     }
 
+    /// Refuses (400, naming why) the limits this runtime cannot apply: GPUs on a runtime
+    /// without them, every GPU (`"all"`) where only a count can be asked for, a disk limit.
+    fn check_resources(&self, resources: &Resources) -> Result<(), Error> {
+        let can = self.runtime.capabilities();
+        let runtime = self.runtime.kind().as_str();
+        let refused = match resources.gpu {
+            Some(_) if !can.gpus => Some(format!(
+                "resourceLimits.gpu: the {runtime} runtime offers no GPUs to sandboxes"
+            )),
+            Some(Gpus::All) if !can.all_gpus => Some(format!(
+                "resourceLimits.gpu: \"all\" is not supported by the {runtime} runtime, which asks for a \
+                 number of GPUs; give a count such as \"1\""
+            )),
+            _ if resources.disk.is_some() && !can.disk => Some(format!(
+                "resourceLimits.disk: the {runtime} runtime cannot limit a sandbox's disk"
+            )),
+            _ => None,
+        };
+        refused.map_or(Ok(()), |m| Err(Error::UnsupportedField(m)))
+    }
+
     /// What the runtime is asked to create for a sandbox (or pool member) `id` whose execd
     /// takes `token`: the plan with execd's environment and the default process limit.
     pub(super) fn sandbox_spec(
@@ -298,6 +322,7 @@ impl Service {
         expires_at: Option<i64>,
         plan: Plan,
     ) -> Result<SandboxSpec, Error> {
+        self.check_resources(&plan.resources)?;
         let mut env = plan.env;
         // The 1.1.1 code interpreter probes `/dev/tcp/127.0.0.1/${JUPYTER_PORT:-44771}` before
         // it declares itself ready; execd is the code plane here, so point it at execd.
@@ -344,6 +369,7 @@ impl Service {
             purpose: Purpose::Sandbox,
             previous: None,
             start: true,
+            image_auth: plan.image_auth,
             workspace: plan.workspace,
         })
     }

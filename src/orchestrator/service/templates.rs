@@ -492,16 +492,6 @@ impl Service {
             }
         };
         let spec = &version.spec;
-        if spec.resources.as_ref().is_some_and(|r| r.disk.is_some())
-            || req
-                .resource_limits
-                .as_ref()
-                .is_some_and(|r| r.contains_key("disk"))
-        {
-            return Err(Error::UnsupportedField(
-                "resources.disk: disk limits are unsupported by this Docker storage driver".into(),
-            ));
-        }
         req.image = Some(ImageSpec {
             uri: image,
             auth: None,
@@ -511,7 +501,13 @@ impl Service {
         }
         let mut limits: BTreeMap<String, serde_json::Value> = BTreeMap::new();
         if let Some(r) = &spec.resources {
-            for (key, value) in [("cpu", &r.cpu), ("memory", &r.memory), ("gpu", &r.gpu)] {
+            // Whether the runtime can apply GPUs and disk is the create's check (capabilities).
+            for (key, value) in [
+                ("cpu", &r.cpu),
+                ("memory", &r.memory),
+                ("gpu", &r.gpu),
+                ("disk", &r.disk),
+            ] {
                 if let Some(value) = value {
                     limits.insert(key.into(), value.clone().into());
                 }
@@ -863,7 +859,12 @@ pub(super) fn check_spec(spec: &TemplateSpec, max_ttl: u64) -> Result<(), Error>
     }
     if let Some(r) = &spec.resources {
         let mut limits = BTreeMap::new();
-        for (key, value) in [("cpu", &r.cpu), ("memory", &r.memory)] {
+        for (key, value) in [
+            ("cpu", &r.cpu),
+            ("memory", &r.memory),
+            ("gpu", &r.gpu),
+            ("disk", &r.disk),
+        ] {
             if let Some(value) = value {
                 limits.insert(key.to_owned(), serde_json::Value::from(value.clone()));
             }

@@ -1562,3 +1562,71 @@ async fn an_unfiltered_list_asks_the_runtime_only_about_its_page_and_lists_as_a_
     let record = rig.service.store.get(&last).await.unwrap().unwrap();
     assert_eq!(record.phase, Phase::Paused);
 }
+
+/// Issue 18: GPUs and a disk limit reach the runtime only where its capabilities say so; a
+/// runtime without them (Docker) answers 400 naming why, one that counts GPUs (Kubernetes)
+/// refuses `"all"`; image credentials reach the runtime's create.
+#[tokio::test]
+async fn issue18_gpu_and_disk_limits_follow_the_runtimes_capabilities() {
+    let rig = rig().await;
+    let with = |limits: serde_json::Value| {
+        let mut req = request(Some(600));
+        req.resource_limits = Some(serde_json::from_value(limits).unwrap());
+        req
+    };
+    let refused = |e: Error| {
+        let api = crate::orchestrator::http::error::ApiError::from(&e);
+        assert_eq!(
+            (api.status.as_u16(), api.entry.code),
+            (400, "SANDBOX::API_NOT_SUPPORTED"),
+            "{e}"
+        );
+        e.to_string()
+    };
+    let s = &rig.service;
+    let no_gpus = refused(
+        s.create(with(serde_json::json!({"gpu": "1"})), &root(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        no_gpus.contains("resourceLimits.gpu") && no_gpus.contains("no GPUs"),
+        "{no_gpus}"
+    );
+    let no_disk = refused(
+        s.create(with(serde_json::json!({"disk": "1Gi"})), &root(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(no_disk.contains("resourceLimits.disk"), "{no_disk}");
+    assert!(rig.fake.sandboxes().is_empty(), "nothing was started");
+
+    rig.fake.offer_gpus_and_disk();
+    let all = refused(
+        s.create(with(serde_json::json!({"gpu": "all"})), &root(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(all.contains("\"all\"") && all.contains("count"), "{all}");
+    let mut req = with(serde_json::json!({"gpu": "2", "disk": "10Gi"}));
+    req.image = Some(
+        serde_json::from_value(
+            serde_json::json!({"uri": "busybox", "auth": {"username": "robot", "password": "s3cr3t"}}),
+        )
+        .unwrap(),
+    );
+    let id = s.create(req, &root(), None).await.unwrap().id;
+    let made = rig.fake.sandboxes();
+    let spec = &made.values().find(|f| f.spec.id == id).unwrap().spec;
+    assert_eq!(
+        spec.resources.gpu,
+        Some(crate::orchestrator::runtime::Gpus::Count(2))
+    );
+    assert_eq!(spec.resources.disk, Some(10 << 30));
+    assert_eq!(
+        spec.image_auth.as_ref().map(|a| a.username.as_str()),
+        Some("robot")
+    );
+    let record = s.store.get(&id).await.unwrap().unwrap();
+    assert!(!format!("{record:?}").contains("s3cr3t"), "never stored");
+}

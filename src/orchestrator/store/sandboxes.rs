@@ -743,6 +743,7 @@ mod tests {
                 nano_cpus: Some(1),
                 memory: None,
                 pids: 9,
+                ..Resources::default()
             },
             mounts: vec![Mount::Volume {
                 name: "v".into(),

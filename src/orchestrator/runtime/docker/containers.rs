@@ -196,6 +196,7 @@ fn container_info(info: ContainerInspectResponse, instance: &str) -> Option<Cont
             nano_cpus: host.nano_cpus.filter(|&n| n > 0),
             memory: host.memory.filter(|&m| m > 0),
             pids: host.pids_limit.unwrap_or(0),
+            ..Resources::default()
         },
     })
 }

@@ -166,13 +166,14 @@ async fn created_without_files(handle: &mut Handle, id: &str) {
     );
 }
 
-/// The three deletes of a removal, in order, each answered `answers[i]` (200, else 404); the
+/// The four deletes of a removal, in order, each answered `answers[i]` (200, else 404); the
 /// pod's at once (grace 0).
-async fn expect_deletes(handle: &mut Handle, id: &str, answers: [u16; 3]) {
+async fn expect_deletes(handle: &mut Handle, id: &str, answers: [u16; 4]) {
     let paths = [
         format!("/api/v1/namespaces/{NS}/pods/sbx-{id}"),
         format!("/api/v1/namespaces/{NS}/secrets/sbx-{id}"),
         format!("/api/v1/namespaces/{NS}/configmaps/sbx-{id}-files"),
+        format!("/api/v1/namespaces/{NS}/secrets/sbx-{id}-pull"),
     ];
     for (i, (path, code)) in paths.iter().zip(answers).enumerate() {
         let asked = expect(handle, Method::DELETE, path).await;
@@ -279,7 +280,7 @@ async fn an_image_that_cannot_be_pulled_fails_the_create_at_once_and_deletes_eve
         created_without_files(&mut handle, "img").await;
         let get = expect(&mut handle, Method::GET, "/api/v1/namespaces/sbx/pods/sbx-img").await;
         get.answer(200, pending_pod("sbx-img", Some("ErrImagePull")));
-        expect_deletes(&mut handle, "img", [200, 200, 404]).await;
+        expect_deletes(&mut handle, "img", [200, 200, 404, 404]).await;
         handle
     });
     let e = rt.create(spec("img")).await.unwrap_err();
@@ -310,7 +311,7 @@ async fn a_pod_not_ready_in_time_is_deleted_and_the_create_says_pod_ready_timeou
             gets += 1;
             asked.answer(200, pending_pod("sbx-slow", Some("ContainerCreating")));
         }
-        for _ in 0..2 {
+        for _ in 0..3 {
             next(&mut handle).await.fail(404, "NotFound");
         }
         assert!(gets >= 2, "polled until the deadline ({gets} reads)");
@@ -318,7 +319,88 @@ async fn a_pod_not_ready_in_time_is_deleted_and_the_create_says_pod_ready_timeou
     });
     let e = rt.create(spec("slow")).await.unwrap_err();
     let _handle = verifier.await.unwrap();
-    assert!(e.to_string().contains("KUBERNETES::POD_READY_TIMEOUT"), "{e}");
+    // 504 KUBERNETES::POD_READY_TIMEOUT at the edge.
+    match &e {
+        RuntimeError::ReadyTimeout(m) => assert!(m.contains("pod sbx-slow was not Ready within 2 s"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 18: `image.auth` becomes the Secret `sbx-<id>-pull` (type dockerconfigjson), made
+/// before the pod that names it in `imagePullSecrets`, then handed to the pod like the token's
+/// Secret; GPUs and disk are the sandbox container's limits and requests.
+#[tokio::test]
+async fn issue18_a_private_image_gets_a_pull_secret_handed_to_the_pod() {
+    let (rt, mut handle) = runtime(Duration::from_secs(60));
+    let mut s = spec("priv");
+    s.image = "ghcr.io/org/app:1".into();
+    s.image_auth = Some(crate::orchestrator::runtime::RegistryAuth {
+        username: "robot".into(),
+        password: "s3cr3t".into(),
+    });
+    s.resources.gpu = Some(crate::orchestrator::runtime::Gpus::Count(1));
+    s.resources.disk = Some(1 << 30);
+    let verifier = tokio::spawn(async move {
+        let token = expect(&mut handle, Method::POST, "/api/v1/namespaces/sbx/secrets").await;
+        assert_eq!(token.body["metadata"]["name"], "sbx-priv");
+        let body = token.body.clone();
+        token.answer(201, stored(body, "s-1"));
+
+        let pull = expect(&mut handle, Method::POST, "/api/v1/namespaces/sbx/secrets").await;
+        assert_eq!(pull.body["metadata"]["name"], "sbx-priv-pull");
+        assert_eq!(pull.body["type"], "kubernetes.io/dockerconfigjson");
+        let config = pull.body["data"][".dockerconfigjson"].as_str().unwrap();
+        let config: Value = serde_json::from_slice(
+            &serde_json::from_value::<k8s_openapi::ByteString>(json!(config))
+                .unwrap()
+                .0,
+        )
+        .unwrap();
+        assert_eq!(
+            config,
+            json!({"auths": {"ghcr.io": {"username": "robot", "password": "s3cr3t"}}})
+        );
+        let body = pull.body.clone();
+        pull.answer(201, stored(body, "s-2"));
+
+        let pod = expect(&mut handle, Method::POST, "/api/v1/namespaces/sbx/pods").await;
+        assert_eq!(
+            pod.body["spec"]["imagePullSecrets"],
+            json!([{"name": "sbx-priv-pull"}])
+        );
+        let resources = &pod.body["spec"]["containers"][0]["resources"];
+        let want = json!({"nvidia.com/gpu": "1", "ephemeral-storage": "1073741824"});
+        assert_eq!((&resources["limits"], &resources["requests"]), (&want, &want));
+        assert!(
+            !pod.body.to_string().contains("s3cr3t"),
+            "the password is not in the pod"
+        );
+        let body = pod.body.clone();
+        pod.answer(201, stored(body, "u-1"));
+
+        for name in ["sbx-priv", "sbx-priv-pull"] {
+            let patch = expect(
+                &mut handle,
+                Method::PATCH,
+                &format!("/api/v1/namespaces/sbx/secrets/{name}"),
+            )
+            .await;
+            assert_eq!(
+                patch.body,
+                json!({"metadata": {"ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Pod", "name": "sbx-priv", "uid": "u-1"}]}})
+            );
+            patch.answer(
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}),
+            );
+        }
+        let get = expect(&mut handle, Method::GET, "/api/v1/namespaces/sbx/pods/sbx-priv").await;
+        get.answer(200, ready_pod("sbx-priv", "10.1.2.4"));
+        handle
+    });
+    rt.create(s).await.unwrap();
+    let _handle = verifier.await.unwrap();
 }
 
 #[tokio::test]
@@ -331,7 +413,7 @@ async fn a_pod_the_server_refuses_is_rejected_and_its_secret_deleted() {
         expect(&mut handle, Method::POST, "/api/v1/namespaces/sbx/pods")
             .await
             .fail(422, "Invalid");
-        expect_deletes(&mut handle, "bad", [404, 200, 404]).await;
+        expect_deletes(&mut handle, "bad", [404, 200, 404, 404]).await;
         handle
     });
     let e = rt.create(spec("bad")).await.unwrap_err();
@@ -390,7 +472,7 @@ async fn start_removes_the_scheduling_gate_with_a_json_patch_and_waits() {
 async fn remove_deletes_pod_secret_and_files_and_gone_is_fine() {
     let (rt, mut handle) = runtime(Duration::from_secs(60));
     let verifier = tokio::spawn(async move {
-        expect_deletes(&mut handle, "old", [200, 404, 404]).await;
+        expect_deletes(&mut handle, "old", [200, 404, 404, 404]).await;
         handle
     });
     rt.remove(&PodData::default().instance("sbx-old".into()))

@@ -21,14 +21,19 @@
 //! - `cache`: the reflector store the pod watcher feeds, which reads answer from.
 //! - `events`: the cluster's `Event`s of a pod, for the events diagnostic.
 //! - `portforward` (feature `k8s-portforward`): targets as `pods/portforward` tunnels.
+//! - `pull_secret`: the per-sandbox `kubernetes.io/dockerconfigjson` Secret of `image.auth`.
+//! - `connecting`: the runtime while the API server cannot be reached (every call
+//!   `Unavailable`), connecting in the background.
 
 mod cache;
+pub mod connecting;
 #[cfg(test)]
 mod contract_tests;
 mod events;
 pub mod objects;
 #[cfg(feature = "k8s-portforward")]
 pub mod portforward;
+pub mod pull_secret;
 #[cfg(test)]
 mod schema_tests;
 pub mod workspace;
@@ -156,6 +161,7 @@ fn gone_is_fine(r: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
 }
 
 /// The API server connection and what sandboxes are made of.
+#[derive(Clone)]
 pub struct Kubernetes {
     client: kube::Client,
     objects: Objects,
@@ -171,9 +177,11 @@ pub struct Kubernetes {
 
 impl Kubernetes {
     /// Connects as kube-rs does by default (`KUBECONFIG`, `~/.kube/config`, else the
-    /// in-cluster service account) and asks the API server its version, so that a server
-    /// that cannot be reached fails start-up within [`CONNECT_TIMEOUT`] instead of hanging.
-    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+    /// in-cluster service account) and asks the API server its version. A configuration that
+    /// cannot be read fails start-up; an API server that does not answer (within
+    /// [`CONNECT_TIMEOUT`]) does not: the runtime is then [`connecting::Connecting`], which
+    /// answers `Unavailable` (503) until a background attempt gets through.
+    pub async fn connect(settings: Settings) -> anyhow::Result<std::sync::Arc<dyn Runtime>> {
         if settings.endpoint_mode == EndpointMode::PortForward && !cfg!(feature = "k8s-portforward") {
             anyhow::bail!(
                 "--kube-endpoint-mode port-forward: this sandboxd was built without it (cargo build --features k8s-portforward)"
@@ -183,6 +191,21 @@ impl Kubernetes {
             .await
             .map_err(|_| anyhow::anyhow!("no Kubernetes client configuration within {CONNECT_TIMEOUT:?}"))?
             .context("cannot configure the Kubernetes client (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+        match Self::handshake(client.clone(), settings.clone()).await {
+            Ok(runtime) => Ok(std::sync::Arc::new(runtime)),
+            Err(e) => {
+                let error = format!("{e:#}");
+                tracing::warn!(%error, "the Kubernetes API server cannot be reached; serving 503 SANDBOX::RUNTIME_UNAVAILABLE until it answers");
+                Ok(std::sync::Arc::new(connecting::Connecting::start(
+                    client, settings, error,
+                )))
+            }
+        }
+    }
+
+    /// The runtime over `client` once the API server has told its version (within
+    /// [`CONNECT_TIMEOUT`]).
+    async fn handshake(client: kube::Client, settings: Settings) -> anyhow::Result<Self> {
         let info = tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version())
             .await
             .map_err(|_| {
@@ -249,9 +272,9 @@ impl Kubernetes {
         Ok(pods)
     }
 
-    /// Deletes what sandbox `id` is made of: the pod (at once, as `docker rm -f`), its Secret
-    /// and its ConfigMap. Each already gone is fine; the first other failure is returned after
-    /// all three were tried.
+    /// Deletes what sandbox `id` is made of: the pod (at once, as `docker rm -f`), its Secret,
+    /// its ConfigMap and its image pull Secret. Each already gone is fine; the first other
+    /// failure is returned after all were tried.
     async fn delete_all(&self, id: &str) -> Result<(), RuntimeError> {
         let name = objects::pod_name(id);
         let now = DeleteParams {
@@ -279,7 +302,14 @@ impl Kubernetes {
                 .map(drop)
                 .map_err(|e| classify("delete the files config map", e)),
         );
-        pod.and(secret).and(files)
+        let pull = gone_is_fine(
+            self.secrets()
+                .delete(&pull_secret::pull_secret_name(id), &DeleteParams::default())
+                .await
+                .map(drop)
+                .map_err(|e| classify("delete the image pull secret", e)),
+        );
+        pod.and(secret).and(files).and(pull)
     }
 
     /// Creates the objects in order; on failure deletes what was made.
@@ -287,6 +317,7 @@ impl Kubernetes {
         // Built first: a spec the builders refuse makes nothing.
         let secret = self.objects.secret(spec);
         let files = self.objects.files(spec)?;
+        let pull = self.objects.pull_secret(spec)?;
         let pod = self.objects.pod(spec)?;
         let post = PostParams::default();
         // Kept on failure: the sandbox's delete removes it (a resume must not lose it).
@@ -296,6 +327,12 @@ impl Kubernetes {
             .await
             .map_err(|e| classify("create the secret", e))?;
         let made = async {
+            if let Some(pull) = &pull {
+                self.secrets()
+                    .create(&post, pull)
+                    .await
+                    .map_err(|e| classify("create the image pull secret", e))?;
+            }
             if let Some(files) = &files {
                 self.config_maps()
                     .create(&post, files)
@@ -326,6 +363,12 @@ impl Kubernetes {
                     .await
                     .map_err(|e| classify("hand the files config map to the pod", e))?;
             }
+            if pull.is_some() {
+                self.secrets()
+                    .patch(&pull_secret::pull_secret_name(&spec.id), &params, &owned)
+                    .await
+                    .map_err(|e| classify("hand the image pull secret to the pod", e))?;
+            }
             Ok(pod)
         }
         .await;
@@ -343,7 +386,8 @@ impl Kubernetes {
 
     /// Waits until pod `name` is Ready with an IP, or has ended (returned as is: the service
     /// reads why). An image that cannot be pulled is `ImageNotFound` at once; not Ready within
-    /// the create timeout is an error. Either way the caller deletes the sandbox.
+    /// the create timeout is `ReadyTimeout` (504 `KUBERNETES::POD_READY_TIMEOUT`). Either way
+    /// the caller deletes the sandbox.
     async fn wait_ready(&self, name: &str) -> Result<Instance, RuntimeError> {
         let deadline = tokio::time::Instant::now() + self.create_timeout;
         let mut pause = Duration::from_millis(50);
@@ -367,14 +411,11 @@ impl Kubernetes {
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Err(RuntimeError::Engine {
-                    op: "wait for the pod",
-                    message: format!(
-                        "KUBERNETES::POD_READY_TIMEOUT: pod {name} was not Ready within {} s ({:?})",
-                        self.create_timeout.as_secs(),
-                        objects::observed(&pod)
-                    ),
-                });
+                return Err(RuntimeError::ReadyTimeout(format!(
+                    "pod {name} was not Ready within {} s ({:?}); it was deleted",
+                    self.create_timeout.as_secs(),
+                    objects::observed(&pod)
+                )));
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(MAX_POLL);
@@ -413,6 +454,7 @@ impl Kubernetes {
                 nano_cpus: limits.get("cpu").and_then(|q| cpu_nanos(&q.0)),
                 memory: limits.get("memory").and_then(|q| q.0.parse().ok()),
                 pids: 0,
+                ..Resources::default()
             },
         }
     }
@@ -437,6 +479,20 @@ fn cpu_nanos(q: &str) -> Option<i64> {
     }
 }
 
+/// What pods offer: isolation, GPUs by count (`nvidia.com/gpu`) and a disk limit
+/// (`ephemeral-storage`); no freezer, no commits (so no builds or snapshots).
+const CAPABILITIES: Capabilities = Capabilities {
+    freeze: false,
+    isolation: true,
+    builds: false,
+    snapshots: false,
+    host_network: false,
+    rootfs_pause: RootfsPause::Workspace,
+    gpus: true,
+    all_gpus: false,
+    disk: true,
+};
+
 /// What this runtime does not offer; the service's capability checks keep most callers away.
 fn unsupported(what: &str) -> RuntimeError {
     RuntimeError::Rejected(format!("{what} is not supported on Kubernetes"))
@@ -448,14 +504,7 @@ impl Runtime for Kubernetes {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            freeze: false,
-            isolation: true,
-            builds: false,
-            snapshots: false,
-            host_network: false,
-            rootfs_pause: RootfsPause::Workspace,
-        }
+        CAPABILITIES
     }
 
     fn version(&self) -> String {

@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 
-use crate::orchestrator::runtime::{Mount, Observed, Purpose, RuntimeError, SandboxSpec, EXECD_PORT};
+use crate::orchestrator::runtime::{Gpus, Mount, Observed, Purpose, RuntimeError, SandboxSpec, EXECD_PORT};
 use crate::wire::time::format_ms;
 
 /// Label: the sandbox id (upstream's name).
@@ -134,7 +134,7 @@ impl Objects {
 
     /// The labels sandboxd sets on everything of sandbox `id` (user labels come first on the
     /// pod, so these win).
-    fn system_labels(&self, id: &str) -> BTreeMap<String, String> {
+    pub(super) fn system_labels(&self, id: &str) -> BTreeMap<String, String> {
         BTreeMap::from([
             (LABEL_ID.to_owned(), id.to_owned()),
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
@@ -352,7 +352,7 @@ impl Objects {
                 failure_threshold: Some(3),
                 ..Default::default()
             }),
-            resources: Some(resources(spec)),
+            resources: Some(resources(spec)?),
             security_context: Some(security),
             volume_mounts: Some(mounts),
             ..Default::default()
@@ -386,6 +386,7 @@ impl Objects {
                 automount_service_account_token: Some(false),
                 init_containers: Some(vec![installer]),
                 containers: vec![sandbox],
+                image_pull_secrets: Self::image_pull_secrets(spec),
                 volumes: Some(volumes),
                 scheduling_gates: (!spec.start).then(|| {
                     vec![PodSchedulingGate {
@@ -427,11 +428,30 @@ impl Objects {
     }
 }
 
+/// The extended resource a GPU count is asked for as (NVIDIA's device plugin), as upstream.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
 /// Limits = requests (a Guaranteed pod when both are set): CPU in millicores from the
-/// spec's billionths (at least 1m), memory in bytes. The process limit has no pod field
-/// (it is the kubelet's `podPidsLimit`), so it is not sent.
-pub fn resources(spec: &SandboxSpec) -> ResourceRequirements {
+/// spec's billionths (at least 1m), memory in bytes, GPUs as [`GPU_RESOURCE`], disk as
+/// `ephemeral-storage` bytes. The process limit has no pod field (it is the kubelet's
+/// `podPidsLimit`), so it is not sent. Every GPU (`"all"`) has no pod equivalent: refused
+/// (the service refuses it first, from the capabilities).
+pub fn resources(spec: &SandboxSpec) -> Result<ResourceRequirements, RuntimeError> {
     let mut limits = BTreeMap::new();
+    match spec.resources.gpu {
+        Some(Gpus::Count(n)) => {
+            limits.insert(GPU_RESOURCE.to_owned(), Quantity(n.to_string()));
+        }
+        Some(Gpus::All) => {
+            return Err(RuntimeError::Rejected(
+                "resourceLimits.gpu: \"all\" is not supported on Kubernetes; give a number of GPUs".into(),
+            ))
+        }
+        None => {}
+    }
+    if let Some(bytes) = spec.resources.disk.filter(|&b| b > 0) {
+        limits.insert("ephemeral-storage".to_owned(), Quantity(bytes.to_string()));
+    }
     if let Some(nano) = spec.resources.nano_cpus.filter(|&n| n > 0) {
         let milli = (nano.saturating_add(999_999) / 1_000_000).max(1);
         limits.insert("cpu".to_owned(), Quantity(format!("{milli}m")));
@@ -440,13 +460,13 @@ pub fn resources(spec: &SandboxSpec) -> ResourceRequirements {
         limits.insert("memory".to_owned(), Quantity(bytes.to_string()));
     }
     if limits.is_empty() {
-        return ResourceRequirements::default();
+        return Ok(ResourceRequirements::default());
     }
-    ResourceRequirements {
+    Ok(ResourceRequirements {
         limits: Some(limits.clone()),
         requests: Some(limits),
         ..Default::default()
-    }
+    })
 }
 
 /// The merge patch that makes the pod `uid` named `pod` the controller-less owner of a Secret
@@ -625,6 +645,7 @@ mod tests {
                 nano_cpus: Some(500_000_000),
                 memory: Some(512 * 1024 * 1024),
                 pids: 4096,
+                ..Resources::default()
             },
             ..SandboxSpec::for_test("abc", "python:3.12", &["python3", "-m", "http.server"])
         }
@@ -770,6 +791,7 @@ mod tests {
             nano_cpus: Some(1),
             memory: None,
             pids: 0,
+            ..Resources::default()
         };
         assert_eq!(
             pod_json(&s)["spec"]["containers"][0]["resources"]["limits"],
@@ -782,6 +804,21 @@ mod tests {
             json!({}),
             "no limits, no requests"
         );
+    }
+
+    /// Issue 18: GPUs are `nvidia.com/gpu` and disk `ephemeral-storage`, limits = requests;
+    /// every GPU (`"all"`) has no pod equivalent and is refused.
+    #[test]
+    fn issue18_gpus_and_disk_become_extended_and_ephemeral_storage_limits() {
+        let mut s = spec();
+        s.resources.gpu = Some(Gpus::Count(2));
+        s.resources.disk = Some(10 << 30);
+        let r = &pod_json(&s)["spec"]["containers"][0]["resources"];
+        let want = json!({"cpu": "500m", "memory": "536870912", "nvidia.com/gpu": "2",
+                          "ephemeral-storage": "10737418240"});
+        assert_eq!((&r["limits"], &r["requests"]), (&want, &want));
+        s.resources.gpu = Some(Gpus::All);
+        assert!(matches!(settings().pod(&s), Err(RuntimeError::Rejected(m)) if m.contains("\"all\"")));
     }
 
     #[test]

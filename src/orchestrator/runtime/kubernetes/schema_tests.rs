@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::objects::Objects;
-use crate::orchestrator::runtime::{Resources, SandboxSpec, SpecFile, Workspace};
+use crate::orchestrator::runtime::{Gpus, RegistryAuth, Resources, SandboxSpec, SpecFile, Workspace};
 
 fn base(id: &str) -> SandboxSpec {
     SandboxSpec {
@@ -22,6 +22,7 @@ fn base(id: &str) -> SandboxSpec {
             nano_cpus: Some(1_500_000_000),
             memory: Some(256 * 1024 * 1024),
             pids: 4096,
+            ..Resources::default()
         },
         ..SandboxSpec::for_test(id, "python:3.12", &["python3", "-m", "http.server"])
     }
@@ -61,6 +62,16 @@ fn matrix() -> Vec<SandboxSpec> {
     let mut s = base("workspace");
     s.workspace = Some(Workspace {
         size_bytes: Some(10 << 30),
+    });
+    specs.push(s);
+    // Issue 18: GPUs, a disk limit and a private registry (a pull Secret).
+    let mut s = base("gpu-private");
+    s.image = "registry.example.com:5000/ml/train:1".into();
+    s.resources.gpu = Some(Gpus::Count(2));
+    s.resources.disk = Some(10 << 30);
+    s.image_auth = Some(RegistryAuth {
+        username: "robot".into(),
+        password: "s3cr3t".into(),
     });
     specs.push(s);
     specs
@@ -107,6 +118,9 @@ fn issue18_objects_and_deploy_manifests_pass_kubernetes_validate_strict() {
         if let Some(claim) = super::workspace::claim(&objects, &spec, Some("standard")) {
             docs.push(yaml_serde::to_string(&claim).unwrap());
         }
+        if let Some(pull) = objects.pull_secret(&spec).unwrap() {
+            docs.push(yaml_serde::to_string(&pull).unwrap());
+        }
         docs.push(yaml_serde::to_string(&objects.pod(&spec).unwrap()).unwrap());
         std::fs::write(dir.path().join(format!("{}.yaml", spec.id)), docs.join("---\n")).unwrap();
     }
@@ -122,7 +136,7 @@ fn issue18_objects_and_deploy_manifests_pass_kubernetes_validate_strict() {
         "{report}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // 7 specs: a Secret and a Pod each, one ConfigMap, one PersistentVolumeClaim; 6 deploy
-    // documents.
-    assert!(report.contains("22 documents, 0 failed"), "{report}");
+    // 8 specs: a Secret and a Pod each, one ConfigMap, one PersistentVolumeClaim, one pull
+    // Secret; 6 deploy documents.
+    assert!(report.contains("25 documents, 0 failed"), "{report}");
 }
