@@ -368,6 +368,7 @@ impl Service {
             previous: None,
             start: true,
             workspace: None,
+            pool: None,
         };
         let instance = self
             .runtime

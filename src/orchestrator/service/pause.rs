@@ -296,6 +296,7 @@ impl Service {
             previous: Some(hibernation.previous.clone()),
             start: true,
             workspace: launch.workspace,
+            pool: None,
         };
         let started = async {
             let instance = self.runtime.create(spec).await?;

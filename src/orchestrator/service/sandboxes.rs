@@ -345,6 +345,7 @@ impl Service {
             previous: None,
             start: true,
             workspace: plan.workspace,
+            pool: None,
         })
     }
 
