@@ -208,6 +208,7 @@ fn spec(id: &str, user_image: &str, token: &str) -> SandboxSpec {
         previous: None,
         start: true,
         workspace: None,
+        pool: None,
     }
 }
 

@@ -170,6 +170,7 @@ fn runtime() -> (Kubernetes, Handle) {
         agent_image: "sandboxd/execd:test".into(),
         instance: "inst1".into(),
         create_timeout: Duration::from_secs(60),
+        storage_class: None,
     };
     (Kubernetes::new(client, settings), handle)
 }
