@@ -20,6 +20,7 @@ mod logging;
 mod metrics;
 mod podman_kube;
 mod pools;
+mod pools_k8s;
 mod prepull;
 mod proxy;
 mod pty;

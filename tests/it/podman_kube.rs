@@ -210,6 +210,7 @@ fn spec(id: &str, user_image: &str, token: &str) -> SandboxSpec {
         start: true,
         workspace: None,
         image_auth: None,
+        pool: None,
     }
 }
 

@@ -63,6 +63,8 @@ pub enum Op {
     RemoveWorkspace,
     /// [`Runtime::object_events`].
     ObjectEvents,
+    /// [`Runtime::claim`] (otherwise a no-op, as on Docker).
+    Claim,
 }
 
 /// How a `/command` running one shell text answers (an install command of a template build).
@@ -1193,6 +1195,11 @@ impl Runtime for FakeRuntime {
         let skip = query.tail.map_or(0, |t| lines.len().saturating_sub(t));
         let text: String = lines[skip..].concat();
         futures_util::stream::iter([Ok(bytes::Bytes::from(text))]).boxed()
+    }
+
+    /// A no-op, as on Docker, unless a failure is scripted (another claimer took the member).
+    fn claim<'a>(&'a self, _instance: &'a Instance, _sandbox_id: &'a str) -> Fut<'a, ()> {
+        async move { self.enter(Op::Claim) }.boxed()
     }
 
     fn target(&self, instance: &Instance, port: u16) -> Option<Target> {

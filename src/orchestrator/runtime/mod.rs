@@ -152,6 +152,9 @@ pub struct SandboxSpec {
     /// missing, found again when it exists (a Rootfs resume), never removed by
     /// [`Runtime::remove`].
     pub workspace: Option<Workspace>,
+    /// The warm pool this instance is a member of, if any (Kubernetes labels the pod with it
+    /// and its member state; Docker keeps the membership in the store only).
+    pub pool: Option<String>,
 }
 
 #[cfg(test)]
@@ -175,6 +178,7 @@ impl SandboxSpec {
             start: true,
             image_auth: None,
             workspace: None,
+            pool: None,
         }
     }
 }
@@ -756,4 +760,21 @@ pub trait Runtime: Send + Sync + 'static {
         reference: &str,
         query: LogQuery,
     ) -> BoxStream<'static, Result<bytes::Bytes, RuntimeError>>;
+    /// A warm pool member whose execd answers (or an allocated one returned as it is) may be
+    /// claimed now: the runtime shows it as idle (Kubernetes: the pod's `pool-state` label).
+    /// The default does nothing: on Docker the store alone holds a member's state.
+    fn member_idle<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()> {
+        let _ = instance;
+        Box::pin(async { Ok(()) })
+    }
+    /// Claims the idle member `instance` for sandbox `sandbox_id`, after the store picked it:
+    /// on a runtime other writers share, atomically on the runtime's side too (Kubernetes: a
+    /// JSON Patch whose `test` op requires the pod to be idle). [`RuntimeError::Conflict`]
+    /// when another claimer took it first, [`RuntimeError::NotFound`] when it is gone: either
+    /// way it is not this sandboxd's to hand out. The default does nothing: on Docker
+    /// sandboxd is the only writer and the store's allocation statement is atomic.
+    fn claim<'a>(&'a self, instance: &'a Instance, sandbox_id: &'a str) -> Fut<'a, ()> {
+        let _ = (instance, sandbox_id);
+        Box::pin(async { Ok(()) })
+    }
 }

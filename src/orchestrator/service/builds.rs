@@ -369,6 +369,7 @@ impl Service {
             start: true,
             image_auth: None,
             workspace: None,
+            pool: None,
         };
         let instance = self
             .runtime

@@ -298,6 +298,7 @@ impl Service {
             // Resumed from the image it was paused in, which needs no registry.
             image_auth: None,
             workspace: launch.workspace,
+            pool: None,
         };
         let started = async {
             let instance = self.runtime.create(spec).await?;

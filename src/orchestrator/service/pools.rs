@@ -12,8 +12,12 @@
 //!   something changes.
 //! - Acquire is one SQLite transaction (the allocation statement and the new sandbox's
 //!   record): a new sandbox id mapped to the member's instance, so every route that reaches a
-//!   sandbox through its record (endpoints, proxy, logs, pause) reaches the member. Then
-//!   execd's env file is written (`OPENSANDBOX_ID` and the request's `env`). With nothing
+//!   sandbox through its record (endpoints, proxy, logs, pause) reaches the member. Then the
+//!   runtime claims it ([`Runtime::claim`](crate::orchestrator::runtime::Runtime::claim): a
+//!   no-op on Docker, where sandboxd is the only writer; on Kubernetes a JSON Patch of the
+//!   pod's labels that a second claimer fails): a member claimed elsewhere (or gone) is
+//!   forgotten and the next idle one tried, so none is handed out twice. Then execd's env
+//!   file is written (`OPENSANDBOX_ID` and the request's `env`). With nothing
 //!   idle, it waits up to the acquire timeout while the pool can still deliver (members
 //!   warming, or room below `poolMax`), else 429 `POOL::CAPACITY_EXHAUSTED`.
 //! - Release recycles the member by the pool's strategy: `Delete` (and `Restart`, its alias
@@ -424,8 +428,7 @@ impl Service {
             None => RecycleType::Delete,
         };
         match (recycle, &record.instance) {
-            (RecycleType::Noop, Some(_))
-                if self.store.member_back_to_idle(&link.member, now_ms()).await? => {}
+            (RecycleType::Noop, Some(instance)) if self.return_member(instance, &link.member).await? => {}
             (_, instance) => {
                 if let Some(instance) = instance {
                     self.runtime.remove(instance).await?;
@@ -533,6 +536,22 @@ impl Service {
                     // Detached: the sandbox keeps its instance; only the row goes.
                     tracing::info!(member = %m.id, why, "pool member detached");
                     self.store.remove_member(&m.id, false).await?;
+                }
+                Some(why) if m.state == MemberState::Allocated => {
+                    // Only while it is still allocated to the sandbox that is gone: an acquire
+                    // that undid its claim since this look has made it idle again.
+                    let Some(sandbox) = &m.sandbox_id else {
+                        continue;
+                    };
+                    if self.store.remove_member_allocated_to(&m.id, sandbox).await? {
+                        if let Some(instance) = &m.instance {
+                            if let Err(e) = self.runtime.remove(instance).await {
+                                tracing::warn!(member = %m.id, error = %e, "cannot remove a pool member whose sandbox is gone; the sweep retries");
+                            }
+                        }
+                        tracing::info!(member = %m.id, pool = %m.pool, why, "pool member removed");
+                        self.pools.changed.notify_waiters();
+                    }
                 }
                 Some(why) => {
                     if self.drop_member(&m).await? {
@@ -654,9 +673,10 @@ impl Service {
             .member_plan(&pool.request, &owner)
             .await
             .map_err(|e| (None, e))?;
-        let spec = self
+        let mut spec = self
             .sandbox_spec(&member.id, &member.token, None, plan)
             .map_err(|e| (None, e))?;
+        spec.pool = Some(pool.name.clone());
         let instance = self.runtime.create(spec).await.map_err(|e| (None, e.into()))?;
         let failed = |e: Error| (Some(instance.clone()), e);
         if !self
@@ -676,6 +696,11 @@ impl Service {
         self.wait_ready(&instance, &target, &member.token, false)
             .await
             .map_err(failed)?;
+        // Claimable on the runtime before the store offers it.
+        self.runtime
+            .member_idle(&instance)
+            .await
+            .map_err(|e| failed(e.into()))?;
         if !self
             .store
             .member_ready(&member.id, now_ms())
@@ -787,8 +812,12 @@ impl Service {
             let changed = self.pools.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(record) = self.store.claim_member(name, record.clone()).await? {
-                break record;
+            if let Some(claimed) = self.store.claim_member(name, record.clone()).await? {
+                if self.claim_on_runtime(&claimed).await? {
+                    break claimed;
+                }
+                // Not this sandboxd's any more: the next idle member.
+                continue;
             }
             let pool = self.pool_row(name).await?;
             let members = self.readable_members().await?;
@@ -830,6 +859,44 @@ impl Service {
         .await;
         tracing::info!(sandbox = %record.id, pool = name, "sandbox acquired from pool");
         Ok(record)
+    }
+
+    /// Has the runtime claim the member the store just allocated to `record` (Kubernetes:
+    /// the pod's labels, under a `test` of its idle state). False when the member is not this
+    /// sandboxd's any more (another claimer took it, or it is gone): the record and the
+    /// member's row are forgotten, and whatever holds the instance keeps it. Any other failure
+    /// gives the member back to the pool, idle, and fails the acquire.
+    async fn claim_on_runtime(&self, record: &Record) -> Result<bool, Error> {
+        let (Some(instance), Some(link)) = (&record.instance, &record.pool) else {
+            return Err(Error::Internal("an allocated member has no instance".into()));
+        };
+        match self.runtime.claim(instance, &record.id).await {
+            Ok(()) => Ok(true),
+            Err(e @ (RuntimeError::Conflict(_) | RuntimeError::NotFound(_))) => {
+                tracing::warn!(pool = %link.pool, member = %link.member, error = %e, "pool member claimed elsewhere or gone; forgotten, trying the next");
+                self.store.forget_claimed_member(&record.id, &link.member).await?;
+                self.pools.wake();
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::warn!(pool = %link.pool, member = %link.member, error = %e, "cannot claim a pool member; it stays idle");
+                self.store
+                    .unclaim_member(&record.id, &link.member, now_ms())
+                    .await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Returns an allocated member to idle as it is (`Noop`): the runtime first, so that it
+    /// is claimable there before the store hands it out. False when either refuses (the
+    /// caller removes it instead).
+    async fn return_member(&self, instance: &Instance, member: &str) -> Result<bool, Error> {
+        if let Err(e) = self.runtime.member_idle(instance).await {
+            tracing::warn!(member, error = %e, "cannot mark a returned member idle; removing it");
+            return Ok(false);
+        }
+        Ok(self.store.member_back_to_idle(member, now_ms()).await?)
     }
 
     /// Applies a `resourceLimits` override to the acquired member, live. The engine's refusal

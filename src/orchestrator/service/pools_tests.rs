@@ -845,3 +845,62 @@ async fn a_resource_limits_override_is_applied_live_to_the_acquired_member() {
         "the refused member is not held"
     );
 }
+
+#[tokio::test]
+async fn a_member_the_runtime_says_was_claimed_elsewhere_is_forgotten_and_the_next_handed_out() {
+    use crate::orchestrator::runtime::fake::Op;
+    let rig = rig(Duration::from_secs(5)).await;
+    let s = &rig.service;
+    s.create_pool(pool_request("contested", capacity(0, 3, 0, 3)), &root())
+        .await
+        .unwrap();
+    rig.wait_available("contested", 3).await;
+    let before = rig.members();
+    // The runtime refuses the first claim (another claimer, as a 422 on Kubernetes) and
+    // finds the second member gone.
+    rig.fake.fail(Op::Claim, 1, || {
+        RuntimeError::Conflict("claimed by another".into())
+    });
+    rig.fake
+        .fail(Op::Claim, 1, || RuntimeError::NotFound("sbx-pm-gone".into()));
+    let sandbox = rig.acquire("contested").await.unwrap();
+    let record = s.store.get(&sandbox.id).await.unwrap().unwrap();
+    let link = record.pool.clone().unwrap();
+    let members = s.readable_members().await.unwrap();
+    let ids: BTreeSet<&str> = members.iter().map(|m| m.id.as_str()).collect();
+    assert!(ids.contains(link.member.as_str()));
+    // Two forgotten, neither removed from the runtime (not ours to remove); the third
+    // handed out once.
+    let refused: Vec<&String> = before.iter().filter(|m| !ids.contains(m.as_str())).collect();
+    assert_eq!(refused.len(), 2, "{ids:?} {before:?}");
+    for m in &refused {
+        assert!(rig.members().contains(*m), "{m} was removed");
+    }
+    assert_eq!(
+        s.store.all().await.unwrap().len(),
+        1,
+        "the refused claims left no sandbox record"
+    );
+    // The pool refills the two it lost.
+    rig.wait_available("contested", 2).await;
+}
+
+#[tokio::test]
+async fn a_claim_the_runtime_fails_for_another_reason_leaves_the_member_idle() {
+    use crate::orchestrator::runtime::fake::Op;
+    let rig = rig(Duration::from_secs(5)).await;
+    let s = &rig.service;
+    s.create_pool(pool_request("flaky", capacity(0, 1, 0, 1)), &root())
+        .await
+        .unwrap();
+    rig.wait_available("flaky", 1).await;
+    rig.fake.fail(Op::Claim, 1, || {
+        RuntimeError::Unavailable("api server down".into())
+    });
+    let e = rig.acquire("flaky").await.unwrap_err();
+    assert!(matches!(e, Error::Runtime(RuntimeError::Unavailable(_))), "{e:?}");
+    assert!(s.store.all().await.unwrap().is_empty());
+    let status = rig.status("flaky").await;
+    assert_eq!((status.total, status.available, status.allocated), (1, 1, 0));
+    rig.acquire("flaky").await.unwrap();
+}

@@ -371,6 +371,7 @@ impl Service {
             start: true,
             image_auth: plan.image_auth,
             workspace: plan.workspace,
+            pool: None,
         })
     }
 

@@ -343,6 +343,22 @@ impl Store {
         .await
     }
 
+    /// Forgets a member only while it is still allocated to `sandbox_id` (the reconciler's
+    /// look may be stale: an acquire that undid its claim has made the member idle again
+    /// meanwhile). True when the row went.
+    pub async fn remove_member_allocated_to(&self, id: &str, sandbox_id: &str) -> Result<bool, StoreError> {
+        let (id, sandbox_id) = (id.to_owned(), sandbox_id.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM pool_members WHERE id = ?1 AND state = 'allocated' AND sandbox_id = ?2",
+                params![id, sandbox_id],
+            )
+            .map(|n| n == 1)
+            .map_err(sql("remove an allocated pool member"))
+        })
+        .await
+    }
+
     /// Every member of every pool (and of pools deleted with members left behind): each
     /// readable row, or why it is not.
     pub async fn members(&self) -> Result<Vec<Result<MemberRow, RowError>>, StoreError> {
@@ -399,6 +415,49 @@ impl Store {
             insert_row(&tx, &record).map_err(sql("record an allocated sandbox"))?;
             tx.commit().map_err(sql("allocate a member"))?;
             Ok(Some(record))
+        })
+        .await
+    }
+    /// Undoes [`Store::claim_member`] when the runtime could not claim the member for a
+    /// passing reason: the sandbox's record goes and the member is idle again, in one
+    /// transaction.
+    pub async fn unclaim_member(&self, sandbox_id: &str, member: &str, at: i64) -> Result<(), StoreError> {
+        self.end_claim(
+            sandbox_id,
+            member,
+            "UPDATE pool_members SET state = 'idle', sandbox_id = NULL, ready_at = ?2
+             WHERE id = ?1 AND state = 'allocated'",
+            Some(at),
+        )
+        .await
+    }
+
+    /// Undoes [`Store::claim_member`] for a member the runtime says is not this sandboxd's any
+    /// more (another claimer took it, or it is gone): the sandbox's record and the member's
+    /// row go, in one transaction.
+    pub async fn forget_claimed_member(&self, sandbox_id: &str, member: &str) -> Result<(), StoreError> {
+        self.end_claim(sandbox_id, member, "DELETE FROM pool_members WHERE id = ?1", None)
+            .await
+    }
+
+    async fn end_claim(
+        &self,
+        sandbox_id: &str,
+        member: &str,
+        member_sql: &'static str,
+        at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let (sandbox_id, member) = (sandbox_id.to_owned(), member.to_owned());
+        self.call(move |c| {
+            let tx = c.transaction().map_err(sql("undo a claim"))?;
+            tx.execute("DELETE FROM sandboxes WHERE id = ?1", [&sandbox_id])
+                .map_err(sql("undo a claim"))?;
+            match at {
+                Some(at) => tx.execute(member_sql, params![member, at]),
+                None => tx.execute(member_sql, params![member]),
+            }
+            .map_err(sql("undo a claim"))?;
+            tx.commit().map_err(sql("undo a claim"))
         })
         .await
     }

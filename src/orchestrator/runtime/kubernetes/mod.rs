@@ -24,6 +24,7 @@
 //! - `pull_secret`: the per-sandbox `kubernetes.io/dockerconfigjson` Secret of `image.auth`.
 //! - `connecting`: the runtime while the API server cannot be reached (every call
 //!   `Unavailable`), connecting in the background.
+//! - `pools`: warm pool members' labels and the JSON Patch that claims one (native mode).
 
 mod cache;
 pub mod connecting;
@@ -31,6 +32,7 @@ pub mod connecting;
 mod contract_tests;
 mod events;
 pub mod objects;
+mod pools;
 #[cfg(feature = "k8s-portforward")]
 pub mod portforward;
 pub mod pull_secret;
@@ -58,7 +60,7 @@ use super::{
     RuntimeError, RuntimeEvent, RuntimeEventKind, RuntimeKind, SandboxSpec, Target, Usage, EXECD_PORT,
 };
 use crate::wire::time::now_ms;
-use objects::{Objects, LABEL_ID};
+use objects::Objects;
 
 /// How long start-up waits for the API server to answer `/version`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -318,7 +320,10 @@ impl Kubernetes {
         let secret = self.objects.secret(spec);
         let files = self.objects.files(spec)?;
         let pull = self.objects.pull_secret(spec)?;
-        let pod = self.objects.pod(spec)?;
+        let mut pod = self.objects.pod(spec)?;
+        if let Some(pool) = &spec.pool {
+            pools::label_member(&mut pod, pool);
+        }
         let post = PostParams::default();
         // Kept on failure: the sandbox's delete removes it (a resume must not lose it).
         self.ensure_workspace(spec).await?;
@@ -424,7 +429,6 @@ impl Kubernetes {
 
     /// A pod as the containers view shows it.
     fn container_info(pod: &Pod) -> ContainerInfo {
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
         let spec = pod.spec.as_ref();
         let sandbox = spec.and_then(|s| s.containers.iter().find(|c| c.name == objects::SANDBOX_CONTAINER));
         let limits = sandbox
@@ -440,7 +444,7 @@ impl Kubernetes {
             reference: pod.metadata.name.clone().unwrap_or_default(),
             name: pod.metadata.name.clone().unwrap_or_default(),
             role: ContainerRole::Sandbox,
-            sandbox_id: labels.get(LABEL_ID).cloned(),
+            sandbox_id: pools::key(pod),
             image: sandbox.and_then(|c| c.image.clone()).unwrap_or_default(),
             observed: objects::observed(pod),
             ip: objects::pod_ip(pod).map(|ip| ip.to_string()),
@@ -575,7 +579,7 @@ impl Runtime for Kubernetes {
             Ok(pods
                 .iter()
                 .filter_map(|pod| {
-                    let id = pod.metadata.labels.as_ref()?.get(LABEL_ID)?.clone();
+                    let id = pools::key(pod)?;
                     let name = pod.metadata.name.clone()?;
                     Some((
                         id,
@@ -772,6 +776,14 @@ impl Runtime for Kubernetes {
         async move { Ok(None) }.boxed()
     }
 
+    fn member_idle<'a>(&'a self, instance: &'a Instance) -> Fut<'a, ()> {
+        self.mark_member_idle(instance).boxed()
+    }
+
+    fn claim<'a>(&'a self, instance: &'a Instance, sandbox_id: &'a str) -> Fut<'a, ()> {
+        self.claim_member(instance, sandbox_id).boxed()
+    }
+
     fn log_stream(
         &self,
         reference: &str,
@@ -909,12 +921,7 @@ impl Tracker {
             Observed::Exited { .. } => (false, true),
             _ => (false, false),
         };
-        let sandbox_id = pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_ID))
-            .cloned();
+        let sandbox_id = pools::key(pod);
         let before = self.pods.insert(
             name,
             Seen {
@@ -945,12 +952,7 @@ impl Tracker {
 
 fn event_of(pod: &Pod, kind: RuntimeEventKind) -> RuntimeEvent {
     RuntimeEvent {
-        sandbox_id: pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_ID))
-            .cloned(),
+        sandbox_id: pools::key(pod),
         reference: pod.metadata.name.clone().unwrap_or_default(),
         // When sandboxd learnt of it: pod statuses carry times, but the journal wants them
         // in the order they arrive.
