@@ -171,7 +171,7 @@ fn runtime() -> (Kubernetes, Handle) {
         instance: "inst1".into(),
         create_timeout: Duration::from_secs(60),
         storage_class: None,
-        endpoint_mode: super::EndpointMode::PodIp,
+        endpoint_mode: crate::orchestrator::runtime::kubernetes::EndpointMode::PodIp,
     };
     (Kubernetes::new(client, settings), handle)
 }
