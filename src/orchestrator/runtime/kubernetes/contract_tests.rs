@@ -17,13 +17,13 @@ use crate::orchestrator::runtime::SpecFile;
 #[path = "workspace_contract_tests.rs"]
 mod workspace;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-type Reply = tower_test::mock::SendResponse<Response<Body>>;
+pub(super) type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+pub(super) type Reply = tower_test::mock::SendResponse<Response<Body>>;
 
-const NS: &str = "sbx";
+pub(super) const NS: &str = "sbx";
 const INSTANCE: &str = "inst1";
 
-fn runtime(create_timeout: Duration) -> (Kubernetes, Handle) {
+pub(super) fn runtime(create_timeout: Duration) -> (Kubernetes, Handle) {
     runtime_in(create_timeout, EndpointMode::PodIp)
 }
 
@@ -50,17 +50,17 @@ fn spec(id: &str) -> SandboxSpec {
 }
 
 /// One request the verifier took: what was asked, and how to answer.
-struct Asked {
-    method: Method,
-    path: String,
-    query: BTreeMap<String, String>,
-    content_type: Option<String>,
-    body: Value,
-    reply: Reply,
+pub(super) struct Asked {
+    pub(super) method: Method,
+    pub(super) path: String,
+    pub(super) query: BTreeMap<String, String>,
+    pub(super) content_type: Option<String>,
+    pub(super) body: Value,
+    pub(super) reply: Reply,
 }
 
 impl Asked {
-    fn answer(self, status: u16, body: Value) {
+    pub(super) fn answer(self, status: u16, body: Value) {
         let response = Response::builder()
             .status(status)
             .header("content-type", "application/json")
@@ -70,7 +70,7 @@ impl Asked {
     }
 
     /// An apiserver `Status` failure.
-    fn fail(self, code: u16, reason: &str) {
+    pub(super) fn fail(self, code: u16, reason: &str) {
         let message = format!("the server says {reason}");
         self.answer(
             code,
@@ -80,7 +80,7 @@ impl Asked {
     }
 }
 
-async fn next(handle: &mut Handle) -> Asked {
+pub(super) async fn next(handle: &mut Handle) -> Asked {
     let (request, reply) = tokio::time::timeout(Duration::from_secs(30), handle.next_request())
         .await
         .expect("the runtime made no further request")

@@ -12,18 +12,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use http::{Method, Request, Response};
-use kube::client::Body;
+use http::Method;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::orchestrator::runtime::kubernetes::{PodData, Settings};
+use crate::orchestrator::runtime::kubernetes::PodData;
 use crate::orchestrator::runtime::{Runtime as _, SandboxSpec};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-type Reply = tower_test::mock::SendResponse<Response<Body>>;
+use crate::orchestrator::runtime::kubernetes::contract_tests::{next, Asked, Handle, NS};
 
-const NS: &str = "sbx";
+/// The runtime over a mock API server.
+fn runtime() -> (Kubernetes, Handle) {
+    crate::orchestrator::runtime::kubernetes::contract_tests::runtime(Duration::from_secs(60))
+}
 
 fn objects() -> objects::Objects {
     objects::Objects {
@@ -162,70 +163,6 @@ fn a_member_pod_is_known_by_its_member_id_before_and_after_its_claim() {
 
 // L2: the runtime over a mock API server.
 
-fn runtime() -> (Kubernetes, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, NS);
-    let settings = Settings {
-        namespace: NS.into(),
-        agent_image: "sandboxd/execd:test".into(),
-        instance: "inst1".into(),
-        create_timeout: Duration::from_secs(60),
-        storage_class: None,
-        endpoint_mode: crate::orchestrator::runtime::kubernetes::EndpointMode::PodIp,
-    };
-    (Kubernetes::new(client, settings), handle)
-}
-
-struct Asked {
-    method: Method,
-    path: String,
-    content_type: Option<String>,
-    body: Value,
-    reply: Reply,
-}
-
-impl Asked {
-    fn answer(self, status: u16, body: Value) {
-        let response = Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap();
-        self.reply.send_response(response);
-    }
-
-    fn fail(self, code: u16, reason: &str) {
-        self.answer(
-            code,
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                   "message": format!("the server says {reason}"), "reason": reason, "code": code}),
-        );
-    }
-}
-
-async fn next(handle: &mut Handle) -> Asked {
-    let (request, reply) = tokio::time::timeout(Duration::from_secs(30), handle.next_request())
-        .await
-        .expect("the runtime made no further request")
-        .expect("the client went away");
-    let (parts, body) = request.into_parts();
-    let bytes = body.collect_bytes().await.unwrap();
-    Asked {
-        method: parts.method,
-        path: parts.uri.path().to_owned(),
-        content_type: parts
-            .headers
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned()),
-        body: if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        },
-        reply,
-    }
-}
-
 /// The next request, asserted to be a JSON Patch of pod `sbx-<member>` with `body`.
 async fn expect_patch(handle: &mut Handle, member: &str, body: Value) -> Asked {
     let asked = next(handle).await;
@@ -305,7 +242,8 @@ async fn a_member_is_created_labelled_and_listed_by_its_member_id_once_claimed()
         );
         // Ends the create early: the labels were the point.
         pod.fail(403, "Forbidden");
-        for _ in 0..3 {
+        // The clean-up: pod, Secret, files ConfigMap and image pull Secret, all already gone.
+        for _ in 0..4 {
             next(&mut handle).await.fail(404, "NotFound");
         }
         let list = next(&mut handle).await;
