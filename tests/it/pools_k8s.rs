@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use crate::docker::docker_available;
 use crate::fake_kube::{agent_image, FakeKube};
 use crate::sandboxd::{image, Sandboxd};
+use crate::sandboxd_k8s::start_on_kube;
 use crate::util::{eventually, marker};
 
 /// Seconds an acquire may wait for a warming member (and the 429's `Retry-After`). Refusals
@@ -31,24 +32,13 @@ const ACQUIRE_TIMEOUT: &str = "60";
 const POOL: &str = "k8s-warm";
 
 fn start_sandboxd(fake: &FakeKube, data_dir: &Path) -> Sandboxd {
-    Sandboxd::start_env(
+    start_on_kube(
         data_dir,
         &marker(),
-        &[
-            "--runtime",
-            "kubernetes",
-            "--kube-namespace",
-            "default",
-            "--kube-agent-image",
-            agent_image(),
-            "--kube-create-timeout",
-            "60",
-            "--rate-create",
-            "0",
-            "--pool-acquire-timeout",
-            ACQUIRE_TIMEOUT,
-        ],
-        &[("KUBECONFIG", &fake.kubeconfig)],
+        &fake.kubeconfig,
+        "default",
+        agent_image(),
+        &["--rate-create", "0", "--pool-acquire-timeout", ACQUIRE_TIMEOUT],
     )
 }
 

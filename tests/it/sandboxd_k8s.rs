@@ -33,6 +33,30 @@ use crate::fake_kube::{agent_image, FakeKube};
 use crate::sandboxd::{docker, image, sandbox_body, Sandboxd};
 use crate::util::{eventually, marker};
 
+/// sandboxd `--runtime kubernetes` on the cluster `kubeconfig` names (namespace, agent image,
+/// a 60 s create timeout), with `extra` flags.
+pub(crate) fn start_on_kube(
+    data_dir: &Path,
+    run: &str,
+    kubeconfig: &Path,
+    namespace: &str,
+    agent_image: &str,
+    extra: &[&str],
+) -> Sandboxd {
+    let mut args = vec![
+        "--runtime",
+        "kubernetes",
+        "--kube-namespace",
+        namespace,
+        "--kube-agent-image",
+        agent_image,
+        "--kube-create-timeout",
+        "60",
+    ];
+    args.extend_from_slice(extra);
+    Sandboxd::start_env(data_dir, run, &args, &[("KUBECONFIG", kubeconfig)])
+}
+
 /// Where the scenarios run: our model of Kubernetes (L3), or a real cluster (L4).
 pub(crate) struct Cluster {
     kubeconfig: PathBuf,
@@ -89,20 +113,13 @@ impl Cluster {
     }
 
     pub(crate) fn start_sandboxd(&self, data_dir: &Path, run: &str) -> Sandboxd {
-        Sandboxd::start_env(
+        start_on_kube(
             data_dir,
             run,
-            &[
-                "--runtime",
-                "kubernetes",
-                "--kube-namespace",
-                &self.namespace,
-                "--kube-agent-image",
-                &self.agent_image,
-                "--kube-create-timeout",
-                "60",
-            ],
-            &[("KUBECONFIG", &self.kubeconfig)],
+            &self.kubeconfig,
+            &self.namespace,
+            &self.agent_image,
+            &[],
         )
     }
 
@@ -450,19 +467,7 @@ async fn issue18_sandboxd_starts_without_the_api_server_and_serves_once_it_answe
     kubeconfig_for(addr, &kubeconfig);
     let data = tempfile::tempdir().unwrap();
     let run = marker();
-    let d = Sandboxd::start_env(
-        data.path(),
-        &run,
-        &[
-            "--runtime",
-            "kubernetes",
-            "--kube-namespace",
-            "default",
-            "--kube-agent-image",
-            agent_image(),
-        ],
-        &[("KUBECONFIG", &kubeconfig)],
-    );
+    let d = start_on_kube(data.path(), &run, &kubeconfig, "default", agent_image(), &[]);
 
     let (status, health) = d.json(Method::GET, "/health", None).await;
     assert_eq!(status, 200, "sandboxd is up: {health}");

@@ -20,7 +20,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::docker::docker_available;
 use crate::fake_kube::{agent_image, FakeKube};
-use crate::sandboxd::{image, sandbox_body, Sandboxd};
+use crate::sandboxd::{image, sandbox_body};
+use crate::sandboxd_k8s::start_on_kube;
 use crate::util::{eventually, marker};
 
 #[tokio::test]
@@ -32,20 +33,13 @@ async fn sandboxd_on_the_fake_kube_reaches_pods_only_through_port_forward() {
     let fake = FakeKube::start(&["--unroutable-pod-ips"]);
     let pods: Api<Pod> = Api::namespaced(fake.client().await, "default");
     let data = tempfile::tempdir().unwrap();
-    let d = Sandboxd::start_env(
+    let d = start_on_kube(
         data.path(),
         &marker(),
-        &[
-            "--runtime",
-            "kubernetes",
-            "--kube-namespace",
-            "default",
-            "--kube-agent-image",
-            agent_image(),
-            "--kube-endpoint-mode",
-            "port-forward",
-        ],
-        &[("KUBECONFIG", &fake.kubeconfig)],
+        &fake.kubeconfig,
+        "default",
+        agent_image(),
+        &["--kube-endpoint-mode", "port-forward"],
     );
 
     // Create: answered only once sandboxd's ping went through the API server.
