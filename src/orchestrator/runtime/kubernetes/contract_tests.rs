@@ -168,6 +168,17 @@ async fn created_without_files(handle: &mut Handle, id: &str) {
 
 /// The four deletes of a removal, in order, each answered `answers[i]` (200, else 404); the
 /// pod's at once (grace 0).
+/// A remove's wait: the pod asked for until it is gone (answered 404 at once).
+pub(super) async fn expect_pod_gone(handle: &mut Handle, id: &str) {
+    expect(
+        handle,
+        Method::GET,
+        &format!("/api/v1/namespaces/{NS}/pods/sbx-{id}"),
+    )
+    .await
+    .fail(404, "NotFound");
+}
+
 async fn expect_deletes(handle: &mut Handle, id: &str, answers: [u16; 4]) {
     let paths = [
         format!("/api/v1/namespaces/{NS}/pods/sbx-{id}"),
@@ -473,6 +484,7 @@ async fn remove_deletes_pod_secret_and_files_and_gone_is_fine() {
     let (rt, mut handle) = runtime(Duration::from_secs(60));
     let verifier = tokio::spawn(async move {
         expect_deletes(&mut handle, "old", [200, 404, 404, 404]).await;
+        expect_pod_gone(&mut handle, "old").await;
         handle
     });
     rt.remove(&PodData::default().instance("sbx-old".into()))

@@ -154,6 +154,9 @@ pub fn classify(op: &'static str, e: kube::Error) -> RuntimeError {
     }
 }
 
+/// How long a remove waits for its pod to be gone.
+const REMOVE_WAIT: Duration = Duration::from_secs(30);
+
 /// 404 is what a removal wants.
 fn gone_is_fine(r: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
     match r {
@@ -312,6 +315,34 @@ impl Kubernetes {
                 .map_err(|e| classify("delete the image pull secret", e)),
         );
         pod.and(secret).and(files).and(pull)
+    }
+
+    /// Waits until the pod `instance` names is gone (or is another pod of that name), as
+    /// `docker rm -f` returns only once the container is dead: after a remove, the sandbox's
+    /// execd no longer answers. A pod still terminating after [`REMOVE_WAIT`] (a lost node)
+    /// is left to the cluster, with a warning.
+    async fn wait_removed(&self, instance: &Instance) {
+        let uid = PodData::of(instance).uid;
+        let deadline = tokio::time::Instant::now() + REMOVE_WAIT;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.pods().get_opt(&instance.reference).await {
+                Ok(None) => return,
+                Ok(Some(pod)) if uid.is_some() && pod.metadata.uid != uid => return,
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    tracing::warn!(pod = %instance.reference, error = %e, "cannot tell whether a removed pod is gone");
+                    return;
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                tracing::warn!(pod = %instance.reference, "a removed pod is still terminating; the cluster finishes it");
+                return;
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
     }
 
     /// Creates the objects in order; on failure deletes what was made.
@@ -605,7 +636,9 @@ impl Runtime for Kubernetes {
                 .reference
                 .strip_prefix("sbx-")
                 .unwrap_or(&instance.reference);
-            self.delete_all(id).await
+            self.delete_all(id).await?;
+            self.wait_removed(instance).await;
+            Ok(())
         }
         .boxed()
     }

@@ -89,6 +89,7 @@ async fn a_resume_finds_the_claim_remove_keeps_it_and_remove_workspace_deletes_i
         rest_of_create(&mut handle, "ws2").await;
         // A Rootfs pause's removal: pod, Secret, ConfigMap, and not the claim.
         expect_deletes(&mut handle, "ws2", [200, 200, 404, 404]).await;
+        expect_pod_gone(&mut handle, "ws2").await;
         // The sandbox's delete, twice: the second finds it gone.
         let path = format!("{CLAIMS}/sbx-ws2-ws");
         expect(&mut handle, Method::DELETE, &path).await.answer(
