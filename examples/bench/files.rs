@@ -208,7 +208,8 @@ async fn transfer(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             "GB/s",
         )
         .anchor("copy + fsync of the same file with std", rate(&copy))
-        .goal(Goal::AtLeast(1.0)),
+        .goal(Goal::AtLeast(1.0))
+        .goal(Goal::RatioAtLeast(0.5)),
         Row::new(
             format!("context: the bench client alone: the same upload to a server that discards it, median of {rounds}"),
             rate(&alone),

@@ -441,7 +441,8 @@ async fn streaming(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             "MB/s",
         )
         .anchor(pipe, median(&anchor_rate))
-        .goal(Goal::AtLeast(500.0)),
+        .goal(Goal::AtLeast(600.0))
+        .goal(Goal::RatioAtLeast(0.4)),
         Row::new(
             "context: agent CPU time (user+sys) per stream",
             median(&agent_cpu),

@@ -42,6 +42,8 @@ pub enum Goal {
     AtLeast(f64),
     /// `ratio <= x`.
     RatioAtMost(f64),
+    /// `ratio >= x`.
+    RatioAtLeast(f64),
 }
 
 impl Row {
@@ -81,6 +83,7 @@ impl Row {
             Goal::AtMost(x) => self.value <= x,
             Goal::AtLeast(x) => self.value >= x,
             Goal::RatioAtMost(x) => self.ratio.is_some_and(|r| r <= x),
+            Goal::RatioAtLeast(x) => self.ratio.is_some_and(|r| r >= x),
         }))
     }
 
@@ -92,6 +95,7 @@ impl Row {
                 Goal::AtMost(x) => format!("≤ {x} {}", self.unit),
                 Goal::AtLeast(x) => format!("≥ {x} {}", self.unit),
                 Goal::RatioAtMost(x) => format!("≤ {x}× anchor"),
+                Goal::RatioAtLeast(x) => format!("≥ {x}× anchor"),
             })
             .collect();
         if parts.is_empty() {

@@ -83,6 +83,9 @@ struct Inner {
     len: u64,
     /// Newest segments, oldest first; together they hold bytes `mem_start..len`.
     mem: VecDeque<Bytes>,
+    /// The shape of each segment in `mem`, same order, for packing it when it spills (the spill
+    /// thread takes it out when it starts the write); `None` for a batch kept raw.
+    shapes: VecDeque<Option<packed::Shape>>,
     /// Bytes `0..mem_start` are in the spill file (as packed records: see [`packed`]); only
     /// the spill thread advances it, after its write has completed.
     mem_start: u64,
@@ -115,6 +118,7 @@ impl Journal {
                 next_id: 1,
                 len: 0,
                 mem: VecDeque::new(),
+                shapes: VecDeque::new(),
                 mem_start: 0,
                 mem_bytes: 0,
                 spill: None,
@@ -173,13 +177,16 @@ impl Journal {
         }
         let first_id = inner.next_id;
         let mut buf = buffer(capacity);
-        render(&mut EventWriter::new(&mut buf, &mut inner.next_id));
+        let mut writer = EventWriter::new(&mut buf, &mut inner.next_id);
+        render(&mut writer);
+        let shape = writer.into_shape();
         if !buf.is_empty() {
             let offset = inner.len;
             inner.batches.push((first_id, offset));
             inner.len += buf.len() as u64;
             inner.mem_bytes += buf.len();
             inner.mem.push_back(into_bytes(buf));
+            inner.shapes.push_back(shape);
         }
         inner.finished = last;
         let queue = !inner.spilling && !inner.spill_failed && inner.spill_plan().0 > 0;
@@ -227,18 +234,18 @@ impl Journal {
     /// Returns whether more is left to spill. Blocking; runs only on the spill thread.
     fn spill_step(&self) -> bool {
         let (file, at, segments) = {
-            let inner = self.lock();
+            let mut inner = self.lock();
             let (count, _) = inner.spill_plan();
             if count == 0 {
                 return self.spill_done(inner, false);
             }
-            let first = inner.spilled_at.len();
-            let segments: Vec<(u64, Bytes)> = inner
+            let inner = &mut *inner;
+            let segments: Vec<(Bytes, Option<packed::Shape>)> = inner
                 .mem
                 .iter()
+                .zip(inner.shapes.iter_mut())
                 .take(count)
-                .zip(&inner.batches[first..])
-                .map(|(segment, &(id, _))| (id, segment.clone()))
+                .map(|(segment, shape)| (segment.clone(), shape.take()))
                 .collect();
             (inner.spill.clone(), inner.spill_end, segments)
         };
@@ -250,12 +257,12 @@ impl Journal {
             },
         };
         // Output packs to about half its SSE size; a raw batch grows the buffer.
-        let size: usize = segments.iter().map(|(_, s)| s.len()).sum();
+        let size: usize = segments.iter().map(|(s, _)| s.len()).sum();
         let mut records = buffer(size / 2 + size / 8 + 1024);
         let mut starts = Vec::with_capacity(segments.len());
-        for (id, segment) in &segments {
+        for (segment, shape) in &segments {
             starts.push(at + records.len() as u64);
-            packed::pack(segment, *id, &mut records);
+            packed::pack(segment, shape.as_ref(), &mut records);
         }
         let end = at + records.len() as u64;
         let written = file.write_all_at(&records, at);
@@ -269,6 +276,7 @@ impl Journal {
         // still the ones just written.
         for _ in &segments {
             if let Some(segment) = inner.mem.pop_front() {
+                inner.shapes.pop_front();
                 inner.mem_start += segment.len() as u64;
                 inner.mem_bytes -= segment.len();
             }

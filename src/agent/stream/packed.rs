@@ -5,10 +5,12 @@
 //! text, the timestamp. A packed record keeps only what varies (the stream, the timestamp when
 //! it changes, the text as it was escaped), so a stream of short lines spills about half the
 //! bytes, which is half the spill's cost (its page-cache writes are most of a stream's CPU) and
-//! half the reads of a cursor that falls behind. Packing parses the rendered bytes and checks
-//! each event against the template it will be rebuilt from, piece by piece; a batch with any
-//! event that does not fit (`init`, errors, kernel results) is kept raw. So unpacking is exact
-//! by construction, whatever the batch held. Synchronous, no I/O.
+//! half the reads of a cursor that falls behind. The batch's writer records its [`Shape`] as it
+//! renders (where each text lies, which stream, which timestamp), so packing copies the texts
+//! out without parsing anything; a batch with any event that is not plain output (`init`,
+//! errors, kernel results) has no shape and is kept raw. Unpacking renders each event again
+//! from the same templates the writer used (`render`), so it gives back exactly the appended
+//! bytes. Synchronous, no I/O.
 //!
 //! ```text
 //! record  = RAW sse-bytes | PACKED event*
@@ -19,6 +21,7 @@
 //! batch index holds.
 
 use std::io;
+use std::ops::Range;
 
 use super::render::{Digits, Tail};
 use super::OutputKind;
@@ -27,91 +30,64 @@ const RAW: u8 = 0;
 const PACKED: u8 = 1;
 const STDERR: u8 = 1;
 const NEW_TS: u8 = 2;
-const TAIL_HEAD: &[u8] = b"\",\"timestamp\":";
 
-/// Appends the record of `batch` (rendered SSE whose first event is `first_id`) to `out`.
-pub(super) fn pack(batch: &[u8], first_id: u64, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.push(PACKED);
-    if !pack_events(batch, first_id, out) {
-        out.truncate(start);
+/// How a batch of output events was rendered, recorded by its writer: where each event's
+/// escaped text lies in the batch, and its head (stream, new timestamp).
+#[derive(Debug, Default)]
+pub(super) struct Shape {
+    events: Vec<Span>,
+    /// The timestamp of each event whose head has NEW_TS, in order.
+    stamps: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+    head: u8,
+}
+
+impl Shape {
+    /// Records an output event whose escaped text is `text` of the batch; `new_ts` when its
+    /// timestamp differs from the previous event's (always, for a batch's first event). False
+    /// when the batch is too large to describe (over 4 GiB), and so must be kept raw.
+    pub(super) fn output(&mut self, kind: OutputKind, new_ts: Option<i64>, text: Range<usize>) -> bool {
+        let (Ok(start), Ok(len)) = (u32::try_from(text.start), u32::try_from(text.len())) else {
+            return false;
+        };
+        let mut head = match kind {
+            OutputKind::Stdout => 0,
+            OutputKind::Stderr => STDERR,
+        };
+        if let Some(ts) = new_ts {
+            head |= NEW_TS;
+            self.stamps.push(ts);
+        }
+        self.events.push(Span { start, len, head });
+        true
+    }
+}
+
+/// Appends the record of `batch` to `out`: packed from its writer's `shape`, or raw when it
+/// has none.
+pub(super) fn pack(batch: &[u8], shape: Option<&Shape>, out: &mut Vec<u8>) {
+    let Some(shape) = shape.filter(|s| !s.events.is_empty()) else {
         out.push(RAW);
         out.extend_from_slice(batch);
-    }
-}
-
-/// The events of `batch` as packed events, or false (with `out` partly written) as soon as one
-/// does not fit the output template.
-fn pack_events(mut batch: &[u8], first_id: u64, out: &mut Vec<u8>) -> bool {
-    let mut id = Digits::new(first_id);
-    let mut tail: Option<(i64, Tail)> = None;
-    while !batch.is_empty() {
-        // `id: N\ndata: ` with the id this event must have.
-        let Some(rest) = strip(batch, b"id: ")
-            .and_then(|b| strip(b, id.as_bytes()))
-            .and_then(|b| strip(b, b"\ndata: "))
-        else {
-            return false;
-        };
-        let (kind, rest) = match (
-            strip(rest, OutputKind::Stdout.json_prefix()),
-            strip(rest, OutputKind::Stderr.json_prefix()),
-        ) {
-            (Some(r), _) => (0, r),
-            (None, Some(r)) => (STDERR, r),
-            (None, None) => return false,
-        };
-        // The data line ends at its first newline (JSON text has none raw), the event one byte
-        // later with the blank line.
-        let Some(nl) = memchr::memchr(b'\n', rest) else {
-            return false;
-        };
-        if rest.get(nl + 1) != Some(&b'\n') {
-            return false;
+        return;
+    };
+    out.push(PACKED);
+    let mut stamps = shape.stamps.iter();
+    for span in &shape.events {
+        out.push(span.head);
+        if span.head & NEW_TS != 0 {
+            // The writer pushed one stamp for each NEW_TS head.
+            out.extend_from_slice(&stamps.next().copied().unwrap_or_default().to_le_bytes());
         }
-        let event_end = nl + 2;
-        let line = &rest[..event_end];
-        // The same tail as the previous event (one read's lines share a timestamp), or a new
-        // one parsed from the line and checked to render back to the same bytes.
-        let (text_len, new_ts) = match &tail {
-            Some((_, t)) if ends_with(line, t.as_bytes()) => (line.len() - t.as_bytes().len(), None),
-            _ => match parse_tail(line) {
-                Some((ts, t)) => {
-                    let len = line.len() - t.as_bytes().len();
-                    tail = Some((ts, t));
-                    (len, Some(ts))
-                }
-                None => return false,
-            },
-        };
-        out.push(kind | if new_ts.is_some() { NEW_TS } else { 0 });
-        if let Some(ts) = new_ts {
-            out.extend_from_slice(&ts.to_le_bytes());
-        }
-        put_len(out, text_len);
-        out.extend_from_slice(&line[..text_len]);
-        batch = &rest[event_end..];
-        id.increment();
+        put_len(out, span.len as usize);
+        let start = span.start as usize;
+        out.extend_from_slice(&batch[start..start + span.len as usize]);
     }
-    true
-}
-
-/// The timestamp of an output event's data line (with its blank line), and its tail, when the
-/// line ends with exactly the tail that timestamp renders to.
-fn parse_tail(line: &[u8]) -> Option<(i64, Tail)> {
-    let body = line.strip_suffix(b"}\n\n")?;
-    let digits = body.len()
-        - body
-            .iter()
-            .rev()
-            .take_while(|b| b.is_ascii_digit() || **b == b'-')
-            .count();
-    if !ends_with(&body[..digits], TAIL_HEAD) {
-        return None;
-    }
-    let ts: i64 = std::str::from_utf8(&body[digits..]).ok()?.parse().ok()?;
-    let tail = Tail::new(ts);
-    ends_with(line, tail.as_bytes()).then_some((ts, tail))
 }
 
 /// Appends the SSE bytes of `record`, a batch whose first event is `first_id`, to `out`.
@@ -154,29 +130,6 @@ pub(super) fn unpack(record: &[u8], first_id: u64, out: &mut Vec<u8>) -> io::Res
     Ok(())
 }
 
-fn strip<'b>(bytes: &'b [u8], prefix: &[u8]) -> Option<&'b [u8]> {
-    let head = bytes.get(..prefix.len())?;
-    same(head, prefix).then(|| &bytes[prefix.len()..])
-}
-
-fn ends_with(bytes: &[u8], suffix: &[u8]) -> bool {
-    bytes.len() >= suffix.len() && same(&bytes[bytes.len() - suffix.len()..], suffix)
-}
-
-/// Whether `a == b`, eight bytes at a time. Slice equality calls `memcmp`, which musl (the
-/// agent's libc) runs a byte at a time: that was about a third of packing's time.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let (a8, a_rest) = a.as_chunks::<8>();
-    let (b8, b_rest) = b.as_chunks::<8>();
-    a8.iter()
-        .zip(b8)
-        .all(|(x, y)| u64::from_ne_bytes(*x) == u64::from_ne_bytes(*y))
-        && a_rest.iter().zip(b_rest).all(|(x, y)| x == y)
-}
-
 /// `len` as LEB128: seven bits a byte, low bits first, the high bit set on all but the last.
 fn put_len(out: &mut Vec<u8>, mut len: usize) {
     while len >= 0x80 {
@@ -203,9 +156,10 @@ mod tests {
     use super::*;
     use crate::wire::StreamEvent;
 
-    fn round_trip(batch: &[u8], first_id: u64) -> Vec<u8> {
+    /// Packs `batch` by `shape`, unpacks it and checks it came back exactly; the record.
+    fn round_trip(batch: &[u8], shape: Option<&Shape>, first_id: u64) -> Vec<u8> {
         let mut record = Vec::new();
-        pack(batch, first_id, &mut record);
+        pack(batch, shape, &mut record);
         let mut back = Vec::new();
         unpack(&record, first_id, &mut back).unwrap();
         assert_eq!(
@@ -216,18 +170,21 @@ mod tests {
         record
     }
 
-    fn rendered(first_id: u64, render: impl FnOnce(&mut EventWriter<'_>)) -> Vec<u8> {
+    /// A batch rendered by a fresh writer, and the shape it recorded.
+    fn rendered(first_id: u64, render: impl FnOnce(&mut EventWriter<'_>)) -> (Vec<u8>, Option<Shape>) {
         let mut buf = Vec::new();
         let mut next = first_id;
-        render(&mut EventWriter::new(&mut buf, &mut next));
-        buf
+        let mut writer = EventWriter::new(&mut buf, &mut next);
+        render(&mut writer);
+        let shape = writer.into_shape();
+        (buf, shape)
     }
 
     #[test]
     fn output_batches_pack_to_about_half_and_back_exactly() {
         let line = b"Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4YQ==";
         for first in [1, 9, 99_995, 123_456_789] {
-            let batch = rendered(first, |w| {
+            let (batch, shape) = rendered(first, |w| {
                 for i in 0..1000 {
                     let kind = if i % 7 == 0 {
                         OutputKind::Stderr
@@ -238,7 +195,7 @@ mod tests {
                     w.output_line(kind, line, 1_795_306_908_022 + i / 300);
                 }
             });
-            let record = round_trip(&batch, first);
+            let record = round_trip(&batch, shape.as_ref(), first);
             assert_eq!(record[0], PACKED);
             assert!(
                 record.len() * 100 < batch.len() * 60,
@@ -251,7 +208,7 @@ mod tests {
 
     #[test]
     fn awkward_texts_and_timestamps_pack_exactly() {
-        let batch = rendered(41, |w| {
+        let (batch, shape) = rendered(41, |w| {
             for (i, line) in [
                 &b""[..],
                 b"\"quoted\" \\ and \\\"",
@@ -268,39 +225,44 @@ mod tests {
             }
             w.output_chunk(OutputKind::Stderr, b"a raw\nchunk\n", 3);
         });
-        assert_eq!(round_trip(&batch, 41)[0], PACKED);
+        assert_eq!(round_trip(&batch, shape.as_ref(), 41)[0], PACKED);
     }
 
     #[test]
-    fn batches_that_do_not_fit_are_kept_raw() {
+    fn batches_with_other_events_are_kept_raw() {
         let init = rendered(1, |w| w.event(&StreamEvent::init("x", 1)));
         let mixed = rendered(5, |w| {
             w.output_line(OutputKind::Stdout, b"a", 1);
             w.event(&StreamEvent::complete(1, 2));
         });
-        for (batch, first) in [(&init, 1), (&mixed, 5)] {
-            assert_eq!(round_trip(batch, first)[0], RAW);
+        let after = rendered(5, |w| {
+            w.event(&StreamEvent::complete(1, 2));
+            w.output_line(OutputKind::Stdout, b"a", 1);
+        });
+        for ((batch, shape), first) in [(&init, 1), (&mixed, 5), (&after, 5)] {
+            assert!(shape.is_none());
+            assert_eq!(round_trip(batch, None, first)[0], RAW);
         }
-        // Ids that do not follow from the first id, and hand-made bytes, are kept as they are.
-        let lines = rendered(5, |w| w.output_line(OutputKind::Stdout, b"a", 1));
-        assert_eq!(round_trip(&lines, 6)[0], RAW);
-        for odd in [
-            &b"id: 1\ndata: {\"type\":\"stdout\",\"text\":\"a\",\"timestamp\":01}\n\n"[..],
-            b"id: 1\ndata: {\"type\":\"stdout\",\"text\":\"a\",\"timestamp\":-0}\n\n",
-            b"id: 1\ndata: {\"type\":\"stdout\",\"text\":\"a\",\"timestamp\":1}\n",
-            b"id: 1\ndata: {\"type\":\"stdout\",\"text\":\"a\"}\n\n",
-            b"id: 1\ndata: {\"type\":\"stdout\",\"text\":\"a\",\"timestamp\":1}\n\nid: 2",
-            b"",
-        ] {
-            round_trip(odd, 1);
-        }
+        round_trip(b"", None, 1);
+    }
+
+    #[test]
+    fn a_writer_on_a_used_buffer_records_its_own_batch() {
+        let mut buf = b"earlier bytes".to_vec();
+        let mut next = 7;
+        let mut writer = EventWriter::new(&mut buf, &mut next);
+        writer.output_line(OutputKind::Stdout, b"one", 1);
+        writer.output_line(OutputKind::Stderr, b"two", 2);
+        let shape = writer.into_shape();
+        let batch = &buf[b"earlier bytes".len()..];
+        assert_eq!(round_trip(batch, shape.as_ref(), 7)[0], PACKED);
     }
 
     #[test]
     fn corrupt_records_are_errors_not_panics() {
-        let batch = rendered(3, |w| w.output_line(OutputKind::Stdout, b"hello", 9));
+        let (batch, shape) = rendered(3, |w| w.output_line(OutputKind::Stdout, b"hello", 9));
         let mut record = Vec::new();
-        pack(&batch, 3, &mut record);
+        pack(&batch, shape.as_ref(), &mut record);
         for cut in 0..record.len() {
             let mut out = Vec::new();
             // Every strict prefix either fails or yields a prefix of the batch.
@@ -317,18 +279,22 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn any_bytes_round_trip(
-            lines in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 0..20),
+        fn any_output_round_trips(
+            lines in proptest::collection::vec((proptest::collection::vec(proptest::num::u8::ANY, 0..40), proptest::bool::ANY), 0..20),
             noise in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
             first in 1u64..1_000_000,
         ) {
-            let batch = rendered(first, |w| {
-                for (i, line) in lines.iter().enumerate() {
-                    w.output_line(OutputKind::Stdout, line, i as i64 / 3);
+            let (batch, shape) = rendered(first, |w| {
+                for (i, (line, chunk)) in lines.iter().enumerate() {
+                    let kind = if i % 3 == 1 { OutputKind::Stderr } else { OutputKind::Stdout };
+                    match chunk {
+                        true => w.output_chunk(kind, line, i as i64 / 3),
+                        false => w.output_line(kind, line, i as i64 / 3),
+                    }
                 }
             });
-            round_trip(&batch, first);
-            round_trip(&noise, first);
+            round_trip(&batch, shape.as_ref(), first);
+            round_trip(&noise, None, first);
         }
     }
 }

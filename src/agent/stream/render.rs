@@ -7,10 +7,12 @@
 //! it). Text that is plain ASCII needing no escape (the common case) is found in one pass and
 //! copied as is; anything else goes through UTF-8 validation and JSON escaping. Unit tests check
 //! the bytes against the plain way (every number formatted, every text validated and escaped
-//! whole), and that they parse to the event serde would write. Synchronous, no I/O.
+//! whole), and that they parse to the event serde would write. The writer also records the
+//! batch's [`Shape`], from which the spill thread packs it (`packed`). Synchronous, no I/O.
 
 use crate::wire::StreamEvent;
 
+use super::packed::Shape;
 use super::OutputKind;
 
 impl OutputKind {
@@ -31,23 +33,36 @@ pub struct EventWriter<'a> {
     id: Digits,
     /// The last timestamp rendered, and its `","timestamp":T}` with the blank line.
     tail: Option<(i64, Tail)>,
+    /// Where `buf` stood when this writer started: the batch is `buf[base..]`.
+    base: usize,
+    /// The batch's shape while it holds only output events; `None` once it holds another.
+    shape: Option<Shape>,
 }
 
 impl<'a> EventWriter<'a> {
     /// A writer appending to `buf` events numbered from `*next_id`, which it advances.
     pub(super) fn new(buf: &'a mut Vec<u8>, next_id: &'a mut u64) -> Self {
         let id = Digits::new(*next_id);
+        let base = buf.len();
         Self {
             buf,
             next_id,
             id,
             tail: None,
+            base,
+            shape: Some(Shape::default()),
         }
+    }
+
+    /// The shape of what was written, when it was only output events (see `packed`).
+    pub(super) fn into_shape(self) -> Option<Shape> {
+        self.shape
     }
 
     /// Appends an arbitrary event.
     pub fn event(&mut self, event: &StreamEvent) {
         self.frame_start();
+        self.shape = None;
         // Serializing a struct of strings and integers into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *self.buf, event);
         self.buf.extend_from_slice(b"\n\n");
@@ -64,12 +79,20 @@ impl<'a> EventWriter<'a> {
     pub fn output_chunk(&mut self, kind: OutputKind, chunk: &[u8], timestamp: i64) {
         self.frame_start();
         self.buf.extend_from_slice(kind.json_prefix());
+        let start = self.buf.len() - self.base;
         text_into(self.buf, chunk);
-        if self.tail.as_ref().is_none_or(|(ts, _)| *ts != timestamp) {
+        let text = start..self.buf.len() - self.base;
+        let new_ts = self.tail.as_ref().is_none_or(|(ts, _)| *ts != timestamp);
+        if new_ts {
             self.tail = Some((timestamp, Tail::new(timestamp)));
         }
         if let Some((_, tail)) = &self.tail {
             self.buf.extend_from_slice(tail.as_bytes());
+        }
+        if let Some(shape) = &mut self.shape {
+            if !shape.output(kind, new_ts.then_some(timestamp), text) {
+                self.shape = None;
+            }
         }
     }
 
