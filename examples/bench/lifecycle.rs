@@ -125,10 +125,47 @@ impl Sandboxd {
 }
 
 impl Drop for Sandboxd {
+    /// Stops sandboxd, then removes every container it labelled as its own (sandboxes, pool
+    /// members, builds): a section that fails half-way, or a pool that refills while it is
+    /// deleted, must not leave containers behind on the engine.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let Some(instance) = instance_of(self._data.path()) else {
+            return;
+        };
+        let listed = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=io.execd.sandboxd.instance={instance}"))
+            .output();
+        let ids: Vec<String> = match listed {
+            Ok(out) => String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            Err(_) => return,
+        };
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
+}
+
+/// The instance id a sandboxd with data dir `dir` labels its containers with (its store's
+/// `meta` row), if it got as far as writing it.
+fn instance_of(dir: &std::path::Path) -> Option<String> {
+    let conn = rusqlite::Connection::open_with_flags(
+        dir.join("sandboxd.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .ok()?;
+    conn.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| r.get(0))
+        .ok()
 }
 
 /// `POST /command` `true` on an execd base URL, to the end of its stream.
