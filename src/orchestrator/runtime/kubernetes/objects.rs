@@ -96,6 +96,18 @@ pub struct Objects {
     pub instance: String,
 }
 
+#[cfg(test)]
+impl Objects {
+    /// The settings the builders' unit tests share.
+    pub(crate) fn for_test() -> Self {
+        Self {
+            namespace: "sbx".into(),
+            agent_image: "sandboxd/execd:0.1.0".into(),
+            instance: "inst1".into(),
+        }
+    }
+}
+
 /// The Pod's (and Secret's) name.
 pub fn pod_name(id: &str) -> String {
     format!("sbx-{id}")
@@ -624,14 +636,6 @@ mod tests {
     use crate::orchestrator::runtime::{Resources, SpecFile};
     use serde_json::{json, Value};
 
-    fn settings() -> Objects {
-        Objects {
-            namespace: "sbx".into(),
-            agent_image: "sandboxd/execd:0.1.0".into(),
-            instance: "inst1".into(),
-        }
-    }
-
     fn spec() -> SandboxSpec {
         SandboxSpec {
             env: BTreeMap::from([
@@ -652,7 +656,7 @@ mod tests {
     }
 
     fn pod_json(spec: &SandboxSpec) -> Value {
-        serde_json::to_value(settings().pod(spec).unwrap()).unwrap()
+        serde_json::to_value(Objects::for_test().pod(spec).unwrap()).unwrap()
     }
 
     fn env_of(pod: &Value) -> BTreeMap<String, Value> {
@@ -666,7 +670,7 @@ mod tests {
 
     #[test]
     fn the_secret_holds_the_token_under_the_pods_name_with_the_instance_labels() {
-        let secret = serde_json::to_value(settings().secret(&spec())).unwrap();
+        let secret = serde_json::to_value(Objects::for_test().secret(&spec())).unwrap();
         assert_eq!(secret["metadata"]["name"], "sbx-abc");
         assert_eq!(secret["metadata"]["namespace"], "sbx");
         assert_eq!(secret["type"], "Opaque");
@@ -818,7 +822,9 @@ mod tests {
                           "ephemeral-storage": "10737418240"});
         assert_eq!((&r["limits"], &r["requests"]), (&want, &want));
         s.resources.gpu = Some(Gpus::All);
-        assert!(matches!(settings().pod(&s), Err(RuntimeError::Rejected(m)) if m.contains("\"all\"")));
+        assert!(
+            matches!(Objects::for_test().pod(&s), Err(RuntimeError::Rejected(m)) if m.contains("\"all\""))
+        );
     }
 
     #[test]
@@ -888,7 +894,7 @@ mod tests {
                 mode: 0o100755,
             },
         ];
-        let cm = serde_json::to_value(settings().files(&s).unwrap().unwrap()).unwrap();
+        let cm = serde_json::to_value(Objects::for_test().files(&s).unwrap().unwrap()).unwrap();
         assert_eq!(cm["metadata"]["name"], "sbx-abc-files");
         assert_eq!(cm["binaryData"], json!({"f0": "YSA9IDEK", "f1": "AJ+Slg=="}));
         let manifest: Value = serde_json::from_str(cm["data"]["manifest.json"].as_str().unwrap()).unwrap();
@@ -913,7 +919,7 @@ mod tests {
             "/opt/opensandbox/seed-files/manifest.json"
         );
         assert!(
-            settings().files(&spec()).unwrap().is_none(),
+            Objects::for_test().files(&spec()).unwrap().is_none(),
             "no files, no config map"
         );
     }
@@ -926,13 +932,16 @@ mod tests {
             content: vec![0; MAX_FILES_BYTES],
             mode: 0o644,
         }];
-        assert!(settings().files(&s).unwrap().is_some(), "exactly 512 KiB fits");
+        assert!(
+            Objects::for_test().files(&s).unwrap().is_some(),
+            "exactly 512 KiB fits"
+        );
         s.files.push(SpecFile {
             path: "/b".into(),
             content: vec![1],
             mode: 0o644,
         });
-        match settings().files(&s) {
+        match Objects::for_test().files(&s) {
             Err(RuntimeError::Rejected(m)) => assert!(m.contains("524289 bytes"), "{m}"),
             other => panic!("{other:?}"),
         }
@@ -950,7 +959,10 @@ mod tests {
             template: "t".into(),
             version: 1,
         };
-        assert!(matches!(settings().pod(&s), Err(RuntimeError::Rejected(_))));
+        assert!(matches!(
+            Objects::for_test().pod(&s),
+            Err(RuntimeError::Rejected(_))
+        ));
     }
 
     #[test]

@@ -86,14 +86,6 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    fn objects() -> Objects {
-        Objects {
-            namespace: "sbx".into(),
-            agent_image: "sandboxd/execd:0.1.0".into(),
-            instance: "inst1".into(),
-        }
-    }
-
     fn spec(image: &str) -> SandboxSpec {
         SandboxSpec {
             image_auth: Some(RegistryAuth {
@@ -122,7 +114,7 @@ mod tests {
     #[test]
     fn issue18_image_auth_becomes_a_dockerconfigjson_secret_the_pod_pulls_with() {
         let s = spec("ghcr.io/org/app:1");
-        let secret = objects().pull_secret(&s).unwrap().unwrap();
+        let secret = Objects::for_test().pull_secret(&s).unwrap().unwrap();
         let v = serde_json::to_value(&secret).unwrap();
         assert_eq!(v["metadata"]["name"], "sbx-abc-pull");
         assert_eq!(v["metadata"]["namespace"], "sbx");
@@ -138,7 +130,7 @@ mod tests {
             serde_json::to_value(Objects::image_pull_secrets(&s)).unwrap(),
             json!([{"name": "sbx-abc-pull"}])
         );
-        let pod = serde_json::to_value(objects().pod(&s).unwrap()).unwrap();
+        let pod = serde_json::to_value(Objects::for_test().pod(&s).unwrap()).unwrap();
         assert_eq!(pod["spec"]["imagePullSecrets"], json!([{"name": "sbx-abc-pull"}]));
         assert!(
             !pod.to_string().contains("s3cr3t") && !format!("{s:?}").contains("s3cr3t"),
@@ -149,9 +141,9 @@ mod tests {
     #[test]
     fn no_auth_no_pull_secret() {
         let s = SandboxSpec::for_test("abc", "python:3.12", &["sleep", "1"]);
-        assert!(objects().pull_secret(&s).unwrap().is_none());
+        assert!(Objects::for_test().pull_secret(&s).unwrap().is_none());
         assert!(Objects::image_pull_secrets(&s).is_none());
-        let pod = serde_json::to_value(objects().pod(&s).unwrap()).unwrap();
+        let pod = serde_json::to_value(Objects::for_test().pod(&s).unwrap()).unwrap();
         assert!(pod["spec"].get("imagePullSecrets").is_none());
     }
 }

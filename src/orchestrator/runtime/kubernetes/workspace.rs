@@ -116,14 +116,6 @@ mod tests {
     use super::*;
     use crate::orchestrator::runtime::Workspace;
 
-    fn objects() -> Objects {
-        Objects {
-            namespace: "sbx".into(),
-            agent_image: "sandboxd/execd:0.1.0".into(),
-            instance: "inst1".into(),
-        }
-    }
-
     fn spec(workspace: Option<Workspace>) -> SandboxSpec {
         SandboxSpec {
             workspace,
@@ -136,7 +128,7 @@ mod tests {
         let sized = spec(Some(Workspace {
             size_bytes: Some(10 << 30),
         }));
-        let claim = serde_json::to_value(claim(&objects(), &sized, Some("fast")).unwrap()).unwrap();
+        let claim = serde_json::to_value(claim(&Objects::for_test(), &sized, Some("fast")).unwrap()).unwrap();
         assert_eq!(claim["metadata"]["name"], "sbx-abc-ws");
         assert_eq!(claim["metadata"]["namespace"], "sbx");
         assert_eq!(claim["metadata"]["labels"]["opensandbox.io/id"], "abc");
@@ -156,7 +148,7 @@ mod tests {
 
     #[test]
     fn without_a_size_or_class_the_claim_asks_1gi_of_the_default_class() {
-        let claim = claim(&objects(), &spec(Some(Workspace::default())), None).unwrap();
+        let claim = claim(&Objects::for_test(), &spec(Some(Workspace::default())), None).unwrap();
         let claim = serde_json::to_value(claim).unwrap();
         assert_eq!(claim["spec"]["resources"]["requests"]["storage"], DEFAULT_SIZE);
         assert_eq!(claim["spec"].get("storageClassName"), None);
@@ -164,15 +156,17 @@ mod tests {
 
     #[test]
     fn no_workspace_no_claim_and_no_volume() {
-        assert!(claim(&objects(), &spec(None), Some("fast")).is_none());
+        assert!(claim(&Objects::for_test(), &spec(None), Some("fast")).is_none());
         assert!(volume(&spec(None)).is_none());
-        let pod = serde_json::to_value(objects().pod(&spec(None)).unwrap()).unwrap();
+        let pod = serde_json::to_value(Objects::for_test().pod(&spec(None)).unwrap()).unwrap();
         assert!(!pod.to_string().contains("sbx-abc-ws"));
     }
 
     #[test]
     fn the_pod_mounts_the_claim_at_workspace_in_the_sandbox_container_only() {
-        let pod = objects().pod(&spec(Some(Workspace::default()))).unwrap();
+        let pod = Objects::for_test()
+            .pod(&spec(Some(Workspace::default())))
+            .unwrap();
         let pod: Value = serde_json::to_value(pod).unwrap();
         let volumes = pod["spec"]["volumes"].as_array().unwrap();
         assert!(volumes
